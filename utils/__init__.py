@@ -1,0 +1,1 @@
+"""Colab transformer training kit: config, data, training core, wizard and helpers."""

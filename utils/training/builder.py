@@ -1,0 +1,113 @@
+"""The one place a WizardConfig becomes explicit arguments for the model, module, data and Trainer."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.plugins.precision import MixedPrecision
+from torch import nn
+from torch.utils.data import DataLoader
+
+from templates import build_template
+from utils.config import WizardConfig
+from utils.training.amp_utils import PrecisionDecision
+from utils.training.callbacks import RunStatsCallback
+from utils.training.checkpoints import checkpoint_dir
+from utils.training.module import LanguageModelTask, TransformerModule
+
+
+def model_config(config: WizardConfig, vocab_size: int) -> dict:
+    """The plain dict a template's build(config) receives."""
+    return {"vocab_size": vocab_size, "max_seq_len": config.max_seq_len, "size": config.model_size,
+            "dropout": config.dropout}
+
+
+def build_model(config: WizardConfig, vocab_size: int) -> nn.Module:
+    return build_template(config.model_template, model_config(config, vocab_size))
+
+
+def build_task(config: WizardConfig):
+    return LanguageModelTask()
+
+
+def build_module(config: WizardConfig, model: nn.Module, task) -> TransformerModule:
+    return TransformerModule(model, task, learning_rate=config.learning_rate, weight_decay=config.weight_decay,
+                             warmup_ratio=config.warmup_ratio)
+
+
+def build_dataloaders(config: WizardConfig, train_ds, val_ds, pin_memory: bool) -> tuple[DataLoader, DataLoader]:
+    # Data lives in memory as token tensors: worker processes would cost more than they save.
+    generator = torch.Generator().manual_seed(config.seed)
+    train = DataLoader(train_ds, batch_size=config.batch_size, shuffle=True, generator=generator,
+                       pin_memory=pin_memory, drop_last=len(train_ds) > config.batch_size)
+    val = DataLoader(val_ds, batch_size=config.batch_size, shuffle=False, pin_memory=pin_memory)
+    return train, val
+
+
+def build_callbacks(config: WizardConfig, decision: PrecisionDecision, stats: RunStatsCallback) -> list[pl.Callback]:
+    callbacks: list[pl.Callback] = [
+        ModelCheckpoint(dirpath=checkpoint_dir(config.output_dir), filename="epoch{epoch:02d}-step{step}-val{val/loss:.4f}",
+                        auto_insert_metric_name=False, monitor="val/loss", mode="min", save_top_k=config.save_top_k,
+                        save_last=True, every_n_epochs=config.checkpoint_every_n_epochs),
+        TQDMProgressBar(refresh_rate=_refresh_rate()),
+        stats,
+    ]
+    if config.early_stopping_patience > 0:
+        callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=config.early_stopping_patience))
+    return callbacks
+
+
+def build_loggers(config: WizardConfig) -> list:
+    return [CSVLogger(save_dir=config.output_dir, name="logs")]
+
+
+def build_trainer(config: WizardConfig, decision: PrecisionDecision, callbacks: list, loggers: list) -> pl.Trainer:
+    precision_args = _precision_args(decision)
+    _quiet_lightning()
+    return pl.Trainer(
+        accelerator={"cuda": "gpu"}.get(decision.device.kind, decision.device.kind),
+        devices=1,
+        max_epochs=config.max_epochs,
+        max_steps=config.max_steps if config.max_steps is not None else -1,
+        accumulate_grad_batches=config.gradient_accumulation_steps,
+        gradient_clip_val=config.gradient_clip_val or None,
+        gradient_clip_algorithm="norm",
+        val_check_interval=config.val_check_interval,
+        log_every_n_steps=config.log_every_n_steps,
+        callbacks=callbacks,
+        logger=loggers,
+        default_root_dir=config.output_dir,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **precision_args,
+    )
+
+
+def _precision_args(decision: PrecisionDecision) -> dict:
+    if decision.precision == "16-mixed" and decision.device.kind == "cpu":
+        # Lightning would turn a plain "16-mixed" on CPU into bf16; the plugin keeps fp16 + GradScaler.
+        return {"plugins": [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]}
+    return {"precision": decision.precision}
+
+
+def _refresh_rate() -> int:
+    # Notebook progress bars redraw through the browser; fewer updates keep Colab responsive.
+    from utils.env import in_colab
+    return 20 if in_colab() else 1
+
+
+def _quiet_lightning() -> None:
+    """Drop Lightning's start-up chatter (GPU/TPU availability, worker hints); our own log says what matters."""
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+    # A max_steps stop between validations saves last.ckpt without val/loss; train() validates after fit.
+    warnings.filterwarnings("ignore", message=r".*could not find the monitored key.*")

@@ -1,0 +1,157 @@
+"""TrainingCoordinator: one call from a WizardConfig to a trained model, its checkpoints and metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from utils.config import CONFIG_FILENAME, WizardConfig
+from utils.data import prepare_data
+from utils.env import DeviceInfo, detect_device
+from utils.generation import generate
+from utils.training.amp_utils import PrecisionDecision, resolve_precision
+from utils.training.builder import (build_callbacks, build_dataloaders, build_loggers, build_model, build_module,
+                                    build_task, build_trainer)
+from utils.training.callbacks import RunStatsCallback
+from utils.training.checkpoints import plan_resume
+
+
+@dataclass
+class TrainingResult:
+    config: WizardConfig  # the config the run used
+    output_dir: Path
+    best_checkpoint: Optional[Path]  # lowest validation loss
+    last_checkpoint: Optional[Path]  # resume point
+    train_loss: Optional[float]  # last logged training loss
+    val_loss: Optional[float]  # last validation loss
+    global_step: int  # optimizer steps in total, resumed runs included
+    steps_run: int  # optimizer steps taken by this call
+    tokens_per_sec: float  # training throughput of this call, validation excluded
+    precision: str  # Lightning precision in force
+    precision_reason: str
+    resumed_from: Optional[Path]
+    train_history: list = field(default_factory=list, repr=False)  # (step, loss)
+    val_history: list = field(default_factory=list, repr=False)  # (step, loss)
+    model: Optional[nn.Module] = field(default=None, repr=False)
+    tokenizer: Any = field(default=None, repr=False)
+
+    def summary(self) -> str:
+        fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+        lines = [
+            f"precision:        {self.precision} - {self.precision_reason}",
+            f"steps:            {self.steps_run} this run, {self.global_step} in total"
+            + (f" (resumed from {self.resumed_from})" if self.resumed_from else ""),
+            f"train loss:       {fmt(self.train_loss)}",
+            f"val loss:         {fmt(self.val_loss)}",
+            f"throughput:       {self.tokens_per_sec:,.0f} tokens/s",
+            f"best checkpoint:  {self.best_checkpoint or 'none saved'}",
+            f"last checkpoint:  {self.last_checkpoint or 'none saved'}",
+        ]
+        return "\n".join(lines)
+
+    def generate(self, prompt: str = "\n", max_new_tokens: int = 200, temperature: float = 0.8,
+                 top_k: Optional[int] = 40, seed: Optional[int] = None) -> str:
+        """Sample text from the trained language model after `prompt`."""
+        if self.config.task != "lm":
+            raise ValueError(f"generate() needs a language model; this run's task is {self.config.task!r}")
+        return sample_text(self.model, self.tokenizer, prompt, max_new_tokens, self.config.max_seq_len,
+                           temperature, top_k, seed)
+
+
+def sample_text(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int, block_size: int,
+                temperature: float = 0.8, top_k: Optional[int] = 40, seed: Optional[int] = None) -> str:
+    ids = tokenizer.encode(prompt) or [0]
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    was_training = model.training
+    model.eval()
+    out = generate(model, torch.tensor([ids], device=device), max_new_tokens, block_size, temperature, top_k, gen)
+    model.train(was_training)
+    return tokenizer.decode(out[0].tolist())
+
+
+class TrainingCoordinator:
+    """Trains a model from a WizardConfig through the one Lightning engine.
+
+    `device` is detected when not given; tests pass a DeviceInfo to stand for a T4 or an A100.
+    """
+
+    def __init__(self, config: Optional[WizardConfig] = None, device: Optional[DeviceInfo] = None):
+        self.config = (config or WizardConfig()).validate()
+        self.device = device or detect_device()
+
+    def resolve_precision(self, use_amp: Optional[bool] = None) -> PrecisionDecision:
+        use_mixed = self.config.use_mixed_precision if use_amp is None else use_amp
+        return resolve_precision(use_mixed, self.config.precision, self.device)
+
+    def train(self, model: Optional[nn.Module] = None, use_amp: Optional[bool] = None,
+              extra_callbacks: Optional[list[pl.Callback]] = None) -> TrainingResult:
+        """Train `model` (or the config's template) and return where everything went.
+
+        use_amp: None follows config.use_mixed_precision; True/False overrides it for this call.
+        """
+        config = self.config
+        if use_amp is not None and use_amp != config.use_mixed_precision:
+            config = config.replace(use_mixed_precision=use_amp,
+                                    precision=config.precision if use_amp else "auto")
+        decision = resolve_precision(config.use_mixed_precision, config.precision, self.device)
+        print(f"Precision: {decision.precision} - {decision.reason}")
+        resume_from = plan_resume(config)  # before the slow steps: a refused checkpoint fails fast
+
+        pl.seed_everything(config.seed, workers=True, verbose=False)
+        data = prepare_data(config)
+        print(f"Data: {data.source}, {data.num_tokens:,} tokens, {data.tokenizer.kind} tokenizer with "
+              f"{data.tokenizer.vocab_size} ids; {len(data.train):,} train / {len(data.val):,} val sequences")
+        model = model if model is not None else build_model(config, data.tokenizer.vocab_size)
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"Model: {type(model).__name__}, {n_params / 1e6:.2f}M parameters")
+
+        out = Path(config.output_dir)
+        config.save(out / CONFIG_FILENAME)
+        data.tokenizer.save(out / "tokenizer")
+
+        task = build_task(config)
+        module = build_module(config, model, task)
+        stats = RunStatsCallback(task.tokens_in)
+        callbacks = build_callbacks(config, decision, stats) + list(extra_callbacks or [])
+        trainer = build_trainer(config, decision, callbacks, build_loggers(config))
+        train_loader, val_loader = build_dataloaders(config, data.train, data.val,
+                                                     pin_memory=decision.device.kind == "cuda")
+        if resume_from:
+            print(f"Resuming from {resume_from}")
+        trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
+        if trainer.global_step > stats.start_step and (not stats.val_history or stats.val_history[-1][0] != trainer.global_step):
+            trainer.validate(module, val_loader, verbose=False)  # a max_steps stop fell between validations
+        return self._result(config, decision, trainer, stats, model, data.tokenizer, resume_from)
+
+    def _result(self, config, decision, trainer, stats, model, tokenizer, resume_from) -> TrainingResult:
+        ckpt = trainer.checkpoint_callback
+        best = Path(ckpt.best_model_path) if ckpt and ckpt.best_model_path else None
+        last = Path(ckpt.last_model_path) if ckpt and ckpt.last_model_path else None
+        metrics = trainer.callback_metrics
+        return TrainingResult(
+            config=config, output_dir=Path(config.output_dir), best_checkpoint=best, last_checkpoint=last,
+            train_loss=_metric(metrics, "train/loss"), val_loss=_metric(metrics, "val/loss"),
+            global_step=trainer.global_step, steps_run=trainer.global_step - stats.start_step,
+            tokens_per_sec=stats.tokens_per_sec, precision=decision.precision, precision_reason=decision.reason,
+            resumed_from=resume_from, train_history=stats.train_history, val_history=stats.val_history,
+            model=model.eval(), tokenizer=tokenizer,
+        )
+
+
+def train(config: Optional[WizardConfig] = None, model: Optional[nn.Module] = None,
+          device: Optional[DeviceInfo] = None) -> TrainingResult:
+    """Config-first entry: train(config) builds the config's template; pass model= to train your own."""
+    return TrainingCoordinator(config, device=device).train(model)
+
+
+def _metric(metrics: dict, name: str) -> Optional[float]:
+    return float(metrics[name]) if name in metrics else None
+
+
+__all__ = ["TrainingCoordinator", "TrainingResult", "train", "sample_text"]

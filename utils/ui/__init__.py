@@ -1,0 +1,1 @@
+"""The setup wizard (ipywidgets) that produces a WizardConfig."""

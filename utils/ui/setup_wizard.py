@@ -1,0 +1,5 @@
+"""SetupWizard: an ipywidgets wizard that yields a valid WizardConfig (built in issue 3)."""
+
+from utils.config import WizardConfig
+
+__all__ = ["WizardConfig"]
