@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch.utils.data import Dataset
@@ -18,6 +18,12 @@ class PreparedData:
     val: Dataset
     num_tokens: int  # tokens in the whole corpus before the split
     source: str  # where the text came from, for the log
+    label_names: list[str] = field(default_factory=list)  # classification: class names, index = label id
+    pad_id: int = 0  # classification: id that pads sequences (masked out by attention_mask)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
 
 
 def load_source_text(dataset_source: str, dataset_name: str, dataset_path: str) -> tuple[str, str]:
