@@ -271,14 +271,21 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def apply_overrides(config: WizardConfig, assignments: list[str]) -> WizardConfig:
     """Apply `key=value` strings (the CLI's --set), parsing values as JSON where they parse."""
+    hints = typing.get_type_hints(WizardConfig)
     changes: dict[str, Any] = {}
     for item in assignments:
         key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise ConfigError([f"--set {item!r} is not key=value (e.g. --set batch_size=32)"])
+        if hints.get(key) is str:
+            changes[key] = raw  # text fields take the text as written: dataset_path=123 is a path
+            continue
+        if hints.get(key) is bool and raw.strip().lower() in ("true", "false"):
+            changes[key] = raw.strip().lower() == "true"  # Python spelling too: True/False
+            continue
         try:
-            value = json.loads(raw)
+            changes[key] = json.loads(raw)
         except json.JSONDecodeError:
-            value = raw  # a bare word such as small or runs/x is a string
-        changes[key.strip()] = value
+            changes[key] = raw  # not JSON: validation names the field and the type it expected
     return config.replace(**changes)

@@ -3,8 +3,8 @@
 Loadable on its own by file path (absolute imports only; wandb is imported inside functions).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: dataclasses with string annotations look their module
+# up in sys.modules, which fails when this file is loaded by path without being registered there.
 from dataclasses import dataclass
 from typing import Optional
 

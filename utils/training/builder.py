@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from templates import build_template
 from utils.config import WizardConfig
 from utils.training.amp_utils import PrecisionDecision
-from utils.training.callbacks import RunStatsCallback
+from utils.training.callbacks import RunStatsCallback, ValidateAtMaxSteps
 from utils.training.checkpoints import checkpoint_dir
 from utils.training.module import LanguageModelTask, TransformerModule
 
@@ -58,6 +58,8 @@ def build_callbacks(config: WizardConfig, decision: PrecisionDecision, stats: Ru
         TQDMProgressBar(refresh_rate=_refresh_rate()),
         stats,
     ]
+    if config.max_steps is not None:
+        callbacks.append(ValidateAtMaxSteps(config.max_steps))
     if config.early_stopping_patience > 0:
         callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=config.early_stopping_patience))
     return callbacks
@@ -108,6 +110,6 @@ def _quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")  # resuming
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
-    # A max_steps stop between validations saves last.ckpt without val/loss; train() validates after fit.
-    warnings.filterwarnings("ignore", message=r".*could not find the monitored key.*")
+

@@ -16,7 +16,7 @@ class RunStatsCallback(pl.Callback):
         self.val_history: list[tuple[int, float]] = []  # (global_step, loss) per validation
         self.tokens = 0
         self.train_seconds = 0.0
-        self.start_step = 0  # global step when fit started: > 0 when resumed
+        self.start_step = None  # global step when training started (> 0 when resumed); None: it never started
         self._t0 = None
 
     @property
@@ -54,3 +54,18 @@ class RunStatsCallback(pl.Callback):
         if self._t0 is not None:
             self.train_seconds += time.perf_counter() - self._t0
             self._t0 = None
+
+
+class ValidateAtMaxSteps(pl.Callback):
+    """Ends a max_steps run through Lightning's stop path, so the last step is validated and checkpointed.
+
+    Lightning's own max_steps stop skips that final validation, leaving no best checkpoint and no
+    validation loss for a run that ends mid-epoch.
+    """
+
+    def __init__(self, max_steps: int):
+        self.max_steps = max_steps
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.max_steps:
+            trainer.should_stop = True

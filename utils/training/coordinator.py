@@ -125,19 +125,22 @@ class TrainingCoordinator:
         if resume_from:
             print(f"Resuming from {resume_from}")
         trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
-        if trainer.global_step > stats.start_step and (not stats.val_history or stats.val_history[-1][0] != trainer.global_step):
-            trainer.validate(module, val_loader, verbose=False)  # a max_steps stop fell between validations
+        if resume_from and stats.start_step is None:
+            print(f"Nothing to train: {resume_from} already reached max_epochs={config.max_epochs}"
+                  f"{'' if config.max_steps is None else f' or max_steps={config.max_steps}'}. "
+                  "Raise them to train further, or set resume=False to start fresh.")
         return self._result(config, decision, trainer, stats, model, data.tokenizer, resume_from)
 
     def _result(self, config, decision, trainer, stats, model, tokenizer, resume_from) -> TrainingResult:
         ckpt = trainer.checkpoint_callback
         best = Path(ckpt.best_model_path) if ckpt and ckpt.best_model_path else None
         last = Path(ckpt.last_model_path) if ckpt and ckpt.last_model_path else None
-        metrics = trainer.callback_metrics
         return TrainingResult(
             config=config, output_dir=Path(config.output_dir), best_checkpoint=best, last_checkpoint=last,
-            train_loss=_metric(metrics, "train/loss"), val_loss=_metric(metrics, "val/loss"),
-            global_step=trainer.global_step, steps_run=trainer.global_step - stats.start_step,
+            train_loss=stats.train_history[-1][1] if stats.train_history else None,
+            val_loss=stats.val_history[-1][1] if stats.val_history else None,
+            global_step=trainer.global_step,
+            steps_run=0 if stats.start_step is None else trainer.global_step - stats.start_step,
             tokens_per_sec=stats.tokens_per_sec, precision=decision.precision, precision_reason=decision.reason,
             resumed_from=resume_from, train_history=stats.train_history, val_history=stats.val_history,
             model=model.eval(), tokenizer=tokenizer,
@@ -148,10 +151,6 @@ def train(config: Optional[WizardConfig] = None, model: Optional[nn.Module] = No
           device: Optional[DeviceInfo] = None) -> TrainingResult:
     """Config-first entry: train(config) builds the config's template; pass model= to train your own."""
     return TrainingCoordinator(config, device=device).train(model)
-
-
-def _metric(metrics: dict, name: str) -> Optional[float]:
-    return float(metrics[name]) if name in metrics else None
 
 
 __all__ = ["TrainingCoordinator", "TrainingResult", "train", "sample_text"]

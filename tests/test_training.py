@@ -1,0 +1,185 @@
+"""End-to-end: tiny models train on the CPU through the one core, save, resume and refuse mismatches."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+
+from tests.conftest import REPO_ROOT
+from utils.config import WizardConfig
+from utils.env import DeviceInfo
+from utils.training import TrainingCoordinator, train
+from utils.training.amp_utils import resolve_precision
+from utils.training.builder import build_callbacks, build_model, build_trainer
+from utils.training.callbacks import RunStatsCallback
+from utils.training.checkpoints import IncompatibleCheckpointError
+from utils.training.module import param_groups, warmup_cosine
+
+CPU = DeviceInfo("cpu", "CPU")
+
+
+def _load_ckpt(path):
+    # Our own Lightning checkpoint, written by this test run: it holds optimizer/loop state, not just tensors.
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def test_tiny_run_learns_and_saves_everything(tiny_config):
+    config = tiny_config.replace(max_steps=40)
+    result = train(config, device=CPU)
+    first = sum(loss for _, loss in result.train_history[:5]) / 5
+    last = sum(loss for _, loss in result.train_history[-5:]) / 5
+    assert last < first - 0.5, (first, last)  # char-level loss starts near ln(92) = 4.5
+    assert result.global_step == result.steps_run == 40
+    assert result.precision == "32-true" and "no CUDA GPU" in result.precision_reason
+    out = result.output_dir
+    assert result.last_checkpoint == out / "checkpoints" / "last.ckpt" and result.last_checkpoint.exists()
+    assert result.best_checkpoint is not None and result.best_checkpoint.exists()
+    assert WizardConfig.load(out / "config.json") == config
+    assert json.loads((out / "tokenizer" / "tokenizer_meta.json").read_text())["kind"] == "char"
+    assert result.val_loss is not None and result.val_history[-1] == (40, result.val_loss)
+    assert result.tokens_per_sec > 0
+    assert (out / "logs" / "version_0" / "metrics.csv").exists()
+    assert _load_ckpt(result.last_checkpoint)["global_step"] == 40
+
+
+def test_second_run_resumes_from_the_saved_step(tiny_config):
+    config = tiny_config.replace(max_epochs=3)  # a max_steps stop closes its epoch; the next run starts another
+    first = train(config.replace(max_steps=6), device=CPU)
+    second = train(config.replace(max_steps=10), device=CPU)
+    assert second.resumed_from == first.last_checkpoint
+    assert (second.global_step, second.steps_run) == (10, 4)
+    ckpt = _load_ckpt(second.last_checkpoint)
+    assert ckpt["global_step"] == 10
+    assert ckpt["lr_schedulers"][0]["last_epoch"] == 10  # LR schedule continued, not restarted
+    adam_steps = {int(s["step"]) for s in ckpt["optimizer_states"][0]["state"].values()}
+    assert adam_steps == {10}  # optimizer moments carried over
+
+
+def test_a_finished_run_says_there_is_nothing_to_train(tiny_config, capsys):
+    first = train(tiny_config.replace(max_steps=3), device=CPU)  # max_epochs=1: the stop closes the only epoch
+    again = train(tiny_config.replace(max_steps=5), device=CPU)
+    assert (again.global_step, again.steps_run) == (3, 0)
+    assert f"Nothing to train: {first.last_checkpoint} already reached max_epochs=1 or max_steps=5" \
+        in capsys.readouterr().out
+
+
+def test_resume_restores_the_grad_scaler_state(tiny_config):
+    config = tiny_config.replace(precision="16-mixed", max_steps=3, max_epochs=3)
+    first = train(config, device=CPU)
+    assert _load_ckpt(first.last_checkpoint)["MixedPrecision"]["scale"] == 65536.0
+    second = train(config.replace(max_steps=5), device=CPU)
+    assert (second.global_step, second.steps_run, second.precision) == (5, 2, "16-mixed")
+
+
+def test_same_seed_gives_the_same_first_losses(tmp_path, tiny_config):
+    runs = [train(tiny_config.replace(max_steps=3, seed=seed, output_dir=str(tmp_path / f"r{i}")), device=CPU)
+            for i, seed in enumerate([7, 7, 8])]
+    losses = [[round(loss, 6) for _, loss in r.train_history] for r in runs]
+    assert losses[0] == losses[1]
+    assert losses[0] != losses[2]
+
+
+def test_checkpoint_of_another_config_is_refused_and_left_untouched(tiny_config):
+    first = train(tiny_config.replace(max_steps=2), device=CPU)
+    ckpt_bytes = first.last_checkpoint.read_bytes()
+    saved_config = (first.output_dir / "config.json").read_text()
+    with pytest.raises(IncompatibleCheckpointError) as err:
+        train(tiny_config.replace(max_steps=4, model_size="small", max_seq_len=64), device=CPU)
+    msg = str(err.value)
+    assert "model_size: 'tiny' (checkpoint) vs 'small' (now)" in msg
+    assert "max_seq_len: 32 (checkpoint) vs 64 (now)" in msg
+    assert "set resume=False" in msg
+    assert first.last_checkpoint.read_bytes() == ckpt_bytes
+    assert (first.output_dir / "config.json").read_text() == saved_config
+
+
+def test_start_fresh_moves_old_checkpoints_aside(tiny_config):
+    first = train(tiny_config.replace(max_steps=2), device=CPU)
+    old = first.last_checkpoint.read_bytes()
+    second = train(tiny_config.replace(max_steps=3, resume=False), device=CPU)
+    assert second.resumed_from is None and second.global_step == 3
+    archived = list(first.output_dir.glob("checkpoints-*/last.ckpt"))
+    assert len(archived) == 1 and archived[0].read_bytes() == old
+
+
+def test_use_amp_argument_overrides_the_switch_for_one_call(tiny_config):
+    coordinator = TrainingCoordinator(tiny_config.replace(use_mixed_precision=True), device=DeviceInfo("cuda", "Tesla T4", (7, 5)))
+    assert coordinator.resolve_precision().precision == "16-mixed"
+    assert coordinator.resolve_precision(use_amp=False).precision == "32-true"
+    result = TrainingCoordinator(tiny_config.replace(max_steps=1), device=CPU).train(use_amp=False)
+    assert result.precision == "32-true" and "switched off" in result.precision_reason
+
+
+def test_config_fields_reach_the_trainer(tiny_config):
+    config = tiny_config.replace(gradient_accumulation_steps=4, gradient_clip_val=0.5, max_epochs=3, max_steps=None,
+                                 early_stopping_patience=2, save_top_k=3, checkpoint_every_n_epochs=2,
+                                 val_check_interval=0.5, log_every_n_steps=7)
+    decision = resolve_precision(config.use_mixed_precision, config.precision, CPU)
+    callbacks = build_callbacks(config, decision, RunStatsCallback(lambda b: 0))
+    trainer = build_trainer(config, decision, callbacks, loggers=[])
+    assert (trainer.accumulate_grad_batches, trainer.gradient_clip_val, trainer.max_epochs, trainer.max_steps) == (4, 0.5, 3, -1)
+    assert (trainer.val_check_interval, trainer.log_every_n_steps) == (0.5, 7)
+    stop = [c for c in trainer.callbacks if isinstance(c, EarlyStopping)]
+    assert len(stop) == 1 and stop[0].patience == 2 and stop[0].monitor == "val/loss"
+    ckpt = trainer.checkpoint_callback
+    assert isinstance(ckpt, ModelCheckpoint) and (ckpt.save_top_k, ckpt._every_n_epochs, ckpt.save_last) == (3, 2, True)
+    no_stop = build_trainer(config.replace(early_stopping_patience=0), decision,
+                            build_callbacks(config.replace(early_stopping_patience=0), decision, RunStatsCallback(len)), [])
+    assert not any(isinstance(c, EarlyStopping) for c in no_stop.callbacks)
+
+
+def test_no_weight_decay_on_norms_biases_and_embeddings(tiny_config):
+    model = build_model(tiny_config, vocab_size=50)
+    decay, keep = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    kept = {names[id(p)] for p in keep["params"]}
+    assert decay["weight_decay"] == 0.1 and keep["weight_decay"] == 0.0
+    assert all(n.endswith("weight") and ("qkv" in n or "proj" in n or "fc" in n) for n in decayed)
+    assert "wte.weight" in kept and "wpe.weight" in kept  # embeddings (and the tied lm_head)
+    assert any("ln_1" in n for n in kept) and any(n.endswith("bias") for n in kept)
+    assert len(decayed) + len(kept) == len(list(model.parameters()))  # tied weight counted once
+
+
+def test_warmup_then_cosine():
+    f = warmup_cosine(warmup_steps=10, total_steps=110)
+    assert [round(f(s), 3) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]
+    assert f(10) == pytest.approx(1.0) and f(60) == pytest.approx(0.55) and f(110) == pytest.approx(0.1)
+
+
+def _cli(args, cwd, timeout=600):
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run([sys.executable, "-m", "utils.training", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def test_cli_bad_value_is_one_line_naming_field_and_fix(tmp_path):
+    proc = _cli(["--set", "batch_size=0"], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: Invalid WizardConfig: - batch_size=0 must be >= 1"
+
+
+def test_cli_missing_dataset_file_names_the_path(tmp_path):
+    proc = _cli(["--set", "dataset_source=file", "--set", f"dataset_path={tmp_path}/nope.txt",
+                 "--set", f"output_dir={tmp_path}/out"], tmp_path)
+    assert proc.returncode == 2
+    assert f"error: Dataset file not found: {tmp_path}/nope.txt" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_cli_default_path_trains_and_prints_results(tmp_path):
+    """`python -m utils.training` with no arguments: the README's main job, as a new user runs it."""
+    proc = _cli([], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "Precision: 32-true - fp32: no CUDA GPU" in out
+    assert f"last checkpoint:  runs/default/checkpoints/last.ckpt" in out
+    assert (tmp_path / "runs/default/checkpoints/last.ckpt").exists()
+    assert "\nSample:\n" in out and len(out.split("\nSample:\n")[1]) >= 300
+    val = float(out.split("val loss:")[1].split()[0])
+    assert val < 2.6  # from ln(103) = 4.6 at the start
