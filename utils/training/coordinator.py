@@ -19,6 +19,7 @@ from utils.training.builder import (build_callbacks, build_dataloaders, build_lo
                                     build_task, build_trainer)
 from utils.training.callbacks import RunStatsCallback
 from utils.training.checkpoints import plan_resume
+from utils.wandb_helpers import finish_wandb_on_exit
 
 
 @dataclass
@@ -119,14 +120,16 @@ class TrainingCoordinator:
         module = build_module(config, model, task)
         stats = RunStatsCallback(task.tokens_in)
         callbacks = build_callbacks(config, decision, stats) + list(extra_callbacks or [])
-        trainer = build_trainer(config, decision, callbacks, build_loggers(config))
+        loggers = build_loggers(config, decision, model, data.tokenizer.vocab_size)
+        trainer = build_trainer(config, decision, callbacks, loggers)
         train_loader, val_loader = build_dataloaders(config, data.train, data.val,
                                                      pin_memory=decision.device.kind == "cuda")
         if resume_from:
             print(f"Resuming from {resume_from}")
-        trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
-        if trainer.global_step > stats.start_step and (not stats.val_history or stats.val_history[-1][0] != trainer.global_step):
-            trainer.validate(module, val_loader, verbose=False)  # a max_steps stop fell between validations
+        with finish_wandb_on_exit(loggers):  # a re-run in the notebook must not attach to this run
+            trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
+            if trainer.global_step > stats.start_step and (not stats.val_history or stats.val_history[-1][0] != trainer.global_step):
+                trainer.validate(module, val_loader, verbose=False)  # a max_steps stop fell between validations
         return self._result(config, decision, trainer, stats, model, data.tokenizer, resume_from)
 
     def _result(self, config, decision, trainer, stats, model, tokenizer, resume_from) -> TrainingResult:
