@@ -7,43 +7,12 @@ import math
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins.precision import MixedPrecision
-from torch import nn
 
+from tests.conftest import TinyLM
 from utils.env import DeviceInfo
 from utils.training import TrainingCoordinator
 
 CPU = DeviceInfo("cpu", "CPU")
-
-
-class GradBomb(torch.autograd.Function):
-    """Identity forward; multiplies the gradient in backward, so fp16 gradients overflow to inf."""
-
-    @staticmethod
-    def forward(ctx, x, factor):
-        ctx.factor = factor
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * ctx.factor, None
-
-
-class TinyLM(nn.Module):
-    """A user-supplied model (any (B, T) -> (B, T, V) module trains); its backward overflows on chosen calls."""
-
-    def __init__(self, vocab_size: int, bomb_calls=()):
-        super().__init__()
-        self.emb = nn.Embedding(vocab_size, 32)
-        self.head = nn.Linear(32, vocab_size)
-        self.bomb_calls, self.calls = set(bomb_calls), 0
-
-    def forward(self, idx):
-        logits = self.head(self.emb(idx))  # (B, T, V), fp16 under autocast
-        if self.training:
-            self.calls += 1
-            if self.calls in self.bomb_calls:
-                logits = GradBomb.apply(logits, 1e30)
-        return logits
 
 
 class ScalerRecorder(pl.Callback):
@@ -86,7 +55,7 @@ def _train(tiny_config, model_factory, **changes):
 
 
 def test_cpu_fp16_uses_lightnings_mixed_precision_plugin_with_a_cpu_grad_scaler(tiny_config):
-    result, rec = _train(tiny_config, lambda v: TinyLM(v), max_steps=2)
+    result, rec = _train(tiny_config, lambda v: TinyLM(v, dim=32), max_steps=2)
     assert result.precision == "16-mixed"
     assert isinstance(rec.plugin, MixedPrecision)
     assert rec.plugin.precision == "16-mixed" and rec.plugin.device == "cpu"
@@ -95,7 +64,7 @@ def test_cpu_fp16_uses_lightnings_mixed_precision_plugin_with_a_cpu_grad_scaler(
 
 
 def test_overflowing_step_is_skipped_and_the_scale_backs_off(tiny_config):
-    result, rec = _train(tiny_config, lambda v: TinyLM(v, bomb_calls={3}), max_steps=5, gradient_clip_val=0.0)
+    result, rec = _train(tiny_config, lambda v: TinyLM(v, dim=32, inf_grad_calls={3}), max_steps=5, gradient_clip_val=0.0)
     assert [s["changed"] for s in rec.steps] == [True, True, False, True, True]
     assert math.isinf(rec.steps[2]["grad_norm_unscaled"]) or math.isnan(rec.steps[2]["grad_norm_unscaled"])
     assert rec.steps[2]["scale_before"] == 65536.0 and rec.steps[2]["scale_after"] == 32768.0
@@ -105,7 +74,7 @@ def test_overflowing_step_is_skipped_and_the_scale_backs_off(tiny_config):
 
 def test_clipping_sees_unscaled_gradients(tiny_config):
     clip = 0.01
-    result, rec = _train(tiny_config, lambda v: TinyLM(v), max_steps=3, gradient_clip_val=clip)
+    result, rec = _train(tiny_config, lambda v: TinyLM(v, dim=32), max_steps=3, gradient_clip_val=clip)
     for step in rec.steps:
         assert step["scale_before"] == 65536.0
         assert step["grad_norm_unscaled"] > 10 * clip  # far above the clip: clipping had work to do

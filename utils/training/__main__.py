@@ -12,6 +12,7 @@ import sys
 from utils.config import ConfigError, WizardConfig, apply_overrides
 from utils.training.amp_utils import PrecisionError
 from utils.training.checkpoints import IncompatibleCheckpointError
+from utils.training.health import TrainingHealthError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         from utils.training import train  # imported after the cheap checks: Lightning takes seconds to load
 
         result = train(config)
-    except (ConfigError, PrecisionError, IncompatibleCheckpointError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, PrecisionError, IncompatibleCheckpointError, TrainingHealthError, FileNotFoundError,
+            ValueError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     print("\n" + result.summary())

@@ -1,12 +1,16 @@
 """Mixed precision: decide it once, with its reason, and watch what the GradScaler does.
 
-Loadable on its own by file path (absolute imports only; wandb is imported inside functions).
+Loadable on its own by file path (absolute imports only; wandb is imported inside functions). No
+`from __future__ import annotations`: with string annotations the dataclass below would need the
+module registered in sys.modules, which a spec_from_file_location loader may not do.
 """
 
 # No `from __future__ import annotations` here: dataclasses with string annotations look their module
 # up in sys.modules, which fails when this file is loaded by path without being registered there.
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
+
+import pytorch_lightning as pl
 
 from utils.env import DeviceInfo, detect_device
 
@@ -76,3 +80,91 @@ def _explicit(requested: str, device: DeviceInfo) -> PrecisionDecision:
     note = " (slow on a CPU; useful to test the fp16 path)" if device.kind == "cpu" else ""
     return PrecisionDecision("16-mixed", f"fp16 autocast + GradScaler: precision='16-mixed' was requested "
                                          f"({where}){note}", device)
+
+
+# ---------------------------------------------------------------------------- watching the GradScaler
+def get_grad_scaler(trainer) -> Any:
+    """The GradScaler Lightning steps with (fp16 only), or None: no strategy, plugin or scaler."""
+    strategy = getattr(trainer, "strategy", None)
+    plugin = getattr(strategy, "precision_plugin", None)
+    return getattr(plugin, "scaler", None)
+
+
+class SkippedStepCounter:
+    """Counts the optimizer steps the GradScaler skipped, from its scale before and after each step.
+
+    torch.amp.GradScaler.update() multiplies the scale by backoff_factor (0.5) exactly when the
+    step found inf/NaN gradients, and then scaler.step() did not call optimizer.step(); otherwise
+    the scale stays or grows (growth_factor). So a lower scale after a step means it was skipped.
+    """
+
+    def __init__(self):
+        self.total = 0  # skipped steps since fit started
+        self.consecutive = 0  # skipped steps in a row up to the latest step
+        self._scale_before: Optional[float] = None
+
+    def before_step(self, scale: Optional[float]) -> None:
+        self._scale_before = scale
+
+    def after_step(self, scale: Optional[float]) -> Optional[bool]:
+        """Whether the step just taken was skipped; None when no step was taken or there is no scaler."""
+        before, self._scale_before = self._scale_before, None
+        if before is None or scale is None:
+            return None
+        skipped = scale < before
+        self.total += skipped
+        self.consecutive = self.consecutive + 1 if skipped else 0
+        return skipped
+
+
+class AmpWandbCallback(pl.Callback):
+    """Shows what mixed precision is doing: precision, loss scale and skipped (overflowed) steps.
+
+    Per optimizer step it logs `amp/loss_scale` and `amp/skipped_steps` (cumulative) through the
+    trainer's loggers (CSV and W&B alike). At each epoch end it logs `amp/enabled`,
+    `amp/precision` and `amp/loss_scale` to the active W&B run: with wandb.log(step=epoch), or,
+    when the trainer has a WandbLogger, through it, since that logger owns the run's step counter
+    and W&B drops rows logged at an older step.
+    """
+
+    def __init__(self, enabled: bool, precision: str):
+        self.enabled = enabled  # kept exactly as given
+        self.precision = precision  # any spelling: '16', '16-mixed', 'bf16', '32-true', ...
+        self.skipped = SkippedStepCounter()
+
+    def _get_loss_scale(self, trainer) -> Optional[float]:
+        scaler = get_grad_scaler(trainer)
+        return None if scaler is None else float(scaler.get_scale())
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.skipped.before_step(self._get_loss_scale(trainer))  # gradients are unscaled, not yet stepped
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        scale = self._get_loss_scale(trainer)
+        if self.skipped.after_step(scale) is None:
+            return  # an accumulation micro-batch, or no GradScaler
+        pl_module.log("amp/loss_scale", scale, on_step=True, on_epoch=False)
+        pl_module.log("amp/skipped_steps", float(self.skipped.total), on_step=True, on_epoch=False)
+
+    def on_train_epoch_end(self, trainer, pl_module=None) -> None:
+        try:
+            import wandb
+        except ImportError:  # W&B is optional (wandb_mode="disabled"): without the package there is no run
+            return
+        if wandb.run is None:
+            return
+        data = {"amp/enabled": 1 if self.enabled else 0, "amp/precision": self.precision}
+        scale = self._get_loss_scale(trainer)
+        if scale is not None:
+            data["amp/loss_scale"] = scale
+        wandb_loggers = _wandb_loggers(trainer)
+        if not wandb_loggers:
+            wandb.log(data, step=trainer.current_epoch)
+        for logger in wandb_loggers:
+            logger.log_metrics(data, step=trainer.global_step)
+
+
+def _wandb_loggers(trainer) -> list:
+    from pytorch_lightning.loggers import WandbLogger
+
+    return [logger for logger in getattr(trainer, "loggers", None) or [] if isinstance(logger, WandbLogger)]

@@ -9,17 +9,19 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
-from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.plugins.precision import MixedPrecision
 from torch import nn
 from torch.utils.data import DataLoader
 
 from templates import build_template
 from utils.config import WizardConfig
-from utils.training.amp_utils import PrecisionDecision
+from utils.training.amp_utils import AmpWandbCallback, PrecisionDecision
 from utils.training.callbacks import RunStatsCallback, ValidateAtMaxSteps
 from utils.training.checkpoints import checkpoint_dir
+from utils.training.health import TrainingHealthCallback
 from utils.training.module import LanguageModelTask, TransformerModule
+from utils.wandb_helpers import build_wandb_config, make_project_name, make_run_name, model_type_of, resolve_wandb_auth
 
 
 def model_config(config: WizardConfig, vocab_size: int) -> dict:
@@ -57,6 +59,8 @@ def build_callbacks(config: WizardConfig, decision: PrecisionDecision, stats: Ru
                         save_last=True, every_n_epochs=config.checkpoint_every_n_epochs),
         TQDMProgressBar(refresh_rate=_refresh_rate()),
         stats,
+        AmpWandbCallback(enabled=decision.precision != "32-true", precision=decision.precision),
+        TrainingHealthCallback(),
     ]
     if config.max_steps is not None:
         callbacks.append(ValidateAtMaxSteps(config.max_steps))
@@ -65,8 +69,38 @@ def build_callbacks(config: WizardConfig, decision: PrecisionDecision, stats: Ru
     return callbacks
 
 
-def build_loggers(config: WizardConfig) -> list:
-    return [CSVLogger(save_dir=config.output_dir, name="logs")]
+def build_loggers(config: WizardConfig, decision: PrecisionDecision | None = None, model: nn.Module | None = None,
+                  vocab_size: int | None = None) -> list:
+    """CSV logs always; a WandbLogger too unless wandb_mode is "disabled" (it needs decision, model, vocab_size)."""
+    loggers = [CSVLogger(save_dir=config.output_dir, name="logs")]
+    if config.wandb_mode != "disabled":
+        if decision is None or model is None or vocab_size is None:
+            raise ValueError(f"build_loggers needs decision, model and vocab_size when wandb_mode={config.wandb_mode!r}: "
+                             "they fill the W&B run's config")
+        loggers.append(build_wandb_logger(config, decision, model, vocab_size))
+    return loggers
+
+
+def build_wandb_logger(config: WizardConfig, decision: PrecisionDecision, model: nn.Module,
+                       vocab_size: int) -> WandbLogger:
+    """A WandbLogger that never prompts: online only with an API key, else offline (see utils.wandb_helpers)."""
+    auth = resolve_wandb_auth(config.wandb_mode)
+    print(auth.message)
+    _finish_stale_wandb_run()
+    Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+    return WandbLogger(project=make_project_name(config.wandb_project),
+                       name=config.wandb_run_name or make_run_name(model_type_of(model)),
+                       save_dir=config.output_dir, log_model=False, mode=auth.mode,
+                       config=build_wandb_config(config, model, decision, vocab_size))
+
+
+def _finish_stale_wandb_run() -> None:
+    # WandbLogger would log into a run still open from an earlier notebook cell instead of starting one.
+    import wandb
+
+    if wandb.run is not None:
+        print(f"W&B: finishing the run {wandb.run.name!r} left open by an earlier cell before starting a new one.")
+        wandb.finish()
 
 
 def build_trainer(config: WizardConfig, decision: PrecisionDecision, callbacks: list, loggers: list) -> pl.Trainer:

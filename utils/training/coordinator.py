@@ -19,6 +19,7 @@ from utils.training.builder import (build_callbacks, build_dataloaders, build_lo
                                     build_task, build_trainer)
 from utils.training.callbacks import RunStatsCallback
 from utils.training.checkpoints import plan_resume
+from utils.wandb_helpers import finish_wandb_on_exit
 
 
 @dataclass
@@ -119,12 +120,14 @@ class TrainingCoordinator:
         module = build_module(config, model, task)
         stats = RunStatsCallback(task.tokens_in)
         callbacks = build_callbacks(config, decision, stats) + list(extra_callbacks or [])
-        trainer = build_trainer(config, decision, callbacks, build_loggers(config))
+        loggers = build_loggers(config, decision, model, data.tokenizer.vocab_size)
+        trainer = build_trainer(config, decision, callbacks, loggers)
         train_loader, val_loader = build_dataloaders(config, data.train, data.val,
                                                      pin_memory=decision.device.kind == "cuda")
         if resume_from:
             print(f"Resuming from {resume_from}")
-        trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
+        with finish_wandb_on_exit(loggers):  # a re-run in the notebook must not attach to this run
+            trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
         if resume_from and stats.start_step is None:
             print(f"Nothing to train: {resume_from} already reached max_epochs={config.max_epochs}"
                   f"{'' if config.max_steps is None else f' or max_steps={config.max_steps}'}. "

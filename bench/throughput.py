@@ -1,0 +1,167 @@
+"""Throughput of the kit's train() against a hand-written PyTorch loop, and start-up time.
+
+    python bench/throughput.py [--steps 200] [--rounds 3] [--size tiny] [--seq 128] [--batch 16]
+
+Both sides train the same model (same seed, same init), on the same batches, with the same
+precision, AdamW groups, warmup+cosine schedule and gradient clipping. The kit runs with its
+default callbacks on (progress bar, checkpointing, metric logging). Rounds alternate kit / loop
+so that background load hits both alike; each round times steps 6..N from the first batch's start
+to the last step's end. Prints tokens/s of each round, the medians and their ratio.
+
+Start-up: seconds from launching `python -c "<train one step with the kit>"` to its first
+optimizer step, against launching `python -c "import torch, pytorch_lightning"` (the floor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+import pytorch_lightning as pl  # noqa: E402
+import torch  # noqa: E402
+
+from utils.config import WizardConfig  # noqa: E402
+from utils.data import prepare_data  # noqa: E402
+from utils.training import TrainingCoordinator  # noqa: E402
+from utils.training.amp_utils import resolve_precision  # noqa: E402
+from utils.training.builder import build_dataloaders, build_model  # noqa: E402
+from utils.training.module import param_groups, warmup_cosine  # noqa: E402
+
+SKIP = 5  # warm-up steps left out of the timing on both sides
+
+
+class StepClock(pl.Callback):
+    """Times the kit from the start of batch SKIP+1 to the end of the last step."""
+
+    def __init__(self):
+        self.t0 = self.t1 = None
+        self.tokens = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == SKIP and self.t0 is None:
+            self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.t0 is not None:
+            self.tokens += batch[0].numel()
+            self.t1 = time.perf_counter()
+
+
+def kit_tokens_per_sec(config: WizardConfig, out: Path) -> float:
+    clock = StepClock()
+    TrainingCoordinator(config.replace(output_dir=str(out))).train(extra_callbacks=[clock])
+    return clock.tokens / (clock.t1 - clock.t0)
+
+
+def loop_tokens_per_sec(config: WizardConfig) -> float:
+    """The same training written by hand: no Lightning, no callbacks, no logging."""
+    decision = resolve_precision(config.use_mixed_precision, config.precision)
+    device = "cuda" if decision.device.kind == "cuda" else "cpu"
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    data = prepare_data(config)
+    model = build_model(config, data.tokenizer.vocab_size).to(device)
+    train_loader, _ = build_dataloaders(config, data.train, data.val, pin_memory=device == "cuda")
+    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.learning_rate, betas=(0.9, 0.95))
+    total = config.max_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(int(config.warmup_ratio * total), total))
+    dtype = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(decision.precision)
+    scaler = torch.amp.GradScaler(device, enabled=dtype is torch.float16)
+    autocast = (lambda: torch.autocast(device, dtype=dtype)) if dtype else nullcontext
+    model.train()
+    tokens, t0, step = 0, None, 0
+    for x, y in train_loader:
+        if step == SKIP:
+            t0 = time.perf_counter()
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast():
+            logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.gradient_clip_val)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        loss.item()  # the kit's progress bar reads the loss every step; so do we
+        step += 1
+        if t0 is not None:
+            tokens += x.numel()
+        if step == total:
+            break
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return tokens / (time.perf_counter() - t0)
+
+
+def startup_seconds(python_code: str) -> float:
+    """Seconds from launching `python -c code` until it prints FIRST_STEP (or exits)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", python_code], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        if line.startswith("FIRST_STEP"):
+            elapsed = time.perf_counter() - t0
+            proc.kill()
+            proc.wait()
+            return elapsed
+    proc.wait()
+    return time.perf_counter() - t0
+
+
+FIRST_STEP_CODE = """
+import sys, tempfile, pytorch_lightning as pl
+from utils.config import WizardConfig
+from utils.training import TrainingCoordinator
+class First(pl.Callback):
+    def on_train_batch_end(self, trainer, *args):
+        print("FIRST_STEP", flush=True); sys.exit(0)
+cfg = WizardConfig(output_dir=tempfile.mkdtemp(), max_steps=1)
+TrainingCoordinator(cfg).train(extra_callbacks=[First()])
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--size", default="tiny")
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--startup-rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    config = WizardConfig(model_size=args.size, max_seq_len=args.seq, batch_size=args.batch, max_steps=args.steps,
+                          max_epochs=100, log_every_n_steps=10)
+    decision = resolve_precision(config.use_mixed_precision, config.precision)
+    print(f"device: {decision.device.describe()}; precision {decision.precision}; torch {torch.__version__}, "
+          f"lightning {pl.__version__}; model {args.size}, batch {args.batch} x {args.seq} tokens, "
+          f"{args.steps} steps (first {SKIP} untimed)")
+    kit, loop = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            loop.append(loop_tokens_per_sec(config))
+            kit.append(kit_tokens_per_sec(config, Path(tmp) / f"kit{r}"))
+            print(f"round {r + 1}: hand loop {loop[-1]:,.0f} tok/s, kit {kit[-1]:,.0f} tok/s, "
+                  f"ratio {kit[-1] / loop[-1]:.3f}", flush=True)
+    print(f"median: hand loop {statistics.median(loop):,.0f} tok/s, kit {statistics.median(kit):,.0f} tok/s, "
+          f"kit/loop = {statistics.median(kit) / statistics.median(loop):.3f}")
+
+    floor = [startup_seconds("import torch, pytorch_lightning") for _ in range(args.startup_rounds)]
+    first = [startup_seconds(FIRST_STEP_CODE) for _ in range(args.startup_rounds)]
+    print(f"start-up: import torch+lightning {statistics.median(floor):.2f} s; kit to first optimizer step "
+          f"{statistics.median(first):.2f} s (median of {args.startup_rounds}); "
+          f"overhead over the floor {statistics.median(first) - statistics.median(floor):.2f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,324 @@
+"""W&B helpers: the run config, names, auth without prompts, and real offline runs read back from disk.
+
+Mocked, because they cannot run here: the `google.colab` package (a fake one in sys.modules raises
+each of userdata.get's errors) and a GPU (a DeviceInfo standing for a T4). W&B itself is the real
+package in offline mode; its transaction log (.wandb) is parsed with wandb.proto.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+import types
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from utils.config import WizardConfig
+from utils.env import DeviceInfo
+from utils.training import TrainingCoordinator, train
+from utils.training.amp_utils import resolve_precision
+from utils.training.health import Fp16HealthError
+from utils.wandb_helpers import (WandbAuth, build_wandb_config, make_project_name, make_run_name,
+                                 resolve_wandb_auth)
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = DeviceInfo("cpu", "CPU")
+FAKE_KEY = "f4k3f4k3f4k3f4k3f4k3f4k3f4k3f4k3f4k3f4k3"  # 40 characters, like a real W&B key
+CONFIG_KEYS = {"learning_rate", "batch_size", "epochs", "warmup_ratio", "weight_decay", "max_grad_norm", "model_type",
+               "vocab_size", "max_seq_len", "total_params", "trainable_params", "total_params_millions", "device",
+               "gpu_name", "mixed_precision", "precision", "gradient_accumulation_steps"}
+
+
+@pytest.fixture(autouse=True)
+def isolated_wandb(tmp_path, monkeypatch):
+    """No W&B key, no W&B state outside tmp_path, no google.colab unless a test installs its fake."""
+    monkeypatch.setenv("WANDB_API_KEY", "unset")
+    monkeypatch.delenv("WANDB_API_KEY")  # recorded, so a key a test puts in os.environ is removed afterwards
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb-home" / var.lower()))
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+
+
+def fake_colab(monkeypatch, behaviour):
+    """Install a fake google.colab.userdata whose get() returns a key or raises the named error."""
+    userdata = types.ModuleType("google.colab.userdata")
+    for name, base in [("NotebookAccessError", Exception), ("SecretNotFoundError", Exception),
+                       ("TimeoutException", Exception)]:
+        setattr(userdata, name, type(name, (base,), {}))
+    userdata.calls = []
+
+    def get(key):
+        userdata.calls.append(key)
+        if behaviour in ("NotebookAccessError", "SecretNotFoundError", "TimeoutException"):
+            raise getattr(userdata, behaviour)(key)
+        return behaviour
+
+    userdata.get = get
+    colab = types.ModuleType("google.colab")
+    colab.userdata = userdata
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    monkeypatch.setitem(sys.modules, "google.colab.userdata", userdata)
+    return userdata
+
+
+# ---------------------------------------------------------------------------- config and names
+def test_build_wandb_config_is_flat_with_the_run_facts(tiny_lm):
+    config = WizardConfig(learning_rate=3e-4, batch_size=8, max_epochs=2, warmup_ratio=0.1, weight_decay=0.05,
+                          gradient_clip_val=0.5, max_seq_len=64, gradient_accumulation_steps=4)
+    model = tiny_lm(vocab_size=100, dim=10)
+    model.emb.weight.requires_grad_(False)
+    t4 = DeviceInfo("cuda", "Tesla T4", (7, 5), 15 * 2**30)  # a GPU's facts, mocked
+    data = build_wandb_config(config, model, resolve_precision(True, "auto", t4), vocab_size=100)
+    assert set(data) == CONFIG_KEYS
+    total = 100 * 10 + 10 * 100 + 100
+    assert data == {
+        "learning_rate": 3e-4, "batch_size": 8, "epochs": 2, "warmup_ratio": 0.1, "weight_decay": 0.05,
+        "max_grad_norm": 0.5, "model_type": "tinylm", "vocab_size": 100, "max_seq_len": 64, "total_params": total,
+        "trainable_params": total - 100 * 10, "total_params_millions": 0.002, "device": "cuda",
+        "gpu_name": "Tesla T4", "mixed_precision": True, "precision": "16-mixed", "gradient_accumulation_steps": 4,
+    }
+    assert all(isinstance(v, (int, float, str, bool, type(None))) for v in data.values())
+    on_cpu = build_wandb_config(config.replace(use_mixed_precision=False), model, resolve_precision(False, "auto", CPU), 100)
+    assert (on_cpu["device"], on_cpu["gpu_name"], on_cpu["mixed_precision"], on_cpu["precision"]) == \
+           ("cpu", None, False, "32-true")
+
+
+@pytest.mark.parametrize("name, expected", [("colab-transformer-kit", "colab-transformer-kit"),
+                                            ("My Project_1", "my-project-1"), ("  GPT / tests!  ", "gpt-tests")])
+def test_make_project_name_is_lowercase_with_hyphens(name, expected):
+    assert make_project_name(name) == expected
+
+
+def test_make_project_name_refuses_a_name_without_letters():
+    with pytest.raises(ValueError, match="'!!!' has no letters or digits"):
+        make_project_name("!!!")
+
+
+def test_make_run_name_is_model_type_and_timestamp():
+    assert make_run_name("gpt", now=datetime(2026, 3, 5, 14, 2, 9)) == "gpt_20260305_140209"
+    name = make_run_name("gpt")
+    assert name.startswith("gpt_") and datetime.strptime(name[4:], "%Y%m%d_%H%M%S")
+
+
+# ---------------------------------------------------------------------------- auth order
+def test_disabled_never_looks_for_a_key(monkeypatch):
+    userdata = fake_colab(monkeypatch, FAKE_KEY)
+    assert resolve_wandb_auth("disabled").mode == "disabled"
+    assert userdata.calls == []
+
+
+def test_offline_stays_offline_even_with_a_key(monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    auth = resolve_wandb_auth("offline")
+    assert (auth.mode, auth.source) == ("offline", "none")
+    assert "wandb sync" in auth.message
+
+
+@pytest.mark.parametrize("mode", ["auto", "online"])
+def test_environment_key_comes_first(monkeypatch, mode):
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    userdata = fake_colab(monkeypatch, "another-key-from-colab")
+    auth = resolve_wandb_auth(mode)
+    assert (auth.mode, auth.source) == ("online", "environment")
+    assert userdata.calls == []
+    assert os.environ["WANDB_API_KEY"] == FAKE_KEY
+
+
+def test_colab_secret_is_used_without_a_login_and_put_in_the_environment(monkeypatch):
+    userdata = fake_colab(monkeypatch, FAKE_KEY)
+    auth = resolve_wandb_auth("auto")
+    assert auth == WandbAuth("online", "colab-secrets", "W&B logs this run online (API key from Colab secrets).")
+    assert userdata.calls == ["WANDB_API_KEY"]
+    assert os.environ["WANDB_API_KEY"] == FAKE_KEY
+    assert FAKE_KEY not in repr(auth)
+
+
+@pytest.mark.parametrize("error, reason", [
+    ("SecretNotFoundError", "no WANDB_API_KEY secret in Colab"),
+    ("NotebookAccessError", "this notebook has no access to the WANDB_API_KEY secret"),
+    ("TimeoutException", "reading Colab secrets timed out"),
+    ("", "the WANDB_API_KEY secret in Colab is empty"),
+])
+@pytest.mark.parametrize("mode", ["auto", "online"])
+def test_each_colab_failure_falls_back_to_offline_with_the_reason(monkeypatch, error, reason, mode):
+    fake_colab(monkeypatch, error)
+    auth = resolve_wandb_auth(mode)
+    assert (auth.mode, auth.source) == ("offline", "none")
+    assert reason in auth.message and "wandb sync" in auth.message and "\n" not in auth.message
+    assert ("wandb_mode='online'" in auth.message) is (mode == "online")
+    assert "WANDB_API_KEY" not in os.environ
+
+
+def test_no_key_outside_colab_is_offline():
+    auth = resolve_wandb_auth("auto")
+    assert (auth.mode, auth.source) == ("offline", "none")
+    assert auth.message.startswith("W&B logs this run offline (no WANDB_API_KEY in the environment)")
+
+
+def test_unknown_mode_is_an_error():
+    with pytest.raises(ValueError, match="wandb_mode='cloud' is not allowed"):
+        resolve_wandb_auth("cloud")
+
+
+# ---------------------------------------------------------------------------- real offline runs
+def read_wandb_records(run_dir: Path, timeout: float = 30.0) -> list:
+    """The protobuf Records of a run's .wandb transaction log, once it holds the run's exit record.
+
+    wandb.finish() can return while the wandb-core process is still writing the file, so this waits.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        records = parse_wandb_log(next(run_dir.glob("*.wandb")).read_bytes())
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
+def parse_wandb_log(raw: bytes) -> list:
+    """A 7-byte header (":W&B", magic, version), then leveldb-log records in 32 KiB blocks, each a
+    wandb.proto Record (FULL, or FIRST/MIDDLE/LAST pieces across blocks)."""
+    from wandb.proto import wandb_internal_pb2
+
+    assert raw[:4] == b":W&B"
+    block, pos, chunks, payloads = 32768, 7, b"", []
+    while pos + 7 <= len(raw):
+        left = block - pos % block
+        if left < 7:  # a block's zero-filled trailer
+            pos += left
+            continue
+        _checksum, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
+        if pos + 7 + length > len(raw):  # a record still being written
+            break
+        if kind == 0:  # zero padding up to the end of the block
+            pos += left
+            continue
+        chunks += raw[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST
+            payloads.append(chunks)
+            chunks = b""
+    records = []
+    for payload in payloads:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(payload)
+        records.append(record)
+    return records
+
+
+def history_rows(records) -> list[dict]:
+    rows = []
+    for record in records:
+        if record.WhichOneof("record_type") == "history":
+            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                         for item in record.history.item})
+    return rows
+
+
+def run_config(records) -> dict:
+    run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    return {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in run.config.update}
+
+
+def exit_code(records) -> int:
+    return next(r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit")
+
+
+def offline_config(tmp_path, **changes) -> WizardConfig:
+    base = dict(max_steps=6, max_seq_len=16, batch_size=4, val_split=0.002, log_every_n_steps=1, learning_rate=2e-3,
+                precision="16-mixed", wandb_mode="offline", wandb_project="kit-tests",
+                output_dir=str(tmp_path / "run"))
+    return WizardConfig(**{**base, **changes})
+
+
+def test_offline_run_records_amp_metrics_skips_and_config(tmp_path, tiny_lm, capsys):
+    import wandb
+
+    result = train(offline_config(tmp_path), model=tiny_lm(inf_grad_calls={3}), device=CPU)
+    assert wandb.run is None  # finished, so a re-run starts a new one
+    assert "W&B logs this run offline (wandb_mode='offline')" in capsys.readouterr().out
+    run_dirs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(run_dirs) == 1
+    records = read_wandb_records(run_dirs[0])
+    rows = history_rows(records)
+
+    steps = [r for r in rows if "amp/skipped_steps" in r]
+    assert [r["amp/loss_scale"] for r in steps] == [65536.0, 65536.0, 32768.0, 32768.0, 32768.0, 32768.0]
+    assert [r["amp/skipped_steps"] for r in steps] == [0, 0, 1, 1, 1, 1]
+    assert [r["trainer/global_step"] for r in steps] == [0, 1, 2, 3, 4, 5]
+    assert any(r.get("amp/precision") == "16-mixed" and r.get("amp/enabled") == 1 for r in rows)
+    assert any("val/loss" in r for r in rows)
+
+    config = run_config(records)
+    assert CONFIG_KEYS <= set(config)
+    assert config["learning_rate"] == 2e-3
+    assert config["precision"] == "16-mixed" and config["mixed_precision"] is True
+    assert config["model_type"] == "tinylm" and config["vocab_size"] == 103 and config["max_grad_norm"] == 1.0
+    run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    assert run.project == "kit-tests" and run.display_name.startswith("tinylm_")
+    assert exit_code(records) == 0
+    assert result.global_step == 6
+
+
+def test_offline_run_that_fails_health_is_finished_as_failed(tmp_path, tiny_lm):
+    import wandb
+
+    with pytest.raises(Fp16HealthError):
+        TrainingCoordinator(offline_config(tmp_path, max_steps=20), device=CPU).train(tiny_lm(nan_loss_calls={2}))
+    assert wandb.run is None
+    records = read_wandb_records(next((tmp_path / "run" / "wandb").glob("offline-run-*")))
+    assert exit_code(records) == 1
+
+
+def test_a_run_left_open_by_an_earlier_cell_is_finished_not_reused(tmp_path, tiny_lm, capsys):
+    import wandb
+
+    stale = wandb.init(mode="offline", project="kit-tests", name="stale", dir=str(tmp_path))
+    train(offline_config(tmp_path, max_steps=2), model=tiny_lm(), device=CPU)
+    assert "W&B: finishing the run 'stale' left open by an earlier cell" in capsys.readouterr().out
+    assert wandb.run is None
+    assert exit_code(read_wandb_records(next((tmp_path / "wandb").glob(f"offline-run-*-{stale.id}")))) == 0
+    ours = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(ours) == 1 and not ours[0].name.endswith(stale.id)
+
+
+def run_cli(tmp_path, env_changes: dict, *overrides: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path / "home"), WANDB_CONFIG_DIR=str(tmp_path / "wandb-home" / "config"),
+               WANDB_CACHE_DIR=str(tmp_path / "wandb-home" / "cache"),
+               WANDB_DATA_DIR=str(tmp_path / "wandb-home" / "data"), OMP_NUM_THREADS="1", **env_changes)
+    args = ["max_steps=3", "max_seq_len=16", "batch_size=4", "val_split=0.002", "log_every_n_steps=1",
+            "precision=32-true", f"output_dir={tmp_path / 'run'}", *overrides]
+    command = [sys.executable, "-m", "utils.training", "--sample-tokens", "5"]
+    for arg in args:
+        command += ["--set", arg]
+    return subprocess.run(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=180)
+
+
+def test_training_with_stdin_closed_and_no_key_finishes_offline(tmp_path):
+    # WANDB_MODE=online in the environment must not make wandb ask for a login either.
+    out = run_cli(tmp_path, {"WANDB_MODE": "online"}, "wandb_mode=online")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert ("W&B: wandb_mode='online' but no WANDB_API_KEY in the environment, so this run logs offline"
+            in out.stdout)
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and exit_code(read_wandb_records(runs[0])) == 0
+
+
+def test_a_fake_key_never_reaches_files_or_output(tmp_path):
+    out = run_cli(tmp_path, {"WANDB_API_KEY": FAKE_KEY}, "wandb_mode=offline")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert FAKE_KEY not in out.stdout and FAKE_KEY not in out.stderr
+    scanned = [p for p in (tmp_path).rglob("*") if p.is_file()] + list((ROOT / "notebooks").glob("*.ipynb"))
+    names = {p.name for p in scanned}
+    assert {"config.json", "last.ckpt", "metrics.csv", "output.log", "debug.log", "debug-internal.log"} <= names
+    assert any(p.suffix == ".wandb" for p in scanned)
+    leaked = [str(p) for p in scanned if FAKE_KEY.encode() in p.read_bytes()]
+    assert leaked == []

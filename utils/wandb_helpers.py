@@ -1,0 +1,151 @@
+"""Weights & Biases without a login prompt: find the API key, choose online or offline, name the run.
+
+The key comes from the WANDB_API_KEY environment variable, else (on Colab) from the notebook's
+Secrets panel; without one the run logs offline and can be uploaded later with `wandb sync`.
+Nothing here calls wandb.login() or input(), and the key is never printed, returned or saved.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Optional
+
+from utils.config import WANDB_MODES
+from utils.env import in_colab
+
+API_KEY_VAR = "WANDB_API_KEY"
+SYNC_HINT = "upload it later with `wandb sync <output_dir>/wandb/offline-run-*` on a machine logged in to W&B"
+
+
+@dataclass(frozen=True)
+class WandbAuth:
+    mode: str  # "online", "offline" or "disabled": what wandb.init gets
+    source: str  # where the key came from: "environment", "colab-secrets" or "none"
+    message: str  # one line for the user; never contains the key
+
+
+def resolve_wandb_auth(wandb_mode: str) -> WandbAuth:
+    """Decide the W&B mode for config.wandb_mode without ever blocking on a prompt.
+
+    "auto" and "online" go online only with a key; a key found in Colab secrets is put in
+    os.environ[WANDB_API_KEY] so wandb.init picks it up without a login.
+    """
+    if wandb_mode not in WANDB_MODES:
+        raise ValueError(f"wandb_mode={wandb_mode!r} is not allowed; choose one of {', '.join(map(repr, WANDB_MODES))}")
+    if wandb_mode == "disabled":
+        return WandbAuth("disabled", "none", "W&B logging is off (wandb_mode='disabled').")
+    if wandb_mode == "offline":
+        return WandbAuth("offline", "none", f"W&B logs this run offline (wandb_mode='offline'); {SYNC_HINT}.")
+    source, missing = _find_api_key()
+    if source is not None:
+        where = "the WANDB_API_KEY environment variable" if source == "environment" else "Colab secrets"
+        return WandbAuth("online", source, f"W&B logs this run online (API key from {where}).")
+    if wandb_mode == "online":
+        return WandbAuth("offline", "none", f"W&B: wandb_mode='online' but {missing}, so this run logs offline; "
+                                            f"{SYNC_HINT}.")
+    return WandbAuth("offline", "none", f"W&B logs this run offline ({missing}); {SYNC_HINT}.")
+
+
+def _find_api_key() -> tuple[Optional[str], str]:
+    """(source, None) when a key is available in os.environ afterwards, else (None, why not)."""
+    if os.environ.get(API_KEY_VAR, "").strip():
+        return "environment", ""
+    if not in_colab():
+        return None, "no WANDB_API_KEY in the environment"
+    try:
+        from google.colab import userdata
+    except ImportError:
+        return None, "no WANDB_API_KEY in the environment and this Colab has no Secrets API"
+    # Older Colab releases lack some of these classes; each is caught by name where it exists.
+    reasons = {
+        "SecretNotFoundError": "no WANDB_API_KEY secret in Colab (add it in the key-icon Secrets panel)",
+        "NotebookAccessError": "this notebook has no access to the WANDB_API_KEY secret (switch on "
+                               "'Notebook access' for it in the Secrets panel)",
+        "TimeoutException": "reading Colab secrets timed out (they can only be read from the Colab UI)",
+    }
+    known = tuple(cls for cls in (getattr(userdata, name, None) for name in reasons) if isinstance(cls, type))
+    try:
+        key = userdata.get(API_KEY_VAR)
+    except known as e:
+        return None, next(why for name, why in reasons.items() if type(e).__name__ == name)
+    if not key or not key.strip():
+        return None, "the WANDB_API_KEY secret in Colab is empty"
+    os.environ[API_KEY_VAR] = key.strip()
+    return "colab-secrets", ""
+
+
+def make_project_name(name: str) -> str:
+    """W&B project names here are lowercase words joined by hyphens: 'My Project_1' -> 'my-project-1'."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    if not slug:
+        raise ValueError(f"W&B project name {name!r} has no letters or digits; use something like 'my-transformer'")
+    return slug
+
+
+def make_run_name(model_type: str, now: Optional[datetime] = None) -> str:
+    """{model_type}_{YYYYMMDD_HHMMSS}, e.g. gpt_20260315_142501."""
+    return f"{model_type}_{(now or datetime.now()).strftime('%Y%m%d_%H%M%S')}"
+
+
+def model_type_of(model) -> str:
+    """The model's class name in lowercase: 'gpt' for the GPT template, 'mymodel' for MyModel."""
+    return type(model).__name__.lower()
+
+
+def build_wandb_config(config, model, decision, vocab_size: int) -> dict:
+    """The flat dict a W&B run's config shows: the knobs of the run and the precision in force.
+
+    config: WizardConfig; model: the nn.Module trained; decision: the PrecisionDecision;
+    vocab_size: the tokenizer's vocabulary (what the model was built for).
+    """
+    params = list(model.parameters())  # shared (tied) parameters appear once
+    total = sum(p.numel() for p in params)
+    device = decision.device
+    return {
+        "learning_rate": config.learning_rate,
+        "batch_size": config.batch_size,
+        "epochs": config.max_epochs,
+        "warmup_ratio": config.warmup_ratio,
+        "weight_decay": config.weight_decay,
+        "max_grad_norm": config.gradient_clip_val,
+        "model_type": model_type_of(model),
+        "vocab_size": vocab_size,
+        "max_seq_len": config.max_seq_len,
+        "total_params": total,
+        "trainable_params": sum(p.numel() for p in params if p.requires_grad),
+        "total_params_millions": round(total / 1e6, 3),
+        "device": device.kind,
+        "gpu_name": device.name if device.kind == "cuda" else None,
+        "mixed_precision": config.use_mixed_precision,
+        "precision": decision.precision,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+    }
+
+
+@contextmanager
+def finish_wandb_on_exit(loggers: list):
+    """Finish the W&B run of these loggers when the block ends, failed (exit code 1) or not.
+
+    Lightning's WandbLogger leaves the run open; in a notebook the next training would attach to it.
+    """
+    try:
+        yield
+    except BaseException:
+        _finish(loggers, exit_code=1)
+        raise
+    _finish(loggers, exit_code=0)
+
+
+def _finish(loggers: list, exit_code: int) -> None:
+    from pytorch_lightning.loggers import WandbLogger
+
+    if not any(isinstance(logger, WandbLogger) for logger in loggers):
+        return  # W&B is off: leave alone any run the user started themselves
+    import wandb
+
+    if wandb.run is not None:  # WandbLogger logs to the global run
+        wandb.finish(exit_code=exit_code)
