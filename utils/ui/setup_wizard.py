@@ -179,7 +179,7 @@ class SetupWizard:
 
     # ------------------------------------------------------------------ widgets
     def _build_widgets(self) -> None:
-        self._output = widgets.Output()  # callback errors land here, never in the void
+        self.output = widgets.Output()  # callback errors land here, never in the void
         self.fields: dict[str, Field] = {}
         for step in STEPS:
             for name, label in step.fields:
@@ -188,8 +188,9 @@ class SetupWizard:
         self._build_controls()
         self._step_boxes = [self._step_box(step) for step in STEPS]
         self._body = widgets.VBox([self._step_boxes[0]])
-        self._root = widgets.VBox([self._title, self._preset, self._indicator, self._body,
-                                   widgets.HBox([self._back, self._next, self._save]), self._message, self._output],
+        navigation = widgets.HBox([self.back_button, self.next_button, self.save_button])
+        self._root = widgets.VBox([self._title, self.preset_menu, self.indicator, self._body, navigation,
+                                   self.message, self.output],
                                   layout=widgets.Layout(max_width="1000px", border="1px solid #ccc", padding="8px"))
         self._root.add_class("wizard")
 
@@ -201,23 +202,23 @@ class SetupWizard:
 
     def _build_controls(self) -> None:
         self._title = widgets.HTML("<b>Setup wizard</b>: choose data, tokenizer, model and training, then Save.")
-        self._preset = widgets.Dropdown(options=[("choose a preset", "")] + [(n, n) for n in PRESETS],
-                                        description="Preset", style={"description_width": LABEL_WIDTH},
-                                        layout=widgets.Layout(width=INPUT_WIDTH))
-        self._preset.add_class("wizard-preset")
-        self._preset.observe(self._guard(self._on_preset), names="value")
-        self._indicator = widgets.HTML()
-        self._back = self._button("Back", "wizard-back", self._on_back)
-        self._next = self._button("Next", "wizard-next", self._on_next, style="primary")
-        self._save = self._button("Save", "wizard-save", self._on_save, style="success")
-        self._check = self._button("Check model", "wizard-check", self._on_check)
-        self._upload = widgets.FileUpload(accept=".txt,.csv,.jsonl", multiple=False, description="Upload file")
-        self._upload.add_class("wizard-upload")
-        self._upload.observe(self._guard(self._on_upload), names="value")
-        self._message = widgets.HTML()
-        self._message.add_class("wizard-message")
-        self._notes = {key: widgets.HTML() for key in ("dataset", "tokenizer", "model", "check", "precision", "summary")}
-        for key, note in self._notes.items():
+        self.preset_menu = widgets.Dropdown(options=[("choose a preset", "")] + [(n, n) for n in PRESETS],
+                                            description="Preset", style={"description_width": LABEL_WIDTH},
+                                            layout=widgets.Layout(width=INPUT_WIDTH))
+        self.preset_menu.add_class("wizard-preset")
+        self.preset_menu.observe(self._guard(self._on_preset), names="value")
+        self.indicator = widgets.HTML()
+        self.back_button = self._button("Back", "wizard-back", self._on_back)
+        self.next_button = self._button("Next", "wizard-next", self._on_next, style="primary")
+        self.save_button = self._button("Save", "wizard-save", self._on_save, style="success")
+        self.check_button = self._button("Check model", "wizard-check", self._on_check)
+        self.upload = widgets.FileUpload(accept=".txt,.csv,.jsonl", multiple=False, description="Upload file")
+        self.upload.add_class("wizard-upload")
+        self.upload.observe(self._guard(self._on_upload), names="value")
+        self.message = widgets.HTML()
+        self.message.add_class("wizard-message")
+        self.notes = {key: widgets.HTML() for key in ("dataset", "tokenizer", "model", "check", "precision", "summary")}
+        for key, note in self.notes.items():
             note.add_class(f"wizard-note-{key}")
 
     def _button(self, text: str, css: str, handler: Callable, style: str = "") -> widgets.Button:
@@ -228,9 +229,9 @@ class SetupWizard:
 
     def _step_box(self, step: Step) -> widgets.VBox:
         rows = [self.fields[name].row for name, _ in step.fields]
-        extras = {"dataset": [self._upload, self._notes["dataset"]], "tokenizer": [self._notes["tokenizer"]],
-                  "model": [self._notes["model"], self._check, self._notes["check"]],
-                  "training": [self._notes["precision"]], "review": [self._notes["summary"]]}
+        extras = {"dataset": [self.upload, self.notes["dataset"]], "tokenizer": [self.notes["tokenizer"]],
+                  "model": [self.notes["model"], self.check_button, self.notes["check"]],
+                  "training": [self.notes["precision"]], "review": [self.notes["summary"]]}
         box = widgets.VBox(rows + extras[step.key])
         box.add_class(f"wizard-step-{step.key}")
         return box
@@ -242,7 +243,7 @@ class SetupWizard:
             try:
                 handler(*args)
             except Exception as e:  # boundary: any bug in a callback must reach the user's eyes
-                self._output.append_stderr("".join(traceback.format_exception(type(e), e, e.__traceback__)))
+                self.output.append_stderr("".join(traceback.format_exception(type(e), e, e.__traceback__)))
                 self._say(f"Internal error in {handler.__name__}: {e} (traceback below).", error=True)
         return run
 
@@ -255,7 +256,7 @@ class SetupWizard:
         if change["new"] and not self._syncing:
             self.apply_preset(change["new"])
             self._syncing = True
-            self._preset.value = ""  # the menu is an action, so edits after it do not look preset
+            self.preset_menu.value = ""  # the menu is an action, so edits after it do not look preset
             self._syncing = False
 
     def _on_back(self, button) -> None:
@@ -273,14 +274,14 @@ class SetupWizard:
 
     def _on_check(self, button) -> None:
         decision = resolve_precision(self._config.use_mixed_precision, self._config.precision, self.device)
-        self._notes["check"].value = _note("<i>Running a forward/backward pass on CPU...</i>")
+        self.notes["check"].value = _note("<i>Running a forward/backward pass on CPU...</i>")
         try:
             check = check_model(self._config, decision)
         except (ValueError, RuntimeError) as e:  # the model's own complaint (shapes, memory): show it
-            self._notes["check"].value = _note(html.escape(f"Model check failed: {e}"), ERROR_COLOR)
+            self.notes["check"].value = _note(html.escape(f"Model check failed: {e}"), ERROR_COLOR)
             return
         self.last_check = (self._config, check)
-        self._notes["check"].value = _note("<br>".join(map(html.escape, describe_check(check, self._config,
+        self.notes["check"].value = _note("<br>".join(map(html.escape, describe_check(check, self._config,
                                                                                        decision).splitlines())))
 
     def _on_upload(self, change) -> None:
@@ -331,7 +332,7 @@ class SetupWizard:
         for name, field in self.fields.items():
             field.show_error(self.errors.get(name, ""))
             field.set_visible(VISIBLE_WHEN.get(name, lambda c: True)(candidate))
-        self._upload.layout.display = None if candidate.dataset_source == "upload" else "none"
+        self.upload.layout.display = None if candidate.dataset_source == "upload" else "none"
         if not self.errors:
             self._config = candidate
         self._update_notes(candidate)
@@ -348,33 +349,33 @@ class SetupWizard:
 
     def _update_navigation(self) -> None:
         last = self.step == len(STEPS) - 1
-        self._back.disabled = self.step == 0
-        self._next.disabled = last or bool(self._step_errors(self.step))
-        self._next.layout.display = "none" if last else None
-        self._save.layout.display = None if last else "none"
+        self.back_button.disabled = self.step == 0
+        self.next_button.disabled = last or bool(self._step_errors(self.step))
+        self.next_button.layout.display = "none" if last else None
+        self.save_button.layout.display = None if last else "none"
         # Errors in fields without a widget (or on an earlier step) would be lost by saving.
-        self._save.disabled = bool(self.errors)
-        self._indicator.value = _indicator_html(self.step, self.errors)
+        self.save_button.disabled = bool(self.errors)
+        self.indicator.value = _indicator_html(self.step, self.errors)
 
     def _say(self, text: str, error: bool = False) -> None:
-        self._message.value = _note(html.escape(text), ERROR_COLOR if error else "#1b5e20") if text else ""
+        self.message.value = _note(html.escape(text), ERROR_COLOR if error else "#1b5e20") if text else ""
 
     # ------------------------------------------------------------------ notes beside the fields
     def _update_notes(self, candidate: WizardConfig) -> None:
         config = self._config  # the notes describe what would be saved: the last valid config
-        self._notes["dataset"].value = _dataset_note()
+        self.notes["dataset"].value = _dataset_note()
         vocab, origin = vocab_size_for(config)
-        self._notes["tokenizer"].value = _note(f"The model will see {vocab} token ids ({html.escape(origin)}).")
-        self._notes["model"].value = _note(self._model_note(config, vocab))
-        self._notes["precision"].value = "" if "precision" in self.errors else \
+        self.notes["tokenizer"].value = _note(f"The model will see {vocab} token ids ({html.escape(origin)}).")
+        self.notes["model"].value = _note(self._model_note(config, vocab))
+        self.notes["precision"].value = "" if "precision" in self.errors else \
             _note(f"<b>Precision on this device:</b> {html.escape(self._precision_text(candidate))}")
-        self._notes["summary"].value = _summary_html(config, self._precision_text(config), self.errors)
+        self.notes["summary"].value = _summary_html(config, self._precision_text(config), self.errors)
         if self.last_check and self.last_check[0] != config:
-            self._notes["check"].value = _note("<i>Settings changed since the last check: press Check model "
+            self.notes["check"].value = _note("<i>Settings changed since the last check: press Check model "
                                                "again.</i>")
 
     def _model_note(self, config: WizardConfig, vocab: int) -> str:
-        self._check.disabled = config.model_source != "template"
+        self.check_button.disabled = config.model_source != "template"
         if config.model_source != "template":
             return f"Model from {config.model_source} (set in the saved JSON): checked when training starts."
         key = (config.model_template, config.model_size, config.max_seq_len, vocab)
@@ -416,7 +417,7 @@ def _summary_html(config: WizardConfig, precision: str, errors: dict[str, str]) 
     pending = (f'<p style="color:{ERROR_COLOR}">{len(errors)} field(s) still have errors; the values below '
                "are the last valid ones and Save is disabled until they are fixed.</p>") if errors else ""
     return (f"{pending}<p style=\"line-height:1.4\"><b>Mixed precision:</b> use_mixed_precision={config.use_mixed_precision!r}, "
-            f"precision={config.precision!r} &rarr; {html.escape(precision)}</p>"
+            f"precision={html.escape(repr(config.precision))} &rarr; {html.escape(precision)}</p>"
             f'<div style="column-count:2; font-size:12px; line-height:1.5">{items}</div>')
 
 
