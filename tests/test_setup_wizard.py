@@ -160,6 +160,9 @@ def test_hidden_fields_follow_the_choices(wizard_path):
     assert wizard.fields["vocab_size"].row.layout.display == "none"
     set_value(wizard, "tokenizer_strategy", "bpe")
     assert wizard.fields["vocab_size"].row.layout.display is None
+    set_value(wizard, "vocab_size", 10)
+    set_value(wizard, "tokenizer_strategy", "char")  # vocab_size is unused now, but its error must stay in view
+    assert "vocab_size" in wizard.errors and wizard.fields["vocab_size"].row.layout.display is None
 
 
 # ------------------------------------------------------------------ navigation
@@ -421,7 +424,8 @@ def test_validate_config_uses_the_configs_own_rules():
     assert validate_config(WizardConfig()) == []
     bad = WizardConfig(batch_size=0, learning_rate=2.0)
     assert validate_config(bad) == field_errors(bad)
-    assert validate_config(WizardConfig(batch_size="8")) == [("batch_size", "batch_size='8' has type str; expected int")]
+    assert validate_config(WizardConfig(batch_size="8")) == [
+        ("batch_size", "batch_size='8' has type str; expected int")]
 
 
 def test_callback_error_is_shown_in_the_output_widget(wizard_path):

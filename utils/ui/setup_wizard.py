@@ -331,7 +331,12 @@ class SetupWizard:
         self.errors = self._validate(candidate)
         for name, field in self.fields.items():
             field.show_error(self.errors.get(name, ""))
-            field.set_visible(VISIBLE_WHEN.get(name, lambda c: True)(candidate))
+            # A field with an error stays in view even where its choice hides it, or Next would be
+            # disabled for no visible reason.
+            field.set_visible(name in self.errors or VISIBLE_WHEN.get(name, lambda c: True)(candidate))
+        orphans = [message for name, message in self.errors.items() if name not in self.fields]
+        if orphans:  # a field the wizard has no widget for (edited in the JSON file)
+            self._say(" ".join(orphans), error=True)
         self.upload.layout.display = None if candidate.dataset_source == "upload" else "none"
         if not self.errors:
             self._config = candidate
@@ -416,7 +421,8 @@ def _summary_html(config: WizardConfig, precision: str, errors: dict[str, str]) 
                     for name in shown + others)
     pending = (f'<p style="color:{ERROR_COLOR}">{len(errors)} field(s) still have errors; the values below '
                "are the last valid ones and Save is disabled until they are fixed.</p>") if errors else ""
-    return (f"{pending}<p style=\"line-height:1.4\"><b>Mixed precision:</b> use_mixed_precision={config.use_mixed_precision!r}, "
+    return (f'{pending}<p style="line-height:1.4"><b>Mixed precision:</b> '
+            f"use_mixed_precision={config.use_mixed_precision!r}, "
             f"precision={html.escape(repr(config.precision))} &rarr; {html.escape(precision)}</p>"
             f'<div style="column-count:2; font-size:12px; line-height:1.5">{items}</div>')
 
