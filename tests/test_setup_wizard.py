@@ -267,7 +267,7 @@ def test_model_step_counts_parameters_and_checks_forward_backward(wizard_path):
 
 
 def test_memory_estimate_grows_with_batch_and_reports_when_it_does_not_fit(wizard_path):
-    small_gpu = DeviceInfo("cuda", "Small GPU", (7, 5), 64 * 2**20)
+    small_gpu = DeviceInfo("cuda", "Small GPU", (6, 1), 64 * 2**20)  # fp32 (no tensor cores): a quick check
     config = WizardConfig(batch_size=64)
     decision = resolve_precision(True, "auto", small_gpu)
     big, half = check_model(config, decision), check_model(config.replace(batch_size=32), decision)
@@ -405,18 +405,21 @@ def test_interactive_auto_detection(monkeypatch):
     assert SetupWizard(config_path="/nonexistent/x.json").interactive is False
 
 
-def test_nbclient_execution_is_headless_and_never_waits(tmp_path, monkeypatch):
-    """A real kernel run by nbclient (as nbval and papermill do), with CI unset: no widgets, no waiting."""
+def test_in_a_kernel_headless_by_nbclient_and_displayed_when_interactive(tmp_path, monkeypatch):
+    """A real kernel run by nbclient (as nbval and papermill do), with CI unset."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    source = (f"from utils.ui.setup_wizard import SetupWizard\n"
-              f"wizard = SetupWizard(config_path={str(tmp_path / 'wizard_config.json')!r}, preset='tiny')\n"
-              "wizard")
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source),
-                                         nbformat.v4.new_code_cell("print(wizard.config.model_size)")])
+    path = str(tmp_path / "wizard_config.json")
+    cells = ["from utils.ui.setup_wizard import SetupWizard\n"
+             f"wizard = SetupWizard(config_path={path!r}, preset='tiny')\nwizard",
+             "print(wizard.config.model_size)",
+             f"SetupWizard(config_path={path!r}, interactive=True)"]  # a cell ending in the wizard shows it
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     first = "".join(o.get("text", "") for o in nb.cells[0].outputs)
     assert first.startswith("Setup wizard not shown (the notebook is executed by a client that cannot prompt")
     assert nb.cells[1].outputs[0]["text"] == "tiny\n"
+    shown = [o for o in nb.cells[2].outputs if o.get("output_type") == "display_data"]
+    assert len(shown) == 1 and "model_id" in shown[0]["data"]["application/vnd.jupyter.widget-view+json"]
 
 
 # ------------------------------------------------------------------ API and callback errors
