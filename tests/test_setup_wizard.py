@@ -339,6 +339,9 @@ def test_save_then_a_new_wizard_starts_from_the_file(wizard_path, tmp_path):
     assert wizard.output.outputs == ()
     assert json.loads(wizard_path.read_text()) == wizard.config.to_dict()
     assert f"Saved to {html.escape(str(wizard_path))}" in wizard.message.value
+    set_value(wizard, "max_epochs", 7)
+    assert "Changed since the last Save: press Save again" in wizard.message.value
+    set_value(wizard, "max_epochs", 5)
 
     again = make_wizard(wizard_path, preset="t4")  # the saved clicks win over the notebook's preset
     assert again.config == wizard.config

@@ -113,6 +113,7 @@ class SetupWizard:
         self.errors: dict[str, str] = {}  # field -> message for the values in the widgets now
         self.last_check = None  # (config the model check ran on, its ModelCheck)
         self._syncing = False
+        self._saved: Optional[WizardConfig] = None  # what the last Save wrote, to flag later edits
         self._param_counts: dict[tuple, int] = {}
         self._build_widgets()
         self._set_widgets(self._config)
@@ -143,6 +144,7 @@ class SetupWizard:
     def save(self) -> Path:
         """Write wizard.config to config_path (atomically) and return the path."""
         path = self._config.save(self.config_path)
+        self._saved = self._config
         self._say(f"Saved to {path}. Run the next cells; a new wizard starts from this file.")
         return path
 
@@ -340,6 +342,9 @@ class SetupWizard:
         self.upload.layout.display = None if candidate.dataset_source == "upload" else "none"
         if not self.errors:
             self._config = candidate
+        if self._saved is not None and self._config != self._saved:
+            self._saved = None  # say it once: Run all would start from the file, not from these edits
+            self._say(f"Changed since the last Save: press Save again to keep these choices in {self.config_path}.")
         self._update_notes(candidate)
         self._update_navigation()
 
@@ -382,7 +387,8 @@ class SetupWizard:
     def _model_note(self, config: WizardConfig, vocab: int) -> str:
         self.check_button.disabled = config.model_source != "template"
         if config.model_source != "template":
-            return f"Model from {config.model_source} (set in the saved JSON): checked when training starts."
+            return (f"Model from model_source={config.model_source!r} (set in the saved JSON); the wizard "
+                    "counts and checks template models only.")
         key = (config.model_template, config.model_size, config.max_seq_len, vocab)
         if key not in self._param_counts:
             self._param_counts[key] = count_parameters(config, vocab)
