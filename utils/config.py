@@ -153,6 +153,11 @@ def _choice(name: str, value: Any, allowed: tuple) -> Optional[str]:
 
 
 def _type_problems(config: WizardConfig) -> list[str]:
+    return [msg for name, msg in type_errors(config)]
+
+
+def type_errors(config: WizardConfig) -> list[tuple[str, str]]:
+    """(field, message) for each field whose value has the wrong type (the wizard shows them per field)."""
     hints = typing.get_type_hints(WizardConfig)
     problems = []
     for f in fields(WizardConfig):
@@ -166,7 +171,7 @@ def _type_problems(config: WizardConfig) -> list[str]:
             ok = True  # JSON writes 1.0 as 1
         if not ok:
             want = base.__name__ + (" or null" if optional else "")
-            problems.append(f"{f.name}={value!r} has type {type(value).__name__}; expected {want}")
+            problems.append((f.name, f"{f.name}={value!r} has type {type(value).__name__}; expected {want}"))
     return problems
 
 

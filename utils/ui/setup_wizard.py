@@ -1,5 +1,438 @@
-"""SetupWizard: an ipywidgets wizard that yields a valid WizardConfig (built in issue 3)."""
+"""SetupWizard: click through five steps in Colab or Jupyter and get a valid WizardConfig.
 
-from utils.config import WizardConfig
+    wizard = SetupWizard(config_path="/content/drive/MyDrive/kit/wizard_config.json")
+    wizard              # a cell ending in `wizard` shows it; later cells read wizard.config
 
-__all__ = ["WizardConfig"]
+`wizard.config` is a valid WizardConfig at all times: the saved file when there is one, else the
+preset, else the defaults, then every valid change. Save writes it to `config_path`, and the next
+SetupWizard starts from that file, so Run all keeps the choices. Works with ipywidgets 7.7 (Colab)
+and 8.x: no Tab widget, no custom widget manager.
+
+Interactive or headless (`interactive=None`): headless when the CI environment variable is set,
+when no Jupyter kernel runs this code (a script, pytest), or when the cell was sent by a client
+that cannot answer a prompt (nbclient, nbval and papermill execute with allow_stdin=False; every
+browser frontend allows it). Colab is always interactive. Headless, the wizard prints its config
+instead of showing widgets. It never waits in either mode.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib.util
+import os
+import traceback
+from dataclasses import dataclass, fields
+from functools import wraps
+from pathlib import Path
+from typing import Callable, Optional
+
+import ipywidgets as widgets
+
+from templates import list_templates
+from utils.config import (DATASET_SOURCES, MODEL_SIZES, PRECISIONS, TOKENIZER_STRATEGIES, ConfigError,
+                          WizardConfig, field_errors, type_errors)
+from utils.env import DeviceInfo, detect_device, in_colab
+from utils.training.amp_utils import PrecisionError, resolve_precision
+from utils.ui.fields import ERROR_COLOR, INPUT_WIDTH, LABEL_WIDTH, Field, build_field, save_upload, uploaded_files
+from utils.ui.model_check import (check_model, count_parameters, describe_check, format_count,
+                                  vocab_size_for)
+from utils.ui.presets import PRESETS, apply_preset
+
+__all__ = ["SetupWizard", "WizardConfig", "validate_config", "detect_interactive", "PRESETS"]
+
+
+def validate_config(config: WizardConfig) -> list[tuple[str, str]]:
+    """(field, message) for every problem, empty when valid: WizardConfig's own rules, nothing else."""
+    problems = type_errors(config)
+    return problems if problems else field_errors(config)
+
+
+def detect_interactive() -> tuple[bool, str]:
+    """Whether a person can click the wizard here, and why (the rule is in the module docstring)."""
+    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+        return False, "the CI environment variable is set"
+    from IPython import get_ipython  # IPython comes with ipywidgets
+
+    kernel = getattr(get_ipython(), "kernel", None)
+    if kernel is None:
+        return False, "no Jupyter kernel runs this code"
+    if in_colab():
+        return True, "running in Colab"
+    if not getattr(kernel, "_allow_stdin", True):
+        return False, "the notebook is executed by a client that cannot prompt (nbclient, nbval or papermill)"
+    return True, "running in a Jupyter kernel with a frontend"
+
+
+@dataclass(frozen=True)
+class Step:
+    key: str  # short name, used in CSS classes and screenshot names
+    title: str
+    fields: tuple[tuple[str, str], ...]  # (WizardConfig field, label)
+
+
+STEPS = (
+    Step("dataset", "Dataset", (("dataset_source", "Source"), ("dataset_name", "Dataset name"),
+                                ("dataset_config", "Dataset config"), ("dataset_path", "File path"),
+                                ("text_column", "Text column"), ("val_split", "Validation split"))),
+    Step("tokenizer", "Tokenizer", (("tokenizer_strategy", "Strategy"), ("vocab_size", "Vocabulary size"),
+                                    ("tokenizer_path", "Tokenizer path"))),
+    Step("model", "Model", (("model_template", "Template"), ("model_size", "Size"), ("dropout", "Dropout"))),
+    Step("training", "Training", (("batch_size", "Batch size"), ("max_seq_len", "Sequence length"),
+                                  ("learning_rate", "Learning rate"), ("max_epochs", "Epochs"),
+                                  ("gradient_accumulation_steps", "Accumulation steps"),
+                                  ("gradient_clip_val", "Gradient clipping"),
+                                  ("early_stopping_patience", "Early stopping patience"),
+                                  ("use_mixed_precision", "Mixed precision"), ("precision", "Precision"))),
+    Step("review", "Review & save", (("output_dir", "Output folder"),)),
+)
+
+# Fields shown only for the choices that use them; a display rule, not a validation rule.
+VISIBLE_WHEN = {
+    "dataset_name": lambda c: c.dataset_source in ("embedded", "huggingface"),
+    "dataset_config": lambda c: c.dataset_source == "huggingface",
+    "dataset_path": lambda c: c.dataset_source in ("file", "upload"),
+    "text_column": lambda c: c.dataset_source in ("file", "upload", "huggingface"),
+    "vocab_size": lambda c: c.tokenizer_strategy == "bpe",
+    "tokenizer_path": lambda c: c.tokenizer_strategy == "pretrained",
+}
+PLACEHOLDERS = {"dataset_path": "/content/drive/MyDrive/data/train.txt", "tokenizer_path": "path/to/tokenizer"}
+HF_AVAILABLE = importlib.util.find_spec("datasets") is not None
+
+
+class SetupWizard:
+    def __init__(self, config_path: str | os.PathLike = "runs/wizard_config.json", interactive: Optional[bool] = None,
+                 preset: Optional[str] = None, device: Optional[DeviceInfo] = None):
+        self.config_path = Path(config_path)
+        self.device = device or detect_device()
+        if interactive is None:
+            self.interactive, self.mode_reason = detect_interactive()
+        else:
+            self.interactive, self.mode_reason = interactive, f"interactive={interactive} was passed"
+        self._config, self.start_message = self._initial_config(preset)
+        self.step = 0
+        self.errors: dict[str, str] = {}  # field -> message for the values in the widgets now
+        self.last_check = None  # (config the model check ran on, its ModelCheck)
+        self._syncing = False
+        self._saved: Optional[WizardConfig] = None  # what the last Save wrote, to flag later edits
+        self._param_counts: dict[tuple, int] = {}
+        self._build_widgets()
+        self._set_widgets(self._config)
+        self._say(self.start_message, error=self.start_message.startswith("Could not"))
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def config(self) -> WizardConfig:
+        """The last valid config (never raises; values with errors are not taken)."""
+        return self._config
+
+    @property
+    def widget(self) -> widgets.VBox:
+        return self._root
+
+    def show(self) -> None:
+        from IPython.display import display
+
+        if self.interactive:
+            display(self._root)
+        else:
+            print(self.describe())
+
+    def _ipython_display_(self) -> None:
+        # Called by IPython 7-9 for a cell ending in `wizard`, under ipywidgets 7.7 and 8 alike.
+        self.show()
+
+    def save(self) -> Path:
+        """Write wizard.config to config_path (atomically) and return the path."""
+        path = self._config.save(self.config_path)
+        self._saved = self._config
+        self._say(f"Saved to {path}. Run the next cells; a new wizard starts from this file.")
+        return path
+
+    def create_config_from_preset(self, name: str) -> WizardConfig:
+        """The defaults with the preset's fields changed (the wizard's own choices are not used)."""
+        return apply_preset(WizardConfig(), name)
+
+    def apply_preset(self, name: str) -> WizardConfig:
+        """Change the current config by a preset's fields and show the result in the widgets."""
+        self._config = apply_preset(self._config, name)
+        self._set_widgets(self._config)
+        changes = ", ".join(f"{k}={v!r}" for k, v in PRESETS[name].items())
+        self._say(f"Applied preset {name!r}: {changes}.")
+        return self._config
+
+    def describe(self) -> str:
+        """Plain text for headless runs: why no widgets, where the config came from, what it is."""
+        lines = [f"Setup wizard not shown ({self.mode_reason}). {self.start_message}",
+                 f"Precision: {self._precision_text(self._config)}"]
+        lines += [f"  {k} = {v!r}" for k, v in self._config.to_dict().items()]
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ start-up
+    def _initial_config(self, preset: Optional[str]) -> tuple[WizardConfig, str]:
+        base = apply_preset(WizardConfig(), preset) if preset else WizardConfig()
+        origin = f"preset {preset!r}" if preset else "the defaults"
+        if not self.config_path.exists():
+            return base, f"Started from {origin}."
+        try:
+            return WizardConfig.load(self.config_path), f"Loaded your saved choices from {self.config_path}."
+        except (ConfigError, OSError, UnicodeDecodeError) as e:
+            return base, (f"Could not use the saved config {self.config_path}: {e} Started from {origin}; "
+                          "the file stays as it is until you press Save.")
+
+    # ------------------------------------------------------------------ widgets
+    def _build_widgets(self) -> None:
+        self.output = widgets.Output()  # callback errors land here, never in the void
+        self.fields: dict[str, Field] = {}
+        for step in STEPS:
+            for name, label in step.fields:
+                self.fields[name] = build_field(name, label, self._options(name), PLACEHOLDERS.get(name, ""))
+                self.fields[name].input.observe(self._guard(self._on_field_change), names="value")
+        self._build_controls()
+        self._step_boxes = [self._step_box(step) for step in STEPS]
+        self._body = widgets.VBox([self._step_boxes[0]])
+        navigation = widgets.HBox([self.back_button, self.next_button, self.save_button])
+        self._root = widgets.VBox([self._title, self.preset_menu, self.indicator, self._body, navigation,
+                                   self.message, self.output],
+                                  layout=widgets.Layout(max_width="1000px", border="1px solid #ccc", padding="8px"))
+        self._root.add_class("wizard")
+
+    def _options(self, name: str) -> Optional[list]:
+        if name == "dataset_source":
+            return [s for s in DATASET_SOURCES if s != "huggingface" or HF_AVAILABLE]
+        return {"tokenizer_strategy": list(TOKENIZER_STRATEGIES), "model_template": list_templates(self._config.task),
+                "model_size": list(MODEL_SIZES), "precision": list(PRECISIONS)}.get(name)
+
+    def _build_controls(self) -> None:
+        self._title = widgets.HTML("<b>Setup wizard</b>: choose data, tokenizer, model and training, then Save.")
+        self.preset_menu = widgets.Dropdown(options=[("choose a preset", "")] + [(n, n) for n in PRESETS],
+                                            description="Preset", style={"description_width": LABEL_WIDTH},
+                                            layout=widgets.Layout(width=INPUT_WIDTH))
+        self.preset_menu.add_class("wizard-preset")
+        self.preset_menu.observe(self._guard(self._on_preset), names="value")
+        self.indicator = widgets.HTML()
+        self.back_button = self._button("Back", "wizard-back", self._on_back)
+        self.next_button = self._button("Next", "wizard-next", self._on_next, style="primary")
+        self.save_button = self._button("Save", "wizard-save", self._on_save, style="success")
+        self.check_button = self._button("Check model", "wizard-check", self._on_check)
+        self.upload = widgets.FileUpload(accept=".txt,.csv,.jsonl", multiple=False, description="Upload file")
+        self.upload.add_class("wizard-upload")
+        self.upload.observe(self._guard(self._on_upload), names="value")
+        self.message = widgets.HTML()
+        self.message.add_class("wizard-message")
+        self.notes = {key: widgets.HTML() for key in ("dataset", "tokenizer", "model", "check", "precision", "summary")}
+        for key, note in self.notes.items():
+            note.add_class(f"wizard-note-{key}")
+
+    def _button(self, text: str, css: str, handler: Callable, style: str = "") -> widgets.Button:
+        button = widgets.Button(description=text, button_style=style)
+        button.add_class(css)
+        button.on_click(self._guard(handler))
+        return button
+
+    def _step_box(self, step: Step) -> widgets.VBox:
+        rows = [self.fields[name].row for name, _ in step.fields]
+        extras = {"dataset": [self.upload, self.notes["dataset"]], "tokenizer": [self.notes["tokenizer"]],
+                  "model": [self.notes["model"], self.check_button, self.notes["check"]],
+                  "training": [self.notes["precision"]], "review": [self.notes["summary"]]}
+        box = widgets.VBox(rows + extras[step.key])
+        box.add_class(f"wizard-step-{step.key}")
+        return box
+
+    def _guard(self, handler: Callable) -> Callable:
+        """Show a callback's unexpected error in the Output widget; widget events would hide it."""
+        @wraps(handler)
+        def run(*args):
+            try:
+                handler(*args)
+            except Exception as e:  # boundary: any bug in a callback must reach the user's eyes
+                self.output.append_stderr("".join(traceback.format_exception(type(e), e, e.__traceback__)))
+                self._say(f"Internal error in {handler.__name__}: {e} (traceback below).", error=True)
+        return run
+
+    # ------------------------------------------------------------------ events
+    def _on_field_change(self, change) -> None:
+        if not self._syncing:
+            self._refresh()
+
+    def _on_preset(self, change) -> None:
+        if change["new"] and not self._syncing:
+            self.apply_preset(change["new"])
+            self._syncing = True
+            self.preset_menu.value = ""  # the menu is an action, so edits after it do not look preset
+            self._syncing = False
+
+    def _on_back(self, button) -> None:
+        self._go(self.step - 1)
+
+    def _on_next(self, button) -> None:
+        if not self._step_errors(self.step):
+            self._go(self.step + 1)
+
+    def _on_save(self, button) -> None:
+        try:
+            self.save()
+        except OSError as e:  # a dropped Drive mount, a read-only folder
+            self._say(f"Could not save to {self.config_path}: {e}", error=True)
+
+    def _on_check(self, button) -> None:
+        decision = resolve_precision(self._config.use_mixed_precision, self._config.precision, self.device)
+        self.notes["check"].value = _note("<i>Running a forward/backward pass on CPU...</i>")
+        try:
+            check = check_model(self._config, decision)
+        except (ValueError, RuntimeError) as e:  # the model's own complaint (shapes, memory): show it
+            self.notes["check"].value = _note(html.escape(f"Model check failed: {e}"), ERROR_COLOR)
+            return
+        self.last_check = (self._config, check)
+        self.notes["check"].value = _note("<br>".join(map(html.escape, describe_check(check, self._config,
+                                                                                       decision).splitlines())))
+
+    def _on_upload(self, change) -> None:
+        files = uploaded_files(change["new"])
+        if not files:
+            return
+        name, content = files[-1]
+        try:
+            path = save_upload(name, content, Path(self._config.output_dir) / "uploads")
+        except (OSError, ValueError) as e:
+            self._say(f"Could not save the upload {name!r}: {e}", error=True)
+            return
+        self._set_widgets(self._config, dataset_source="upload", dataset_path=str(path))
+        self._say(f"Uploaded {name} ({len(content)} bytes) to {path}.")
+
+    # ------------------------------------------------------------------ state
+    def _set_widgets(self, config: WizardConfig, **overrides) -> None:
+        """Show config (plus overrides) in the widgets, then validate once."""
+        values = {**config.to_dict(), **overrides}
+        self._syncing = True
+        try:
+            for name, field in self.fields.items():
+                field.set_value(values[name])
+        finally:
+            self._syncing = False
+        self._refresh()
+
+    def _candidate(self) -> WizardConfig:
+        # The dataclass constructor does not validate, so a candidate can hold bad values to report.
+        return WizardConfig(**{**self._config.to_dict(), **{n: f.value for n, f in self.fields.items()}})
+
+    def _validate(self, candidate: WizardConfig) -> dict[str, str]:
+        problems = validate_config(candidate)
+        if not any(name in ("precision", "use_mixed_precision") for name, _ in problems):
+            try:
+                resolve_precision(candidate.use_mixed_precision, candidate.precision, self.device)
+            except PrecisionError as e:  # bf16 on a T4: valid config, wrong hardware
+                problems.append(("precision", str(e)))
+        errors: dict[str, str] = {}
+        for name, message in problems:
+            errors[name] = f"{errors[name]} {message}" if name in errors else message
+        return errors
+
+    def _refresh(self) -> None:
+        """Validate the widget values, show each error beside its field, keep the config if valid."""
+        candidate = self._candidate()
+        self.errors = self._validate(candidate)
+        for name, field in self.fields.items():
+            field.show_error(self.errors.get(name, ""))
+            # A field with an error stays in view even where its choice hides it, or Next would be
+            # disabled for no visible reason.
+            field.set_visible(name in self.errors or VISIBLE_WHEN.get(name, lambda c: True)(candidate))
+        orphans = [message for name, message in self.errors.items() if name not in self.fields]
+        if orphans:  # a field the wizard has no widget for (edited in the JSON file)
+            self._say(" ".join(orphans), error=True)
+        self.upload.layout.display = None if candidate.dataset_source == "upload" else "none"
+        if not self.errors:
+            self._config = candidate
+        if self._saved is not None and self._config != self._saved:
+            self._saved = None  # say it once: Run all would start from the file, not from these edits
+            self._say(f"Changed since the last Save: press Save again to keep these choices in {self.config_path}.")
+        self._update_notes(candidate)
+        self._update_navigation()
+
+    def _step_errors(self, index: int) -> dict[str, str]:
+        names = {name for name, _ in STEPS[index].fields}
+        return {k: v for k, v in self.errors.items() if k in names}
+
+    def _go(self, index: int) -> None:
+        self.step = max(0, min(index, len(STEPS) - 1))
+        self._body.children = [self._step_boxes[self.step]]
+        self._update_navigation()
+
+    def _update_navigation(self) -> None:
+        last = self.step == len(STEPS) - 1
+        self.back_button.disabled = self.step == 0
+        self.next_button.disabled = last or bool(self._step_errors(self.step))
+        self.next_button.layout.display = "none" if last else None
+        self.save_button.layout.display = None if last else "none"
+        # Errors in fields without a widget (or on an earlier step) would be lost by saving.
+        self.save_button.disabled = bool(self.errors)
+        self.indicator.value = _indicator_html(self.step, self.errors)
+
+    def _say(self, text: str, error: bool = False) -> None:
+        self.message.value = _note(html.escape(text), ERROR_COLOR if error else "#1b5e20") if text else ""
+
+    # ------------------------------------------------------------------ notes beside the fields
+    def _update_notes(self, candidate: WizardConfig) -> None:
+        config = self._config  # the notes describe what would be saved: the last valid config
+        self.notes["dataset"].value = _dataset_note()
+        vocab, origin = vocab_size_for(config)
+        self.notes["tokenizer"].value = _note(f"The model will see {vocab} token ids ({html.escape(origin)}).")
+        self.notes["model"].value = _note(self._model_note(config, vocab))
+        self.notes["precision"].value = "" if "precision" in self.errors else \
+            _note(f"<b>Precision on this device:</b> {html.escape(self._precision_text(candidate))}")
+        self.notes["summary"].value = _summary_html(config, self._precision_text(config), self.errors)
+        if self.last_check and self.last_check[0] != config:
+            self.notes["check"].value = _note("<i>Settings changed since the last check: press Check model "
+                                               "again.</i>")
+
+    def _model_note(self, config: WizardConfig, vocab: int) -> str:
+        self.check_button.disabled = config.model_source != "template"
+        if config.model_source != "template":
+            return (f"Model from model_source={config.model_source!r} (set in the saved JSON); the wizard "
+                    "counts and checks template models only.")
+        key = (config.model_template, config.model_size, config.max_seq_len, vocab)
+        if key not in self._param_counts:
+            self._param_counts[key] = count_parameters(config, vocab)
+        return (f"<b>{format_count(self._param_counts[key])} parameters</b> ({config.model_template} "
+                f"{config.model_size}, vocabulary {vocab}, context {config.max_seq_len}). "
+                "Check model runs a forward/backward pass and estimates the memory at your batch size.")
+
+    def _precision_text(self, config: WizardConfig) -> str:
+        try:
+            decision = resolve_precision(config.use_mixed_precision, config.precision, self.device)
+        except PrecisionError as e:
+            return str(e)
+        return f"{decision.precision} ({decision.reason})"
+
+
+def _dataset_note() -> str:
+    if HF_AVAILABLE:
+        return "Hugging Face datasets: choose source 'huggingface' and give the dataset name."
+    return "Hugging Face datasets: install datasets to use this (<code>pip install datasets</code>)."
+
+
+def _indicator_html(current: int, errors: dict[str, str]) -> str:
+    parts = []
+    for i, step in enumerate(STEPS):
+        text = f"{i + 1}. {html.escape(step.title)}"
+        if any(name in errors for name, _ in step.fields):
+            text += " (!)"
+        parts.append(f"<b><u>{text}</u></b>" if i == current else f'<span style="color:#666">{text}</span>')
+    return " &rsaquo; ".join(parts)
+
+
+def _summary_html(config: WizardConfig, precision: str, errors: dict[str, str]) -> str:
+    shown = [name for step in STEPS for name, _ in step.fields]
+    others = [f.name for f in fields(WizardConfig) if f.name not in shown]
+    items = "".join(f"<div><code>{name}</code> = {html.escape(repr(getattr(config, name)))}</div>"
+                    for name in shown + others)
+    pending = (f'<p style="color:{ERROR_COLOR}">{len(errors)} field(s) still have errors; the values below '
+               "are the last valid ones and Save is disabled until they are fixed.</p>") if errors else ""
+    return (f'{pending}<p style="line-height:1.4"><b>Mixed precision:</b> '
+            f"use_mixed_precision={config.use_mixed_precision!r}, "
+            f"precision={html.escape(repr(config.precision))} &rarr; {html.escape(precision)}</p>"
+            f'<div style="column-count:2; font-size:12px; line-height:1.5">{items}</div>')
+
+
+def _note(inner_html: str, color: str = "inherit") -> str:
+    # The HTML widget's own line height is a form row's (28px); wrapped notes read better tighter.
+    return f'<div style="line-height:1.4; margin:4px 0; color:{color}">{inner_html}</div>'

@@ -1,0 +1,454 @@
+"""The setup wizard driven without a browser: set widget values, click buttons, read what it shows.
+
+Runs under ipywidgets 8 and 7.7 (CI runs this file again with 7.7, the version Colab ships).
+GPU facts come from injected DeviceInfo values (no GPU here); nothing of our own is mocked.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import ipywidgets
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from utils.config import WizardConfig as CoreWizardConfig
+from utils.config import field_errors
+from utils.env import DeviceInfo
+from utils.training.amp_utils import PrecisionError, resolve_precision
+from utils.training.builder import build_model
+from utils.ui.model_check import check_model
+from utils.ui.presets import PRESETS
+from utils.ui.setup_wizard import STEPS, SetupWizard, WizardConfig, detect_interactive, validate_config
+
+REPO = Path(__file__).resolve().parents[1]
+IPYWIDGETS_7 = ipywidgets.__version__.startswith("7.")
+T4 = DeviceInfo("cuda", "Tesla T4", (7, 5), 16 * 2**30)
+A100 = DeviceInfo("cuda", "NVIDIA A100-SXM4-40GB", (8, 0), 40 * 2**30)
+CPU = DeviceInfo("cpu", "CPU")
+EMBEDDED_CHAR_VOCAB = 103  # distinct characters in the embedded corpus
+
+
+@pytest.fixture(autouse=True)
+def no_ci(monkeypatch):
+    monkeypatch.delenv("CI", raising=False)  # CI must not change what these tests see
+
+
+@pytest.fixture
+def wizard_path(tmp_path) -> Path:
+    return tmp_path / "wizard_config.json"
+
+
+def make_wizard(path: Path, device: DeviceInfo = T4, **kwargs) -> SetupWizard:
+    return SetupWizard(config_path=path, interactive=True, device=device, **kwargs)
+
+
+def set_value(wizard: SetupWizard, field: str, value) -> None:
+    wizard.fields[field].input.value = value
+    assert wizard.output.outputs == (), wizard.output.outputs  # no callback raised
+
+
+def go_to(wizard: SetupWizard, key: str) -> None:
+    target = [s.key for s in STEPS].index(key)
+    while wizard.step < target:
+        assert not wizard.next_button.disabled, wizard.errors
+        wizard.next_button.click()
+    assert wizard.step == target
+
+
+def shown_error(wizard: SetupWizard, field: str) -> str:
+    return wizard.fields[field].message
+
+
+# ------------------------------------------------------------------ contract
+def test_public_contract():
+    assert WizardConfig is CoreWizardConfig
+    assert {"tiny", "small", "t4"} <= set(PRESETS)
+    names = [name for step in STEPS for name, _ in step.fields]
+    assert len(names) == len(set(names)), "a field must appear on one step only"
+    assert set(names) <= set(CoreWizardConfig().to_dict())
+    assert [s.title for s in STEPS] == ["Dataset", "Tokenizer", "Model", "Training", "Review & save"]
+
+
+def test_new_wizard_starts_from_defaults_without_a_saved_file(wizard_path):
+    wizard = make_wizard(wizard_path)
+    assert wizard.config == WizardConfig()
+    assert wizard.fields["batch_size"].value == 16 and wizard.fields["model_size"].value == "tiny"
+    assert wizard.message.value.count("Started from the defaults.") == 1
+    assert not wizard_path.exists()  # nothing is written before Save
+
+
+# ------------------------------------------------------------------ validation as you type
+def test_invalid_batch_size_shows_config_message_and_disables_next(wizard_path):
+    wizard = make_wizard(wizard_path)
+    go_to(wizard, "training")
+    set_value(wizard, "batch_size", 0)
+    expected = dict(field_errors(WizardConfig(batch_size=0)))["batch_size"]
+    assert expected == "batch_size=0 must be >= 1"
+    assert shown_error(wizard, "batch_size") == expected
+    assert html.escape(expected) in wizard.fields["batch_size"].error.value
+    assert wizard.next_button.disabled is True
+    assert "4. Training (!)" in wizard.indicator.value
+    wizard.next_button.click()
+    assert wizard.step == 3  # Next cannot be forced past the error
+    assert wizard.config.batch_size == 16  # the last valid value stays
+
+    set_value(wizard, "batch_size", 8)
+    assert shown_error(wizard, "batch_size") == "" and wizard.fields["batch_size"].error.value == ""
+    assert wizard.next_button.disabled is False
+    assert wizard.config.batch_size == 8
+
+
+def test_every_step_shows_its_own_field_errors(wizard_path):
+    wizard = make_wizard(wizard_path)
+    set_value(wizard, "val_split", 1.5)
+    assert shown_error(wizard, "val_split") == "val_split=1.5 must be between 0 and 1 (exclusive), e.g. 0.1"
+    assert wizard.next_button.disabled
+    set_value(wizard, "val_split", 0.2)
+    set_value(wizard, "dataset_source", "file")
+    assert shown_error(wizard, "dataset_path") == ("dataset_path is empty; dataset_source='file' needs the path "
+                                                   "of a .txt, .csv or .jsonl file")
+    assert wizard.next_button.disabled and wizard.config.dataset_source == "embedded"
+    set_value(wizard, "dataset_path", "/content/drive/MyDrive/data/train.txt")
+    assert wizard.config.dataset_source == "file" and not wizard.next_button.disabled
+    go_to(wizard, "tokenizer")
+    set_value(wizard, "tokenizer_strategy", "bpe")
+    set_value(wizard, "vocab_size", 100)
+    assert shown_error(wizard, "vocab_size") == dict(field_errors(WizardConfig(vocab_size=100)))["vocab_size"]
+    assert wizard.next_button.disabled
+
+
+def test_several_errors_each_beside_its_field(wizard_path):
+    wizard = make_wizard(wizard_path)
+    go_to(wizard, "training")
+    set_value(wizard, "learning_rate", 0.0)
+    set_value(wizard, "max_epochs", 0)
+    set_value(wizard, "gradient_clip_val", -1.0)
+    assert wizard.errors == {
+        "learning_rate": "learning_rate=0.0 must be > 0 and <= 1 (typical: 1e-4 to 1e-3)",
+        "max_epochs": "max_epochs=0 must be >= 1",
+        "gradient_clip_val": "gradient_clip_val=-1.0 must be >= 0 (0 turns clipping off)",
+    }
+    assert all(shown_error(wizard, f) == m for f, m in wizard.errors.items())
+    assert validate_config(wizard.config) == []
+
+
+def test_wizard_config_is_valid_whatever_is_typed(wizard_path):
+    wizard = make_wizard(wizard_path)
+    for field, value in [("val_split", 0.0), ("batch_size", -3), ("max_seq_len", 1), ("dropout", 1.0),
+                         ("learning_rate", 5.0), ("output_dir", "  "), ("gradient_accumulation_steps", 0)]:
+        set_value(wizard, field, value)
+        assert field in wizard.errors
+        assert validate_config(wizard.config) == []
+    assert wizard.config == WizardConfig()
+
+
+def test_hidden_fields_follow_the_choices(wizard_path):
+    wizard = make_wizard(wizard_path)
+    assert wizard.fields["dataset_path"].row.layout.display == "none"
+    assert wizard.upload.layout.display == "none"
+    set_value(wizard, "dataset_source", "upload")
+    assert wizard.fields["dataset_path"].row.layout.display is None
+    assert wizard.upload.layout.display is None
+    assert wizard.fields["vocab_size"].row.layout.display == "none"
+    set_value(wizard, "tokenizer_strategy", "bpe")
+    assert wizard.fields["vocab_size"].row.layout.display is None
+    set_value(wizard, "vocab_size", 10)
+    set_value(wizard, "tokenizer_strategy", "char")  # vocab_size is unused now, but its error must stay in view
+    assert "vocab_size" in wizard.errors and wizard.fields["vocab_size"].row.layout.display is None
+
+
+# ------------------------------------------------------------------ navigation
+def test_back_next_and_step_indicator(wizard_path):
+    wizard = make_wizard(wizard_path)
+    assert wizard.back_button.disabled and wizard.step == 0
+    assert "<b><u>1. Dataset</u></b>" in wizard.indicator.value
+    for index, step in enumerate(STEPS[1:], start=1):
+        wizard.next_button.click()
+        assert wizard.step == index
+        assert wizard.widget.children[3].children[0] is wizard._step_boxes[index]
+        assert f"<b><u>{index + 1}. {html.escape(step.title)}</u></b>" in wizard.indicator.value
+    assert wizard.next_button.disabled and wizard.next_button.layout.display == "none"
+    assert wizard.save_button.layout.display is None and not wizard.save_button.disabled
+    wizard.back_button.click()
+    assert wizard.step == 3 and wizard.save_button.layout.display == "none"
+    assert wizard.output.outputs == ()
+
+
+# ------------------------------------------------------------------ precision
+@pytest.mark.parametrize("device, precision", [(T4, "16-mixed"), (A100, "bf16-mixed"), (CPU, "32-true")])
+def test_training_step_shows_resolved_precision_and_reason(wizard_path, device, precision):
+    wizard = make_wizard(wizard_path, device=device)
+    decision = resolve_precision(True, "auto", device)
+    assert decision.precision == precision
+    assert f"{precision} ({html.escape(decision.reason)})" in wizard.notes["precision"].value
+    assert f"precision=&#x27;auto&#x27; &rarr; {precision}" in wizard.notes["summary"].value
+
+
+def test_bf16_on_t4_is_an_inline_error_on_precision(wizard_path):
+    wizard = make_wizard(wizard_path, device=T4)
+    go_to(wizard, "training")
+    set_value(wizard, "precision", "bf16-mixed")
+    with pytest.raises(PrecisionError) as raised:
+        resolve_precision(True, "bf16-mixed", T4)
+    assert shown_error(wizard, "precision") == str(raised.value)
+    assert wizard.next_button.disabled and wizard.config.precision == "auto"
+    set_value(wizard, "precision", "16-mixed")
+    assert wizard.config.precision == "16-mixed" and not wizard.next_button.disabled
+
+
+def test_mixed_precision_switch_off_gives_fp32_and_contradiction_is_reported(wizard_path):
+    wizard = make_wizard(wizard_path, device=T4)
+    set_value(wizard, "use_mixed_precision", False)
+    assert "32-true (fp32: mixed precision is switched off" in wizard.notes["precision"].value
+    set_value(wizard, "precision", "16-mixed")
+    assert shown_error(wizard, "precision") == dict(field_errors(
+        WizardConfig(use_mixed_precision=False, precision="16-mixed")))["precision"]
+
+
+# ------------------------------------------------------------------ presets
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_create_config_from_preset_is_defaults_plus_the_preset(wizard_path, name):
+    config = make_wizard(wizard_path).create_config_from_preset(name)
+    assert validate_config(config) == []
+    assert config == WizardConfig(**{**WizardConfig().to_dict(), **PRESETS[name]})
+    assert set(PRESETS[name]) <= set(WizardConfig().to_dict())
+
+
+def test_named_presets_match_their_purpose():
+    wizard = SetupWizard(interactive=False, device=T4, config_path="/nonexistent/wizard_config.json")
+    tiny, t4 = wizard.create_config_from_preset("tiny"), wizard.create_config_from_preset("t4")
+    assert (tiny.model_template, tiny.model_size) == ("gpt", "tiny")
+    assert (t4.model_template, t4.model_size, t4.use_mixed_precision) == ("gpt", "small", True)
+    assert resolve_precision(t4.use_mixed_precision, t4.precision, T4).precision == "16-mixed"
+    with pytest.raises(ValueError, match="Unknown preset 'huge'"):
+        wizard.create_config_from_preset("huge")
+
+
+def test_preset_menu_fills_the_fields_and_keeps_other_choices(wizard_path):
+    wizard = make_wizard(wizard_path)
+    set_value(wizard, "val_split", 0.25)
+    wizard.preset_menu.value = "t4"
+    assert wizard.output.outputs == ()
+    assert wizard.fields["model_size"].value == "small"
+    assert wizard.fields["batch_size"].value == PRESETS["t4"]["batch_size"]
+    assert wizard.config.val_split == 0.25  # not part of the preset
+    assert wizard.config.batch_size == PRESETS["t4"]["batch_size"]
+    assert wizard.preset_menu.value == ""
+    assert "Applied preset &#x27;t4&#x27;" in wizard.message.value
+
+
+# ------------------------------------------------------------------ model step
+def test_model_step_counts_parameters_and_checks_forward_backward(wizard_path):
+    wizard = make_wizard(wizard_path, device=T4)
+    go_to(wizard, "model")
+    params = sum(p.numel() for p in build_model(wizard.config, EMBEDDED_CHAR_VOCAB).parameters())
+    assert params == 822_912
+    assert "822.9K parameters" in wizard.notes["model"].value
+    assert f"vocabulary {EMBEDDED_CHAR_VOCAB}" in wizard.notes["model"].value
+    wizard.check_button.click()
+    assert wizard.output.outputs == ()
+    note = wizard.notes["check"].value
+    assert "Forward/backward on a 2 x 128 dummy batch" in note
+    assert "batch_size=16, max_seq_len=128 (16-mixed)" in note
+    assert "fits in Tesla T4 memory (16.0 GB, 90% usable)" in note
+    _, check = wizard.last_check
+    assert check.parameters == params and check.weights_bytes == 16 * params
+    assert abs(check.loss - math.log(EMBEDDED_CHAR_VOCAB)) < 0.5  # an untrained model guesses uniformly
+    set_value(wizard, "model_size", "small")
+    assert "Settings changed since the last check" in wizard.notes["check"].value
+
+
+def test_memory_estimate_grows_with_batch_and_reports_when_it_does_not_fit(wizard_path):
+    small_gpu = DeviceInfo("cuda", "Small GPU", (6, 1), 64 * 2**20)  # fp32 (no tensor cores): a quick check
+    config = WizardConfig(batch_size=64)
+    decision = resolve_precision(True, "auto", small_gpu)
+    big, half = check_model(config, decision), check_model(config.replace(batch_size=32), decision)
+    assert 1.8 < big.activation_bytes / half.activation_bytes < 2.2
+    assert big.fits is False
+    wizard = make_wizard(wizard_path, device=small_gpu)
+    set_value(wizard, "batch_size", 64)
+    wizard.check_button.click()
+    assert "does NOT fit in Small GPU memory" in wizard.notes["check"].value
+
+
+def test_tokenizer_step_says_how_many_ids_the_model_sees(wizard_path):
+    wizard = make_wizard(wizard_path)
+    assert f"{EMBEDDED_CHAR_VOCAB} token ids (distinct characters in the dataset)" in wizard.notes["tokenizer"].value
+    set_value(wizard, "tokenizer_strategy", "byte")
+    assert "256 token ids (byte tokenizer)" in wizard.notes["tokenizer"].value
+
+
+# ------------------------------------------------------------------ dataset step
+def simulate_upload(upload: ipywidgets.FileUpload, name: str, content: bytes) -> None:
+    """What the browser sends when a file is picked (the browser itself cannot run here)."""
+    if IPYWIDGETS_7:  # 7.x: metadata and data lists, published as a dict when the counter moves
+        upload.metadata = [{"name": name, "type": "text/plain", "size": len(content), "lastModified": 0}]
+        upload.data = [content]
+        upload._counter += 1
+    else:  # 8.x: a tuple of dicts with the content as a memoryview
+        upload.value = ({"name": name, "type": "text/plain", "size": len(content), "content": memoryview(content),
+                         "last_modified": datetime.now(timezone.utc)},)
+
+
+def test_file_upload_is_saved_under_output_dir_and_selected(wizard_path, tmp_path):
+    wizard = make_wizard(wizard_path)
+    set_value(wizard, "output_dir", str(tmp_path / "run"))  # set on the last step; any order works
+    set_value(wizard, "dataset_source", "upload")
+    assert wizard.next_button.disabled  # no file yet
+    simulate_upload(wizard.upload, "../my corpus.txt", b"abcabc\nab\n")
+    assert wizard.output.outputs == ()
+    saved = tmp_path / "run" / "uploads" / "my corpus.txt"
+    assert saved.read_bytes() == b"abcabc\nab\n"
+    assert (wizard.config.dataset_source, wizard.config.dataset_path) == ("upload", str(saved))
+    assert wizard.fields["dataset_path"].value == str(saved)
+    assert "4 token ids (distinct characters in the dataset)" in wizard.notes["tokenizer"].value
+    assert "Uploaded ../my corpus.txt (10 bytes)" in wizard.message.value
+    assert not wizard.next_button.disabled
+
+
+def test_hugging_face_needs_the_datasets_library(wizard_path):
+    wizard = make_wizard(wizard_path)
+    options = [value for _, value in wizard.fields["dataset_source"].input.options]
+    assert options == ["embedded", "file", "upload"]  # datasets is not installed here
+    assert "install datasets to use this" in wizard.notes["dataset"].value
+    wizard_path.write_text(json.dumps({"dataset_source": "huggingface", "dataset_name": "imdb"}))
+    reloaded = make_wizard(wizard_path)  # a config saved where datasets was installed is kept as it is
+    assert reloaded.config.dataset_source == "huggingface"
+    assert reloaded.fields["dataset_source"].value == "huggingface"
+
+
+# ------------------------------------------------------------------ save and reload
+def test_save_then_a_new_wizard_starts_from_the_file(wizard_path, tmp_path):
+    wizard = make_wizard(wizard_path)
+    set_value(wizard, "val_split", 0.2)
+    go_to(wizard, "training")
+    set_value(wizard, "batch_size", 8)
+    set_value(wizard, "learning_rate", 5e-4)
+    set_value(wizard, "use_mixed_precision", False)
+    go_to(wizard, "review")
+    set_value(wizard, "output_dir", str(tmp_path / "drive" / "run1"))
+    wizard.save_button.click()
+    assert wizard.output.outputs == ()
+    assert json.loads(wizard_path.read_text()) == wizard.config.to_dict()
+    assert f"Saved to {html.escape(str(wizard_path))}" in wizard.message.value
+    set_value(wizard, "max_epochs", 7)
+    assert "Changed since the last Save: press Save again" in wizard.message.value
+    set_value(wizard, "max_epochs", 5)
+
+    again = make_wizard(wizard_path, preset="t4")  # the saved clicks win over the notebook's preset
+    assert again.config == wizard.config
+    assert again.fields["batch_size"].value == 8 and again.fields["use_mixed_precision"].value is False
+    assert f"Loaded your saved choices from {html.escape(str(wizard_path))}" in again.message.value
+
+
+def test_save_writes_the_last_valid_config_and_button_waits_for_fixes(wizard_path):
+    wizard = make_wizard(wizard_path)
+    go_to(wizard, "review")
+    set_value(wizard, "output_dir", "")
+    assert shown_error(wizard, "output_dir") == "output_dir is empty; give a folder for checkpoints"
+    assert wizard.save_button.disabled
+    assert "1 field(s) still have errors" in wizard.notes["summary"].value
+    assert wizard.save() == wizard_path
+    assert WizardConfig.load(wizard_path) == WizardConfig()
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("{not json", "is not valid JSON"),
+    (json.dumps({"batch_size": 8, "amp_enabled": True}), "unknown field &#x27;amp_enabled&#x27;"),
+    (json.dumps({"batch_size": "8"}), "batch_size=&#x27;8&#x27; has type str; expected int"),
+    (json.dumps([1, 2]), "expected a JSON object of config fields, got list"),
+])
+def test_corrupt_or_outdated_file_is_reported_and_kept_until_save(wizard_path, content, expected):
+    wizard_path.write_text(content)
+    wizard = make_wizard(wizard_path)
+    assert wizard.config == WizardConfig()
+    assert "Could not use the saved config" in wizard.message.value and expected in wizard.message.value
+    assert "the file stays as it is until you press Save" in wizard.message.value
+    assert wizard_path.read_text() == content
+    go_to(wizard, "review")
+    wizard.save_button.click()
+    assert WizardConfig.load(wizard_path) == WizardConfig()
+
+
+def test_unwritable_save_path_is_reported(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    wizard = make_wizard(blocker / "wizard_config.json")
+    go_to(wizard, "review")
+    wizard.save_button.click()
+    assert wizard.output.outputs == ()
+    assert "Could not save to" in wizard.message.value
+
+
+# ------------------------------------------------------------------ headless
+def test_headless_returns_saved_preset_or_default_and_prints_instead_of_widgets(wizard_path, capsys):
+    assert SetupWizard(config_path=wizard_path, interactive=False).config == WizardConfig()
+    headless = SetupWizard(config_path=wizard_path, interactive=False, preset="tiny", device=CPU)
+    assert headless.config == WizardConfig().replace(**PRESETS["tiny"])
+    headless.show()
+    printed = capsys.readouterr().out
+    assert printed.startswith("Setup wizard not shown (interactive=False was passed). Started from preset 'tiny'.")
+    assert "Precision: 32-true (fp32: no CUDA GPU (CPU)" in printed and "  max_epochs = 3" in printed
+    WizardConfig(batch_size=4).save(wizard_path)
+    assert SetupWizard(config_path=wizard_path, interactive=False, preset="tiny").config.batch_size == 4
+
+
+def test_interactive_auto_detection(monkeypatch):
+    assert detect_interactive() == (False, "no Jupyter kernel runs this code")
+    monkeypatch.setenv("CI", "true")
+    assert detect_interactive() == (False, "the CI environment variable is set")
+    assert SetupWizard(config_path="/nonexistent/x.json").interactive is False
+
+
+def test_in_a_kernel_headless_by_nbclient_and_displayed_when_interactive(tmp_path, monkeypatch):
+    """A real kernel run by nbclient (as nbval and papermill do), with CI unset."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    path = str(tmp_path / "wizard_config.json")
+    cells = ["from utils.ui.setup_wizard import SetupWizard\n"
+             f"wizard = SetupWizard(config_path={path!r}, preset='tiny')\nwizard",
+             "print(wizard.config.model_size)",
+             f"SetupWizard(config_path={path!r}, interactive=True)"]  # a cell ending in the wizard shows it
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    first = "".join(o.get("text", "") for o in nb.cells[0].outputs)
+    assert first.startswith("Setup wizard not shown (the notebook is executed by a client that cannot prompt")
+    assert nb.cells[1].outputs[0]["text"] == "tiny\n"
+    shown = [o for o in nb.cells[2].outputs if o.get("output_type") == "display_data"]
+    assert len(shown) == 1 and "model_id" in shown[0]["data"]["application/vnd.jupyter.widget-view+json"]
+
+
+# ------------------------------------------------------------------ API and callback errors
+def test_validate_config_uses_the_configs_own_rules():
+    assert validate_config(WizardConfig()) == []
+    bad = WizardConfig(batch_size=0, learning_rate=2.0)
+    assert validate_config(bad) == field_errors(bad)
+    assert validate_config(WizardConfig(batch_size="8")) == [
+        ("batch_size", "batch_size='8' has type str; expected int")]
+
+
+def test_callback_error_is_shown_in_the_output_widget(wizard_path):
+    wizard = make_wizard(wizard_path)
+
+    def buggy_handler(button):  # stands for a bug in one of the wizard's handlers
+        raise RuntimeError("boom")
+
+    wizard.back_button.on_click(wizard._guard(buggy_handler))  # wrapped as the wizard wraps its own
+    wizard.back_button.click()
+    stderr = "".join(o["text"] for o in wizard.output.outputs)
+    assert "RuntimeError: boom" in stderr and "buggy_handler" in stderr
+    assert "Internal error in buggy_handler: boom (traceback below)." in wizard.message.value
+
+
+def test_display_hooks_exist_for_both_ipywidgets_versions(wizard_path):
+    wizard = make_wizard(wizard_path)
+    assert callable(wizard._ipython_display_) and isinstance(wizard.widget, ipywidgets.VBox)
+    assert "wizard" in wizard.widget._dom_classes
+    assert sys.modules["ipywidgets"].__version__.split(".")[0] in ("7", "8")

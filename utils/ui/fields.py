@@ -1,0 +1,104 @@
+"""Field widgets for the setup wizard: one input per WizardConfig field, its error shown beside it.
+
+Only widgets and traits that ipywidgets 7.7 (Colab) and 8.x share are used here.
+"""
+
+from __future__ import annotations
+
+import html
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import ipywidgets as widgets
+
+from utils.config import WizardConfig
+
+LABEL_WIDTH = "170px"
+INPUT_WIDTH = "400px"
+PATH_WIDTH = "640px"  # Drive paths are long
+ERROR_COLOR = "#b00020"
+
+
+@dataclass
+class Field:
+    """The input widget for one WizardConfig field, the label that shows its error, and their row."""
+
+    name: str
+    input: widgets.ValueWidget
+    error: widgets.HTML
+    row: widgets.Box
+    message: str = ""  # the error shown beside the input, "" when the value is fine
+
+    @property
+    def value(self) -> Any:
+        return self.input.value
+
+    def set_value(self, value: Any) -> None:
+        if isinstance(self.input, widgets.Dropdown) and value not in _option_values(self.input.options):
+            # A saved config may hold a choice this wizard does not offer (say, a Hugging Face
+            # dataset where that library is missing); keep it rather than silently change it.
+            self.input.options = list(self.input.options) + [(str(value), value)]
+        self.input.value = value
+
+    def show_error(self, message: str) -> None:
+        self.message = message
+        self.error.value = (f'<span class="wizard-error-text" style="color:{ERROR_COLOR}">'
+                            f"{html.escape(message)}</span>") if message else ""
+
+    def set_visible(self, visible: bool) -> None:
+        self.row.layout.display = None if visible else "none"
+
+
+def build_field(name: str, label: str, options: Optional[Sequence] = None, placeholder: str = "") -> Field:
+    """A widget for the named field, chosen by the field's type (or a Dropdown where options are given)."""
+    base = _field_type(name)
+    width = PATH_WIDTH if name.endswith(("_path", "_dir")) else INPUT_WIDTH
+    common = dict(description=label, style={"description_width": LABEL_WIDTH}, layout=widgets.Layout(width=width))
+    if options is not None:
+        widget = widgets.Dropdown(options=[(str(o), o) for o in options], **common)
+    elif base is bool:
+        widget = widgets.Checkbox(indent=True, **common)
+    elif base is int:
+        widget = widgets.IntText(continuous_update=True, **common)
+    elif base is float:
+        widget = widgets.FloatText(continuous_update=True, **common)
+    else:
+        widget = widgets.Text(continuous_update=True, placeholder=placeholder, **common)
+    widget.add_class(f"wizard-field-{name}")  # stable hooks for the browser test and for styling
+    error = widgets.HTML(value="", layout=widgets.Layout(flex="1 1 auto", width="auto", margin="0 0 0 12px"))
+    error.add_class(f"wizard-error-{name}")
+    row = widgets.HBox([widget, error], layout=widgets.Layout(align_items="center", width="100%"))
+    return Field(name, widget, error, row)
+
+
+def _field_type(name: str) -> type:
+    hints = typing.get_type_hints(WizardConfig)
+    if name not in {f.name for f in fields(WizardConfig)}:
+        raise KeyError(f"{name!r} is not a WizardConfig field")
+    hint = hints[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def _option_values(options: Sequence) -> list:
+    return [o[1] if isinstance(o, tuple) else o for o in options]
+
+
+def uploaded_files(value: Any) -> list[tuple[str, bytes]]:
+    """(file name, content) pairs from FileUpload.value in either ipywidgets version."""
+    if isinstance(value, dict):  # ipywidgets 7: {name: {"metadata": {...}, "content": bytes}}
+        return [(name, bytes(item["content"])) for name, item in value.items()]
+    return [(item["name"], bytes(item["content"])) for item in value]  # 8: tuple of {"name", "content", ...}
+
+
+def save_upload(name: str, content: bytes, folder: Path) -> Path:
+    """Write an uploaded file into folder, keeping only its base name so it cannot land elsewhere."""
+    safe_name = Path(name).name
+    if not safe_name or safe_name in (".", ".."):
+        raise ValueError(f"uploaded file name {name!r} is not a usable file name")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / safe_name
+    path.write_bytes(content)
+    return path

@@ -1,0 +1,168 @@
+"""The wizard's model step: parameter count, a forward/backward check and a memory estimate.
+
+The parameter count builds the model on the meta device (no memory, instant), so it can follow
+every change. The forward/backward check runs on CPU at batch 1 and 2 and only when asked.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from utils.config import WizardConfig
+from utils.data import load_source_text
+from utils.data.tokenizers import build_tokenizer
+from utils.env import DeviceInfo
+from utils.training.amp_utils import PrecisionDecision
+from utils.training.builder import build_model
+from utils.training.module import LanguageModelTask
+
+# fp32 weights, their gradients and AdamW's two moments; Lightning keeps fp32 master weights
+# under mixed precision too, so this holds for every precision.
+BYTES_PER_PARAMETER = 16
+# CUDA context, allocator fragmentation and workspace buffers take roughly a tenth of a GPU.
+USABLE_FRACTION = 0.9
+
+
+def vocab_size_for(config: WizardConfig) -> tuple[int, str]:
+    """The vocabulary the model will be built with, and where that number comes from."""
+    if config.tokenizer_strategy == "byte":
+        return 256, "byte tokenizer"
+    if config.tokenizer_strategy == "char":
+        try:
+            return _char_vocab_size(config.dataset_source, config.dataset_name, config.dataset_path,
+                                    _mtime(config.dataset_path)), "distinct characters in the dataset"
+        except (OSError, ValueError, NotImplementedError) as e:
+            return 256, f"dataset not readable yet ({e}); assuming 256"
+    return config.vocab_size, "vocab_size"
+
+
+@functools.lru_cache(maxsize=8)
+def _char_vocab_size(source: str, name: str, path: str, mtime: float) -> int:
+    text, _ = load_source_text(source, name, path)
+    return build_tokenizer("char", text).vocab_size
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.path.getmtime(path) if path else 0.0
+    except OSError:
+        return 0.0
+
+
+def count_parameters(config: WizardConfig, vocab_size: int) -> int:
+    """Distinct parameters (tied weights once) of the model the config builds."""
+    with torch.device("meta"):
+        model = build_model(config, vocab_size)
+    return sum(p.numel() for p in model.parameters())
+
+
+@dataclass(frozen=True)
+class ModelCheck:
+    parameters: int
+    vocab_size: int
+    loss: float  # loss of the untrained model on the dummy batch, about ln(vocab_size)
+    seconds: float  # the forward/backward at batch 2 on CPU
+    weights_bytes: int  # parameters, gradients and AdamW states
+    activation_bytes: int  # tensors autograd keeps for backward, at the config's batch size
+    capacity_bytes: Optional[int]  # device memory (or RAM on CPU), None when unknown
+    capacity_name: str  # what capacity_bytes is, e.g. "Tesla T4 memory"
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.activation_bytes
+
+    @property
+    def fits(self) -> Optional[bool]:
+        return None if self.capacity_bytes is None else self.total_bytes <= USABLE_FRACTION * self.capacity_bytes
+
+
+def check_model(config: WizardConfig, decision: PrecisionDecision) -> ModelCheck:
+    """Build the model on CPU, run forward/backward on a dummy batch and estimate training memory."""
+    vocab, _ = vocab_size_for(config)
+    torch.manual_seed(config.seed)
+    model = build_model(config, vocab)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved_1 = _saved_bytes(model, config, vocab, 1, decision, params, backward=False)[0]
+    start = time.perf_counter()
+    saved_2, loss = _saved_bytes(model, config, vocab, 2, decision, params, backward=True)
+    seconds = time.perf_counter() - start
+    per_sequence = saved_2 - saved_1  # what grows with the batch; the rest (weight casts) does not
+    activations = saved_1 - per_sequence + per_sequence * config.batch_size
+    parameters = sum(p.numel() for p in model.parameters())
+    capacity, capacity_name = device_capacity(decision.device)
+    return ModelCheck(parameters, vocab, loss, seconds, parameters * BYTES_PER_PARAMETER, max(activations, 0),
+                      capacity, capacity_name)
+
+
+def _saved_bytes(model, config, vocab, batch, decision, params, backward: bool) -> tuple[int, float]:
+    """Bytes of the tensors autograd saves for backward (parameters excluded), and the loss."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            storages[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    x = torch.randint(vocab, (batch, config.max_seq_len))
+    y = torch.randint(vocab, (batch, config.max_seq_len))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _autocast(decision):
+        loss, _ = LanguageModelTask().loss(model, (x, y))
+    if backward:
+        loss.backward()
+    return sum(storages.values()), loss.item()
+
+
+def _autocast(decision: PrecisionDecision):
+    # CPU autocast runs both fp16 and bf16, so the activations are measured in the dtype training uses.
+    dtype = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(decision.precision)
+    return torch.autocast("cpu", dtype=dtype) if dtype else nullcontext()
+
+
+def device_capacity(device: DeviceInfo) -> tuple[Optional[int], str]:
+    if device.total_memory_bytes:
+        return device.total_memory_bytes, f"{device.name} memory"
+    if device.kind == "cpu":
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's RAM"
+        except (ValueError, OSError, AttributeError):  # not every OS exposes these
+            return None, "RAM (not checked on this OS)"
+    return None, f"{device.name} memory (unknown)"
+
+
+def describe_check(check: ModelCheck, config: WizardConfig, decision: PrecisionDecision) -> str:
+    """Plain lines for the wizard: what ran, what it needs, whether that fits."""
+    lines = [
+        f"Forward/backward on a 2 x {config.max_seq_len} dummy batch: loss {check.loss:.2f} "
+        f"(untrained: about ln {check.vocab_size} = {math.log(check.vocab_size):.2f}), {check.seconds:.2f} s on CPU.",
+        f"Training memory at batch_size={config.batch_size}, max_seq_len={config.max_seq_len} ({decision.precision}): "
+        f"about {format_bytes(check.total_bytes)} = {format_bytes(check.weights_bytes)} weights, gradients and "
+        f"AdamW + {format_bytes(check.activation_bytes)} activations.",
+    ]
+    if check.fits is None:
+        lines.append(f"Not compared with {check.capacity_name}.")
+    else:
+        verdict = "fits" if check.fits else "does NOT fit"
+        lines.append(f"That {verdict} in {check.capacity_name} ({format_bytes(check.capacity_bytes)}, "
+                     f"{USABLE_FRACTION:.0%} usable)." + ("" if check.fits else
+                                                          " Lower batch_size or max_seq_len, or pick a smaller model."))
+    return "\n".join(lines)
+
+
+def format_bytes(n: int) -> str:
+    for unit, size in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def format_count(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K" if n >= 1e3 else str(n)
