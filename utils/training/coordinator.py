@@ -76,7 +76,8 @@ class TrainingResult:
         return [self.label_names[i] for i in probs.argmax(dim=-1).tolist()]
 
     def export(self, folder: Optional[str | Path] = None) -> Path:
-        """Write the trained model as safetensors + config + tokenizer (default: output_dir/export)."""
+        """Write weights (safetensors), config, tokenizer, class names and user model code to folder
+        (default: output_dir/export); utils.export.load_exported reads it back anywhere."""
         from utils.export import export_model
 
         return export_model(self.model, self.config, self.tokenizer, folder, self.label_names, self.pad_id)
@@ -99,13 +100,15 @@ def classify_texts(model: nn.Module, tokenizer, texts: str | list[str], max_seq_
                    batch_size: int = 64) -> torch.Tensor:
     """Class probabilities (N, num_classes) for texts: each encoded, cut to max_seq_len, right-padded."""
     texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts:
+        raise ValueError("no texts to classify; pass a string or a list of strings")
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     probs = []
     for start in range(0, len(texts), batch_size):
-        encoded = [tokenizer.encode(t)[:max_seq_len] or [pad_id] for t in texts[start:start + batch_size]]
-        T = max(len(ids) for ids in encoded)
+        encoded = [tokenizer.encode(t)[:max_seq_len] for t in texts[start:start + batch_size]]
+        T = max(1, *(len(ids) for ids in encoded))  # an empty text is one all-padding row
         input_ids = torch.full((len(encoded), T), pad_id, dtype=torch.long)  # (B, T)
         mask = torch.zeros(len(encoded), T, dtype=torch.bool)  # (B, T), True = real token
         for row, ids in enumerate(encoded):

@@ -1,5 +1,8 @@
 """The one LightningModule: wraps any model, computes the loss, owns the optimizer and schedule.
 
+What differs between tasks is a small task object: `logits(model, batch)`, `loss(model, batch) ->
+(loss, metrics)` (each metric is logged as train/NAME and val/NAME) and `tokens_in(batch)`.
+
 Lightning owns autocast, the GradScaler, clipping order and accumulation; nothing here touches them.
 """
 
