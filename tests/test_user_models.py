@@ -213,6 +213,16 @@ def test_gist_url_trains_from_the_configured_server(tmp_path, gist_server, monke
     assert "class Settings" in (tmp_path / "run" / "user_model" / "model.py").read_text()
 
 
+def test_a_gist_run_resumes_offline_from_its_downloaded_copy(tmp_path, gist_server, monkeypatch):
+    gist_server.add_gist("alice", "cafe42", {"model.py": CONFIG_MODEL_LM, "config.json": json.dumps({"width": 8})})
+    monkeypatch.setenv(GIST_BASE_URL_ENV, gist_server.url)
+    first = train(lm_config(tmp_path, model_source="gist", gist_id="alice/cafe42"))
+    gist_server.close()  # the second session has no network
+    second = train(lm_config(tmp_path, model_source="gist", gist_id="alice/cafe42", max_steps=5))
+    assert (first.global_step, second.global_step, second.steps_run) == (3, 5, 2)
+    assert second.resumed_from is not None and second.resumed_from.name == "last.ckpt"
+
+
 def test_bare_gist_id_follows_the_redirect_and_reuses_the_download(tmp_path, gist_server):
     gist_server.add_gist("bob", "123abc", {"model.py": NO_ARG_MODEL_LM})  # no config.json in this Gist
     folder = tmp_path / "user_model"
@@ -247,9 +257,13 @@ def test_gist_raw_urls_follow_the_base_url(monkeypatch):
     assert gist_raw_url(ref, "model.py", base_url="http://x") == "http://x/alice/aa5a315d/raw/model.py"
 
 
-def test_not_a_gist_id_is_refused():
+def test_not_a_gist_id_is_refused_by_the_config():
     with pytest.raises(UserModelError, match=r"gist_id='not a gist!' is not a Gist id or URL"):
         parse_gist_ref("not a gist!")
+    problems = WizardConfig(model_source="gist", gist_id="https://gist.github.com/a/b/c").problems()
+    assert problems == ["gist_id='https://gist.github.com/a/b/c' is not a Gist id or URL; paste the id (the hex "
+                        "string, e.g. 'aa5a315d61ae9438b18d') or the Gist's URL (https://gist.github.com/USER/ID)."]
+    assert WizardConfig(model_source="gist", gist_id="alice/aa5a315d").problems() == []
 
 
 # ------------------------------------------------------------------------------ broken models
@@ -279,6 +293,12 @@ def test_import_error_shows_the_users_traceback(tmp_path):
     assert "ModuleNotFoundError: No module named 'not_a_real_package_xyz'" in msg
     assert "!pip install not_a_real_package_xyz" in msg
     assert "user_models.py" not in msg  # the kit's own frames are left out
+
+
+def test_importing_a_sibling_file_says_to_use_one_file(tmp_path):
+    write_model(tmp_path / "mine", "X = 1\n", name="layers.py")
+    with pytest.raises(UserModelError, match=r"layers.py sits beside model.py, but the kit imports model.py on its own"):
+        build_from(tmp_path, "from layers import X\n\ndef build_model(config):\n    pass\n")
 
 
 def test_error_inside_build_model_shows_the_users_line(tmp_path):

@@ -297,7 +297,10 @@ def import_model_file(path: Path):
         if not isinstance(e, Exception):
             raise
         hint = ""
-        if isinstance(e, ModuleNotFoundError):
+        if isinstance(e, ModuleNotFoundError) and (path.parent / f"{e.name}.py").exists():
+            hint = (f"\n{e.name}.py sits beside {path.name}, but the kit imports {path.name} on its own: "
+                    "put the code your model needs into that one file.")
+        elif isinstance(e, ModuleNotFoundError):
             hint = f"\nIf {e.name!r} is a package, install it first (in Colab: !pip install {e.name})."
         raise UserModelError(f"Importing {path} failed:\n{user_traceback(e, path)}{hint}\n"
                              f"The kit expected a Python file defining {CONTRACT}.") from None
