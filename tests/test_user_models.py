@@ -370,6 +370,8 @@ def test_a_passed_in_model_is_checked_against_the_tokenizer_too(tmp_path):
     with pytest.raises(UserModelError, match=r"tokenizer has \d+ ids but the model's embedding has 10 rows"):
         train(lm_config(tmp_path), model=tiny)
     check_embedding_fits(nn.Embedding(300, 2), 256)  # more rows than ids is fine
+    positions_first = nn.ModuleDict({"wpe": nn.Embedding(32, 4), "wte": nn.Embedding(256, 4)})
+    check_embedding_fits(positions_first, 256)  # a smaller position table declared first is not the token embedding
 
 
 def test_missing_gist_is_a_clear_404(tmp_path, gist_server):

@@ -325,16 +325,18 @@ def check_embedding_fits(model: nn.Module, vocab_size: int) -> None:
     """Fail before training when token ids could index past the model's input embedding.
 
     On a GPU that mistake is an opaque device-side assert deep inside CUDA. The embedding size is the
-    model's `vocab_size` attribute when it declares one, else the rows of its first nn.Embedding.
+    model's `vocab_size` attribute when it declares one, else the rows of its largest nn.Embedding
+    (the token embedding is the largest unless positions outnumber tokens; the dummy-batch check in
+    check_model catches what this misses).
     """
     declared = getattr(model, "vocab_size", None)
     if isinstance(declared, int):
         rows, what = declared, f"model declares vocab_size={declared}"
     else:
-        embedding = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
-        if embedding is None:
+        embeddings = [m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)]
+        if not embeddings:
             return  # no way to tell: the dummy-batch check catches what it can
-        rows, what = embedding.num_embeddings, f"model's embedding has {embedding.num_embeddings} rows"
+        rows, what = max(embeddings), f"model's embedding has {max(embeddings)} rows"
     if rows < vocab_size:
         raise UserModelError(f"The tokenizer has {vocab_size} ids but the {what}: token ids "
                              f"{rows}..{vocab_size - 1} would index past it. Build the model with vocab_size="
