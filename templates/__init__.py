@@ -2,7 +2,7 @@
 
 Each template module has a `build(config: dict) -> nn.Module` entry. `config` is a plain dict
 (the same shape a visual builder's config.json has): vocab_size, max_seq_len, size, dropout and,
-for classifiers, num_classes. The registry below is what the wizard lists.
+for classifiers, num_classes and pad_id. The registry below is what the wizard lists.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ class TemplateInfo:
 
 TEMPLATES: dict[str, TemplateInfo] = {
     "gpt": TemplateInfo("templates.gpt", "lm", "Decoder-only GPT language model (causal attention, weight tying)"),
+    "classifier": TemplateInfo("templates.classifier", "classification",
+                               "Encoder text classifier (bidirectional attention, mean pooling, linear head)"),
 }
 
 

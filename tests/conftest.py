@@ -1,20 +1,26 @@
-"""Shared test fixtures: the repo root on sys.path, a small corpus and config, and a tiny LM that can
-fake an fp16 overflow or a NaN loss on chosen steps."""
+"""Shared test fixtures: the repo root on sys.path, a small corpus and config, a tiny LM that can fake an
+fp16 overflow or a NaN loss on chosen steps, and a tiny separable classification set of the data
+interface's shape: (input_ids (B, T) long, attention_mask (B, T) bool, labels (B,) long).
+"""
 
 from __future__ import annotations
 
+import random
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from utils.config import WizardConfig  # noqa: E402
+from utils.data.tokenizers import CharTokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -76,3 +82,96 @@ class TinyLM(nn.Module):
 @pytest.fixture
 def tiny_lm():
     return TinyLM
+
+# Tiny models gain nothing from intra-op threads, and on a shared 2-core CI box spinning threads make
+# each step ~40x slower. One thread also keeps float results identical across processes (export test).
+torch.set_num_threads(1)
+
+PAD = "\0"  # sorts first, so the char tokenizer gives it id 0
+LABEL_NAMES = ["calm", "loud"]
+LETTERS = {"calm": "abcdefgh", "loud": "ABCDEFGH"}  # the class is visible in every character
+
+
+@dataclass
+class ToyClassification:
+    tokenizer: CharTokenizer
+    train: TensorDataset
+    val: TensorDataset
+    label_names: list[str]
+    pad_id: int
+    max_seq_len: int
+
+
+def toy_texts(n: int, seed: int) -> tuple[list[str], list[int]]:
+    rng = random.Random(seed)
+    texts, labels = [], []
+    for i in range(n):
+        label = i % 2
+        letters = LETTERS[LABEL_NAMES[label]]
+        texts.append("".join(rng.choice(letters + " ") for _ in range(rng.randint(3, 14))))
+        labels.append(label)
+    return texts, labels
+
+
+def encode_padded(tokenizer, texts: list[str], max_seq_len: int, pad_id: int):
+    """Right-padded ids (N, T) and mask (N, T), True = real token."""
+    ids = torch.full((len(texts), max_seq_len), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(texts), max_seq_len, dtype=torch.bool)
+    for row, text in enumerate(texts):
+        encoded = tokenizer.encode(text)[:max_seq_len]
+        ids[row, :len(encoded)] = torch.tensor(encoded)
+        mask[row, :len(encoded)] = True
+    return ids, mask
+
+
+def make_toy_classification() -> ToyClassification:
+    tokenizer = CharTokenizer(sorted(set(PAD + " " + "".join(LETTERS.values()))))
+    pad_id = tokenizer.encode(PAD)[0]
+    max_seq_len = 16
+
+    def dataset(n, seed):
+        texts, labels = toy_texts(n, seed)
+        ids, mask = encode_padded(tokenizer, texts, max_seq_len, pad_id)
+        return TensorDataset(ids, mask, torch.tensor(labels))
+
+    return ToyClassification(tokenizer, dataset(256, 0), dataset(64, 1), list(LABEL_NAMES), pad_id, max_seq_len)
+
+
+@pytest.fixture
+def toy_classification() -> ToyClassification:
+    return make_toy_classification()
+
+
+def classification_config(tmp_path: Path, data: ToyClassification, **changes):
+    """A classification WizardConfig for the toy data (dataset_path names a file prepare_data is never asked for)."""
+    from utils.config import WizardConfig
+
+    base = dict(task="classification", model_template="classifier", max_seq_len=data.max_seq_len,
+                dataset_source="file", dataset_path="built-by-the-test.csv", batch_size=16, learning_rate=3e-3,
+                max_epochs=3, warmup_ratio=0.0, output_dir=str(tmp_path / "run"))
+    return WizardConfig(**{**base, **changes})
+
+
+def fit_classifier(config, data: ToyClassification, model=None):
+    """Build (unless given) and fit a classifier through the same builder functions train() uses, on CPU.
+
+    Returns (trainer, module, val_loader). train(config) itself runs classification once the data
+    half of issue 6 gives prepare_data its CSV/JSONL sources.
+    """
+    from utils.env import DeviceInfo
+    from utils.training.amp_utils import resolve_precision
+    from utils.training.builder import (build_callbacks, build_dataloaders, build_loggers, build_model,
+                                        build_module, build_task, build_trainer)
+    from utils.training.callbacks import RunStatsCallback
+
+    decision = resolve_precision(config.use_mixed_precision, config.precision, DeviceInfo("cpu", "CPU"))
+    torch.manual_seed(config.seed)
+    if model is None:
+        model = build_model(config, data.tokenizer.vocab_size, len(data.label_names), data.pad_id)
+    task = build_task(config)
+    module = build_module(config, model, task)
+    stats = RunStatsCallback(task.tokens_in)
+    trainer = build_trainer(config, decision, build_callbacks(config, decision, stats), build_loggers(config))
+    train_loader, val_loader = build_dataloaders(config, data.train, data.val, pin_memory=False)
+    trainer.fit(module, train_loader, val_loader)
+    return trainer, module, val_loader

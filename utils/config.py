@@ -219,6 +219,13 @@ def field_errors(config: WizardConfig) -> list[tuple[str, str]]:
         checks.append(("model_path", "model_path is empty; model_source='file' needs the path of your model .py file"))
     if c.model_source == "gist" and not c.gist_id.strip():
         checks.append(("gist_id", "gist_id is empty; model_source='gist' needs a Gist id or URL"))
+    elif c.model_source == "gist":
+        from utils.user_models import parse_gist_ref  # local import: loads torch
+
+        try:
+            parse_gist_ref(c.gist_id)
+        except ValueError as e:
+            checks.append(("gist_id", str(e)))
     checks += [
         ("max_seq_len", _at_least("max_seq_len", c.max_seq_len, 2, "a sequence needs an input and a target token")),
         ("dropout", None if 0 <= c.dropout < 1 else f"dropout={c.dropout!r} must be in [0, 1)"),

@@ -4,15 +4,23 @@ folder/
     model.safetensors   the weights (safetensors: no pickle, safe to load from anywhere)
     config.json         the WizardConfig the model was trained with
     tokenizer/          the tokenizer
+    labels.json         classification: {"label_names": [...], "pad_id": N}
+    user_model/         your own model (model_source file or gist): model.py and its config.json
 The folder needs nothing else from the training run: load_exported() rebuilds the model from the
-config and the tokenizer's vocabulary, then loads the weights.
+config, the tokenizer's vocabulary (and the labels, and user_model/model.py), then loads the weights.
+No torch pickle file is written or read here.
+
+    exported = load_exported("runs/default/export")
+    exported.generate("def ", seed=0)                 # task "lm"
+    exported.predict(["great film", "dull"])           # task "classification": label names
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,8 +29,10 @@ from torch import nn
 
 from utils.config import CONFIG_FILENAME, WizardConfig
 from utils.data import load_tokenizer
+from utils.user_models import USER_MODEL_DIRNAME, copy_model_files, model_files_in
 
 WEIGHTS_FILENAME = "model.safetensors"
+LABELS_FILENAME = "labels.json"
 
 
 @dataclass
@@ -30,20 +40,50 @@ class ExportedModel:
     model: nn.Module
     tokenizer: Any
     config: WizardConfig
+    label_names: list[str] = field(default_factory=list)  # classification: index = class id
+    pad_id: int = 0  # classification: the id that pads sequences
 
     def generate(self, prompt: str = "\n", max_new_tokens: int = 200, temperature: float = 0.8,
                  top_k: Optional[int] = 40, seed: Optional[int] = None) -> str:
+        """Sample text after prompt (task "lm"); a seed makes it repeatable."""
         from utils.training.coordinator import sample_text
 
+        self._require("lm", "generate()")
         return sample_text(self.model, self.tokenizer, prompt, max_new_tokens, self.config.max_seq_len,
                            temperature, top_k, seed)
 
+    def predict(self, texts: str | list[str]) -> list[str]:
+        """The most likely label name for each text (task "classification")."""
+        probs = self._probabilities(texts)
+        return [self.label_names[i] for i in probs.argmax(dim=-1).tolist()]
 
-def export_model(model: nn.Module, config: WizardConfig, tokenizer, folder: Optional[str | Path] = None) -> Path:
-    """Write weights, config and tokenizer to folder (default: output_dir/export).
+    def predict_proba(self, texts: str | list[str]) -> list[dict[str, float]]:
+        """{label name: probability} for each text (task "classification")."""
+        probs = self._probabilities(texts)
+        return [dict(zip(self.label_names, row)) for row in probs.tolist()]
 
-    Written to a temporary sibling first: an export that fails half-way leaves the previous one intact.
+    def _probabilities(self, texts):
+        from utils.training.coordinator import classify_texts
+
+        self._require("classification", "predict()")
+        return classify_texts(self.model, self.tokenizer, texts, self.config.max_seq_len, self.pad_id)
+
+    def _require(self, task: str, what: str) -> None:
+        if self.config.task != task:
+            raise ValueError(f"{what} needs task={task!r}; this model was trained for task={self.config.task!r}")
+
+
+def export_model(model: nn.Module, config: WizardConfig, tokenizer, folder: Optional[str | Path] = None,
+                 label_names: Optional[list[str]] = None, pad_id: int = 0) -> Path:
+    """Write weights, config, tokenizer (and labels, and the user's model code) to folder.
+
+    folder defaults to output_dir/export. A user model's code is copied from output_dir/user_model,
+    where training kept it. Written to a temporary sibling first: an export that fails half-way
+    leaves the previous one intact.
     """
+    if config.task == "classification" and not label_names:
+        raise ValueError("exporting a classifier needs its label_names (result.label_names), "
+                         "or predictions could not be named")
     folder = Path(folder) if folder is not None else Path(config.output_dir) / "export"
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
@@ -51,6 +91,13 @@ def export_model(model: nn.Module, config: WizardConfig, tokenizer, folder: Opti
         save_model(model, str(tmp / WEIGHTS_FILENAME))
         config.save(tmp / CONFIG_FILENAME)
         tokenizer.save(tmp / "tokenizer")
+        if config.task == "classification":
+            labels = {"label_names": list(label_names), "pad_id": pad_id}
+            (tmp / LABELS_FILENAME).write_text(json.dumps(labels, indent=2) + "\n", encoding="utf-8")
+        if config.model_source != "template":
+            trained = model_files_in(Path(config.output_dir) / USER_MODEL_DIRNAME)
+            copy_model_files(trained, tmp / USER_MODEL_DIRNAME, {"model_source": config.model_source,
+                                                                 "trained_from": trained.source})
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)
@@ -70,6 +117,18 @@ def load_exported(folder: str | Path, device: str = "cpu") -> ExportedModel:
         raise FileNotFoundError(f"No {WEIGHTS_FILENAME} in {folder}: is this an export folder (output_dir/export)?")
     config = WizardConfig.load(folder / CONFIG_FILENAME)
     tokenizer = load_tokenizer(folder / "tokenizer")
-    model = build_model(config, tokenizer.vocab_size)
+    labels = _read_labels(folder) if config.task == "classification" else {"label_names": [], "pad_id": 0}
+    user_files = model_files_in(folder / USER_MODEL_DIRNAME) if config.model_source != "template" else None
+    model = build_model(config, tokenizer.vocab_size, len(labels["label_names"]), labels["pad_id"],
+                        user_files=user_files)
     load_model(model, str(weights), device=device)
-    return ExportedModel(model.to(device).eval(), tokenizer, config)
+    return ExportedModel(model.to(device).eval(), tokenizer, config, labels["label_names"], labels["pad_id"])
+
+
+def _read_labels(folder: Path) -> dict:
+    path = folder / LABELS_FILENAME
+    try:
+        labels = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"No {LABELS_FILENAME} in {folder}: a classifier's export names its classes there") from None
+    return {"label_names": list(labels["label_names"]), "pad_id": int(labels.get("pad_id", 0))}

@@ -13,6 +13,7 @@ from utils.config import ConfigError, WizardConfig, apply_overrides
 from utils.training.amp_utils import PrecisionError
 from utils.training.checkpoints import IncompatibleCheckpointError
 from utils.training.health import TrainingHealthError
+from utils.user_models import UserModelError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         from utils.training import train  # imported after the cheap checks: Lightning takes seconds to load
 
         result = train(config)
+    except UserModelError as e:  # carries the user's own traceback: keep its lines
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (ConfigError, PrecisionError, IncompatibleCheckpointError, TrainingHealthError, FileNotFoundError,
             ValueError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)

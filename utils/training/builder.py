@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import pytorch_lightning as pl
 import torch
@@ -20,22 +21,45 @@ from utils.training.amp_utils import AmpWandbCallback, PrecisionDecision
 from utils.training.callbacks import RunStatsCallback, ValidateAtMaxSteps
 from utils.training.checkpoints import checkpoint_dir
 from utils.training.health import TrainingHealthCallback
-from utils.training.module import LanguageModelTask, TransformerModule
+from utils.training.module import ClassificationTask, LanguageModelTask, TransformerModule
 from utils.wandb_helpers import build_wandb_config, make_project_name, make_run_name, model_type_of, resolve_wandb_auth
+from utils.user_models import (UserModelFiles, check_embedding_fits, check_model, load_user_model,
+                               resolve_user_model_files)
 
 
-def model_config(config: WizardConfig, vocab_size: int) -> dict:
-    """The plain dict a template's build(config) receives."""
-    return {"vocab_size": vocab_size, "max_seq_len": config.max_seq_len, "size": config.model_size,
-            "dropout": config.dropout}
+def model_config(config: WizardConfig, vocab_size: int, num_classes: int = 0, pad_id: int = 0) -> dict:
+    """The plain dict a template's build(config) or a user's build_model(config) receives."""
+    kit = {"vocab_size": vocab_size, "max_seq_len": config.max_seq_len, "size": config.model_size,
+           "dropout": config.dropout}
+    if config.task == "classification":
+        kit.update(num_classes=num_classes, pad_id=pad_id)
+    return kit
 
 
-def build_model(config: WizardConfig, vocab_size: int) -> nn.Module:
-    return build_template(config.model_template, model_config(config, vocab_size))
+def build_model(config: WizardConfig, vocab_size: int, num_classes: int = 0, pad_id: int = 0,
+                user_files: Optional[UserModelFiles] = None) -> nn.Module:
+    """The config's template, or the user's model file or Gist, checked against the task and tokenizer.
+
+    num_classes and pad_id come from the data (PreparedData) for task="classification". user_files
+    overrides where a user model's code is read from (load_exported passes the export's copy).
+    """
+    if config.task == "classification" and num_classes < 2:
+        raise ValueError(f"task='classification' needs at least 2 classes, but the data has {num_classes} "
+                         "label names; check label_column and the labels in the data.")
+    kit = model_config(config, vocab_size, num_classes, pad_id)
+    if config.model_source == "template":
+        model = build_template(config.model_template, kit)
+        check_embedding_fits(model, vocab_size)
+        return model
+    files = user_files or resolve_user_model_files(config.model_source, config.model_path, config.gist_id,
+                                                   config.output_dir)
+    model = load_user_model(files, kit)
+    check_model(model, build_task(config), vocab_size, config.max_seq_len, num_classes, source=files.source)
+    return model
 
 
 def build_task(config: WizardConfig):
-    return LanguageModelTask()
+    return ClassificationTask() if config.task == "classification" else LanguageModelTask()
 
 
 def build_module(config: WizardConfig, model: nn.Module, task) -> TransformerModule:

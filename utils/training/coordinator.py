@@ -20,6 +20,8 @@ from utils.training.builder import (build_callbacks, build_dataloaders, build_lo
 from utils.training.callbacks import RunStatsCallback
 from utils.training.checkpoints import plan_resume
 from utils.wandb_helpers import finish_wandb_on_exit
+from utils.training.module import classifier_logits
+from utils.user_models import check_embedding_fits
 
 
 @dataclass
@@ -40,6 +42,9 @@ class TrainingResult:
     val_history: list = field(default_factory=list, repr=False)  # (step, loss)
     model: Optional[nn.Module] = field(default=None, repr=False)
     tokenizer: Any = field(default=None, repr=False)
+    val_accuracy: Optional[float] = None  # classification: last validation accuracy
+    label_names: list = field(default_factory=list)  # classification: class names, index = label id
+    pad_id: int = 0  # classification: the id that pads sequences
 
     def summary(self) -> str:
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
@@ -49,6 +54,7 @@ class TrainingResult:
             + (f" (resumed from {self.resumed_from})" if self.resumed_from else ""),
             f"train loss:       {fmt(self.train_loss)}",
             f"val loss:         {fmt(self.val_loss)}",
+            *([f"val accuracy:     {fmt(self.val_accuracy)}"] if self.val_accuracy is not None else []),
             f"throughput:       {self.tokens_per_sec:,.0f} tokens/s",
             f"best checkpoint:  {self.best_checkpoint or 'none saved'}",
             f"last checkpoint:  {self.last_checkpoint or 'none saved'}",
@@ -63,6 +69,20 @@ class TrainingResult:
         return sample_text(self.model, self.tokenizer, prompt, max_new_tokens, self.config.max_seq_len,
                            temperature, top_k, seed)
 
+    def predict(self, texts: str | list[str]) -> list[str]:
+        """The trained classifier's label for each text."""
+        if self.config.task != "classification":
+            raise ValueError(f"predict() needs a classifier; this run's task is {self.config.task!r}")
+        probs = classify_texts(self.model, self.tokenizer, texts, self.config.max_seq_len, self.pad_id)
+        return [self.label_names[i] for i in probs.argmax(dim=-1).tolist()]
+
+    def export(self, folder: Optional[str | Path] = None) -> Path:
+        """Write weights (safetensors), config, tokenizer, class names and user model code to folder
+        (default: output_dir/export); utils.export.load_exported reads it back anywhere."""
+        from utils.export import export_model
+
+        return export_model(self.model, self.config, self.tokenizer, folder, self.label_names, self.pad_id)
+
 
 def sample_text(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int, block_size: int,
                 temperature: float = 0.8, top_k: Optional[int] = 40, seed: Optional[int] = None) -> str:
@@ -74,6 +94,31 @@ def sample_text(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int, b
     out = generate(model, torch.tensor([ids], device=device), max_new_tokens, block_size, temperature, top_k, gen)
     model.train(was_training)
     return tokenizer.decode(out[0].tolist())
+
+
+@torch.no_grad()
+def classify_texts(model: nn.Module, tokenizer, texts: str | list[str], max_seq_len: int, pad_id: int,
+                   batch_size: int = 64) -> torch.Tensor:
+    """Class probabilities (N, num_classes) for texts: each encoded, cut to max_seq_len, right-padded."""
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts:
+        raise ValueError("no texts to classify; pass a string or a list of strings")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    probs = []
+    for start in range(0, len(texts), batch_size):
+        encoded = [tokenizer.encode(t)[:max_seq_len] for t in texts[start:start + batch_size]]
+        T = max(1, *(len(ids) for ids in encoded))  # an empty text is one all-padding row
+        input_ids = torch.full((len(encoded), T), pad_id, dtype=torch.long)  # (B, T)
+        mask = torch.zeros(len(encoded), T, dtype=torch.bool)  # (B, T), True = real token
+        for row, ids in enumerate(encoded):
+            input_ids[row, :len(ids)] = torch.tensor(ids)
+            mask[row, :len(ids)] = True
+        logits = classifier_logits(model, input_ids.to(device), mask.to(device))  # (B, num_classes)
+        probs.append(torch.softmax(logits.float(), dim=-1).cpu())
+    model.train(was_training)
+    return torch.cat(probs)
 
 
 class TrainingCoordinator:
@@ -106,9 +151,13 @@ class TrainingCoordinator:
 
         pl.seed_everything(config.seed, workers=True, verbose=False)
         data = prepare_data(config)
+        classes = f", {data.num_classes} classes" if config.task == "classification" else ""
         print(f"Data: {data.source}, {data.num_tokens:,} tokens, {data.tokenizer.kind} tokenizer with "
-              f"{data.tokenizer.vocab_size} ids; {len(data.train):,} train / {len(data.val):,} val sequences")
-        model = model if model is not None else build_model(config, data.tokenizer.vocab_size)
+              f"{data.tokenizer.vocab_size} ids; {len(data.train):,} train / {len(data.val):,} val sequences{classes}")
+        if model is None:
+            model = build_model(config, data.tokenizer.vocab_size, data.num_classes, data.pad_id)
+        else:
+            check_embedding_fits(model, data.tokenizer.vocab_size)
         n_params = sum(p.numel() for p in model.parameters())
         print(f"Model: {type(model).__name__}, {n_params / 1e6:.2f}M parameters")
 
@@ -132,9 +181,9 @@ class TrainingCoordinator:
             print(f"Nothing to train: {resume_from} already reached max_epochs={config.max_epochs}"
                   f"{'' if config.max_steps is None else f' or max_steps={config.max_steps}'}. "
                   "Raise them to train further, or set resume=False to start fresh.")
-        return self._result(config, decision, trainer, stats, model, data.tokenizer, resume_from)
+        return self._result(config, decision, trainer, stats, model, data, resume_from)
 
-    def _result(self, config, decision, trainer, stats, model, tokenizer, resume_from) -> TrainingResult:
+    def _result(self, config, decision, trainer, stats, model, data, resume_from) -> TrainingResult:
         ckpt = trainer.checkpoint_callback
         best = Path(ckpt.best_model_path) if ckpt and ckpt.best_model_path else None
         last = Path(ckpt.last_model_path) if ckpt and ckpt.last_model_path else None
@@ -146,7 +195,8 @@ class TrainingCoordinator:
             steps_run=0 if stats.start_step is None else trainer.global_step - stats.start_step,
             tokens_per_sec=stats.tokens_per_sec, precision=decision.precision, precision_reason=decision.reason,
             resumed_from=resume_from, train_history=stats.train_history, val_history=stats.val_history,
-            model=model.eval(), tokenizer=tokenizer,
+            model=model.eval(), tokenizer=data.tokenizer, val_accuracy=_metric(trainer.callback_metrics, "val/accuracy"),
+            label_names=list(data.label_names), pad_id=data.pad_id,
         )
 
 
@@ -156,4 +206,8 @@ def train(config: Optional[WizardConfig] = None, model: Optional[nn.Module] = No
     return TrainingCoordinator(config, device=device).train(model)
 
 
-__all__ = ["TrainingCoordinator", "TrainingResult", "train", "sample_text"]
+def _metric(metrics: dict, name: str) -> Optional[float]:
+    return float(metrics[name]) if name in metrics else None
+
+
+__all__ = ["TrainingCoordinator", "TrainingResult", "train", "sample_text", "classify_texts"]

@@ -1,11 +1,17 @@
 """The one LightningModule: wraps any model, computes the loss, owns the optimizer and schedule.
 
+What differs between tasks is a small task object: `logits(model, batch)`, `loss(model, batch) ->
+(loss, metrics)` (each metric is logged as train/NAME and val/NAME) and `tokens_in(batch)`.
+
 Lightning owns autocast, the GradScaler, clipping order and accumulation; nothing here touches them.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+from typing import Optional
 
 import pytorch_lightning as pl
 import torch
@@ -18,14 +24,62 @@ class LanguageModelTask:
 
     name = "lm"
 
+    def logits(self, model: nn.Module, batch) -> torch.Tensor:
+        x, _ = batch  # (B, T)
+        return model(x)  # (B, T, V)
+
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x, y = batch  # (B, T), (B, T)
-        logits = model(x)  # (B, T, V)
+        _, y = batch  # (B, T)
+        logits = self.logits(model, batch)  # (B, T, V)
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
         return loss, {}
 
     def tokens_in(self, batch) -> int:
         return batch[0].numel()
+
+
+class ClassificationTask:
+    """Text -> label: the model maps ids (B, T) and a padding mask (B, T) to logits (B, num_classes)."""
+
+    name = "classification"
+
+    def logits(self, model: nn.Module, batch) -> torch.Tensor:
+        input_ids, attention_mask, _ = batch  # (B, T) long, (B, T) bool, (B,) long
+        return classifier_logits(model, input_ids, attention_mask)  # (B, num_classes)
+
+    def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        labels = batch[2]  # (B,)
+        logits = self.logits(model, batch).float()  # (B, num_classes)
+        accuracy = (logits.argmax(dim=-1) == labels).float().mean()
+        return F.cross_entropy(logits, labels), {"accuracy": accuracy}
+
+    def tokens_in(self, batch) -> int:
+        """Real tokens only: padding is not throughput."""
+        return int(batch[1].sum())
+
+
+def classifier_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Call a classifier with the mask when its forward() has a parameter for it, else with the ids alone.
+
+    The one place that adapts to forward signatures: `forward(input_ids, attention_mask=None)` (the
+    templates), `forward(ids, mask)`, or `forward(x)` for models that take no mask. The mask is passed
+    by name only: a second positional parameter may mean something else (nanoGPT's `targets`).
+    """
+    name = _mask_parameter(type(model))
+    if name is None:
+        return model(input_ids)
+    return model(input_ids, **{name: attention_mask})
+
+
+@functools.lru_cache(maxsize=None)
+def _mask_parameter(model_type: type) -> Optional[str]:
+    params = inspect.signature(model_type.forward).parameters
+    for name in ("attention_mask", "mask"):
+        if name in params:
+            return name
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return "attention_mask"
+    return None
 
 
 class TransformerModule(pl.LightningModule):

@@ -1,0 +1,141 @@
+"""Export round trip: train, export, delete the run, load in a fresh process elsewhere, same outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import LABEL_NAMES, classification_config, fit_classifier, make_toy_classification, toy_texts
+from tests.test_user_models import BUILD_MODEL_LM, MASKLESS_CLASSIFIER, write_model
+from utils.config import WizardConfig
+from utils.export import export_model, load_exported
+from utils.training import train
+from utils.training.coordinator import classify_texts
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPT, SEED, NEW_TOKENS = "def ", 1234, 40
+TEXTS = toy_texts(12, seed=99)[0] + ["", "abc ABC"]  # held out, an empty text and a mixed one
+
+LOAD_AND_RUN = """
+import json, sys
+import torch
+torch.set_num_threads(1)  # as in the test process (conftest): same float reductions
+from utils.export import load_exported
+
+exports, out_path, prompt, seed, new_tokens, texts = json.loads(sys.argv[1])
+results = {}
+for name, folder in exports.items():
+    exported = load_exported(folder)
+    if exported.config.task == "lm":
+        results[name] = exported.generate(prompt, max_new_tokens=new_tokens, seed=seed)
+    else:
+        results[name] = {"labels": exported.predict(texts), "proba": exported.predict_proba(texts)}
+with open(out_path, "w") as f:
+    json.dump(results, f)
+"""
+
+
+def lm_run(tmp_path: Path, **changes) -> WizardConfig:
+    return WizardConfig(**{"max_steps": 3, "max_seq_len": 32, "batch_size": 4, "val_split": 0.02,
+                           "output_dir": str(tmp_path / "run"), **changes})
+
+
+def exported_lm(tmp_path: Path, config: WizardConfig):
+    result = train(config)
+    folder = result.export(tmp_path / "export")
+    return folder, result.generate(PROMPT, max_new_tokens=NEW_TOKENS, seed=SEED)
+
+
+def exported_classifier(tmp_path: Path, data, **changes):
+    config = classification_config(tmp_path, data, max_steps=12, **changes)
+    trainer, module, _ = fit_classifier(config, data)
+    model = module.model.eval()
+    folder = export_model(model, config, data.tokenizer, tmp_path / "export", data.label_names, data.pad_id)
+    probs = classify_texts(model, data.tokenizer, TEXTS, config.max_seq_len, data.pad_id)
+    return folder, {"labels": [data.label_names[i] for i in probs.argmax(-1).tolist()],
+                    "proba": [dict(zip(data.label_names, row)) for row in probs.tolist()]}
+
+
+@pytest.fixture(scope="module")
+def round_trip(tmp_path_factory):
+    """Four exports made in this process and loaded in one fresh process: {case: (expected, loaded, folder)}."""
+    root = tmp_path_factory.mktemp("exports")
+    data = make_toy_classification()
+    user_lm = write_model(root / "user_lm" / "mine", BUILD_MODEL_LM, {"d_model": 16})
+    user_classifier = write_model(root / "user_classifier" / "mine", MASKLESS_CLASSIFIER)
+    cases = {
+        "gpt": exported_lm(root / "gpt", lm_run(root / "gpt")),
+        "user_lm": exported_lm(root / "user_lm", lm_run(root / "user_lm", model_source="file",
+                                                        model_path=str(user_lm))),
+        "classifier": exported_classifier(root / "classifier", data),
+        "user_classifier": exported_classifier(root / "user_classifier", data, model_source="file",
+                                               model_path=str(user_classifier)),
+    }
+    for case in cases:  # nothing of the runs is left but the exports: no checkpoints, no user model files
+        shutil.rmtree(root / case / "run")
+        shutil.rmtree(root / case / "mine", ignore_errors=True)
+    exports = {case: str(folder) for case, (folder, _) in cases.items()}
+    elsewhere, out = tmp_path_factory.mktemp("elsewhere"), root / "loaded.json"
+    proc = subprocess.run([sys.executable, "-c", LOAD_AND_RUN,
+                           json.dumps([exports, str(out), PROMPT, SEED, NEW_TOKENS, TEXTS])],
+                          cwd=elsewhere, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = json.loads(out.read_text())
+    return {case: (expected, loaded[case], Path(folder)) for case, (folder, expected) in cases.items()}
+
+
+@pytest.mark.parametrize("case", ["gpt", "user_lm"])
+def test_language_models_generate_the_same_text_after_loading_elsewhere(round_trip, case):
+    expected, loaded, _ = round_trip[case]
+    assert len(expected) > len(PROMPT) + 10
+    assert loaded == expected
+
+
+@pytest.mark.parametrize("case", ["classifier", "user_classifier"])
+def test_classifiers_predict_the_same_after_loading_elsewhere(round_trip, case):
+    expected, loaded, _ = round_trip[case]
+    assert loaded["labels"] == expected["labels"]
+    assert loaded["proba"] == expected["proba"]  # bit for bit: same weights, same code, same threads
+    held_out_truth = [LABEL_NAMES[label] for label in toy_texts(12, seed=99)[1]]
+    if case == "classifier":  # the template learns the toy task in 12 steps
+        assert expected["labels"][:12] == held_out_truth
+
+
+def test_export_folder_layout(round_trip):
+    files = {case: sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+             for case, (_, _, folder) in round_trip.items()}
+    common = ["config.json", "model.safetensors", "tokenizer/tokenizer_meta.json"]
+    assert files["gpt"] == common
+    assert files["user_lm"] == sorted(common + ["user_model/config.json", "user_model/model.py",
+                                                "user_model/source.json"])
+    assert files["classifier"] == sorted(common + ["labels.json"])
+    assert files["user_classifier"] == sorted(common + ["labels.json", "user_model/model.py", "user_model/source.json"])
+    labels = json.loads((round_trip["classifier"][2] / "labels.json").read_text())
+    assert labels == {"label_names": LABEL_NAMES, "pad_id": 0}
+    assert "d_model" in (round_trip["user_lm"][2] / "user_model" / "config.json").read_text()
+
+
+def test_task_specific_methods_refuse_the_other_task(round_trip):
+    lm = load_exported(round_trip["gpt"][2])
+    with pytest.raises(ValueError, match=r"predict\(\) needs task='classification'; this model was trained for task='lm'"):
+        lm.predict(["x"])
+    classifier = load_exported(round_trip["classifier"][2])
+    with pytest.raises(ValueError, match=r"generate\(\) needs task='lm'"):
+        classifier.generate("x")
+
+
+def test_a_classifier_export_without_labels_is_refused(tmp_path, round_trip):
+    exported = load_exported(round_trip["classifier"][2])
+    with pytest.raises(ValueError, match="exporting a classifier needs its label_names"):
+        export_model(exported.model, exported.config, exported.tokenizer, tmp_path / "x")
+    folder = shutil.copytree(round_trip["classifier"][2], tmp_path / "copy")
+    (folder / "labels.json").unlink()
+    with pytest.raises(FileNotFoundError, match="No labels.json in .*: a classifier's export names its classes there"):
+        load_exported(folder)
