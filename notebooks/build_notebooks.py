@@ -26,7 +26,10 @@ REPO_URL = os.environ.get("KIT_REPO_URL", "https://github.com/OWNER/REPO.git")
 REPO_DIR = Path(os.environ.get("KIT_REPO_DIR", "/content/colab-transformer-kit")).resolve()
 
 def git(*args):
-    return subprocess.run(["git", *args], check=True, capture_output=True, text=True).stdout.strip()
+    proc = subprocess.run(["git", *args], capture_output=True, text=True)
+    if proc.returncode:  # e.g. a pull refused because files in the checkout were edited
+        raise RuntimeError(f"git {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout.strip()
 
 try:
     IN_COLAB = importlib.util.find_spec("google.colab") is not None

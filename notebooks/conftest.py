@@ -6,6 +6,7 @@ variables here reaches the notebooks; a user's Run all in Jupyter or Colab never
   train and benchmark cells with utils.colab.apply_notebook_overrides.
 - KIT_WORKSPACE: runs, exports and the wizard's saved config go to a temporary folder, not the
   checkout.
+- OMP_NUM_THREADS=1 for the kernels (see below).
 Values already in the environment win, so `KIT_NOTEBOOK_OVERRIDES="max_steps=50" pytest notebooks/`
 runs them longer.
 """
@@ -20,6 +21,9 @@ CI_OVERRIDES = "model_size=tiny max_seq_len=32 batch_size=8 max_steps=6 val_spli
 _workspace = tempfile.mkdtemp(prefix="kit-notebooks-")
 os.environ.setdefault("KIT_NOTEBOOK_OVERRIDES", CI_OVERRIDES)
 os.environ.setdefault("KIT_WORKSPACE", _workspace)
+# One intra-op thread: a tiny model gains nothing from more, and on a busy 2-core CI host OpenMP's
+# spin-waiting made sampling 200 tokens take 15 s instead of 0.5 s.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def _contract_modules_missing() -> bool:
@@ -37,7 +41,7 @@ if _contract_modules_missing():
     _startup = _ipython_dir / "profile_default" / "startup"
     _startup.mkdir(parents=True)
     _stubs = Path(__file__).resolve().parent.parent / "tests" / "contract_stubs.py"
-    (_startup / "00-contract-stubs.py").write_text(f"import runpy\nrunpy.run_path({str(_stubs)!r})\n")
+    (_startup / "00-contract-stubs.py").write_text(f"import runpy\nrunpy.run_path({str(_stubs)!r}, run_name='__main__')\n")
     os.environ["IPYTHONDIR"] = str(_ipython_dir)
 
 

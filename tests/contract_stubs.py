@@ -1,7 +1,8 @@
 """Throwaway stand-ins so the notebooks run under nbval before issues 3 and 5 are merged. Delete at merge.
 
 notebooks/conftest.py runs this file in each notebook kernel at start-up (an IPython startup
-script), and only while the real modules are missing. Each stand-in follows its issue's contract
+script), and only while the real modules are missing; tests/test_train_notebook.py installs the
+same stand-ins with monkeypatch. Each stand-in follows its issue's contract
 and is installed only if the real one is absent:
 - utils.ui.setup_wizard.SetupWizard(config_path, interactive=None, preset=None): .config, .save()
 - utils.wandb_helpers.resolve_wandb_auth(mode) -> .mode, .source, .message
@@ -49,12 +50,23 @@ def _stub_resolve_wandb_auth(mode: str) -> _StubWandbAuth:
     return _StubWandbAuth(resolved, source, f"W&B logging {resolved} (stand-in).")
 
 
-if not hasattr(setup_wizard, "SetupWizard"):
-    setup_wizard.SetupWizard = _StubSetupWizard
-if "utils.wandb_helpers" not in sys.modules:
+def missing_contracts() -> dict:
+    """{"SetupWizard": stand-in, "utils.wandb_helpers": stand-in module} for what is not there yet."""
+    missing = {}
+    if not hasattr(setup_wizard, "SetupWizard"):
+        missing["SetupWizard"] = _StubSetupWizard
     try:
         import utils.wandb_helpers  # noqa: F401
     except ModuleNotFoundError:
         module = types.ModuleType("utils.wandb_helpers")
         module.resolve_wandb_auth = _stub_resolve_wandb_auth
-        sys.modules["utils.wandb_helpers"] = module
+        missing["utils.wandb_helpers"] = module
+    return missing
+
+
+if __name__ == "__main__":  # an IPython startup script in a notebook kernel: install for good
+    for name, stub in missing_contracts().items():
+        if name == "SetupWizard":
+            setup_wizard.SetupWizard = stub
+        else:
+            sys.modules[name] = stub

@@ -187,3 +187,20 @@ def test_wandb_cell_reads_the_key_from_colab_secrets_without_printing_it(fake_co
     exec(cell_source("Weights & Biases").replace('WANDB_MODE = "disabled"', 'WANDB_MODE = "auto"'), ns)
     assert ns["wandb_auth"].mode == "online"
     assert key not in capsys.readouterr().out and key not in ns["wandb_auth"].message
+
+
+def test_setup_cell_reports_why_an_update_was_refused(tmp_path, fake_colab_dir, github):
+    target = tmp_path / "content" / "colab-transformer-kit"
+    target.parent.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(fake_colab_dir), "KIT_REPO_URL": str(github.bare),
+           "KIT_REPO_DIR": str(target), "UPSTREAM": str(github.work), "PIP_DRY_RUN": "1", "PIP_NO_INDEX": "1"}
+    run = lambda: subprocess.run([sys.executable, "-c", f"exec({cell_source('Setup')!r}, {{}})"],  # noqa: E731
+                                 cwd=target.parent, env=env, capture_output=True, text=True, timeout=300)
+    assert run().returncode == 0
+    with open(target / "utils" / "colab.py", "a") as f:
+        f.write("# edited on Colab\n")  # the user edited the checkout ...
+    subprocess.run(["bash", "-c", PUSH], env=env, check=True)  # ... and upstream changed the same file
+    proc = run()
+    assert proc.returncode != 0
+    assert "RuntimeError: git -C" in proc.stderr and "pull --ff-only -q failed:" in proc.stderr
+    assert "local changes" in proc.stderr, proc.stderr[-600:]

@@ -139,7 +139,8 @@ class Workspace:
         return config.replace(output_dir=str(self.root / config.output_dir))
 
     def describe(self) -> str:
-        where = "Google Drive" if self.on_drive else "this machine (lost when a Colab runtime ends)"
+        where = ("Google Drive" if self.on_drive else
+                 "this runtime's disk (lost when the runtime ends)" if in_colab() else "this machine")
         return f"Runs and the wizard's config are saved under {self.root}, on {where}."
 
 
