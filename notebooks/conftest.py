@@ -41,7 +41,8 @@ if _contract_modules_missing():
     _startup = _ipython_dir / "profile_default" / "startup"
     _startup.mkdir(parents=True)
     _stubs = Path(__file__).resolve().parent.parent / "tests" / "contract_stubs.py"
-    (_startup / "00-contract-stubs.py").write_text(f"import runpy\nrunpy.run_path({str(_stubs)!r}, run_name='__main__')\n")
+    _script = f"import runpy\nrunpy.run_path({str(_stubs)!r}, run_name='__main__')\n"
+    (_startup / "00-contract-stubs.py").write_text(_script)
     os.environ["IPYTHONDIR"] = str(_ipython_dir)
 
 
