@@ -1,0 +1,77 @@
+"""train.ipynb's cells, run in order in this process: a run saves, exports, and a rerun resumes.
+
+nbval checks that the notebooks run; this checks what they leave behind. The "disconnect" is a
+first Run all that stops after 3 steps and a second one with max_steps=6 in the same workspace.
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import matplotlib
+import nbformat
+import pytest
+import torch
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+from utils.ui import setup_wizard  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = "model_size=tiny max_seq_len=32 batch_size=8 val_split=0.02 log_every_n_steps=1"
+
+
+@pytest.fixture
+def contracts(monkeypatch):
+    """Stand-ins for SetupWizard (issue 3) and utils.wandb_helpers (issue 5) while they are missing."""
+    spec = importlib.util.spec_from_file_location("contract_stubs", REPO / "tests" / "contract_stubs.py")
+    stubs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stubs)
+    for name, stub in stubs.missing_contracts().items():
+        if name == "SetupWizard":
+            monkeypatch.setattr(setup_wizard, "SetupWizard", stub, raising=False)
+        else:
+            monkeypatch.setitem(sys.modules, name, stub)
+
+
+def run_all(monkeypatch, workspace: Path, overrides: str) -> dict:
+    """Every code cell of train.ipynb in order, as Run all does, in one namespace."""
+    monkeypatch.setenv("KIT_WORKSPACE", str(workspace))
+    monkeypatch.setenv("KIT_NOTEBOOK_OVERRIDES", overrides)
+    monkeypatch.chdir(REPO / "notebooks")
+    nb = nbformat.read(REPO / "notebooks" / "train.ipynb", as_version=4)
+    namespace = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: more threads only add OpenMP overhead
+    try:
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                exec(compile(cell.source, cell.source.splitlines()[0], "exec"), namespace)
+    finally:
+        torch.set_num_threads(threads)
+        plt.close("all")
+    return namespace
+
+
+@pytest.mark.slow
+def test_run_all_trains_exports_and_a_second_run_all_resumes(tmp_path, monkeypatch, contracts, capsys):
+    first = run_all(monkeypatch, tmp_path, f"{TINY} max_steps=3")["result"]
+    run_dir = tmp_path / "runs" / "default"
+    assert first.output_dir == run_dir and first.global_step == 3
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "runs" / "wizard_config.json").is_file(), "the Train cell saves the wizard's choices"
+    assert sorted(p.name for p in (run_dir / "export").iterdir()) == ["config.json", "model.safetensors", "tokenizer"]
+    out = capsys.readouterr().out
+    assert "Precision: 32-true - fp32: no CUDA GPU" in out
+    assert f"Loaded GPT from {run_dir / 'export'}:" in out
+
+    ns = run_all(monkeypatch, tmp_path, f"{TINY} max_steps=6")
+    second = ns["result"]
+    assert second.resumed_from == run_dir / "checkpoints" / "last.ckpt"
+    assert (second.steps_run, second.global_step) == (3, 6)
+    assert [step for step, _ in second.train_history] == [4, 5, 6]
+    assert f"Resuming from {run_dir / 'checkpoints' / 'last.ckpt'}" in capsys.readouterr().out
+    # The reloaded export samples exactly what the trained model samples.
+    assert ns["loaded"].generate("The ", max_new_tokens=50, seed=0) == second.generate("The ", 50, seed=0)
