@@ -14,7 +14,6 @@ runs them longer.
 import os
 import shutil
 import tempfile
-from pathlib import Path
 
 CI_OVERRIDES = "model_size=tiny max_seq_len=32 batch_size=8 max_steps=6 val_split=0.02 log_every_n_steps=1"
 
@@ -24,26 +23,6 @@ os.environ.setdefault("KIT_WORKSPACE", _workspace)
 # One intra-op thread: a tiny model gains nothing from more, and on a busy 2-core CI host OpenMP's
 # spin-waiting made sampling 200 tokens take 15 s instead of 0.5 s.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-
-def _contract_modules_missing() -> bool:
-    """True until the wizard (issue 3) and W&B (issue 5) branches are merged into this one."""
-    utils = Path(__file__).resolve().parent.parent / "utils"
-    has_wizard = "class SetupWizard" in (utils / "ui" / "setup_wizard.py").read_text(encoding="utf-8")
-    has_wandb = (utils / "wandb_helpers.py").is_file() or (utils / "wandb_helpers" / "__init__.py").is_file()
-    return not (has_wizard and has_wandb)
-
-
-if _contract_modules_missing():
-    # Stand-ins for SetupWizard and resolve_wandb_auth, loaded into each notebook kernel at start-up
-    # through an IPython profile; inert once the real modules exist. Delete at merge.
-    _ipython_dir = Path(_workspace) / "ipython"
-    _startup = _ipython_dir / "profile_default" / "startup"
-    _startup.mkdir(parents=True)
-    _stubs = Path(__file__).resolve().parent.parent / "tests" / "contract_stubs.py"
-    _script = f"import runpy\nrunpy.run_path({str(_stubs)!r}, run_name='__main__')\n"
-    (_startup / "00-contract-stubs.py").write_text(_script)
-    os.environ["IPYTHONDIR"] = str(_ipython_dir)
 
 
 def pytest_unconfigure(config):

@@ -4,8 +4,6 @@ nbval checks that the notebooks run; this checks what they leave behind. The "di
 first Run all that stops after 3 steps and a second one with max_steps=6 in the same workspace.
 """
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -17,23 +15,8 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from utils.ui import setup_wizard  # noqa: E402
-
 REPO = Path(__file__).resolve().parent.parent
 TINY = "model_size=tiny max_seq_len=32 batch_size=8 val_split=0.02 log_every_n_steps=1"
-
-
-@pytest.fixture
-def contracts(monkeypatch):
-    """Stand-ins for SetupWizard (issue 3) and utils.wandb_helpers (issue 5) while they are missing."""
-    spec = importlib.util.spec_from_file_location("contract_stubs", REPO / "tests" / "contract_stubs.py")
-    stubs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stubs)
-    for name, stub in stubs.missing_contracts().items():
-        if name == "SetupWizard":
-            monkeypatch.setattr(setup_wizard, "SetupWizard", stub, raising=False)
-        else:
-            monkeypatch.setitem(sys.modules, name, stub)
 
 
 def run_all(monkeypatch, workspace: Path, overrides: str) -> dict:
@@ -56,7 +39,7 @@ def run_all(monkeypatch, workspace: Path, overrides: str) -> dict:
 
 
 @pytest.mark.slow
-def test_run_all_trains_exports_and_a_second_run_all_resumes(tmp_path, monkeypatch, contracts, capsys):
+def test_run_all_trains_exports_and_a_second_run_all_resumes(tmp_path, monkeypatch, capsys):
     first = run_all(monkeypatch, tmp_path, f"{TINY} max_steps=3")["result"]
     run_dir = tmp_path / "runs" / "default"
     assert first.output_dir == run_dir and first.global_step == 3

@@ -178,7 +178,7 @@ def test_cli_default_path_trains_and_prints_results(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "Precision: 32-true - fp32: no CUDA GPU" in out
-    assert f"last checkpoint:  runs/default/checkpoints/last.ckpt" in out
+    assert f"last checkpoint:  {tmp_path}/runs/default/checkpoints/last.ckpt" in out
     assert (tmp_path / "runs/default/checkpoints/last.ckpt").exists()
     assert "\nSample:\n" in out and len(out.split("\nSample:\n")[1]) >= 300
     val = float(out.split("val loss:")[1].split()[0])
