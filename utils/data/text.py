@@ -1,12 +1,15 @@
-"""Text for language modelling: the embedded corpus or a file, cut into (input, target) windows.
+"""Text for language modelling: a token stream cut into (input, target) windows.
 
 The one place where targets are shifted against inputs is TokenWindows.__getitem__.
+The corpus is encoded block by block into one compact tensor (uint8 / int16 / int32 by vocabulary
+size), so a large file is held once, as tokens, never as text plus Python lists.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Optional
 
 import torch
 from torch.utils.data import Dataset
@@ -19,21 +22,12 @@ def embedded_path(name: str) -> Path:
 
 
 def read_text_file(path: str | Path) -> str:
-    """The file's text, or an error that names the path and what is wrong with it."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"Dataset file not found: {path}. Check dataset_path "
-                                "(on Colab, mount Google Drive first for /content/drive/... paths).")
-    if path.is_dir():
-        raise IsADirectoryError(f"Dataset path {path} is a folder; give the path of a text file inside it.")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"Dataset file {path} is not UTF-8 text (undecodable byte at offset {e.start}); "
-                         "save it as UTF-8.") from None
-    if not text.strip():
-        raise ValueError(f"Dataset file {path} is empty; it needs some text to train on.")
-    return text
+    """The whole text of a small file (the streaming reader's checks and messages); corpora go through
+    sources.TextFile.text_blocks instead."""
+    from utils.data.sources import TextFile, check_file
+
+    path = check_file(path)
+    return "".join(TextFile(path, str(path)).text_blocks())
 
 
 class TokenWindows(Dataset):
@@ -70,7 +64,36 @@ def split_windows(tokens: torch.Tensor, seq_len: int, val_split: float, seed: in
     return LMSplit(TokenWindows(tokens, seq_len, order[n_val:]), TokenWindows(tokens, seq_len, order[:n_val]), len(tokens))
 
 
+def token_dtype(vocab_size: int) -> torch.dtype:
+    """The smallest dtype that holds every id: uint8 for byte-sized vocabularies, else int16 or int32."""
+    if vocab_size <= 256:
+        return torch.uint8
+    return torch.int16 if vocab_size <= 32767 else torch.int32
+
+
 def to_token_tensor(ids: list[int], vocab_size: int) -> torch.Tensor:
-    """Compact storage: int16 where the vocabulary fits, else int32."""
-    dtype = torch.int16 if vocab_size <= 32767 else torch.int32
-    return torch.tensor(ids, dtype=dtype)
+    return torch.tensor(ids, dtype=token_dtype(vocab_size))
+
+
+def encode_blocks(tokenizer, blocks: Iterable[str], size_hint: Optional[int] = None) -> torch.Tensor:
+    """Encode text blocks into one compact 1-D tensor.
+
+    size_hint: an upper bound on the token count (the corpus size in bytes bounds every byte-level
+    tokenizer). The buffer is allocated once at that size; pages never written are never touched,
+    so the unused tail costs address space, not memory. Without a hint (or past it) the buffer grows.
+    """
+    vocab_size = tokenizer.vocab_size
+    buffer = torch.empty(max(size_hint or 0, 1 << 16), dtype=token_dtype(vocab_size))
+    n = 0
+    for block in blocks:
+        ids = tokenizer.encode_tensor(block)
+        if len(ids) and int(ids.max()) >= vocab_size:  # would crash deep in the embedding on a GPU
+            raise ValueError(f"The {tokenizer.kind} tokenizer produced id {int(ids.max())}, outside its "
+                             f"vocabulary of {vocab_size}; the tokenizer files are inconsistent.")
+        if n + len(ids) > len(buffer):
+            grown = torch.empty(max(n + len(ids), len(buffer) * 3 // 2), dtype=buffer.dtype)
+            grown[:n] = buffer[:n]
+            buffer = grown
+        buffer[n: n + len(ids)] = ids
+        n += len(ids)
+    return buffer[:n]
