@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from utils.config import ConfigError, WizardConfig
 from utils.data import DataError, prepare_data
@@ -110,7 +111,7 @@ def test_lm_from_csv_and_jsonl_text_columns(tmp_path):
 def test_embedded_bpe_is_cached_under_output_dir(tmp_path, capsys):
     cfg = config(tmp_path, dataset_source="embedded", tokenizer_strategy="bpe", vocab_size=300)
     prepare_data(cfg)
-    cached = list((tmp_path / "run" / "tokenizer_cache").glob("python_reference.bpe-300-*.json"))
+    cached = list((tmp_path / "run" / "data_cache").glob("python_reference.bpe-300-*.json"))
     assert len(cached) == 1 and "trained byte-level BPE" in capsys.readouterr().out
     data = prepare_data(cfg)
     assert "from cache" in capsys.readouterr().out and data.tokenizer.vocab_size == 300
@@ -123,6 +124,23 @@ def test_bpe_cache_sits_beside_a_data_file_and_follows_its_content(tmp_path):
     (tmp_path / "corpus.txt").write_text(CORPUS[30_000:60_000], encoding="utf-8")
     prepare_data(cfg)
     assert len(first) == 1 and len(list(tmp_path.glob("corpus.txt.bpe-300-*.json"))) == 2
+
+
+def test_tokens_are_cached_under_output_dir_and_memory_mapped_next_time(tmp_path, capsys):
+    cfg = lm_config(tmp_path, CORPUS[:20_000], tokenizer_strategy="byte")
+    first = prepare_data(cfg)
+    cache = list((tmp_path / "run" / "data_cache").glob("corpus.tokens-*.bin"))
+    assert len(cache) == 1 and cache[0].stat().st_size == first.num_tokens == len(CORPUS[:20_000].encode())
+    assert "tokens from cache" not in capsys.readouterr().out
+    second = prepare_data(cfg)
+    assert f"tokens from cache {cache[0]}" in capsys.readouterr().out
+    assert torch.equal(second.train.tokens, first.train.tokens) and second.val.starts.tolist() == first.val.starts.tolist()
+    prepare_data(cfg.replace(tokenizer_strategy="char"))  # another tokenizer: its own cache file
+    (tmp_path / "corpus.txt").write_text(CORPUS[20_000:40_000], encoding="utf-8")  # new data: new file
+    third = prepare_data(cfg)
+    assert "tokens from cache" not in capsys.readouterr().out
+    assert bytes(third.train.tokens[:50].tolist()) == CORPUS[20_000:40_000].encode()[:50]
+    assert len(list((tmp_path / "run" / "data_cache").glob("corpus.tokens-*.bin"))) == 3
 
 
 # ------------------------------------------------------------------------------------------- classification
@@ -146,6 +164,8 @@ def test_csv_classification_items(tmp_path, capsys):
             seen[data.tokenizer.decode(ids[:n].tolist())] = data.label_names[int(label)]
     expected = {t.encode()[:8].decode(): lab for t, lab in REVIEWS if t}  # truncated to max_seq_len bytes
     assert seen == expected
+    ids, mask, labels = next(iter(DataLoader(data.train, batch_size=4)))  # default collate
+    assert ids.shape == mask.shape == (4, 8) and labels.shape == (4,)
 
 
 def test_jsonl_integer_labels_sort_numerically_and_char_pads_with_0(tmp_path):

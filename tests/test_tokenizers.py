@@ -140,6 +140,14 @@ def test_pretrained_from_a_local_folder_with_its_own_pad(tmp_path):
     assert back.encode("hello world") == [2, 3] and back.pad_id == 1
 
 
+def test_pretrained_byte_level_bpe_round_trips_and_finds_its_pad(tmp_path):
+    (tmp_path / "gpt").mkdir()
+    train_bpe([CORPUS], 320).save(str(tmp_path / "gpt" / "tokenizer.json"))
+    tok = build_tokenizer("pretrained", "", pad=True, tokenizer_path=str(tmp_path / "gpt"))
+    assert tok.decode(tok.encode(SAMPLE)) == SAMPLE and tok.encode_tensor(SAMPLE).tolist() == tok.encode(SAMPLE)
+    assert (tok.pad_id, tok.vocab_size) == (0, 320)  # "<pad>" found by name, nothing added
+
+
 def test_pretrained_without_pad_gets_one_added(tmp_path, capsys):
     folder = word_level_json(tmp_path / "gpt2ish", ["[UNK]", "hello", "world"])
     tok = load_pretrained(str(folder / "tokenizer.json"), pad=True)  # the file itself works too

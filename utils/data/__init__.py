@@ -16,10 +16,10 @@ from torch.utils.data import Dataset
 from utils.data.classification import encode_rows, split_rows
 from utils.data.sources import (CsvFile, DataError, HuggingFaceDataset, JsonlFile, RowSource, TextFile,
                                 check_file)
-from utils.data.text import embedded_path, encode_blocks, read_text_file, split_windows
-from utils.data.tokenizers import TokenizerError, build_tokenizer, load_tokenizer
+from utils.data.text import embedded_path, encode_cached, read_text_file, split_windows
+from utils.data.tokenizers import TokenizerError, build_tokenizer, load_tokenizer, tokenizer_fingerprint
 
-TOKENIZER_CACHE_DIR = "tokenizer_cache"  # under output_dir: BPE trained on the embedded corpus or a Hub dataset
+DATA_CACHE_DIR = "data_cache"  # under output_dir: encoded tokens, and BPE trained on the embedded corpus or a Hub dataset
 
 
 @dataclass
@@ -40,7 +40,7 @@ class PreparedData:
 def open_source(config) -> Union[TextFile, RowSource]:
     """The data the config names, checked (file, extension, columns) before any slow step."""
     label_column = config.label_column if config.task == "classification" else None
-    cache_dir = Path(config.output_dir) / TOKENIZER_CACHE_DIR
+    cache_dir = Path(config.output_dir) / DATA_CACHE_DIR
     if config.dataset_source == "embedded":
         return TextFile(embedded_path(config.dataset_name), f"embedded corpus {config.dataset_name!r}", cache_dir)
     if config.dataset_source in ("file", "upload"):
@@ -70,7 +70,9 @@ def prepare_data(config) -> PreparedData:
         split = split_rows(rows, config.max_seq_len, config.val_split, config.seed)
         return PreparedData(tokenizer, split.train, split.val, rows.num_tokens, source.description,
                             label_names=rows.label_names, pad_id=tokenizer.pad_id)
-    tokens = encode_blocks(tokenizer, source.text_blocks(), source.size_bytes)
+    cache_file = (Path(config.output_dir) / DATA_CACHE_DIR /
+                  f"{source.cache_name}.tokens-{source.fingerprint}-{tokenizer_fingerprint(tokenizer)}.bin")
+    tokens = encode_cached(tokenizer, source.text_blocks, source.size_bytes, cache_file)
     split = split_windows(tokens, config.max_seq_len, config.val_split, config.seed)
     pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     return PreparedData(tokenizer, split.train, split.val, split.num_tokens, source.description, pad_id=pad_id)

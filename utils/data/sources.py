@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import functools
 import hashlib
 import json
 import re
@@ -98,17 +99,25 @@ class TextFile:
         raise DataError(f"{self.path} is plain text without labels; task='classification' needs a .csv or "
                         ".jsonl file (or a Hugging Face dataset) with text and label columns.")
 
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        return file_fingerprint(self.path)
+
+    @property
+    def cache_name(self) -> str:
+        return self.path.stem
+
     def bpe_cache_file(self, vocab_size: int) -> Path:
-        key = file_fingerprint(self.path)
         if self.cache_dir is not None:
-            return self.cache_dir / f"{self.path.stem}.bpe-{vocab_size}-{key}.json"
-        return self.path.with_name(f"{self.path.name}.bpe-{vocab_size}-{key}.json")
+            return self.cache_dir / f"{self.path.stem}.bpe-{vocab_size}-{self.fingerprint}.json"
+        return self.path.with_name(f"{self.path.name}.bpe-{vocab_size}-{self.fingerprint}.json")
 
 
 class RowSource:
     """Rows with named columns (CSV, JSONL, Hugging Face): text_column for text, label_column for labels."""
 
     description: str
+    path: Path  # CSV and JSONL
     size_bytes: Optional[int] = None
     class_names: Optional[list[str]] = None  # the data's own class order (Hugging Face ClassLabel)
 
@@ -118,6 +127,18 @@ class RowSource:
     def records(self) -> Iterator[tuple[str, dict]]:
         """(where, row as a dict) for every row."""
         raise NotImplementedError
+
+    # CSV and JSONL files; the Hugging Face source overrides these three
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        return file_fingerprint(self.path, self.text_column)
+
+    @property
+    def cache_name(self) -> str:
+        return self.path.stem
+
+    def bpe_cache_file(self, vocab_size: int) -> Path:
+        return self.path.with_name(f"{self.path.name}.bpe-{vocab_size}-{self.fingerprint}.json")
 
     def check_columns(self, columns: list[str], what: str) -> None:
         for field, column in (("text_column", self.text_column), ("label_column", self.label_column)):
@@ -206,9 +227,6 @@ class CsvFile(RowSource):
             raise DataError(f"Dataset file {self.path} is not valid CSV near line "
                             f"{reader.line_num if reader else 1}: {e}") from None
 
-    def bpe_cache_file(self, vocab_size: int) -> Path:
-        key = file_fingerprint(self.path, self.text_column)
-        return self.path.with_name(f"{self.path.name}.bpe-{vocab_size}-{key}.json")
 
 
 class JsonlFile(RowSource):
@@ -246,9 +264,6 @@ class JsonlFile(RowSource):
                             "not an object with named fields.")
         return record
 
-    def bpe_cache_file(self, vocab_size: int) -> Path:
-        key = file_fingerprint(self.path, self.text_column)
-        return self.path.with_name(f"{self.path.name}.bpe-{vocab_size}-{key}.json")
 
 
 class HuggingFaceDataset(RowSource):
@@ -266,7 +281,7 @@ class HuggingFaceDataset(RowSource):
         self.size_bytes = self.dataset.data.nbytes  # Arrow buffers: bound the text's UTF-8 bytes
         feature = dataset.features.get(label_column) if label_column else None
         self.class_names = list(feature.names) if hasattr(feature, "names") else None  # a ClassLabel
-        self.fingerprint = hashlib.sha256("\0".join(
+        self._fingerprint = hashlib.sha256("\0".join(
             (CACHE_VERSION, name, config_name, text_column, str(getattr(dataset, "_fingerprint", len(dataset))))
         ).encode()).hexdigest()[:12]
 
@@ -277,8 +292,16 @@ class HuggingFaceDataset(RowSource):
             for i, values in enumerate(zip(*batch.values())):
                 yield f"row {start + i}", dict(zip(batch, values))
 
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    @property
+    def cache_name(self) -> str:
+        return _slug(self.name)
+
     def bpe_cache_file(self, vocab_size: int) -> Path:
-        return self.cache_dir / f"{_slug(self.name)}.bpe-{vocab_size}-{self.fingerprint}.json"
+        return self.cache_dir / f"{self.cache_name}.bpe-{vocab_size}-{self.fingerprint}.json"
 
 
 def load_hf_dataset(name: str, config_name: str = ""):
@@ -291,7 +314,7 @@ def load_hf_dataset(name: str, config_name: str = ""):
         if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
             loaded = datasets.load_from_disk(str(folder))
         else:
-            loaded = datasets.load_dataset(name, config_name or None)
+            loaded = datasets.load_dataset(name, config_name or None, split="train")  # fetches no other split
     except ConnectionError as e:  # before OSError: offline is the likely cause and has its own fix
         raise DataError(f"Could not reach the Hugging Face Hub for dataset {name!r} ({e}). This machine looks "
                         "offline: connect it, or save the data as a .csv/.jsonl file and use dataset_source='file'.") from None

@@ -2,14 +2,17 @@
 
 The one place where targets are shifted against inputs is TokenWindows.__getitem__.
 The corpus is encoded block by block into one compact tensor (uint8 / int16 / int32 by vocabulary
-size), so a large file is held once, as tokens, never as text plus Python lists.
+size), so a large file is held once, as tokens, never as text plus Python lists. The tokens are
+also written to a cache file that later runs (a resume, a second experiment) memory-map instead
+of encoding again.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 from torch.utils.data import Dataset
@@ -97,3 +100,31 @@ def encode_blocks(tokenizer, blocks: Iterable[str], size_hint: Optional[int] = N
         buffer[n: n + len(ids)] = ids
         n += len(ids)
     return buffer[:n]
+
+
+def encode_cached(tokenizer, blocks: Callable[[], Iterable[str]], size_hint: Optional[int],
+                  cache_file: Optional[Path]) -> torch.Tensor:
+    """The corpus's tokens: memory-mapped from cache_file when an earlier run wrote it, else encoded
+    (and written there). The name of cache_file must fingerprint both the data and the tokenizer."""
+    dtype = token_dtype(tokenizer.vocab_size)
+    if cache_file is not None and cache_file.is_file():
+        print(f"Data: tokens from cache {cache_file}")
+        count = cache_file.stat().st_size // dtype.itemsize
+        return torch.from_file(str(cache_file), shared=False, size=count, dtype=dtype)  # pages load on use
+    tokens = encode_blocks(tokenizer, blocks(), size_hint)
+    if cache_file is not None and len(tokens):
+        save_tokens(tokens, cache_file)
+    return tokens
+
+
+def save_tokens(tokens: torch.Tensor, cache_file: Path) -> None:
+    """Raw token values via a temp file + rename; a folder that can't be written only costs the cache."""
+    tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(memoryview(tokens.numpy()))
+        os.replace(tmp, cache_file)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        print(f"Data: could not cache the tokens at {cache_file} ({e.strerror or e}); the next run encodes again")

@@ -18,9 +18,11 @@ decode() drops pad ids.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -338,6 +340,16 @@ def load_tokenizer(folder: str | Path):
 
         return LibraryTokenizer(Tokenizer.from_file(str(folder / HF_FILENAME)), kind, meta.get("pad_id"))
     raise ValueError(f"{path} names an unknown tokenizer kind {kind!r}")
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Short hash of everything save() writes: equal fingerprints encode text identically."""
+    digest = hashlib.sha256()
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save(Path(tmp))
+        for path in sorted(Path(tmp).iterdir()):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def _write_meta(folder: Path, meta: dict) -> None:
