@@ -157,7 +157,7 @@ class LibraryTokenizer:
     def save(self, folder: Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save(str(folder / HF_FILENAME))
+        (folder / HF_FILENAME).write_text(self.tokenizer.to_str(), encoding="utf-8")
         _write_meta(folder, {"kind": self.kind, "pad_id": self.pad_id})
 
 
@@ -251,7 +251,7 @@ def _cache_bpe(tokenizer, cache_file: Path) -> None:
     tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tokenizer.save(str(tmp))
+        tmp.write_text(tokenizer.to_str(), encoding="utf-8")  # Python I/O: failures are OSErrors
         os.replace(tmp, cache_file)
     except OSError as e:
         tmp.unlink(missing_ok=True)
