@@ -333,7 +333,7 @@ def test_hf_without_the_library_says_what_to_install(tmp_path):
 
 # ------------------------------------------------------------------------------------------- end to end
 
-def small_files(tmp_path: Path) -> dict[str, Path]:
+def small_files(tmp_path: Path) -> dict:
     text = CORPUS[:6000]
     paragraphs = [p for p in text.split("\n\n") if p.strip()]
     return {
