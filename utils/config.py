@@ -20,6 +20,7 @@ from typing import Any, Optional
 TASKS = ("lm", "classification")
 DATASET_SOURCES = ("embedded", "file", "upload", "huggingface")
 EMBEDDED_DATASETS = ("python_reference",)
+DATA_FILE_SUFFIXES = (".txt", ".csv", ".jsonl")  # plain text (lm only), CSV with a header row, JSON lines
 TOKENIZER_STRATEGIES = ("char", "byte", "bpe", "pretrained")
 MODEL_SOURCES = ("template", "file", "gist")
 MODEL_SIZES = ("tiny", "small", "base")
@@ -51,7 +52,7 @@ class WizardConfig:
     # --- tokenizer
     tokenizer_strategy: str = "char"  # char | byte | bpe (trained on your data) | pretrained
     tokenizer_path: str = ""  # pretrained tokenizer folder (or name on Colab)
-    vocab_size: int = 4096  # BPE vocabulary to train; char/byte vocabularies follow the data
+    vocab_size: int = 4096  # target vocabulary of the trained BPE (bpe only: char, byte, pretrained bring their own)
     # --- model
     model_source: str = "template"  # template (from templates/) | file (your .py) | gist
     model_template: str = "gpt"  # template name, see templates.list_templates()
@@ -196,6 +197,13 @@ def field_errors(config: WizardConfig) -> list[tuple[str, str]]:
     if c.dataset_source in ("file", "upload") and not c.dataset_path.strip():
         checks.append(("dataset_path", f"dataset_path is empty; dataset_source={c.dataset_source!r} "
                                        "needs the path of a .txt, .csv or .jsonl file"))
+    suffix = Path(c.dataset_path.strip()).suffix.lower()
+    if c.dataset_source in ("file", "upload") and c.dataset_path.strip() and suffix not in DATA_FILE_SUFFIXES:
+        checks.append(("dataset_path", f"dataset_path={c.dataset_path!r} has the extension {suffix or '(none)'!r}; "
+                                       "use a .txt, .csv or .jsonl file (rename or convert it)"))
+    elif c.dataset_source in ("file", "upload") and suffix == ".txt" and c.task == "classification":
+        checks.append(("dataset_path", f"dataset_path={c.dataset_path!r} is plain text without labels; "
+                                       "task='classification' needs a .csv or .jsonl file with text and label columns"))
     if c.dataset_source == "huggingface" and not c.dataset_name.strip():
         checks.append(("dataset_name", "dataset_name is empty; give a Hugging Face dataset name such as 'imdb'"))
     if c.tokenizer_strategy == "pretrained" and not c.tokenizer_path.strip():

@@ -1,12 +1,18 @@
-"""Text for language modelling: the embedded corpus or a file, cut into (input, target) windows.
+"""Text for language modelling: a token stream cut into (input, target) windows.
 
 The one place where targets are shifted against inputs is TokenWindows.__getitem__.
+The corpus is encoded block by block into one compact tensor (uint8 / int16 / int32 by vocabulary
+size), so a large file is held once, as tokens, never as text plus Python lists. The tokens are
+also written to a cache file that later runs (a resume, a second experiment) memory-map instead
+of encoding again.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable, Optional
 
 import torch
 from torch.utils.data import Dataset
@@ -19,21 +25,12 @@ def embedded_path(name: str) -> Path:
 
 
 def read_text_file(path: str | Path) -> str:
-    """The file's text, or an error that names the path and what is wrong with it."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"Dataset file not found: {path}. Check dataset_path "
-                                "(on Colab, mount Google Drive first for /content/drive/... paths).")
-    if path.is_dir():
-        raise IsADirectoryError(f"Dataset path {path} is a folder; give the path of a text file inside it.")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"Dataset file {path} is not UTF-8 text (undecodable byte at offset {e.start}); "
-                         "save it as UTF-8.") from None
-    if not text.strip():
-        raise ValueError(f"Dataset file {path} is empty; it needs some text to train on.")
-    return text
+    """The whole text of a small file (the streaming reader's checks and messages); corpora go through
+    sources.TextFile.text_blocks instead."""
+    from utils.data.sources import TextFile, check_file
+
+    path = check_file(path)
+    return "".join(TextFile(path, str(path)).text_blocks())
 
 
 class TokenWindows(Dataset):
@@ -70,7 +67,64 @@ def split_windows(tokens: torch.Tensor, seq_len: int, val_split: float, seed: in
     return LMSplit(TokenWindows(tokens, seq_len, order[n_val:]), TokenWindows(tokens, seq_len, order[:n_val]), len(tokens))
 
 
+def token_dtype(vocab_size: int) -> torch.dtype:
+    """The smallest dtype that holds every id: uint8 for byte-sized vocabularies, else int16 or int32."""
+    if vocab_size <= 256:
+        return torch.uint8
+    return torch.int16 if vocab_size <= 32767 else torch.int32
+
+
 def to_token_tensor(ids: list[int], vocab_size: int) -> torch.Tensor:
-    """Compact storage: int16 where the vocabulary fits, else int32."""
-    dtype = torch.int16 if vocab_size <= 32767 else torch.int32
-    return torch.tensor(ids, dtype=dtype)
+    return torch.tensor(ids, dtype=token_dtype(vocab_size))
+
+
+def encode_blocks(tokenizer, blocks: Iterable[str], size_hint: Optional[int] = None) -> torch.Tensor:
+    """Encode text blocks into one compact 1-D tensor.
+
+    size_hint: an upper bound on the token count (the corpus size in bytes bounds every byte-level
+    tokenizer). The buffer is allocated once at that size; pages never written are never touched,
+    so the unused tail costs address space, not memory. Without a hint (or past it) the buffer grows.
+    """
+    vocab_size = tokenizer.vocab_size
+    buffer = torch.empty(max(size_hint or 0, 1 << 16), dtype=token_dtype(vocab_size))
+    n = 0
+    for block in blocks:
+        ids = tokenizer.encode_tensor(block)
+        if len(ids) and int(ids.max()) >= vocab_size:  # would crash deep in the embedding on a GPU
+            raise ValueError(f"The {tokenizer.kind} tokenizer produced id {int(ids.max())}, outside its "
+                             f"vocabulary of {vocab_size}; the tokenizer files are inconsistent.")
+        if n + len(ids) > len(buffer):
+            grown = torch.empty(max(n + len(ids), len(buffer) * 3 // 2), dtype=buffer.dtype)
+            grown[:n] = buffer[:n]
+            buffer = grown
+        buffer[n: n + len(ids)] = ids
+        n += len(ids)
+    return buffer[:n]
+
+
+def encode_cached(tokenizer, blocks: Callable[[], Iterable[str]], size_hint: Optional[int],
+                  cache_file: Optional[Path]) -> torch.Tensor:
+    """The corpus's tokens: memory-mapped from cache_file when an earlier run wrote it, else encoded
+    (and written there). The name of cache_file must fingerprint both the data and the tokenizer."""
+    dtype = token_dtype(tokenizer.vocab_size)
+    if cache_file is not None and cache_file.is_file():
+        print(f"Data: tokens from cache {cache_file}")
+        count = cache_file.stat().st_size // dtype.itemsize
+        return torch.from_file(str(cache_file), shared=False, size=count, dtype=dtype)  # pages load on use
+    tokens = encode_blocks(tokenizer, blocks(), size_hint)
+    if cache_file is not None and len(tokens):
+        save_tokens(tokens, cache_file)
+    return tokens
+
+
+def save_tokens(tokens: torch.Tensor, cache_file: Path) -> None:
+    """Raw token values via a temp file + rename; a folder that can't be written only costs the cache."""
+    tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(memoryview(tokens.numpy()))
+        os.replace(tmp, cache_file)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        print(f"Data: could not cache the tokens at {cache_file} ({e.strerror or e}); the next run encodes again")
