@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from utils.config import WizardConfig
-from utils.data import load_source_text
+from utils.data import open_source
 from utils.data.tokenizers import build_tokenizer
 from utils.env import DeviceInfo
 from utils.training.amp_utils import PrecisionDecision
@@ -36,18 +36,26 @@ def vocab_size_for(config: WizardConfig) -> tuple[int, str]:
     if config.tokenizer_strategy == "byte":
         return 256, "byte tokenizer"
     if config.tokenizer_strategy == "char":
+        data_fields = {f: getattr(config, f) for f in _DATA_FIELDS}
         try:
-            return _char_vocab_size(config.dataset_source, config.dataset_name, config.dataset_path,
-                                    _mtime(config.dataset_path)), "distinct characters in the dataset"
+            return _char_vocab_size(tuple(data_fields.items()), _mtime(config.dataset_path)), \
+                "distinct characters in the dataset"
         except (OSError, ValueError, NotImplementedError) as e:
             return 256, f"dataset not readable yet ({e}); assuming 256"
     return config.vocab_size, "vocab_size"
 
 
+_DATA_FIELDS = ("task", "dataset_source", "dataset_name", "dataset_config", "dataset_path", "text_column",
+                "label_column", "output_dir")
+
+
 @functools.lru_cache(maxsize=8)
-def _char_vocab_size(source: str, name: str, path: str, mtime: float) -> int:
-    text, _ = load_source_text(source, name, path)
-    return build_tokenizer("char", text).vocab_size
+def _char_vocab_size(data_fields: tuple, mtime: float) -> int:
+    """The char vocabulary prepare_data will build: one pass over the text (cached per file version)."""
+    config = WizardConfig(**dict(data_fields))
+    source = open_source(config)
+    return build_tokenizer("char", source.text_blocks, pad=config.task == "classification",
+                           size_bytes=source.size_bytes).vocab_size
 
 
 def _mtime(path: str) -> float:
