@@ -183,3 +183,56 @@ def test_cli_default_path_trains_and_prints_results(tmp_path):
     assert "\nSample:\n" in out and len(out.split("\nSample:\n")[1]) >= 300
     val = float(out.split("val loss:")[1].split()[0])
     assert val < 2.6  # from ln(103) = 4.6 at the start
+
+
+def _write_labelled(tmp_path, kind: str, n: int = 240):
+    """Separable reviews: the class shows in every character (lower case = calm, upper case = loud)."""
+    import csv
+    import random
+
+    rng = random.Random(0)
+    rows = []
+    for i in range(n):
+        label = ["calm", "loud"][i % 2]
+        letters = "abcdefgh" if label == "calm" else "ABCDEFGH"
+        rows.append(("".join(rng.choice(letters + " ") for _ in range(rng.randint(4, 20))).strip() or letters[0], label))
+    path = tmp_path / f"reviews.{kind}"
+    if kind == "csv":
+        with path.open("w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([("review", "sentiment"), *rows])
+    else:
+        path.write_text("".join(json.dumps({"review": t, "sentiment": s}) + "\n" for t, s in rows), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("kind, tokenizer", [("csv", "char"), ("jsonl", "char"), ("csv", "bpe"), ("jsonl", "byte")])
+def test_classifier_trains_from_labelled_files(tmp_path, kind, tokenizer):
+    path = _write_labelled(tmp_path, kind)
+    config = WizardConfig(task="classification", model_template="classifier", dataset_source="file",
+                          dataset_path=str(path), text_column="review", label_column="sentiment",
+                          tokenizer_strategy=tokenizer, vocab_size=300, max_seq_len=24, batch_size=16,
+                          learning_rate=3e-3, warmup_ratio=0.0, max_epochs=4, val_split=0.2,
+                          output_dir=str(tmp_path / "run"))
+    result = train(config, device=CPU)
+    assert result.label_names == ["calm", "loud"]
+    assert result.val_accuracy is not None and result.val_accuracy >= 0.9, result.val_accuracy
+    assert result.predict(["abc dead", "FACE BAD"]) == ["calm", "loud"]
+    assert result.tokenizer.kind == tokenizer
+
+
+def test_classifier_trains_from_a_locally_built_hugging_face_dataset(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    path = _write_labelled(tmp_path, "jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    features = datasets.Features({"review": datasets.Value("string"),
+                                  "sentiment": datasets.ClassLabel(names=["calm", "loud"])})
+    ds = datasets.Dataset.from_dict({"review": [r["review"] for r in rows],
+                                     "sentiment": [r["sentiment"] for r in rows]}, features=features)
+    datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "hf"))
+    config = WizardConfig(task="classification", model_template="classifier", dataset_source="huggingface",
+                          dataset_name=str(tmp_path / "hf"), text_column="review", label_column="sentiment",
+                          max_seq_len=24, batch_size=16, learning_rate=3e-3, warmup_ratio=0.0, max_epochs=4,
+                          val_split=0.2, output_dir=str(tmp_path / "run"))
+    result = train(config, device=CPU)
+    assert result.label_names == ["calm", "loud"]
+    assert result.val_accuracy >= 0.9

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -157,9 +158,14 @@ def _precision_args(decision: PrecisionDecision) -> dict:
 
 
 def _refresh_rate() -> int:
-    # Notebook progress bars redraw through the browser; fewer updates keep Colab responsive.
+    """Progress-bar updates every N batches: each one, in a terminal; fewer where redraws are costly."""
     from utils.env import in_colab
-    return 20 if in_colab() else 1
+
+    if in_colab():
+        return 20  # notebook bars redraw through the browser; fewer updates keep Colab responsive
+    if "ipykernel" in sys.modules or sys.stdout.isatty():
+        return 1
+    return 100  # output piped to a log file (CI, nohup): every redraw is another line of log
 
 
 def _quiet_lightning() -> None:
