@@ -145,24 +145,27 @@ PROMPT = "The "  #@param {type:"string"}
 NUM_SAMPLES = 2  #@param {type:"integer"}
 MAX_NEW_TOKENS = 200  #@param {type:"integer"}
 TEMPERATURE = 0.8  #@param {type:"number"}
+# A language model continues PROMPT; a classifier labels it.
 
 from utils.plots import plot_losses
 
 plot_losses(result)
 print(f"Throughput: {result.tokens_per_sec:,.0f} training tokens/s with {result.precision}")
-for i in range(NUM_SAMPLES):
-    print(f"--- sample {i + 1}:\\n{result.generate(PROMPT, MAX_NEW_TOKENS, TEMPERATURE, seed=i)}")
+if result.config.task == "classification":
+    print(f"Validation accuracy: {result.val_accuracy:.3f}; {PROMPT!r} -> {result.predict([PROMPT])[0]}")
+else:
+    for i in range(NUM_SAMPLES):
+        print(f"--- sample {i + 1}:\\n{result.generate(PROMPT, MAX_NEW_TOKENS, TEMPERATURE, seed=i)}")
 '''),
     ("md", """\
 ## 7. Export
-One folder with the weights (`model.safetensors`), the config (`config.json`) and the tokenizer:
-everything needed to rebuild and use the model, nothing from the training run. The second cell
+One folder with the weights (`model.safetensors`), the config (`config.json`), the tokenizer and,
+for a classifier or your own model, the class names and your model code: everything needed to
+rebuild and use the model, nothing from the training run. The second cell
 loads it back, as you would in a new session, and generates from the loaded model."""),
     ("code", '''\
 #@title Export the model
-from utils.export import export_model
-
-export_dir = export_model(result.model, result.config, result.tokenizer)
+export_dir = result.export()  # weights, config, tokenizer, class names and your model code, if any
 print(f"Exported to {export_dir}: {', '.join(sorted(p.name for p in export_dir.iterdir()))}")
 '''),
     ("code", '''\
@@ -176,7 +179,10 @@ from utils.export import load_exported
 folder = EXPORT_FOLDER or result.output_dir / "export"
 loaded = load_exported(folder)
 print(f"Loaded {type(loaded.model).__name__} from {folder}:")
-print(loaded.generate(PROMPT, max_new_tokens=200, seed=0))
+if loaded.config.task == "classification":
+    print(f"{PROMPT!r} -> {loaded.predict([PROMPT])[0]}")
+else:
+    print(loaded.generate(PROMPT, max_new_tokens=200, seed=0))
 '''),
 ]
 

@@ -102,7 +102,7 @@ def test_train_notebook_follows_the_contracts():
     assert wizard_cell.rstrip().endswith("\nwizard"), "the wizard cell must end in `wizard` to display it"
     assert "resolve_wandb_auth(WANDB_MODE)" in source
     assert "train(config)" in source and "wizard.config" in source
-    assert "export_model(result.model, result.config, result.tokenizer)" in source
+    assert "result.export()" in source
     assert "load_exported(" in source
 
 
