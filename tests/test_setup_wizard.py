@@ -7,6 +7,7 @@ GPU facts come from injected DeviceInfo values (no GPU here); nothing of our own
 from __future__ import annotations
 
 import html
+import importlib.util
 import json
 import math
 import os
@@ -165,6 +166,40 @@ def test_hidden_fields_follow_the_choices(wizard_path):
     assert "vocab_size" in wizard.errors and wizard.fields["vocab_size"].row.layout.display is None
 
 
+def test_classification_and_your_own_model_are_choices_with_the_configs_messages(wizard_path, tmp_path):
+    wizard = make_wizard(wizard_path)
+    assert wizard.fields["label_column"].row.layout.display == "none"
+    set_value(wizard, "task", "classification")
+    assert shown_error(wizard, "dataset_source") == field_errors(wizard_config_with(wizard))[0][1]
+    set_value(wizard, "dataset_source", "file")
+    set_value(wizard, "dataset_path", str(tmp_path / "reviews.csv"))
+    assert wizard.fields["label_column"].row.layout.display is None
+    assert shown_error(wizard, "model_template") == \
+        "model_template='gpt' is for task='lm', not task='classification'"
+    set_value(wizard, "model_template", "classifier")
+    assert "model_template" not in wizard.errors
+    wizard.check_button.click()  # the classifier runs on a dummy (ids, mask, labels) batch
+    assert "(untrained: about ln 2 = 0.69)" in wizard.notes["check"].value, wizard.notes["check"].value
+    assert wizard.fields["model_path"].row.layout.display == "none"
+    set_value(wizard, "model_source", "file")
+    assert wizard.fields["model_path"].row.layout.display is None
+    assert wizard.fields["model_template"].row.layout.display == "none"
+    assert shown_error(wizard, "model_path") == \
+        "model_path is empty; model_source='file' needs the path of your model .py file"
+    set_value(wizard, "model_path", str(tmp_path / "model.py"))
+    set_value(wizard, "model_source", "gist")
+    assert shown_error(wizard, "gist_id") == "gist_id is empty; model_source='gist' needs a Gist id or URL"
+    set_value(wizard, "gist_id", "0123456789abcdef0123")
+    assert wizard.errors == {}
+    assert (wizard.config.task, wizard.config.model_source, wizard.config.gist_id) == \
+        ("classification", "gist", "0123456789abcdef0123")
+
+
+def wizard_config_with(wizard: SetupWizard) -> CoreWizardConfig:
+    """The config the widgets hold now, valid or not (to compare against the config's own messages)."""
+    return CoreWizardConfig(**{**wizard.config.to_dict(), **{n: f.value for n, f in wizard.fields.items()}})
+
+
 # ------------------------------------------------------------------ navigation
 def test_back_next_and_step_indicator(wizard_path):
     wizard = make_wizard(wizard_path)
@@ -314,11 +349,15 @@ def test_file_upload_is_saved_under_output_dir_and_selected(wizard_path, tmp_pat
     assert not wizard.next_button.disabled
 
 
-def test_hugging_face_needs_the_datasets_library(wizard_path):
+def test_hugging_face_is_offered_only_with_the_datasets_library(wizard_path):
     wizard = make_wizard(wizard_path)
     options = [value for _, value in wizard.fields["dataset_source"].input.options]
-    assert options == ["embedded", "file", "upload"]  # datasets is not installed here
-    assert "install datasets to use this" in wizard.notes["dataset"].value
+    if importlib.util.find_spec("datasets") is None:
+        assert options == ["embedded", "file", "upload"]
+        assert "install datasets to use this" in wizard.notes["dataset"].value
+    else:  # CI installs it for the Hugging Face data tests
+        assert options == ["embedded", "file", "upload", "huggingface"]
+        assert "install datasets" not in wizard.notes["dataset"].value
     wizard_path.write_text(json.dumps({"dataset_source": "huggingface", "dataset_name": "imdb"}))
     reloaded = make_wizard(wizard_path)  # a config saved where datasets was installed is kept as it is
     assert reloaded.config.dataset_source == "huggingface"

@@ -21,8 +21,7 @@ from utils.data import open_source
 from utils.data.tokenizers import build_tokenizer
 from utils.env import DeviceInfo
 from utils.training.amp_utils import PrecisionDecision
-from utils.training.builder import build_model
-from utils.training.module import LanguageModelTask
+from utils.training.builder import build_model, build_task
 
 # fp32 weights, their gradients and AdamW's two moments; Lightning keeps fp32 master weights
 # under mixed precision too, so this holds for every precision.
@@ -65,10 +64,20 @@ def _mtime(path: str) -> float:
         return 0.0
 
 
+# The wizard does not read the labels; a classifier's head is sized for this many classes until
+# training reads the data (the head is a tiny share of the parameters).
+ASSUMED_CLASSES = 2
+
+
+def _build(config: WizardConfig, vocab_size: int):
+    classes = ASSUMED_CLASSES if config.task == "classification" else 0
+    return build_model(config, vocab_size, num_classes=classes, pad_id=0)
+
+
 def count_parameters(config: WizardConfig, vocab_size: int) -> int:
     """Distinct parameters (tied weights once) of the model the config builds."""
     with torch.device("meta"):
-        model = build_model(config, vocab_size)
+        model = _build(config, vocab_size)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -96,7 +105,7 @@ def check_model(config: WizardConfig, decision: PrecisionDecision) -> ModelCheck
     """Build the model on CPU, run forward/backward on a dummy batch and estimate training memory."""
     vocab, _ = vocab_size_for(config)
     torch.manual_seed(config.seed)
-    model = build_model(config, vocab)
+    model = _build(config, vocab)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved_1 = _saved_bytes(model, config, vocab, 1, decision, params, backward=False)[0]
     start = time.perf_counter()
@@ -121,9 +130,12 @@ def _saved_bytes(model, config, vocab, batch, decision, params, backward: bool) 
         return t
 
     x = torch.randint(vocab, (batch, config.max_seq_len))
-    y = torch.randint(vocab, (batch, config.max_seq_len))
+    if config.task == "classification":  # (input_ids, attention_mask, labels), as the data gives it
+        dummy = (x, torch.ones_like(x, dtype=torch.bool), torch.randint(ASSUMED_CLASSES, (batch,)))
+    else:
+        dummy = (x, torch.randint(vocab, (batch, config.max_seq_len)))
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _autocast(decision):
-        loss, _ = LanguageModelTask().loss(model, (x, y))
+        loss, _ = build_task(config).loss(model, dummy)
     if backward:
         loss.backward()
     return sum(storages.values()), loss.item()
@@ -148,9 +160,10 @@ def device_capacity(device: DeviceInfo) -> tuple[Optional[int], str]:
 
 def describe_check(check: ModelCheck, config: WizardConfig, decision: PrecisionDecision) -> str:
     """Plain lines for the wizard: what ran, what it needs, whether that fits."""
+    outputs = ASSUMED_CLASSES if config.task == "classification" else check.vocab_size  # chance-level loss
     lines = [
         f"Forward/backward on a 2 x {config.max_seq_len} dummy batch: loss {check.loss:.2f} "
-        f"(untrained: about ln {check.vocab_size} = {math.log(check.vocab_size):.2f}), {check.seconds:.2f} s on CPU.",
+        f"(untrained: about ln {outputs} = {math.log(outputs):.2f}), {check.seconds:.2f} s on CPU.",
         f"Training memory at batch_size={config.batch_size}, max_seq_len={config.max_seq_len} ({decision.precision}): "
         f"about {format_bytes(check.total_bytes)} = {format_bytes(check.weights_bytes)} weights, gradients and "
         f"AdamW + {format_bytes(check.activation_bytes)} activations.",

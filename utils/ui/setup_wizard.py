@@ -29,8 +29,8 @@ from typing import Callable, Optional
 import ipywidgets as widgets
 
 from templates import list_templates
-from utils.config import (DATASET_SOURCES, MODEL_SIZES, PRECISIONS, TOKENIZER_STRATEGIES, ConfigError,
-                          WizardConfig, field_errors, type_errors)
+from utils.config import (DATASET_SOURCES, MODEL_SIZES, MODEL_SOURCES, PRECISIONS, TASKS, TOKENIZER_STRATEGIES,
+                          ConfigError, WizardConfig, field_errors, type_errors)
 from utils.env import DeviceInfo, detect_device, in_colab
 from utils.training.amp_utils import PrecisionError, resolve_precision
 from utils.ui.fields import ERROR_COLOR, INPUT_WIDTH, LABEL_WIDTH, Field, build_field, save_upload, uploaded_files
@@ -71,12 +71,14 @@ class Step:
 
 
 STEPS = (
-    Step("dataset", "Dataset", (("dataset_source", "Source"), ("dataset_name", "Dataset name"),
+    Step("dataset", "Dataset", (("task", "Task"), ("dataset_source", "Source"), ("dataset_name", "Dataset name"),
                                 ("dataset_config", "Dataset config"), ("dataset_path", "File path"),
-                                ("text_column", "Text column"), ("val_split", "Validation split"))),
+                                ("text_column", "Text column"), ("label_column", "Label column"),
+                                ("val_split", "Validation split"))),
     Step("tokenizer", "Tokenizer", (("tokenizer_strategy", "Strategy"), ("vocab_size", "Vocabulary size"),
                                     ("tokenizer_path", "Tokenizer path"))),
-    Step("model", "Model", (("model_template", "Template"), ("model_size", "Size"), ("dropout", "Dropout"))),
+    Step("model", "Model", (("model_source", "Model from"), ("model_template", "Template"), ("model_size", "Size"),
+                            ("model_path", "Model file"), ("gist_id", "Gist id or URL"), ("dropout", "Dropout"))),
     Step("training", "Training", (("batch_size", "Batch size"), ("max_seq_len", "Sequence length"),
                                   ("learning_rate", "Learning rate"), ("max_epochs", "Epochs"),
                                   ("gradient_accumulation_steps", "Accumulation steps"),
@@ -92,10 +94,16 @@ VISIBLE_WHEN = {
     "dataset_config": lambda c: c.dataset_source == "huggingface",
     "dataset_path": lambda c: c.dataset_source in ("file", "upload"),
     "text_column": lambda c: c.dataset_source in ("file", "upload", "huggingface"),
+    "label_column": lambda c: c.task == "classification" and c.dataset_source != "embedded",
+    "model_template": lambda c: c.model_source == "template",
+    "model_size": lambda c: c.model_source == "template",
+    "model_path": lambda c: c.model_source == "file",
+    "gist_id": lambda c: c.model_source == "gist",
     "vocab_size": lambda c: c.tokenizer_strategy == "bpe",
     "tokenizer_path": lambda c: c.tokenizer_strategy == "pretrained",
 }
-PLACEHOLDERS = {"dataset_path": "/content/drive/MyDrive/data/train.txt", "tokenizer_path": "path/to/tokenizer"}
+PLACEHOLDERS = {"dataset_path": "/content/drive/MyDrive/data/train.txt", "tokenizer_path": "path/to/tokenizer",
+                "model_path": "/content/drive/MyDrive/models/model.py", "gist_id": "https://gist.github.com/you/ID"}
 HF_AVAILABLE = importlib.util.find_spec("datasets") is not None
 
 
@@ -199,8 +207,10 @@ class SetupWizard:
     def _options(self, name: str) -> Optional[list]:
         if name == "dataset_source":
             return [s for s in DATASET_SOURCES if s != "huggingface" or HF_AVAILABLE]
-        return {"tokenizer_strategy": list(TOKENIZER_STRATEGIES), "model_template": list_templates(self._config.task),
-                "model_size": list(MODEL_SIZES), "precision": list(PRECISIONS)}.get(name)
+        # Every template is listed: one for another task shows the config's own message beside it.
+        return {"task": list(TASKS), "tokenizer_strategy": list(TOKENIZER_STRATEGIES), "model_source": list(MODEL_SOURCES),
+                "model_template": list_templates(), "model_size": list(MODEL_SIZES),
+                "precision": list(PRECISIONS)}.get(name)
 
     def _build_controls(self) -> None:
         self._title = widgets.HTML("<b>Setup wizard</b>: choose data, tokenizer, model and training, then Save.")
@@ -387,7 +397,9 @@ class SetupWizard:
     def _model_note(self, config: WizardConfig, vocab: int) -> str:
         self.check_button.disabled = config.model_source != "template"
         if config.model_source != "template":
-            return (f"Model from model_source={config.model_source!r} (set in the saved JSON); the wizard "
+            where = config.model_path if config.model_source == "file" else config.gist_id
+            return (f"Your model from {html.escape(where or 'the path above')}: training imports it and checks "
+                    "it on a dummy batch first, reporting any problem with your own traceback. The wizard "
                     "counts and checks template models only.")
         key = (config.model_template, config.model_size, config.max_seq_len, vocab)
         if key not in self._param_counts:
