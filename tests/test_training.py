@@ -236,3 +236,21 @@ def test_classifier_trains_from_a_locally_built_hugging_face_dataset(tmp_path):
     result = train(config, device=CPU)
     assert result.label_names == ["calm", "loud"]
     assert result.val_accuracy >= 0.9
+
+
+def test_optimizer_fields_reach_adamw_and_the_schedule(tiny_config):
+    config = tiny_config.replace(learning_rate=2e-3, weight_decay=0.05, warmup_ratio=0.5, max_steps=4, max_epochs=3)
+    result = train(config, device=CPU)
+    ckpt = _load_ckpt(result.last_checkpoint)
+    groups = ckpt["optimizer_states"][0]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0]
+    assert all(g["initial_lr"] == 2e-3 for g in groups)
+    # 4 steps, warmup_ratio 0.5: two warmup steps (lr x 0.5, x 1.0), then cosine down to x 0.1 at step 4.
+    assert ckpt["lr_schedulers"][0]["_last_lr"][0] == pytest.approx(2e-3 * 0.1)
+
+
+def test_model_fields_reach_the_model(tiny_config):
+    small = build_model(tiny_config.replace(model_size="small", dropout=0.25, max_seq_len=48), vocab_size=50)
+    assert small.wpe.num_embeddings == 48 and len(small.blocks) == 6 and small.wte.embedding_dim == 384
+    assert {m.p for m in small.modules() if isinstance(m, torch.nn.Dropout)} == {0.25}
+    assert small.blocks[0].attn.dropout == 0.25
