@@ -152,7 +152,7 @@ from utils.plots import plot_losses
 plot_losses(result)
 print(f"Throughput: {result.tokens_per_sec:,.0f} training tokens/s with {result.precision}")
 if result.config.task == "classification":
-    print(f"Validation accuracy: {result.val_accuracy:.3f}; {PROMPT!r} -> {result.predict([PROMPT])[0]}")
+    print(f"{PROMPT!r} -> {result.predict([PROMPT])[0]}")
 else:
     for i in range(NUM_SAMPLES):
         print(f"--- sample {i + 1}:\\n{result.generate(PROMPT, MAX_NEW_TOKENS, TEMPERATURE, seed=i)}")

@@ -139,3 +139,17 @@ def test_a_classifier_export_without_labels_is_refused(tmp_path, round_trip):
     (folder / "labels.json").unlink()
     with pytest.raises(FileNotFoundError, match="No labels.json in .*: a classifier's export names its classes there"):
         load_exported(folder)
+
+
+def test_export_replaces_an_earlier_export_but_never_another_folder(tmp_path, round_trip):
+    exported = load_exported(round_trip["gpt"][2])
+    drive = tmp_path / "MyDrive"
+    drive.mkdir()
+    (drive / "thesis.docx").write_text("precious")
+    with pytest.raises(FileExistsError, match="is not an earlier export .* would delete its files"):
+        export_model(exported.model, exported.config, exported.tokenizer, drive)
+    assert [p.name for p in drive.iterdir()] == ["thesis.docx"]
+    again = export_model(exported.model, exported.config, exported.tokenizer, tmp_path / "export")
+    (again / "stale.txt").write_text("from an older export")
+    export_model(exported.model, exported.config, exported.tokenizer, again)  # an earlier export: replaced whole
+    assert sorted(p.name for p in again.iterdir()) == ["config.json", "model.safetensors", "tokenizer"]

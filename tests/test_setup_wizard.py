@@ -260,7 +260,7 @@ def test_create_config_from_preset_is_defaults_plus_the_preset(wizard_path, name
 def test_named_presets_match_their_purpose():
     wizard = SetupWizard(interactive=False, device=T4, config_path="/nonexistent/wizard_config.json")
     tiny, t4 = wizard.create_config_from_preset("tiny"), wizard.create_config_from_preset("t4")
-    assert (tiny.model_template, tiny.model_size) == ("gpt", "tiny")
+    assert (tiny.model_template, tiny.model_size) == ("gpt", "tiny")  # the default template, untouched
     assert (t4.model_template, t4.model_size, t4.use_mixed_precision) == ("gpt", "small", True)
     assert resolve_precision(t4.use_mixed_precision, t4.precision, T4).precision == "16-mixed"
     with pytest.raises(ValueError, match="Unknown preset 'huge'"):
@@ -278,6 +278,18 @@ def test_preset_menu_fills_the_fields_and_keeps_other_choices(wizard_path):
     assert wizard.config.batch_size == PRESETS["t4"]["batch_size"]
     assert wizard.preset_menu.value == ""
     assert "Applied preset &#x27;t4&#x27;" in wizard.message.value
+
+
+def test_presets_keep_a_classifier_a_classifier(wizard_path):
+    wizard = make_wizard(wizard_path)
+    set_value(wizard, "task", "classification")
+    set_value(wizard, "dataset_source", "file")
+    set_value(wizard, "dataset_path", "reviews.csv")
+    set_value(wizard, "model_template", "classifier")
+    wizard.preset_menu.value = "small"
+    assert wizard.output.outputs == ()
+    assert (wizard.config.task, wizard.config.model_template, wizard.config.model_size) == \
+        ("classification", "classifier", "small")
 
 
 # ------------------------------------------------------------------ model step
@@ -333,14 +345,14 @@ def simulate_upload(upload: ipywidgets.FileUpload, name: str, content: bytes) ->
                          "last_modified": datetime.now(timezone.utc)},)
 
 
-def test_file_upload_is_saved_under_output_dir_and_selected(wizard_path, tmp_path):
+def test_file_upload_is_saved_beside_the_saved_config_and_selected(wizard_path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path / "..")  # the kernel's working folder must not decide where uploads go
     wizard = make_wizard(wizard_path)
-    set_value(wizard, "output_dir", str(tmp_path / "run"))  # set on the last step; any order works
     set_value(wizard, "dataset_source", "upload")
     assert wizard.next_button.disabled  # no file yet
     simulate_upload(wizard.upload, "../my corpus.txt", b"abcabc\nab\n")
     assert wizard.output.outputs == ()
-    saved = tmp_path / "run" / "uploads" / "my corpus.txt"
+    saved = wizard_path.resolve().parent / "uploads" / "my corpus.txt"  # the workspace, on Drive when it is on
     assert saved.read_bytes() == b"abcabc\nab\n"
     assert (wizard.config.dataset_source, wizard.config.dataset_path) == ("upload", str(saved))
     assert wizard.fields["dataset_path"].value == str(saved)

@@ -63,7 +63,7 @@ def test_run_all_trains_exports_and_a_second_run_all_resumes(tmp_path, monkeypat
 @pytest.mark.slow
 def test_run_all_with_a_classifier_reports_accuracy_and_labels(tmp_path, monkeypatch, capsys):
     csv_path = tmp_path / "reviews.csv"
-    rows = [("the cab fed" if i % 2 else "THE CAB FED", "calm" if i % 2 else "loud") for i in range(80)]
+    rows = [("abc fed cab" if i % 2 else "ABC FED CAB", "calm" if i % 2 else "loud") for i in range(80)]
     csv_path.write_text("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in rows), encoding="utf-8")
     overrides = (f"task=classification model_template=classifier dataset_source=file dataset_path={csv_path} "
                  "max_seq_len=16 batch_size=8 val_split=0.25 max_epochs=3 log_every_n_steps=1")
@@ -71,7 +71,8 @@ def test_run_all_with_a_classifier_reports_accuracy_and_labels(tmp_path, monkeyp
     result, loaded = ns["result"], ns["loaded"]
     assert result.label_names == ["calm", "loud"] and result.val_accuracy == 1.0
     out = capsys.readouterr().out
-    assert "Validation accuracy: 1.000; 'The ' -> " in out
+    assert "val accuracy:     1.0000" in out and "'The ' -> " in out
+    assert "Note: dropped characters the training text never had: 'Th'" in out  # the default PROMPT
     assert sorted(p.name for p in (result.output_dir / "export").iterdir()) == \
         ["config.json", "labels.json", "model.safetensors", "tokenizer"]
     assert loaded.predict(["abc", "CAB"]) == result.predict(["abc", "CAB"]) == ["calm", "loud"]

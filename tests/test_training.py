@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -254,3 +255,23 @@ def test_model_fields_reach_the_model(tiny_config):
     assert small.wpe.num_embeddings == 48 and len(small.blocks) == 6 and small.wte.embedding_dim == 384
     assert {m.p for m in small.modules() if isinstance(m, torch.nn.Dropout)} == {0.25}
     assert small.blocks[0].attn.dropout == 0.25
+
+
+def test_a_model_passed_in_is_checked_before_training_and_cannot_be_exported(tiny_config):
+    from tests.conftest import TinyLM
+    from utils.user_models import UserModelError
+
+    class NoBackprop(torch.nn.Module):  # logits that do not depend on any parameter
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(128, 4)
+
+        def forward(self, idx):
+            return torch.zeros(*idx.shape, 128, requires_grad=True)
+
+    with pytest.raises(UserModelError, match="the loss does not reach any parameter"):
+        train(tiny_config.replace(max_steps=1), model=NoBackprop(), device=CPU)
+    assert not list((Path(tiny_config.output_dir) / "checkpoints").glob("*.ckpt"))  # refused before training
+    result = train(tiny_config.replace(max_steps=1), model=TinyLM(128), device=CPU)  # 128 scores >= 92 ids: fine
+    with pytest.raises(ValueError, match=r"TinyLM was passed to train\(model=\.\.\.\), so an export folder could not"):
+        result.export()

@@ -85,6 +85,7 @@ def export_model(model: nn.Module, config: WizardConfig, tokenizer, folder: Opti
         raise ValueError("exporting a classifier needs its label_names (result.label_names), "
                          "or predictions could not be named")
     folder = Path(folder) if folder is not None else Path(config.output_dir) / "export"
+    _refuse_foreign_folder(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
     try:
@@ -105,6 +106,15 @@ def export_model(model: nn.Module, config: WizardConfig, tokenizer, folder: Opti
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def _refuse_foreign_folder(folder: Path) -> None:
+    """An export replaces an earlier export, never a folder holding anything else (Drive, a run)."""
+    if folder.is_dir() and any(folder.iterdir()) and not (
+            (folder / WEIGHTS_FILENAME).is_file() and (folder / CONFIG_FILENAME).is_file()):
+        raise FileExistsError(f"{folder} exists and is not an earlier export (no {WEIGHTS_FILENAME} and "
+                              f"{CONFIG_FILENAME}); exporting there would delete its files. Choose a new or "
+                              "empty folder, e.g. output_dir/export.")
 
 
 def load_exported(folder: str | Path, device: str = "cpu") -> ExportedModel:

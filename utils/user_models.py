@@ -361,22 +361,35 @@ def check_model(model: nn.Module, task, vocab_size: int, max_seq_len: int, num_c
     call = "model(input_ids)" if task.name == "lm" else "model(input_ids[, attention_mask])"
     device = next(model.parameters()).device
     batch = tuple(t.to(device) for t in batch)
+    # Eval mode: the check must not move BatchNorm statistics or anything a model keeps while training;
+    # output shapes and gradients are the same as in training.
+    was_training = model.training
+    model.eval()
     with torch.random.fork_rng(devices=[]):
         try:
-            logits = task.logits(model, batch)
-        except Exception as e:
-            raise UserModelError(f"{source} failed on a dummy batch: {call} with input_ids of shape ({B}, {T}) "
-                                 f"and ids in [0, {vocab_size}) raised an error:\n"
-                                 f"{_traceback_for_model(e, model)}") from None
-        if not isinstance(logits, torch.Tensor):
-            raise UserModelError(f"{source}: {call} returned {type(logits).__name__}; the kit expected a tensor of "
-                                 f"logits of shape {expected}. Return the logits only (no loss, no tuple).")
-        if tuple(logits.shape) != expected:
-            raise UserModelError(f"{source}: {call} on input_ids of shape ({B}, {T}) returned logits of shape "
-                                 f"{tuple(logits.shape)}; the kit expected {expected} ({_shape_meaning(task.name)}).")
-        if not logits.is_floating_point():
-            raise UserModelError(f"{source} returned {logits.dtype} logits; the kit expected floating point scores.")
-        _check_backward(model, task, batch, source)
+            _check_forward_backward(model, task, batch, call, expected, B, T, vocab_size, source)
+        finally:
+            model.train(was_training)
+
+
+def _check_forward_backward(model, task, batch, call, expected, B, T, vocab_size, source) -> None:
+    try:
+        logits = task.logits(model, batch)
+    except Exception as e:
+        raise UserModelError(f"{source} failed on a dummy batch: {call} with input_ids of shape ({B}, {T}) "
+                             f"and ids in [0, {vocab_size}) raised an error:\n"
+                             f"{_traceback_for_model(e, model)}") from None
+    if not isinstance(logits, torch.Tensor):
+        raise UserModelError(f"{source}: {call} returned {type(logits).__name__}; the kit expected a tensor of "
+                             f"logits of shape {expected}. Return the logits only (no loss, no tuple).")
+    if not _shape_fits(tuple(logits.shape), expected, task.name):
+        padded = " or a larger last dimension (a padded vocabulary)" if task.name == "lm" else ""
+        raise UserModelError(f"{source}: {call} on input_ids of shape ({B}, {T}) returned logits of shape "
+                             f"{tuple(logits.shape)}; the kit expected {expected}{padded} "
+                             f"({_shape_meaning(task.name)}).")
+    if not logits.is_floating_point():
+        raise UserModelError(f"{source} returned {logits.dtype} logits; the kit expected floating point scores.")
+    _check_backward(model, task, batch, source)
 
 
 def _check_backward(model: nn.Module, task, batch, source: str) -> None:
@@ -391,6 +404,14 @@ def _check_backward(model: nn.Module, task, batch, source: str) -> None:
                                  "the kit expected logits computed from the model's own layers, not detached.")
     finally:
         model.zero_grad(set_to_none=True)
+
+
+def _shape_fits(shape: tuple, expected: tuple, task: str) -> bool:
+    # A language model may score more ids than the tokenizer has (vocabularies padded to a multiple
+    # of 64 for speed, as nanoGPT does): those ids are never targets, so the loss is unaffected.
+    if task == "lm":
+        return len(shape) == 3 and shape[:2] == expected[:2] and shape[2] >= expected[2]
+    return shape == expected
 
 
 def _dummy_batch(task: str, B: int, T: int, vocab_size: int, num_classes: int):

@@ -51,7 +51,10 @@ def plan_resume(config: WizardConfig) -> Optional[Path]:
     if not config.resume:
         archive = out / f"checkpoints-{time.strftime('%Y%m%d-%H%M%S')}"
         shutil.move(str(checkpoint_dir(out)), archive)
-        print(f"resume=False: moved the previous checkpoints to {archive} and starting fresh.")
+        for name in (CONFIG_FILENAME, "tokenizer"):  # keep the checkpoints with the config they were trained with
+            if (out / name).exists():
+                shutil.move(str(out / name), archive / name)
+        print(f"resume=False: moved the previous checkpoints, config and tokenizer to {archive}; starting fresh.")
         return None
     saved_path = out / CONFIG_FILENAME
     try:

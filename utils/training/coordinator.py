@@ -21,7 +21,7 @@ from utils.training.callbacks import RunStatsCallback
 from utils.training.checkpoints import plan_resume
 from utils.wandb_helpers import finish_wandb_on_exit
 from utils.training.module import classifier_logits
-from utils.user_models import check_embedding_fits
+from utils.user_models import check_embedding_fits, check_model
 
 
 @dataclass
@@ -45,6 +45,7 @@ class TrainingResult:
     val_accuracy: Optional[float] = None  # classification: last validation accuracy
     label_names: list = field(default_factory=list)  # classification: class names, index = label id
     pad_id: int = 0  # classification: the id that pads sequences
+    model_passed_in: bool = False  # trained through train(model=...): the config cannot rebuild it
 
     def summary(self) -> str:
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
@@ -54,6 +55,7 @@ class TrainingResult:
             + (f" (resumed from {self.resumed_from})" if self.resumed_from else ""),
             f"train loss:       {fmt(self.train_loss)}",
             f"val loss:         {fmt(self.val_loss)}",
+            *([f"val accuracy:     {fmt(self.val_accuracy)}"] if self.config.task == "classification" else []),
             *([f"val accuracy:     {fmt(self.val_accuracy)}"] if self.val_accuracy is not None else []),
             f"throughput:       {self.tokens_per_sec:,.0f} tokens/s",
             f"best checkpoint:  {self.best_checkpoint or 'none saved'}",
@@ -81,12 +83,31 @@ class TrainingResult:
         (default: output_dir/export); utils.export.load_exported reads it back anywhere."""
         from utils.export import export_model
 
+        if self.model_passed_in:
+            raise ValueError(
+                f"This {type(self.model).__name__} was passed to train(model=...), so an export folder could not "
+                "rebuild it. Put its code in a model.py with build_model(config) or a Model class and train with "
+                "model_source='file' (the export then carries the code), or save result.model.state_dict() yourself.")
         return export_model(self.model, self.config, self.tokenizer, folder, self.label_names, self.pad_id)
+
+
+def encode_for_inference(tokenizer, text: str) -> list[int]:
+    """Ids for a prompt or a text to classify. A char tokenizer knows only the training text's
+    characters: others are dropped, with a note, rather than failing a Run all on a default prompt."""
+    try:
+        return tokenizer.encode(text)
+    except ValueError:
+        known = getattr(tokenizer, "stoi", None)
+        if known is None:
+            raise
+        unknown = sorted({ch for ch in text if ch not in known})
+        print(f"Note: dropped characters the training text never had: {''.join(unknown)!r}")
+        return tokenizer.encode("".join(ch for ch in text if ch in known))
 
 
 def sample_text(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int, block_size: int,
                 temperature: float = 0.8, top_k: Optional[int] = 40, seed: Optional[int] = None) -> str:
-    ids = tokenizer.encode(prompt) or [0]
+    ids = encode_for_inference(tokenizer, prompt) or [0]
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     was_training = model.training
@@ -108,7 +129,7 @@ def classify_texts(model: nn.Module, tokenizer, texts: str | list[str], max_seq_
     model.eval()
     probs = []
     for start in range(0, len(texts), batch_size):
-        encoded = [tokenizer.encode(t)[:max_seq_len] for t in texts[start:start + batch_size]]
+        encoded = [encode_for_inference(tokenizer, t)[:max_seq_len] for t in texts[start:start + batch_size]]
         T = max(1, *(len(ids) for ids in encoded))  # an empty text is one all-padding row
         input_ids = torch.full((len(encoded), T), pad_id, dtype=torch.long)  # (B, T)
         mask = torch.zeros(len(encoded), T, dtype=torch.bool)  # (B, T), True = real token
@@ -154,10 +175,13 @@ class TrainingCoordinator:
         classes = f", {data.num_classes} classes" if config.task == "classification" else ""
         print(f"Data: {data.source}, {data.num_tokens:,} tokens, {data.tokenizer.kind} tokenizer with "
               f"{data.tokenizer.vocab_size} ids; {len(data.train):,} train / {len(data.val):,} val sequences{classes}")
+        model_passed_in = model is not None
         if model is None:
             model = build_model(config, data.tokenizer.vocab_size, data.num_classes, data.pad_id)
-        else:
+        else:  # the caller's own nn.Module: the same checks a model file gets, before any training
             check_embedding_fits(model, data.tokenizer.vocab_size)
+            check_model(model, build_task(config), data.tokenizer.vocab_size, config.max_seq_len, data.num_classes,
+                        source=f"the {type(model).__name__} passed to train()")
         n_params = sum(p.numel() for p in model.parameters())
         print(f"Model: {type(model).__name__}, {n_params / 1e6:.2f}M parameters")
 
@@ -181,9 +205,9 @@ class TrainingCoordinator:
             print(f"Nothing to train: {resume_from} already reached max_epochs={config.max_epochs}"
                   f"{'' if config.max_steps is None else f' or max_steps={config.max_steps}'}. "
                   "Raise them to train further, or set resume=False to start fresh.")
-        return self._result(config, decision, trainer, stats, model, data, resume_from)
+        return self._result(config, decision, trainer, stats, model, data, resume_from, model_passed_in)
 
-    def _result(self, config, decision, trainer, stats, model, data, resume_from) -> TrainingResult:
+    def _result(self, config, decision, trainer, stats, model, data, resume_from, model_passed_in) -> TrainingResult:
         ckpt = trainer.checkpoint_callback
         best = Path(ckpt.best_model_path) if ckpt and ckpt.best_model_path else None
         last = Path(ckpt.last_model_path) if ckpt and ckpt.last_model_path else None
@@ -196,7 +220,7 @@ class TrainingCoordinator:
             tokens_per_sec=stats.tokens_per_sec, precision=decision.precision, precision_reason=decision.reason,
             resumed_from=resume_from, train_history=stats.train_history, val_history=stats.val_history,
             model=model.eval(), tokenizer=data.tokenizer, val_accuracy=_metric(trainer.callback_metrics, "val/accuracy"),
-            label_names=list(data.label_names), pad_id=data.pad_id,
+            label_names=list(data.label_names), pad_id=data.pad_id, model_passed_in=model_passed_in,
         )
 
 

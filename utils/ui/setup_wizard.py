@@ -302,7 +302,9 @@ class SetupWizard:
             return
         name, content = files[-1]
         try:
-            path = save_upload(name, content, Path(self._config.output_dir) / "uploads")
+            # Beside the saved config (the workspace, on Drive when it is on), as an absolute path:
+            # a relative one would follow the kernel's working folder, lost with the runtime.
+            path = save_upload(name, content, self.config_path.resolve().parent / "uploads")
         except (OSError, ValueError) as e:
             self._say(f"Could not save the upload {name!r}: {e}", error=True)
             return
