@@ -16,8 +16,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from utils.training.amp_utils import (AmpWandbCallback, SkippedStepCounter, compute_effective_precision,
-                                      resolve_precision)
+from utils.training.amp_utils import AmpWandbCallback, SkippedStepCounter
 
 ROOT = Path(__file__).resolve().parents[1]
 PRECISION_VARIANTS = ["16", "16-mixed", "16_true", "16-true", "bf16", "bf16-mixed", "32", "32-true"]
@@ -111,14 +110,6 @@ def test_amp_utils_loads_by_file_path_without_importing_wandb():
                          stdin=subprocess.DEVNULL, cwd="/")
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "16-mixed", "16", "False"]
-
-
-def test_compute_effective_precision_keeps_its_legacy_contract():
-    assert compute_effective_precision("bf16-mixed", None, True, True) == "bf16-mixed"
-    assert compute_effective_precision("32", True, True, True) == "16"
-    assert compute_effective_precision("16", True, False, True) == "32"
-    assert compute_effective_precision("16", False, True, True) == "32"
-    assert resolve_precision(True, "auto").precision in ("32-true", "16-mixed", "bf16-mixed")
 
 
 def test_skipped_step_counter_follows_grad_scaler_semantics():

@@ -322,11 +322,8 @@ def test_hf_offline_says_so(tmp_path):
     assert "looks offline" in out
 
 
-def test_hf_without_the_library_says_what_to_install(tmp_path):
-    import importlib.util
-
-    if importlib.util.find_spec("datasets") is not None:
-        pytest.skip("datasets is installed here")
+def test_hf_without_the_library_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as on a machine without it: `import datasets` fails
     with pytest.raises(DataError, match=r"install datasets \(pip install datasets\) to use dataset_source='huggingface'"):
         prepare_data(config(tmp_path, dataset_source="huggingface", dataset_name="imdb"))
 

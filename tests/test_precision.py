@@ -1,11 +1,8 @@
-"""Precision is decided once, from injected device facts, with its reason; the legacy contract holds."""
-
-import importlib.util
-import sys
+"""Precision is decided once, from injected device facts, with its reason; the legacy contract holds.
+(Loading amp_utils by file path on its own is tested in test_amp_utils.py.)"""
 
 import pytest
 
-from tests.conftest import REPO_ROOT
 from utils.env import DeviceInfo
 from utils.training.amp_utils import PrecisionError, compute_effective_precision, resolve_precision
 
@@ -69,14 +66,3 @@ def test_uses_grad_scaler_only_for_fp16():
 ])
 def test_compute_effective_precision_contract(requested, use_amp, cuda, gpu, expected):
     assert compute_effective_precision(requested, use_amp, cuda, gpu) == expected
-
-
-def test_amp_utils_loads_by_file_path_on_its_own(monkeypatch):
-    """Older code loads the module by path; only the repo root is on sys.path, wandb must not be imported."""
-    monkeypatch.setitem(sys.modules, "wandb", None)  # importing wandb at module level would now fail
-    spec = importlib.util.spec_from_file_location("amp_utils_by_path",
-                                                  REPO_ROOT / "utils" / "training" / "amp_utils.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.compute_effective_precision("32", True, True, True) == "16"
-    assert module.resolve_precision(True, "auto", T4).precision == "16-mixed"

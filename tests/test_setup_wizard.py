@@ -503,3 +503,19 @@ def test_display_hooks_exist_for_both_ipywidgets_versions(wizard_path):
     assert callable(wizard._ipython_display_) and isinstance(wizard.widget, ipywidgets.VBox)
     assert "wizard" in wizard.widget._dom_classes
     assert sys.modules["ipywidgets"].__version__.split(".")[0] in ("7", "8")
+
+
+def test_vocab_estimate_follows_the_classifier_pad_and_a_pretrained_file(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from utils.ui.model_check import vocab_size_for
+
+    raw = Tokenizer(models.BPE(unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel()
+    raw.train_from_iterator(["hello world, some text"] * 20, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    raw.save(str(tmp_path / "tokenizer.json"))
+    pretrained = CoreWizardConfig(tokenizer_strategy="pretrained", tokenizer_path=str(tmp_path))
+    assert vocab_size_for(pretrained) == (raw.get_vocab_size(), "the pretrained tokenizer")
+    assert vocab_size_for(CoreWizardConfig(tokenizer_strategy="byte"))[0] == 256
+    assert vocab_size_for(CoreWizardConfig(tokenizer_strategy="byte", task="classification"))[0] == 257

@@ -189,3 +189,18 @@ def test_encode_tensor_ids_fit_the_token_dtype(bpe):
     tokens = encode_blocks(bpe, [CORPUS[:5000], CORPUS[5000:10000]], size_hint=10)  # hint too small: grows
     assert tokens.dtype == token_dtype(400) == torch.int16
     assert tokens.tolist() == bpe.encode(CORPUS[:5000]) + bpe.encode(CORPUS[5000:10000])
+
+
+def test_a_metaspace_tokenizer_encodes_large_blocks_exactly_as_whole_text():
+    """T5/Llama-style tokenizer.json files mark each encoded piece's start: no piecewise encoding for them."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from utils.data.tokenizers import LibraryTokenizer
+
+    text = ("a line of text for the metaspace check\n" * 600)  # ~23k characters: several pieces
+    raw = Tokenizer(models.BPE(unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Metaspace()
+    raw.decoder = decoders.Metaspace()
+    raw.train_from_iterator([text], trainers.BpeTrainer(vocab_size=80, special_tokens=["<unk>"]))
+    tok = LibraryTokenizer(raw, "pretrained", None)
+    assert tok.encode_tensor(text).tolist() == raw.encode(text, add_special_tokens=False).ids

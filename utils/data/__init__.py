@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from utils.data.classification import encode_rows, split_rows
 from utils.data.sources import (CsvFile, DataError, HuggingFaceDataset, JsonlFile, RowSource, TextFile,
                                 check_file)
-from utils.data.text import embedded_path, encode_cached, read_text_file, split_windows
+from utils.data.text import embedded_path, encode_cached, split_windows
 from utils.data.tokenizers import TokenizerError, build_tokenizer, load_tokenizer, tokenizer_fingerprint
 
 DATA_CACHE_DIR = "data_cache"  # under output_dir: encoded tokens, and BPE trained on the embedded corpus or a Hub dataset
@@ -78,5 +78,5 @@ def prepare_data(config) -> PreparedData:
     return PreparedData(tokenizer, split.train, split.val, split.num_tokens, source.description, pad_id=pad_id)
 
 
-__all__ = ["PreparedData", "prepare_data", "open_source", "load_tokenizer", "build_tokenizer", "read_text_file",
-           "DataError", "TokenizerError"]
+__all__ = ["PreparedData", "prepare_data", "open_source", "load_tokenizer", "build_tokenizer", "DataError",
+           "TokenizerError"]

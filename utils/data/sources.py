@@ -18,10 +18,10 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Optional
 
+from utils.config import DATA_FILE_SUFFIXES
 from utils.data.tokenizers import clean_break
 
 BLOCK_BYTES = 1 << 20  # text handed on at a time
-FILE_SUFFIXES = (".txt", ".csv", ".jsonl")
 HF_BATCH_ROWS = 1000
 CACHE_VERSION = "1"  # part of every BPE cache key: bump when training changes
 
@@ -44,7 +44,7 @@ def check_file(path: str | Path) -> Path:
                                 "(on Colab, mount Google Drive first for /content/drive/... paths).")
     if path.is_dir():
         raise DataError(f"Dataset path {path} is a folder; give the path of a .txt, .csv or .jsonl file inside it.")
-    if path.suffix.lower() not in FILE_SUFFIXES:
+    if path.suffix.lower() not in DATA_FILE_SUFFIXES:
         raise DataError(f"Dataset file {path} has the extension {path.suffix or '(none)'!r}; use a .txt (plain "
                         "text), .csv or .jsonl (one JSON object per line) file, renamed or converted.")
     if path.stat().st_size == 0:

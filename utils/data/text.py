@@ -24,15 +24,6 @@ def embedded_path(name: str) -> Path:
     return EMBEDDED_DIR / f"{name}.txt"
 
 
-def read_text_file(path: str | Path) -> str:
-    """The whole text of a small file (the streaming reader's checks and messages); corpora go through
-    sources.TextFile.text_blocks instead."""
-    from utils.data.sources import TextFile, check_file
-
-    path = check_file(path)
-    return "".join(TextFile(path, str(path)).text_blocks())
-
-
 class TokenWindows(Dataset):
     """Windows of seq_len tokens; the target is the input shifted by one token."""
 
@@ -72,10 +63,6 @@ def token_dtype(vocab_size: int) -> torch.dtype:
     if vocab_size <= 256:
         return torch.uint8
     return torch.int16 if vocab_size <= 32767 else torch.int32
-
-
-def to_token_tensor(ids: list[int], vocab_size: int) -> torch.Tensor:
-    return torch.tensor(ids, dtype=token_dtype(vocab_size))
 
 
 def encode_blocks(tokenizer, blocks: Iterable[str], size_hint: Optional[int] = None) -> torch.Tensor:

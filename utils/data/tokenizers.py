@@ -146,7 +146,13 @@ class LibraryTokenizer:
         return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
 
     def encode_tensor(self, text: str) -> torch.Tensor:
-        # Pieces cut at line breaks encode exactly as the whole text would, and in parallel.
+        # Under a byte-level pre-tokenizer, pieces cut at line breaks encode exactly as the whole text
+        # would, and in parallel. Others (Metaspace in T5/Llama-style files) mark each piece's start,
+        # so they encode the block whole.
+        from tokenizers import pre_tokenizers
+
+        if not isinstance(self.tokenizer.pre_tokenizer, pre_tokenizers.ByteLevel):
+            return torch.tensor(self.encode(text), dtype=torch.int32)
         pieces = split_at_line_breaks(text, PIECE_CHARS)
         ids = [i for piece in self.encode_batch(pieces) for i in piece]
         return torch.tensor(ids, dtype=torch.int32)

@@ -32,8 +32,14 @@ USABLE_FRACTION = 0.9
 
 def vocab_size_for(config: WizardConfig) -> tuple[int, str]:
     """The vocabulary the model will be built with, and where that number comes from."""
-    if config.tokenizer_strategy == "byte":
-        return 256, "byte tokenizer"
+    if config.tokenizer_strategy == "byte":  # a classifier's pad id comes after the 256 bytes
+        return (257, "byte tokenizer plus a pad id") if config.task == "classification" else (256, "byte tokenizer")
+    if config.tokenizer_strategy == "pretrained":
+        try:
+            return _pretrained_vocab_size(config.tokenizer_path, config.task == "classification"), \
+                "the pretrained tokenizer"
+        except (OSError, ValueError, ImportError) as e:
+            return config.vocab_size, f"tokenizer not readable yet ({e}); assuming vocab_size"
     if config.tokenizer_strategy == "char":
         data_fields = {f: getattr(config, f) for f in _DATA_FIELDS}
         try:
@@ -46,6 +52,11 @@ def vocab_size_for(config: WizardConfig) -> tuple[int, str]:
 
 _DATA_FIELDS = ("task", "dataset_source", "dataset_name", "dataset_config", "dataset_path", "text_column",
                 "label_column", "output_dir")
+
+
+@functools.lru_cache(maxsize=8)
+def _pretrained_vocab_size(tokenizer_path: str, pad: bool) -> int:
+    return build_tokenizer("pretrained", "", pad=pad, tokenizer_path=tokenizer_path).vocab_size
 
 
 @functools.lru_cache(maxsize=8)
