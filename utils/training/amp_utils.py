@@ -84,11 +84,11 @@ def _explicit(requested: str, device: DeviceInfo) -> PrecisionDecision:
 
 
 # ---------------------------------------------------------------------------- watching the GradScaler
-def get_grad_scaler(trainer) -> Any:
-    """The GradScaler Lightning steps with (fp16 only), or None: no strategy, plugin or scaler."""
-    strategy = getattr(trainer, "strategy", None)
-    plugin = getattr(strategy, "precision_plugin", None)
-    return getattr(plugin, "scaler", None)
+def loss_scale(trainer) -> Optional[float]:
+    """The scale of the GradScaler Lightning steps with (fp16 only), or None: no strategy, plugin or scaler."""
+    plugin = getattr(getattr(trainer, "strategy", None), "precision_plugin", None)
+    scaler = getattr(plugin, "scaler", None)
+    return None if scaler is None else float(scaler.get_scale())
 
 
 class SkippedStepCounter:
@@ -134,8 +134,7 @@ class AmpWandbCallback(pl.Callback):
         self.skipped = SkippedStepCounter()
 
     def _get_loss_scale(self, trainer) -> Optional[float]:
-        scaler = get_grad_scaler(trainer)
-        return None if scaler is None else float(scaler.get_scale())
+        return loss_scale(trainer)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         self.skipped.before_step(self._get_loss_scale(trainer))  # gradients are unscaled, not yet stepped

@@ -19,9 +19,9 @@ from utils.training.builder import (build_callbacks, build_dataloaders, build_lo
                                     build_task, build_trainer)
 from utils.training.callbacks import RunStatsCallback
 from utils.training.checkpoints import plan_resume
-from utils.wandb_helpers import finish_wandb_on_exit
 from utils.training.module import classifier_logits
 from utils.user_models import check_embedding_fits, check_model
+from utils.wandb_helpers import finish_wandb_on_exit
 
 
 @dataclass

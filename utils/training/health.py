@@ -13,7 +13,7 @@ from typing import Optional
 import pytorch_lightning as pl
 import torch
 
-from utils.training.amp_utils import SkippedStepCounter, get_grad_scaler
+from utils.training.amp_utils import SkippedStepCounter, loss_scale
 
 
 class TrainingHealthError(RuntimeError):
@@ -46,14 +46,14 @@ class TrainingHealthCallback(pl.Callback):
         self.last_loss: Optional[float] = None
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        self.skipped.before_step(_loss_scale(trainer))
+        self.skipped.before_step(loss_scale(trainer))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = _loss_value(outputs)
         if loss is not None:
             self.last_loss = loss
             self.nonfinite_losses = 0 if math.isfinite(loss) else self.nonfinite_losses + 1
-        scale = _loss_scale(trainer)
+        scale = loss_scale(trainer)
         skipped = self.skipped.after_step(scale)
         if self.nonfinite_losses >= self.max_nonfinite_losses:
             times = "" if self.nonfinite_losses == 1 else f" for {self.nonfinite_losses} batches in a row"
@@ -82,11 +82,6 @@ class TrainingHealthCallback(pl.Callback):
                    f"({', '.join(facts)}). The weights from here on are not worth keeping, so no checkpoint was "
                    f"saved from this state. {advice}")
         return (Fp16HealthError if fp16 else TrainingHealthError)(message)
-
-
-def _loss_scale(trainer) -> Optional[float]:
-    scaler = get_grad_scaler(trainer)
-    return None if scaler is None else float(scaler.get_scale())
 
 
 def _loss_value(outputs) -> Optional[float]:
