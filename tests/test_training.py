@@ -17,6 +17,7 @@ from utils.training import TrainingCoordinator, train
 from utils.training.amp_utils import resolve_precision
 from utils.training.builder import build_callbacks, build_model, build_trainer
 from utils.training.callbacks import RunStatsCallback
+from utils.training.checkpoint_io import LastCheckpoint
 from utils.training.checkpoints import IncompatibleCheckpointError
 from utils.training.module import param_groups, warmup_cosine
 
@@ -93,7 +94,7 @@ def test_checkpoint_of_another_config_is_refused_and_left_untouched(tiny_config)
     msg = str(err.value)
     assert "model_size: 'tiny' (checkpoint) vs 'small' (now)" in msg
     assert "max_seq_len: 32 (checkpoint) vs 64 (now)" in msg
-    assert "set resume=False" in msg
+    assert "run again with --set resume=false" in msg and "nothing in" in msg
     assert first.last_checkpoint.read_bytes() == ckpt_bytes
     assert (first.output_dir / "config.json").read_text() == saved_config
 
@@ -103,8 +104,10 @@ def test_start_fresh_moves_old_checkpoints_aside(tiny_config):
     old = first.last_checkpoint.read_bytes()
     second = train(tiny_config.replace(max_steps=3, resume=False), device=CPU)
     assert second.resumed_from is None and second.global_step == 3
-    archived = list(first.output_dir.glob("checkpoints-*/last.ckpt"))
+    archived = list(first.output_dir.glob("archive/*/checkpoints/last.ckpt"))
     assert len(archived) == 1 and archived[0].read_bytes() == old
+    kept = archived[0].parents[1]  # the whole old run moves together: its config, tokenizer and logs too
+    assert {p.name for p in kept.iterdir()} >= {"config.json", "tokenizer", "checkpoints", "logs"}
 
 
 def test_use_amp_argument_overrides_the_switch_for_one_call(tiny_config):
@@ -126,8 +129,10 @@ def test_config_fields_reach_the_trainer(tiny_config):
     assert (trainer.val_check_interval, trainer.log_every_n_steps) == (0.5, 7)
     stop = [c for c in trainer.callbacks if isinstance(c, EarlyStopping)]
     assert len(stop) == 1 and stop[0].patience == 2 and stop[0].monitor == "val/loss"
-    ckpt = trainer.checkpoint_callback
-    assert isinstance(ckpt, ModelCheckpoint) and (ckpt.save_top_k, ckpt._every_n_epochs, ckpt.save_last) == (3, 2, True)
+    ckpt = trainer.checkpoint_callback  # best by validation loss; last.ckpt is LastCheckpoint's, on its own schedule
+    assert isinstance(ckpt, ModelCheckpoint) and (ckpt.save_top_k, ckpt._every_n_epochs, ckpt.save_last) == (3, 2, False)
+    last = [c for c in trainer.callbacks if isinstance(c, LastCheckpoint)]
+    assert len(last) == 1 and last[0].every_seconds == 300 and last[0].path.name == "last.ckpt"
     no_stop = build_trainer(config.replace(early_stopping_patience=0), decision,
                             build_callbacks(config.replace(early_stopping_patience=0), decision, RunStatsCallback(len)), [])
     assert not any(isinstance(c, EarlyStopping) for c in no_stop.callbacks)

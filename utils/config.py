@@ -11,11 +11,12 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
+
+from utils.files import atomic_write_text
 
 TASKS = ("lm", "classification")
 DATASET_SOURCES = ("embedded", "file", "upload", "huggingface")
@@ -78,7 +79,8 @@ class WizardConfig:
     precision: str = "auto"  # auto | 32-true | 16-mixed | bf16-mixed (auto follows the hardware)
     # --- output and checkpoints
     output_dir: str = "runs/default"  # checkpoints, config.json, logs and export go here
-    checkpoint_every_n_epochs: int = 1  # save a checkpoint every N epochs
+    checkpoint_every_minutes: float = 5.0  # write last.ckpt at least this often while training (0: every step)
+    checkpoint_every_n_epochs: int = 1  # consider a best-by-validation checkpoint every N epochs
     save_top_k: int = 1  # keep the best K checkpoints by validation loss (plus last.ckpt)
     resume: bool = True  # continue from output_dir's last.ckpt when it holds one of this config
     # --- logging
@@ -253,6 +255,8 @@ def field_errors(config: WizardConfig) -> list[tuple[str, str]]:
          else f"val_check_interval={c.val_check_interval!r} must be in (0, 1] (a fraction of an epoch)"),
         ("seed", _at_least("seed", c.seed, 0)),
         ("output_dir", None if c.output_dir.strip() else "output_dir is empty; give a folder for checkpoints"),
+        ("checkpoint_every_minutes", None if math.isfinite(c.checkpoint_every_minutes) and c.checkpoint_every_minutes >= 0
+         else f"checkpoint_every_minutes={c.checkpoint_every_minutes!r} must be >= 0 (0 saves after every step)"),
         ("checkpoint_every_n_epochs", _at_least("checkpoint_every_n_epochs", c.checkpoint_every_n_epochs, 1)),
         ("save_top_k", _at_least("save_top_k", c.save_top_k, 1)),
         ("log_every_n_steps", _at_least("log_every_n_steps", c.log_every_n_steps, 1)),
@@ -275,18 +279,6 @@ def _at_least(name: str, value: int, low: int, hint: str = "") -> Optional[str]:
 
 def _hyphenate(name: str) -> str:
     return "-".join(name.lower().replace("_", " ").split()) or "my-project"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder and rename, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def apply_overrides(config: WizardConfig, assignments: list[str]) -> WizardConfig:

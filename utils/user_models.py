@@ -26,7 +26,6 @@ import inspect
 import json
 import os
 import re
-import shutil
 import sys
 import traceback
 import urllib.error
@@ -38,6 +37,8 @@ from typing import Optional
 
 import torch
 from torch import nn
+
+from utils.files import atomic_copy, atomic_write_bytes, atomic_write_text
 
 DEFAULT_GIST_BASE_URL = "https://gist.github.com"
 GIST_BASE_URL_ENV = "KIT_GIST_BASE_URL"
@@ -69,17 +70,16 @@ class UserModelFiles:
 
 def resolve_user_model_files(model_source: str, model_path: str, gist_id: str, output_dir: str | Path,
                              base_url: Optional[str] = None, timeout: float = 20.0) -> UserModelFiles:
-    """Find (file) or fetch (gist) the model code and keep a copy in output_dir/user_model/.
+    """Find (file) or fetch (gist) the model code.
 
-    A file is imported from where it is (tracebacks then show your path); the copy is what an
-    export ships. A Gist already in output_dir/user_model/ is reused, so a resumed run trains the
-    same code offline; delete that folder to fetch the Gist again.
+    A file is imported from where it is (tracebacks then show your path); the training core keeps a
+    copy in output_dir/user_model/ (keep_model_copy) once it knows the run can go ahead. A Gist is
+    downloaded into output_dir/user_model/ and reused from there, so a resumed run trains the same
+    code offline; delete that folder to fetch the Gist again.
     """
     cache = Path(output_dir) / USER_MODEL_DIRNAME
     if model_source == "file":
-        files = local_model_files(model_path)
-        copy_model_files(files, cache, {"model_source": "file", "model_path": str(files.code)})
-        return files
+        return local_model_files(model_path)
     if model_source == "gist":
         return fetch_gist(gist_id, cache, base_url=base_url, timeout=timeout)
     raise ValueError(f"model_source={model_source!r} has no model file; expected 'file' or 'gist'")
@@ -111,17 +111,24 @@ def model_files_in(folder: str | Path) -> UserModelFiles:
     return UserModelFiles(code.resolve(), config.resolve() if config.exists() else None, str(code))
 
 
+def keep_model_copy(files: UserModelFiles, output_dir: str | Path) -> None:
+    """The copy of a model file that the run folder keeps (and an export ships); a Gist is there already."""
+    folder = Path(output_dir) / USER_MODEL_DIRNAME
+    if files.code.parent != folder.resolve():
+        copy_model_files(files, folder, {"model_source": "file", "model_path": str(files.code)})
+
+
 def copy_model_files(files: UserModelFiles, folder: Path, source: dict) -> UserModelFiles:
-    """Copy model.py (+ config.json) into folder, replacing what was there."""
+    """Copy model.py (+ config.json) into folder, replacing what was there, each file atomically."""
     folder.mkdir(parents=True, exist_ok=True)
     code, config = folder / MODEL_FILENAME, folder / MODEL_CONFIG_FILENAME
     if files.code != code.resolve():
-        shutil.copyfile(files.code, code)
+        atomic_copy(files.code, code)
     if files.config is None:
         config.unlink(missing_ok=True)  # a config.json left from another model would be read as this one's
     elif files.config != config.resolve():
-        shutil.copyfile(files.config, config)
-    (folder / SOURCE_FILENAME).write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")
+        atomic_copy(files.config, config)
+    atomic_write_text(folder / SOURCE_FILENAME, json.dumps(source, indent=2) + "\n")
     return model_files_in(folder)
 
 
@@ -176,12 +183,12 @@ def fetch_gist(gist: str, folder: str | Path, base_url: Optional[str] = None, ti
     code = _download(gist_raw_url(ref, MODEL_FILENAME, base_url), timeout, required=True, gist=ref.gist_id)
     config = _download(gist_raw_url(ref, MODEL_CONFIG_FILENAME, base_url), timeout, required=False, gist=ref.gist_id)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / MODEL_FILENAME).write_bytes(code)
+    atomic_write_bytes(folder / MODEL_FILENAME, code)
     if config is None:
         (folder / MODEL_CONFIG_FILENAME).unlink(missing_ok=True)
     else:
-        (folder / MODEL_CONFIG_FILENAME).write_bytes(config)
-    (folder / SOURCE_FILENAME).write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")
+        atomic_write_bytes(folder / MODEL_CONFIG_FILENAME, config)
+    atomic_write_text(folder / SOURCE_FILENAME, json.dumps(source, indent=2) + "\n")
     print(f"Model: fetched Gist {ref.gist_id} ({MODEL_FILENAME}{' + ' + MODEL_CONFIG_FILENAME if config else ''}) "
           f"into {folder}")
     return model_files_in(folder)

@@ -11,7 +11,9 @@ import sys
 
 from utils.config import ConfigError, WizardConfig, apply_overrides
 from utils.training.amp_utils import PrecisionError
+from utils.training.checkpoint_io import TrainingStopped
 from utils.training.checkpoints import IncompatibleCheckpointError
+from utils.training.run_lock import RunFolderBusyError
 from utils.training.health import TrainingHealthError
 from utils.user_models import UserModelError
 
@@ -33,11 +35,13 @@ def main(argv: list[str] | None = None) -> int:
         from utils.training import train  # imported after the cheap checks: Lightning takes seconds to load
 
         result = train(config)
+    except TrainingStopped:  # its message is printed already
+        return 130
     except UserModelError as e:  # carries the user's own traceback: keep its lines
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (ConfigError, PrecisionError, IncompatibleCheckpointError, TrainingHealthError, FileNotFoundError,
-            ValueError) as e:
+    except (ConfigError, PrecisionError, IncompatibleCheckpointError, RunFolderBusyError, TrainingHealthError,
+            FileNotFoundError, ValueError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     print("\n" + result.summary())

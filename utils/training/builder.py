@@ -15,12 +15,15 @@ from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.plugins.precision import MixedPrecision
 from torch import nn
 from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
 from templates import build_template
 from utils.config import WizardConfig
 from utils.training.amp_utils import AmpWandbCallback, PrecisionDecision
 from utils.training.callbacks import RunStatsCallback, ValidateAtMaxSteps
-from utils.training.checkpoints import checkpoint_dir
+from utils.training.checkpoint_io import AtomicCheckpointIO, LastCheckpoint
+from utils.training.checkpoints import LAST_NAME, LOGS_DIRNAME, checkpoint_dir
 from utils.training.health import TrainingHealthCallback
 from utils.training.module import ClassificationTask, LanguageModelTask, TransformerModule
 from utils.wandb_helpers import build_wandb_config, make_project_name, make_run_name, model_type_of, resolve_wandb_auth
@@ -69,21 +72,45 @@ def build_module(config: WizardConfig, model: nn.Module, task) -> TransformerMod
 
 
 def build_dataloaders(config: WizardConfig, train_ds, val_ds, pin_memory: bool) -> tuple[DataLoader, DataLoader]:
+    """The training loader's position and shuffle order are part of every checkpoint (see ResumableSampler)."""
     # Data lives in memory as token tensors: worker processes would cost more than they save.
-    generator = torch.Generator().manual_seed(config.seed)
-    train = DataLoader(train_ds, batch_size=config.batch_size, shuffle=True, generator=generator,
-                       pin_memory=pin_memory, drop_last=len(train_ds) > config.batch_size)
+    sampler = ResumableSampler(train_ds, seed=config.seed)
+    train = StatefulDataLoader(train_ds, batch_size=config.batch_size, sampler=sampler, pin_memory=pin_memory,
+                               drop_last=len(train_ds) > config.batch_size,
+                               generator=torch.Generator().manual_seed(config.seed))  # keeps the global RNG out of it
     val = DataLoader(val_ds, batch_size=config.batch_size, shuffle=False, pin_memory=pin_memory)
     return train, val
 
 
+class ResumableSampler(StatefulDistributedSampler):
+    """Shuffles each epoch by (seed, epoch) and restarts mid-epoch from a checkpoint.
+
+    torchdata's StatefulDistributedSampler with one replica: Lightning calls set_epoch, the order of
+    epoch e is a pure function of (seed, e), and the StatefulDataLoader saves how far it got. The
+    epoch is saved too, because Lightning creates the resumed iterator before it calls set_epoch.
+    """
+
+    def __init__(self, dataset, seed: int):
+        super().__init__(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "epoch": self.epoch}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self.epoch = state_dict.get("epoch", self.epoch)
+
+
 def build_callbacks(config: WizardConfig, decision: PrecisionDecision, stats: RunStatsCallback) -> list[pl.Callback]:
+    """last.ckpt on a time schedule (LastCheckpoint) and the best by validation loss (ModelCheckpoint) are
+    separate: Lightning's save_last only moves "last" when a new best is saved."""
     callbacks: list[pl.Callback] = [
+        stats,  # first: the throughput a checkpoint records includes the step it was written after
+        LastCheckpoint(checkpoint_dir(config.output_dir) / LAST_NAME, every_seconds=60 * config.checkpoint_every_minutes),
         ModelCheckpoint(dirpath=checkpoint_dir(config.output_dir), filename="epoch{epoch:02d}-step{step}-val{val/loss:.4f}",
                         auto_insert_metric_name=False, monitor="val/loss", mode="min", save_top_k=config.save_top_k,
-                        save_last=True, every_n_epochs=config.checkpoint_every_n_epochs),
+                        save_last=False, every_n_epochs=config.checkpoint_every_n_epochs),
         TQDMProgressBar(refresh_rate=_refresh_rate()),
-        stats,
         AmpWandbCallback(enabled=decision.precision != "32-true", precision=decision.precision),
         TrainingHealthCallback(),
     ]
@@ -97,7 +124,8 @@ def build_callbacks(config: WizardConfig, decision: PrecisionDecision, stats: Ru
 def build_loggers(config: WizardConfig, decision: PrecisionDecision | None = None, model: nn.Module | None = None,
                   vocab_size: int | None = None) -> list:
     """CSV logs always; a WandbLogger too unless wandb_mode is "disabled" (it needs decision, model, vocab_size)."""
-    loggers = [CSVLogger(save_dir=config.output_dir, name="logs")]
+    # Flushed with every last.ckpt (LastCheckpoint), so the history on disk always reaches the checkpoint.
+    loggers = [CSVLogger(save_dir=config.output_dir, name=LOGS_DIRNAME, flush_logs_every_n_steps=10**9)]
     if config.wandb_mode != "disabled":
         if decision is None or model is None or vocab_size is None:
             raise ValueError(f"build_loggers needs decision, model and vocab_size when wandb_mode={config.wandb_mode!r}: "
@@ -151,10 +179,11 @@ def build_trainer(config: WizardConfig, decision: PrecisionDecision, callbacks: 
 
 
 def _precision_args(decision: PrecisionDecision) -> dict:
+    plugins = [AtomicCheckpointIO()]  # checkpoints written beside their target and renamed: never torn
     if decision.precision == "16-mixed" and decision.device.kind == "cpu":
         # Lightning would turn a plain "16-mixed" on CPU into bf16; the plugin keeps fp16 + GradScaler.
-        return {"plugins": [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]}
-    return {"precision": decision.precision}
+        return {"plugins": plugins + [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]}
+    return {"precision": decision.precision, "plugins": plugins}
 
 
 def _refresh_rate() -> int:

@@ -1,4 +1,4 @@
-"""Callbacks the training core always installs: loss history and throughput."""
+"""Callbacks the training core always installs: throughput, and the max_steps stop."""
 
 from __future__ import annotations
 
@@ -6,25 +6,39 @@ import time
 
 import pytorch_lightning as pl
 
+from utils.training.history import write_segment_start
+
 
 class RunStatsCallback(pl.Callback):
-    """Keeps the loss curves and the training throughput of this run (validation time excluded)."""
+    """The training throughput of the whole run (validation time excluded), kept in every checkpoint.
+
+    It also marks where each stretch of training started in its log folder, so the run's history
+    can be pieced together after resumes (utils.training.history).
+    """
 
     def __init__(self, tokens_in_batch):
         self.tokens_in_batch = tokens_in_batch  # batch -> number of tokens trained on
-        self.train_history: list[tuple[int, float]] = []  # (global_step, loss) per optimizer step
-        self.val_history: list[tuple[int, float]] = []  # (global_step, loss) per validation
-        self.tokens = 0
+        self.tokens = 0  # in the whole run, resumed stretches included
         self.train_seconds = 0.0
-        self.start_step = None  # global step when training started (> 0 when resumed); None: it never started
+        self.start_step = None  # global step when this call's training started (> 0 when resumed); None: it never started
         self._t0 = None
 
     @property
     def tokens_per_sec(self) -> float:
         return self.tokens / self.train_seconds if self.train_seconds > 0 else 0.0
 
+    def state_dict(self) -> dict:
+        self._lap()
+        return {"tokens": self.tokens, "train_seconds": self.train_seconds}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.tokens = state_dict.get("tokens", 0)
+        self.train_seconds = state_dict.get("train_seconds", 0.0)
+
     def on_train_start(self, trainer, pl_module) -> None:
         self.start_step = trainer.global_step
+        if trainer.logger is not None and trainer.logger.log_dir:
+            write_segment_start(trainer.logger.log_dir, trainer.global_step)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._t0 = time.perf_counter()
@@ -34,21 +48,21 @@ class RunStatsCallback(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.tokens += self.tokens_in_batch(batch)
-        loss = trainer.callback_metrics.get("train/loss")  # as logged: not divided by accumulation
-        if loss is not None:
-            self.train_history.append((trainer.global_step, float(loss)))
 
     def on_validation_start(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
             self._stop_clock()
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking:
-            return
-        if "val/loss" in trainer.callback_metrics:
-            self.val_history.append((trainer.global_step, float(trainer.callback_metrics["val/loss"])))
-        if trainer.training:
+        if not trainer.sanity_checking and trainer.training:
             self._t0 = time.perf_counter()
+
+    def _lap(self) -> None:
+        """Bank the running clock (a checkpoint is being written) and keep it running."""
+        if self._t0 is not None:
+            now = time.perf_counter()
+            self.train_seconds += now - self._t0
+            self._t0 = now
 
     def _stop_clock(self) -> None:
         if self._t0 is not None:

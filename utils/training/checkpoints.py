@@ -3,20 +3,40 @@
 Layout of output_dir:
     config.json               the WizardConfig of the run (asdict), written before training
     tokenizer/                the tokenizer, so a checkpoint can be decoded without the data
-    checkpoints/last.ckpt     Lightning checkpoint to resume from (model, optimizer, LR schedule, scaler)
+    checkpoints/last.ckpt     the latest state (model, optimizer, LR schedule, scaler, data position, RNG)
     checkpoints/epoch*.ckpt   the best save_top_k checkpoints by validation loss
-    logs/version_N/           metrics.csv of each run
+    checkpoints/damaged/      checkpoints that no longer load (torn by a kill), kept for inspection
+    logs/version_N/           metrics.csv of each stretch of training (a resume starts a new one)
+    user_model/               a copy of your model code (model_source file or gist)
     export/                   safetensors weights + config + tokenizer (see utils.export)
+    archive/YYYYmmdd-HHMMSS/  earlier runs moved aside by resume=False or a changed config
+    .run.lock                 held by the run training here (see run_lock)
+
+Whether a run can resume is decided before anything in output_dir is written: first from the saved
+config (plan_resume), then, once data and model are built, from the tokenizer and the tensor shapes
+(resume_problems).
 """
 
 from __future__ import annotations
 
+import pickle
+import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import torch
+
 from utils.config import CONFIG_FILENAME, ConfigError, WizardConfig
+
+LAST_NAME = "last.ckpt"
+LOGS_DIRNAME = "logs"
+TOKENIZER_DIRNAME = "tokenizer"
+ARCHIVE_DIRNAME = "archive"
+DAMAGED_DIRNAME = "damaged"
+RUN_ENTRIES = (CONFIG_FILENAME, TOKENIZER_DIRNAME, "checkpoints", LOGS_DIRNAME, "user_model", "export")  # one run's files
 
 # Fields that shape the model or the data: a checkpoint only resumes under the same values.
 RESUME_FIELDS = (
@@ -24,10 +44,21 @@ RESUME_FIELDS = (
     "val_split", "tokenizer_strategy", "tokenizer_path", "vocab_size", "model_source", "model_template",
     "model_size", "model_path", "gist_id", "max_seq_len", "dropout", "seed",
 )
+ON_CHANGE = ("refuse", "start_new")  # what a changed run does: the command line refuses, the notebook starts anew
 
 
 class IncompatibleCheckpointError(RuntimeError):
     """output_dir holds a checkpoint of a run this config cannot continue."""
+
+
+@dataclass
+class ResumePoint:
+    path: Path  # the checkpoint to continue from
+    state: dict  # its contents, memory-mapped (for the shape check before training)
+
+    @property
+    def global_step(self) -> int:
+        return int(self.state.get("global_step", 0))
 
 
 def checkpoint_dir(output_dir: str | Path) -> Path:
@@ -35,38 +66,117 @@ def checkpoint_dir(output_dir: str | Path) -> Path:
 
 
 def last_checkpoint(output_dir: str | Path) -> Optional[Path]:
-    path = checkpoint_dir(output_dir) / "last.ckpt"
+    path = checkpoint_dir(output_dir) / LAST_NAME
     return path if path.exists() else None
 
 
-def plan_resume(config: WizardConfig) -> Optional[Path]:
-    """The checkpoint this run continues from, or None to start fresh; refuses a mismatched one.
+def plan_resume(config: WizardConfig, on_change: str = "refuse") -> Optional[ResumePoint]:
+    """The checkpoint this run continues from, or None to start fresh.
 
-    With resume=False an existing run is moved aside (never deleted or overwritten).
+    A run this config cannot continue is refused (on_change="refuse") or moved to archive/ so a new
+    one starts (on_change="start_new"); with resume=False it is moved aside. Nothing is deleted.
     """
     out = Path(config.output_dir)
-    last = last_checkpoint(out)
-    if last is None:
-        return None
     if not config.resume:
-        archive = out / f"checkpoints-{time.strftime('%Y%m%d-%H%M%S')}"
-        shutil.move(str(checkpoint_dir(out)), archive)
-        for name in (CONFIG_FILENAME, "tokenizer"):  # keep the checkpoints with the config they were trained with
-            if (out / name).exists():
-                shutil.move(str(out / name), archive / name)
-        print(f"resume=False: moved the previous checkpoints, config and tokenizer to {archive}; starting fresh.")
+        if _run_entries(out):
+            print(f"resume=False: moved the previous run to {archive_run(out)}; starting fresh.")
         return None
-    saved_path = out / CONFIG_FILENAME
+    point = find_resume_point(out)
+    if point is None:
+        if _run_entries(out):  # a run killed before its first checkpoint: keep its files anyway
+            print(f"{out} holds files of a run without a checkpoint; moved them to {archive_run(out)}.")
+        return None
+    changes = config_changes(out, config)
+    if changes:
+        handle_changed_run(out, changes, on_change)
+        return None
+    return point
+
+
+def config_changes(out: Path, config: WizardConfig) -> list[str]:
+    """How config differs from the run saved in out, in the fields a checkpoint depends on."""
     try:
-        saved = WizardConfig.load(saved_path)
+        saved = WizardConfig.load(out / CONFIG_FILENAME)
     except (FileNotFoundError, ConfigError) as e:
-        raise IncompatibleCheckpointError(
-            f"{out} holds {last.name} but its {CONFIG_FILENAME} cannot be read ({e}). "
-            "Choose a new output_dir, or set resume=False to move the old checkpoints aside.") from None
-    changed = [f"{name}: {getattr(saved, name)!r} (checkpoint) vs {getattr(config, name)!r} (now)"
-               for name in RESUME_FIELDS if getattr(saved, name) != getattr(config, name)]
-    if changed:
-        raise IncompatibleCheckpointError(
-            f"{out} holds a checkpoint of a different run ({'; '.join(changed)}). It was not loaded. "
-            "Choose a new output_dir, or set resume=False to move the old checkpoints aside and start fresh.")
-    return last
+        return [f"its {CONFIG_FILENAME} cannot be read ({' '.join(str(e).split())})"]
+    return [f"{name}: {getattr(saved, name)!r} (checkpoint) vs {getattr(config, name)!r} (now)"
+            for name in RESUME_FIELDS if getattr(saved, name) != getattr(config, name)]
+
+
+def handle_changed_run(out: Path, changes: list[str], on_change: str) -> None:
+    """Refuse to touch a run this config cannot continue, or move it aside so a new one can start."""
+    what = "; ".join(changes)
+    if on_change == "start_new":
+        print(f"The settings differ from the run in {out} ({what}): starting a new run. "
+              f"The old run was moved, untouched, to {archive_run(out)}.")
+        return
+    raise IncompatibleCheckpointError(
+        f"{out} holds a checkpoint of a different run ({what}). It was not loaded and nothing in {out} was changed. "
+        f"To keep it and start anew there, run again with --set resume=false (resume=False in Python), which moves "
+        f"the old run to {out / ARCHIVE_DIRNAME}/; or choose another output_dir.")
+
+
+def find_resume_point(out: Path) -> Optional[ResumePoint]:
+    """last.ckpt, or the newest checkpoint that loads; one that does not is moved to checkpoints/damaged/."""
+    folder = checkpoint_dir(out)
+    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: (p.name == LAST_NAME, _step_in_name(p)), reverse=True)
+    damaged = False
+    for path in candidates:
+        try:
+            state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
+            damaged = True
+            moved = _move_into(path, folder / DAMAGED_DIRNAME)
+            print(f"{path.name} cannot be loaded ({_first_line(e)}); moved it to {moved}.")
+            continue
+        if damaged:
+            print(f"Resuming from {path.name} (step {state.get('global_step', '?')}), the newest checkpoint that loads.")
+        return ResumePoint(path, state)
+    if damaged:
+        print(f"No checkpoint in {folder} loads: starting fresh.")
+    return None
+
+
+def resume_problems(point: ResumePoint, module: torch.nn.Module, tokenizer_changed: Optional[str]) -> list[str]:
+    """Why this model (and tokenizer) cannot continue from point, checked before anything is written."""
+    problems = [tokenizer_changed] if tokenizer_changed else []
+    saved = {k: tuple(v.shape) for k, v in point.state.get("state_dict", {}).items()}
+    now = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    differ = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+    if differ:
+        k = differ[0]
+        problems.append(f"the model's tensors differ from the checkpoint's in {len(differ)} places, e.g. {k}: "
+                        f"{saved.get(k, 'missing')} (checkpoint) vs {now.get(k, 'missing')} (now)")
+    return problems
+
+
+def archive_run(out: Path) -> Path:
+    """Move one run's files (config, tokenizer, checkpoints, logs, model copy, export) to archive/<time>/."""
+    target = out / ARCHIVE_DIRNAME / time.strftime("%Y%m%d-%H%M%S")
+    while target.exists():
+        target = target.with_name(target.name + "-1")
+    target.mkdir(parents=True)
+    for path in _run_entries(out):
+        shutil.move(str(path), target / path.name)  # a rename: same filesystem
+    return target
+
+
+def _run_entries(out: Path) -> list[Path]:
+    return [out / name for name in RUN_ENTRIES if (out / name).exists()]
+
+
+def _move_into(path: Path, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}"
+    path.rename(target)
+    return target
+
+
+def _step_in_name(path: Path) -> int:
+    match = re.search(r"step(\d+)", path.name)
+    return int(match.group(1)) if match else -1
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__

@@ -1,0 +1,65 @@
+"""The whole run's metric history, read back from the CSV logs of each stretch of training.
+
+Every call to train() logs to a new logs/version_N/metrics.csv; a resumed stretch writes a
+`segment.json` there with the step it resumed from. Steps an interrupted stretch logged after its
+last checkpoint were trained again by the next one, so a later stretch's rows replace them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SEGMENT_FILENAME = "segment.json"  # {"start_step": N} in each logs/version_N/
+
+
+@dataclass
+class History:
+    train: list = field(default_factory=list)  # (step, train/loss)
+    val: list = field(default_factory=list)  # (step, val/loss)
+    val_accuracy: list = field(default_factory=list)  # (step, val/accuracy), classification only
+
+
+COLUMNS = {"train": "train/loss", "val": "val/loss", "val_accuracy": "val/accuracy"}
+
+
+def read_history(logs_dir: Path) -> History:
+    series: dict[str, dict[int, float]] = {name: {} for name in COLUMNS}
+    for version in sorted(Path(logs_dir).glob("version_*"), key=_version_number):
+        start = _start_step(version)
+        for values in series.values():  # what the earlier stretch logged past this one's start was redone
+            for step in [s for s in values if s > start]:
+                del values[step]
+        for row in _rows(version / "metrics.csv"):
+            for name, column in COLUMNS.items():
+                if row.get(column):  # Lightning logs a step's metrics under the step count before it
+                    series[name][int(row["step"]) + 1] = float(row[column])
+    return History(**{name: sorted(values.items()) for name, values in series.items()})
+
+
+def write_segment_start(log_dir: str | Path, start_step: int) -> None:
+    path = Path(log_dir) / SEGMENT_FILENAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"start_step": start_step}) + "\n", encoding="utf-8")
+
+
+def _start_step(version: Path) -> int:
+    try:
+        return int(json.loads((version / SEGMENT_FILENAME).read_text(encoding="utf-8"))["start_step"])
+    except (FileNotFoundError, ValueError, KeyError):
+        return 0
+
+
+def _rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _version_number(path: Path) -> int:
+    match = re.search(r"(\d+)$", path.name)
+    return int(match.group(1)) if match else -1
