@@ -169,9 +169,9 @@ def fit_classifier(config, data: ToyClassification, model=None):
     if model is None:
         model = build_model(config, data.tokenizer.vocab_size, len(data.label_names), data.pad_id)
     task = build_task(config)
-    module = build_module(config, model, task)
+    train_loader, val_loader = build_dataloaders(config, data.train, data.val, pin_memory=False)
+    module = build_module(config, model, task, len(train_loader))
     stats = RunStatsCallback(task.tokens_in)
     trainer = build_trainer(config, decision, build_callbacks(config, decision, stats), build_loggers(config))
-    train_loader, val_loader = build_dataloaders(config, data.train, data.val, pin_memory=False)
     trainer.fit(module, train_loader, val_loader)
     return trainer, module, val_loader

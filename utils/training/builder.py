@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -66,9 +67,19 @@ def build_task(config: WizardConfig):
     return ClassificationTask() if config.task == "classification" else LanguageModelTask()
 
 
-def build_module(config: WizardConfig, model: nn.Module, task) -> TransformerModule:
+def build_module(config: WizardConfig, model: nn.Module, task, batches_per_epoch: int) -> TransformerModule:
     return TransformerModule(model, task, learning_rate=config.learning_rate, weight_decay=config.weight_decay,
-                             warmup_ratio=config.warmup_ratio)
+                             warmup_ratio=config.warmup_ratio, total_steps=total_steps(config, batches_per_epoch))
+
+
+def total_steps(config: WizardConfig, batches_per_epoch: int) -> int:
+    """Optimizer steps the run will take (Lightning steps on an epoch's last, partial accumulation too).
+
+    Computed here rather than by trainer.estimated_stepping_batches: that property builds the training
+    loader before a resumed checkpoint is loaded, and Lightning then never restores the loader's position.
+    """
+    steps = math.ceil(batches_per_epoch / config.gradient_accumulation_steps) * config.max_epochs
+    return max(1, min(steps, config.max_steps) if config.max_steps is not None else steps)
 
 
 def build_dataloaders(config: WizardConfig, train_ds, val_ds, pin_memory: bool) -> tuple[DataLoader, DataLoader]:
@@ -124,8 +135,9 @@ def build_callbacks(config: WizardConfig, decision: PrecisionDecision, stats: Ru
 def build_loggers(config: WizardConfig, decision: PrecisionDecision | None = None, model: nn.Module | None = None,
                   vocab_size: int | None = None) -> list:
     """CSV logs always; a WandbLogger too unless wandb_mode is "disabled" (it needs decision, model, vocab_size)."""
-    # Flushed with every last.ckpt (LastCheckpoint), so the history on disk always reaches the checkpoint.
-    loggers = [CSVLogger(save_dir=config.output_dir, name=LOGS_DIRNAME, flush_logs_every_n_steps=10**9)]
+    # Each logged row is appended at once (cheap: one row per log_every_n_steps), so the history on disk
+    # reaches the last checkpoint whenever the process is killed (utils.training.history).
+    loggers = [CSVLogger(save_dir=config.output_dir, name=LOGS_DIRNAME, flush_logs_every_n_steps=1)]
     if config.wandb_mode != "disabled":
         if decision is None or model is None or vocab_size is None:
             raise ValueError(f"build_loggers needs decision, model and vocab_size when wandb_mode={config.wandb_mode!r}: "

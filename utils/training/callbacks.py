@@ -22,6 +22,8 @@ class RunStatsCallback(pl.Callback):
         self.train_seconds = 0.0
         self.start_step = None  # global step when this call's training started (> 0 when resumed); None: it never started
         self._t0 = None
+        self._trainer = None
+        self._resumed_loss = None
 
     @property
     def tokens_per_sec(self) -> float:
@@ -29,16 +31,25 @@ class RunStatsCallback(pl.Callback):
 
     def state_dict(self) -> dict:
         self._lap()
-        return {"tokens": self.tokens, "train_seconds": self.train_seconds}
+        loss = self._trainer.callback_metrics.get("train/loss") if self._trainer is not None else None
+        # The loss of the step a checkpoint follows: Lightning logs it just after the checkpoint is written,
+        # so a kill in between would drop it from the logs. The next stretch writes it back (history).
+        return {"tokens": self.tokens, "train_seconds": self.train_seconds,
+                "train_loss": None if loss is None else float(loss)}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.tokens = state_dict.get("tokens", 0)
         self.train_seconds = state_dict.get("train_seconds", 0.0)
+        self._resumed_loss = state_dict.get("train_loss")
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        self._trainer = trainer
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.start_step = trainer.global_step
         if trainer.logger is not None and trainer.logger.log_dir:
-            write_segment_start(trainer.logger.log_dir, trainer.global_step)
+            logged = self._resumed_loss is not None and trainer.global_step % trainer.log_every_n_steps == 0
+            write_segment_start(trainer.logger.log_dir, trainer.global_step, self._resumed_loss if logged else None)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._t0 = time.perf_counter()

@@ -90,8 +90,6 @@ class LastCheckpoint(pl.Callback):
 
     def save(self, trainer: pl.Trainer) -> None:
         trainer.save_checkpoint(self.path)
-        for logger in trainer.loggers:  # the logged history up to this step is on disk with the checkpoint
-            logger.save()
         self.saved_step = trainer.global_step
         self._epoch_saved = trainer.current_epoch
         self._due = time.monotonic() + self.every_seconds

@@ -211,7 +211,9 @@ class TrainingCoordinator:
         print(f"Model: {type(model).__name__}, {n_params / 1e6:.2f}M parameters")
 
         task = build_task(config)
-        module = build_module(config, model, task)
+        train_loader, val_loader = build_dataloaders(config, data.train, data.val,
+                                                     pin_memory=decision.device.kind == "cuda")
+        module = build_module(config, model, task, len(train_loader))
         if resume is not None:  # everything that decides the resume is checked before anything is written
             problems = resume_problems(resume, module, _tokenizer_change(out, data, config))
             if problems:
@@ -223,8 +225,6 @@ class TrainingCoordinator:
         callbacks = build_callbacks(config, decision, stats) + list(extra_callbacks or [])
         loggers = build_loggers(config, decision, model, data.tokenizer.vocab_size)
         trainer = build_trainer(config, decision, callbacks, loggers)
-        train_loader, val_loader = build_dataloaders(config, data.train, data.val,
-                                                     pin_memory=decision.device.kind == "cuda")
         resume_from = resume.path if resume else None
         if resume is not None:
             print(f"Resuming from {resume_from} (step {resume.global_step})")

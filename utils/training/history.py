@@ -33,6 +33,9 @@ def read_history(logs_dir: Path) -> History:
         for values in series.values():  # what the earlier stretch logged past this one's start was redone
             for step in [s for s in values if s > start]:
                 del values[step]
+        start_loss = _segment(version).get("train_loss")
+        if start_loss is not None and start > 0:
+            series["train"].setdefault(start, float(start_loss))
         for row in _rows(version / "metrics.csv"):
             for name, column in COLUMNS.items():
                 if row.get(column):  # Lightning logs a step's metrics under the step count before it
@@ -40,17 +43,23 @@ def read_history(logs_dir: Path) -> History:
     return History(**{name: sorted(values.items()) for name, values in series.items()})
 
 
-def write_segment_start(log_dir: str | Path, start_step: int) -> None:
+def write_segment_start(log_dir: str | Path, start_step: int, train_loss: float | None = None) -> None:
+    """Where a stretch starts, and the loss of the step its checkpoint followed (which a kill may have kept
+    out of the earlier stretch's log)."""
     path = Path(log_dir) / SEGMENT_FILENAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"start_step": start_step}) + "\n", encoding="utf-8")
+    path.write_text(json.dumps({"start_step": start_step, "train_loss": train_loss}) + "\n", encoding="utf-8")
+
+
+def _segment(version: Path) -> dict:
+    try:
+        return json.loads((version / SEGMENT_FILENAME).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return {}
 
 
 def _start_step(version: Path) -> int:
-    try:
-        return int(json.loads((version / SEGMENT_FILENAME).read_text(encoding="utf-8"))["start_step"])
-    except (FileNotFoundError, ValueError, KeyError):
-        return 0
+    return int(_segment(version).get("start_step", 0))
 
 
 def _rows(path: Path) -> list[dict]:

@@ -83,8 +83,10 @@ def _mask_parameter(model_type: type) -> Optional[str]:
 
 
 class TransformerModule(pl.LightningModule):
-    def __init__(self, model: nn.Module, task, learning_rate: float, weight_decay: float, warmup_ratio: float):
+    def __init__(self, model: nn.Module, task, learning_rate: float, weight_decay: float, warmup_ratio: float,
+                 total_steps: int):
         super().__init__()
+        self.total_steps = total_steps  # for the LR schedule
         self.model = model
         self.task = task
         self.learning_rate = learning_rate
@@ -108,7 +110,7 @@ class TransformerModule(pl.LightningModule):
             self.log(f"val/{name}", value, prog_bar=True)
 
     def configure_optimizers(self):
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        total = self.total_steps
         optimizer = torch.optim.AdamW(param_groups(self.model, self.weight_decay), lr=self.learning_rate,
                                       betas=(0.9, 0.95))
         schedule = warmup_cosine(int(self.warmup_ratio * total), total)
