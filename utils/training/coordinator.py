@@ -193,13 +193,13 @@ class TrainingCoordinator:
         module = build_module(config, model, task)
         stats = RunStatsCallback(task.tokens_in)
         callbacks = build_callbacks(config, decision, stats) + list(extra_callbacks or [])
-        loggers = build_loggers(config, decision, model, data.tokenizer.vocab_size)
-        trainer = build_trainer(config, decision, callbacks, loggers)
-        train_loader, val_loader = build_dataloaders(config, data.train, data.val,
-                                                     pin_memory=decision.device.kind == "cuda")
-        if resume_from:
-            print(f"Resuming from {resume_from}")
+        loggers = build_loggers(config, decision, model, data.tokenizer.vocab_size)  # an online W&B run starts here
         with finish_wandb_on_exit(loggers):  # a re-run in the notebook must not attach to this run
+            trainer = build_trainer(config, decision, callbacks, loggers)
+            train_loader, val_loader = build_dataloaders(config, data.train, data.val,
+                                                         pin_memory=decision.device.kind == "cuda")
+            if resume_from:
+                print(f"Resuming from {resume_from}")
             trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
         if resume_from and stats.start_step is None:
             print(f"Nothing to train: {resume_from} already reached max_epochs={config.max_epochs}"
