@@ -2,18 +2,23 @@
 
 Mocked, because they cannot run here: the `google.colab` package (a fake one in sys.modules raises
 each of userdata.get's errors) and a GPU (a DeviceInfo standing for a T4). W&B itself is the real
-package in offline mode; its transaction log (.wandb) is parsed with wandb.proto.
+package in offline mode; its transaction log (.wandb) is parsed with wandb.proto. An unreachable W&B
+server is real too: a closed 127.0.0.1 port, or a local socket that accepts and never answers.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import types
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
 
@@ -25,7 +30,7 @@ from utils.training import TrainingCoordinator, train
 from utils.training.amp_utils import resolve_precision
 from utils.training.health import Fp16HealthError
 from utils.wandb_helpers import (WandbAuth, build_wandb_config, make_project_name, make_run_name,
-                                 resolve_wandb_auth)
+                                 resolve_wandb_auth, resolve_wandb_init_timeout)
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = DeviceInfo("cpu", "CPU")
@@ -165,6 +170,22 @@ def test_no_key_outside_colab_is_offline():
 def test_unknown_mode_is_an_error():
     with pytest.raises(ValueError, match="wandb_mode='cloud' is not allowed"):
         resolve_wandb_auth("cloud")
+
+
+@pytest.mark.parametrize("value, seconds", [(None, 60.0), ("", 60.0), ("7.5", 7.5), (" 120 ", 120.0)])
+def test_init_timeout_is_wandb_init_timeout_else_60_seconds(monkeypatch, value, seconds):
+    if value is not None:
+        monkeypatch.setenv("WANDB_INIT_TIMEOUT", value)
+    else:
+        monkeypatch.delenv("WANDB_INIT_TIMEOUT", raising=False)
+    assert resolve_wandb_init_timeout() == seconds
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5", "nan"])
+def test_a_bad_init_timeout_is_an_error_naming_the_variable(monkeypatch, value):
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", value)
+    with pytest.raises(ValueError, match=f"WANDB_INIT_TIMEOUT='{value}' is not allowed; set it to a number of seconds"):
+        resolve_wandb_init_timeout()
 
 
 # ---------------------------------------------------------------------------- real offline runs
@@ -322,3 +343,78 @@ def test_a_fake_key_never_reaches_files_or_output(tmp_path):
     assert any(p.suffix == ".wandb" for p in scanned)
     leaked = [str(p) for p in scanned if FAKE_KEY.encode() in p.read_bytes()]
     assert leaked == []
+
+
+# ---------------------------------------------------------------------------- W&B server out of reach
+def refused_url() -> str:
+    """The address of a 127.0.0.1 port nothing listens on: connecting is refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def silent_server():
+    """A 127.0.0.1 server that accepts connections and never answers, as a hung proxy or firewall does."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def accept():
+        while True:
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:  # the listener was shut down: the test is over
+                return
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close() alone would not
+        listener.close()
+        for conn in accepted:
+            conn.close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def unreachable_wandb(request, monkeypatch):
+    """A fake key and a W&B address that never starts a run; request.param is "refused" or "silent"."""
+    import wandb
+
+    with silent_server() if request.param == "silent" else nullcontext(refused_url()) as url:
+        monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+        monkeypatch.setenv("WANDB_BASE_URL", url)
+        # How long wandb.init waits for the server (60 s unless set): short here, so each test takes ~15 s.
+        monkeypatch.setenv("WANDB_INIT_TIMEOUT", "5")
+        wandb.teardown()  # wandb reads WANDB_* once per process: set it up again from this environment
+        yield url
+    wandb.teardown()  # so later tests don't inherit this address and key
+
+
+@pytest.mark.parametrize("unreachable_wandb", ["refused", "silent"], indirect=True)
+def test_an_unreachable_server_means_offline_logging_not_a_crash(tmp_path, tiny_lm, capsys, unreachable_wandb):
+    import wandb
+
+    result = train(offline_config(tmp_path, wandb_mode="auto", max_steps=3), model=tiny_lm(), device=CPU)
+    out, err = capsys.readouterr()
+    assert FAKE_KEY not in out and FAKE_KEY not in err
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and FAKE_KEY.encode() in p.read_bytes()] == []
+    said = [line for line in out.splitlines() if line.startswith("W&B")]
+    assert len(said) == 2, said
+    assert said[0] == "W&B logs this run online (API key from the WANDB_API_KEY environment variable)."
+    waited = re.fullmatch(rf"W&B: could not start the run on the W&B server at {re.escape(unreachable_wandb)} "
+                          r"within (\d+) s \(.+\); logging this run offline instead; upload it later with "
+                          r"`wandb sync <output_dir>/wandb/offline-run-\*` on a machine logged in to W&B\.", said[1])
+    assert waited, said[1]
+    assert int(waited[1]) < 30  # WANDB_INIT_TIMEOUT=5 plus wandb's own ~10 s of login lookups, not the 60 s default
+
+    assert result.global_step == 3 and wandb.run is None
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    records = read_wandb_records(runs[0])
+    assert exit_code(records) == 0
+    assert run_config(records)["model_type"] == "tinylm"
+    assert [r["trainer/global_step"] for r in history_rows(records) if "train/loss" in r] == [0, 1, 2]

@@ -18,6 +18,8 @@ from utils.config import WANDB_MODES
 from utils.env import in_colab
 
 API_KEY_VAR = "WANDB_API_KEY"
+INIT_TIMEOUT_VAR = "WANDB_INIT_TIMEOUT"  # wandb's own variable, but wandb reads it only once per process
+DEFAULT_INIT_TIMEOUT = 60.0  # seconds; wandb's 90 s plus its retries left a run waiting ~108 s before it died
 SYNC_HINT = "upload it later with `wandb sync <output_dir>/wandb/offline-run-*` on a machine logged in to W&B"
 
 
@@ -76,6 +78,21 @@ def _find_api_key() -> tuple[Optional[str], str]:
         return None, "the WANDB_API_KEY secret in Colab is empty"
     os.environ[API_KEY_VAR] = key.strip()
     return "colab-secrets", ""
+
+
+def resolve_wandb_init_timeout() -> float:
+    """Seconds wandb.init may wait for the W&B server before the run goes offline: WANDB_INIT_TIMEOUT, else 60."""
+    raw = os.environ.get(INIT_TIMEOUT_VAR, "").strip()
+    if not raw:
+        return DEFAULT_INIT_TIMEOUT
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = 0.0  # refused below, with the value as given
+    if not seconds > 0:  # also refuses nan
+        raise ValueError(f"{INIT_TIMEOUT_VAR}={raw!r} is not allowed; set it to a number of seconds above 0, "
+                         f"or unset it for {DEFAULT_INIT_TIMEOUT:.0f}")
+    return seconds
 
 
 def make_project_name(name: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -27,7 +28,8 @@ from utils.training.checkpoint_io import AtomicCheckpointIO, LastCheckpoint
 from utils.training.checkpoints import LAST_NAME, LOGS_DIRNAME, checkpoint_dir
 from utils.training.health import TrainingHealthCallback
 from utils.training.module import ClassificationTask, LanguageModelTask, TransformerModule
-from utils.wandb_helpers import build_wandb_config, make_project_name, make_run_name, model_type_of, resolve_wandb_auth
+from utils.wandb_helpers import (SYNC_HINT, build_wandb_config, make_project_name, make_run_name, model_type_of,
+                                 resolve_wandb_auth, resolve_wandb_init_timeout)
 from utils.user_models import (UserModelFiles, check_embedding_fits, check_model, load_user_model,
                                resolve_user_model_files)
 
@@ -148,15 +150,42 @@ def build_loggers(config: WizardConfig, decision: PrecisionDecision | None = Non
 
 def build_wandb_logger(config: WizardConfig, decision: PrecisionDecision, model: nn.Module,
                        vocab_size: int) -> WandbLogger:
-    """A WandbLogger that never prompts: online only with an API key, else offline (see utils.wandb_helpers)."""
+    """A WandbLogger that never prompts and never stops the training: online only with an API key and a W&B
+    server that starts the run within the init timeout, else offline (see utils.wandb_helpers)."""
     auth = resolve_wandb_auth(config.wandb_mode)
     print(auth.message)
     _finish_stale_wandb_run()
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
-    return WandbLogger(project=make_project_name(config.wandb_project),
-                       name=config.wandb_run_name or make_run_name(model_type_of(model)),
-                       save_dir=config.output_dir, log_model=False, mode=auth.mode,
-                       config=build_wandb_config(config, model, decision, vocab_size))
+    run_args = dict(project=make_project_name(config.wandb_project),
+                    name=config.wandb_run_name or make_run_name(model_type_of(model)),
+                    save_dir=config.output_dir, log_model=False,
+                    config=build_wandb_config(config, model, decision, vocab_size))
+    if auth.mode != "online":
+        return WandbLogger(mode=auth.mode, **run_args)
+    return _start_online_run(run_args)
+
+
+def _start_online_run(run_args: dict) -> WandbLogger:
+    """Start the online run now, where a failure can be caught, rather than lazily inside trainer.fit.
+
+    wandb raises CommError when the server refuses the connection, does not answer within init_timeout,
+    or rejects the request (a wrong key comes back as a plain CommError too); the run then logs offline.
+    """
+    import wandb
+    from wandb.errors import CommError
+
+    logger = WandbLogger(mode="online", settings=wandb.Settings(init_timeout=resolve_wandb_init_timeout()),
+                         **run_args)
+    started = time.monotonic()
+    try:
+        _ = logger.experiment  # wandb.init
+    except CommError as e:  # wandb.run stays None: the run is never made global, so there is nothing to finish
+        reason = (str(e).strip() or type(e).__name__).splitlines()[0]  # wandb adds a hint on more lines
+        server = wandb.setup().settings.base_url  # the address wandb used: WANDB_BASE_URL or its default
+        print(f"W&B: could not start the run on the W&B server at {server} within {time.monotonic() - started:.0f} s "
+              f"({reason}); logging this run offline instead; {SYNC_HINT}.")
+        return WandbLogger(mode="offline", **run_args)
+    return logger
 
 
 def _finish_stale_wandb_run() -> None:

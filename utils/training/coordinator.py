@@ -223,14 +223,15 @@ class TrainingCoordinator:
 
         stats = RunStatsCallback(task.tokens_in)
         callbacks = build_callbacks(config, decision, stats) + list(extra_callbacks or [])
-        loggers = build_loggers(config, decision, model, data.tokenizer.vocab_size)
-        trainer = build_trainer(config, decision, callbacks, loggers)
+        loggers = build_loggers(config, decision, model, data.tokenizer.vocab_size)  # an online W&B run starts here
         resume_from = resume.path if resume else None
-        if resume is not None:
-            print(f"Resuming from {resume_from} (step {resume.global_step})")
-            resume.state = {}  # release the memory map before Lightning loads the file itself
-        with finish_wandb_on_exit(loggers), _stopped_at_once_is_reported(trainer):
-            trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
+        with finish_wandb_on_exit(loggers):  # a re-run in the notebook must not attach to this run
+            trainer = build_trainer(config, decision, callbacks, loggers)
+            if resume is not None:
+                print(f"Resuming from {resume_from} (step {resume.global_step})")
+                resume.state = {}  # release the memory map before Lightning loads the file itself
+            with _stopped_at_once_is_reported(trainer):
+                trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
         if resume_from and stats.start_step is None:
             print(f"Nothing to train: {resume_from} already reached max_epochs={config.max_epochs}"
                   f"{'' if config.max_steps is None else f' or max_steps={config.max_steps}'}. "
