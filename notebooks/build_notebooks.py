@@ -115,15 +115,17 @@ your saved choices (or the defaults) and never waits: **Run all** trains with wh
 #@title Setup wizard
 from utils.ui.setup_wizard import SetupWizard
 
-wizard = SetupWizard(config_path=workspace.config_path)
+wizard = SetupWizard(config_path=workspace.config_path, run_root=workspace.root)
 wizard
 '''),
     ("md", """\
 ## 5. Train
 Prints the precision it chose and why (fp16 + GradScaler on a T4, bf16 on an A100 or L4, fp32 on
-a CPU), the data and model sizes, then a progress bar. Checkpoints go to the run's folder every
-epoch; if the runtime disconnects, reconnect and **Run all**: training resumes from
-`checkpoints/last.ckpt`."""),
+a CPU), the data and model sizes, then a progress bar. `checkpoints/last.ckpt` in the run's folder
+is rewritten every few minutes (`checkpoint_every_minutes`), at each epoch and when you press Stop;
+if the runtime disconnects, reconnect and **Run all**: training resumes exactly where that
+checkpoint left it. If you changed a setting the old run cannot continue with, a new run starts and
+the old one is moved, untouched, to the folder's `archive/` (the wizard's review says which)."""),
     ("code", '''\
 #@title Train
 from utils.colab import apply_notebook_overrides
@@ -132,7 +134,7 @@ from utils.training import train
 wizard.save()  # with Drive on, the choices survive a disconnect and the rerun resumes the same run
 config = workspace.place(wizard.config).replace(wandb_mode=wandb_auth.mode)
 config = apply_notebook_overrides(config)  # only when KIT_NOTEBOOK_OVERRIDES is set: the tests' tiny run
-result = train(config)
+result = train(config, on_change="start_new")  # a changed setting starts anew; the old run goes to archive/
 print(result.summary())
 '''),
     ("md", """\

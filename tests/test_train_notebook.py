@@ -54,10 +54,27 @@ def test_run_all_trains_exports_and_a_second_run_all_resumes(tmp_path, monkeypat
     second = ns["result"]
     assert second.resumed_from == run_dir / "checkpoints" / "last.ckpt"
     assert (second.steps_run, second.global_step) == (3, 6)
-    assert [step for step, _ in second.train_history] == [4, 5, 6]
+    assert [step for step, _ in second.train_history] == [1, 2, 3, 4, 5, 6]  # the whole run's curve
     assert f"Resuming from {run_dir / 'checkpoints' / 'last.ckpt'}" in capsys.readouterr().out
     # The reloaded export samples exactly what the trained model samples.
     assert ns["loaded"].generate("The ", max_new_tokens=50, seed=0) == second.generate("The ", 50, seed=0)
+
+
+@pytest.mark.slow
+def test_run_all_after_a_changed_setting_starts_anew_and_keeps_the_old_run(tmp_path, monkeypatch, capsys):
+    run_all(monkeypatch, tmp_path, f"{TINY} max_steps=3")
+    run_dir = tmp_path / "runs" / "default"
+    old_ckpt = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
+    old_export = (run_dir / "export" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    changed = TINY.replace("max_seq_len=32", "max_seq_len=16")  # a setting the old run cannot continue with
+    second = run_all(monkeypatch, tmp_path, f"{changed} max_steps=2")["result"]
+    assert second.resumed_from is None and second.global_step == 2
+    (archived,) = (run_dir / "archive").iterdir()
+    assert (archived / "checkpoints" / "last.ckpt").read_bytes() == old_ckpt
+    assert (archived / "export" / "model.safetensors").read_bytes() == old_export
+    out = capsys.readouterr().out
+    assert "max_seq_len: 32 (checkpoint) vs 16 (now)" in out and f"moved, untouched, to {archived}" in out
 
 
 @pytest.mark.slow

@@ -93,6 +93,32 @@ def plan_resume(config: WizardConfig, on_change: str = "refuse") -> Optional[Res
     return point
 
 
+def describe_run_folder(config: WizardConfig) -> str:
+    """What training with this config will do in its output_dir, in one sentence (the wizard's review).
+
+    Read from the folder without loading a checkpoint; training decides finally (a damaged
+    checkpoint or a changed data file is only found when it starts).
+    """
+    out = Path(config.output_dir)
+    saved = [p for p in checkpoint_dir(out).glob("*.ckpt")]
+    if not saved:
+        return f"Starts a new run in {out}."
+    if not config.resume:
+        return f"Starts a new run in {out}; the run there now is moved, untouched, to {out / ARCHIVE_DIRNAME}/ (resume is off)."
+    changes = config_changes(out, config)
+    if changes:
+        return (f"Starts a new run in {out}: these settings differ from the run there ({'; '.join(changes)}), "
+                f"which is moved, untouched, to {out / ARCHIVE_DIRNAME}/.")
+    newest = max(saved, key=lambda p: p.stat().st_mtime)
+    age = _age(time.time() - newest.stat().st_mtime)
+    return f"Continues the run in {out} from its last checkpoint (saved {age} ago)."
+
+
+def _age(seconds: float) -> str:
+    minutes = seconds / 60
+    return f"{seconds:.0f} s" if seconds < 90 else f"{minutes:.0f} min" if minutes < 90 else f"{minutes / 60:.1f} h"
+
+
 def config_changes(out: Path, config: WizardConfig) -> list[str]:
     """How config differs from the run saved in out, in the fields a checkpoint depends on."""
     try:

@@ -33,6 +33,7 @@ from utils.config import (DATASET_SOURCES, MODEL_SIZES, MODEL_SOURCES, PRECISION
                           ConfigError, WizardConfig, field_errors, type_errors)
 from utils.env import DeviceInfo, detect_device, in_colab
 from utils.training.amp_utils import PrecisionError, resolve_precision
+from utils.training.checkpoints import describe_run_folder
 from utils.ui.fields import ERROR_COLOR, INPUT_WIDTH, LABEL_WIDTH, Field, build_field, save_upload, uploaded_files
 from utils.ui.model_check import (check_model, count_parameters, describe_check, format_count,
                                   vocab_size_for)
@@ -109,8 +110,10 @@ HF_AVAILABLE = importlib.util.find_spec("datasets") is not None
 
 class SetupWizard:
     def __init__(self, config_path: str | os.PathLike = "runs/wizard_config.json", interactive: Optional[bool] = None,
-                 preset: Optional[str] = None, device: Optional[DeviceInfo] = None):
+                 preset: Optional[str] = None, device: Optional[DeviceInfo] = None,
+                 run_root: Optional[str | os.PathLike] = None):
         self.config_path = Path(config_path)
+        self.run_root = Path(run_root) if run_root is not None else Path.cwd()  # a relative output_dir is under it
         self.device = device or detect_device()
         if interactive is None:
             self.interactive, self.mode_reason = detect_interactive()
@@ -391,7 +394,8 @@ class SetupWizard:
         self.notes["model"].value = _note(self._model_note(config, vocab))
         self.notes["precision"].value = "" if "precision" in self.errors else \
             _note(f"<b>Precision on this device:</b> {html.escape(self._precision_text(candidate))}")
-        self.notes["summary"].value = _summary_html(config, self._precision_text(config), self.errors)
+        self.notes["summary"].value = _summary_html(config, self._precision_text(config), self.errors,
+                                                    describe_run_folder(self._placed(config)))
         if self.last_check and self.last_check[0] != config:
             self.notes["check"].value = _note("<i>Settings changed since the last check: press Check model "
                                                "again.</i>")
@@ -409,6 +413,11 @@ class SetupWizard:
         return (f"<b>{format_count(self._param_counts[key])} parameters</b> ({config.model_template} "
                 f"{config.model_size}, vocabulary {vocab}, context {config.max_seq_len}). "
                 "Check model runs a forward/backward pass and estimates the memory at your batch size.")
+
+    def _placed(self, config: WizardConfig) -> WizardConfig:
+        if Path(config.output_dir).is_absolute():
+            return config
+        return config.replace(output_dir=str(self.run_root / config.output_dir))
 
     def _precision_text(self, config: WizardConfig) -> str:
         try:
@@ -434,14 +443,15 @@ def _indicator_html(current: int, errors: dict[str, str]) -> str:
     return " &rsaquo; ".join(parts)
 
 
-def _summary_html(config: WizardConfig, precision: str, errors: dict[str, str]) -> str:
+def _summary_html(config: WizardConfig, precision: str, errors: dict[str, str], run_folder: str) -> str:
     shown = [name for step in STEPS for name, _ in step.fields]
     others = [f.name for f in fields(WizardConfig) if f.name not in shown]
     items = "".join(f"<div><code>{name}</code> = {html.escape(repr(getattr(config, name)))}</div>"
                     for name in shown + others)
     pending = (f'<p style="color:{ERROR_COLOR}">{len(errors)} field(s) still have errors; the values below '
                "are the last valid ones and Save is disabled until they are fixed.</p>") if errors else ""
-    return (f'{pending}<p style="line-height:1.4"><b>Mixed precision:</b> '
+    return (f'{pending}<p style="line-height:1.4"><b>Run folder:</b> {html.escape(run_folder)}</p>'
+            f'<p style="line-height:1.4"><b>Mixed precision:</b> '
             f"use_mixed_precision={config.use_mixed_precision!r}, "
             f"precision={html.escape(repr(config.precision))} &rarr; {html.escape(precision)}</p>"
             f'<div style="column-count:2; font-size:12px; line-height:1.5">{items}</div>')
