@@ -53,7 +53,7 @@ def exported_lm(tmp_path: Path, config: WizardConfig):
 
 
 def exported_classifier(tmp_path: Path, data, **changes):
-    config = classification_config(tmp_path, data, max_steps=12, **changes)
+    config = classification_config(tmp_path, data, max_steps=20, **changes)
     trainer, module, _ = fit_classifier(config, data)
     model = module.model.eval()
     folder = export_model(model, config, data.tokenizer, tmp_path / "export", data.label_names, data.pad_id)
@@ -104,7 +104,7 @@ def test_classifiers_predict_the_same_after_loading_elsewhere(round_trip, case):
     assert loaded["labels"] == expected["labels"]
     assert loaded["proba"] == expected["proba"]  # bit for bit: same weights, same code, same threads
     held_out_truth = [LABEL_NAMES[label] for label in toy_texts(12, seed=99)[1]]
-    if case == "classifier":  # the template learns the toy task in 12 steps
+    if case == "classifier":  # the template learns the toy task in 20 steps
         assert expected["labels"][:12] == held_out_truth
 
 

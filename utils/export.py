@@ -18,8 +18,6 @@ No torch pickle file is written or read here.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -29,6 +27,7 @@ from torch import nn
 
 from utils.config import CONFIG_FILENAME, WizardConfig
 from utils.data import load_tokenizer
+from utils.files import atomic_folder
 from utils.user_models import USER_MODEL_DIRNAME, copy_model_files, model_files_in
 
 WEIGHTS_FILENAME = "model.safetensors"
@@ -87,8 +86,7 @@ def export_model(model: nn.Module, config: WizardConfig, tokenizer, folder: Opti
     folder = Path(folder) if folder is not None else Path(config.output_dir) / "export"
     _refuse_foreign_folder(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
-    try:
+    with atomic_folder(folder, replace=True) as tmp:  # a failed or killed export leaves the previous one intact
         save_model(model, str(tmp / WEIGHTS_FILENAME))
         config.save(tmp / CONFIG_FILENAME)
         tokenizer.save(tmp / "tokenizer")
@@ -99,12 +97,6 @@ def export_model(model: nn.Module, config: WizardConfig, tokenizer, folder: Opti
             trained = model_files_in(Path(config.output_dir) / USER_MODEL_DIRNAME)
             copy_model_files(trained, tmp / USER_MODEL_DIRNAME, {"model_source": config.model_source,
                                                                  "trained_from": trained.source})
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 

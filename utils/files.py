@@ -57,10 +57,15 @@ def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
-    """Fill a temp folder beside `path`; on a clean exit it is renamed to `path`, which must not exist."""
+def atomic_folder(path: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
+    """Fill a temp folder beside `path`; on a clean exit it becomes `path`.
+
+    replace=False refuses an existing `path`. replace=True swaps it out: the old folder is renamed to
+    `.NAME.replaced-PID` (kept, not a temp file, should a kill land between the two renames) and
+    deleted once the new one is in place.
+    """
     path = Path(path)
-    if path.exists():
+    if path.exists() and not replace:
         raise FileExistsError(f"{path} exists; the kit never writes a folder over an existing one")
     tmp = temp_path_for(path)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -71,11 +76,15 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
             if child.is_file():
                 with open(child, "rb") as f:
                     os.fsync(f.fileno())
+        old = path.with_name(f".{path.name}.replaced-{os.getpid()}")
+        if path.exists():
+            os.rename(path, old)
         os.rename(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     fsync_dir(path.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def fsync_dir(folder: Path) -> None:

@@ -30,7 +30,7 @@ from utils.training.health import TrainingHealthCallback
 from utils.training.module import ClassificationTask, LanguageModelTask, TransformerModule
 from utils.wandb_helpers import (SYNC_HINT, build_wandb_config, make_project_name, make_run_name, model_type_of,
                                  resolve_wandb_auth, resolve_wandb_init_timeout)
-from utils.user_models import (UserModelFiles, check_embedding_fits, check_model, load_user_model,
+from utils.user_models import (UserModelFiles, check_embedding_fits, check_model, keep_model_copy, load_user_model,
                                resolve_user_model_files)
 
 
@@ -58,8 +58,11 @@ def build_model(config: WizardConfig, vocab_size: int, num_classes: int = 0, pad
         model = build_template(config.model_template, kit)
         check_embedding_fits(model, vocab_size)
         return model
-    files = user_files or resolve_user_model_files(config.model_source, config.model_path, config.gist_id,
-                                                   config.output_dir)
+    if user_files is None:  # the training core resolves and copies the files itself, after its resume checks
+        user_files = resolve_user_model_files(config.model_source, config.model_path, config.gist_id,
+                                              config.output_dir)
+        keep_model_copy(user_files, config.output_dir)
+    files = user_files
     model = load_user_model(files, kit)
     check_model(model, build_task(config), vocab_size, config.max_seq_len, num_classes, source=files.source)
     return model

@@ -176,6 +176,15 @@ def resume_problems(point: ResumePoint, module: torch.nn.Module, tokenizer_chang
     return problems
 
 
+def remove_checkpoints_after(out: Path, point: ResumePoint) -> None:
+    """Best-by-validation files an interrupted stretch saved after the resume point: the resumed run
+    trains those steps again and would otherwise leave them behind (or save `-v1` copies beside them)."""
+    for path in checkpoint_dir(out).glob("*.ckpt"):
+        if path != point.path and path.name != LAST_NAME and _step_in_name(path) > point.global_step:
+            path.unlink()
+            print(f"Removed {path.name}: saved after step {point.global_step}, where this run resumes.")
+
+
 def archive_run(out: Path) -> Path:
     """Move one run's files (config, tokenizer, checkpoints, logs, model copy, export) to archive/<time>/."""
     target = out / ARCHIVE_DIRNAME / time.strftime("%Y%m%d-%H%M%S")

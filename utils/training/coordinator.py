@@ -26,7 +26,8 @@ from utils.training.builder import (build_callbacks, build_dataloaders, build_lo
 from utils.training.callbacks import RunStatsCallback
 from utils.training.checkpoint_io import TrainingStopped
 from utils.training.checkpoints import (LOGS_DIRNAME, ON_CHANGE, TOKENIZER_DIRNAME, handle_changed_run,
-                                        last_checkpoint, plan_resume, resume_problems)
+                                        last_checkpoint, plan_resume, remove_checkpoints_after,
+                                        resume_problems)
 from utils.training.history import read_history
 from utils.training.run_lock import RunLock
 from utils.training.module import classifier_logits
@@ -219,6 +220,8 @@ class TrainingCoordinator:
             if problems:
                 handle_changed_run(out, problems, on_change)
                 resume = None
+            else:
+                remove_checkpoints_after(out, resume)
         _save_run_files(out, config, data.tokenizer, user_files)
 
         stats = RunStatsCallback(task.tokens_in)

@@ -29,13 +29,14 @@ COLUMNS = {"train": "train/loss", "val": "val/loss", "val_accuracy": "val/accura
 def read_history(logs_dir: Path) -> History:
     series: dict[str, dict[int, float]] = {name: {} for name in COLUMNS}
     for version in sorted(Path(logs_dir).glob("version_*"), key=_version_number):
-        start = _start_step(version)
-        for values in series.values():  # what the earlier stretch logged past this one's start was redone
-            for step in [s for s in values if s > start]:
-                del values[step]
-        start_loss = _segment(version).get("train_loss")
-        if start_loss is not None and start > 0:
-            series["train"].setdefault(start, float(start_loss))
+        segment = _segment(version)
+        if "start_step" in segment:  # absent: a call that trained nothing (or an older kit's log)
+            start = int(segment["start_step"])
+            for values in series.values():  # what the earlier stretch logged past this one's start was redone
+                for step in [s for s in values if s > start]:
+                    del values[step]
+            if segment.get("train_loss") is not None and start > 0:
+                series["train"].setdefault(start, float(segment["train_loss"]))
         for row in _rows(version / "metrics.csv"):
             for name, column in COLUMNS.items():
                 if row.get(column):  # Lightning logs a step's metrics under the step count before it
@@ -57,9 +58,6 @@ def _segment(version: Path) -> dict:
     except (FileNotFoundError, ValueError):
         return {}
 
-
-def _start_step(version: Path) -> int:
-    return int(_segment(version).get("start_step", 0))
 
 
 def _rows(path: Path) -> list[dict]:
