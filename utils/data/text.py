@@ -9,13 +9,14 @@ of encoding again.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 import torch
 from torch.utils.data import Dataset
+
+from utils.files import atomic_writer
 
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
 
@@ -105,13 +106,9 @@ def encode_cached(tokenizer, blocks: Callable[[], Iterable[str]], size_hint: Opt
 
 
 def save_tokens(tokens: torch.Tensor, cache_file: Path) -> None:
-    """Raw token values via a temp file + rename; a folder that can't be written only costs the cache."""
-    tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
+    """Raw token values, written atomically; a folder that can't be written only costs the cache."""
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        with atomic_writer(cache_file) as f:
             f.write(memoryview(tokens.numpy()))
-        os.replace(tmp, cache_file)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         print(f"Data: could not cache the tokens at {cache_file} ({e.strerror or e}); the next run encodes again")

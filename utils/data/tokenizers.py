@@ -21,12 +21,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 import torch
+
+from utils.files import atomic_write_text
 
 META_FILENAME = "tokenizer_meta.json"
 HF_FILENAME = "tokenizer.json"
@@ -253,14 +254,10 @@ def train_bpe(blocks: Iterable[str], vocab_size: int):
 
 
 def _cache_bpe(tokenizer, cache_file: Path) -> None:
-    """Write beside the data via a temp file + rename; a read-only data folder only costs the cache."""
-    tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
+    """Write beside the data, atomically; a read-only data folder only costs the cache."""
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(tokenizer.to_str(), encoding="utf-8")  # Python I/O: failures are OSErrors
-        os.replace(tmp, cache_file)
+        atomic_write_text(cache_file, tokenizer.to_str())  # Python I/O: failures are OSErrors
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         print(f"Tokenizer: could not cache the BPE at {cache_file} ({e.strerror or e}); the next run trains it again")
 
 
