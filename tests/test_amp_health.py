@@ -100,6 +100,15 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, ti
     assert last.read_bytes() == good
 
 
+def test_a_nan_step_is_never_written_to_last_ckpt_even_when_saving_every_step(tmp_path, tiny_lm):
+    with pytest.raises(Fp16HealthError):  # the 4th step goes NaN; steps 1-3 were each saved
+        train(tiny_config(tmp_path, max_steps=8, checkpoint_every_minutes=0), model=tiny_lm(nan_loss_calls={4}),
+              device=CPU)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 3  # our own checkpoint: it holds loop state besides tensors
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
 def test_nan_loss_in_fp32_stops_training_without_fp16_advice(tmp_path, tiny_lm):
     with pytest.raises(TrainingHealthError) as info:
         train(tiny_config(tmp_path, precision="32-true"), model=tiny_lm(nan_loss_calls={3}), device=CPU)

@@ -122,13 +122,13 @@ def build_callbacks(config: WizardConfig, decision: PrecisionDecision, stats: Ru
     separate: Lightning's save_last only moves "last" when a new best is saved."""
     callbacks: list[pl.Callback] = [
         stats,  # first: the throughput a checkpoint records includes the step it was written after
+        TrainingHealthCallback(),  # before LastCheckpoint: a NaN or overflowing step is never saved
         LastCheckpoint(checkpoint_dir(config.output_dir) / LAST_NAME, every_seconds=60 * config.checkpoint_every_minutes),
         ModelCheckpoint(dirpath=checkpoint_dir(config.output_dir), filename="epoch{epoch:02d}-step{step}-val{val/loss:.4f}",
                         auto_insert_metric_name=False, monitor="val/loss", mode="min", save_top_k=config.save_top_k,
                         save_last=False, every_n_epochs=config.checkpoint_every_n_epochs),
         TQDMProgressBar(refresh_rate=_refresh_rate()),
         AmpWandbCallback(enabled=decision.precision != "32-true", precision=decision.precision),
-        TrainingHealthCallback(),
     ]
     if config.max_steps is not None:
         callbacks.append(ValidateAtMaxSteps(config.max_steps))
