@@ -162,7 +162,7 @@ def fit_classifier(config, data: ToyClassification, model=None):
     from utils.training.amp_utils import resolve_precision
     from utils.training.builder import (build_callbacks, build_dataloaders, build_loggers, build_model,
                                         build_module, build_task, build_trainer)
-    from utils.training.callbacks import RunStatsCallback
+    from utils.training.callbacks import RunRecorder
 
     decision = resolve_precision(config.use_mixed_precision, config.precision, DeviceInfo("cpu", "CPU"))
     torch.manual_seed(config.seed)
@@ -171,7 +171,7 @@ def fit_classifier(config, data: ToyClassification, model=None):
     task = build_task(config)
     train_loader, val_loader = build_dataloaders(config, data.train, data.val, pin_memory=False)
     module = build_module(config, model, task, len(train_loader))
-    stats = RunStatsCallback(task.tokens_in)
+    stats = RunRecorder(task.tokens_in, flush_every=config.log_every_n_steps)
     trainer = build_trainer(config, decision, build_callbacks(config, decision, stats), build_loggers(config))
     trainer.fit(module, train_loader, val_loader)
     return trainer, module, val_loader

@@ -16,7 +16,7 @@ import torch
 from utils.config import WizardConfig
 from utils.env import DeviceInfo
 from utils.training import train
-from utils.training.amp_utils import AmpWandbCallback
+from utils.training.callbacks import RunRecorder
 from utils.training.health import Fp16HealthError, TrainingHealthCallback, TrainingHealthError
 
 CPU = DeviceInfo("cpu", "CPU")
@@ -125,11 +125,11 @@ def test_clipping_runs_on_unscaled_gradients_and_skips_are_counted(tmp_path, tin
     coordinator = TrainingCoordinator(tiny_config(tmp_path, gradient_clip_val=0.01, max_steps=5), device=CPU)
     coordinator.train(tiny_lm(inf_grad_calls={3}), extra_callbacks=[recorder])
 
-    amp = [cb for cb in recorder.trainer.callbacks if isinstance(cb, AmpWandbCallback)]
+    runs = [cb for cb in recorder.trainer.callbacks if isinstance(cb, RunRecorder)]
     health = [cb for cb in recorder.trainer.callbacks if isinstance(cb, TrainingHealthCallback)]
-    assert len(amp) == 1 and len(health) == 1
-    assert (amp[0].enabled, amp[0].precision) == (True, "16-mixed")
-    assert amp[0].skipped.total == 1 and health[0].skipped.total == 1
+    assert len(runs) == 1 and len(health) == 1 and health[0].check in runs[0].listeners
+    assert runs[0].precision == "16-mixed"
+    assert runs[0].skipped_total == 1 and health[0].skipped_total == 1  # one count, read by the health check
     # on_before_optimizer_step sees unscaled gradients (inf/NaN on the overflowed step 3) ...
     assert len(recorder.before_clip) == 5 and not math.isfinite(recorder.before_clip[2])
     assert all(0.01 < n < 100 for i, n in enumerate(recorder.before_clip) if i != 2)

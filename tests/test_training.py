@@ -16,7 +16,7 @@ from utils.env import DeviceInfo
 from utils.training import TrainingCoordinator, train
 from utils.training.amp_utils import resolve_precision
 from utils.training.builder import build_callbacks, build_model, build_trainer
-from utils.training.callbacks import RunStatsCallback
+from utils.training.callbacks import RunRecorder
 from utils.training.checkpoint_io import LastCheckpoint
 from utils.training.checkpoints import IncompatibleCheckpointError
 from utils.training.module import param_groups, warmup_cosine
@@ -123,7 +123,7 @@ def test_config_fields_reach_the_trainer(tiny_config):
                                  early_stopping_patience=2, save_top_k=3, checkpoint_every_n_epochs=2,
                                  val_check_interval=0.5, log_every_n_steps=7)
     decision = resolve_precision(config.use_mixed_precision, config.precision, CPU)
-    callbacks = build_callbacks(config, decision, RunStatsCallback(lambda b: 0))
+    callbacks = build_callbacks(config, decision, RunRecorder(lambda b: 0, flush_every=1))
     trainer = build_trainer(config, decision, callbacks, loggers=[])
     assert (trainer.accumulate_grad_batches, trainer.gradient_clip_val, trainer.max_epochs, trainer.max_steps) == (4, 0.5, 3, -1)
     assert (trainer.val_check_interval, trainer.log_every_n_steps) == (0.5, 7)
@@ -134,7 +134,7 @@ def test_config_fields_reach_the_trainer(tiny_config):
     last = [c for c in trainer.callbacks if isinstance(c, LastCheckpoint)]
     assert len(last) == 1 and last[0].every_seconds == 300 and last[0].path.name == "last.ckpt"
     no_stop = build_trainer(config.replace(early_stopping_patience=0), decision,
-                            build_callbacks(config.replace(early_stopping_patience=0), decision, RunStatsCallback(len)), [])
+                            build_callbacks(config.replace(early_stopping_patience=0), decision, RunRecorder(len, flush_every=1)), [])
     assert not any(isinstance(c, EarlyStopping) for c in no_stop.callbacks)
 
 

@@ -272,7 +272,7 @@ def test_offline_run_records_amp_metrics_skips_and_config(tmp_path, tiny_lm, cap
     steps = [r for r in rows if "amp/skipped_steps" in r]
     assert [r["amp/loss_scale"] for r in steps] == [65536.0, 65536.0, 32768.0, 32768.0, 32768.0, 32768.0]
     assert [r["amp/skipped_steps"] for r in steps] == [0, 0, 1, 1, 1, 1]
-    assert [r["trainer/global_step"] for r in steps] == [0, 1, 2, 3, 4, 5]
+    assert [r["trainer/global_step"] for r in steps] == [1, 2, 3, 4, 5, 6]  # logged after each optimizer step
     assert any(r.get("amp/precision") == "16-mixed" and r.get("amp/enabled") == 1 for r in rows)
     assert any("val/loss" in r for r in rows)
 
@@ -417,4 +417,4 @@ def test_an_unreachable_server_means_offline_logging_not_a_crash(tmp_path, tiny_
     records = read_wandb_records(runs[0])
     assert exit_code(records) == 0
     assert run_config(records)["model_type"] == "tinylm"
-    assert [r["trainer/global_step"] for r in history_rows(records) if "train/loss" in r] == [0, 1, 2]
+    assert [r["trainer/global_step"] for r in history_rows(records) if "train/loss" in r] == [1, 2, 3]

@@ -12,7 +12,7 @@ from typing import Optional
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.plugins.precision import MixedPrecision
 from torch import nn
@@ -22,8 +22,8 @@ from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
 from templates import build_template
 from utils.config import WizardConfig
-from utils.training.amp_utils import AmpWandbCallback, PrecisionDecision
-from utils.training.callbacks import RunStatsCallback, ValidateAtMaxSteps
+from utils.training.amp_utils import PrecisionDecision
+from utils.training.callbacks import RecordedProgressBar, RunRecorder, ValidateAtMaxSteps
 from utils.training.checkpoint_io import AtomicCheckpointIO, LastCheckpoint
 from utils.training.checkpoints import LAST_NAME, LOGS_DIRNAME, checkpoint_dir
 from utils.training.health import TrainingHealthCallback
@@ -117,18 +117,17 @@ class ResumableSampler(StatefulDistributedSampler):
         self.epoch = state_dict.get("epoch", self.epoch)
 
 
-def build_callbacks(config: WizardConfig, decision: PrecisionDecision, stats: RunStatsCallback) -> list[pl.Callback]:
+def build_callbacks(config: WizardConfig, decision: PrecisionDecision, recorder: RunRecorder) -> list[pl.Callback]:
     """last.ckpt on a time schedule (LastCheckpoint) and the best by validation loss (ModelCheckpoint) are
     separate: Lightning's save_last only moves "last" when a new best is saved."""
     callbacks: list[pl.Callback] = [
-        stats,  # first: the throughput a checkpoint records includes the step it was written after
-        TrainingHealthCallback(),  # before LastCheckpoint: a NaN or overflowing step is never saved
+        recorder,  # first: a checkpoint's counters include the step it was written after
+        TrainingHealthCallback(),  # checks what the recorder flushes, which it does before every checkpoint
         LastCheckpoint(checkpoint_dir(config.output_dir) / LAST_NAME, every_seconds=60 * config.checkpoint_every_minutes),
         ModelCheckpoint(dirpath=checkpoint_dir(config.output_dir), filename="epoch{epoch:02d}-step{step}-val{val/loss:.4f}",
                         auto_insert_metric_name=False, monitor="val/loss", mode="min", save_top_k=config.save_top_k,
                         save_last=False, every_n_epochs=config.checkpoint_every_n_epochs),
-        TQDMProgressBar(refresh_rate=_refresh_rate()),
-        AmpWandbCallback(enabled=decision.precision != "32-true", precision=decision.precision),
+        RecordedProgressBar(recorder, refresh_rate=_refresh_rate()),
     ]
     if config.max_steps is not None:
         callbacks.append(ValidateAtMaxSteps(config.max_steps))
@@ -140,9 +139,9 @@ def build_callbacks(config: WizardConfig, decision: PrecisionDecision, stats: Ru
 def build_loggers(config: WizardConfig, decision: PrecisionDecision | None = None, model: nn.Module | None = None,
                   vocab_size: int | None = None) -> list:
     """CSV logs always; a WandbLogger too unless wandb_mode is "disabled" (it needs decision, model, vocab_size)."""
-    # Each logged row is appended at once (cheap: one row per log_every_n_steps), so the history on disk
-    # reaches the last checkpoint whenever the process is killed (utils.training.history).
-    loggers = [CSVLogger(save_dir=config.output_dir, name=LOGS_DIRNAME, flush_logs_every_n_steps=1)]
+    # Rows are appended as the RunRecorder logs them (it does before every checkpoint), so the history
+    # on disk reaches the last checkpoint whenever the process is killed (utils.training.history).
+    loggers = [CSVLogger(save_dir=config.output_dir, name=LOGS_DIRNAME, flush_logs_every_n_steps=10**9)]
     if config.wandb_mode != "disabled":
         if decision is None or model is None or vocab_size is None:
             raise ValueError(f"build_loggers needs decision, model and vocab_size when wandb_mode={config.wandb_mode!r}: "

@@ -1,72 +1,168 @@
-"""Callbacks the training core always installs: throughput, and the max_steps stop."""
+"""Callbacks the training core always installs: the run's record of every step, and the max_steps stop."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import TQDMProgressBar
 
 from utils.training.history import write_segment_start
 
 
-class RunStatsCallback(pl.Callback):
-    """The training throughput of the whole run (validation time excluded), kept in every checkpoint.
+@dataclass
+class StepRecord:
+    """One optimizer step, as the loggers receive it."""
 
-    It also marks where each stretch of training started in its log folder, so the run's history
-    can be pieced together after resumes (utils.training.history).
+    step: int  # global step after this optimizer step (1 for the first)
+    metrics: dict  # "train/loss" (mean over the step's micro-batches), "lr", and with fp16 "amp/loss_scale", "amp/skipped_steps"
+    skipped: Optional[bool] = None  # fp16: the GradScaler skipped this step (inf/NaN gradients); None without a scaler
+
+
+class RunRecorder(pl.Callback):
+    """Records each optimizer step's metrics once, validation metrics once per validation, and the
+    run's throughput, and sends them through Lightning's loggers.
+
+    The values stay on the device until a flush (every `flush_every` optimizer steps, before each
+    validation, at each epoch end, before each checkpoint and when training ends), which reads them
+    back in one transfer: no host sync per step. Listeners (the health check) see every flushed
+    step in order. The counters live in every checkpoint, so a resumed run's throughput is the
+    whole run's, and each stretch of training marks where it started in its log folder
+    (utils.training.history).
     """
 
-    def __init__(self, tokens_in_batch):
-        self.tokens_in_batch = tokens_in_batch  # batch -> number of tokens trained on
+    def __init__(self, tokens_in_batch: Callable, flush_every: int, precision: str = ""):
+        self.tokens_in_batch = tokens_in_batch  # batch -> tokens trained on (an int, or a tensor on the device)
+        self.flush_every = flush_every
+        self.precision = precision  # Lightning's precision string, logged once per epoch
+        self.listeners: list[Callable] = []  # listener(trainer, records) after each flush, in step order
         self.tokens = 0  # in the whole run, resumed stretches included
         self.train_seconds = 0.0
-        self.start_step = None  # global step when this call's training started (> 0 when resumed); None: it never started
+        self.skipped_total = 0  # steps the GradScaler skipped in the whole run
+        self.last_loss: Optional[float] = None  # the newest flushed training loss (the progress bar shows it)
+        self.start_step = None  # global step when this call's training started; None: it never started
+        self._pending: list[tuple[int, dict, float, Optional[torch.Tensor]]] = []  # (step, device values, lr, skipped)
+        self._sums: dict[str, torch.Tensor] = {}  # this step's micro-batch values so far
+        self._micro = 0
+        self._tokens_on_device = 0
+        self._scale_before: Optional[torch.Tensor] = None
+        self._step_seen = -1
         self._t0 = None
-        self._trainer = None
-        self._resumed_loss = None
 
     @property
     def tokens_per_sec(self) -> float:
         return self.tokens / self.train_seconds if self.train_seconds > 0 else 0.0
 
-    def state_dict(self) -> dict:
-        self._lap()
-        loss = self._trainer.callback_metrics.get("train/loss") if self._trainer is not None else None
-        # The loss of the step a checkpoint follows: Lightning logs it just after the checkpoint is written,
-        # so a kill in between would drop it from the logs. The next stretch writes it back (history).
-        return {"tokens": self.tokens, "train_seconds": self.train_seconds,
-                "train_loss": None if loss is None else float(loss)}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.tokens = state_dict.get("tokens", 0)
-        self.train_seconds = state_dict.get("train_seconds", 0.0)
-        self._resumed_loss = state_dict.get("train_loss")
-
-    def setup(self, trainer, pl_module, stage) -> None:
-        self._trainer = trainer
-
+    # ------------------------------------------------------------------ recording
     def on_train_start(self, trainer, pl_module) -> None:
-        self.start_step = trainer.global_step
+        self.start_step = self._step_seen = trainer.global_step
         if trainer.logger is not None and trainer.logger.log_dir:
-            logged = self._resumed_loss is not None and trainer.global_step % trainer.log_every_n_steps == 0
-            write_segment_start(trainer.logger.log_dir, trainer.global_step, self._resumed_loss if logged else None)
+            write_segment_start(trainer.logger.log_dir, trainer.global_step)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._t0 = time.perf_counter()
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self._stop_clock()
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self._scale_before = _scale_tensor(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.tokens += self.tokens_in_batch(batch)
+        self._tokens_on_device = self._tokens_on_device + self.tokens_in_batch(batch)
+        for name, value in outputs.items():
+            if name.startswith("train/"):  # training_step returns its metrics detached, beside "loss"
+                self._sums[name] = self._sums.get(name, 0) + value.detach()
+        self._micro += 1
+        if trainer.global_step == self._step_seen:
+            return  # an accumulation micro-batch: the optimizer has not stepped yet
+        self._step_seen = trainer.global_step
+        values = {name: total / self._micro for name, total in self._sums.items()}
+        scale, skipped = _scale_tensor(trainer), None
+        if scale is not None and self._scale_before is not None:
+            values["amp/loss_scale"] = scale
+            skipped = scale < self._scale_before  # GradScaler.update halves the scale exactly on a skipped step
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+        self._pending.append((trainer.global_step, values, lr, skipped))
+        self._sums, self._micro, self._scale_before = {}, 0, None
+        if trainer.global_step % self.flush_every == 0:
+            self.flush(trainer)
 
+    def flush(self, trainer) -> list[StepRecord]:
+        """Read the pending steps back in one transfer, log them, and tell the listeners."""
+        if isinstance(self._tokens_on_device, torch.Tensor):
+            self._tokens_on_device = int(self._tokens_on_device)
+        self.tokens += self._tokens_on_device
+        self._tokens_on_device = 0
+        if not self._pending:
+            return []
+        names = sorted({name for _, values, _, _ in self._pending for name in values})
+        first = next((v for _, values, _, _ in self._pending for v in values.values()), None)
+        missing = torch.tensor(float("nan"), device=first.device if first is not None else "cpu")
+        rows = [torch.stack([values[n].float().reshape(()) if n in values else missing for n in names]
+                            + [skipped.float().reshape(()) if skipped is not None else missing.new_tensor(-1.0)])
+                for _, values, _, skipped in self._pending]
+        table = torch.stack(rows).tolist()  # the one read-back: a sync every flush, not every step
+        records = []
+        for (step, _, lr, _), row in zip(self._pending, table):
+            metrics = dict(zip(names, row[:-1]))
+            skipped = None if row[-1] < 0 else bool(row[-1])
+            if lr is not None:
+                metrics["lr"] = lr
+            if skipped is not None:
+                self.skipped_total += skipped
+                metrics["amp/skipped_steps"] = float(self.skipped_total)
+            records.append(StepRecord(step, metrics, skipped))
+        self._pending = []
+        self.last_loss = records[-1].metrics.get("train/loss", self.last_loss)
+        for listener in self.listeners:
+            listener(trainer, records)
+        for logger in trainer.loggers:
+            for record in records:
+                logger.log_metrics(record.metrics, step=record.step)
+            logger.save()
+        return records
+
+    # ------------------------------------------------------------------ when to flush
     def on_validation_start(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
             self._stop_clock()
+            self.flush(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if not trainer.sanity_checking and trainer.training:
+        if trainer.sanity_checking:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        for logger in trainer.loggers:
+            logger.log_metrics({**metrics, "epoch": trainer.current_epoch}, step=trainer.global_step)
+            logger.save()
+        if trainer.training:
             self._t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._stop_clock()
+        self.flush(trainer)
+        summary = {"amp/enabled": int(self.precision != "32-true"), "amp/precision": self.precision}
+        for logger in trainer.loggers:
+            logger.log_metrics(summary, step=trainer.global_step)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.flush(trainer)
+        for logger in trainer.loggers:
+            logger.save()
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self.flush(trainer)  # the logs reach the checkpoint's step, and the health check sees every step in it
+
+    # ------------------------------------------------------------------ checkpoint contents
+    def state_dict(self) -> dict:
+        self._lap()
+        return {"tokens": self.tokens, "train_seconds": self.train_seconds, "skipped_total": self.skipped_total}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.tokens = state_dict.get("tokens", 0)
+        self.train_seconds = state_dict.get("train_seconds", 0.0)
+        self.skipped_total = state_dict.get("skipped_total", 0)
 
     def _lap(self) -> None:
         """Bank the running clock (a checkpoint is being written) and keep it running."""
@@ -79,6 +175,31 @@ class RunStatsCallback(pl.Callback):
         if self._t0 is not None:
             self.train_seconds += time.perf_counter() - self._t0
             self._t0 = None
+
+
+def _scale_tensor(trainer) -> Optional[torch.Tensor]:
+    """A copy of the GradScaler's scale, still on the device (fp16 only; None without a scaler).
+
+    GradScaler.get_scale() would wait for the device; its `_scale` tensor does not, and update()
+    changes it in place, hence the clone.
+    """
+    scaler = getattr(getattr(getattr(trainer, "strategy", None), "precision_plugin", None), "scaler", None)
+    scale = getattr(scaler, "_scale", None)
+    return scale.detach().clone().reshape(()) if isinstance(scale, torch.Tensor) else None
+
+
+class RecordedProgressBar(TQDMProgressBar):
+    """Lightning's bar, showing the recorder's newest flushed loss instead of reading the loss every step."""
+
+    def __init__(self, recorder: RunRecorder, refresh_rate: int):
+        super().__init__(refresh_rate=refresh_rate)
+        self.recorder = recorder
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        if self.recorder.last_loss is not None:
+            metrics["loss"] = f"{self.recorder.last_loss:.3f}"
+        return metrics
 
 
 class ValidateAtMaxSteps(pl.Callback):

@@ -23,7 +23,7 @@ from utils.generation import generate
 from utils.training.amp_utils import PrecisionDecision, resolve_precision
 from utils.training.builder import (build_callbacks, build_dataloaders, build_loggers, build_model, build_module,
                                     build_task, build_trainer)
-from utils.training.callbacks import RunStatsCallback
+from utils.training.callbacks import RunRecorder
 from utils.training.checkpoint_io import TrainingStopped
 from utils.training.checkpoints import (LOGS_DIRNAME, ON_CHANGE, TOKENIZER_DIRNAME, handle_changed_run,
                                         last_checkpoint, plan_resume, remove_checkpoints_after,
@@ -224,7 +224,7 @@ class TrainingCoordinator:
                 remove_checkpoints_after(out, resume)
         _save_run_files(out, config, data.tokenizer, user_files)
 
-        stats = RunStatsCallback(task.tokens_in)
+        stats = RunRecorder(task.tokens_in, flush_every=config.log_every_n_steps, precision=decision.precision)
         callbacks = build_callbacks(config, decision, stats) + list(extra_callbacks or [])
         loggers = build_loggers(config, decision, model, data.tokenizer.vocab_size)  # an online W&B run starts here
         resume_from = resume.path if resume else None

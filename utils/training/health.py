@@ -1,8 +1,8 @@
 """Stop a run that is training garbage: fp16 steps that keep overflowing, or a NaN/inf loss.
 
 The training core installs TrainingHealthCallback in every run. It raises instead of logging a
-warning, so a broken model is never trained on quietly; Lightning then stops without saving a
-checkpoint (ModelCheckpoint's save_on_exception is off), so last.ckpt keeps the last good state.
+warning, so a broken model is never trained on quietly; it checks the steps the RunRecorder flushes,
+and the recorder flushes before every checkpoint, so last.ckpt keeps the last good state.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ import math
 from typing import Optional
 
 import pytorch_lightning as pl
-import torch
 
-from utils.training.amp_utils import SkippedStepCounter, loss_scale
+from utils.training.callbacks import RunRecorder
 
 
 class TrainingHealthError(RuntimeError):
@@ -25,7 +24,11 @@ class Fp16HealthError(TrainingHealthError):
 
 
 class TrainingHealthCallback(pl.Callback):
-    """Watches the loss of every micro-batch and, with fp16, the GradScaler after every optimizer step.
+    """Checks every optimizer step the RunRecorder flushes: the loss, and with fp16 the GradScaler.
+
+    The recorder reads its values back every log_every_n_steps steps (and before every checkpoint
+    and validation), so a problem is found up to that many steps after it happened, and never after
+    a checkpoint of that state was written.
 
     max_consecutive_skips: optimizer steps in a row the GradScaler may skip for overflow. A fresh
         scaler starts at 2**16 and halves per skip, so a healthy run finds its scale in a few.
@@ -41,53 +44,56 @@ class TrainingHealthCallback(pl.Callback):
         self.max_consecutive_skips = max_consecutive_skips
         self.min_loss_scale = min_loss_scale
         self.max_nonfinite_losses = max_nonfinite_losses
-        self.skipped = SkippedStepCounter()
+        self.consecutive_skips = 0
+        self.skipped_total = 0  # the recorder's count, as of the newest step checked
         self.nonfinite_losses = 0  # in a row
         self.last_loss: Optional[float] = None
 
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        self.skipped.before_step(loss_scale(trainer))
+    def setup(self, trainer, pl_module, stage) -> None:
+        for callback in trainer.callbacks:
+            if isinstance(callback, RunRecorder) and self.check not in callback.listeners:
+                callback.listeners.append(self.check)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = _loss_value(outputs)
-        if loss is not None:
-            self.last_loss = loss
-            self.nonfinite_losses = 0 if math.isfinite(loss) else self.nonfinite_losses + 1
-        scale = loss_scale(trainer)
-        skipped = self.skipped.after_step(scale)
-        if self.nonfinite_losses >= self.max_nonfinite_losses:
-            times = "" if self.nonfinite_losses == 1 else f" for {self.nonfinite_losses} batches in a row"
-            raise self._error(trainer, scale, f"the training loss is {loss}{times}")
-        if skipped is None:
-            return
-        if self.skipped.consecutive >= self.max_consecutive_skips:
-            raise self._error(trainer, scale, f"{self.skipped.consecutive} optimizer steps in a row overflowed "
-                                              "in fp16 and were skipped")
-        if scale < self.min_loss_scale:
-            raise self._error(trainer, scale, f"the loss scale collapsed to {scale:g} (below {self.min_loss_scale:g}): "
-                                              "gradients overflow fp16 even without scaling")
+    def check(self, trainer, records) -> None:
+        """Raise on the first unhealthy step among the flushed records."""
+        for record in records:
+            loss, scale = record.metrics.get("train/loss"), record.metrics.get("amp/loss_scale")
+            if loss is not None:
+                self.last_loss = loss
+                self.nonfinite_losses = 0 if math.isfinite(loss) else self.nonfinite_losses + 1
+            if record.skipped is not None:
+                self.skipped_total = int(record.metrics["amp/skipped_steps"])
+                self.consecutive_skips = self.consecutive_skips + 1 if record.skipped else 0
+            if self.nonfinite_losses >= self.max_nonfinite_losses:
+                times = "" if self.nonfinite_losses == 1 else f" for {self.nonfinite_losses} steps in a row"
+                raise self._error(trainer, record.step, scale, f"the training loss is {loss}{times}")
+            if record.skipped is None:
+                continue
+            if self.consecutive_skips >= self.max_consecutive_skips:
+                raise self._error(trainer, record.step, scale, f"{self.consecutive_skips} optimizer steps in a row "
+                                                               "overflowed in fp16 and were skipped")
+            if scale < self.min_loss_scale:
+                raise self._error(trainer, record.step, scale, f"the loss scale collapsed to {scale:g} (below "
+                                                               f"{self.min_loss_scale:g}): gradients overflow fp16 even "
+                                                               "without scaling")
 
-    def _error(self, trainer, scale: Optional[float], what: str) -> TrainingHealthError:
+    def _error(self, trainer, step: int, scale: Optional[float], what: str) -> TrainingHealthError:
         fp16 = scale is not None
         facts = [f"last loss {self.last_loss}"]
         if fp16:
-            facts = [f"loss scale {scale:g}", f"{self.skipped.consecutive} skipped steps in a row",
-                     f"{self.skipped.total} skipped in total"] + facts
+            facts = [f"loss scale {scale:g}", f"{self.consecutive_skips} skipped steps in a row",
+                     f"{self.skipped_total} skipped in total"] + facts
         lr = _learning_rate(trainer)
         lower_lr = f"lower learning_rate (now {lr:.2e})" if lr is not None else "lower learning_rate"
         advice = (f"Try: {lower_lr}; precision='bf16-mixed' on a GPU that has native bf16 (Ampere or newer, "
                   "e.g. A100, L4); or precision='32-true'." if fp16 else
                   f"Try: {lower_lr}, a smaller gradient_clip_val, or check the data for empty or very short texts.")
-        message = (f"Training stopped at optimizer step {trainer.global_step} (epoch {trainer.current_epoch}): {what} "
+        late = "" if step == trainer.global_step else \
+            f" (found at step {trainer.global_step}: steps are checked every log_every_n_steps)"
+        message = (f"Training stopped at optimizer step {step}{late} (epoch {trainer.current_epoch}): {what} "
                    f"({', '.join(facts)}). The weights from here on are not worth keeping, so no checkpoint was "
                    f"saved from this state. {advice}")
         return (Fp16HealthError if fp16 else TrainingHealthError)(message)
-
-
-def _loss_value(outputs) -> Optional[float]:
-    """The micro-batch loss from training_step's output (a tensor or a dict with "loss")."""
-    loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-    return float(loss.detach()) if isinstance(loss, torch.Tensor) else None
 
 
 def _learning_rate(trainer) -> Optional[float]:

@@ -1,7 +1,8 @@
 """The whole run's metric history, read back from the CSV logs of each stretch of training.
 
-Every call to train() logs to a new logs/version_N/metrics.csv; a resumed stretch writes a
-`segment.json` there with the step it resumed from. Steps an interrupted stretch logged after its
+Every call to train() logs to a new logs/version_N/metrics.csv (rows by global step, the RunRecorder
+writes them before each checkpoint); each stretch that trains writes a `segment.json` there with
+the step it started from. Steps an interrupted stretch logged after its
 last checkpoint were trained again by the next one, so a later stretch's rows replace them.
 """
 
@@ -35,21 +36,17 @@ def read_history(logs_dir: Path) -> History:
             for values in series.values():  # what the earlier stretch logged past this one's start was redone
                 for step in [s for s in values if s > start]:
                     del values[step]
-            if segment.get("train_loss") is not None and start > 0:
-                series["train"].setdefault(start, float(segment["train_loss"]))
         for row in _rows(version / "metrics.csv"):
             for name, column in COLUMNS.items():
-                if row.get(column):  # Lightning logs a step's metrics under the step count before it
-                    series[name][int(row["step"]) + 1] = float(row[column])
+                if row.get(column):
+                    series[name][int(row["step"])] = float(row[column])
     return History(**{name: sorted(values.items()) for name, values in series.items()})
 
 
-def write_segment_start(log_dir: str | Path, start_step: int, train_loss: float | None = None) -> None:
-    """Where a stretch starts, and the loss of the step its checkpoint followed (which a kill may have kept
-    out of the earlier stretch's log)."""
+def write_segment_start(log_dir: str | Path, start_step: int) -> None:
     path = Path(log_dir) / SEGMENT_FILENAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"start_step": start_step, "train_loss": train_loss}) + "\n", encoding="utf-8")
+    path.write_text(json.dumps({"start_step": start_step}) + "\n", encoding="utf-8")
 
 
 def _segment(version: Path) -> dict:

@@ -53,9 +53,9 @@ class ClassificationTask:
         accuracy = (logits.argmax(dim=-1) == labels).float().mean()
         return F.cross_entropy(logits, labels), {"accuracy": accuracy}
 
-    def tokens_in(self, batch) -> int:
-        """Real tokens only: padding is not throughput."""
-        return int(batch[1].sum())
+    def tokens_in(self, batch) -> torch.Tensor:
+        """Real tokens only: padding is not throughput. A tensor on the batch's device: counted without a sync."""
+        return batch[1].sum()
 
 
 def classifier_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -96,18 +96,18 @@ class TransformerModule(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch, batch_idx: int) -> dict:
+        # The metrics go back detached to the RunRecorder, which logs them once per optimizer step.
         loss, metrics = self.task.loss(self.model, batch)
-        self.log("train/loss", loss, prog_bar=True)
-        for name, value in metrics.items():
-            self.log(f"train/{name}", value)
-        return loss
+        return {"loss": loss, "train/loss": loss.detach(), **{f"train/{k}": v.detach() for k, v in metrics.items()}}
 
     def validation_step(self, batch, batch_idx: int) -> None:
+        # Averaged over the validation set by Lightning, for EarlyStopping, ModelCheckpoint and the bar;
+        # the RunRecorder sends them to the loggers.
         loss, metrics = self.task.loss(self.model, batch)
-        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/loss", loss, prog_bar=True, logger=False)
         for name, value in metrics.items():
-            self.log(f"val/{name}", value, prog_bar=True)
+            self.log(f"val/{name}", value, prog_bar=True, logger=False)
 
     def configure_optimizers(self):
         total = self.total_steps
