@@ -1,0 +1,90 @@
+"""The RunRecorder: one record per optimizer step, read back from the device once per logging interval."""
+
+from __future__ import annotations
+
+import collections
+
+import pytorch_lightning as pl
+import torch
+
+from utils.env import DeviceInfo
+from utils.training import train
+from utils.training.history import read_history
+
+CPU = DeviceInfo("cpu", "CPU")
+
+
+def test_accumulated_steps_are_recorded_once_each(tiny_config):
+    result = train(tiny_config.replace(gradient_accumulation_steps=4, max_steps=3), device=CPU)
+    assert [step for step, _ in result.train_history] == [1, 2, 3]
+    assert result.global_step == 3
+
+
+class Traced(torch.Tensor):
+    """A tensor that counts its conversions to Python values; ops on it return Traced tensors too,
+    so the loss and everything computed from it (sums, means, stacks) carry the count."""
+
+    reads: collections.Counter = collections.Counter()
+    step = None  # the optimizer step being trained, None outside training batches
+
+    @classmethod
+    def _count(cls):
+        if cls.step is not None:
+            cls.reads[cls.step] += 1
+
+    def item(self):
+        Traced._count()
+        return super().item()
+
+    def tolist(self):
+        Traced._count()
+        return super().tolist()
+
+    def __float__(self):
+        Traced._count()
+        return super().__float__()
+
+    def __int__(self):
+        Traced._count()
+        return super().__int__()
+
+    def __bool__(self):
+        Traced._count()
+        return super().__bool__()
+
+
+class TracedOutput(torch.nn.Module):
+    """The template GPT, its training logits (and so the training loss) made Traced."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx):
+        logits = self.model(idx)
+        return logits.as_subclass(Traced) if self.training else logits  # validation reads once per validation
+
+
+class StepTracker(pl.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        Traced.step = trainer.global_step + 1  # the optimizer step this batch belongs to
+
+    def on_validation_start(self, trainer, pl_module):
+        Traced.step = None
+
+    def on_train_end(self, trainer, pl_module):
+        Traced.step = None
+
+
+def test_the_loss_is_read_back_once_per_logging_interval(tiny_config):
+    """On a GPU each read of the loss waits for the queued work; here the reads are counted."""
+    from templates import build_template
+    from utils.training import TrainingCoordinator
+
+    Traced.reads.clear()
+    config = tiny_config.replace(max_steps=20, log_every_n_steps=5, precision="32-true", checkpoint_every_minutes=60)
+    model = TracedOutput(build_template("gpt", {"vocab_size": 128, "max_seq_len": 32, "size": "tiny", "dropout": 0.0}))
+    result = TrainingCoordinator(config, device=CPU).train(model, extra_callbacks=[StepTracker()])
+    assert result.global_step == 20
+    assert dict(Traced.reads) == {5: 1, 10: 1, 15: 1, 20: 1}  # one read per flush, none in between
+    assert [step for step, _ in read_history(result.output_dir / "logs").train] == list(range(1, 21))
