@@ -1,5 +1,6 @@
 """Throughput of the kit's train() against a hand-written PyTorch loop, and start-up time.
 
+    pip install -e .    # once: makes utils and templates importable
     python bench/throughput.py [--steps 200] [--rounds 3] [--size tiny] [--seq 128] [--batch 16]
 
 Both sides train the same model (same seed, same init), on the same batches, with the same
@@ -23,18 +24,17 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import pytorch_lightning as pl
+import torch
+
+from utils.config import WizardConfig
+from utils.data import prepare_data
+from utils.training import TrainingCoordinator
+from utils.training.amp_utils import resolve_precision
+from utils.training.builder import build_dataloaders, build_model
+from utils.training.module import param_groups, warmup_cosine
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
-
-from utils.config import WizardConfig  # noqa: E402
-from utils.data import prepare_data  # noqa: E402
-from utils.training import TrainingCoordinator  # noqa: E402
-from utils.training.amp_utils import resolve_precision  # noqa: E402
-from utils.training.builder import build_dataloaders, build_model  # noqa: E402
-from utils.training.module import param_groups, warmup_cosine  # noqa: E402
 
 SKIP = 5  # warm-up steps left out of the timing on both sides
 

@@ -1,4 +1,4 @@
-"""Shared test fixtures: the repo root on sys.path, a small corpus and config, a tiny LM that can fake an
+"""Shared test fixtures: a small corpus and config, a tiny LM that can fake an
 fp16 overflow or a NaN loss on chosen steps, and a tiny separable classification set of the data
 interface's shape: (input_ids (B, T) long, attention_mask (B, T) bool, labels (B,) long).
 """
@@ -6,7 +6,6 @@ interface's shape: (input_ids (B, T) long, attention_mask (B, T) bool, labels (B
 from __future__ import annotations
 
 import random
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,12 +14,10 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from utils.config import WizardConfig
+from utils.data.tokenizers import CharTokenizer
 
-from utils.config import WizardConfig  # noqa: E402
-from utils.data.tokenizers import CharTokenizer  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
