@@ -2,15 +2,19 @@
 
 Each template module has a `build(config: dict) -> nn.Module` entry. `config` is a plain dict
 (the same shape a visual builder's config.json has): vocab_size, max_seq_len, size, dropout and,
-for classifiers, num_classes and pad_id. The registry below is what the wizard lists.
+for classifiers, num_classes and pad_id. The registry below is what the wizard lists; importing
+this package loads no template file and no torch (the config validates model_template against it),
+`build_template` imports the file it builds.
 """
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,18 @@
-"""WizardConfig: round-trips exactly and names every bad field with its value and what is allowed."""
+"""WizardConfig: round-trips exactly, names every bad field with its value and what is allowed, and
+carries each field's words and rules in its metadata; validating needs no torch."""
 
 import json
+import os
+import subprocess
+import sys
+import typing
+from dataclasses import fields
 
 import pytest
 
-from utils.config import ConfigError, WizardConfig, apply_overrides
+from tests.conftest import REPO_ROOT
+from utils import config as config_module
+from utils.config import SETTINGS, ConfigError, WizardConfig, apply_overrides, field_errors
 from utils.ui.setup_wizard import WizardConfig as ReExported
 
 
@@ -36,13 +44,13 @@ def test_validate_lists_every_bad_field_with_value_and_rule():
     msg = str(err.value)
     assert "learning_rate=-0.1 must be > 0 and <= 1" in msg
     assert "batch_size=0 must be >= 1" in msg
-    assert "val_split=1.5 must be between 0 and 1 (exclusive)" in msg
+    assert "val_split=1.5 must be > 0 and < 1" in msg
     assert "model_template='bert' is unknown; choose one of 'gpt'" in msg
     assert len(err.value.problems) == 4
 
 
 @pytest.mark.parametrize("field, value, expected", [
-    ("val_split", 0.0, "val_split=0.0 must be between 0 and 1"),
+    ("val_split", 0.0, "val_split=0.0 must be > 0 and < 1 (e.g. 0.1)"),
     ("max_seq_len", 1, "max_seq_len=1 must be >= 2"),
     ("gradient_accumulation_steps", 0, "gradient_accumulation_steps=0 must be >= 1"),
     ("gradient_clip_val", -1.0, "gradient_clip_val=-1.0 must be >= 0"),
@@ -119,3 +127,109 @@ def test_override_errors_name_the_problem():
         apply_overrides(WizardConfig(), ["batch_size"])
     with pytest.raises(ConfigError, match="unknown field 'batchsize'"):
         apply_overrides(WizardConfig(), ["batchsize=3"])
+
+
+# ------------------------------------------------------------------ metadata: the one source of words and rules
+FIXED_CHOICES = {"task": ("lm", "classification"), "dataset_source": ("embedded", "file", "upload", "huggingface"),
+                 "tokenizer_strategy": ("char", "byte", "bpe", "pretrained"),
+                 "model_source": ("template", "file", "gist"),
+                 "model_size": ("tiny", "small", "base"), "precision": ("auto", "32-true", "16-mixed", "bf16-mixed"),
+                 "wandb_mode": ("disabled", "auto", "online", "offline")}
+GROUPS = ["Task and data", "Tokenizer", "Model", "Optimisation", "Precision", "Output and checkpoints", "Logging"]
+
+
+def test_every_field_has_a_label_a_help_line_and_a_group():
+    assert list(SETTINGS) == [f.name for f in fields(WizardConfig)]
+    for name, setting in SETTINGS.items():
+        assert setting.label.strip() and setting.help.strip(), name
+        assert "\n" not in setting.help and len(setting.help) <= 120, name  # one line
+    labels = [s.label for s in SETTINGS.values()]
+    assert len(labels) == len(set(labels)), "two fields share an on-screen label"
+    groups = [s.group for s in SETTINGS.values()]
+    assert list(dict.fromkeys(groups)) == GROUPS
+    assert groups == sorted(groups, key=GROUPS.index), "a group's fields sit together, in dataclass order"
+
+
+def test_fields_with_a_fixed_set_have_labelled_choices_and_the_rest_none():
+    for name, setting in SETTINGS.items():
+        assert tuple(setting.choices) == FIXED_CHOICES.get(name, ()), name
+        for value, label in setting.choices.items():
+            assert label.strip() and label != value, (name, value)
+    assert all(label.strip() for label in config_module.EMBEDDED_DATASETS.values())
+    # The names other modules import are the choices themselves, not a second list.
+    assert config_module.TASKS == FIXED_CHOICES["task"]
+    assert config_module.PRECISIONS == FIXED_CHOICES["precision"]
+    assert config_module.WANDB_MODES == FIXED_CHOICES["wandb_mode"]
+
+
+def test_names_types_and_defaults_are_unchanged():
+    """Saved configs and other code rely on these; metadata must not have moved any of them."""
+    hints = typing.get_type_hints(WizardConfig)
+    assert (hints["max_steps"], hints["checkpoint_every_minutes"], hints["use_mixed_precision"]) == \
+        (typing.Optional[int], float, bool)
+    c = WizardConfig()
+    assert (c.task, c.dataset_source, c.tokenizer_strategy, c.vocab_size, c.model_template, c.max_steps,
+            c.learning_rate, c.checkpoint_every_minutes, c.precision, c.wandb_mode, c.wandb_project) == \
+        ("lm", "embedded", "char", 4096, "gpt", None, 1e-3, 5.0, "auto", "disabled", "colab-transformer-kit")
+    assert len(fields(WizardConfig)) == 40
+
+
+def test_every_number_field_has_bounds_that_validation_enforces():
+    hints = typing.get_type_hints(WizardConfig)
+    for name, setting in SETTINGS.items():
+        base = [a for a in typing.get_args(hints[name]) if a is not type(None)] or [hints[name]]
+        if base[0] not in (int, float):
+            continue
+        assert setting.bounds_text(), f"{name} has no bounds"
+        for edge, inside in ((setting.ge, True), (setting.gt, False), (setting.le, True), (setting.lt, False)):
+            if edge is None:
+                continue
+            problems = dict(field_errors(WizardConfig(**{name: base[0](edge)})))
+            assert (name not in problems) == inside, (name, edge, problems)
+            if not inside:
+                assert problems[name].startswith(f"{name}={base[0](edge)!r} must be {setting.bounds_text()}")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_floats_break_any_bound(value):
+    problems = dict(field_errors(WizardConfig(weight_decay=value, checkpoint_every_minutes=value)))
+    assert problems == {"weight_decay": f"weight_decay={value!r} must be >= 0",
+                        "checkpoint_every_minutes": f"checkpoint_every_minutes={value!r} must be >= 0 "
+                                                    "(0 saves after every step)"}
+
+
+def test_choices_accept_each_value_and_name_them_all_when_refused():
+    for name, values in FIXED_CHOICES.items():
+        for value in values:
+            assert name not in dict(field_errors(WizardConfig(**{name: value}))), (name, value)
+    assert dict(field_errors(WizardConfig(wandb_mode="cloud")))["wandb_mode"] == \
+        "wandb_mode='cloud' is not allowed; choose one of 'disabled', 'auto', 'online', 'offline'"
+
+
+def test_messages_come_in_field_order_with_the_cross_field_rules_in_place():
+    config = WizardConfig(wandb_project="My_Project", seed=-1, task="classification", batch_size=0,
+                          use_mixed_precision=False, precision="16-mixed")
+    assert [name for name, _ in config.errors()] == ["dataset_source", "model_template", "batch_size", "seed",
+                                                     "precision", "wandb_project"]
+    assert config.problems() == [message for _, message in config.errors()]
+
+
+def test_errors_are_type_errors_first_then_rules():
+    assert WizardConfig(batch_size="8", seed=-1).errors() == [
+        ("batch_size", "batch_size='8' has type str; expected int")]
+    assert WizardConfig(seed=-1).errors() == [("seed", "seed=-1 must be >= 0")]
+
+
+def test_validating_imports_neither_torch_nor_lightning():
+    """A typo must be reported at once: the template registry and the Gist id check are torch-free."""
+    code = ("import sys; from utils.config import WizardConfig\n"
+            "assert WizardConfig(batch_size=0).problems()\n"
+            "assert WizardConfig(model_source='gist', gist_id='not a gist').problems()\n"
+            "assert WizardConfig(model_source='gist', gist_id='alice/aa5a315d').problems() == []\n"
+            "assert WizardConfig(task='classification', model_template='gpt').problems()\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning', 'pytorch_lightning'))\n"
+            "print(heavy)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

@@ -20,8 +20,9 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from templates import TEMPLATES
+from utils.config import SETTINGS, field_errors
 from utils.config import WizardConfig as CoreWizardConfig
-from utils.config import field_errors
 from utils.env import DeviceInfo
 from utils.training.amp_utils import PrecisionError, resolve_precision
 from utils.training.builder import build_model
@@ -78,6 +79,30 @@ def test_public_contract():
     assert [s.title for s in STEPS] == ["Dataset", "Tokenizer", "Model", "Training", "Review & save"]
 
 
+def test_words_on_screen_are_the_configs_metadata(wizard_path):
+    wizard = make_wizard(wizard_path)
+    assert all(label == SETTINGS[name].label for step in STEPS for name, label in step.fields)
+    for name, field in wizard.fields.items():
+        setting = SETTINGS[name]
+        assert field.input.description == setting.label
+        assert html.escape(setting.help[1:]) in field.help.value and field.help in field.row.children
+    for name in ("task", "tokenizer_strategy", "model_source", "model_size", "precision"):
+        options = [tuple(o) for o in wizard.fields[name].input.options]
+        assert options == [(label, value) for value, label in SETTINGS[name].choices.items()], name
+    template_options = dict((value, label) for label, value in wizard.fields["model_template"].input.options)
+    assert template_options == {n: f"{n} — {info.description}" for n, info in TEMPLATES.items()}
+
+
+def test_a_choice_shows_its_label_and_keeps_the_config_value(wizard_path):
+    wizard = make_wizard(wizard_path)
+    set_value(wizard, "tokenizer_strategy", "byte")
+    assert wizard.fields["tokenizer_strategy"].input.label == SETTINGS["tokenizer_strategy"].choices["byte"]
+    assert wizard.config.tokenizer_strategy == "byte"
+    set_value(wizard, "task", "classification")
+    assert wizard.fields["task"].input.label == "Text classification — text → label"
+    assert wizard.fields["task"].value == "classification"
+
+
 def test_new_wizard_starts_from_defaults_without_a_saved_file(wizard_path):
     wizard = make_wizard(wizard_path)
     assert wizard.config == WizardConfig()
@@ -110,7 +135,7 @@ def test_invalid_batch_size_shows_config_message_and_disables_next(wizard_path):
 def test_every_step_shows_its_own_field_errors(wizard_path):
     wizard = make_wizard(wizard_path)
     set_value(wizard, "val_split", 1.5)
-    assert shown_error(wizard, "val_split") == "val_split=1.5 must be between 0 and 1 (exclusive), e.g. 0.1"
+    assert shown_error(wizard, "val_split") == "val_split=1.5 must be > 0 and < 1 (e.g. 0.1)"
     assert wizard.next_button.disabled
     set_value(wizard, "val_split", 0.2)
     set_value(wizard, "dataset_source", "file")

@@ -164,6 +164,13 @@ def _fill(page, field: str, text: str) -> None:
     box.press("Tab")  # numeric inputs send their value at the latest on blur
 
 
+def choice_label(field: str, value: str) -> str:
+    """What the dropdown shows for a config value: its label from the config's metadata."""
+    from utils.config import SETTINGS
+
+    return SETTINGS[field].choices[value]
+
+
 def _next(page, expect, step_key: str) -> None:
     expect(page.locator("button.wizard-next")).to_be_enabled()
     page.locator("button.wizard-next").click()
@@ -176,12 +183,13 @@ def _click_through(page, expect, output_dir: Path) -> None:
     _shot(page, 1, "dataset")
     _next(page, expect, "tokenizer")
 
-    page.locator(".wizard-field-tokenizer_strategy select").select_option(label="byte")
+    strategy = page.locator(".wizard-field-tokenizer_strategy select")
+    strategy.select_option(label=choice_label("tokenizer_strategy", "byte"))
     expect(page.locator(".wizard-note-tokenizer")).to_contain_text("256 token ids (byte tokenizer)")
     _shot(page, 2, "tokenizer")
     _next(page, expect, "model")
 
-    page.locator(".wizard-field-model_size select").select_option(label="small")
+    page.locator(".wizard-field-model_size select").select_option(label=choice_label("model_size", "small"))
     expect(page.locator(".wizard-note-model")).to_contain_text("parameters (gpt small")
     page.locator("button.wizard-check").click()
     expect(page.locator(".wizard-note-check")).to_contain_text("Forward/backward on a 2 x 128 dummy batch")

@@ -1,32 +1,32 @@
 """WizardConfig: the single source of truth for a training run.
 
-Every field has a type, a default and a comment. The wizard edits one of these, the command line
-builds one from `--config FILE.json` and `--set key=value`, and the training core reads nothing
-else. `validate()` holds every rule; the wizard shows its messages and has none of its own.
+Each field carries its words and rules in one place, a `Setting` in the field's metadata: the
+on-screen label, a one-line help, the allowed choices with a label each, and bounds. Validation
+is a loop over those plus a few rules that join fields; the wizard, `python -m utils.training
+--help` and the error messages all read the same metadata. The wizard edits one of these, the
+command line builds one from `--config FILE.json` and `--set key=value`, and the training core
+reads nothing else. Validating needs neither torch nor Lightning, so a typo is reported at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import operator
 import os
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
+from templates import TEMPLATES  # the registry only: no model file (and no torch) is imported
 from utils.files import atomic_write_text
+from utils.gist_ref import parse_gist_ref
 
-TASKS = ("lm", "classification")
-DATASET_SOURCES = ("embedded", "file", "upload", "huggingface")
-EMBEDDED_DATASETS = ("python_reference",)
 DATA_FILE_SUFFIXES = (".txt", ".csv", ".jsonl")  # plain text (lm only), CSV with a header row, JSON lines
-TOKENIZER_STRATEGIES = ("char", "byte", "bpe", "pretrained")
-MODEL_SOURCES = ("template", "file", "gist")
-MODEL_SIZES = ("tiny", "small", "base")
-PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed")
-WANDB_MODES = ("disabled", "auto", "online", "offline")
+EMBEDDED_DATASETS = {"python_reference": "Python Language Reference (465 KB of English technical prose)"}
 
 CONFIG_FILENAME = "config.json"
 
@@ -39,55 +39,147 @@ class ConfigError(ValueError):
         super().__init__("Invalid WizardConfig:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
+@dataclass(frozen=True)
+class Setting:
+    """A field's words and rules, kept in its metadata: what the wizard shows, --help prints and validation checks."""
+
+    label: str  # the name on screen, e.g. "Batch size"
+    help: str  # one line: what the setting does
+    group: str  # its section in --help, in dataclass order
+    choices: Mapping[str, str] = dataclasses.field(default_factory=dict)  # allowed value -> its label; {}: any
+    ge: Optional[float] = None  # bounds: value >= ge, value > gt, value <= le, value < lt
+    gt: Optional[float] = None
+    le: Optional[float] = None
+    lt: Optional[float] = None
+    hint: str = ""  # said in parentheses after a bound is broken
+    required: str = ""  # when set, a blank value is an error and this says what to give
+
+    def bounds_text(self) -> str:
+        """The bounds in words, e.g. '> 0 and <= 1'; '' when there are none."""
+        return " and ".join(f"{sign} {bound}" for sign, bound, _ in self._bounds())
+
+    def check(self, name: str, value: Any) -> Optional[str]:
+        """The message for a value of the right type that breaks this setting's rules, or None."""
+        if value is None:  # an Optional field's "no limit" (type_errors refuses None elsewhere)
+            return None
+        if self.choices and value not in self.choices:
+            return f"{name}={value!r} is not allowed; choose one of {', '.join(map(repr, self.choices))}"
+        if self.required and not value.strip():
+            return f"{name} is empty; {self.required}"
+        finite = not isinstance(value, float) or math.isfinite(value)
+        if not (finite and all(holds(value, bound) for _, bound, holds in self._bounds())):
+            return f"{name}={value!r} must be {self.bounds_text()}" + (f" ({self.hint})" if self.hint else "")
+        return None
+
+    def _bounds(self) -> list[tuple[str, float, Any]]:
+        pairs = ((">=", self.ge, operator.ge), (">", self.gt, operator.gt), ("<=", self.le, operator.le),
+                 ("<", self.lt, operator.lt))
+        return [(sign, bound, holds) for sign, bound, holds in pairs if bound is not None]
+
+
+def setting(default: Any, label: str, help: str, group: str, **rules: Any) -> Any:
+    """A WizardConfig field: its default, and a Setting (label, help, choices, bounds) in its metadata."""
+    return dataclasses.field(default=default, metadata={"setting": Setting(label, help, group, **rules)})
+
+
+def _group(title: str):
+    return functools.partial(setting, group=title)
+
+
+_data, _tokenizer, _model, _optim, _precision, _output, _logging = map(_group, (
+    "Task and data", "Tokenizer", "Model", "Optimisation", "Precision", "Output and checkpoints", "Logging"))
+
+
 @dataclass
 class WizardConfig:
     # --- task and data
-    task: str = "lm"  # "lm" (next-token language model) or "classification" (text -> label)
-    dataset_source: str = "embedded"  # embedded | file (local or Drive path) | upload | huggingface
-    dataset_name: str = "python_reference"  # embedded corpus name, or Hugging Face dataset name
-    dataset_config: str = ""  # Hugging Face dataset config (subset) name, "" for none
-    dataset_path: str = ""  # .txt / .csv / .jsonl path for file and upload sources
-    text_column: str = "text"  # column holding the text in CSV, JSONL and Hugging Face data
-    label_column: str = "label"  # column holding the class label (classification only)
-    val_split: float = 0.1  # fraction of the data held out for validation, in (0, 1)
+    task: str = _data("lm", "Task", "what the model learns from your text", choices={
+        "lm": "Language model — learns to continue text",
+        "classification": "Text classification — text → label"})
+    dataset_source: str = _data("embedded", "Data source", "where the training text comes from", choices={
+        "embedded": "Built-in corpus — no upload or download",
+        "file": "A file — a local or Google Drive path",
+        "upload": "Upload — a file from your computer",
+        "huggingface": "Hugging Face — a dataset from the Hub"})
+    dataset_name: str = _data("python_reference", "Dataset name",
+                              "the built-in corpus's name, or a Hugging Face dataset name such as 'imdb'")
+    dataset_config: str = _data("", "Dataset config", "Hugging Face dataset config (subset) name, empty for none")
+    dataset_path: str = _data("", "File path", "a .txt, .csv or .jsonl file, for the file and upload sources")
+    text_column: str = _data("text", "Text column", "the column holding the text in CSV, JSONL and Hugging Face data")
+    label_column: str = _data("label", "Label column", "the column holding the class label (classification only)")
+    val_split: float = _data(0.1, "Validation split", "fraction of the data held out to measure validation loss",
+                             gt=0, lt=1, hint="e.g. 0.1")
     # --- tokenizer
-    tokenizer_strategy: str = "char"  # char | byte | bpe (trained on your data) | pretrained
-    tokenizer_path: str = ""  # pretrained tokenizer folder (or name on Colab)
-    vocab_size: int = 4096  # target vocabulary of the trained BPE (bpe only: char, byte, pretrained bring their own)
+    tokenizer_strategy: str = _tokenizer("char", "Tokenizer", "how text becomes token ids", choices={
+        "char": "Characters — one id per distinct character",
+        "byte": "Bytes — 256 ids, reads any text",
+        "bpe": "BPE — subwords trained on your data",
+        "pretrained": "Pretrained — an existing tokenizer"})
+    tokenizer_path: str = _tokenizer("", "Tokenizer path", "pretrained tokenizer folder (or its name on Colab)")
+    vocab_size: int = _tokenizer(4096, "Vocabulary size", "target vocabulary of the BPE trained on your data (bpe "
+                                 "only: char, byte and pretrained bring their own)", ge=260, le=1_000_000,
+                                 hint="byte-level BPE needs the 256 bytes plus special tokens")
     # --- model
-    model_source: str = "template"  # template (from templates/) | file (your .py) | gist
-    model_template: str = "gpt"  # template name, see templates.list_templates()
-    model_size: str = "tiny"  # tiny | small | base
-    model_path: str = ""  # your model .py file (model_source="file")
-    gist_id: str = ""  # Gist id or URL holding model.py (+ config.json) (model_source="gist")
-    max_seq_len: int = 128  # tokens per training sequence (context length)
-    dropout: float = 0.0  # dropout in the template models
+    model_source: str = _model("template", "Model from", "where the model code comes from", choices={
+        "template": "Template — a model from templates/",
+        "file": "Your file — a .py with build_model or Model",
+        "gist": "A GitHub Gist — holding model.py"})
+    model_template: str = _model("gpt", "Template", "which model from templates/ (short nn.Module files to read "
+                                 "and copy)")
+    model_size: str = _model("tiny", "Model size", "size of the template model", choices={
+        "tiny": "Tiny — about 0.8M parameters, minutes on a CPU",
+        "small": "Small — about 11M parameters, for a GPU",
+        "base": "Base — GPT-2 small shape, about 85M parameters"})
+    model_path: str = _model("", "Model file", "your model .py file (model source 'file')")
+    gist_id: str = _model("", "Gist id or URL", "Gist id or URL holding model.py (+ config.json) (model source 'gist')")
+    max_seq_len: int = _model(128, "Sequence length", "tokens per training sequence (the context length)",
+                              ge=2, hint="a sequence needs an input and a target token")
+    dropout: float = _model(0.0, "Dropout", "dropout probability in the template models", ge=0, lt=1)
     # --- optimisation
-    batch_size: int = 16  # sequences per optimizer micro-batch
-    learning_rate: float = 1e-3  # peak AdamW learning rate
-    weight_decay: float = 0.1  # AdamW weight decay (never on norms, biases, embeddings)
-    warmup_ratio: float = 0.05  # fraction of optimizer steps spent warming up the LR, in [0, 1)
-    max_epochs: int = 5  # passes over the training data
-    max_steps: Optional[int] = None  # stop after this many optimizer steps (None: epochs decide)
-    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
-    gradient_clip_val: float = 1.0  # max gradient norm (after unscaling); 0 turns clipping off
-    early_stopping_patience: int = 0  # validations without improvement before stopping; 0 = off
-    val_check_interval: float = 1.0  # validate this often within an epoch (fraction of an epoch)
-    seed: int = 42  # seeds model init, data split and shuffling
+    batch_size: int = _optim(16, "Batch size", "sequences per optimizer micro-batch", ge=1)
+    learning_rate: float = _optim(1e-3, "Learning rate", "peak AdamW learning rate", gt=0, le=1,
+                                  hint="typical: 1e-4 to 1e-3")
+    weight_decay: float = _optim(0.1, "Weight decay", "AdamW weight decay (never on norms, biases, embeddings)", ge=0)
+    warmup_ratio: float = _optim(0.05, "Warmup ratio", "fraction of optimizer steps spent warming up the learning "
+                                 "rate", ge=0, lt=1)
+    max_epochs: int = _optim(5, "Epochs", "passes over the training data", ge=1)
+    max_steps: Optional[int] = _optim(None, "Max steps", "stop after this many optimizer steps (null: the epochs "
+                                      "decide)", ge=1, hint="or null for no limit")
+    gradient_accumulation_steps: int = _optim(1, "Accumulation steps", "micro-batches per optimizer step", ge=1)
+    gradient_clip_val: float = _optim(1.0, "Gradient clipping", "max gradient norm (after unscaling); 0 turns "
+                                      "clipping off", ge=0, hint="0 turns clipping off")
+    early_stopping_patience: int = _optim(0, "Early stopping patience", "validations without improvement before "
+                                          "stopping; 0 turns it off", ge=0, hint="0 turns it off")
+    val_check_interval: float = _optim(1.0, "Validation interval", "validate this often within an epoch (a "
+                                       "fraction of an epoch)", gt=0, le=1, hint="a fraction of an epoch")
+    seed: int = _optim(42, "Seed", "seeds model init, data split and shuffling", ge=0)
     # --- precision
-    use_mixed_precision: bool = True  # autocast where the hardware gains from it (T4 fp16, A100 bf16)
-    precision: str = "auto"  # auto | 32-true | 16-mixed | bf16-mixed (auto follows the hardware)
+    use_mixed_precision: bool = _precision(True, "Mixed precision", "autocast where the hardware gains from it "
+                                           "(T4 fp16, A100 bf16); off means fp32")
+    precision: str = _precision("auto", "Precision", "the number format of training; auto follows the hardware",
+                                choices={"auto": "Auto — follow the hardware",
+                                         "32-true": "fp32 — full precision, any device",
+                                         "16-mixed": "fp16 mixed — T4, V100 and other pre-Ampere GPUs",
+                                         "bf16-mixed": "bf16 mixed — A100, L4, H100 (Ampere or newer)"})
     # --- output and checkpoints
-    output_dir: str = "runs/default"  # checkpoints, config.json, logs and export go here
-    checkpoint_every_minutes: float = 5.0  # write last.ckpt at least this often while training (0: every step)
-    checkpoint_every_n_epochs: int = 1  # consider a best-by-validation checkpoint every N epochs
-    save_top_k: int = 1  # keep the best K checkpoints by validation loss (plus last.ckpt)
-    resume: bool = True  # continue from output_dir's last.ckpt when it holds one of this config
+    output_dir: str = _output("runs/default", "Output folder", "checkpoints, config.json, logs and the export go "
+                              "here", required="give a folder for checkpoints")
+    checkpoint_every_minutes: float = _output(5.0, "Checkpoint every (min)", "write last.ckpt at least this often "
+                                              "while training (0: every step)", ge=0, hint="0 saves after every step")
+    checkpoint_every_n_epochs: int = _output(1, "Best checkpoint every", "consider a best-by-validation checkpoint "
+                                             "every N epochs", ge=1)
+    save_top_k: int = _output(1, "Best checkpoints kept", "keep the best K checkpoints by validation loss (plus "
+                              "last.ckpt)", ge=1)
+    resume: bool = _output(True, "Resume", "continue from output_dir's last.ckpt when it holds one of this config")
     # --- logging
-    log_every_n_steps: int = 10  # how often step metrics are logged
-    wandb_mode: str = "disabled"  # disabled | auto (online with a key, else offline) | online | offline
-    wandb_project: str = "colab-transformer-kit"  # W&B project (lowercase, hyphens)
-    wandb_run_name: str = ""  # W&B run name, "" for {model}_{YYYYMMDD_HHMMSS}
+    log_every_n_steps: int = _logging(10, "Log every (steps)", "how often step metrics are logged", ge=1)
+    wandb_mode: str = _logging("disabled", "Weights & Biases", "whether the run is logged to W&B", choices={
+        "disabled": "Off — no W&B",
+        "auto": "Auto — online with an API key, else offline",
+        "online": "Online — sync to wandb.ai as it trains",
+        "offline": "Offline — log here, sync later"})
+    wandb_project: str = _logging("colab-transformer-kit", "W&B project", "W&B project name (lowercase, hyphens)")
+    wandb_run_name: str = _logging("", "W&B run name", "W&B run name, empty for {model}_{YYYYMMDD_HHMMSS}")
 
     # ------------------------------------------------------------------ conversion
     def to_dict(self) -> dict[str, Any]:
@@ -141,22 +233,23 @@ class WizardConfig:
             raise ConfigError(problems)
         return self
 
+    def errors(self) -> list[tuple[str, str]]:
+        """(field, message) for every problem, in field order; range checks wait until the types are right."""
+        return type_errors(self) or field_errors(self)
+
     def problems(self) -> list[str]:
         """Every problem with this config, one message per bad field."""
-        problems = _type_problems(self)
-        if problems:  # range checks on wrongly typed values would only add noise
-            return problems
-        return [msg for name, msg in field_errors(self)]
+        return [message for _, message in self.errors()]
 
 
-def _choice(name: str, value: Any, allowed: tuple) -> Optional[str]:
-    if value not in allowed:
-        return f"{name}={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}"
-    return None
-
-
-def _type_problems(config: WizardConfig) -> list[str]:
-    return [msg for name, msg in type_errors(config)]
+SETTINGS: dict[str, Setting] = {f.name: f.metadata["setting"] for f in fields(WizardConfig)}
+TASKS = tuple(SETTINGS["task"].choices)
+DATASET_SOURCES = tuple(SETTINGS["dataset_source"].choices)
+TOKENIZER_STRATEGIES = tuple(SETTINGS["tokenizer_strategy"].choices)
+MODEL_SOURCES = tuple(SETTINGS["model_source"].choices)
+MODEL_SIZES = tuple(SETTINGS["model_size"].choices)
+PRECISIONS = tuple(SETTINGS["precision"].choices)
+WANDB_MODES = tuple(SETTINGS["wandb_mode"].choices)
 
 
 def type_errors(config: WizardConfig) -> list[tuple[str, str]]:
@@ -179,102 +272,74 @@ def type_errors(config: WizardConfig) -> list[tuple[str, str]]:
 
 
 def field_errors(config: WizardConfig) -> list[tuple[str, str]]:
-    """(field, message) for each rule the config breaks; types are assumed right."""
-    c = config
-    checks: list[tuple[str, Optional[str]]] = [
-        ("task", _choice("task", c.task, TASKS)),
-        ("dataset_source", _choice("dataset_source", c.dataset_source, DATASET_SOURCES)),
-        ("tokenizer_strategy", _choice("tokenizer_strategy", c.tokenizer_strategy, TOKENIZER_STRATEGIES)),
-        ("model_source", _choice("model_source", c.model_source, MODEL_SOURCES)),
-        ("model_size", _choice("model_size", c.model_size, MODEL_SIZES)),
-        ("precision", _choice("precision", c.precision, PRECISIONS)),
-        ("wandb_mode", _choice("wandb_mode", c.wandb_mode, WANDB_MODES)),
-    ]
+    """(field, message) for each rule the config breaks, in field order; types are assumed right."""
+    found = [(name, message) for name, rules in SETTINGS.items()
+             if (message := rules.check(name, getattr(config, name)))]
+    found += _data_errors(config) + _model_errors(config) + _logging_errors(config)
+    order = list(SETTINGS)
+    return sorted(found, key=lambda error: order.index(error[0]))  # stable: a field's messages keep their order
+
+
+# The rules below join fields (a value is fine or not depending on another); one field's own rules
+# are in its Setting.
+
+def _data_errors(c: WizardConfig) -> list[tuple[str, str]]:
+    errors = []
     if c.dataset_source == "embedded" and c.dataset_name not in EMBEDDED_DATASETS:
-        checks.append(("dataset_name", f"dataset_name={c.dataset_name!r} is not an embedded dataset; "
+        errors.append(("dataset_name", f"dataset_name={c.dataset_name!r} is not an embedded dataset; "
                                        f"choose one of {', '.join(map(repr, EMBEDDED_DATASETS))}"))
     if c.dataset_source == "embedded" and c.task != "lm":
-        checks.append(("dataset_source", "the embedded dataset is plain text for task='lm'; "
+        errors.append(("dataset_source", "the embedded dataset is plain text for task='lm'; "
                                          "classification needs a CSV/JSONL file or a Hugging Face dataset"))
-    if c.dataset_source in ("file", "upload") and not c.dataset_path.strip():
-        checks.append(("dataset_path", f"dataset_path is empty; dataset_source={c.dataset_source!r} "
+    path = c.dataset_path.strip()
+    suffix = Path(path).suffix.lower()
+    if c.dataset_source in ("file", "upload") and not path:
+        errors.append(("dataset_path", f"dataset_path is empty; dataset_source={c.dataset_source!r} "
                                        "needs the path of a .txt, .csv or .jsonl file"))
-    suffix = Path(c.dataset_path.strip()).suffix.lower()
-    if c.dataset_source in ("file", "upload") and c.dataset_path.strip() and suffix not in DATA_FILE_SUFFIXES:
-        checks.append(("dataset_path", f"dataset_path={c.dataset_path!r} has the extension {suffix or '(none)'!r}; "
+    elif c.dataset_source in ("file", "upload") and suffix not in DATA_FILE_SUFFIXES:
+        errors.append(("dataset_path", f"dataset_path={c.dataset_path!r} has the extension {suffix or '(none)'!r}; "
                                        "use a .txt, .csv or .jsonl file (rename or convert it)"))
     elif c.dataset_source in ("file", "upload") and suffix == ".txt" and c.task == "classification":
-        checks.append(("dataset_path", f"dataset_path={c.dataset_path!r} is plain text without labels; "
+        errors.append(("dataset_path", f"dataset_path={c.dataset_path!r} is plain text without labels; "
                                        "task='classification' needs a .csv or .jsonl file with text and label columns"))
     if c.dataset_source == "huggingface" and not c.dataset_name.strip():
-        checks.append(("dataset_name", "dataset_name is empty; give a Hugging Face dataset name such as 'imdb'"))
+        errors.append(("dataset_name", "dataset_name is empty; give a Hugging Face dataset name such as 'imdb'"))
     if c.tokenizer_strategy == "pretrained" and not c.tokenizer_path.strip():
-        checks.append(("tokenizer_path", "tokenizer_path is empty; tokenizer_strategy='pretrained' needs a "
+        errors.append(("tokenizer_path", "tokenizer_path is empty; tokenizer_strategy='pretrained' needs a "
                                          "tokenizer folder (or a name on Colab)"))
-    if not 0 < c.val_split < 1:
-        checks.append(("val_split", f"val_split={c.val_split!r} must be between 0 and 1 (exclusive), e.g. 0.1"))
-    if not 260 <= c.vocab_size <= 1_000_000:
-        checks.append(("vocab_size", f"vocab_size={c.vocab_size!r} must be between 260 and 1000000 "
-                                     "(byte-level BPE needs the 256 bytes plus special tokens)"))
-    if c.model_source == "template":
-        from templates import TEMPLATES  # local import: templates/ imports nothing from utils
+    return errors
 
-        if c.model_template not in TEMPLATES:
-            checks.append(("model_template", f"model_template={c.model_template!r} is unknown; "
-                                             f"choose one of {', '.join(map(repr, TEMPLATES))}"))
-        elif TEMPLATES[c.model_template].task != c.task:
-            checks.append(("model_template", f"model_template={c.model_template!r} is for task="
-                                             f"{TEMPLATES[c.model_template].task!r}, not task={c.task!r}"))
+
+def _model_errors(c: WizardConfig) -> list[tuple[str, str]]:
+    template = TEMPLATES.get(c.model_template)
+    if c.model_source == "template" and template is None:
+        return [("model_template", f"model_template={c.model_template!r} is unknown; "
+                                   f"choose one of {', '.join(map(repr, TEMPLATES))}")]
+    if c.model_source == "template" and template.task != c.task:
+        return [("model_template", f"model_template={c.model_template!r} is for task={template.task!r}, "
+                                   f"not task={c.task!r}")]
     if c.model_source == "file" and not c.model_path.strip():
-        checks.append(("model_path", "model_path is empty; model_source='file' needs the path of your model .py file"))
+        return [("model_path", "model_path is empty; model_source='file' needs the path of your model .py file")]
     if c.model_source == "gist" and not c.gist_id.strip():
-        checks.append(("gist_id", "gist_id is empty; model_source='gist' needs a Gist id or URL"))
-    elif c.model_source == "gist":
-        from utils.user_models import parse_gist_ref  # local import: loads torch
-
+        return [("gist_id", "gist_id is empty; model_source='gist' needs a Gist id or URL")]
+    if c.model_source == "gist":
         try:
             parse_gist_ref(c.gist_id)
         except ValueError as e:
-            checks.append(("gist_id", str(e)))
-    checks += [
-        ("max_seq_len", _at_least("max_seq_len", c.max_seq_len, 2, "a sequence needs an input and a target token")),
-        ("dropout", None if 0 <= c.dropout < 1 else f"dropout={c.dropout!r} must be in [0, 1)"),
-        ("batch_size", _at_least("batch_size", c.batch_size, 1)),
-        ("learning_rate", None if math.isfinite(c.learning_rate) and 0 < c.learning_rate <= 1
-         else f"learning_rate={c.learning_rate!r} must be > 0 and <= 1 (typical: 1e-4 to 1e-3)"),
-        ("weight_decay", None if math.isfinite(c.weight_decay) and c.weight_decay >= 0
-         else f"weight_decay={c.weight_decay!r} must be >= 0"),
-        ("warmup_ratio", None if 0 <= c.warmup_ratio < 1 else f"warmup_ratio={c.warmup_ratio!r} must be in [0, 1)"),
-        ("max_epochs", _at_least("max_epochs", c.max_epochs, 1)),
-        ("max_steps", None if c.max_steps is None else _at_least("max_steps", c.max_steps, 1, "or null for no limit")),
-        ("gradient_accumulation_steps", _at_least("gradient_accumulation_steps", c.gradient_accumulation_steps, 1)),
-        ("gradient_clip_val", None if math.isfinite(c.gradient_clip_val) and c.gradient_clip_val >= 0
-         else f"gradient_clip_val={c.gradient_clip_val!r} must be >= 0 (0 turns clipping off)"),
-        ("early_stopping_patience", _at_least("early_stopping_patience", c.early_stopping_patience, 0, "0 turns it off")),
-        ("val_check_interval", None if 0 < c.val_check_interval <= 1
-         else f"val_check_interval={c.val_check_interval!r} must be in (0, 1] (a fraction of an epoch)"),
-        ("seed", _at_least("seed", c.seed, 0)),
-        ("output_dir", None if c.output_dir.strip() else "output_dir is empty; give a folder for checkpoints"),
-        ("checkpoint_every_minutes", None if math.isfinite(c.checkpoint_every_minutes) and c.checkpoint_every_minutes >= 0
-         else f"checkpoint_every_minutes={c.checkpoint_every_minutes!r} must be >= 0 (0 saves after every step)"),
-        ("checkpoint_every_n_epochs", _at_least("checkpoint_every_n_epochs", c.checkpoint_every_n_epochs, 1)),
-        ("save_top_k", _at_least("save_top_k", c.save_top_k, 1)),
-        ("log_every_n_steps", _at_least("log_every_n_steps", c.log_every_n_steps, 1)),
-        ("wandb_project", None if c.wandb_project and c.wandb_project == c.wandb_project.lower()
-         and " " not in c.wandb_project and "_" not in c.wandb_project
-         else f"wandb_project={c.wandb_project!r} must be lowercase words joined by hyphens, "
-              f"e.g. {_hyphenate(c.wandb_project)!r}"),
-    ]
+            return [("gist_id", str(e))]
+    return []
+
+
+def _logging_errors(c: WizardConfig) -> list[tuple[str, str]]:
+    errors = []
+    if not c.wandb_project or c.wandb_project != c.wandb_project.lower() or " " in c.wandb_project \
+            or "_" in c.wandb_project:
+        errors.append(("wandb_project", f"wandb_project={c.wandb_project!r} must be lowercase words joined by "
+                                        f"hyphens, e.g. {_hyphenate(c.wandb_project)!r}"))
     if c.precision in ("16-mixed", "bf16-mixed") and not c.use_mixed_precision:
-        checks.append(("precision", f"precision={c.precision!r} contradicts use_mixed_precision=False; "
+        errors.append(("precision", f"precision={c.precision!r} contradicts use_mixed_precision=False; "
                                     "set use_mixed_precision=True, or precision='auto' or '32-true'"))
-    return [(name, msg) for name, msg in checks if msg]
-
-
-def _at_least(name: str, value: int, low: int, hint: str = "") -> Optional[str]:
-    if value >= low:
-        return None
-    return f"{name}={value!r} must be >= {low}" + (f" ({hint})" if hint else "")
+    return errors
 
 
 def _hyphenate(name: str) -> str:

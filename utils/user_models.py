@@ -25,11 +25,9 @@ import importlib.util
 import inspect
 import json
 import os
-import re
 import sys
 import traceback
 import urllib.error
-import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +36,9 @@ from typing import Optional
 import torch
 from torch import nn
 
+from utils import gist_ref
 from utils.files import atomic_copy, atomic_write_bytes, atomic_write_text
+from utils.gist_ref import GistRef  # re-exported: importers of utils.user_models keep working
 
 DEFAULT_GIST_BASE_URL = "https://gist.github.com"
 GIST_BASE_URL_ENV = "KIT_GIST_BASE_URL"
@@ -134,33 +134,12 @@ def copy_model_files(files: UserModelFiles, folder: Path, source: dict) -> UserM
 
 # ---------------------------------------------------------------------------------------- gists
 
-@dataclass(frozen=True)
-class GistRef:
-    gist_id: str
-    user: Optional[str] = None
-
-
-_HEX = re.compile(r"[0-9a-fA-F]+")
-_USER = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
-
-
 def parse_gist_ref(text: str) -> GistRef:
-    """A Gist id, user/id, or any Gist URL (page, raw file, .git clone URL) -> GistRef."""
-    raw = text.strip()
-    path = raw
-    if "://" in raw or raw.split("/")[0].count("."):  # a URL, with or without its scheme
-        path = urllib.parse.urlsplit(raw if "://" in raw else "https://" + raw).path
-    parts = [p for p in path.split("/") if p]
-    if "raw" in parts:
-        parts = parts[:parts.index("raw")]  # .../{user}/{id}/raw/[{revision}/]{file}
-    if parts and parts[-1].endswith(".git"):
-        parts[-1] = parts[-1][:-4]
-    gist_id = parts[-1] if parts else ""
-    user = parts[-2] if len(parts) >= 2 else None
-    if not _HEX.fullmatch(gist_id) or len(parts) > 2 or (user is not None and not _USER.fullmatch(user)):
-        raise UserModelError(f"gist_id={text!r} is not a Gist id or URL; paste the id (the hex string, e.g. "
-                             "'aa5a315d61ae9438b18d') or the Gist's URL (https://gist.github.com/USER/ID).")
-    return GistRef(gist_id, user)
+    """A Gist id, user/id, or any Gist URL -> GistRef; UserModelError otherwise (the parsing is in utils.gist_ref)."""
+    try:
+        return gist_ref.parse_gist_ref(text)
+    except ValueError as e:
+        raise UserModelError(str(e)) from None
 
 
 def gist_base_url(base_url: Optional[str] = None) -> str:

@@ -4,6 +4,14 @@ From a notebook:  from utils.training import train;  result = train(config)
 From a terminal:  python -m utils.training [--config FILE.json] [--set key=value ...]
 """
 
-from utils.training.coordinator import TrainingCoordinator, TrainingResult, sample_text, train
-
 __all__ = ["TrainingCoordinator", "TrainingResult", "sample_text", "train"]
+
+
+def __getattr__(name: str):
+    # Imported on first use: `python -m utils.training` imports this package first, and Lightning
+    # takes seconds to load, so the command line checks its settings before paying for it.
+    if name in __all__:
+        from utils.training import coordinator
+
+        return getattr(coordinator, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

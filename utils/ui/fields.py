@@ -1,5 +1,8 @@
 """Field widgets for the setup wizard: one input per WizardConfig field, its error shown beside it.
 
+The label, the grey help line under the input and a dropdown's choice labels are the field's own
+words from its metadata (utils.config.SETTINGS); a dropdown's values stay the config's values.
+
 Only widgets and traits that ipywidgets 7.7 (Colab) and 8.x share are used here.
 """
 
@@ -13,21 +16,23 @@ from typing import Any, Optional, Sequence
 
 import ipywidgets as widgets
 
-from utils.config import WizardConfig
+from utils.config import SETTINGS, WizardConfig
 
 LABEL_WIDTH = "170px"
 INPUT_WIDTH = "400px"
-PATH_WIDTH = "640px"  # Drive paths are long
+PATH_WIDTH = "640px"  # Drive paths are long, and so are the choice labels
 ERROR_COLOR = "#b00020"
+HELP_COLOR = "#666"
 
 
 @dataclass
 class Field:
-    """The input widget for one WizardConfig field, the label that shows its error, and their row."""
+    """The input widget for one WizardConfig field, the label that shows its error, its help line, and their row."""
 
     name: str
     input: widgets.ValueWidget
     error: widgets.HTML
+    help: widgets.HTML  # the field's help line, under the input
     row: widgets.Box
     message: str = ""  # the error shown beside the input, "" when the value is fine
 
@@ -51,13 +56,20 @@ class Field:
         self.row.layout.display = None if visible else "none"
 
 
-def build_field(name: str, label: str, options: Optional[Sequence] = None, placeholder: str = "") -> Field:
-    """A widget for the named field, chosen by the field's type (or a Dropdown where options are given)."""
-    base = _field_type(name)
-    width = PATH_WIDTH if name.endswith(("_path", "_dir")) else INPUT_WIDTH
-    common = dict(description=label, style={"description_width": LABEL_WIDTH}, layout=widgets.Layout(width=width))
+def build_field(name: str, options: Optional[Sequence[tuple[str, Any]]] = None, placeholder: str = "") -> Field:
+    """A widget for the named field, chosen by the field's type, or a Dropdown of (label, value) options.
+
+    Without options, a field with choices offers all of them, each under its label.
+    """
+    base = _field_type(name)  # first: an unknown name is a KeyError that says so
+    setting = SETTINGS[name]
+    if options is None and setting.choices:
+        options = [(label, value) for value, label in setting.choices.items()]
+    width = PATH_WIDTH if name.endswith(("_path", "_dir")) or options is not None else INPUT_WIDTH
+    common = dict(description=setting.label, style={"description_width": LABEL_WIDTH},
+                  layout=widgets.Layout(width=width))
     if options is not None:
-        widget = widgets.Dropdown(options=[(str(o), o) for o in options], **common)
+        widget = widgets.Dropdown(options=list(options), **common)
     elif base is bool:
         widget = widgets.Checkbox(indent=True, **common)
     elif base is int:
@@ -69,8 +81,14 @@ def build_field(name: str, label: str, options: Optional[Sequence] = None, place
     widget.add_class(f"wizard-field-{name}")  # stable hooks for the browser test and for styling
     error = widgets.HTML(value="", layout=widgets.Layout(flex="1 1 auto", width="auto", margin="0 0 0 12px"))
     error.add_class(f"wizard-error-{name}")
-    row = widgets.HBox([widget, error], layout=widgets.Layout(align_items="center", width="100%"))
-    return Field(name, widget, error, row)
+    # Plain HTML under the input, lined up with it: it reads the same in ipywidgets 7.7 and 8.
+    text = setting.help[:1].upper() + setting.help[1:]
+    help_line = widgets.HTML(f'<div style="color:{HELP_COLOR}; font-size:12px; line-height:1.3; '
+                             f'padding-left:calc({LABEL_WIDTH} + 8px)">{html.escape(text)}</div>')
+    help_line.add_class(f"wizard-help-{name}")
+    row = widgets.VBox([widgets.HBox([widget, error], layout=widgets.Layout(align_items="center", width="100%")),
+                        help_line])
+    return Field(name, widget, error, help_line, row)
 
 
 def _field_type(name: str) -> type:

@@ -28,9 +28,8 @@ from typing import Callable, Optional
 
 import ipywidgets as widgets
 
-from templates import list_templates
-from utils.config import (DATASET_SOURCES, MODEL_SIZES, MODEL_SOURCES, PRECISIONS, TASKS, TOKENIZER_STRATEGIES,
-                          ConfigError, WizardConfig, field_errors, type_errors)
+from templates import TEMPLATES
+from utils.config import SETTINGS, ConfigError, WizardConfig
 from utils.env import DeviceInfo, detect_device, in_colab
 from utils.training.amp_utils import PrecisionError, resolve_precision
 from utils.training.checkpoints import describe_run_folder
@@ -44,8 +43,7 @@ __all__ = ["SetupWizard", "WizardConfig", "validate_config", "detect_interactive
 
 def validate_config(config: WizardConfig) -> list[tuple[str, str]]:
     """(field, message) for every problem, empty when valid: WizardConfig's own rules, nothing else."""
-    problems = type_errors(config)
-    return problems if problems else field_errors(config)
+    return config.errors()
 
 
 def detect_interactive() -> tuple[bool, str]:
@@ -68,25 +66,22 @@ def detect_interactive() -> tuple[bool, str]:
 class Step:
     key: str  # short name, used in CSS classes and screenshot names
     title: str
-    fields: tuple[tuple[str, str], ...]  # (WizardConfig field, label)
+    fields: tuple[tuple[str, str], ...]  # (WizardConfig field, its label from the field's metadata)
+
+
+def _step(key: str, title: str, *names: str) -> Step:
+    return Step(key, title, tuple((name, SETTINGS[name].label) for name in names))
 
 
 STEPS = (
-    Step("dataset", "Dataset", (("task", "Task"), ("dataset_source", "Source"), ("dataset_name", "Dataset name"),
-                                ("dataset_config", "Dataset config"), ("dataset_path", "File path"),
-                                ("text_column", "Text column"), ("label_column", "Label column"),
-                                ("val_split", "Validation split"))),
-    Step("tokenizer", "Tokenizer", (("tokenizer_strategy", "Strategy"), ("vocab_size", "Vocabulary size"),
-                                    ("tokenizer_path", "Tokenizer path"))),
-    Step("model", "Model", (("model_source", "Model from"), ("model_template", "Template"), ("model_size", "Size"),
-                            ("model_path", "Model file"), ("gist_id", "Gist id or URL"), ("dropout", "Dropout"))),
-    Step("training", "Training", (("batch_size", "Batch size"), ("max_seq_len", "Sequence length"),
-                                  ("learning_rate", "Learning rate"), ("max_epochs", "Epochs"),
-                                  ("gradient_accumulation_steps", "Accumulation steps"),
-                                  ("gradient_clip_val", "Gradient clipping"),
-                                  ("early_stopping_patience", "Early stopping patience"),
-                                  ("use_mixed_precision", "Mixed precision"), ("precision", "Precision"))),
-    Step("review", "Review & save", (("output_dir", "Output folder"),)),
+    _step("dataset", "Dataset", "task", "dataset_source", "dataset_name", "dataset_config", "dataset_path",
+          "text_column", "label_column", "val_split"),
+    _step("tokenizer", "Tokenizer", "tokenizer_strategy", "vocab_size", "tokenizer_path"),
+    _step("model", "Model", "model_source", "model_template", "model_size", "model_path", "gist_id", "dropout"),
+    _step("training", "Training", "batch_size", "max_seq_len", "learning_rate", "max_epochs",
+          "gradient_accumulation_steps", "gradient_clip_val", "early_stopping_patience", "use_mixed_precision",
+          "precision"),
+    _step("review", "Review & save", "output_dir"),
 )
 
 # Fields shown only for the choices that use them; a display rule, not a validation rule.
@@ -195,8 +190,8 @@ class SetupWizard:
         self.output = widgets.Output()  # callback errors land here, never in the void
         self.fields: dict[str, Field] = {}
         for step in STEPS:
-            for name, label in step.fields:
-                self.fields[name] = build_field(name, label, self._options(name), PLACEHOLDERS.get(name, ""))
+            for name, _ in step.fields:
+                self.fields[name] = build_field(name, self._options(name), PLACEHOLDERS.get(name, ""))
                 self.fields[name].input.observe(self._guard(self._on_field_change), names="value")
         self._build_controls()
         self._step_boxes = [self._step_box(step) for step in STEPS]
@@ -207,13 +202,14 @@ class SetupWizard:
                                   layout=widgets.Layout(max_width="1000px", border="1px solid #ccc", padding="8px"))
         self._root.add_class("wizard")
 
-    def _options(self, name: str) -> Optional[list]:
+    def _options(self, name: str) -> Optional[list[tuple[str, str]]]:
+        """(label, value) pairs where the wizard offers other than all of a field's choices, else None."""
         if name == "dataset_source":
-            return [s for s in DATASET_SOURCES if s != "huggingface" or HF_AVAILABLE]
-        # Every template is listed: one for another task shows the config's own message beside it.
-        return {"task": list(TASKS), "tokenizer_strategy": list(TOKENIZER_STRATEGIES), "model_source": list(MODEL_SOURCES),
-                "model_template": list_templates(), "model_size": list(MODEL_SIZES),
-                "precision": list(PRECISIONS)}.get(name)
+            choices = SETTINGS[name].choices
+            return [(label, value) for value, label in choices.items() if value != "huggingface" or HF_AVAILABLE]
+        if name == "model_template":  # every template: one for another task shows the config's own message
+            return [(f"{template} — {info.description}", template) for template, info in TEMPLATES.items()]
+        return None
 
     def _build_controls(self) -> None:
         self._title = widgets.HTML("<b>Setup wizard</b>: choose data, tokenizer, model and training, then Save.")
@@ -351,7 +347,8 @@ class SetupWizard:
             # A field with an error stays in view even where its choice hides it, or Next would be
             # disabled for no visible reason.
             field.set_visible(name in self.errors or VISIBLE_WHEN.get(name, lambda c: True)(candidate))
-        orphans = [message for name, message in self.errors.items() if name not in self.fields]
+        orphans = [f"{SETTINGS[name].label}: {message}" for name, message in self.errors.items()
+                   if name not in self.fields]
         if orphans:  # a field the wizard has no widget for (edited in the JSON file)
             self._say(" ".join(orphans), error=True)
         self.upload.layout.display = None if candidate.dataset_source == "upload" else "none"
