@@ -38,7 +38,7 @@ def test_help_lists_every_setting_with_its_default_and_help_in_groups():
         assert " ".join(SETTINGS[f.name].help.split()) in entries[f.name], f.name
     assert "  batch_size=16 " in out and "  max_steps=null " in out and "  dataset_path=\"\" " in out
     assert "  use_mixed_precision=true " in out
-    assert entries["precision"].endswith("[auto | 32-true | 16-mixed | bf16-mixed]")
+    assert entries["precision"].endswith("[auto | 16-mixed | bf16-mixed]")
     groups = ["Task and data:", "Tokenizer:", "Model:", "Optimisation:", "Precision:", "Output and checkpoints:",
               "Logging:"]
     positions = [out.index(f"\n{g}\n") for g in groups]

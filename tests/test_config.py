@@ -54,7 +54,7 @@ def test_validate_lists_every_bad_field_with_value_and_rule():
     ("max_seq_len", 1, "max_seq_len=1 must be >= 2"),
     ("gradient_accumulation_steps", 0, "gradient_accumulation_steps=0 must be >= 1"),
     ("gradient_clip_val", -1.0, "gradient_clip_val=-1.0 must be >= 0"),
-    ("precision", "fp16", "precision='fp16' is not allowed; choose one of 'auto', '32-true', '16-mixed', 'bf16-mixed'"),
+    ("precision", "fp16", "precision='fp16' is not allowed; choose one of 'auto', '16-mixed', 'bf16-mixed'"),
     ("model_size", "huge", "model_size='huge' is not allowed"),
     ("max_steps", 0, "max_steps=0 must be >= 1 (or null for no limit)"),
     ("dataset_source", "web", "dataset_source='web' is not allowed"),
@@ -66,10 +66,12 @@ def test_each_rule_has_its_message(field, value, expected):
     assert len(problems) == 1 and expected in problems[0], problems
 
 
-def test_contradicting_precision_switch_is_an_error():
-    problems = WizardConfig(use_mixed_precision=False, precision="bf16-mixed").problems()
-    assert problems == ["precision='bf16-mixed' contradicts use_mixed_precision=False; set use_mixed_precision=True, "
-                        "or precision='auto' or '32-true'"]
+def test_the_switch_and_the_kind_of_mixed_precision_cannot_contradict():
+    # precision only names a kind of mixed precision; with the switch off it has nothing to choose
+    assert WizardConfig(use_mixed_precision=False, precision="bf16-mixed").problems() == []
+    fp32 = WizardConfig(precision="32-true")  # the older spelling of fp32 is the switch turned off
+    assert (fp32.use_mixed_precision, fp32.precision) == (False, "auto")
+    assert WizardConfig.from_dict({"precision": "32-true"}) == fp32
 
 
 def test_file_source_needs_a_path():
@@ -133,7 +135,7 @@ def test_override_errors_name_the_problem():
 FIXED_CHOICES = {"task": ("lm", "classification"), "dataset_source": ("embedded", "file", "upload", "huggingface"),
                  "tokenizer_strategy": ("char", "byte", "bpe", "pretrained"),
                  "model_source": ("template", "file", "gist"),
-                 "model_size": ("tiny", "small", "base"), "precision": ("auto", "32-true", "16-mixed", "bf16-mixed"),
+                 "model_size": ("tiny", "small", "base"), "precision": ("auto", "16-mixed", "bf16-mixed"),
                  "wandb_mode": ("disabled", "auto", "online", "offline")}
 GROUPS = ["Task and data", "Tokenizer", "Model", "Optimisation", "Precision", "Output and checkpoints", "Logging"]
 
@@ -208,7 +210,7 @@ def test_choices_accept_each_value_and_name_them_all_when_refused():
 
 def test_messages_come_in_field_order_with_the_cross_field_rules_in_place():
     config = WizardConfig(wandb_project="My_Project", seed=-1, task="classification", batch_size=0,
-                          use_mixed_precision=False, precision="16-mixed")
+                          precision="fp16")
     assert [name for name, _ in config.errors()] == ["dataset_source", "model_template", "batch_size", "seed",
                                                      "precision", "wandb_project"]
     assert config.problems() == [message for _, message in config.errors()]

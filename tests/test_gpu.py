@@ -2,14 +2,19 @@
 have none); run `python -m pytest -m gpu` on a GPU machine (Colab, or a lent one)."""
 
 import csv
+import json
 import math
+import subprocess
+import sys
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
+from tests.conftest import REPO_ROOT
 from utils.env import detect_device
-from utils.training import train
-from utils.training.amp_utils import resolve_precision
+from utils.training import TrainingCoordinator, train
+from utils.training.amp_utils import loss_scale, resolve_precision
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -42,3 +47,82 @@ def test_mixed_precision_training_runs_on_the_gpu_and_learns(tiny_config):
         assert scales and scales[0] == 65536.0
     else:  # bf16 and fp32 train without loss scaling
         assert scales == []
+
+
+def _metrics(output_dir) -> tuple[list[str], list[dict]]:
+    with open(output_dir / "logs" / "version_0" / "metrics.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames), [row for row in reader if row.get("train/loss")]
+
+
+class StepProbe(pl.Callback):
+    """Observes a run without changing it: the scaler Lightning trains with, the dtype the model's
+    head computes in under autocast, and the parameters after every optimizer step."""
+
+    def __init__(self):
+        self.scale_at_start = "not started"
+        self.head_dtypes = set()
+        self.params_after_step = []  # one list of CPU copies per optimizer step
+
+    def on_train_start(self, trainer, pl_module):
+        self.scale_at_start = loss_scale(trainer)  # None: no GradScaler
+        pl_module.model.head.register_forward_hook(lambda mod, args, out: self.head_dtypes.add(out.dtype))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.params_after_step.append([p.detach().cpu().clone() for p in pl_module.parameters()])
+
+
+def _same(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_fp16_grad_scaler_on_cuda_skips_an_overflowed_step_and_halves_the_scale(tiny_config, tiny_lm):
+    probe = StepProbe()
+    config = tiny_config.replace(precision="16-mixed", max_steps=5)  # forced: any CUDA GPU runs fp16
+    result = TrainingCoordinator(config).train(tiny_lm(inf_grad_calls={3}), extra_callbacks=[probe])
+    assert result.precision == "16-mixed" and next(result.model.parameters()).device.type == "cuda"
+    assert probe.scale_at_start == 65536.0 and probe.head_dtypes == {torch.float16}
+    steps = probe.params_after_step
+    assert len(steps) == 5
+    assert not _same(steps[0], steps[1]) and not _same(steps[2], steps[3])  # healthy steps move the weights
+    assert _same(steps[1], steps[2])  # step 3 overflowed: the GradScaler skipped optimizer.step()
+    columns, rows = _metrics(result.output_dir)
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5]
+    assert [float(r["amp/loss_scale"]) for r in rows] == [65536.0, 65536.0, 32768.0, 32768.0, 32768.0]
+    assert [float(r["amp/skipped_steps"]) for r in rows] == [0, 0, 1, 1, 1]
+    assert all(math.isfinite(float(r["train/loss"])) for r in rows)
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability()[0] < 8,
+                    reason="bf16 needs an Ampere or newer GPU (compute capability >= 8.0)")
+def test_bf16_on_ampere_trains_without_a_grad_scaler(tiny_config, tiny_lm):
+    probe = StepProbe()
+    result = TrainingCoordinator(tiny_config.replace(precision="bf16-mixed")).train(tiny_lm(), extra_callbacks=[probe])
+    assert result.precision == "bf16-mixed" and next(result.model.parameters()).device.type == "cuda"
+    assert probe.scale_at_start is None  # no GradScaler
+    assert probe.head_dtypes == {torch.bfloat16}
+    columns, rows = _metrics(result.output_dir)
+    assert "amp/loss_scale" not in columns and "amp/skipped_steps" not in columns
+    assert [int(r["step"]) for r in rows] == list(range(1, tiny_config.max_steps + 1))
+    assert all(math.isfinite(float(r["train/loss"])) for r in rows)
+    assert all(not _same(a, b) for a, b in zip(probe.params_after_step, probe.params_after_step[1:]))
+
+
+def test_gpu_bench_smoke_run_measures_both_sides_on_this_gpu(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "bench/gpu.py", "--smoke", "--json", str(out)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    name = torch.cuda.get_device_name()
+    assert f"device: {name}" in proc.stdout and "kit/loop" in proc.stdout
+    report = json.loads(out.read_text())
+    expected = ["32-true"] + ([] if _expected_auto_precision() == "32-true" else [_expected_auto_precision()])
+    for template in ("gpt", "classifier"):
+        rows = [r for r in report["rows"] if r["template"] == template]
+        assert [r["precision"] for r in rows] == expected
+        for r in rows:
+            assert r["device"] == name and r["size"] == "tiny"
+            assert r["tokens_per_sec_kit"] > 0 and r["tokens_per_sec_loop"] > 0
+            assert r["peak_bytes_kit"] > 0 and r["peak_bytes_loop"] > 0
+            assert r["mfu_kit"] is None or 0 < r["mfu_kit"] < 1
+    assert len(report["speedups"]) == 2 * (len(expected) - 1)

@@ -264,13 +264,13 @@ def test_bf16_on_t4_is_an_inline_error_on_precision(wizard_path):
     assert wizard.config.precision == "16-mixed" and not wizard.next_button.disabled
 
 
-def test_mixed_precision_switch_off_gives_fp32_and_contradiction_is_reported(wizard_path):
+def test_mixed_precision_switch_off_gives_fp32_and_hides_the_kind(wizard_path):
     wizard = make_wizard(wizard_path, device=T4)
+    set_value(wizard, "precision", "16-mixed")
     set_value(wizard, "use_mixed_precision", False)
     assert "32-true (fp32: mixed precision is switched off" in wizard.notes["precision"].value
-    set_value(wizard, "precision", "16-mixed")
-    assert shown_error(wizard, "precision") == dict(field_errors(
-        WizardConfig(use_mixed_precision=False, precision="16-mixed")))["precision"]
+    assert wizard.fields["precision"].row.layout.display == "none"  # nothing to choose with the switch off
+    assert shown_error(wizard, "precision") == "" and wizard.config.use_mixed_precision is False
 
 
 # ------------------------------------------------------------------ presets

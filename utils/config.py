@@ -156,9 +156,9 @@ class WizardConfig:
     # --- precision
     use_mixed_precision: bool = _precision(True, "Mixed precision", "autocast where the hardware gains from it "
                                            "(T4 fp16, A100 bf16); off means fp32")
-    precision: str = _precision("auto", "Precision", "the number format of training; auto follows the hardware",
-                                choices={"auto": "Auto — follow the hardware",
-                                         "32-true": "fp32 — full precision, any device",
+    precision: str = _precision("auto", "Mixed precision kind", "which mixed precision, while Mixed precision is on; "
+                                "auto picks it from the GPU ('32-true' means Mixed precision off)",
+                                choices={"auto": "Auto — fp16 on a T4 or V100, bf16 on Ampere and newer, fp32 on a CPU",
                                          "16-mixed": "fp16 mixed — T4, V100 and other pre-Ampere GPUs",
                                          "bf16-mixed": "bf16 mixed — A100, L4, H100 (Ampere or newer)"})
     # --- output and checkpoints
@@ -181,6 +181,10 @@ class WizardConfig:
     wandb_project: str = _logging("colab-transformer-kit", "W&B project", "W&B project name (lowercase, hyphens)")
     wandb_run_name: str = _logging("", "W&B run name", "W&B run name, empty for {model}_{YYYYMMDD_HHMMSS}")
 
+    def __post_init__(self) -> None:
+        if self.precision == "32-true":  # the older spelling of "fp32": the same as switching mixed precision off
+            self.use_mixed_precision, self.precision = False, "auto"
+
     # ------------------------------------------------------------------ conversion
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -197,6 +201,7 @@ class WizardConfig:
         config = cls.__new__(cls)
         for f in fields(cls):
             setattr(config, f.name, kwargs.get(f.name, f.default))
+        config.__post_init__()
         problems += config.problems()
         if problems:
             raise ConfigError(problems)
@@ -336,9 +341,6 @@ def _logging_errors(c: WizardConfig) -> list[tuple[str, str]]:
             or "_" in c.wandb_project:
         errors.append(("wandb_project", f"wandb_project={c.wandb_project!r} must be lowercase words joined by "
                                         f"hyphens, e.g. {_hyphenate(c.wandb_project)!r}"))
-    if c.precision in ("16-mixed", "bf16-mixed") and not c.use_mixed_precision:
-        errors.append(("precision", f"precision={c.precision!r} contradicts use_mixed_precision=False; "
-                                    "set use_mixed_precision=True, or precision='auto' or '32-true'"))
     return errors
 
 

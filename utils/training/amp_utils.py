@@ -50,12 +50,12 @@ def resolve_precision(use_mixed_precision: bool, requested: str = "auto",
     where = device.describe()
     if requested == "32-true":
         return PrecisionDecision("32-true", f"fp32: precision='32-true' was requested ({where})", device)
-    if requested in ("16-mixed", "bf16-mixed"):
-        return _explicit(requested, device)
-    if requested != "auto":
-        raise PrecisionError(f"precision={requested!r} is unknown; choose 'auto', '32-true', '16-mixed' or 'bf16-mixed'")
-    if not use_mixed_precision:
+    if requested not in ("auto", "16-mixed", "bf16-mixed"):
+        raise PrecisionError(f"precision={requested!r} is unknown; choose 'auto', '16-mixed' or 'bf16-mixed'")
+    if not use_mixed_precision:  # the switch decides whether; `requested` only which kind
         return PrecisionDecision("32-true", f"fp32: mixed precision is switched off ({where})", device)
+    if requested != "auto":
+        return _explicit(requested, device)
     if device.kind != "cuda":
         return PrecisionDecision("32-true", f"fp32: no CUDA GPU ({where}); mixed precision speeds up GPUs only", device)
     major = device.capability[0] if device.capability else 0

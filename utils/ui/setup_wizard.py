@@ -97,6 +97,7 @@ VISIBLE_WHEN = {
     "gist_id": lambda c: c.model_source == "gist",
     "vocab_size": lambda c: c.tokenizer_strategy == "bpe",
     "tokenizer_path": lambda c: c.tokenizer_strategy == "pretrained",
+    "precision": lambda c: c.use_mixed_precision,  # which mixed precision: nothing to choose with it off
 }
 PLACEHOLDERS = {"dataset_path": "/content/drive/MyDrive/data/train.txt", "tokenizer_path": "path/to/tokenizer",
                 "model_path": "/content/drive/MyDrive/models/model.py", "gist_id": "https://gist.github.com/you/ID"}
