@@ -1,5 +1,6 @@
 """Kill-and-resume soak: SIGKILL a real training run many times, let it finish, compare with a clean run.
 
+    pip install -e .    # once: makes utils importable
     python bench/kill_soak.py [--kills 20] [--seed 0] [--interval-minutes 0.05] [--max-steps 450]
                               [--output-root DIR] [--keep]
 
@@ -19,7 +20,6 @@ baseline's (within 1e-6).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -32,15 +32,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
+from utils.data.tokenizers import load_tokenizer
+from utils.files import TEMP_MARK
+from utils.training.history import read_history
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-import torch  # noqa: E402
-
-from utils.data.tokenizers import load_tokenizer  # noqa: E402
-from utils.files import TEMP_MARK  # noqa: E402
-from utils.training.history import read_history  # noqa: E402
-
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 LOSS_TOLERANCE = 1e-6
 
@@ -57,13 +55,14 @@ def versions(out: Path) -> set[Path]:
     return set((out / "logs").glob("version_*"))
 
 
-def logged_steps(version_dirs) -> list[int]:
-    """Steps whose train/loss these log folders hold (Lightning writes a step's row under the step before it)."""
-    steps = []
-    for path in [v / "metrics.csv" for v in version_dirs if (v / "metrics.csv").exists()]:
-        with open(path, newline="", encoding="utf-8") as f:  # the last row may be cut off mid-write
-            steps += [int(r["step"]) + 1 for r in csv.DictReader(f) if r.get("train/loss") and r["step"].isdigit()]
-    return steps
+def newest_logged(out: Path) -> int:
+    """The newest step in the run's loss history, read as the kit reads it (0: none)."""
+    return max((step for step, _ in read_history(out / "logs").train), default=0)
+
+
+def started(out: Path, before: set) -> bool:
+    """Whether a run begun after `before` was listed has logged a training step."""
+    return any((v / "segment.json").exists() and (v / "metrics.csv").exists() for v in versions(out) - before)
 
 
 LOADERS = {  # the run's files a kill must never leave half-written, and how to read each back
@@ -76,9 +75,9 @@ LOADERS = {  # the run's files a kill must never leave half-written, and how to 
 def check_files(out: Path) -> tuple[list[str], int]:
     """What a kill left broken among the run's files present, and the global step of last.ckpt (0: none)."""
     problems, loaded = [], {}
-    for name, load in [(name, load) for name, load in LOADERS.items() if (out / name).exists()]:
+    for name in [name for name in LOADERS if (out / name).exists()]:
         try:
-            loaded[name] = load(out / name)
+            loaded[name] = LOADERS[name](out / name)
         except (RuntimeError, EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError) as e:
             problems.append(f"{name} does not load: {str(e).splitlines()[0]}")
     return problems, loaded.get("checkpoints/last.ckpt", 0)
@@ -100,17 +99,17 @@ def one_run(out: Path, args, log: Path, kill=None) -> dict:
     seen = kill(proc, before) if kill else {}
     rc, new = proc.wait(timeout=900), versions(out) - before
     segments = [json.loads((v / "segment.json").read_text()) for v in new if (v / "segment.json").exists()]
-    start_step = next((segment["start_step"] for segment in segments if "start_step" in segment), None)  # None: no training
-    return dict(rc=rc, killed="kill_t" in seen and rc == -9, text=log.read_text(errors="replace"), ckpt_step=ckpt_step,
-                start=start_step, logged=logged_steps(new), **seen,
+    start_step = next((seg["start_step"] for seg in segments if "start_step" in seg), None)  # None: it never trained
+    return dict(rc=rc, killed="kill_t" in seen and rc == -9, text=log.read_text(errors="replace"), start=start_step,
+                ckpt_step=ckpt_step, reached=newest_logged(out) if start_step is not None else 0, **seen,
                 mid_write=any(p.name.endswith(f".{proc.pid}{TEMP_MARK}") for p in out.glob("checkpoints/*")))
 
 
 def first_step(proc, out: Path, before: set, deadline: float) -> tuple[float, int] | None:
     """(time, step) when the run's first logged step shows up, if it does before the deadline."""
     while proc.poll() is None and time.monotonic() < deadline:
-        if steps := logged_steps(versions(out) - before):
-            return time.monotonic(), max(steps)
+        if started(out, before):
+            return time.monotonic(), newest_logged(out)
         time.sleep(0.05)
     return None
 
@@ -146,8 +145,7 @@ def run_baseline(out: Path, args, log: Path) -> tuple[float, list]:
     """Train uninterrupted; return the seconds from launch to the first logged step, and (time, step) samples."""
     t_launch, samples, proc = time.monotonic(), [], start(out, args, log)
     while proc.poll() is None:
-        steps = logged_steps(versions(out))
-        samples += [(time.monotonic(), max(steps))] if steps else []
+        samples += [(time.monotonic(), newest_logged(out))] if started(out, set()) else []
         time.sleep(0.05)
     if proc.returncode != 0 or len(samples) < 2:
         sys.exit(f"the baseline run failed (exit status {proc.returncode}); see {log}")
@@ -162,20 +160,22 @@ def run_kills(args, root: Path, rng: random.Random, startup_s: float, interval_s
         mode = "write" if rng.random() < 0.5 else "random"
         run = one_run(soak, args, root / "cli" / f"kill_{i:02d}.log", kill_plan(mode, rng, soak, startup_s, interval_s))
         found, ckpt_step = check_files(soak)
-        # Reached: the newest step this run logged (its metrics CSV is flushed every step), plus the step whose
-        # checkpoint was being written when the kill tore it (Lightning logs a step after its callbacks save).
-        # A step in flight otherwise is not counted. The next run must resume from ckpt_step (checked as a
-        # failed resume), so reached - ckpt_step is what the kill cost.
-        reached = max(run["logged"] + [ckpt_step, run["start"] or 0]) + run["mid_write"]
+        # Reached: the newest step this run logged. With log_every_n_steps=1 the kit writes each step's loss
+        # to the CSV log right after the step, and always before that step's checkpoint, so a kill that tears
+        # the checkpoint of step N finds N logged; only a step in flight is not counted. The next run must
+        # resume from ckpt_step (checked as a failed resume), so reached - ckpt_step is what the kill cost.
+        reached = max(run["reached"], ckpt_step, run["start"] or 0)
         # Limit: one interval of steps at the faster of the baseline's best and this run's own speed (the machine is
-        # shared, so speed drifts), plus one: a save waits for the step that ends after the due time.
-        t0, s0 = run.get("first") or (0.0, 0)
-        rate = (reached - s0) / (run["kill_t"] - t0) if run.get("first") and run["killed"] else 0.0
+        # shared, so speed drifts; a run that trained less than an interval has no telling speed), plus one: a save
+        # waits for the step that ends after the due time.
+        t0, s0 = run.get("first") or (math.inf, 0)
+        span = run["kill_t"] - t0 if run["killed"] else 0.0
+        rate = (reached - s0) / span if span >= interval_s else 0.0
         limit, lost, why = 1 + max(window, math.ceil(rate * interval_s)), reached - ckpt_step, resume_problem(run)
         problems += [f"after kill {i}: {x}" for x in found]
         failed += [f"kill {i}: {why}"] if why else []
         if run["killed"]:
-            kills.append(dict(lost=lost, limit=limit, trained=bool(run["logged"]), mid_write=run["mid_write"]))
+            kills.append(dict(lost=lost, limit=limit, trained=run["start"] is not None, mid_write=run["mid_write"]))
         print(f"{i:>4} {mode:<6} {'yes' if run['mid_write'] else '':>9} {str(run['start']):>5} {reached:>7} "
               f"{ckpt_step:>5} {lost if run['killed'] else '-':>5} {limit:>5}  {'; '.join(found + [why or ''])}")
         if not run["killed"] and run["rc"] == 0:
@@ -216,6 +216,7 @@ def main() -> int:
     leftovers = [str(p.relative_to(soak)) for p in soak.rglob(f"*{TEMP_MARK}")]
     expected, got = read_history(root / "baseline" / "logs").train, read_history(soak / "logs").train
     same_steps = [s for s, _ in expected] == [s for s, _ in got]
+    first_gap = next((a for (a, _), (b, _) in zip(expected + [(None, 0)], got + [(None, 0)]) if a != b), None)
     diff = max(abs(a - b) for (_, a), (_, b) in zip(expected, got)) if same_steps else float("inf")
     lost = [k["lost"] for k in kills if k["trained"]]
     over = [k for k in kills if k["lost"] > k["limit"]]
@@ -228,8 +229,9 @@ def main() -> int:
         ("steps lost per kill", f"max {max(lost, default=0)}, mean {sum(lost) / max(len(lost), 1):.1f}, "
          f"{len(over)} over limit", "<= limit", not over),
         ("leftover temp files", f"{len(leftovers)}", "0", not leftovers),
-        ("loss vs baseline", f"max |diff| {diff:.3g} over {len(got)} steps" if same_steps else
-         f"steps differ: {len(expected)} baseline, {len(got)} soak", f"<= {LOSS_TOLERANCE:g}", diff <= LOSS_TOLERANCE),
+        ("loss vs baseline", f"max |diff| {diff:.3g} over {len(got)} steps" if same_steps
+         else f"steps differ ({len(expected)} vs {len(got)}) at {first_gap}", f"<= {LOSS_TOLERANCE:g}",
+         diff <= LOSS_TOLERANCE),
     ]
     for name, value, goal, ok in goals:
         print(f"{name:<20} {value:<36} goal {goal:<8} {'PASS' if ok else 'FAIL'}")
