@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
+from utils.errors import KitError, MissingFileError
 from utils.files import atomic_write_text
 
 TASKS = ("lm", "classification")
@@ -31,7 +32,7 @@ WANDB_MODES = ("disabled", "auto", "online", "offline")
 CONFIG_FILENAME = "config.json"
 
 
-class ConfigError(ValueError):
+class ConfigError(KitError, ValueError):
     """A config with one or more bad fields; the message lists each one."""
 
     def __init__(self, problems: list[str]):
@@ -125,7 +126,7 @@ class WizardConfig:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise FileNotFoundError(f"No config file at {path}") from None
+            raise MissingFileError(f"No config file at {path}") from None
         except json.JSONDecodeError as e:
             raise ConfigError([f"{path} is not valid JSON ({e})"]) from None
         return cls.from_dict(data)

@@ -38,6 +38,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from utils.errors import KitError
 from utils.files import atomic_copy, atomic_write_bytes, atomic_write_text
 
 DEFAULT_GIST_BASE_URL = "https://gist.github.com"
@@ -55,7 +56,7 @@ CONTRACT = ("a module-level build_model(config: dict) -> nn.Module, or a class M
             "whose __init__ takes the config dict or nothing")
 
 
-class UserModelError(ValueError):
+class UserModelError(KitError, ValueError):
     """Your model could not be fetched, imported, built or checked; the message says why and what was expected."""
 
 

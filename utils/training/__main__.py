@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 
-from utils.config import ConfigError, WizardConfig, apply_overrides
-from utils.training.amp_utils import PrecisionError
-from utils.training.checkpoint_io import TrainingStopped
-from utils.training.checkpoints import IncompatibleCheckpointError
-from utils.training.run_lock import RunFolderBusyError
-from utils.training.health import TrainingHealthError
-from utils.user_models import UserModelError
+from utils.config import WizardConfig, apply_overrides
+from utils.errors import KitError
+
+BUG_NOTE = "This looks like a bug in the kit; please report it with the traceback above."
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,23 +30,35 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = WizardConfig.load(args.config) if args.config else WizardConfig()
         config = apply_overrides(config, args.overrides)
-        from utils.training import train  # imported after the cheap checks: Lightning takes seconds to load
+    except KitError as e:  # a bad setting or config file, reported before Lightning takes seconds to load
+        return _print_error(e)
+    from utils.training import train
+    from utils.training.checkpoint_io import TrainingStopped
+    from utils.user_models import UserModelError
 
+    try:
         result = train(config)
     except TrainingStopped:  # its message is printed already
         return 130
     except UserModelError as e:  # carries the user's own traceback: keep its lines
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (ConfigError, PrecisionError, IncompatibleCheckpointError, RunFolderBusyError, TrainingHealthError,
-            FileNotFoundError, ValueError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    except KitError as e:
+        return _print_error(e)
+    except Exception:  # not raised on purpose: a bug, and its traceback is what a report needs
+        traceback.print_exc()
+        print(BUG_NOTE, file=sys.stderr)
+        return 1
     print("\n" + result.summary())
     print(f"config:           {result.output_dir / 'config.json'}")
     if config.task == "lm":
         print("\nSample:\n" + result.generate(max_new_tokens=args.sample_tokens, seed=config.seed))
     return 0
+
+
+def _print_error(error: KitError) -> int:
+    print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -13,10 +13,11 @@ from typing import Optional
 import pytorch_lightning as pl
 import torch
 
+from utils.errors import KitError
 from utils.training.amp_utils import SkippedStepCounter, loss_scale
 
 
-class TrainingHealthError(RuntimeError):
+class TrainingHealthError(KitError, RuntimeError):
     """Training stopped because the loss went NaN/inf; the message says what happened and what to try."""
 
 
