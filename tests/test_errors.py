@@ -6,6 +6,8 @@ from utils.config import ConfigError, WizardConfig
 from utils.data.sources import DataError, check_file
 from utils.data.tokenizers import CharTokenizer, TokenizerError, load_tokenizer
 from utils.errors import KitError, MissingFileError
+from utils.export import ExportError
+from utils.inference import InferenceError
 from utils.training.amp_utils import PrecisionError
 from utils.training.checkpoint_io import TrainingStopped
 from utils.training.checkpoints import IncompatibleCheckpointError
@@ -16,7 +18,7 @@ from utils.wandb_helpers import WandbError
 
 OLD_BASES = {
     ConfigError: ValueError, PrecisionError: ValueError, UserModelError: ValueError, DataError: ValueError,
-    TokenizerError: ValueError, WandbError: ValueError,
+    TokenizerError: ValueError, ExportError: ValueError, InferenceError: ValueError, WandbError: ValueError,
     RunFolderBusyError: RuntimeError, TrainingStopped: RuntimeError, TrainingHealthError: RuntimeError,
     Fp16HealthError: RuntimeError, IncompatibleCheckpointError: RuntimeError, MissingFileError: FileNotFoundError,
 }
