@@ -14,9 +14,9 @@ import pytest
 from tests.conftest import LABEL_NAMES, classification_config, fit_classifier, make_toy_classification, toy_texts
 from tests.test_user_models import BUILD_MODEL_LM, MASKLESS_CLASSIFIER, write_model
 from utils.config import WizardConfig
-from utils.export import export_model, load_exported
+from utils.export import ExportError, export_model, load_exported
+from utils.inference import classify_texts
 from utils.training import train
-from utils.training.coordinator import classify_texts
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT, SEED, NEW_TOKENS = "def ", 1234, 40
@@ -146,7 +146,7 @@ def test_export_replaces_an_earlier_export_but_never_another_folder(tmp_path, ro
     drive = tmp_path / "MyDrive"
     drive.mkdir()
     (drive / "thesis.docx").write_text("precious")
-    with pytest.raises(FileExistsError, match="is not an earlier export .* would delete its files"):
+    with pytest.raises(ExportError, match="is not an earlier export .* would delete its files"):
         export_model(exported.model, exported.config, exported.tokenizer, drive)
     assert [p.name for p in drive.iterdir()] == ["thesis.docx"]
     again = export_model(exported.model, exported.config, exported.tokenizer, tmp_path / "export")

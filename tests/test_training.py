@@ -13,7 +13,8 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from tests.conftest import REPO_ROOT
 from utils.config import WizardConfig
 from utils.env import DeviceInfo
-from utils.training import TrainingCoordinator, train
+from utils.training import TrainingCoordinator, TrainingResult, train
+from utils.training.__main__ import BUG_NOTE, main as cli_main
 from utils.training.amp_utils import resolve_precision
 from utils.training.builder import build_callbacks, build_model, build_trainer
 from utils.training.callbacks import RunRecorder
@@ -175,6 +176,46 @@ def test_cli_missing_dataset_file_names_the_path(tmp_path):
     assert proc.returncode == 2
     assert f"error: Dataset file not found: {tmp_path}/nope.txt" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_cli_kit_error_is_one_line_and_exit_code_2(tmp_path, capsys):
+    assert cli_main(["--config", str(tmp_path / "nope.json")]) == 2
+    assert capsys.readouterr().err == f"error: No config file at {tmp_path}/nope.json\n"
+    data = tmp_path / "data.txt"
+    data.write_text("abcdefgh" * 4, encoding="utf-8")  # too little text for a train/val split: a DataError
+    assert cli_main(["--set", "dataset_source=file", "--set", f"dataset_path={data}",
+                     "--set", f"output_dir={tmp_path}/out"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: The dataset has 32 tokens: only 0 sequences of max_seq_len=128") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("bug", [RuntimeError("boom"), ValueError("boom")])
+def test_cli_unexpected_error_shows_its_traceback_and_says_it_is_a_bug(tmp_path, monkeypatch, capsys, bug):
+    import utils.training
+
+    def broken_train(config):
+        raise bug
+
+    monkeypatch.setattr(utils.training, "train", broken_train)  # stands for a bug anywhere in training
+    assert cli_main(["--set", f"output_dir={tmp_path}/out"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "Traceback (most recent call last):" and "in broken_train" in "\n".join(err)
+    assert err[-2:] == [f"{type(bug).__name__}: boom", BUG_NOTE]
+    assert BUG_NOTE == "This looks like a bug in the kit; please report it with the traceback above."
+
+
+def test_summary_prints_val_accuracy_once_for_a_classifier_only(tmp_path):
+    def summary(task, val_accuracy):
+        return TrainingResult(config=WizardConfig(task=task), output_dir=tmp_path, best_checkpoint=None,
+                              last_checkpoint=None, train_loss=0.5, val_loss=0.25, global_step=4, steps_run=4,
+                              tokens_per_sec=100.0, precision="32-true", precision_reason="fp32: test",
+                              resumed_from=None, val_accuracy=val_accuracy).summary()
+
+    assert summary("classification", 0.875).count("val accuracy") == 1
+    assert "val accuracy:     0.8750" in summary("classification", 0.875)
+    assert "val accuracy:     n/a" in summary("classification", None)  # no validation ran yet
+    assert "val accuracy" not in summary("lm", None)
+    assert "val loss:         0.2500" in summary("lm", None)
 
 
 @pytest.mark.slow

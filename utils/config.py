@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from templates import TEMPLATES  # the registry only: no model file (and no torch) is imported
+from utils.errors import KitError, MissingFileError
 from utils.files import atomic_write_text
 from utils.gist_ref import parse_gist_ref
 
@@ -31,7 +32,7 @@ EMBEDDED_DATASETS = {"python_reference": "Python Language Reference (465 KB of E
 CONFIG_FILENAME = "config.json"
 
 
-class ConfigError(ValueError):
+class ConfigError(KitError, ValueError):
     """A config with one or more bad fields; the message lists each one."""
 
     def __init__(self, problems: list[str]):
@@ -222,7 +223,7 @@ class WizardConfig:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise FileNotFoundError(f"No config file at {path}") from None
+            raise MissingFileError(f"No config file at {path}") from None
         except json.JSONDecodeError as e:
             raise ConfigError([f"{path} is not valid JSON ({e})"]) from None
         return cls.from_dict(data)

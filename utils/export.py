@@ -27,49 +27,28 @@ from torch import nn
 
 from utils.config import CONFIG_FILENAME, WizardConfig
 from utils.data import load_tokenizer
+from utils.errors import KitError, MissingFileError
 from utils.files import atomic_folder
+from utils.inference import Predictor
 from utils.user_models import USER_MODEL_DIRNAME, copy_model_files, model_files_in
 
 WEIGHTS_FILENAME = "model.safetensors"
 LABELS_FILENAME = "labels.json"
 
 
+class ExportError(KitError, ValueError):
+    """An export that cannot be written as asked; the message says why and what to do instead."""
+
+
 @dataclass
-class ExportedModel:
+class ExportedModel(Predictor):
+    """A model loaded from an export folder: generate() / predict() / predict_proba() from utils.inference."""
+
     model: nn.Module
     tokenizer: Any
     config: WizardConfig
     label_names: list[str] = field(default_factory=list)  # classification: index = class id
     pad_id: int = 0  # classification: the id that pads sequences
-
-    def generate(self, prompt: str = "\n", max_new_tokens: int = 200, temperature: float = 0.8,
-                 top_k: Optional[int] = 40, seed: Optional[int] = None) -> str:
-        """Sample text after prompt (task "lm"); a seed makes it repeatable."""
-        from utils.training.coordinator import sample_text
-
-        self._require("lm", "generate()")
-        return sample_text(self.model, self.tokenizer, prompt, max_new_tokens, self.config.max_seq_len,
-                           temperature, top_k, seed)
-
-    def predict(self, texts: str | list[str]) -> list[str]:
-        """The most likely label name for each text (task "classification")."""
-        probs = self._probabilities(texts)
-        return [self.label_names[i] for i in probs.argmax(dim=-1).tolist()]
-
-    def predict_proba(self, texts: str | list[str]) -> list[dict[str, float]]:
-        """{label name: probability} for each text (task "classification")."""
-        probs = self._probabilities(texts)
-        return [dict(zip(self.label_names, row)) for row in probs.tolist()]
-
-    def _probabilities(self, texts):
-        from utils.training.coordinator import classify_texts
-
-        self._require("classification", "predict()")
-        return classify_texts(self.model, self.tokenizer, texts, self.config.max_seq_len, self.pad_id)
-
-    def _require(self, task: str, what: str) -> None:
-        if self.config.task != task:
-            raise ValueError(f"{what} needs task={task!r}; this model was trained for task={self.config.task!r}")
 
 
 def export_model(model: nn.Module, config: WizardConfig, tokenizer, folder: Optional[str | Path] = None,
@@ -81,8 +60,8 @@ def export_model(model: nn.Module, config: WizardConfig, tokenizer, folder: Opti
     leaves the previous one intact.
     """
     if config.task == "classification" and not label_names:
-        raise ValueError("exporting a classifier needs its label_names (result.label_names), "
-                         "or predictions could not be named")
+        raise ExportError("exporting a classifier needs its label_names (result.label_names), "
+                          "or predictions could not be named")
     folder = Path(folder) if folder is not None else Path(config.output_dir) / "export"
     _refuse_foreign_folder(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -104,9 +83,9 @@ def _refuse_foreign_folder(folder: Path) -> None:
     """An export replaces an earlier export, never a folder holding anything else (Drive, a run)."""
     if folder.is_dir() and any(folder.iterdir()) and not (
             (folder / WEIGHTS_FILENAME).is_file() and (folder / CONFIG_FILENAME).is_file()):
-        raise FileExistsError(f"{folder} exists and is not an earlier export (no {WEIGHTS_FILENAME} and "
-                              f"{CONFIG_FILENAME}); exporting there would delete its files. Choose a new or "
-                              "empty folder, e.g. output_dir/export.")
+        raise ExportError(f"{folder} exists and is not an earlier export (no {WEIGHTS_FILENAME} and "
+                          f"{CONFIG_FILENAME}); exporting there would delete its files. Choose a new or "
+                          "empty folder, e.g. output_dir/export.")
 
 
 def load_exported(folder: str | Path, device: str = "cpu") -> ExportedModel:
@@ -116,7 +95,7 @@ def load_exported(folder: str | Path, device: str = "cpu") -> ExportedModel:
     folder = Path(folder)
     weights = folder / WEIGHTS_FILENAME
     if not weights.exists():
-        raise FileNotFoundError(f"No {WEIGHTS_FILENAME} in {folder}: is this an export folder (output_dir/export)?")
+        raise MissingFileError(f"No {WEIGHTS_FILENAME} in {folder}: is this an export folder (output_dir/export)?")
     config = WizardConfig.load(folder / CONFIG_FILENAME)
     tokenizer = load_tokenizer(folder / "tokenizer")
     labels = _read_labels(folder) if config.task == "classification" else {"label_names": [], "pad_id": 0}
@@ -132,5 +111,5 @@ def _read_labels(folder: Path) -> dict:
     try:
         labels = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"No {LABELS_FILENAME} in {folder}: a classifier's export names its classes there") from None
+        raise MissingFileError(f"No {LABELS_FILENAME} in {folder}: a classifier's export names its classes there") from None
     return {"label_names": list(labels["label_names"]), "pad_id": int(labels.get("pad_id", 0))}

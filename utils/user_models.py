@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from utils import gist_ref
+from utils.errors import KitError
 from utils.files import atomic_copy, atomic_write_bytes, atomic_write_text
 from utils.gist_ref import GistRef  # re-exported: importers of utils.user_models keep working
 
@@ -55,7 +56,7 @@ CONTRACT = ("a module-level build_model(config: dict) -> nn.Module, or a class M
             "whose __init__ takes the config dict or nothing")
 
 
-class UserModelError(ValueError):
+class UserModelError(KitError, ValueError):
     """Your model could not be fetched, imported, built or checked; the message says why and what was expected."""
 
 

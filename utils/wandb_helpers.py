@@ -16,11 +16,16 @@ from typing import Optional
 
 from utils.config import WANDB_MODES
 from utils.env import in_colab
+from utils.errors import KitError
 
 API_KEY_VAR = "WANDB_API_KEY"
 INIT_TIMEOUT_VAR = "WANDB_INIT_TIMEOUT"  # wandb's own variable, but wandb reads it only once per process
 DEFAULT_INIT_TIMEOUT = 60.0  # seconds; wandb's 90 s plus its retries left a run waiting ~108 s before it died
 SYNC_HINT = "upload it later with `wandb sync <output_dir>/wandb/offline-run-*` on a machine logged in to W&B"
+
+
+class WandbError(KitError, ValueError):
+    """A W&B setting (mode, project name, WANDB_INIT_TIMEOUT) that cannot work; the message names the fix."""
 
 
 @dataclass(frozen=True)
@@ -37,7 +42,7 @@ def resolve_wandb_auth(wandb_mode: str) -> WandbAuth:
     os.environ[WANDB_API_KEY] so wandb.init picks it up without a login.
     """
     if wandb_mode not in WANDB_MODES:
-        raise ValueError(f"wandb_mode={wandb_mode!r} is not allowed; choose one of {', '.join(map(repr, WANDB_MODES))}")
+        raise WandbError(f"wandb_mode={wandb_mode!r} is not allowed; choose one of {', '.join(map(repr, WANDB_MODES))}")
     if wandb_mode == "disabled":
         return WandbAuth("disabled", "none", "W&B logging is off (wandb_mode='disabled').")
     if wandb_mode == "offline":
@@ -90,7 +95,7 @@ def resolve_wandb_init_timeout() -> float:
     except ValueError:
         seconds = 0.0  # refused below, with the value as given
     if not seconds > 0:  # also refuses nan
-        raise ValueError(f"{INIT_TIMEOUT_VAR}={raw!r} is not allowed; set it to a number of seconds above 0, "
+        raise WandbError(f"{INIT_TIMEOUT_VAR}={raw!r} is not allowed; set it to a number of seconds above 0, "
                          f"or unset it for {DEFAULT_INIT_TIMEOUT:.0f}")
     return seconds
 
@@ -99,7 +104,7 @@ def make_project_name(name: str) -> str:
     """W&B project names here are lowercase words joined by hyphens: 'My Project_1' -> 'my-project-1'."""
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     if not slug:
-        raise ValueError(f"W&B project name {name!r} has no letters or digits; use something like 'my-transformer'")
+        raise WandbError(f"W&B project name {name!r} has no letters or digits; use something like 'my-transformer'")
     return slug
 
 

@@ -20,13 +20,14 @@ from typing import Any, Iterator, NamedTuple, Optional
 
 from utils.config import DATA_FILE_SUFFIXES
 from utils.data.tokenizers import clean_break
+from utils.errors import KitError, MissingFileError
 
 BLOCK_BYTES = 1 << 20  # text handed on at a time
 HF_BATCH_ROWS = 1000
 CACHE_VERSION = "1"  # part of every BPE cache key: bump when training changes
 
 
-class DataError(ValueError):
+class DataError(KitError, ValueError):
     """Data that cannot be used as configured; the message names it and the fix."""
 
 
@@ -40,7 +41,7 @@ def check_file(path: str | Path) -> Path:
     """The path of an existing, non-empty data file with a known suffix, or an error naming the fix."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"Dataset file not found: {path}. Check dataset_path "
+        raise MissingFileError(f"Dataset file not found: {path}. Check dataset_path "
                                 "(on Colab, mount Google Drive first for /content/drive/... paths).")
     if path.is_dir():
         raise DataError(f"Dataset path {path} is a folder; give the path of a .txt, .csv or .jsonl file inside it.")

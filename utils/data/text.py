@@ -16,6 +16,8 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch.utils.data import Dataset
 
+from utils.data.sources import DataError
+from utils.data.tokenizers import TokenizerError
 from utils.files import atomic_writer
 
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
@@ -52,7 +54,7 @@ def split_windows(tokens: torch.Tensor, seq_len: int, val_split: float, seed: in
     n = (len(tokens) - 1) // seq_len
     n_val = round(n * val_split)
     if n < 2 or n_val < 1 or n - n_val < 1:
-        raise ValueError(f"The dataset has {len(tokens)} tokens: only {n} sequences of max_seq_len={seq_len}, "
+        raise DataError(f"The dataset has {len(tokens)} tokens: only {n} sequences of max_seq_len={seq_len}, "
                          f"too few for a train/val split at val_split={val_split}. "
                          "Use more text or a smaller max_seq_len.")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) * seq_len
@@ -79,7 +81,7 @@ def encode_blocks(tokenizer, blocks: Iterable[str], size_hint: Optional[int] = N
     for block in blocks:
         ids = tokenizer.encode_tensor(block)
         if len(ids) and int(ids.max()) >= vocab_size:  # would crash deep in the embedding on a GPU
-            raise ValueError(f"The {tokenizer.kind} tokenizer produced id {int(ids.max())}, outside its "
+            raise TokenizerError(f"The {tokenizer.kind} tokenizer produced id {int(ids.max())}, outside its "
                              f"vocabulary of {vocab_size}; the tokenizer files are inconsistent.")
         if n + len(ids) > len(buffer):
             grown = torch.empty(max(n + len(ids), len(buffer) * 3 // 2), dtype=buffer.dtype)

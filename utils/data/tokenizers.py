@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
+from utils.errors import KitError, MissingFileError
 from utils.files import atomic_write_text
 
 META_FILENAME = "tokenizer_meta.json"
@@ -37,7 +38,7 @@ PIECE_CHARS = 4096  # the tokenizers library encodes a batch of pieces this long
 BPE_SAMPLE_BYTES = 64 * 2**20  # BPE trains on at most about this much text, spread evenly over the corpus
 
 
-class TokenizerError(ValueError):
+class TokenizerError(KitError, ValueError):
     """A tokenizer that cannot be built or loaded as configured; the message says how to fix it."""
 
 
@@ -95,8 +96,8 @@ class _StrictTable(dict):
         raise _unknown_char(chr(code))  # not a LookupError, so str.translate does not skip it
 
 
-def _unknown_char(ch: str) -> ValueError:
-    return ValueError(f"character {ch!r} is not in this char tokenizer's vocabulary "
+def _unknown_char(ch: str) -> TokenizerError:
+    return TokenizerError(f"character {ch!r} is not in this char tokenizer's vocabulary "
                       "(it never occurs in the training text)")
 
 
@@ -283,7 +284,7 @@ def load_pretrained(path_or_name: str, pad: bool) -> LibraryTokenizer:
 def _load_by_name(name: str, path: Path):
     looks_like_path = name.startswith((".", "/", "~")) or (path.parent != Path(".") and path.parent.exists())
     if looks_like_path:
-        raise FileNotFoundError(f"No pretrained tokenizer at {path}: tokenizer_path needs a folder holding "
+        raise MissingFileError(f"No pretrained tokenizer at {path}: tokenizer_path needs a folder holding "
                                 f"{HF_FILENAME} (the file itself works too).")
     try:
         from transformers import AutoTokenizer
@@ -332,7 +333,7 @@ def load_tokenizer(folder: str | Path):
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"No tokenizer in {folder} (expected {META_FILENAME})") from None
+        raise MissingFileError(f"No tokenizer in {folder} (expected {META_FILENAME})") from None
     kind = meta.get("kind")
     if kind == "char":
         return CharTokenizer(meta["chars"], meta.get("pad", False))
@@ -342,7 +343,7 @@ def load_tokenizer(folder: str | Path):
         from tokenizers import Tokenizer
 
         return LibraryTokenizer(Tokenizer.from_file(str(folder / HF_FILENAME)), kind, meta.get("pad_id"))
-    raise ValueError(f"{path} names an unknown tokenizer kind {kind!r}")
+    raise TokenizerError(f"{path} names an unknown tokenizer kind {kind!r}")
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -11,13 +11,16 @@ import argparse
 import json
 import sys
 import textwrap
+import traceback
 from dataclasses import fields
 
 # Only the config here: torch and Lightning load after the settings are checked, so a typo in
 # --set is reported in a fraction of a second instead of after seconds of imports.
-from utils.config import SETTINGS, ConfigError, WizardConfig, apply_overrides
+from utils.config import SETTINGS, WizardConfig, apply_overrides
+from utils.errors import KitError
 
 HELP_COLUMN, HELP_WIDTH = 38, 110  # where a setting's help starts in --help, and where lines wrap
+BUG_NOTE = "This looks like a bug in the kit; please report it with the traceback above."
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,20 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = WizardConfig.load(args.config) if args.config else WizardConfig()
         config = apply_overrides(config, args.overrides)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    except KitError as e:  # a bad setting or config file, reported before Lightning takes seconds to load
+        return _print_error(e)
     return train_and_report(config, args)
 
 
 def train_and_report(config: WizardConfig, args: argparse.Namespace) -> int:
     # Imported here, after the settings passed: these modules load torch and Lightning.
     from utils.training import train
-    from utils.training.amp_utils import PrecisionError
     from utils.training.checkpoint_io import TrainingStopped
-    from utils.training.checkpoints import IncompatibleCheckpointError
-    from utils.training.health import TrainingHealthError
-    from utils.training.run_lock import RunFolderBusyError
     from utils.user_models import UserModelError
 
     try:
@@ -84,15 +82,22 @@ def train_and_report(config: WizardConfig, args: argparse.Namespace) -> int:
     except UserModelError as e:  # carries the user's own traceback: keep its lines
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (ConfigError, PrecisionError, IncompatibleCheckpointError, RunFolderBusyError, TrainingHealthError,
-            FileNotFoundError, ValueError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    except KitError as e:
+        return _print_error(e)
+    except Exception:  # not raised on purpose: a bug, and its traceback is what a report needs
+        traceback.print_exc()
+        print(BUG_NOTE, file=sys.stderr)
+        return 1
     print("\n" + result.summary())
     print(f"config:           {result.output_dir / 'config.json'}")
     if config.task == "lm":
         print("\nSample:\n" + result.generate(max_new_tokens=args.sample_tokens, seed=config.seed))
     return 0
+
+
+def _print_error(error: KitError) -> int:
+    print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

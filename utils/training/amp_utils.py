@@ -14,6 +14,7 @@ from typing import Any, Optional
 import pytorch_lightning as pl
 
 from utils.env import DeviceInfo, detect_device
+from utils.errors import KitError
 
 
 def compute_effective_precision(requested_precision, use_amp, cuda_available, use_gpu) -> str:
@@ -39,7 +40,7 @@ class PrecisionDecision:
         return self.precision == "16-mixed"
 
 
-class PrecisionError(ValueError):
+class PrecisionError(KitError, ValueError):
     """A precision request the hardware cannot honour; the message says what to choose instead."""
 
 

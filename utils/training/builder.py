@@ -22,6 +22,7 @@ from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
 from templates import build_template
 from utils.config import WizardConfig
+from utils.data.sources import DataError
 from utils.training.amp_utils import PrecisionDecision
 from utils.training.callbacks import RecordedProgressBar, RunRecorder, ValidateAtMaxSteps
 from utils.training.checkpoint_io import AtomicCheckpointIO, LastCheckpoint
@@ -51,7 +52,7 @@ def build_model(config: WizardConfig, vocab_size: int, num_classes: int = 0, pad
     overrides where a user model's code is read from (load_exported passes the export's copy).
     """
     if config.task == "classification" and num_classes < 2:
-        raise ValueError(f"task='classification' needs at least 2 classes, but the data has {num_classes} "
+        raise DataError(f"task='classification' needs at least 2 classes, but the data has {num_classes} "
                          "label names; check label_column and the labels in the data.")
     kit = model_config(config, vocab_size, num_classes, pad_id)
     if config.model_source == "template":

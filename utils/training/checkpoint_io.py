@@ -24,10 +24,11 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from utils.errors import KitError
 from utils.files import atomic_writer
 
 
-class TrainingStopped(RuntimeError):
+class TrainingStopped(KitError, RuntimeError):
     """Training stopped on the user's Stop (SIGINT) or a SIGTERM; last.ckpt says where to continue."""
 
 

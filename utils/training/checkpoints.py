@@ -30,6 +30,7 @@ from typing import Optional
 import torch
 
 from utils.config import CONFIG_FILENAME, ConfigError, WizardConfig
+from utils.errors import KitError
 
 LAST_NAME = "last.ckpt"
 LOGS_DIRNAME = "logs"
@@ -47,7 +48,7 @@ RESUME_FIELDS = (
 ON_CHANGE = ("refuse", "start_new")  # what a changed run does: the command line refuses, the notebook starts anew
 
 
-class IncompatibleCheckpointError(RuntimeError):
+class IncompatibleCheckpointError(KitError, RuntimeError):
     """output_dir holds a checkpoint of a run this config cannot continue."""
 
 

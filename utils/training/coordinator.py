@@ -11,15 +11,15 @@ from typing import Any, Optional
 
 import pytorch_lightning as pl
 from pytorch_lightning.trainer.states import TrainerStatus
-import torch
 from torch import nn
 
 from utils.config import CONFIG_FILENAME, WizardConfig
 from utils.data import prepare_data
 from utils.data.tokenizers import load_tokenizer, tokenizer_fingerprint
 from utils.env import DeviceInfo, detect_device
+from utils.export import ExportError, export_model
 from utils.files import atomic_folder, remove_temp_files
-from utils.generation import generate
+from utils.inference import Predictor, classify_texts, sample_text  # sample_text, classify_texts: see __all__
 from utils.training.amp_utils import PrecisionDecision, resolve_precision
 from utils.training.builder import (build_callbacks, build_dataloaders, build_loggers, build_model, build_module,
                                     build_task, build_trainer)
@@ -30,13 +30,14 @@ from utils.training.checkpoints import (LOGS_DIRNAME, ON_CHANGE, TOKENIZER_DIRNA
                                         resume_problems)
 from utils.training.history import read_history
 from utils.training.run_lock import RunLock
-from utils.training.module import classifier_logits
 from utils.user_models import check_embedding_fits, check_model, keep_model_copy, resolve_user_model_files
 from utils.wandb_helpers import finish_wandb_on_exit
 
 
 @dataclass
-class TrainingResult:
+class TrainingResult(Predictor):
+    """What a run produced; generate() / predict() / predict_proba() from utils.inference, export() to a folder."""
+
     config: WizardConfig  # the config the run used
     output_dir: Path
     best_checkpoint: Optional[Path]  # lowest validation loss
@@ -66,90 +67,22 @@ class TrainingResult:
             + (f" (resumed from {self.resumed_from})" if self.resumed_from else ""),
             f"train loss:       {fmt(self.train_loss)}",
             f"val loss:         {fmt(self.val_loss)}",
-            *([f"val accuracy:     {fmt(self.val_accuracy)}"] if self.val_accuracy is not None else []),
+            *([f"val accuracy:     {fmt(self.val_accuracy)}"] if self.config.task == "classification" else []),
             f"throughput:       {self.tokens_per_sec:,.0f} tokens/s",
             f"best checkpoint:  {self.best_checkpoint or 'none saved'}",
             f"last checkpoint:  {self.last_checkpoint or 'none saved'}",
         ]
         return "\n".join(lines)
 
-    def generate(self, prompt: str = "\n", max_new_tokens: int = 200, temperature: float = 0.8,
-                 top_k: Optional[int] = 40, seed: Optional[int] = None) -> str:
-        """Sample text from the trained language model after `prompt`."""
-        if self.config.task != "lm":
-            raise ValueError(f"generate() needs a language model; this run's task is {self.config.task!r}")
-        return sample_text(self.model, self.tokenizer, prompt, max_new_tokens, self.config.max_seq_len,
-                           temperature, top_k, seed)
-
-    def predict(self, texts: str | list[str]) -> list[str]:
-        """The trained classifier's label for each text."""
-        if self.config.task != "classification":
-            raise ValueError(f"predict() needs a classifier; this run's task is {self.config.task!r}")
-        probs = classify_texts(self.model, self.tokenizer, texts, self.config.max_seq_len, self.pad_id)
-        return [self.label_names[i] for i in probs.argmax(dim=-1).tolist()]
-
     def export(self, folder: Optional[str | Path] = None) -> Path:
         """Write weights (safetensors), config, tokenizer, class names and user model code to folder
         (default: output_dir/export); utils.export.load_exported reads it back anywhere."""
-        from utils.export import export_model
-
         if self.model_passed_in:
-            raise ValueError(
+            raise ExportError(
                 f"This {type(self.model).__name__} was passed to train(model=...), so an export folder could not "
                 "rebuild it. Put its code in a model.py with build_model(config) or a Model class and train with "
                 "model_source='file' (the export then carries the code), or save result.model.state_dict() yourself.")
         return export_model(self.model, self.config, self.tokenizer, folder, self.label_names, self.pad_id)
-
-
-def encode_for_inference(tokenizer, text: str) -> list[int]:
-    """Ids for a prompt or a text to classify. A char tokenizer knows only the training text's
-    characters: others are dropped, with a note, rather than failing a Run all on a default prompt."""
-    try:
-        return tokenizer.encode(text)
-    except ValueError:
-        known = getattr(tokenizer, "stoi", None)
-        if known is None:
-            raise
-        unknown = sorted({ch for ch in text if ch not in known})
-        print(f"Note: dropped characters the training text never had: {''.join(unknown)!r}")
-        return tokenizer.encode("".join(ch for ch in text if ch in known))
-
-
-def sample_text(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int, block_size: int,
-                temperature: float = 0.8, top_k: Optional[int] = 40, seed: Optional[int] = None) -> str:
-    ids = encode_for_inference(tokenizer, prompt) or [0]
-    device = next(model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    was_training = model.training
-    model.eval()
-    out = generate(model, torch.tensor([ids], device=device), max_new_tokens, block_size, temperature, top_k, gen)
-    model.train(was_training)
-    return tokenizer.decode(out[0].tolist())
-
-
-@torch.no_grad()
-def classify_texts(model: nn.Module, tokenizer, texts: str | list[str], max_seq_len: int, pad_id: int,
-                   batch_size: int = 64) -> torch.Tensor:
-    """Class probabilities (N, num_classes) for texts: each encoded, cut to max_seq_len, right-padded."""
-    texts = [texts] if isinstance(texts, str) else list(texts)
-    if not texts:
-        raise ValueError("no texts to classify; pass a string or a list of strings")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    probs = []
-    for start in range(0, len(texts), batch_size):
-        encoded = [encode_for_inference(tokenizer, t)[:max_seq_len] for t in texts[start:start + batch_size]]
-        T = max(1, *(len(ids) for ids in encoded))  # an empty text is one all-padding row
-        input_ids = torch.full((len(encoded), T), pad_id, dtype=torch.long)  # (B, T)
-        mask = torch.zeros(len(encoded), T, dtype=torch.bool)  # (B, T), True = real token
-        for row, ids in enumerate(encoded):
-            input_ids[row, :len(ids)] = torch.tensor(ids)
-            mask[row, :len(ids)] = True
-        logits = classifier_logits(model, input_ids.to(device), mask.to(device))  # (B, num_classes)
-        probs.append(torch.softmax(logits.float(), dim=-1).cpu())
-    model.train(was_training)
-    return torch.cat(probs)
 
 
 class TrainingCoordinator:

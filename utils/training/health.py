@@ -12,10 +12,11 @@ from typing import Optional
 
 import pytorch_lightning as pl
 
+from utils.errors import KitError
 from utils.training.callbacks import RunRecorder
 
 
-class TrainingHealthError(RuntimeError):
+class TrainingHealthError(KitError, RuntimeError):
     """Training stopped because the loss went NaN/inf; the message says what happened and what to try."""
 
 

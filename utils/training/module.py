@@ -8,15 +8,14 @@ Lightning owns autocast, the GradScaler, clipping order and accumulation; nothin
 
 from __future__ import annotations
 
-import functools
-import inspect
 import math
-from typing import Optional
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from utils.inference import classifier_logits
 
 
 class LanguageModelTask:
@@ -56,30 +55,6 @@ class ClassificationTask:
     def tokens_in(self, batch) -> torch.Tensor:
         """Real tokens only: padding is not throughput. A tensor on the batch's device: counted without a sync."""
         return batch[1].sum()
-
-
-def classifier_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Call a classifier with the mask when its forward() has a parameter for it, else with the ids alone.
-
-    The one place that adapts to forward signatures: `forward(input_ids, attention_mask=None)` (the
-    templates), `forward(ids, mask)`, or `forward(x)` for models that take no mask. The mask is passed
-    by name only: a second positional parameter may mean something else (nanoGPT's `targets`).
-    """
-    name = _mask_parameter(type(model))
-    if name is None:
-        return model(input_ids)
-    return model(input_ids, **{name: attention_mask})
-
-
-@functools.lru_cache(maxsize=None)
-def _mask_parameter(model_type: type) -> Optional[str]:
-    params = inspect.signature(model_type.forward).parameters
-    for name in ("attention_mask", "mask"):
-        if name in params:
-            return name
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return "attention_mask"
-    return None
 
 
 class TransformerModule(pl.LightningModule):

@@ -17,6 +17,7 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
+from utils.errors import KitError
 from utils.files import TEMP_MARK
 
 LOCK_FILENAME = ".run.lock"
@@ -29,7 +30,7 @@ IDENTITY = ("pid", "hostname", "started_at")  # what makes a lock record one run
 _held_here: set[str] = set()  # lock paths this process holds now: our pid in a lock we don't hold is a leftover
 
 
-class RunFolderBusyError(RuntimeError):
+class RunFolderBusyError(KitError, RuntimeError):
     """Another live training run holds the output folder."""
 
 

@@ -1,0 +1,162 @@
+"""Using a trained model: sample text from a language model, label texts with a classifier.
+
+A `Predictor` holds a model, its tokenizer and the task facts (task, max_seq_len, label names, pad
+id). `TrainingResult` (a run just trained) and `ExportedModel` (an export loaded back) are both
+Predictors, so the same model answers the same way whichever of the two it came from.
+
+    predictor.generate("def ", max_new_tokens=100, seed=0)   # task "lm": a seed makes it repeatable
+    predictor.predict(["great film", "dull"])                 # task "classification": label names
+    predictor.predict_proba(["great film"])                   # [{label name: probability}]
+
+The training core and utils.export import this module; it imports neither, nor Lightning.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utils.config import WizardConfig
+from utils.data.tokenizers import TokenizerError
+from utils.errors import KitError
+
+
+class InferenceError(KitError, ValueError):
+    """A generate/predict call this model cannot answer (wrong task, no texts, a bad temperature)."""
+
+
+class Predictor:
+    """generate() for a language model, predict() and predict_proba() for a classifier.
+
+    A base for classes that hold these attributes; config supplies task and max_seq_len.
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    config: WizardConfig
+    label_names: list[str]  # classification: index = class id
+    pad_id: int  # classification: the id that pads sequences
+
+    def generate(self, prompt: str = "\n", max_new_tokens: int = 200, temperature: float = 0.8,
+                 top_k: Optional[int] = 40, seed: Optional[int] = None) -> str:
+        """Text sampled after prompt (task "lm"), prompt included; a seed makes it repeatable."""
+        self._require("lm", "generate()")
+        return sample_text(self.model, self.tokenizer, prompt, max_new_tokens, self.config.max_seq_len,
+                           temperature, top_k, seed)
+
+    def predict(self, texts: str | list[str]) -> list[str]:
+        """The most likely label name for each text (task "classification")."""
+        probs = self._probabilities(texts)
+        return [self.label_names[i] for i in probs.argmax(dim=-1).tolist()]
+
+    def predict_proba(self, texts: str | list[str]) -> list[dict[str, float]]:
+        """{label name: probability} for each text (task "classification")."""
+        probs = self._probabilities(texts)
+        return [dict(zip(self.label_names, row)) for row in probs.tolist()]
+
+    def _probabilities(self, texts: str | list[str]) -> torch.Tensor:
+        self._require("classification", "predict()")
+        return classify_texts(self.model, self.tokenizer, texts, self.config.max_seq_len, self.pad_id)
+
+    def _require(self, task: str, what: str) -> None:
+        if self.config.task != task:
+            raise InferenceError(f"{what} needs task={task!r}; this model was trained for task={self.config.task!r}")
+
+
+def encode_for_inference(tokenizer, text: str) -> list[int]:
+    """Ids for a prompt or a text to classify. A char tokenizer knows only the training text's
+    characters: others are dropped, with a note, rather than failing a Run all on a default prompt."""
+    try:
+        return tokenizer.encode(text)
+    except TokenizerError:
+        known = getattr(tokenizer, "stoi", None)
+        if known is None:
+            raise
+        unknown = sorted({ch for ch in text if ch not in known})
+        print(f"Note: dropped characters the training text never had: {''.join(unknown)!r}")
+        return tokenizer.encode("".join(ch for ch in text if ch in known))
+
+
+def sample_text(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int, block_size: int,
+                temperature: float = 0.8, top_k: Optional[int] = 40, seed: Optional[int] = None) -> str:
+    """prompt and max_new_tokens sampled after it, decoded; seed fixes the draws."""
+    ids = encode_for_inference(tokenizer, prompt) or [0]
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    was_training = model.training
+    model.eval()
+    out = generate(model, torch.tensor([ids], device=device), max_new_tokens, block_size, temperature, top_k, gen)
+    model.train(was_training)
+    return tokenizer.decode(out[0].tolist())
+
+
+@torch.no_grad()
+def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, block_size: int,
+             temperature: float = 0.8, top_k: Optional[int] = 40,
+             generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Sample max_new_tokens after idx (B, T) from any model mapping (B, T) ids to (B, T, V) logits."""
+    if temperature <= 0:
+        raise InferenceError(f"temperature={temperature} must be > 0")
+    for _ in range(max_new_tokens):
+        logits = model(idx[:, -block_size:])[:, -1, :].float() / temperature  # (B, V)
+        if top_k is not None:
+            kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = F.softmax(logits, dim=-1)
+        idx = torch.cat([idx, torch.multinomial(probs, 1, generator=generator)], dim=1)  # (B, T+1)
+    return idx
+
+
+@torch.no_grad()
+def classify_texts(model: nn.Module, tokenizer, texts: str | list[str], max_seq_len: int, pad_id: int,
+                   batch_size: int = 64) -> torch.Tensor:
+    """Class probabilities (N, num_classes) for texts: each encoded, cut to max_seq_len, right-padded."""
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts:
+        raise InferenceError("no texts to classify; pass a string or a list of strings")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    probs = []
+    for start in range(0, len(texts), batch_size):
+        encoded = [encode_for_inference(tokenizer, t)[:max_seq_len] for t in texts[start:start + batch_size]]
+        T = max(1, *(len(ids) for ids in encoded))  # an empty text is one all-padding row
+        input_ids = torch.full((len(encoded), T), pad_id, dtype=torch.long)  # (B, T)
+        mask = torch.zeros(len(encoded), T, dtype=torch.bool)  # (B, T), True = real token
+        for row, ids in enumerate(encoded):
+            input_ids[row, :len(ids)] = torch.tensor(ids)
+            mask[row, :len(ids)] = True
+        logits = classifier_logits(model, input_ids.to(device), mask.to(device))  # (B, num_classes)
+        probs.append(torch.softmax(logits.float(), dim=-1).cpu())
+    model.train(was_training)
+    return torch.cat(probs)
+
+
+def classifier_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Call a classifier with the mask when its forward() has a parameter for it, else with the ids alone.
+
+    The one place that adapts to forward signatures, for training and inference alike:
+    `forward(input_ids, attention_mask=None)` (the templates), `forward(ids, mask)`, or `forward(x)`
+    for models that take no mask. The mask is passed by name only: a second positional parameter
+    may mean something else (nanoGPT's `targets`).
+    """
+    name = _mask_parameter(type(model))
+    if name is None:
+        return model(input_ids)
+    return model(input_ids, **{name: attention_mask})
+
+
+@functools.lru_cache(maxsize=None)
+def _mask_parameter(model_type: type) -> Optional[str]:
+    params = inspect.signature(model_type.forward).parameters
+    for name in ("attention_mask", "mask"):
+        if name in params:
+            return name
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return "attention_mask"
+    return None
