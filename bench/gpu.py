@@ -7,7 +7,7 @@
 
 For each template and size it trains in fp32 ('32-true') and in the mixed precision the kit picks for
 this GPU (resolve_precision(True, "auto"): fp16 + GradScaler on a T4 or V100, bf16 on Ampere and
-newer), by both sides in turn: a hand-written loop, then the kit (TrainingCoordinator.train, default
+newer), by both sides in turn: a hand-written loop, then the kit (utils.training.train, default
 callbacks on), `--rounds` such pairs (medians reported). The loop has the same model, seed, batches,
 AdamW groups, warmup+cosine schedule, clipping, autocast and GradScaler; it never reads the loss back,
 as the kit reads it only every log_every_n_steps. Each run times `--steps` optimizer steps after
@@ -54,8 +54,8 @@ from utils.config import WizardConfig
 from utils.data import prepare_data
 from utils.data.text import embedded_path
 from utils.env import DeviceInfo, detect_device
-from utils.training import TrainingCoordinator
-from utils.training.amp_utils import PrecisionDecision, resolve_precision
+from utils.training import train
+from utils.training.precision import PrecisionDecision, resolve_precision
 from utils.training.builder import build_dataloaders, build_model, build_task, total_steps
 from utils.training.module import param_groups, warmup_cosine
 
@@ -199,7 +199,7 @@ def measure_kit(config: WizardConfig, device: DeviceInfo, warmup: int, steps: in
     log = out.parent / f"{out.name}.log"  # the kit's own output
     try:
         with open(log, "w") as f, redirect_stdout(f):
-            TrainingCoordinator(config, device).train(extra_callbacks=[clock])
+            train(config, device=device, extra_callbacks=[clock])
         if clock.t1 is None:
             raise RuntimeError(f"the kit stopped before optimizer step {warmup + steps}")
     except torch.cuda.OutOfMemoryError:

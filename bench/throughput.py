@@ -29,8 +29,8 @@ import torch
 
 from utils.config import WizardConfig
 from utils.data import prepare_data
-from utils.training import TrainingCoordinator
-from utils.training.amp_utils import resolve_precision
+from utils.training import train
+from utils.training.precision import resolve_precision
 from utils.training.builder import build_dataloaders, build_model
 from utils.training.module import param_groups, warmup_cosine
 
@@ -58,7 +58,7 @@ class StepClock(pl.Callback):
 
 def kit_tokens_per_sec(config: WizardConfig, out: Path) -> float:
     clock = StepClock()
-    TrainingCoordinator(config.replace(output_dir=str(out))).train(extra_callbacks=[clock])
+    train(config.replace(output_dir=str(out)), extra_callbacks=[clock])
     return clock.tokens / (clock.t1 - clock.t0)
 
 
@@ -121,12 +121,12 @@ def startup_seconds(python_code: str) -> float:
 FIRST_STEP_CODE = """
 import sys, tempfile, pytorch_lightning as pl
 from utils.config import WizardConfig
-from utils.training import TrainingCoordinator
+from utils.training import train
 class First(pl.Callback):
     def on_train_batch_end(self, trainer, *args):
         print("FIRST_STEP", flush=True); sys.exit(0)
 cfg = WizardConfig(output_dir=tempfile.mkdtemp(), max_steps=1)
-TrainingCoordinator(cfg).train(extra_callbacks=[First()])
+train(cfg, extra_callbacks=[First()])
 """
 
 

@@ -156,7 +156,7 @@ def fit_classifier(config, data: ToyClassification, model=None):
     half of issue 6 gives prepare_data its CSV/JSONL sources.
     """
     from utils.env import DeviceInfo
-    from utils.training.amp_utils import resolve_precision
+    from utils.training.precision import resolve_precision
     from utils.training.builder import (build_callbacks, build_dataloaders, build_loggers, build_model,
                                         build_module, build_task, build_trainer)
     from utils.training.callbacks import RunRecorder
@@ -167,7 +167,7 @@ def fit_classifier(config, data: ToyClassification, model=None):
         model = build_model(config, data.tokenizer.vocab_size, len(data.label_names), data.pad_id)
     task = build_task(config)
     train_loader, val_loader = build_dataloaders(config, data.train, data.val, pin_memory=False)
-    module = build_module(config, model, task, len(train_loader))
+    module = build_module(config, model, task, len(train_loader), decision)
     stats = RunRecorder(task.tokens_in, flush_every=config.log_every_n_steps)
     trainer = build_trainer(config, decision, build_callbacks(config, decision, stats), build_loggers(config))
     trainer.fit(module, train_loader, val_loader)

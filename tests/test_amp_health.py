@@ -59,8 +59,7 @@ def test_consecutive_overflows_stop_training_with_a_diagnosis(tmp_path, tiny_lm)
     config = tiny_config(tmp_path, max_steps=30)
     recorder = StepRecorder()
     with pytest.raises(Fp16HealthError) as info:
-        from utils.training import TrainingCoordinator
-        TrainingCoordinator(config, device=CPU).train(tiny_lm(inf_grad_calls=range(3, 31)), extra_callbacks=[recorder])
+        train(config, tiny_lm(inf_grad_calls=range(3, 31)), device=CPU, extra_callbacks=[recorder])
     message = str(info.value)
     # Steps 3..12 overflowed: the 10th skip in a row stops it; 2**16 halved 10 times is 64.
     assert "optimizer step 12 " in message
@@ -121,9 +120,8 @@ def test_nan_loss_in_fp32_stops_training_without_fp16_advice(tmp_path, tiny_lm):
 
 def test_clipping_runs_on_unscaled_gradients_and_skips_are_counted(tmp_path, tiny_lm):
     recorder = StepRecorder()
-    from utils.training import TrainingCoordinator
-    coordinator = TrainingCoordinator(tiny_config(tmp_path, gradient_clip_val=0.01, max_steps=5), device=CPU)
-    coordinator.train(tiny_lm(inf_grad_calls={3}), extra_callbacks=[recorder])
+    train(tiny_config(tmp_path, gradient_clip_val=0.01, max_steps=5), tiny_lm(inf_grad_calls={3}), device=CPU,
+          extra_callbacks=[recorder])
 
     runs = [cb for cb in recorder.trainer.callbacks if isinstance(cb, RunRecorder)]
     health = [cb for cb in recorder.trainer.callbacks if isinstance(cb, TrainingHealthCallback)]

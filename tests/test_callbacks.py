@@ -79,12 +79,11 @@ class StepTracker(pl.Callback):
 def test_the_loss_is_read_back_once_per_logging_interval(tiny_config):
     """On a GPU each read of the loss waits for the queued work; here the reads are counted."""
     from templates import build_template
-    from utils.training import TrainingCoordinator
 
     Traced.reads.clear()
     config = tiny_config.replace(max_steps=20, log_every_n_steps=5, precision="32-true", checkpoint_every_minutes=60)
     model = TracedOutput(build_template("gpt", {"vocab_size": 128, "max_seq_len": 32, "size": "tiny", "dropout": 0.0}))
-    result = TrainingCoordinator(config, device=CPU).train(model, extra_callbacks=[StepTracker()])
+    result = train(config, model, device=CPU, extra_callbacks=[StepTracker()])
     assert result.global_step == 20
     assert dict(Traced.reads) == {5: 1, 10: 1, 15: 1, 20: 1}  # one read per flush, none in between
     assert [step for step, _ in read_history(result.output_dir / "logs").train] == list(range(1, 21))

@@ -8,7 +8,7 @@ from utils.data.tokenizers import CharTokenizer, TokenizerError, load_tokenizer
 from utils.errors import KitError, MissingFileError
 from utils.export import ExportError
 from utils.inference import InferenceError
-from utils.training.amp_utils import PrecisionError
+from utils.training.precision import PrecisionError
 from utils.training.checkpoint_io import TrainingStopped
 from utils.training.checkpoints import IncompatibleCheckpointError
 from utils.training.health import Fp16HealthError, TrainingHealthError

@@ -10,7 +10,7 @@ from pytorch_lightning.plugins.precision import MixedPrecision
 
 from tests.conftest import TinyLM
 from utils.env import DeviceInfo
-from utils.training import TrainingCoordinator
+from utils.training import train
 
 CPU = DeviceInfo("cpu", "CPU")
 
@@ -46,11 +46,10 @@ def _grad_norm(module):
 def _train(tiny_config, model_factory, **changes):
     config = tiny_config.replace(precision="16-mixed", **changes)
     recorder = ScalerRecorder()
-    coordinator = TrainingCoordinator(config, device=CPU)
     from utils.data import prepare_data
 
     vocab = prepare_data(config).tokenizer.vocab_size
-    result = coordinator.train(model_factory(vocab), extra_callbacks=[recorder])
+    result = train(config, model_factory(vocab), device=CPU, extra_callbacks=[recorder])
     return result, recorder
 
 

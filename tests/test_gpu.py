@@ -13,7 +13,7 @@ import torch
 
 from tests.conftest import REPO_ROOT
 from utils.env import detect_device
-from utils.training import TrainingCoordinator, train
+from utils.training import train
 from utils.training.amp_utils import loss_scale, resolve_precision
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -79,7 +79,7 @@ def _same(a, b) -> bool:
 def test_fp16_grad_scaler_on_cuda_skips_an_overflowed_step_and_halves_the_scale(tiny_config, tiny_lm):
     probe = StepProbe()
     config = tiny_config.replace(precision="16-mixed", max_steps=5)  # forced: any CUDA GPU runs fp16
-    result = TrainingCoordinator(config).train(tiny_lm(inf_grad_calls={3}), extra_callbacks=[probe])
+    result = train(config, tiny_lm(inf_grad_calls={3}), extra_callbacks=[probe])
     assert result.precision == "16-mixed" and next(result.model.parameters()).device.type == "cuda"
     assert probe.scale_at_start == 65536.0 and probe.head_dtypes == {torch.float16}
     steps = probe.params_after_step
@@ -97,7 +97,7 @@ def test_fp16_grad_scaler_on_cuda_skips_an_overflowed_step_and_halves_the_scale(
                     reason="bf16 needs an Ampere or newer GPU (compute capability >= 8.0)")
 def test_bf16_on_ampere_trains_without_a_grad_scaler(tiny_config, tiny_lm):
     probe = StepProbe()
-    result = TrainingCoordinator(tiny_config.replace(precision="bf16-mixed")).train(tiny_lm(), extra_callbacks=[probe])
+    result = train(tiny_config.replace(precision="bf16-mixed"), tiny_lm(), extra_callbacks=[probe])
     assert result.precision == "bf16-mixed" and next(result.model.parameters()).device.type == "cuda"
     assert probe.scale_at_start is None  # no GradScaler
     assert probe.head_dtypes == {torch.bfloat16}

@@ -52,12 +52,6 @@ def test_explicit_requests_the_hardware_can_honour_are_kept(device, requested):
     assert resolve_precision(True, requested, device).precision == requested
 
 
-def test_uses_grad_scaler_only_for_fp16():
-    assert resolve_precision(True, "auto", T4).uses_grad_scaler
-    assert not resolve_precision(True, "auto", A100).uses_grad_scaler
-    assert not resolve_precision(True, "auto", CPU).uses_grad_scaler
-
-
 @pytest.mark.parametrize("requested, use_amp, cuda, gpu, expected", [
     ("32", None, True, True, "32"), ("bf16-mixed", None, False, False, "bf16-mixed"), (16, None, True, True, 16),
     ("32", True, True, True, "16"), ("bf16", True, True, True, "16"),
@@ -66,3 +60,33 @@ def test_uses_grad_scaler_only_for_fp16():
 ])
 def test_compute_effective_precision_contract(requested, use_amp, cuda, gpu, expected):
     assert compute_effective_precision(requested, use_amp, cuda, gpu) == expected
+
+
+def test_the_training_path_decides_precision_once_per_run(tiny_config, monkeypatch):
+    from utils.training import coordinator, train
+
+    calls = []  # a spy around the real decision, counting its callers
+    monkeypatch.setattr(coordinator, "resolve_precision", lambda *a: calls.append(a) or resolve_precision(*a))
+    result = train(tiny_config.replace(max_steps=1, use_mixed_precision=False), device=CPU)
+    assert calls == [(False, "auto", CPU)]
+    assert (result.precision, result.precision_reason) == ("32-true", "fp32: mixed precision is switched off (CPU)")
+
+
+def test_the_wizard_decides_once_per_choice_not_per_keystroke(tmp_path, monkeypatch):
+    from utils.ui import setup_wizard
+
+    calls = []
+    monkeypatch.setattr(setup_wizard, "resolve_precision", lambda *a: calls.append(a) or resolve_precision(*a))
+    wizard = setup_wizard.SetupWizard(config_path=tmp_path / "w.json", interactive=True, device=T4)
+    for size in (8, 16, 32, 64):  # edits that do not touch precision
+        wizard.fields["batch_size"].input.value = size
+    wizard.fields["use_mixed_precision"].input.value = False
+    wizard.fields["use_mixed_precision"].input.value = True
+    assert calls == [(True, "auto", T4), (False, "auto", T4)]
+
+
+@pytest.mark.parametrize("device, tf32", [(T4, False), (A100, True), (CPU, False)])
+def test_tf32_is_decided_with_the_precision_and_said_in_fp32_reasons(device, tf32):
+    assert resolve_precision(True, "auto", device).tf32 is tf32
+    fp32 = resolve_precision(False, "auto", device)
+    assert fp32.tf32 is tf32 and fp32.reason.startswith("fp32 with TF32 matmuls" if tf32 else "fp32:")

@@ -24,7 +24,7 @@ from templates import TEMPLATES
 from utils.config import SETTINGS, field_errors
 from utils.config import WizardConfig as CoreWizardConfig
 from utils.env import DeviceInfo
-from utils.training.amp_utils import PrecisionError, resolve_precision
+from utils.training.precision import PrecisionError, resolve_precision
 from utils.training.builder import build_model
 from utils.ui.model_check import check_model
 from utils.ui.presets import PRESETS

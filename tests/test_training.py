@@ -15,7 +15,7 @@ from utils.config import WizardConfig
 from utils.env import DeviceInfo
 from utils.training import TrainingCoordinator, TrainingResult, train
 from utils.training.__main__ import BUG_NOTE, main as cli_main
-from utils.training.amp_utils import resolve_precision
+from utils.training.precision import resolve_precision
 from utils.training.builder import build_callbacks, build_model, build_trainer
 from utils.training.callbacks import RunRecorder
 from utils.training.checkpoint_io import LastCheckpoint

@@ -23,8 +23,8 @@ import torch
 
 from utils.config import WizardConfig
 from utils.env import DeviceInfo, detect_device
-from utils.training.amp_utils import resolve_precision
-from utils.training.coordinator import TrainingCoordinator
+from utils.training import train
+from utils.training.precision import resolve_precision
 
 LABELS = {"32-true": "fp32", "16-mixed": "fp16 autocast + GradScaler", "bf16-mixed": "bf16 autocast"}
 
@@ -137,7 +137,8 @@ def run_amp_benchmark(config: WizardConfig, device: Optional[DeviceInfo] = None,
     with tempfile.TemporaryDirectory(prefix="amp-benchmark-") as tmp:
         for precision in ("32-true", mixed_precision_for(device)):
             print(f"--- {LABELS[precision]}, {config.max_steps} steps")
-            run = config.replace(precision=precision, use_mixed_precision=precision != "32-true",
+            mixed = precision != "32-true"
+            run = config.replace(use_mixed_precision=mixed, precision=precision if mixed else "auto",
                                  output_dir=str(Path(tmp) / precision), resume=False,
                                  early_stopping_patience=0, wandb_mode="disabled")
             rows.append(_measure(run, device, warmup))
@@ -148,10 +149,10 @@ def run_amp_benchmark(config: WizardConfig, device: Optional[DeviceInfo] = None,
 
 def _measure(config: WizardConfig, device: DeviceInfo, warmup: int) -> BenchmarkRow:
     timer = StepTimer(cuda=device.kind == "cuda")
-    result = TrainingCoordinator(config, device=device).train(extra_callbacks=[timer])
+    result = train(config, device=device, extra_callbacks=[timer])
     accum = config.gradient_accumulation_steps
     seconds = sum(timer.batch_seconds[warmup * accum:])
     tokens = sum(timer.batch_tokens[warmup * accum:])
     timed_steps = (len(timer.batch_seconds) - warmup * accum) / accum
-    return BenchmarkRow(config.precision, timed_steps / seconds, tokens / seconds, timer.peak_memory(),
+    return BenchmarkRow(result.precision, timed_steps / seconds, tokens / seconds, timer.peak_memory(),
                         result.train_history[-1][1], result.val_loss)

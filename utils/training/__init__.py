@@ -10,6 +10,10 @@ __all__ = ["TrainingCoordinator", "TrainingResult", "sample_text", "train"]
 def __getattr__(name: str):
     # Imported on first use: `python -m utils.training` imports this package first, and Lightning
     # takes seconds to load, so the command line checks its settings before paying for it.
+    if name == "TrainingCoordinator":  # the reference kit's entry, kept with the rest of its API
+        from utils.training import amp_utils
+
+        return amp_utils.TrainingCoordinator
     if name in __all__:
         from utils.training import coordinator
 

@@ -1,87 +1,45 @@
-"""Mixed precision: decide it once, with its reason, and watch what the GradScaler does.
+"""The reference kit's API, for code written against it. Nothing in the kit's own training path uses it.
 
-Loadable on its own by file path (absolute imports only; wandb is imported inside functions). No
-`from __future__ import annotations`: with string annotations the dataclass below would need the
-module registered in sys.modules, which a spec_from_file_location loader may not do.
+Each name here delegates to the kit's one way of doing the thing:
+- `compute_effective_precision(...)`: the reference kit's precision helper ('16'/'32' strings).
+- `resolve_precision`, `PrecisionDecision`, `PrecisionError`: re-exported from utils.training.precision,
+  the one precision decision.
+- `AmpWandbCallback(enabled, precision)`: logs amp/enabled, amp/precision and amp/loss_scale to the
+  active W&B run at each epoch end. The kit's own runs log AMP metrics per optimizer step through
+  utils.training.callbacks.RunRecorder instead.
+- `SkippedStepCounter`, `loss_scale(trainer)`: the GradScaler helpers that callback uses.
+- `TrainingCoordinator(config, device).train(model, use_amp=...)`: the reference kit's entry; it
+  calls utils.training.train. `use_amp` switches mixed precision on or off for one call.
+- `LegacyWizardAPI`: SetupWizard.validate_config(config) -> (ok, errors) and
+  create_config_from_preset(name), mixed into utils.ui.setup_wizard.SetupWizard.
+
+The file keeps the reference kit's name and loads on its own by file path (absolute imports only;
+wandb, Lightning's trainer and the training core are imported when first used).
 """
 
-# No `from __future__ import annotations` here: dataclasses with string annotations look their module
-# up in sys.modules, which fails when this file is loaded by path without being registered there.
 import sys
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 import pytorch_lightning as pl
 
+from utils.config import WizardConfig
 from utils.env import DeviceInfo, detect_device
-from utils.errors import KitError
+from utils.training.precision import PrecisionDecision, PrecisionError, resolve_precision
+
+__all__ = ["compute_effective_precision", "resolve_precision", "PrecisionDecision", "PrecisionError",
+           "AmpWandbCallback", "SkippedStepCounter", "loss_scale", "TrainingCoordinator", "LegacyWizardAPI"]
 
 
 def compute_effective_precision(requested_precision, use_amp, cuda_available, use_gpu) -> str:
-    """Legacy contract other code relies on; the training path uses resolve_precision instead.
+    """use_amp None leaves the request untouched; use_amp on a usable GPU gives '16'; else '32'.
 
-    use_amp None leaves the request untouched; use_amp on a usable GPU gives '16'; else '32'.
+    (resolve_precision makes the kit's own decision, with bf16 on Ampere and a reason.)
     """
     if use_amp is None:
         return requested_precision
     if use_amp and cuda_available and use_gpu:
         return "16"
     return "32"
-
-
-@dataclass(frozen=True)
-class PrecisionDecision:
-    precision: str  # Lightning's own string: "32-true", "16-mixed" or "bf16-mixed"
-    reason: str  # one sentence a person reads: what was chosen and why
-    device: DeviceInfo
-
-    @property
-    def uses_grad_scaler(self) -> bool:
-        return self.precision == "16-mixed"
-
-
-class PrecisionError(KitError, ValueError):
-    """A precision request the hardware cannot honour; the message says what to choose instead."""
-
-
-def resolve_precision(use_mixed_precision: bool, requested: str = "auto",
-                      device: Optional[DeviceInfo] = None) -> PrecisionDecision:
-    """Turn the config's switch and override into one precision for this device, with its reason."""
-    device = device or detect_device()
-    where = device.describe()
-    if requested == "32-true":
-        return PrecisionDecision("32-true", f"fp32: precision='32-true' was requested ({where})", device)
-    if requested not in ("auto", "16-mixed", "bf16-mixed"):
-        raise PrecisionError(f"precision={requested!r} is unknown; choose 'auto', '16-mixed' or 'bf16-mixed'")
-    if not use_mixed_precision:  # the switch decides whether; `requested` only which kind
-        return PrecisionDecision("32-true", f"fp32: mixed precision is switched off ({where})", device)
-    if requested != "auto":
-        return _explicit(requested, device)
-    if device.kind != "cuda":
-        return PrecisionDecision("32-true", f"fp32: no CUDA GPU ({where}); mixed precision speeds up GPUs only", device)
-    major = device.capability[0] if device.capability else 0
-    if major >= 8:
-        return PrecisionDecision("bf16-mixed", f"bf16 autocast: {where} has native bf16 (Ampere or newer), "
-                                               "no loss scaling needed", device)
-    if major == 7:
-        return PrecisionDecision("16-mixed", f"fp16 autocast + GradScaler: {where} has fp16 tensor cores "
-                                             "but no native bf16", device)
-    return PrecisionDecision("32-true", f"fp32: {where} has no tensor cores, so mixed precision would not "
-                                        "speed it up", device)
-
-
-def _explicit(requested: str, device: DeviceInfo) -> PrecisionDecision:
-    where = device.describe()
-    if requested == "bf16-mixed" and device.kind == "cuda" and (device.capability or (0, 0))[0] < 8:
-        raise PrecisionError(
-            f"precision='bf16-mixed' needs an Ampere or newer GPU (compute capability >= 8.0), but this is {where}: "
-            "bf16 would be emulated, about 4x slower than fp16 (torch.cuda.is_bf16_supported() says True anyway). "
-            "Choose precision='16-mixed' (fp16 + GradScaler) or 'auto'.")
-    if requested == "bf16-mixed":
-        return PrecisionDecision("bf16-mixed", f"bf16 autocast: precision='bf16-mixed' was requested ({where})", device)
-    note = " (slow on a CPU; useful to test the fp16 path)" if device.kind == "cpu" else ""
-    return PrecisionDecision("16-mixed", f"fp16 autocast + GradScaler: precision='16-mixed' was requested "
-                                         f"({where}){note}", device)
 
 
 # ---------------------------------------------------------------------------- watching the GradScaler
@@ -120,10 +78,7 @@ class SkippedStepCounter:
 
 
 class AmpWandbCallback(pl.Callback):
-    """Shows what mixed precision is doing: precision, loss scale and skipped (overflowed) steps.
-
-    Per optimizer step it logs `amp/loss_scale` and `amp/skipped_steps` (cumulative) through the
-    trainer's loggers (CSV and W&B alike). At each epoch end it logs `amp/enabled`,
+    """Shows what mixed precision is doing in W&B: at each epoch end it logs `amp/enabled`,
     `amp/precision` and `amp/loss_scale` to the active W&B run: with wandb.log(step=epoch), or,
     when the trainer has a WandbLogger, through it, since that logger owns the run's step counter
     and W&B drops rows logged at an older step.
@@ -132,20 +87,9 @@ class AmpWandbCallback(pl.Callback):
     def __init__(self, enabled: bool, precision: str):
         self.enabled = enabled  # kept exactly as given
         self.precision = precision  # any spelling: '16', '16-mixed', 'bf16', '32-true', ...
-        self.skipped = SkippedStepCounter()
 
     def _get_loss_scale(self, trainer) -> Optional[float]:
         return loss_scale(trainer)
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        self.skipped.before_step(self._get_loss_scale(trainer))  # gradients are unscaled, not yet stepped
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        scale = self._get_loss_scale(trainer)
-        if self.skipped.after_step(scale) is None:
-            return  # an accumulation micro-batch, or no GradScaler
-        pl_module.log("amp/loss_scale", scale, on_step=True, on_epoch=False)
-        pl_module.log("amp/skipped_steps", float(self.skipped.total), on_step=True, on_epoch=False)
 
     def on_train_epoch_end(self, trainer, pl_module=None) -> None:
         # A W&B run exists only if something imported wandb; importing it here (0.4 s) to find
@@ -168,3 +112,42 @@ def _wandb_loggers(trainer) -> list:
     from pytorch_lightning.loggers import WandbLogger
 
     return [logger for logger in getattr(trainer, "loggers", None) or [] if isinstance(logger, WandbLogger)]
+
+
+# ---------------------------------------------------------------------------- the reference kit's entries
+class TrainingCoordinator:
+    """TrainingCoordinator(config, device).train(model, use_amp=...): utils.training.train, one call.
+
+    `device` is detected when not given; tests pass a DeviceInfo to stand for a T4 or an A100.
+    """
+
+    def __init__(self, config: Optional[WizardConfig] = None, device: Optional[DeviceInfo] = None):
+        self.config = config or WizardConfig()
+        self.device = device or detect_device()
+
+    def resolve_precision(self, use_amp: Optional[bool] = None) -> PrecisionDecision:
+        return resolve_precision(self.config.use_mixed_precision if use_amp is None else use_amp,
+                                 self.config.precision, self.device)
+
+    def train(self, model=None, use_amp: Optional[bool] = None, extra_callbacks: Optional[list] = None,
+              on_change: str = "refuse"):
+        """use_amp: None follows config.use_mixed_precision; True/False switches it for this call."""
+        from utils.training.coordinator import train
+
+        config = self.config if use_amp is None else self.config.replace(use_mixed_precision=use_amp)
+        return train(config, model, self.device, on_change=on_change, extra_callbacks=extra_callbacks)
+
+
+class LegacyWizardAPI:
+    """The reference kit's SetupWizard methods (utils.ui.setup_wizard.SetupWizard has them)."""
+
+    def validate_config(self, config: WizardConfig) -> tuple[bool, list[str]]:
+        """(ok, the error messages): WizardConfig's own rules, nothing else."""
+        messages = [message for _, message in config.errors()]
+        return not messages, messages
+
+    def create_config_from_preset(self, name: str) -> WizardConfig:
+        """The defaults with the preset's fields changed (the wizard's own choices are not used)."""
+        from utils.ui.presets import apply_preset
+
+        return apply_preset(WizardConfig(), name)

@@ -23,7 +23,7 @@ from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 from templates import build_template
 from utils.config import WizardConfig
 from utils.data.sources import DataError
-from utils.training.amp_utils import PrecisionDecision
+from utils.training.precision import PrecisionDecision
 from utils.training.callbacks import RecordedProgressBar, RunRecorder, ValidateAtMaxSteps
 from utils.training.checkpoint_io import AtomicCheckpointIO, LastCheckpoint
 from utils.training.checkpoints import LAST_NAME, LOGS_DIRNAME, checkpoint_dir
@@ -73,9 +73,13 @@ def build_task(config: WizardConfig):
     return ClassificationTask() if config.task == "classification" else LanguageModelTask()
 
 
-def build_module(config: WizardConfig, model: nn.Module, task, batches_per_epoch: int) -> TransformerModule:
+def build_module(config: WizardConfig, model: nn.Module, task, batches_per_epoch: int,
+                 decision: PrecisionDecision) -> TransformerModule:
+    # One fused kernel for the whole AdamW update on a GPU; elsewhere the multi-tensor (foreach) loop.
+    adamw = {"fused": True} if decision.device.kind == "cuda" else {"foreach": True}
     return TransformerModule(model, task, learning_rate=config.learning_rate, weight_decay=config.weight_decay,
-                             warmup_ratio=config.warmup_ratio, total_steps=total_steps(config, batches_per_epoch))
+                             warmup_ratio=config.warmup_ratio, total_steps=total_steps(config, batches_per_epoch),
+                             adamw_options=adamw)
 
 
 def total_steps(config: WizardConfig, batches_per_epoch: int) -> int:
@@ -203,6 +207,8 @@ def _finish_stale_wandb_run() -> None:
 def build_trainer(config: WizardConfig, decision: PrecisionDecision, callbacks: list, loggers: list) -> pl.Trainer:
     precision_args = _precision_args(decision)
     _quiet_lightning()
+    if decision.tf32:  # decided with the precision (Ampere and newer); a process-wide torch setting
+        torch.set_float32_matmul_precision("high")
     return pl.Trainer(
         accelerator={"cuda": "gpu"}.get(decision.device.kind, decision.device.kind),
         devices=1,

@@ -1,4 +1,8 @@
-"""TrainingCoordinator: one call from a WizardConfig to a trained model, its checkpoints and metrics."""
+"""train(): one call from a WizardConfig to a trained model, its checkpoints and metrics.
+
+The recipe: lock the run folder, decide the precision, plan the resume, prepare data and model
+(checking that a resume fits before anything is written), fit with Lightning, read the result.
+"""
 
 from __future__ import annotations
 
@@ -14,18 +18,19 @@ from pytorch_lightning.trainer.states import TrainerStatus
 from torch import nn
 
 from utils.config import CONFIG_FILENAME, WizardConfig
-from utils.data import prepare_data
+from utils.data import PreparedData, prepare_data
 from utils.data.tokenizers import load_tokenizer, tokenizer_fingerprint
 from utils.env import DeviceInfo, detect_device
 from utils.export import ExportError, export_model
 from utils.files import atomic_folder, remove_temp_files
 from utils.inference import Predictor, classify_texts, sample_text  # sample_text, classify_texts: see __all__
-from utils.training.amp_utils import PrecisionDecision, resolve_precision
+from utils.training.precision import PrecisionDecision, resolve_precision
 from utils.training.builder import (build_callbacks, build_dataloaders, build_loggers, build_model, build_module,
                                     build_task, build_trainer)
 from utils.training.callbacks import RunRecorder
+from utils.training.module import TransformerModule
 from utils.training.checkpoint_io import TrainingStopped
-from utils.training.checkpoints import (LOGS_DIRNAME, ON_CHANGE, TOKENIZER_DIRNAME, handle_changed_run,
+from utils.training.checkpoints import (LOGS_DIRNAME, ON_CHANGE, TOKENIZER_DIRNAME, ResumePoint, handle_changed_run,
                                         last_checkpoint, plan_resume, remove_checkpoints_after,
                                         resume_problems)
 from utils.training.history import read_history
@@ -85,115 +90,118 @@ class TrainingResult(Predictor):
         return export_model(self.model, self.config, self.tokenizer, folder, self.label_names, self.pad_id)
 
 
-class TrainingCoordinator:
-    """Trains a model from a WizardConfig through the one Lightning engine.
+def train(config: Optional[WizardConfig] = None, model: Optional[nn.Module] = None,
+          device: Optional[DeviceInfo] = None, on_change: str = "refuse",
+          extra_callbacks: Optional[list[pl.Callback]] = None) -> TrainingResult:
+    """Train the config's model (or `model`, your own nn.Module) and return what the run produced.
 
-    `device` is detected when not given; tests pass a DeviceInfo to stand for a T4 or an A100.
+    device: detected when not given (tests pass a DeviceInfo standing for a T4 or an A100).
+    on_change: when output_dir holds a run this config cannot continue, "refuse" (the command line)
+    raises IncompatibleCheckpointError; "start_new" (the notebook) moves it to output_dir/archive/.
     """
-
-    def __init__(self, config: Optional[WizardConfig] = None, device: Optional[DeviceInfo] = None):
-        self.config = (config or WizardConfig()).validate()
-        self.device = device or detect_device()
-
-    def resolve_precision(self, use_amp: Optional[bool] = None) -> PrecisionDecision:
-        use_mixed = self.config.use_mixed_precision if use_amp is None else use_amp
-        return resolve_precision(use_mixed, self.config.precision, self.device)
-
-    def train(self, model: Optional[nn.Module] = None, use_amp: Optional[bool] = None,
-              extra_callbacks: Optional[list[pl.Callback]] = None, on_change: str = "refuse") -> TrainingResult:
-        """Train `model` (or the config's template) and return where everything went.
-
-        use_amp: None follows config.use_mixed_precision; True/False overrides it for this call.
-        on_change: when output_dir holds a run this config cannot continue, "refuse" (the command
-        line) raises IncompatibleCheckpointError; "start_new" (the notebook) moves it to archive/.
-        """
-        config = self.config
-        if use_amp is not None and use_amp != config.use_mixed_precision:
-            config = config.replace(use_mixed_precision=use_amp,
-                                    precision=config.precision if use_amp else "auto")
-        if on_change not in ON_CHANGE:
-            raise ValueError(f"on_change={on_change!r}; choose one of {', '.join(map(repr, ON_CHANGE))}")
-        decision = resolve_precision(config.use_mixed_precision, config.precision, self.device)
-        print(f"Precision: {decision.precision} - {decision.reason}")
-        out = Path(config.output_dir)
-        with RunLock(out):
-            removed = remove_temp_files(out)
-            if removed:
-                print(f"Removed {len(removed)} temp file(s) left by an interrupted write in {out}.")
-            return self._train_locked(config, decision, model, extra_callbacks, on_change)
-
-    def _train_locked(self, config, decision, model, extra_callbacks, on_change) -> TrainingResult:
-        out = Path(config.output_dir)
+    config = (config or WizardConfig()).validate()
+    if on_change not in ON_CHANGE:
+        raise ValueError(f"on_change={on_change!r}; choose one of {', '.join(map(repr, ON_CHANGE))}")
+    decision = resolve_precision(config.use_mixed_precision, config.precision, device or detect_device())
+    print(f"Precision: {decision.precision} - {decision.reason}")
+    out = Path(config.output_dir)
+    with RunLock(out):  # one run per folder, for the whole of this call
+        removed = remove_temp_files(out)
+        if removed:
+            print(f"Removed {len(removed)} temp file(s) left by an interrupted write in {out}.")
         resume = plan_resume(config, on_change)  # before the slow steps: a refused checkpoint fails fast
-
-        pl.seed_everything(config.seed, workers=True, verbose=False)
-        data = prepare_data(config)
-        classes = f", {data.num_classes} classes" if config.task == "classification" else ""
-        print(f"Data: {data.source}, {data.num_tokens:,} tokens, {data.tokenizer.kind} tokenizer with "
-              f"{data.tokenizer.vocab_size} ids; {len(data.train):,} train / {len(data.val):,} val sequences{classes}")
-        model_passed_in = model is not None
-        user_files = None
-        if model is None:
-            if config.model_source != "template":
-                user_files = resolve_user_model_files(config.model_source, config.model_path, config.gist_id, out)
-            model = build_model(config, data.tokenizer.vocab_size, data.num_classes, data.pad_id, user_files)
-        else:  # the caller's own nn.Module: the same checks a model file gets, before any training
-            check_embedding_fits(model, data.tokenizer.vocab_size)
-            check_model(model, build_task(config), data.tokenizer.vocab_size, config.max_seq_len, data.num_classes,
-                        source=f"the {type(model).__name__} passed to train()")
-        n_params = sum(p.numel() for p in model.parameters())
-        print(f"Model: {type(model).__name__}, {n_params / 1e6:.2f}M parameters")
-
-        task = build_task(config)
-        train_loader, val_loader = build_dataloaders(config, data.train, data.val,
-                                                     pin_memory=decision.device.kind == "cuda")
-        module = build_module(config, model, task, len(train_loader))
-        if resume is not None:  # everything that decides the resume is checked before anything is written
-            problems = resume_problems(resume, module, _tokenizer_change(out, data, config))
-            if problems:
-                handle_changed_run(out, problems, on_change)
-                resume = None
-            else:
-                remove_checkpoints_after(out, resume)
-        _save_run_files(out, config, data.tokenizer, user_files)
-
-        stats = RunRecorder(task.tokens_in, flush_every=config.log_every_n_steps, precision=decision.precision)
-        callbacks = build_callbacks(config, decision, stats) + list(extra_callbacks or [])
-        loggers = build_loggers(config, decision, model, data.tokenizer.vocab_size)  # an online W&B run starts here
-        resume_from = resume.path if resume else None
-        with finish_wandb_on_exit(loggers):  # a re-run in the notebook must not attach to this run
-            trainer = build_trainer(config, decision, callbacks, loggers)
-            if resume is not None:
-                print(f"Resuming from {resume_from} (step {resume.global_step})")
-                resume.state = {}  # release the memory map before Lightning loads the file itself
-            with _stopped_at_once_is_reported(trainer):
-                trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
-        if resume_from and stats.start_step is None:
-            print(f"Nothing to train: {resume_from} already reached max_epochs={config.max_epochs}"
-                  f"{'' if config.max_steps is None else f' or max_steps={config.max_steps}'}. "
-                  "Raise them to train further, or set resume=False to start fresh.")
-        return self._result(config, decision, trainer, stats, model, data, resume_from, model_passed_in)
-
-    def _result(self, config, decision, trainer, stats, model, data, resume_from, model_passed_in) -> TrainingResult:
-        ckpt = trainer.checkpoint_callback
-        best = Path(ckpt.best_model_path) if ckpt and ckpt.best_model_path else None
-        last = last_checkpoint(Path(config.output_dir).resolve())
-        history = read_history(Path(config.output_dir) / LOGS_DIRNAME)
-        return TrainingResult(
-            config=config, output_dir=Path(config.output_dir), best_checkpoint=best, last_checkpoint=last,
-            train_loss=history.train[-1][1] if history.train else None,
-            val_loss=history.val[-1][1] if history.val else None,
-            global_step=trainer.global_step,
-            steps_run=0 if stats.start_step is None else trainer.global_step - stats.start_step,
-            tokens_per_sec=stats.tokens_per_sec, precision=decision.precision, precision_reason=decision.reason,
-            resumed_from=resume_from, train_history=history.train, val_history=history.val,
-            model=model.eval(), tokenizer=data.tokenizer,
-            val_accuracy=history.val_accuracy[-1][1] if history.val_accuracy else None,
-            label_names=list(data.label_names), pad_id=data.pad_id, model_passed_in=model_passed_in,
-        )
+        run = _prepare(config, decision, model, resume, on_change)
+        return _fit(run, extra_callbacks or [])
 
 
-def _tokenizer_change(out: Path, data, config: WizardConfig) -> Optional[str]:
+@dataclass
+class _Run:
+    """Everything built for one call of train(), before fitting."""
+
+    config: WizardConfig
+    decision: PrecisionDecision
+    data: PreparedData
+    model: nn.Module
+    module: TransformerModule
+    train_loader: Any
+    val_loader: Any
+    resume: Optional[ResumePoint]
+    model_passed_in: bool
+
+
+def _prepare(config, decision, model, resume, on_change) -> _Run:
+    """Data, model and loaders; then, before anything in output_dir is written, whether the resume fits."""
+    out = Path(config.output_dir)
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    data = prepare_data(config)
+    classes = f", {data.num_classes} classes" if config.task == "classification" else ""
+    print(f"Data: {data.source}, {data.num_tokens:,} tokens, {data.tokenizer.kind} tokenizer with "
+          f"{data.tokenizer.vocab_size} ids; {len(data.train):,} train / {len(data.val):,} val sequences{classes}")
+    model_passed_in, user_files = model is not None, None
+    if model is None:
+        if config.model_source != "template":
+            user_files = resolve_user_model_files(config.model_source, config.model_path, config.gist_id, out)
+        model = build_model(config, data.tokenizer.vocab_size, data.num_classes, data.pad_id, user_files)
+    else:  # the caller's own nn.Module: the same checks a model file gets, before any training
+        check_embedding_fits(model, data.tokenizer.vocab_size)
+        check_model(model, build_task(config), data.tokenizer.vocab_size, config.max_seq_len, data.num_classes,
+                    source=f"the {type(model).__name__} passed to train()")
+    print(f"Model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    train_loader, val_loader = build_dataloaders(config, data.train, data.val, pin_memory=decision.device.kind == "cuda")
+    module = build_module(config, model, build_task(config), len(train_loader), decision)
+    if resume is not None:
+        problems = resume_problems(resume, module, _tokenizer_change(out, data))
+        if problems:
+            handle_changed_run(out, problems, on_change)
+            resume = None
+        else:
+            remove_checkpoints_after(out, resume)
+    _save_run_files(out, config, data.tokenizer, user_files)
+    return _Run(config, decision, data, model, module, train_loader, val_loader, resume, model_passed_in)
+
+
+def _fit(run: _Run, extra_callbacks: list[pl.Callback]) -> TrainingResult:
+    config, decision = run.config, run.decision
+    recorder = RunRecorder(run.module.task.tokens_in, flush_every=config.log_every_n_steps,
+                           precision=decision.precision)
+    callbacks = build_callbacks(config, decision, recorder) + extra_callbacks
+    loggers = build_loggers(config, decision, run.model, run.data.tokenizer.vocab_size)  # an online W&B run starts here
+    resume_from = run.resume.path if run.resume else None
+    with finish_wandb_on_exit(loggers):  # a re-run in the notebook must not attach to this run
+        trainer = build_trainer(config, decision, callbacks, loggers)
+        if run.resume is not None:
+            print(f"Resuming from {resume_from} (step {run.resume.global_step})")
+            run.resume.state = {}  # release the memory map before Lightning loads the file itself
+        with _stopped_at_once_is_reported(trainer):
+            trainer.fit(run.module, run.train_loader, run.val_loader, ckpt_path=resume_from and str(resume_from))
+    if resume_from and recorder.start_step is None:
+        print(f"Nothing to train: {resume_from} already reached max_epochs={config.max_epochs}"
+              f"{'' if config.max_steps is None else f' or max_steps={config.max_steps}'}. "
+              "Raise them to train further, or set resume=False to start fresh.")
+    return _result(run, trainer, recorder, resume_from)
+
+
+def _result(run: _Run, trainer: pl.Trainer, recorder: RunRecorder, resume_from: Optional[Path]) -> TrainingResult:
+    config, data = run.config, run.data
+    ckpt = trainer.checkpoint_callback
+    history = read_history(Path(config.output_dir) / LOGS_DIRNAME)
+    return TrainingResult(
+        config=config, output_dir=Path(config.output_dir),
+        best_checkpoint=Path(ckpt.best_model_path) if ckpt and ckpt.best_model_path else None,
+        last_checkpoint=last_checkpoint(Path(config.output_dir).resolve()),
+        train_loss=history.train[-1][1] if history.train else None,
+        val_loss=history.val[-1][1] if history.val else None,
+        global_step=trainer.global_step,
+        steps_run=0 if recorder.start_step is None else trainer.global_step - recorder.start_step,
+        tokens_per_sec=recorder.tokens_per_sec, precision=run.decision.precision,
+        precision_reason=run.decision.reason, resumed_from=resume_from, train_history=history.train,
+        val_history=history.val, model=run.model.eval(), tokenizer=data.tokenizer,
+        val_accuracy=history.val_accuracy[-1][1] if history.val_accuracy else None,
+        label_names=list(data.label_names), pad_id=data.pad_id, model_passed_in=run.model_passed_in,
+    )
+
+
+def _tokenizer_change(out: Path, data: PreparedData) -> Optional[str]:
     """Why the tokenizer built now differs from the one the checkpoint was trained with, or None."""
     saved = out / TOKENIZER_DIRNAME
     if not saved.exists() or tokenizer_fingerprint(load_tokenizer(saved)) == tokenizer_fingerprint(data.tokenizer):
@@ -233,15 +241,4 @@ def _stopped_at_once_is_reported(trainer: pl.Trainer):
         ) from None
 
 
-def train(config: Optional[WizardConfig] = None, model: Optional[nn.Module] = None,
-          device: Optional[DeviceInfo] = None, on_change: str = "refuse") -> TrainingResult:
-    """Config-first entry: train(config) builds the config's template; pass model= to train your own.
-
-    on_change="start_new" (the notebook) moves a run in output_dir that this config cannot continue to
-    output_dir/archive/ and starts anew; "refuse" (the default, the command line) raises instead.
-    """
-    return TrainingCoordinator(config, device=device).train(model, on_change=on_change)
-
-
-
-__all__ = ["TrainingCoordinator", "TrainingResult", "train", "sample_text", "classify_texts"]
+__all__ = ["TrainingResult", "train", "sample_text", "classify_texts"]

@@ -59,9 +59,10 @@ class ClassificationTask:
 
 class TransformerModule(pl.LightningModule):
     def __init__(self, model: nn.Module, task, learning_rate: float, weight_decay: float, warmup_ratio: float,
-                 total_steps: int):
+                 total_steps: int, adamw_options: Optional[dict] = None):
         super().__init__()
         self.total_steps = total_steps  # for the LR schedule
+        self.adamw_options = adamw_options or {}  # fused=True on CUDA, foreach=True elsewhere (see build_module)
         self.model = model
         self.task = task
         self.learning_rate = learning_rate
@@ -87,7 +88,7 @@ class TransformerModule(pl.LightningModule):
     def configure_optimizers(self):
         total = self.total_steps
         optimizer = torch.optim.AdamW(param_groups(self.model, self.weight_decay), lr=self.learning_rate,
-                                      betas=(0.9, 0.95))
+                                      betas=(0.9, 0.95), **self.adamw_options)
         schedule = warmup_cosine(int(self.warmup_ratio * total), total)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -20,7 +20,7 @@ from utils.config import WizardConfig
 from utils.data import open_source
 from utils.data.tokenizers import build_tokenizer
 from utils.env import DeviceInfo
-from utils.training.amp_utils import PrecisionDecision
+from utils.training.precision import PrecisionDecision
 from utils.training.builder import build_model, build_task
 
 # fp32 weights, their gradients and AdamW's two moments; Lightning keeps fp32 master weights

@@ -31,7 +31,8 @@ import ipywidgets as widgets
 from templates import TEMPLATES
 from utils.config import SETTINGS, ConfigError, WizardConfig
 from utils.env import DeviceInfo, detect_device, in_colab
-from utils.training.amp_utils import PrecisionError, resolve_precision
+from utils.training.amp_utils import LegacyWizardAPI  # the reference kit's validate_config / presets
+from utils.training.precision import PrecisionError, resolve_precision
 from utils.training.checkpoints import describe_run_folder
 from utils.ui.fields import ERROR_COLOR, INPUT_WIDTH, LABEL_WIDTH, Field, build_field, save_upload, uploaded_files
 from utils.ui.model_check import (check_model, count_parameters, describe_check, format_count,
@@ -104,13 +105,14 @@ PLACEHOLDERS = {"dataset_path": "/content/drive/MyDrive/data/train.txt", "tokeni
 HF_AVAILABLE = importlib.util.find_spec("datasets") is not None
 
 
-class SetupWizard:
+class SetupWizard(LegacyWizardAPI):
     def __init__(self, config_path: str | os.PathLike = "runs/wizard_config.json", interactive: Optional[bool] = None,
                  preset: Optional[str] = None, device: Optional[DeviceInfo] = None,
                  run_root: Optional[str | os.PathLike] = None):
         self.config_path = Path(config_path)
         self.run_root = Path(run_root) if run_root is not None else Path.cwd()  # a relative output_dir is under it
         self.device = device or detect_device()
+        self._decisions: dict = {}  # (use_mixed_precision, precision) -> PrecisionDecision or PrecisionError
         if interactive is None:
             self.interactive, self.mode_reason = detect_interactive()
         else:
@@ -154,10 +156,6 @@ class SetupWizard:
         self._saved = self._config
         self._say(f"Saved to {path}. Run the next cells; a new wizard starts from this file.")
         return path
-
-    def create_config_from_preset(self, name: str) -> WizardConfig:
-        """The defaults with the preset's fields changed (the wizard's own choices are not used)."""
-        return apply_preset(WizardConfig(), name)
 
     def apply_preset(self, name: str) -> WizardConfig:
         """Change the current config by a preset's fields and show the result in the widgets."""
@@ -285,7 +283,7 @@ class SetupWizard:
             self._say(f"Could not save to {self.config_path}: {e}", error=True)
 
     def _on_check(self, button) -> None:
-        decision = resolve_precision(self._config.use_mixed_precision, self._config.precision, self.device)
+        decision = self._decision(self._config)
         self.notes["check"].value = _note("<i>Running a forward/backward pass on CPU...</i>")
         try:
             check = check_model(self._config, decision)
@@ -330,10 +328,9 @@ class SetupWizard:
     def _validate(self, candidate: WizardConfig) -> dict[str, str]:
         problems = validate_config(candidate)
         if not any(name in ("precision", "use_mixed_precision") for name, _ in problems):
-            try:
-                resolve_precision(candidate.use_mixed_precision, candidate.precision, self.device)
-            except PrecisionError as e:  # bf16 on a T4: valid config, wrong hardware
-                problems.append(("precision", str(e)))
+            decision = self._decision(candidate)
+            if isinstance(decision, PrecisionError):  # bf16 on a T4: valid config, wrong hardware
+                problems.append(("precision", str(decision)))
         errors: dict[str, str] = {}
         for name, message in problems:
             errors[name] = f"{errors[name]} {message}" if name in errors else message
@@ -417,11 +414,20 @@ class SetupWizard:
             return config
         return config.replace(output_dir=str(self.run_root / config.output_dir))
 
+    def _decision(self, config: WizardConfig):
+        """The one precision decision for these choices on this device (or its PrecisionError), made once per choice."""
+        key = (config.use_mixed_precision, config.precision)
+        if key not in self._decisions:
+            try:
+                self._decisions[key] = resolve_precision(*key, self.device)
+            except PrecisionError as e:
+                self._decisions[key] = e
+        return self._decisions[key]
+
     def _precision_text(self, config: WizardConfig) -> str:
-        try:
-            decision = resolve_precision(config.use_mixed_precision, config.precision, self.device)
-        except PrecisionError as e:
-            return str(e)
+        decision = self._decision(config)
+        if isinstance(decision, PrecisionError):
+            return str(decision)
         return f"{decision.precision} ({decision.reason})"
 
 
