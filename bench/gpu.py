@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 import warnings
-from contextlib import nullcontext, redirect_stdout
+from contextlib import redirect_stdout
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -49,15 +49,13 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from hand_loop import hand_loop_tokens_per_sec  # bench/ is on sys.path when a script in it runs
 from templates import TEMPLATES, build_template
 from utils.config import WizardConfig
-from utils.data import prepare_data
 from utils.data.text import embedded_path
 from utils.env import DeviceInfo, detect_device
 from utils.training import train
 from utils.training.precision import PrecisionDecision, resolve_precision
-from utils.training.builder import build_dataloaders, build_model, build_task, total_steps
-from utils.training.module import param_groups, warmup_cosine
 
 VAL_SPLIT = 0.01  # the kit validates once, after the timed steps; keep that short
 
@@ -213,45 +211,10 @@ def measure_kit(config: WizardConfig, device: DeviceInfo, warmup: int, steps: in
 
 
 def measure_loop(config: WizardConfig, decision: PrecisionDecision, warmup: int, steps: int) -> Measurement:
-    """The same training written by hand: no Lightning, no callbacks, no logging, no loss read-back."""
+    """The same training written by hand (bench/hand_loop.py), its peak memory measured alike."""
     device = "cuda" if decision.device.kind == "cuda" else "cpu"
     _fresh_memory(device)
-    pl.seed_everything(config.seed, workers=True, verbose=False)
-    data = prepare_data(config)
-    model = build_model(config, data.tokenizer.vocab_size, data.num_classes, data.pad_id).to(device)
-    task = build_task(config)
-    train_loader, _ = build_dataloaders(config, data.train, data.val, pin_memory=device == "cuda")
-    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.learning_rate, betas=(0.9, 0.95))
-    total = total_steps(config, len(train_loader))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(int(config.warmup_ratio * total), total))
-    dtype = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(decision.precision)
-    scaler = torch.amp.GradScaler(device, enabled=dtype is torch.float16)
-    autocast = (lambda: torch.autocast(device, dtype=dtype)) if dtype else nullcontext
-    model.train()
-    tokens, t0, step = 0, None, 0
-    for batch in train_loader:
-        batch = [t.to(device, non_blocking=True) for t in batch]
-        if step == warmup:  # where the kit's clock starts: the batch fetched and on the device
-            _sync(device)
-            t0 = time.perf_counter()
-        with autocast():
-            loss, _ = task.loss(model, batch)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.gradient_clip_val)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        step += 1
-        if t0 is not None:
-            tokens += batch[0].numel()
-        if step == warmup + steps:
-            break
-    if step < warmup + steps:
-        raise RuntimeError(f"the training data gave only {step} batches; {warmup + steps} were needed")
-    _sync(device)
-    return Measurement(tokens / (time.perf_counter() - t0), _peak_bytes(device))
+    return Measurement(hand_loop_tokens_per_sec(config, decision, warmup, steps), _peak_bytes(device))
 
 
 # ---------------------------------------------------------------------------- one size, all precisions

@@ -21,18 +21,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 
+from hand_loop import hand_loop_tokens_per_sec  # bench/ is on sys.path when a script in it runs
 from utils.config import WizardConfig
-from utils.data import prepare_data
 from utils.training import train
 from utils.training.precision import resolve_precision
-from utils.training.builder import build_dataloaders, build_model
-from utils.training.module import param_groups, warmup_cosine
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,44 +60,9 @@ def kit_tokens_per_sec(config: WizardConfig, out: Path) -> float:
 
 
 def loop_tokens_per_sec(config: WizardConfig) -> float:
-    """The same training written by hand: no Lightning, no callbacks, no logging."""
+    """The same training written by hand (bench/hand_loop.py): no Lightning, no callbacks, no logging."""
     decision = resolve_precision(config.use_mixed_precision, config.precision)
-    device = "cuda" if decision.device.kind == "cuda" else "cpu"
-    pl.seed_everything(config.seed, workers=True, verbose=False)
-    data = prepare_data(config)
-    model = build_model(config, data.tokenizer.vocab_size).to(device)
-    train_loader, _ = build_dataloaders(config, data.train, data.val, pin_memory=device == "cuda")
-    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.learning_rate, betas=(0.9, 0.95))
-    total = config.max_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(int(config.warmup_ratio * total), total))
-    dtype = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(decision.precision)
-    scaler = torch.amp.GradScaler(device, enabled=dtype is torch.float16)
-    autocast = (lambda: torch.autocast(device, dtype=dtype)) if dtype else nullcontext
-    model.train()
-    tokens, t0, step = 0, None, 0
-    for x, y in train_loader:
-        if step == SKIP:
-            t0 = time.perf_counter()
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast():
-            logits = model(x)
-        loss = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.gradient_clip_val)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        loss.item()  # the kit's progress bar reads the loss every step; so do we
-        step += 1
-        if t0 is not None:
-            tokens += x.numel()
-        if step == total:
-            break
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return tokens / (time.perf_counter() - t0)
+    return hand_loop_tokens_per_sec(config, decision, SKIP, config.max_steps - SKIP)
 
 
 def startup_seconds(python_code: str) -> float:

@@ -20,13 +20,19 @@ from utils.data.tokenizers import CharTokenizer
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def corpus_start(folder: Path, chars: int) -> Path:
+    """A .txt file holding the first `chars` characters of the embedded corpus."""
+    folder.mkdir(parents=True, exist_ok=True)
+    text = (REPO_ROOT / "utils/data/embedded/python_reference.txt").read_text(encoding="utf-8")
+    path = folder / f"corpus-{chars}.txt"
+    path.write_text(text[:chars], encoding="utf-8")
+    return path
+
+
 @pytest.fixture(scope="session")
 def small_text(tmp_path_factory) -> Path:
     """The first 40 kB of the embedded corpus: ~1,100 training sequences of 32 characters."""
-    path = tmp_path_factory.mktemp("data") / "small.txt"
-    text = (REPO_ROOT / "utils/data/embedded/python_reference.txt").read_text(encoding="utf-8")
-    path.write_text(text[:40_000], encoding="utf-8")
-    return path
+    return corpus_start(tmp_path_factory.mktemp("data"), 40_000)
 
 
 @pytest.fixture

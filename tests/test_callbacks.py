@@ -27,30 +27,17 @@ class Traced(torch.Tensor):
     reads: collections.Counter = collections.Counter()
     step = None  # the optimizer step being trained, None outside training batches
 
-    @classmethod
-    def _count(cls):
-        if cls.step is not None:
-            cls.reads[cls.step] += 1
 
-    def item(self):
-        Traced._count()
-        return super().item()
+def _counted(conversion):
+    def read(tensor, *args, **kwargs):
+        if Traced.step is not None:
+            Traced.reads[Traced.step] += 1
+        return conversion(tensor, *args, **kwargs)
+    return read
 
-    def tolist(self):
-        Traced._count()
-        return super().tolist()
 
-    def __float__(self):
-        Traced._count()
-        return super().__float__()
-
-    def __int__(self):
-        Traced._count()
-        return super().__int__()
-
-    def __bool__(self):
-        Traced._count()
-        return super().__bool__()
+for _name in ("item", "tolist", "__float__", "__int__", "__bool__"):  # each waits for the device
+    setattr(Traced, _name, _counted(getattr(torch.Tensor, _name)))
 
 
 class TracedOutput(torch.nn.Module):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -15,19 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import REPO_ROOT, corpus_start
 from utils.training.history import read_history
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")
 def short_text(tmp_path_factory) -> Path:
     """About 20 batches of 8 per epoch, so 3 epochs cross two epoch boundaries."""
-    path = tmp_path_factory.mktemp("data") / "short.txt"
-    text = (REPO_ROOT / "utils/data/embedded/python_reference.txt").read_text(encoding="utf-8")
-    path.write_text(text[:6_000], encoding="utf-8")
-    return path
+    return corpus_start(tmp_path_factory.mktemp("data"), 6_000)
 
 
 def cli_args(data: Path, out: Path, **extra) -> list[str]:

@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, corpus_start
 from utils.config import WizardConfig
 from utils.env import DeviceInfo
 from utils.training import TrainingCoordinator, train
@@ -52,11 +52,7 @@ def only_archive(out: Path) -> Path:
 @pytest.fixture
 def text_file(tmp_path) -> Path:
     """3,000 characters of the embedded corpus: 10 batches of 8 sequences of 32 per epoch."""
-    path = tmp_path / "data" / "short.txt"
-    path.parent.mkdir()
-    text = (REPO_ROOT / "utils/data/embedded/python_reference.txt").read_text(encoding="utf-8")
-    path.write_text(text[:3_000], encoding="utf-8")
-    return path
+    return corpus_start(tmp_path / "data", 3_000)
 
 
 # ------------------------------------------------------------------ 1. last.ckpt after the best stops improving

@@ -85,7 +85,8 @@ def test_classifier_learns_a_separable_task_through_the_training_engine(tmp_path
     untrained = build_model(config, data.tokenizer.vocab_size, len(data.label_names), data.pad_id)
     before = evaluate(untrained, data)
     trainer, module, val_loader = fit_classifier(config, data, untrained)
-    after = trainer.validate(module, val_loader, verbose=False)[0]
+    trainer.validate(module, val_loader, verbose=False)
+    after = trainer.callback_metrics  # validation metrics go to the loggers through the RunRecorder
 
     assert trainer.global_step == 24
     assert before <= 0.75  # chance is 0.5
@@ -93,7 +94,7 @@ def test_classifier_learns_a_separable_task_through_the_training_engine(tmp_path
     with open(tmp_path / "run" / "logs" / "version_0" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     train_accuracy = [float(r["train/accuracy"]) for r in rows if r.get("train/accuracy")]
-    assert len(train_accuracy) >= 2  # logged every log_every_n_steps=10 optimizer steps
+    assert len(train_accuracy) == 24  # one row per optimizer step
     if precision == "16-mixed":
         assert trainer.precision_plugin.scaler is not None  # real fp16 + GradScaler, not bf16
 

@@ -75,11 +75,14 @@ def build_task(config: WizardConfig):
 
 def build_module(config: WizardConfig, model: nn.Module, task, batches_per_epoch: int,
                  decision: PrecisionDecision) -> TransformerModule:
-    # One fused kernel for the whole AdamW update on a GPU; elsewhere the multi-tensor (foreach) loop.
-    adamw = {"fused": True} if decision.device.kind == "cuda" else {"foreach": True}
     return TransformerModule(model, task, learning_rate=config.learning_rate, weight_decay=config.weight_decay,
                              warmup_ratio=config.warmup_ratio, total_steps=total_steps(config, batches_per_epoch),
-                             adamw_options=adamw)
+                             adamw_options=adamw_options(decision.device.kind))
+
+
+def adamw_options(device_kind: str) -> dict:
+    """One fused kernel for the whole AdamW update on a GPU; elsewhere the multi-tensor (foreach) loop."""
+    return {"fused": True} if device_kind == "cuda" else {"foreach": True}
 
 
 def total_steps(config: WizardConfig, batches_per_epoch: int) -> int:

@@ -9,6 +9,7 @@ Lightning owns autocast, the GradScaler, clipping order and accumulation; nothin
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import pytorch_lightning as pl
 import torch
