@@ -15,7 +15,8 @@ import torch
 
 from utils.config import WizardConfig
 from utils.data import prepare_data
-from utils.training.builder import adamw_options, build_dataloaders, build_model, build_task, total_steps
+from utils.training.builder import (adamw_options, build_data_spec, build_dataloaders, build_model, build_task,
+                                    total_steps)
 from utils.training.module import param_groups, warmup_cosine
 from utils.training.precision import PrecisionDecision
 
@@ -24,7 +25,7 @@ def hand_loop_tokens_per_sec(config: WizardConfig, decision: PrecisionDecision, 
     """Tokens per second over optimizer steps warmup+1 .. warmup+steps (each batch timed once on the device)."""
     device = "cuda" if decision.device.kind == "cuda" else "cpu"
     pl.seed_everything(config.seed, workers=True, verbose=False)
-    data = prepare_data(config)
+    data = prepare_data(build_data_spec(config))
     model = build_model(config, data.tokenizer.vocab_size, data.num_classes, data.pad_id).to(device)
     task = build_task(config)
     train_loader, _ = build_dataloaders(config, data.train, data.val, pin_memory=device == "cuda")

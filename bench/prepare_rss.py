@@ -25,12 +25,13 @@ CHILD = r"""
 import json, resource, sys, time
 from utils.config import WizardConfig
 from utils.data import prepare_data
+from utils.training.builder import build_data_spec
 rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 after_imports = rss()
 config = WizardConfig(dataset_source="file", dataset_path=sys.argv[1], tokenizer_strategy=sys.argv[2],
                       vocab_size=int(sys.argv[3]), output_dir=sys.argv[4], max_seq_len=256)
 start = time.perf_counter()
-data = prepare_data(config)
+data = prepare_data(build_data_spec(config))
 seconds = time.perf_counter() - start
 print(json.dumps({"after_imports": after_imports, "peak": rss(), "seconds": seconds, "tokens": data.num_tokens,
                   "vocab": data.tokenizer.vocab_size, "windows": len(data.train) + len(data.val)}))

@@ -20,6 +20,7 @@ from utils.data import DataError, prepare_data
 from utils.data.sources import BLOCK_BYTES
 from utils.data.text import embedded_path
 from utils.data.tokenizers import build_tokenizer, load_tokenizer
+from utils.training.builder import build_data_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = embedded_path("python_reference").read_text(encoding="utf-8")
@@ -47,7 +48,7 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
 
 
 def classification(tmp_path: Path, path: Path, **changes):
-    return prepare_data(config(tmp_path, task="classification", dataset_path=str(path), **changes))
+    return prepare_data(build_data_spec(config(tmp_path, task="classification", dataset_path=str(path), **changes)))
 
 
 # ------------------------------------------------------------------------------------------- language model
@@ -60,7 +61,7 @@ def lm_config(tmp_path: Path, text: str, **changes) -> WizardConfig:
 
 def test_lm_targets_are_inputs_shifted_and_windows_tile_the_text(tmp_path):
     text = CORPUS[:20_000]
-    data = prepare_data(lm_config(tmp_path, text, val_split=0.2))
+    data = prepare_data(build_data_spec(lm_config(tmp_path, text, val_split=0.2)))
     T = 32
     windows = {}
     for ds in (data.train, data.val):
@@ -79,7 +80,7 @@ def test_lm_targets_are_inputs_shifted_and_windows_tile_the_text(tmp_path):
 
 def test_lm_split_is_fixed_by_the_seed(tmp_path):
     def val_starts(seed):
-        return prepare_data(lm_config(tmp_path, CORPUS[:20_000], seed=seed)).val.starts.tolist()
+        return prepare_data(build_data_spec(lm_config(tmp_path, CORPUS[:20_000], seed=seed))).val.starts.tolist()
 
     assert val_starts(1) == val_starts(1)
     assert val_starts(1) != val_starts(2)
@@ -88,7 +89,7 @@ def test_lm_split_is_fixed_by_the_seed(tmp_path):
 @pytest.mark.parametrize("strategy", ["char", "byte"])
 def test_a_file_larger_than_a_block_streams_into_the_same_tokens(tmp_path, strategy):
     text = (CORPUS * (BLOCK_BYTES * 5 // 2 // len(CORPUS) + 1))[: BLOCK_BYTES * 5 // 2]  # 2.5 blocks
-    data = prepare_data(lm_config(tmp_path, text, tokenizer_strategy=strategy, max_seq_len=512))
+    data = prepare_data(build_data_spec(lm_config(tmp_path, text, tokenizer_strategy=strategy, max_seq_len=512)))
     tokens = data.train.tokens
     assert tokens.dtype == torch.uint8  # a byte-sized vocabulary stores one byte per token
     assert torch.equal(tokens, torch.tensor(build_tokenizer(strategy, text).encode(text), dtype=torch.uint8))
@@ -100,8 +101,8 @@ def test_lm_from_csv_and_jsonl_text_columns(tmp_path):
     jsonl_path = write_jsonl(tmp_path / "r.jsonl", [{"body": t, "n": i} for i, t in enumerate(texts)])
     expected = "".join(t + "\n" for t in texts)
     for path, column in ((csv_path, "review"), (jsonl_path, "body")):
-        data = prepare_data(config(tmp_path, dataset_path=str(path), text_column=column, tokenizer_strategy="byte",
-                                   max_seq_len=16))
+        data = prepare_data(build_data_spec(config(tmp_path, dataset_path=str(path), text_column=column, tokenizer_strategy="byte",
+                                   max_seq_len=16)))
         assert data.num_tokens == len(expected.encode())
         assert data.source == str(path)
         x, _ = data.train[0]
@@ -110,34 +111,34 @@ def test_lm_from_csv_and_jsonl_text_columns(tmp_path):
 
 def test_embedded_bpe_is_cached_under_output_dir(tmp_path, capsys):
     cfg = config(tmp_path, dataset_source="embedded", tokenizer_strategy="bpe", vocab_size=300)
-    prepare_data(cfg)
+    prepare_data(build_data_spec(cfg))
     cached = list((tmp_path / "run" / "data_cache").glob("python_reference.bpe-300-*.json"))
     assert len(cached) == 1 and "trained byte-level BPE" in capsys.readouterr().out
-    data = prepare_data(cfg)
+    data = prepare_data(build_data_spec(cfg))
     assert "from cache" in capsys.readouterr().out and data.tokenizer.vocab_size == 300
 
 
 def test_bpe_cache_sits_beside_a_data_file_and_follows_its_content(tmp_path):
     cfg = lm_config(tmp_path, CORPUS[:30_000], tokenizer_strategy="bpe", vocab_size=300)
-    prepare_data(cfg)
+    prepare_data(build_data_spec(cfg))
     first = list(tmp_path.glob("corpus.txt.bpe-300-*.json"))
     (tmp_path / "corpus.txt").write_text(CORPUS[30_000:60_000], encoding="utf-8")
-    prepare_data(cfg)
+    prepare_data(build_data_spec(cfg))
     assert len(first) == 1 and len(list(tmp_path.glob("corpus.txt.bpe-300-*.json"))) == 2
 
 
 def test_tokens_are_cached_under_output_dir_and_memory_mapped_next_time(tmp_path, capsys):
     cfg = lm_config(tmp_path, CORPUS[:20_000], tokenizer_strategy="byte")
-    first = prepare_data(cfg)
+    first = prepare_data(build_data_spec(cfg))
     cache = list((tmp_path / "run" / "data_cache").glob("corpus.tokens-*.bin"))
     assert len(cache) == 1 and cache[0].stat().st_size == first.num_tokens == len(CORPUS[:20_000].encode())
     assert "tokens from cache" not in capsys.readouterr().out
-    second = prepare_data(cfg)
+    second = prepare_data(build_data_spec(cfg))
     assert f"tokens from cache {cache[0]}" in capsys.readouterr().out
     assert torch.equal(second.train.tokens, first.train.tokens) and second.val.starts.tolist() == first.val.starts.tolist()
-    prepare_data(cfg.replace(tokenizer_strategy="char"))  # another tokenizer: its own cache file
+    prepare_data(build_data_spec(cfg.replace(tokenizer_strategy="char")))  # another tokenizer: its own cache file
     (tmp_path / "corpus.txt").write_text(CORPUS[20_000:40_000], encoding="utf-8")  # new data: new file
-    third = prepare_data(cfg)
+    third = prepare_data(build_data_spec(cfg))
     assert "tokens from cache" not in capsys.readouterr().out
     assert bytes(third.train.tokens[:50].tolist()) == CORPUS[20_000:40_000].encode()[:50]
     assert len(list((tmp_path / "run" / "data_cache").glob("corpus.tokens-*.bin"))) == 3
@@ -209,7 +210,7 @@ def test_csv_with_bom_quotes_and_multiline_cells(tmp_path):
 
 def test_missing_file_names_the_path_and_drive(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"Dataset file not found: .*nope\.txt\. Check dataset_path .*Drive"):
-        prepare_data(config(tmp_path, dataset_path=str(tmp_path / "nope.txt")))
+        prepare_data(build_data_spec(config(tmp_path, dataset_path=str(tmp_path / "nope.txt"))))
 
 
 @pytest.mark.parametrize("content", [b"", b"  \n\n\t "])
@@ -217,18 +218,18 @@ def test_empty_file_is_an_error(tmp_path, content):
     path = tmp_path / "empty.txt"
     path.write_bytes(content)
     with pytest.raises(DataError, match=rf"Dataset file {path} is empty"):
-        prepare_data(config(tmp_path, dataset_path=str(path)))
+        prepare_data(build_data_spec(config(tmp_path, dataset_path=str(path))))
 
 
 def test_undecodable_file_names_the_offset(tmp_path):
     path = tmp_path / "latin1.txt"
     path.write_bytes("caf\xe9 au lait".encode("latin-1"))
     with pytest.raises(DataError, match=rf"{path} is not UTF-8 text \(undecodable byte near offset 3\); save it as UTF-8"):
-        prepare_data(config(tmp_path, dataset_path=str(path)))
+        prepare_data(build_data_spec(config(tmp_path, dataset_path=str(path))))
     csv_path = tmp_path / "latin1.csv"
     csv_path.write_bytes("text\nok\ncaf\xe9\n".encode("latin-1"))
     with pytest.raises(DataError, match=r"latin1.csv is not UTF-8 text"):
-        prepare_data(config(tmp_path, dataset_path=str(csv_path)))
+        prepare_data(build_data_spec(config(tmp_path, dataset_path=str(csv_path))))
 
 
 def test_wrong_extension_is_refused_by_the_config_and_the_reader(tmp_path):
@@ -244,7 +245,7 @@ def test_wrong_extension_is_refused_by_the_config_and_the_reader(tmp_path):
 def test_wrong_columns_list_the_available_ones(tmp_path):
     path = write_csv(tmp_path / "r.csv", REVIEWS)
     with pytest.raises(DataError, match=r"has no column 'text' \(text_column\); its columns are: review, sentiment"):
-        prepare_data(config(tmp_path, dataset_path=str(path)))
+        prepare_data(build_data_spec(config(tmp_path, dataset_path=str(path))))
     jsonl = write_jsonl(tmp_path / "r.jsonl", [{"text": "a", "stars": 1}])
     with pytest.raises(DataError, match=r"has no column 'label' \(label_column\); its columns are: text, stars"):
         classification(tmp_path, jsonl)
@@ -265,7 +266,7 @@ def test_row_problems_name_the_row(tmp_path):
 
 def test_too_small_datasets_say_so(tmp_path):
     with pytest.raises(ValueError, match=r"only 1 sequences of max_seq_len=32, too few for a train/val split"):
-        prepare_data(lm_config(tmp_path, "x" * 40))
+        prepare_data(build_data_spec(lm_config(tmp_path, "x" * 40)))
     path = write_csv(tmp_path / "two.csv", [("one", "a"), ("two", "b")], header=("text", "label"))
     with pytest.raises(DataError, match=r"has 2 usable rows, too few for a train/val split at val_split=0.1"):
         classification(tmp_path, path)
@@ -291,8 +292,8 @@ def hf_dataset(tmp_path):
 
 
 def test_hf_classification_keeps_the_class_label_names(tmp_path, hf_dataset, capsys):
-    data = prepare_data(config(tmp_path, task="classification", dataset_source="huggingface",
-                               dataset_name=str(hf_dataset), text_column="sentence", tokenizer_strategy="char"))
+    data = prepare_data(build_data_spec(config(tmp_path, task="classification", dataset_source="huggingface",
+                               dataset_name=str(hf_dataset), text_column="sentence", tokenizer_strategy="char")))
     assert data.label_names == ["negative", "positive"]
     assert "dropped 3 rows with empty text" in capsys.readouterr().out
     for ds in (data.train, data.val):
@@ -303,12 +304,12 @@ def test_hf_classification_keeps_the_class_label_names(tmp_path, hf_dataset, cap
 
 
 def test_hf_lm_and_column_errors(tmp_path, hf_dataset):
-    data = prepare_data(config(tmp_path, dataset_source="huggingface", dataset_name=str(hf_dataset),
-                               text_column="sentence", tokenizer_strategy="byte", max_seq_len=8))
+    data = prepare_data(build_data_spec(config(tmp_path, dataset_source="huggingface", dataset_name=str(hf_dataset),
+                               text_column="sentence", tokenizer_strategy="byte", max_seq_len=8)))
     expected = "".join(t + "\n" for t, lab in REVIEWS if lab != "neutral" and t) * 3
     assert data.num_tokens == len(expected.encode())
     with pytest.raises(DataError, match=r"has no column 'text' \(text_column\); its columns are: sentence, label"):
-        prepare_data(config(tmp_path, dataset_source="huggingface", dataset_name=str(hf_dataset)))
+        prepare_data(build_data_spec(config(tmp_path, dataset_source="huggingface", dataset_name=str(hf_dataset))))
 
 
 def test_hf_offline_says_so(tmp_path):
@@ -325,7 +326,7 @@ def test_hf_offline_says_so(tmp_path):
 def test_hf_without_the_library_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # as on a machine without it: `import datasets` fails
     with pytest.raises(DataError, match=r"install datasets \(pip install datasets\) to use dataset_source='huggingface'"):
-        prepare_data(config(tmp_path, dataset_source="huggingface", dataset_name="imdb"))
+        prepare_data(build_data_spec(config(tmp_path, dataset_source="huggingface", dataset_name="imdb")))
 
 
 # ------------------------------------------------------------------------------------------- end to end

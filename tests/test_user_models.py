@@ -16,7 +16,7 @@ from torch import nn
 from utils.config import WizardConfig
 from utils.data import prepare_data
 from utils.training import train
-from utils.training.builder import build_model
+from utils.training.builder import build_data_spec, build_model
 from utils.training.module import ClassificationTask, LanguageModelTask
 from utils.user_models import (GIST_BASE_URL_ENV, GistRef, UserModelError, check_embedding_fits, check_model,
                                fetch_gist, gist_raw_url, parse_gist_ref)
@@ -115,7 +115,7 @@ def lm_config(tmp_path: Path, **changes) -> WizardConfig:
 
 
 def char_vocab_size() -> int:
-    return prepare_data(WizardConfig(max_seq_len=32)).tokenizer.vocab_size
+    return prepare_data(build_data_spec(WizardConfig(max_seq_len=32))).tokenizer.vocab_size
 
 
 # ------------------------------------------------------------------------------ a local Gist server

@@ -37,46 +37,66 @@ class PreparedData:
         return len(self.label_names)
 
 
-def open_source(config) -> Union[TextFile, RowSource]:
-    """The data the config names, checked (file, extension, columns) before any slow step."""
-    label_column = config.label_column if config.task == "classification" else None
-    cache_dir = Path(config.output_dir) / DATA_CACHE_DIR
-    if config.dataset_source == "embedded":
-        return TextFile(embedded_path(config.dataset_name), f"embedded corpus {config.dataset_name!r}", cache_dir)
-    if config.dataset_source in ("file", "upload"):
-        path = check_file(config.dataset_path)
+@dataclass(frozen=True)
+class DataSpec:
+    """What preparing the data needs to know; utils.training.builder.build_data_spec makes one from a config."""
+
+    task: str  # "lm" or "classification"
+    source: str  # "embedded", "file", "upload" or "huggingface"
+    name: str  # embedded corpus or Hugging Face dataset name
+    subset: str  # Hugging Face dataset config, "" for none
+    path: str  # .txt / .csv / .jsonl file for the file and upload sources
+    text_column: str
+    label_column: str  # classification only
+    val_split: float
+    seed: int
+    max_seq_len: int
+    tokenizer: str  # "char", "byte", "bpe" or "pretrained"
+    tokenizer_path: str
+    vocab_size: int  # bpe only
+    cache_dir: Path  # encoded tokens, and a BPE trained on an embedded or Hub corpus
+
+    @property
+    def classify(self) -> bool:
+        return self.task == "classification"
+
+
+def open_source(spec: DataSpec) -> Union[TextFile, RowSource]:
+    """The data the spec names, checked (file, extension, columns) before any slow step."""
+    label_column = spec.label_column if spec.classify else None
+    if spec.source == "embedded":
+        return TextFile(embedded_path(spec.name), f"embedded corpus {spec.name!r}", spec.cache_dir)
+    if spec.source in ("file", "upload"):
+        path = check_file(spec.path)
         suffix = path.suffix.lower()
         if suffix == ".txt":
             return TextFile(path, str(path))
         reader = CsvFile if suffix == ".csv" else JsonlFile
-        return reader(path, config.text_column, label_column)
-    if config.dataset_source == "huggingface":
-        return HuggingFaceDataset(config.dataset_name, config.dataset_config, config.text_column, label_column,
-                                  cache_dir)
-    raise DataError(f"dataset_source={config.dataset_source!r} is unknown; choose embedded, file, upload or huggingface")
+        return reader(path, spec.text_column, label_column)
+    if spec.source == "huggingface":
+        return HuggingFaceDataset(spec.name, spec.subset, spec.text_column, label_column, spec.cache_dir)
+    raise DataError(f"dataset_source={spec.source!r} is unknown; choose embedded, file, upload or huggingface")
 
 
-def prepare_data(config) -> PreparedData:
-    """Build the tokenizer and the train/val datasets a WizardConfig asks for."""
-    source = open_source(config)
-    classify = config.task == "classification"
-    bpe = config.tokenizer_strategy == "bpe"
-    tokenizer = build_tokenizer(config.tokenizer_strategy, source.text_blocks, pad=classify,
-                                vocab_size=config.vocab_size, tokenizer_path=config.tokenizer_path,
-                                cache_file=source.bpe_cache_file(config.vocab_size) if bpe else None,
+def prepare_data(spec: DataSpec) -> PreparedData:
+    """Build the tokenizer and the train/val datasets the spec asks for."""
+    source = open_source(spec)
+    bpe = spec.tokenizer == "bpe"
+    tokenizer = build_tokenizer(spec.tokenizer, source.text_blocks, pad=spec.classify, vocab_size=spec.vocab_size,
+                                tokenizer_path=spec.tokenizer_path,
+                                cache_file=source.bpe_cache_file(spec.vocab_size) if bpe else None,
                                 size_bytes=source.size_bytes)
-    if classify:
-        rows = encode_rows(tokenizer, source.rows(), config.max_seq_len, tokenizer.pad_id, source.class_names)
-        split = split_rows(rows, config.max_seq_len, config.val_split, config.seed)
+    if spec.classify:
+        rows = encode_rows(tokenizer, source.rows(), spec.max_seq_len, tokenizer.pad_id, source.class_names)
+        split = split_rows(rows, spec.max_seq_len, spec.val_split, spec.seed)
         return PreparedData(tokenizer, split.train, split.val, rows.num_tokens, source.description,
                             label_names=rows.label_names, pad_id=tokenizer.pad_id)
-    cache_file = (Path(config.output_dir) / DATA_CACHE_DIR /
-                  f"{source.cache_name}.tokens-{source.fingerprint}-{tokenizer_fingerprint(tokenizer)}.bin")
+    cache_file = spec.cache_dir / f"{source.cache_name}.tokens-{source.fingerprint}-{tokenizer_fingerprint(tokenizer)}.bin"
     tokens = encode_cached(tokenizer, source.text_blocks, source.size_bytes, cache_file)
-    split = split_windows(tokens, config.max_seq_len, config.val_split, config.seed)
+    split = split_windows(tokens, spec.max_seq_len, spec.val_split, spec.seed)
     pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     return PreparedData(tokenizer, split.train, split.val, split.num_tokens, source.description, pad_id=pad_id)
 
 
-__all__ = ["PreparedData", "prepare_data", "open_source", "load_tokenizer", "build_tokenizer", "DataError",
+__all__ = ["DataSpec", "PreparedData", "prepare_data", "open_source", "load_tokenizer", "build_tokenizer", "DataError",
            "TokenizerError"]

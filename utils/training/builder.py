@@ -22,6 +22,7 @@ from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
 from templates import build_template
 from utils.config import WizardConfig
+from utils.data import DATA_CACHE_DIR, DataSpec
 from utils.data.sources import DataError
 from utils.training.precision import PrecisionDecision
 from utils.training.callbacks import RecordedProgressBar, RunRecorder, ValidateAtMaxSteps
@@ -33,6 +34,16 @@ from utils.wandb_helpers import (SYNC_HINT, build_wandb_config, make_project_nam
                                  resolve_wandb_auth, resolve_wandb_init_timeout)
 from utils.user_models import (UserModelFiles, check_embedding_fits, check_model, keep_model_copy, load_user_model,
                                resolve_user_model_files)
+
+
+def build_data_spec(config: WizardConfig) -> DataSpec:
+    """The config's data settings, for utils.data.prepare_data."""
+    return DataSpec(task=config.task, source=config.dataset_source, name=config.dataset_name,
+                    subset=config.dataset_config, path=config.dataset_path, text_column=config.text_column,
+                    label_column=config.label_column, val_split=config.val_split, seed=config.seed,
+                    max_seq_len=config.max_seq_len, tokenizer=config.tokenizer_strategy,
+                    tokenizer_path=config.tokenizer_path, vocab_size=config.vocab_size,
+                    cache_dir=Path(config.output_dir) / DATA_CACHE_DIR)
 
 
 def model_config(config: WizardConfig, vocab_size: int, num_classes: int = 0, pad_id: int = 0) -> dict:

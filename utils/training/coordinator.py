@@ -25,7 +25,7 @@ from utils.export import ExportError, export_model
 from utils.files import atomic_folder, remove_temp_files
 from utils.inference import Predictor, classify_texts, sample_text  # sample_text, classify_texts: see __all__
 from utils.training.precision import PrecisionDecision, resolve_precision
-from utils.training.builder import (build_callbacks, build_dataloaders, build_loggers, build_model, build_module,
+from utils.training.builder import (build_callbacks, build_data_spec, build_dataloaders, build_loggers, build_model, build_module,
                                     build_task, build_trainer)
 from utils.training.callbacks import RunRecorder
 from utils.training.module import TransformerModule
@@ -133,7 +133,7 @@ def _prepare(config, decision, model, resume, on_change) -> _Run:
     """Data, model and loaders; then, before anything in output_dir is written, whether the resume fits."""
     out = Path(config.output_dir)
     pl.seed_everything(config.seed, workers=True, verbose=False)
-    data = prepare_data(config)
+    data = prepare_data(build_data_spec(config))
     classes = f", {data.num_classes} classes" if config.task == "classification" else ""
     print(f"Data: {data.source}, {data.num_tokens:,} tokens, {data.tokenizer.kind} tokenizer with "
           f"{data.tokenizer.vocab_size} ids; {len(data.train):,} train / {len(data.val):,} val sequences{classes}")

@@ -17,11 +17,11 @@ from typing import Optional
 import torch
 
 from utils.config import WizardConfig
-from utils.data import open_source
+from utils.data import DataSpec, open_source
 from utils.data.tokenizers import build_tokenizer
 from utils.env import DeviceInfo
 from utils.training.precision import PrecisionDecision
-from utils.training.builder import build_model, build_task
+from utils.training.builder import build_data_spec, build_model, build_task
 
 # fp32 weights, their gradients and AdamW's two moments; Lightning keeps fp32 master weights
 # under mixed precision too, so this holds for every precision.
@@ -41,17 +41,13 @@ def vocab_size_for(config: WizardConfig) -> tuple[int, str]:
         except (OSError, ValueError, ImportError) as e:
             return config.vocab_size, f"tokenizer not readable yet ({e}); assuming vocab_size"
     if config.tokenizer_strategy == "char":
-        data_fields = {f: getattr(config, f) for f in _DATA_FIELDS}
         try:
-            return _char_vocab_size(tuple(data_fields.items()), _mtime(config.dataset_path)), \
+            return _char_vocab_size(build_data_spec(config), _mtime(config.dataset_path)), \
                 "distinct characters in the dataset"
         except (OSError, ValueError, NotImplementedError) as e:
             return 256, f"dataset not readable yet ({e}); assuming 256"
     return config.vocab_size, "vocab_size"
 
-
-_DATA_FIELDS = ("task", "dataset_source", "dataset_name", "dataset_config", "dataset_path", "text_column",
-                "label_column", "output_dir")
 
 
 @functools.lru_cache(maxsize=8)
@@ -60,12 +56,10 @@ def _pretrained_vocab_size(tokenizer_path: str, pad: bool) -> int:
 
 
 @functools.lru_cache(maxsize=8)
-def _char_vocab_size(data_fields: tuple, mtime: float) -> int:
+def _char_vocab_size(spec: DataSpec, mtime: float) -> int:
     """The char vocabulary prepare_data will build: one pass over the text (cached per file version)."""
-    config = WizardConfig(**dict(data_fields))
-    source = open_source(config)
-    return build_tokenizer("char", source.text_blocks, pad=config.task == "classification",
-                           size_bytes=source.size_bytes).vocab_size
+    source = open_source(spec)
+    return build_tokenizer("char", source.text_blocks, pad=spec.classify, size_bytes=source.size_bytes).vocab_size
 
 
 def _mtime(path: str) -> float:
