@@ -344,8 +344,8 @@ def check_model(model: nn.Module, task, vocab_size: int, max_seq_len: int, num_c
                              "layers are invisible to PyTorch: use nn.ModuleList.")
     check_embedding_fits(model, vocab_size)
     B, T = 2, min(max_seq_len, 16)
-    batch, expected = _dummy_batch(task.name, B, T, vocab_size, num_classes)
-    call = "model(input_ids)" if task.name == "lm" else "model(input_ids[, attention_mask])"
+    batch, expected = task.dummy_batch(B, T, vocab_size, num_classes)
+    call = task.call
     device = next(model.parameters()).device
     batch = tuple(t.to(device) for t in batch)
     # Eval mode: the check must not move BatchNorm statistics or anything a model keeps while training;
@@ -369,11 +369,10 @@ def _check_forward_backward(model, task, batch, call, expected, B, T, vocab_size
     if not isinstance(logits, torch.Tensor):
         raise UserModelError(f"{source}: {call} returned {type(logits).__name__}; the kit expected a tensor of "
                              f"logits of shape {expected}. Return the logits only (no loss, no tuple).")
-    if not _shape_fits(tuple(logits.shape), expected, task.name):
-        padded = " or a larger last dimension (a padded vocabulary)" if task.name == "lm" else ""
+    if not task.output_fits(tuple(logits.shape), expected):
+        padded = " or a larger last dimension (a padded vocabulary)" if len(expected) == 3 else ""
         raise UserModelError(f"{source}: {call} on input_ids of shape ({B}, {T}) returned logits of shape "
-                             f"{tuple(logits.shape)}; the kit expected {expected}{padded} "
-                             f"({_shape_meaning(task.name)}).")
+                             f"{tuple(logits.shape)}; the kit expected {expected}{padded} ({task.output_meaning}).")
     if not logits.is_floating_point():
         raise UserModelError(f"{source} returned {logits.dtype} logits; the kit expected floating point scores.")
     _check_backward(model, task, batch, source)
@@ -391,31 +390,6 @@ def _check_backward(model: nn.Module, task, batch, source: str) -> None:
                                  "the kit expected logits computed from the model's own layers, not detached.")
     finally:
         model.zero_grad(set_to_none=True)
-
-
-def _shape_fits(shape: tuple, expected: tuple, task: str) -> bool:
-    # A language model may score more ids than the tokenizer has (vocabularies padded to a multiple
-    # of 64 for speed, as nanoGPT does): those ids are never targets, so the loss is unaffected.
-    if task == "lm":
-        return len(shape) == 3 and shape[:2] == expected[:2] and shape[2] >= expected[2]
-    return shape == expected
-
-
-def _dummy_batch(task: str, B: int, T: int, vocab_size: int, num_classes: int):
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, vocab_size, (B, T), generator=gen)
-    ids[0, 0] = vocab_size - 1  # the largest id the tokenizer can produce
-    if task == "lm":
-        return (ids, torch.roll(ids, -1, dims=1)), (B, T, vocab_size)
-    mask = torch.ones(B, T, dtype=torch.bool)
-    mask[1, T // 2:] = False  # the second row is padded
-    labels = torch.arange(B) % num_classes
-    return (ids, mask, labels), (B, num_classes)
-
-
-def _shape_meaning(task: str) -> str:
-    return ("batch, sequence length, vocab_size: one score per vocabulary entry at every position"
-            if task == "lm" else "batch, num_classes: one score per class for each sequence")
 
 
 def _traceback_for_model(error: BaseException, model: nn.Module) -> str:

@@ -29,7 +29,7 @@ from utils.training.callbacks import RecordedProgressBar, RunRecorder, ValidateA
 from utils.training.checkpoint_io import AtomicCheckpointIO, LastCheckpoint
 from utils.training.checkpoints import LAST_NAME, LOGS_DIRNAME, checkpoint_dir
 from utils.training.health import TrainingHealthCallback
-from utils.training.module import ClassificationTask, LanguageModelTask, TransformerModule
+from utils.training.module import TASKS, TransformerModule
 from utils.wandb_helpers import (SYNC_HINT, build_wandb_config, make_project_name, make_run_name, model_type_of,
                                  resolve_wandb_auth, resolve_wandb_init_timeout)
 from utils.user_models import (UserModelFiles, check_embedding_fits, check_model, keep_model_copy, load_user_model,
@@ -81,7 +81,8 @@ def build_model(config: WizardConfig, vocab_size: int, num_classes: int = 0, pad
 
 
 def build_task(config: WizardConfig):
-    return ClassificationTask() if config.task == "classification" else LanguageModelTask()
+    """What differs between language modelling and classification (see utils.training.module)."""
+    return TASKS[config.task]
 
 
 def build_module(config: WizardConfig, model: nn.Module, task, batches_per_epoch: int,

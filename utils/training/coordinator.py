@@ -28,7 +28,7 @@ from utils.training.precision import PrecisionDecision, resolve_precision
 from utils.training.builder import (build_callbacks, build_data_spec, build_dataloaders, build_loggers, build_model, build_module,
                                     build_task, build_trainer)
 from utils.training.callbacks import RunRecorder
-from utils.training.module import TransformerModule
+from utils.training.module import TASKS, TransformerModule
 from utils.training.checkpoint_io import TrainingStopped
 from utils.training.checkpoints import (LOGS_DIRNAME, ON_CHANGE, TOKENIZER_DIRNAME, ResumePoint, handle_changed_run,
                                         last_checkpoint, plan_resume, remove_checkpoints_after,
@@ -72,7 +72,7 @@ class TrainingResult(Predictor):
             + (f" (resumed from {self.resumed_from})" if self.resumed_from else ""),
             f"train loss:       {fmt(self.train_loss)}",
             f"val loss:         {fmt(self.val_loss)}",
-            *([f"val accuracy:     {fmt(self.val_accuracy)}"] if self.config.task == "classification" else []),
+            *TASKS[self.config.task].summary_lines(self.val_accuracy),
             f"throughput:       {self.tokens_per_sec:,.0f} tokens/s",
             f"best checkpoint:  {self.best_checkpoint or 'none saved'}",
             f"last checkpoint:  {self.last_checkpoint or 'none saved'}",
@@ -134,9 +134,10 @@ def _prepare(config, decision, model, resume, on_change) -> _Run:
     out = Path(config.output_dir)
     pl.seed_everything(config.seed, workers=True, verbose=False)
     data = prepare_data(build_data_spec(config))
-    classes = f", {data.num_classes} classes" if config.task == "classification" else ""
+    task = build_task(config)
     print(f"Data: {data.source}, {data.num_tokens:,} tokens, {data.tokenizer.kind} tokenizer with "
-          f"{data.tokenizer.vocab_size} ids; {len(data.train):,} train / {len(data.val):,} val sequences{classes}")
+          f"{data.tokenizer.vocab_size} ids; {len(data.train):,} train / {len(data.val):,} val sequences"
+          f"{task.describe_data(data)}")
     model_passed_in, user_files = model is not None, None
     if model is None:
         if config.model_source != "template":
@@ -144,11 +145,11 @@ def _prepare(config, decision, model, resume, on_change) -> _Run:
         model = build_model(config, data.tokenizer.vocab_size, data.num_classes, data.pad_id, user_files)
     else:  # the caller's own nn.Module: the same checks a model file gets, before any training
         check_embedding_fits(model, data.tokenizer.vocab_size)
-        check_model(model, build_task(config), data.tokenizer.vocab_size, config.max_seq_len, data.num_classes,
+        check_model(model, task, data.tokenizer.vocab_size, config.max_seq_len, data.num_classes,
                     source=f"the {type(model).__name__} passed to train()")
     print(f"Model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
     train_loader, val_loader = build_dataloaders(config, data.train, data.val, pin_memory=decision.device.kind == "cuda")
-    module = build_module(config, model, build_task(config), len(train_loader), decision)
+    module = build_module(config, model, task, len(train_loader), decision)
     if resume is not None:
         problems = resume_problems(resume, module, _tokenizer_change(out, data))
         if problems:

@@ -134,13 +134,10 @@ def _saved_bytes(model, config, vocab, batch, decision, params, backward: bool) 
             storages[ptr] = t.untyped_storage().nbytes()
         return t
 
-    x = torch.randint(vocab, (batch, config.max_seq_len))
-    if config.task == "classification":  # (input_ids, attention_mask, labels), as the data gives it
-        dummy = (x, torch.ones_like(x, dtype=torch.bool), torch.randint(ASSUMED_CLASSES, (batch,)))
-    else:
-        dummy = (x, torch.randint(vocab, (batch, config.max_seq_len)))
+    task = build_task(config)
+    dummy, _ = task.dummy_batch(batch, config.max_seq_len, vocab, ASSUMED_CLASSES)  # as the data gives it
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _autocast(decision):
-        loss, _ = build_task(config).loss(model, dummy)
+        loss, _ = task.loss(model, dummy)
     if backward:
         loss.backward()
     return sum(storages.values()), loss.item()
@@ -165,7 +162,7 @@ def device_capacity(device: DeviceInfo) -> tuple[Optional[int], str]:
 
 def describe_check(check: ModelCheck, config: WizardConfig, decision: PrecisionDecision) -> str:
     """Plain lines for the wizard: what ran, what it needs, whether that fits."""
-    outputs = ASSUMED_CLASSES if config.task == "classification" else check.vocab_size  # chance-level loss
+    outputs = build_task(config).chance_loss_outputs(check.vocab_size, ASSUMED_CLASSES)
     lines = [
         f"Forward/backward on a 2 x {config.max_seq_len} dummy batch: loss {check.loss:.2f} "
         f"(untrained: about ln {outputs} = {math.log(outputs):.2f}), {check.seconds:.2f} s on CPU.",
