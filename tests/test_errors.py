@@ -41,4 +41,4 @@ def test_missing_user_files_are_kit_errors_and_still_file_not_found(tmp_path):
 
 def test_an_unknown_character_is_a_tokenizer_error():
     with pytest.raises(TokenizerError, match="character 'z' is not in this char tokenizer's vocabulary"):
-        CharTokenizer.from_text("abc").encode("abz")
+        CharTokenizer.from_blocks(["abc"]).encode("abz")

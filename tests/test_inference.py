@@ -31,7 +31,7 @@ def result_of(config: WizardConfig, model, tokenizer, **changes) -> TrainingResu
 @pytest.fixture
 def lm(tmp_path) -> TrainingResult:
     config = WizardConfig(max_seq_len=16, output_dir=str(tmp_path / "run"))
-    tokenizer = CharTokenizer.from_text(TEXT)
+    tokenizer = CharTokenizer.from_blocks([TEXT])
     torch.manual_seed(0)
     return result_of(config, build_model(config, tokenizer.vocab_size), tokenizer)
 
@@ -93,7 +93,7 @@ def test_bad_calls_are_kit_errors_naming_the_fix(lm, classifier):
 
 
 def test_characters_a_char_tokenizer_never_saw_are_dropped_with_a_note(capsys):
-    tokenizer = CharTokenizer.from_text("abc ")
+    tokenizer = CharTokenizer.from_blocks(["abc "])
     assert encode_for_inference(tokenizer, "The cab") == tokenizer.encode(" cab")
     assert "Note: dropped characters the training text never had: 'Teh'" in capsys.readouterr().out
 

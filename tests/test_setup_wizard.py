@@ -26,7 +26,7 @@ from utils.config import WizardConfig as CoreWizardConfig
 from utils.env import DeviceInfo
 from utils.training.precision import PrecisionError, resolve_precision
 from utils.training.builder import build_model
-from utils.ui.model_check import check_model
+from utils.ui.model_check import measure_model
 from utils.ui.presets import PRESETS
 from utils.ui.setup_wizard import STEPS, SetupWizard, WizardConfig, detect_interactive, validate_config
 
@@ -342,7 +342,7 @@ def test_memory_estimate_grows_with_batch_and_reports_when_it_does_not_fit(wizar
     small_gpu = DeviceInfo("cuda", "Small GPU", (6, 1), 64 * 2**20)  # fp32 (no tensor cores): a quick check
     config = WizardConfig(batch_size=64)
     decision = resolve_precision(True, "auto", small_gpu)
-    big, half = check_model(config, decision), check_model(config.replace(batch_size=32), decision)
+    big, half = measure_model(config, decision), measure_model(config.replace(batch_size=32), decision)
     assert 1.8 < big.activation_bytes / half.activation_bytes < 2.2
     assert big.fits is False
     wizard = make_wizard(wizard_path, device=small_gpu)

@@ -70,7 +70,7 @@ def test_round_trip_and_fast_path_agree(kind, bpe):
 
 
 def test_char_unknown_character_is_an_error_in_both_paths():
-    tok = CharTokenizer.from_text("abc")
+    tok = CharTokenizer.from_blocks(["abc"])
     for encode in (tok.encode, tok.encode_tensor):
         with pytest.raises(ValueError, match="character 'z' is not in this char tokenizer's vocabulary"):
             encode("abz")

@@ -82,7 +82,7 @@ def encode_for_inference(tokenizer, text: str) -> list[int]:
         return tokenizer.encode("".join(ch for ch in text if ch in known))
 
 
-def sample_text(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int, block_size: int,
+def sample_text(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int, max_seq_len: int,
                 temperature: float = 0.8, top_k: Optional[int] = 40, seed: Optional[int] = None) -> str:
     """prompt and max_new_tokens sampled after it, decoded; seed fixes the draws."""
     ids = encode_for_inference(tokenizer, prompt) or [0]
@@ -90,20 +90,20 @@ def sample_text(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int, b
     gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     was_training = model.training
     model.eval()
-    out = generate(model, torch.tensor([ids], device=device), max_new_tokens, block_size, temperature, top_k, gen)
+    out = generate(model, torch.tensor([ids], device=device), max_new_tokens, max_seq_len, temperature, top_k, gen)
     model.train(was_training)
     return tokenizer.decode(out[0].tolist())
 
 
 @torch.no_grad()
-def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, block_size: int,
+def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, max_seq_len: int,
              temperature: float = 0.8, top_k: Optional[int] = 40,
              generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Sample max_new_tokens after idx (B, T) from any model mapping (B, T) ids to (B, T, V) logits."""
     if temperature <= 0:
         raise InferenceError(f"temperature={temperature} must be > 0")
     for _ in range(max_new_tokens):
-        logits = model(idx[:, -block_size:])[:, -1, :].float() / temperature  # (B, V)
+        logits = model(idx[:, -max_seq_len:])[:, -1, :].float() / temperature  # (B, V)
         if top_k is not None:
             kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
             logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -38,8 +38,8 @@ class LabelledTexts:
 class ClassificationRows(Dataset):
     """The rows of a LabelledTexts at `indices`, as fixed-length padded items."""
 
-    def __init__(self, data: LabelledTexts, indices: torch.Tensor, seq_len: int):
-        self.data, self.indices, self.seq_len = data, indices, seq_len
+    def __init__(self, data: LabelledTexts, indices: torch.Tensor, max_seq_len: int):
+        self.data, self.indices, self.max_seq_len = data, indices, max_seq_len
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -47,9 +47,9 @@ class ClassificationRows(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         row = int(self.indices[i])
         start, length = int(self.data.offsets[row]), int(self.data.lengths[row])
-        input_ids = torch.full((self.seq_len,), self.data.pad_id, dtype=torch.long)  # (T,)
+        input_ids = torch.full((self.max_seq_len,), self.data.pad_id, dtype=torch.long)  # (T,)
         input_ids[:length] = self.data.tokens[start: start + length]
-        attention_mask = torch.arange(self.seq_len) < length  # (T,) True on real tokens
+        attention_mask = torch.arange(self.max_seq_len) < length  # (T,) True on real tokens
         return input_ids, attention_mask, self.data.labels[row]
 
 
@@ -114,7 +114,7 @@ class ClassificationSplit:
     val: ClassificationRows
 
 
-def split_rows(data: LabelledTexts, seq_len: int, val_split: float, seed: int) -> ClassificationSplit:
+def split_rows(data: LabelledTexts, max_seq_len: int, val_split: float, seed: int) -> ClassificationSplit:
     """A seeded shuffle of the rows: the first round(n * val_split) validate, the rest train."""
     n = len(data)
     n_val = round(n * val_split)
@@ -122,5 +122,5 @@ def split_rows(data: LabelledTexts, seq_len: int, val_split: float, seed: int) -
         raise DataError(f"The dataset has {n} usable rows, too few for a train/val split at val_split={val_split} "
                         "(each side needs at least one row). Add rows or change val_split.")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return ClassificationSplit(ClassificationRows(data, order[n_val:], seq_len),
-                               ClassificationRows(data, order[:n_val], seq_len))
+    return ClassificationSplit(ClassificationRows(data, order[n_val:], max_seq_len),
+                               ClassificationRows(data, order[:n_val], max_seq_len))

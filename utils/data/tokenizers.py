@@ -56,10 +56,6 @@ class CharTokenizer:
         self._table = _StrictTable({ord(ch): chr(i) for ch, i in self.stoi.items()})
 
     @classmethod
-    def from_text(cls, text: str, pad: bool = False) -> "CharTokenizer":
-        return cls.from_blocks([text], pad)
-
-    @classmethod
     def from_blocks(cls, blocks: Iterable[str], pad: bool = False) -> "CharTokenizer":
         chars: set[str] = set()
         for block in blocks:  # one streaming pass: the vocabulary without the text in memory

@@ -106,7 +106,7 @@ class ModelCheck:
         return None if self.capacity_bytes is None else self.total_bytes <= USABLE_FRACTION * self.capacity_bytes
 
 
-def check_model(config: WizardConfig, decision: PrecisionDecision) -> ModelCheck:
+def measure_model(config: WizardConfig, decision: PrecisionDecision) -> ModelCheck:
     """Build the model on CPU, run forward/backward on a dummy batch and estimate training memory."""
     vocab, _ = vocab_size_for(config)
     torch.manual_seed(config.seed)

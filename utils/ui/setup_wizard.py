@@ -35,7 +35,7 @@ from utils.training.amp_utils import LegacyWizardAPI  # the reference kit's vali
 from utils.training.precision import PrecisionError, resolve_precision
 from utils.training.checkpoints import describe_run_folder
 from utils.ui.fields import ERROR_COLOR, INPUT_WIDTH, LABEL_WIDTH, Field, build_field, save_upload, uploaded_files
-from utils.ui.model_check import (check_model, count_parameters, describe_check, format_count,
+from utils.ui.model_check import (measure_model, count_parameters, describe_check, format_count,
                                   vocab_size_for)
 from utils.ui.presets import PRESETS, apply_preset
 
@@ -286,7 +286,7 @@ class SetupWizard(LegacyWizardAPI):
         decision = self._decision(self._config)
         self.notes["check"].value = _note("<i>Running a forward/backward pass on CPU...</i>")
         try:
-            check = check_model(self._config, decision)
+            check = measure_model(self._config, decision)
         except (ValueError, RuntimeError) as e:  # the model's own complaint (shapes, memory): show it
             self.notes["check"].value = _note(html.escape(f"Model check failed: {e}"), ERROR_COLOR)
             return
