@@ -175,10 +175,8 @@ class WizardConfig:
     # --- logging
     log_every_n_steps: int = _logging(10, "Log every (steps)", "how often step metrics are logged", ge=1)
     wandb_mode: str = _logging("disabled", "Weights & Biases", "whether the run is logged to W&B", choices={
-        "disabled": "Off — no W&B",
-        "auto": "Auto — online with an API key, else offline",
-        "online": "Online — sync to wandb.ai as it trains",
-        "offline": "Offline — log here, sync later"})
+        "disabled": "Off — no W&B", "auto": "Auto — online with an API key, else offline",
+        "online": "Online — sync to wandb.ai as it trains", "offline": "Offline — log here, sync later"})
     wandb_project: str = _logging("colab-transformer-kit", "W&B project", "W&B project name (lowercase, hyphens)")
     wandb_run_name: str = _logging("", "W&B run name", "W&B run name, empty for {model}_{YYYYMMDD_HHMMSS}")
 
