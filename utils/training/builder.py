@@ -22,7 +22,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
 from templates import build_template
-from utils.config import WizardConfig
+from utils.config import ConfigError, WizardConfig
 from utils.data import DATA_CACHE_DIR, DataSpec
 from utils.data.sources import DataError
 from utils.training.precision import PrecisionDecision
@@ -272,6 +272,13 @@ def build_strategy(config: WizardConfig, model: Optional[nn.Module] = None):
 def template_blocks(model: nn.Module) -> set[type]:
     """The Block classes of a template model (templates/gpt.py, classifier.py): FSDP's units."""
     return {type(m) for m in model.modules() if type(m).__name__ == "Block" and type(m).__module__.startswith("templates.")}
+
+
+def check_strategy(config: WizardConfig, device_kind: str) -> None:
+    """Refuse, before any slow step, a strategy this machine cannot run."""
+    if config.strategy == "fsdp" and device_kind != "cuda":
+        raise ConfigError([f"strategy='fsdp' needs CUDA GPUs, but this run is on {device_kind} (Lightning runs FSDP "
+                           "on GPUs only); choose strategy='ddp' or 'auto'"])
 
 
 def build_trainer(config: WizardConfig, decision: PrecisionDecision, callbacks: list, loggers: list,

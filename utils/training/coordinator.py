@@ -28,7 +28,7 @@ from utils.files import atomic_folder, remove_temp_files
 from utils.inference import Predictor, classify_texts, sample_text  # sample_text, classify_texts: see __all__
 from utils.training.precision import PrecisionDecision, resolve_precision
 from utils.training.builder import (build_callbacks, build_data_spec, build_dataloaders, build_loggers, build_model, build_module,
-                                    build_task, build_trainer, describe_batch, devices_per_node)
+                                    build_task, build_trainer, check_strategy, describe_batch, devices_per_node)
 from utils.training.callbacks import RunRecorder
 from utils.training.module import TASKS, TransformerModule
 from utils.training.checkpoint_io import TrainingStopped
@@ -113,6 +113,7 @@ def train(config: Optional[WizardConfig] = None, model: Optional[nn.Module] = No
         raise ValueError(f"on_change={on_change!r}; choose one of {', '.join(map(repr, ON_CHANGE))}")
     # One decision for every process: each device of a multi-device run is checked to be the same GPU.
     decision = resolve_precision(config.use_mixed_precision, config.precision, device or detect_device(config.devices))
+    check_strategy(config, decision.device.kind)
     per_node = devices_per_node(config, decision.device.kind)
     launch = plan_launch(per_node * config.num_nodes, decision.device.kind)
     out = Path(config.output_dir)
@@ -154,7 +155,8 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
     Only global rank zero writes (the others read its caches and follow its resume decision)."""
     out = Path(config.output_dir)
     pl.seed_everything(config.seed, workers=True, verbose=False)
-    data = prepare_data(build_data_spec(config))
+    # The other processes start from rank zero's tokenizer: trained once, and its token cache is theirs too.
+    data = prepare_data(build_data_spec(config), None if launch.is_zero else load_tokenizer(out / TOKENIZER_DIRNAME))
     task = build_task(config)
     print(f"Data: {data.source}, {data.num_tokens:,} tokens, {data.tokenizer.kind} tokenizer with "
           f"{data.tokenizer.vocab_size} ids; {len(data.train):,} train / {len(data.val):,} val sequences"
