@@ -238,7 +238,7 @@ def devices_per_node(config: WizardConfig, device_kind: str) -> int:
     """Training processes on each machine: config.devices, or with 0 every visible GPU (1 on a CPU)."""
     if config.devices:
         return config.devices
-    return torch.cuda.device_count() if device_kind == "cuda" else 1
+    return max(1, torch.cuda.device_count()) if device_kind == "cuda" else 1
 
 
 def describe_batch(config: WizardConfig, per_node: int) -> str:
