@@ -136,8 +136,9 @@ FIXED_CHOICES = {"task": ("lm", "classification"), "dataset_source": ("embedded"
                  "tokenizer_strategy": ("char", "byte", "bpe", "pretrained"),
                  "model_source": ("template", "file", "gist"),
                  "model_size": ("tiny", "small", "base"), "precision": ("auto", "16-mixed", "bf16-mixed"),
-                 "wandb_mode": ("disabled", "auto", "online", "offline")}
-GROUPS = ["Task and data", "Tokenizer", "Model", "Optimisation", "Precision", "Output and checkpoints", "Logging"]
+                 "wandb_mode": ("disabled", "auto", "online", "offline"), "strategy": ("auto", "ddp", "fsdp")}
+GROUPS = ["Task and data", "Tokenizer", "Model", "Optimisation", "Precision", "Devices", "Output and checkpoints",
+          "Logging"]
 
 
 def test_every_field_has_a_label_a_help_line_and_a_group():
@@ -173,7 +174,7 @@ def test_names_types_and_defaults_are_unchanged():
     assert (c.task, c.dataset_source, c.tokenizer_strategy, c.vocab_size, c.model_template, c.max_steps,
             c.learning_rate, c.checkpoint_every_minutes, c.precision, c.wandb_mode, c.wandb_project) == \
         ("lm", "embedded", "char", 4096, "gpt", None, 1e-3, 5.0, "auto", "disabled", "colab-transformer-kit")
-    assert len(fields(WizardConfig)) == 40
+    assert len(fields(WizardConfig)) == 43
 
 
 def test_every_number_field_has_bounds_that_validation_enforces():

@@ -87,8 +87,9 @@ def _group(title: str):
     return functools.partial(setting, group=title)
 
 
-_data, _tokenizer, _model, _optim, _precision, _output, _logging = map(_group, (
-    "Task and data", "Tokenizer", "Model", "Optimisation", "Precision", "Output and checkpoints", "Logging"))
+_data, _tokenizer, _model, _optim, _precision, _devices, _output, _logging = map(_group, (
+    "Task and data", "Tokenizer", "Model", "Optimisation", "Precision", "Devices", "Output and checkpoints",
+    "Logging"))
 
 
 @dataclass
@@ -162,6 +163,15 @@ class WizardConfig:
                                 choices={"auto": "Auto — fp16 on a T4 or V100, bf16 on Ampere and newer, fp32 on a CPU",
                                          "16-mixed": "fp16 mixed — T4, V100 and other pre-Ampere GPUs",
                                          "bf16-mixed": "bf16 mixed — A100, L4, H100 (Ampere or newer)"})
+    # --- devices: one training process per device, launched by Lightning (or torchrun / SLURM)
+    devices: int = _devices(0, "Devices per machine", "training processes per machine, one per GPU; 0: every "
+                            "visible GPU (1 on a CPU)", ge=0, hint="0 uses every visible GPU")
+    num_nodes: int = _devices(1, "Machines", "machines training together, each running `devices` processes "
+                              "(torchrun or SLURM starts them)", ge=1)
+    strategy: str = _devices("auto", "Multi-device strategy", "how several devices share the work", choices={
+        "auto": "Auto — as is on one device, DDP on several",
+        "ddp": "DDP — a whole model per device, gradients averaged",
+        "fsdp": "FSDP — parameters and optimizer state sharded, for models one GPU cannot hold"})
     # --- output and checkpoints
     output_dir: str = _output("runs/default", "Output folder", "checkpoints, config.json, logs and the export go "
                               "here", required="give a folder for checkpoints")
@@ -253,6 +263,7 @@ TOKENIZER_STRATEGIES = tuple(SETTINGS["tokenizer_strategy"].choices)
 MODEL_SOURCES = tuple(SETTINGS["model_source"].choices)
 MODEL_SIZES = tuple(SETTINGS["model_size"].choices)
 PRECISIONS = tuple(SETTINGS["precision"].choices)
+STRATEGIES = tuple(SETTINGS["strategy"].choices)
 WANDB_MODES = tuple(SETTINGS["wandb_mode"].choices)
 
 

@@ -9,6 +9,12 @@ from typing import Optional
 
 import torch
 
+from utils.errors import KitError
+
+
+class MixedGPUsError(KitError, RuntimeError):
+    """The GPUs a multi-device run would use differ; one precision decision cannot hold for all of them."""
+
 
 @dataclass(frozen=True)
 class DeviceInfo:
@@ -25,13 +31,27 @@ class DeviceInfo:
         return self.name
 
 
-def detect_device() -> DeviceInfo:
+def detect_device(devices: int = 1) -> DeviceInfo:
+    """The accelerator training runs on. devices: how many GPUs it will use (0: every visible one); they
+    must all be the same model, since one precision decision holds for all of them."""
     if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        return DeviceInfo("cuda", props.name, (props.major, props.minor), props.total_memory)
+        count = torch.cuda.device_count() if devices == 0 else min(devices, torch.cuda.device_count())
+        gpus = [_gpu(i) for i in range(max(count, 1))]
+        kinds = {(gpu.name, gpu.capability) for gpu in gpus}
+        if len(kinds) > 1:
+            listed = ", ".join(f"GPU {i}: {gpu.describe()}" for i, gpu in enumerate(gpus))
+            raise MixedGPUsError(f"the {len(gpus)} GPUs this run would use differ ({listed}); one precision holds "
+                                 "for every process, so use GPUs of one model: set CUDA_VISIBLE_DEVICES to those, "
+                                 "or lower devices")
+        return gpus[0]
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return DeviceInfo("mps", "Apple MPS")
     return DeviceInfo("cpu", "CPU")
+
+
+def _gpu(index: int) -> DeviceInfo:
+    props = torch.cuda.get_device_properties(index)
+    return DeviceInfo("cuda", props.name, (props.major, props.minor), props.total_memory)
 
 
 def in_colab() -> bool:

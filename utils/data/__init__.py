@@ -78,14 +78,19 @@ def open_source(spec: DataSpec) -> Union[TextFile, RowSource]:
     raise DataError(f"dataset_source={spec.source!r} is unknown; choose embedded, file, upload or huggingface")
 
 
-def prepare_data(spec: DataSpec) -> PreparedData:
-    """Build the tokenizer and the train/val datasets the spec asks for."""
+def prepare_data(spec: DataSpec, tokenizer=None) -> PreparedData:
+    """Build the tokenizer and the train/val datasets the spec asks for.
+
+    tokenizer: one already built for this spec (the other processes of a multi-device run read rank
+    zero's back from the run folder instead of training it again); its token cache is then found too.
+    """
     source = open_source(spec)
     bpe = spec.tokenizer == "bpe"
-    tokenizer = build_tokenizer(spec.tokenizer, source.text_blocks, pad=spec.classify, vocab_size=spec.vocab_size,
-                                tokenizer_path=spec.tokenizer_path,
-                                cache_file=source.bpe_cache_file(spec.vocab_size) if bpe else None,
-                                size_bytes=source.size_bytes)
+    if tokenizer is None:
+        tokenizer = build_tokenizer(spec.tokenizer, source.text_blocks, pad=spec.classify, vocab_size=spec.vocab_size,
+                                    tokenizer_path=spec.tokenizer_path,
+                                    cache_file=source.bpe_cache_file(spec.vocab_size) if bpe else None,
+                                    size_bytes=source.size_bytes)
     if spec.classify:
         rows = encode_rows(tokenizer, source.rows(), spec.max_seq_len, tokenizer.pad_id, source.class_names)
         split = split_rows(rows, spec.max_seq_len, spec.val_split, spec.seed)

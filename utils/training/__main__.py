@@ -88,6 +88,8 @@ def train_and_report(config: WizardConfig, args: argparse.Namespace) -> int:
         traceback.print_exc()
         print(BUG_NOTE, file=sys.stderr)
         return 1
+    if not result.is_global_zero:  # another process of a multi-device run: rank zero reports
+        return 0
     print("\n" + result.summary())
     print(f"config:           {result.output_dir / 'config.json'}")
     if config.task == "lm":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import sys
@@ -21,7 +22,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
 from templates import build_template
-from utils.config import WizardConfig
+from utils.config import ConfigError, WizardConfig
 from utils.data import DATA_CACHE_DIR, DataSpec
 from utils.data.sources import DataError
 from utils.training.precision import PrecisionDecision
@@ -107,32 +108,46 @@ def total_steps(config: WizardConfig, batches_per_epoch: int) -> int:
     return max(1, min(steps, config.max_steps) if config.max_steps is not None else steps)
 
 
-def build_dataloaders(config: WizardConfig, train_ds, val_ds, pin_memory: bool) -> tuple[DataLoader, DataLoader]:
-    """The training loader's position and shuffle order are part of every checkpoint (see ResumableSampler)."""
+def build_dataloaders(config: WizardConfig, train_ds, val_ds, pin_memory: bool,
+                      num_replicas: int = 1) -> tuple[DataLoader, DataLoader]:
+    """The training loader's position and shuffle order are part of every checkpoint (see ResumableSampler).
+
+    num_replicas: training processes; each reads its own shard of every epoch (its rank is set once the
+    Trainer knows it, see ResumableSampler). Every process validates on the whole validation set.
+    """
     # Data lives in memory as token tensors: worker processes would cost more than they save.
-    sampler = ResumableSampler(train_ds, seed=config.seed)
+    drop_last = len(train_ds) > config.batch_size * num_replicas
+    sampler = ResumableSampler(train_ds, seed=config.seed, num_replicas=num_replicas, drop_last=drop_last)
     train = StatefulDataLoader(train_ds, batch_size=config.batch_size, sampler=sampler, pin_memory=pin_memory,
-                               drop_last=len(train_ds) > config.batch_size,
+                               drop_last=drop_last,
                                generator=torch.Generator().manual_seed(config.seed))  # keeps the global RNG out of it
     val = DataLoader(val_ds, batch_size=config.batch_size, shuffle=False, pin_memory=pin_memory)
     return train, val
 
 
 class ResumableSampler(StatefulDistributedSampler):
-    """Shuffles each epoch by (seed, epoch) and restarts mid-epoch from a checkpoint.
+    """Shuffles each epoch by (seed, epoch), hands each process its shard and restarts mid-epoch from a checkpoint.
 
-    torchdata's StatefulDistributedSampler with one replica: Lightning calls set_epoch, the order of
-    epoch e is a pure function of (seed, e), and the StatefulDataLoader saves how far it got. The
-    epoch is saved too, because Lightning creates the resumed iterator before it calls set_epoch.
+    torchdata's StatefulDistributedSampler: Lightning calls set_epoch, the order of epoch e is a pure
+    function of (seed, e), and the StatefulDataLoader saves how far it got. Rank r of W reads positions
+    r, r + W, r + 2W, ... of that order, so one step's W batches of B together are the batch of W x B a
+    single process would read at that step. The epoch is saved too, because Lightning creates the resumed
+    iterator before it calls set_epoch; and so is the number of processes: the position is per process,
+    and a run resumed on another number of devices continues from the same place in the epoch's order.
+    `rank` is set by the training core once the Trainer has decided it (Lightning's own sampler
+    replacement is off: it would drop the saved position).
     """
 
-    def __init__(self, dataset, seed: int):
-        super().__init__(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed)
+    def __init__(self, dataset, seed: int, num_replicas: int = 1, drop_last: bool = False):
+        super().__init__(dataset, num_replicas=num_replicas, rank=0, shuffle=True, seed=seed, drop_last=drop_last)
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "epoch": self.epoch}
+        return {**super().state_dict(), "epoch": self.epoch, "num_replicas": self.num_replicas}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        saved_replicas = state_dict.get("num_replicas", 1)
+        if saved_replicas != self.num_replicas:  # samples read by all processes, shared out among the new ones
+            state_dict = {**state_dict, self._YIELDED: state_dict[self._YIELDED] * saved_replicas // self.num_replicas}
         super().load_state_dict(state_dict)
         self.epoch = state_dict.get("epoch", self.epoch)
 
@@ -219,14 +234,66 @@ def _finish_stale_wandb_run() -> None:
         wandb.finish()
 
 
-def build_trainer(config: WizardConfig, decision: PrecisionDecision, callbacks: list, loggers: list) -> pl.Trainer:
-    precision_args = _precision_args(decision)
+def devices_per_node(config: WizardConfig, device_kind: str) -> int:
+    """Training processes on each machine: config.devices, or with 0 every visible GPU (1 on a CPU)."""
+    if config.devices:
+        return config.devices
+    return max(1, torch.cuda.device_count()) if device_kind == "cuda" else 1
+
+
+def describe_batch(config: WizardConfig, per_node: int) -> str:
+    """The effective batch: what one optimizer step averages its gradient over."""
+    total = config.batch_size * per_node * config.num_nodes * config.gradient_accumulation_steps
+    return (f"Batch: {config.batch_size} sequences per device x {per_node} device(s) x {config.num_nodes} "
+            f"machine(s) x {config.gradient_accumulation_steps} accumulation = {total:,} sequences "
+            f"({total * config.max_seq_len:,} tokens) per optimizer step")
+
+
+FSDP_MIN_PARAMS = 1_000_000  # a user model's submodules with this many parameters become FSDP units
+
+
+def build_strategy(config: WizardConfig, model: Optional[nn.Module] = None):
+    """Lightning's strategy: "auto" and "ddp" by name; FSDP with a wrap policy for the model.
+
+    FSDP shards each wrapped unit's parameters, gradients and optimizer state across the processes. A
+    template's transformer Block is one unit each; a user model is wrapped by size (any submodule holding
+    FSDP_MIN_PARAMS parameters or more not already inside a unit), as torch's size_based_auto_wrap_policy does.
+    """
+    if config.strategy != "fsdp":
+        return config.strategy
+    from pytorch_lightning.strategies import FSDPStrategy
+    from torch.distributed.fsdp.wrap import size_based_auto_wrap_policy
+
+    blocks = template_blocks(model) if model is not None else set()
+    policy = blocks or functools.partial(size_based_auto_wrap_policy, min_num_params=FSDP_MIN_PARAMS)
+    return FSDPStrategy(auto_wrap_policy=policy)
+
+
+def template_blocks(model: nn.Module) -> set[type]:
+    """The Block classes of a template model (templates/gpt.py, classifier.py): FSDP's units."""
+    return {type(m) for m in model.modules() if type(m).__name__ == "Block" and type(m).__module__.startswith("templates.")}
+
+
+def check_strategy(config: WizardConfig, device_kind: str) -> None:
+    """Refuse, before any slow step, a strategy this machine cannot run."""
+    if config.strategy == "fsdp" and device_kind != "cuda":
+        raise ConfigError([f"strategy='fsdp' needs CUDA GPUs, but this run is on {device_kind} (Lightning runs FSDP "
+                           "on GPUs only); choose strategy='ddp' or 'auto'"])
+
+
+def build_trainer(config: WizardConfig, decision: PrecisionDecision, callbacks: list, loggers: list,
+                  model: Optional[nn.Module] = None) -> pl.Trainer:
+    """model: the one being trained, for FSDP's wrap policy (see build_strategy)."""
+    precision_args = _precision_args(decision, config.strategy)
     _quiet_lightning()
     if decision.tf32:  # decided with the precision (Ampere and newer); a process-wide torch setting
         torch.set_float32_matmul_precision("high")
     return pl.Trainer(
         accelerator={"cuda": "gpu"}.get(decision.device.kind, decision.device.kind),
-        devices=1,
+        devices=devices_per_node(config, decision.device.kind),
+        num_nodes=config.num_nodes,
+        strategy=build_strategy(config, model),
+        use_distributed_sampler=False,  # ResumableSampler shards the data itself and keeps its position
         max_epochs=config.max_epochs,
         max_steps=config.max_steps if config.max_steps is not None else -1,
         accumulate_grad_batches=config.gradient_accumulation_steps,
@@ -243,9 +310,9 @@ def build_trainer(config: WizardConfig, decision: PrecisionDecision, callbacks: 
     )
 
 
-def _precision_args(decision: PrecisionDecision) -> dict:
+def _precision_args(decision: PrecisionDecision, strategy: str = "auto") -> dict:
     plugins = [AtomicCheckpointIO()]  # checkpoints written beside their target and renamed: never torn
-    if decision.precision == "16-mixed" and decision.device.kind == "cpu":
+    if decision.precision == "16-mixed" and decision.device.kind == "cpu" and strategy != "fsdp":
         # Lightning would turn a plain "16-mixed" on CPU into bf16; the plugin keeps fp16 + GradScaler.
         return {"plugins": plugins + [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]}
     return {"precision": decision.precision, "plugins": plugins}

@@ -32,6 +32,12 @@ class RunRecorder(pl.Callback):
     step in order. The counters live in every checkpoint, so a resumed run's throughput is the
     whole run's, and each stretch of training marks where it started in its log folder
     (utils.training.history).
+
+    With several processes each flush is also where they meet: the step values are averaged over
+    them (each process's loss is the mean over its equal share of the batch, so the average is the
+    whole batch's loss) and the tokens summed, so every process records and checks the same numbers
+    and the throughput is all of theirs. Every process flushes at the same steps, so these
+    collectives line up.
     """
 
     def __init__(self, tokens_in_batch: Callable, flush_every: int, precision: str = ""):
@@ -59,7 +65,7 @@ class RunRecorder(pl.Callback):
     # ------------------------------------------------------------------ recording
     def on_train_start(self, trainer, pl_module) -> None:
         self.start_step = self._step_seen = trainer.global_step
-        if trainer.logger is not None and trainer.logger.log_dir:
+        if trainer.is_global_zero and trainer.logger is not None and trainer.logger.log_dir:
             write_segment_start(trainer.logger.log_dir, trainer.global_step)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
@@ -90,6 +96,9 @@ class RunRecorder(pl.Callback):
 
     def flush(self, trainer) -> list[StepRecord]:
         """Read the pending steps back in one transfer, log them, and tell the listeners."""
+        if _world_size(trainer) > 1:  # every process's tokens: the throughput is the run's, not one device's
+            tokens = torch.as_tensor(self._tokens_on_device, device=trainer.strategy.root_device)
+            self._tokens_on_device = trainer.strategy.reduce(tokens, reduce_op="sum")
         if isinstance(self._tokens_on_device, torch.Tensor):
             self._tokens_on_device = int(self._tokens_on_device)
         self.tokens += self._tokens_on_device
@@ -102,7 +111,10 @@ class RunRecorder(pl.Callback):
         rows = [torch.stack([values[n].float().reshape(()) if n in values else missing for n in names]
                             + [skipped.float().reshape(()) if skipped is not None else missing.new_tensor(-1.0)])
                 for _, values, _, skipped in self._pending]
-        table = torch.stack(rows).tolist()  # the one read-back: a sync every flush, not every step
+        table = torch.stack(rows)
+        if _world_size(trainer) > 1:  # the mean over the processes' equal shares is the whole batch's value
+            table = trainer.strategy.reduce(table, reduce_op="mean")
+        table = table.tolist()  # the one read-back: a sync every flush, not every step
         records = []
         for (step, _, lr, _), row in zip(self._pending, table):
             metrics = dict(zip(names, row[:-1]))
@@ -175,6 +187,10 @@ class RunRecorder(pl.Callback):
         if self._t0 is not None:
             self.train_seconds += time.perf_counter() - self._t0
             self._t0 = None
+
+
+def _world_size(trainer) -> int:
+    return getattr(trainer, "world_size", 1)
 
 
 def _scale_tensor(trainer) -> Optional[torch.Tensor]:

@@ -9,7 +9,9 @@
   Lightning 2.6 resumes a checkpoint taken there by skipping the next epoch, so such a save waits
   one step. The best-by-validation checkpoints are ModelCheckpoint's business, not this one's.
   The global RNG state travels in the checkpoint, so dropout after a resume draws what it would
-  have drawn.
+  have drawn. With several processes every one must call save_checkpoint at the same step (it is a
+  collective; only global rank zero writes the file), so the clock and a stop signal are agreed on
+  each step: one process due or stopped means all save (and stop).
 """
 
 from __future__ import annotations
@@ -73,12 +75,24 @@ class LastCheckpoint(pl.Callback):
         if not stepped or batch_idx + 1 >= trainer.num_training_batches:
             return  # mid-accumulation, or an epoch's last batch (see the module docstring)
         new_epoch = trainer.current_epoch > self._epoch_saved
-        if self.stop_signal or new_epoch or time.monotonic() >= self._due:
+        due, stop = self._agree(trainer, time.monotonic() >= self._due, self.stop_signal is not None)
+        if stop and self.stop_signal is None:
+            self.stop_signal = "a stop signal to another training process"
+        if stop or new_epoch or due:
             self.save(trainer)
         if self.stop_signal:
             raise TrainingStopped(
                 f"Training stopped ({self.stop_signal}) at step {trainer.global_step}; saved {self.path}. "
                 "Run again with the same output_dir (the Train cell, or the same command) to continue from there.")
+
+    @staticmethod
+    def _agree(trainer, due: bool, stop: bool) -> tuple[bool, bool]:
+        """(due, stop) as any process sees them: the same answer in every process."""
+        if getattr(trainer, "world_size", 1) == 1:
+            return due, stop
+        votes = torch.tensor([due, stop], dtype=torch.float32, device=trainer.strategy.root_device)
+        due_any, stop_any = (trainer.strategy.reduce(votes, reduce_op="sum") > 0).tolist()
+        return due_any, stop_any
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.saved_step != trainer.global_step:

@@ -2,13 +2,15 @@
 
 The recipe: lock the run folder, decide the precision, plan the resume, prepare data and model
 (checking that a resume fits before anything is written), fit with Lightning, read the result.
+With several processes (devices x num_nodes) only global rank zero locks the folder, writes the run's
+files and prints; the others prepare after it, reading its caches (utils.training.distributed).
 """
 
 from __future__ import annotations
 
 import signal
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -26,13 +28,14 @@ from utils.files import atomic_folder, remove_temp_files
 from utils.inference import Predictor, classify_texts, sample_text  # sample_text, classify_texts: see __all__
 from utils.training.precision import PrecisionDecision, resolve_precision
 from utils.training.builder import (build_callbacks, build_data_spec, build_dataloaders, build_loggers, build_model, build_module,
-                                    build_task, build_trainer)
+                                    build_task, build_trainer, check_strategy, describe_batch, devices_per_node)
 from utils.training.callbacks import RunRecorder
 from utils.training.module import TASKS, TransformerModule
 from utils.training.checkpoint_io import TrainingStopped
-from utils.training.checkpoints import (LOGS_DIRNAME, ON_CHANGE, TOKENIZER_DIRNAME, ResumePoint, handle_changed_run,
-                                        last_checkpoint, plan_resume, remove_checkpoints_after,
-                                        resume_problems)
+from utils.training.checkpoints import (LOGS_DIRNAME, ON_CHANGE, TOKENIZER_DIRNAME, IncompatibleCheckpointError,
+                                        ResumePoint, find_resume_point, handle_changed_run, last_checkpoint,
+                                        plan_resume, remove_checkpoints_after, resume_problems)
+from utils.training.distributed import Launch, check_ranks, plan_launch, quiet_unless_rank_zero
 from utils.training.history import read_history
 from utils.training.run_lock import RunLock
 from utils.user_models import check_embedding_fits, check_model, keep_model_copy, resolve_user_model_files
@@ -63,6 +66,8 @@ class TrainingResult(Predictor):
     label_names: list = field(default_factory=list)  # classification: class names, index = label id
     pad_id: int = 0  # classification: the id that pads sequences
     model_passed_in: bool = False  # trained through train(model=...): the config cannot rebuild it
+    world_size: int = 1  # training processes (devices x num_nodes); tokens_per_sec is all of theirs
+    is_global_zero: bool = True  # False in the other processes of a multi-device run: they print and write nothing
 
     def summary(self) -> str:
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
@@ -73,7 +78,8 @@ class TrainingResult(Predictor):
             f"train loss:       {fmt(self.train_loss)}",
             f"val loss:         {fmt(self.val_loss)}",
             *TASKS[self.config.task].summary_lines(self.val_accuracy),
-            f"throughput:       {self.tokens_per_sec:,.0f} tokens/s",
+            f"throughput:       {self.tokens_per_sec:,.0f} tokens/s"
+            + (f" (summed over {self.world_size} processes)" if self.world_size > 1 else ""),
             f"best checkpoint:  {self.best_checkpoint or 'none saved'}",
             f"last checkpoint:  {self.last_checkpoint or 'none saved'}",
         ]
@@ -81,12 +87,15 @@ class TrainingResult(Predictor):
 
     def export(self, folder: Optional[str | Path] = None) -> Path:
         """Write weights (safetensors), config, tokenizer, class names and user model code to folder
-        (default: output_dir/export); utils.export.load_exported reads it back anywhere."""
+        (default: output_dir/export); utils.export.load_exported reads it back anywhere. In a multi-device
+        run only global rank zero writes; the other processes return the folder it writes."""
         if self.model_passed_in:
             raise ExportError(
                 f"This {type(self.model).__name__} was passed to train(model=...), so an export folder could not "
                 "rebuild it. Put its code in a model.py with build_model(config) or a Model class and train with "
                 "model_source='file' (the export then carries the code), or save result.model.state_dict() yourself.")
+        if not self.is_global_zero:
+            return Path(folder) if folder is not None else self.output_dir / "export"
         return export_model(self.model, self.config, self.tokenizer, folder, self.label_names, self.pad_id)
 
 
@@ -102,15 +111,26 @@ def train(config: Optional[WizardConfig] = None, model: Optional[nn.Module] = No
     config = (config or WizardConfig()).validate()
     if on_change not in ON_CHANGE:
         raise ValueError(f"on_change={on_change!r}; choose one of {', '.join(map(repr, ON_CHANGE))}")
-    decision = resolve_precision(config.use_mixed_precision, config.precision, device or detect_device())
-    print(f"Precision: {decision.precision} - {decision.reason}")
+    # One decision for every process: each device of a multi-device run is checked to be the same GPU.
+    decision = resolve_precision(config.use_mixed_precision, config.precision, device or detect_device(config.devices))
+    check_strategy(config, decision.device.kind)
+    per_node = devices_per_node(config, decision.device.kind)
+    launch = plan_launch(per_node * config.num_nodes, decision.device.kind)
     out = Path(config.output_dir)
-    with RunLock(out):  # one run per folder, for the whole of this call
-        removed = remove_temp_files(out)
-        if removed:
-            print(f"Removed {len(removed)} temp file(s) left by an interrupted write in {out}.")
-        resume = plan_resume(config, on_change)  # before the slow steps: a refused checkpoint fails fast
-        run = _prepare(config, decision, model, resume, on_change)
+    with quiet_unless_rank_zero(launch), (RunLock(out) if launch.is_zero else nullcontext()):  # one run per folder
+        print(f"Precision: {decision.precision} - {decision.reason}")
+        if launch.is_zero:
+            removed = remove_temp_files(out)
+            if removed:
+                print(f"Removed {len(removed)} temp file(s) left by an interrupted write in {out}.")
+            resume = plan_resume(config, on_change)  # before the slow steps: a refused checkpoint fails fast
+            run = _prepare(config, decision, model, resume, on_change, launch)
+            launch.release_others()
+        else:  # rank zero has decided the resume and written the run's files: read, never move or write
+            launch.wait_for_rank_zero()
+            resume = find_resume_point(out) if config.resume else None
+            run = _prepare(config, decision, model, resume, on_change, launch)
+        print(describe_batch(config, per_node))
         return _fit(run, extra_callbacks or [])
 
 
@@ -127,13 +147,16 @@ class _Run:
     val_loader: Any
     resume: Optional[ResumePoint]
     model_passed_in: bool
+    launch: Launch
 
 
-def _prepare(config, decision, model, resume, on_change) -> _Run:
-    """Data, model and loaders; then, before anything in output_dir is written, whether the resume fits."""
+def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run:
+    """Data, model and loaders; then, before anything in output_dir is written, whether the resume fits.
+    Only global rank zero writes (the others read its caches and follow its resume decision)."""
     out = Path(config.output_dir)
     pl.seed_everything(config.seed, workers=True, verbose=False)
-    data = prepare_data(build_data_spec(config))
+    # The other processes start from rank zero's tokenizer: trained once, and its token cache is theirs too.
+    data = prepare_data(build_data_spec(config), None if launch.is_zero else load_tokenizer(out / TOKENIZER_DIRNAME))
     task = build_task(config)
     print(f"Data: {data.source}, {data.num_tokens:,} tokens, {data.tokenizer.kind} tokenizer with "
           f"{data.tokenizer.vocab_size} ids; {len(data.train):,} train / {len(data.val):,} val sequences"
@@ -148,17 +171,22 @@ def _prepare(config, decision, model, resume, on_change) -> _Run:
         check_model(model, task, data.tokenizer.vocab_size, config.max_seq_len, data.num_classes,
                     source=f"the {type(model).__name__} passed to train()")
     print(f"Model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
-    train_loader, val_loader = build_dataloaders(config, data.train, data.val, pin_memory=decision.device.kind == "cuda")
+    train_loader, val_loader = build_dataloaders(config, data.train, data.val, pin_memory=decision.device.kind == "cuda",
+                                                 num_replicas=launch.world_size)
     module = build_module(config, model, task, len(train_loader), decision)
     if resume is not None:
         problems = resume_problems(resume, module, _tokenizer_change(out, data))
+        if problems and not launch.is_zero:  # rank zero moved such a run aside before this process started
+            raise IncompatibleCheckpointError(f"this process sees a checkpoint in {out} that rank zero did not "
+                                              f"resume from ({'; '.join(problems)}); is output_dir shared?")
         if problems:
             handle_changed_run(out, problems, on_change)
             resume = None
-        else:
+        elif launch.is_zero:
             remove_checkpoints_after(out, resume)
-    _save_run_files(out, config, data.tokenizer, user_files)
-    return _Run(config, decision, data, model, module, train_loader, val_loader, resume, model_passed_in)
+    if launch.is_zero:
+        _save_run_files(out, config, data.tokenizer, user_files)
+    return _Run(config, decision, data, model, module, train_loader, val_loader, resume, model_passed_in, launch)
 
 
 def _fit(run: _Run, extra_callbacks: list[pl.Callback]) -> TrainingResult:
@@ -169,7 +197,9 @@ def _fit(run: _Run, extra_callbacks: list[pl.Callback]) -> TrainingResult:
     loggers = build_loggers(config, decision, run.model, run.data.tokenizer.vocab_size)  # an online W&B run starts here
     resume_from = run.resume.path if run.resume else None
     with finish_wandb_on_exit(loggers):  # a re-run in the notebook must not attach to this run
-        trainer = build_trainer(config, decision, callbacks, loggers)
+        trainer = build_trainer(config, decision, callbacks, loggers, run.model)
+        check_ranks(run.launch, trainer)
+        run.train_loader.sampler.rank = trainer.global_rank  # its shard of every epoch (see ResumableSampler)
         if run.resume is not None:
             print(f"Resuming from {resume_from} (step {run.resume.global_step})")
             run.resume.state = {}  # release the memory map before Lightning loads the file itself
@@ -199,6 +229,7 @@ def _result(run: _Run, trainer: pl.Trainer, recorder: RunRecorder, resume_from: 
         val_history=history.val, model=run.model.eval(), tokenizer=data.tokenizer,
         val_accuracy=history.val_accuracy[-1][1] if history.val_accuracy else None,
         label_names=list(data.label_names), pad_id=data.pad_id, model_passed_in=run.model_passed_in,
+        world_size=trainer.world_size, is_global_zero=trainer.is_global_zero,
     )
 
 
