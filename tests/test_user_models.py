@@ -348,7 +348,7 @@ def test_forward_error_shows_the_users_traceback(tmp_path):
 def test_returning_a_tuple_is_refused(tmp_path):
     code = BUILD_MODEL_LM.replace("return self.out(torch.tanh(self.mix(self.embed(tokens))))",
                                   "return self.out(self.embed(tokens)), None")
-    with pytest.raises(UserModelError, match=r"returned tuple; the kit expected a tensor of logits of shape \(2, 16, 50\)"):
+    with pytest.raises(UserModelError, match=r"returned tuple; the kit expected logits of shape \(2, 16, 50\): a tensor, an output with .logits"):
         build_from(tmp_path, code, {"d_model": 8})
 
 
