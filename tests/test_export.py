@@ -10,11 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from torch import nn
 
 from tests.conftest import LABEL_NAMES, classification_config, fit_classifier, make_toy_classification, toy_texts
 from tests.test_user_models import BUILD_MODEL_LM, MASKLESS_CLASSIFIER, write_model
 from utils.config import WizardConfig
-from utils.export import ExportError, export_model, load_exported
+from utils.data.tokenizers import CharTokenizer
+from utils.export import ExportError, export_model, kit_version, load_exported
 from utils.inference import classify_texts
 from utils.training import train
 
@@ -111,7 +113,7 @@ def test_classifiers_predict_the_same_after_loading_elsewhere(round_trip, case):
 def test_export_folder_layout(round_trip):
     files = {case: sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
              for case, (_, _, folder) in round_trip.items()}
-    common = ["config.json", "model.safetensors", "tokenizer/tokenizer_meta.json"]
+    common = [".kit-export.json", "config.json", "model.safetensors", "tokenizer/tokenizer_meta.json"]
     assert files["gpt"] == common
     assert files["user_lm"] == sorted(common + ["user_model/config.json", "user_model/model.py",
                                                 "user_model/source.json"])
@@ -146,10 +148,33 @@ def test_export_replaces_an_earlier_export_but_never_another_folder(tmp_path, ro
     drive = tmp_path / "MyDrive"
     drive.mkdir()
     (drive / "thesis.docx").write_text("precious")
-    with pytest.raises(ExportError, match="is not an earlier export .* would delete its files"):
+    with pytest.raises(ExportError, match="not written by an export of this kit .* would delete thesis.docx"):
         export_model(exported.model, exported.config, exported.tokenizer, drive)
     assert [p.name for p in drive.iterdir()] == ["thesis.docx"]
     again = export_model(exported.model, exported.config, exported.tokenizer, tmp_path / "export")
     (again / "stale.txt").write_text("from an older export")
     export_model(exported.model, exported.config, exported.tokenizer, again)  # an earlier export: replaced whole
-    assert sorted(p.name for p in again.iterdir()) == ["config.json", "model.safetensors", "tokenizer"]
+    assert sorted(p.name for p in again.iterdir()) == [".kit-export.json", "config.json", "model.safetensors",
+                                                       "tokenizer"]
+
+
+def test_a_hugging_face_model_folder_is_not_taken_for_an_earlier_export(tmp_path):
+    """A folder of a Hugging Face model has model.safetensors and config.json too; its other files must survive."""
+    hf = tmp_path / "my-hf-model"
+    hf.mkdir()
+    files = {"model.safetensors": b"\x00weights", "config.json": b'{"model_type": "gpt2"}',
+             "README.md": b"# my model", "tokenizer.json": b"{}", "training_args.bin": b"\x80\x04args"}
+    for name, data in files.items():
+        (hf / name).write_bytes(data)
+    tokenizer = CharTokenizer(list("abc"))
+    with pytest.raises(ExportError) as e:
+        export_model(nn.Linear(2, 2), WizardConfig(output_dir=str(tmp_path / "run")), tokenizer, hf)
+    message = str(e.value)
+    assert f"{hf} is not empty and was not written by an export of this kit (no .kit-export.json)" in message
+    assert "would delete README.md, config.json, model.safetensors, tokenizer.json, training_args.bin" in message
+    assert {p.name: p.read_bytes() for p in hf.iterdir()} == files  # nothing touched, nothing added
+
+    written = export_model(nn.Linear(2, 2), WizardConfig(output_dir=str(tmp_path / "run")), tokenizer,
+                           tmp_path / "export")
+    marker = json.loads((written / ".kit-export.json").read_text())
+    assert marker["written_by"] == "colab-transformer-kit" and marker["kit_version"] == kit_version()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import socket
 import textwrap
@@ -348,7 +349,7 @@ def test_forward_error_shows_the_users_traceback(tmp_path):
 def test_returning_a_tuple_is_refused(tmp_path):
     code = BUILD_MODEL_LM.replace("return self.out(torch.tanh(self.mix(self.embed(tokens))))",
                                   "return self.out(self.embed(tokens)), None")
-    with pytest.raises(UserModelError, match=r"returned tuple; the kit expected a tensor of logits of shape \(2, 16, 50\)"):
+    with pytest.raises(UserModelError, match=r"returned tuple; the kit expected logits of shape \(2, 16, 50\): a tensor, an output with .logits"):
         build_from(tmp_path, code, {"d_model": 8})
 
 
@@ -434,3 +435,97 @@ def test_lm_check_leaves_gradients_and_random_state_alone():
     check_model(model, LanguageModelTask(), vocab_size=30, max_seq_len=8)
     assert torch.equal(torch.get_rng_state(), state)
     assert all(p.grad is None for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------ Hugging Face models
+
+# Built from a config in the test: nothing is downloaded. transformers is optional for users.
+requires_transformers = pytest.mark.skipif(
+    importlib.util.find_spec("transformers") is None,
+    reason="transformers is not installed (pip install transformers, see requirements-test.txt): the Hugging Face "
+           "user-model tests build its model classes")
+
+HF_GPT2 = '''
+from transformers import GPT2Config, GPT2LMHeadModel
+
+
+def build_model(config):
+    return GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=config["vocab_size"],
+                                      n_positions=config.get("n_positions", config["max_seq_len"]),
+                                      bos_token_id=0, eos_token_id=0))
+'''
+
+HF_BERT_CLASSIFIER = '''
+from transformers import BertConfig, BertForSequenceClassification
+
+
+def build_model(config):
+    return BertForSequenceClassification(BertConfig(
+        vocab_size=config["vocab_size"], hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=config["max_seq_len"], num_labels=config["num_classes"],
+        pad_token_id=config["pad_id"]))
+'''
+
+
+@requires_transformers
+def test_a_hugging_face_gpt2_trains_as_a_model_file_and_exports(tmp_path):
+    from utils.export import load_exported
+
+    path = write_model(tmp_path / "mine", HF_GPT2)
+    result = train(lm_config(tmp_path, model_source="file", model_path=str(path)))
+    assert result.global_step == 3 and result.val_loss is not None and result.val_loss < 10
+    assert type(result.model).__name__ == "GPT2LMHeadModel"
+    text = result.generate("def ", max_new_tokens=8, seed=0)  # generate unwraps the output's .logits too
+    assert text.startswith("def ") and len(text) == 12
+    loaded = load_exported(result.export())
+    assert loaded.generate("def ", max_new_tokens=8, seed=0) == text
+
+
+@requires_transformers
+def test_a_position_table_shorter_than_max_seq_len_is_refused_before_training(tmp_path):
+    path = write_model(tmp_path / "mine", HF_GPT2, config={"n_positions": 16})
+    with pytest.raises(UserModelError, match=r"has config.max_position_embeddings=16, fewer than max_seq_len=32 "
+                                             r"tokens per training sequence. Set max_seq_len <= 16"):
+        train(lm_config(tmp_path, model_source="file", model_path=str(path)))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@requires_transformers
+def test_a_hugging_face_bert_classifier_trains_with_its_attention_mask(tmp_path, toy_classification):
+    from tests.conftest import classification_config, fit_classifier
+
+    path = write_model(tmp_path / "mine", HF_BERT_CLASSIFIER)
+    config = classification_config(tmp_path, toy_classification, model_source="file", model_path=str(path),
+                                   max_steps=6, max_epochs=1)
+    trainer, module, _ = fit_classifier(config, toy_classification)
+    assert trainer.global_step == 6 and type(module.model).__name__ == "BertForSequenceClassification"
+    model = module.model.eval()
+    task = ClassificationTask()
+    assert task.describe_call(model) == "model(input_ids=input_ids, attention_mask=attention_mask)"
+    batch, _ = task.dummy_batch(2, 8, toy_classification.tokenizer.vocab_size, 2)
+    ids, mask, _ = batch
+    shorter = task.logits(model, (ids[1:, :4], mask[1:, :4], None))  # the padded row without its padding
+    assert torch.allclose(task.logits(model, batch)[1:], shorter, atol=1e-5)  # the mask reached the model
+
+
+def test_keyword_only_forwards_and_dict_outputs_are_understood():
+    class KeywordsOnly(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.out = nn.Embedding(30, 8), nn.Linear(8, 30)
+
+        def forward(self, *, input_ids=None, attention_mask=None):
+            return {"logits": self.out(self.embed(input_ids)), "aux": None}
+
+    model = KeywordsOnly()
+    assert LanguageModelTask().describe_call(model) == "model(input_ids=input_ids)"
+    check_model(model, LanguageModelTask(), vocab_size=30, max_seq_len=8)
+
+    class ReturnsLoss(KeywordsOnly):
+        def forward(self, *, input_ids=None, attention_mask=None):
+            return (self.out(self.embed(input_ids)).sum(),)
+
+    with pytest.raises(UserModelError, match=r"model\(input_ids=input_ids\) returned tuple; the kit expected logits "
+                                             r"of shape \(2, 8, 30\): a tensor, an output with .logits \(Hugging Face\) "
+                                             r"or a dict with \"logits\""):
+        check_model(ReturnsLoss(), LanguageModelTask(), vocab_size=30, max_seq_len=8)

@@ -232,8 +232,16 @@ class WizardConfig:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise MissingFileError(f"No config file at {path}") from None
+        except IsADirectoryError:
+            raise ConfigError([f"{path} is a folder, not a config file; give the JSON file, e.g. "
+                               f"{path / CONFIG_FILENAME}"]) from None
+        except UnicodeDecodeError as e:
+            raise ConfigError([f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at position {e.start}); "
+                               "save the config as UTF-8 JSON"]) from None
         except json.JSONDecodeError as e:
             raise ConfigError([f"{path} is not valid JSON ({e})"]) from None
+        except OSError as e:
+            raise ConfigError([f"cannot read the config file {path} ({e.strerror})"]) from None
         return cls.from_dict(data)
 
     def replace(self, **changes: Any) -> "WizardConfig":

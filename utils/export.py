@@ -6,9 +6,11 @@ folder/
     tokenizer/          the tokenizer
     labels.json         classification: {"label_names": [...], "pad_id": N}
     user_model/         your own model (model_source file or gist): model.py and its config.json
+    .kit-export.json    the marker saying the kit wrote this folder (and which kit version)
 The folder needs nothing else from the training run: load_exported() rebuilds the model from the
 config, the tokenizer's vocabulary (and the labels, and user_model/model.py), then loads the weights.
-No torch pickle file is written or read here.
+No torch pickle file is written or read here. An export replaces only a folder holding the marker
+(an earlier export); any other non-empty folder is refused, since replacing it would delete its files.
 
     exported = load_exported("runs/default/export")
     exported.generate("def ", seed=0)                 # task "lm"
@@ -34,6 +36,7 @@ from utils.user_models import USER_MODEL_DIRNAME, copy_model_files, model_files_
 
 WEIGHTS_FILENAME = "model.safetensors"
 LABELS_FILENAME = "labels.json"
+MARKER_FILENAME = ".kit-export.json"  # written last: only a folder holding it is replaced by a new export
 
 
 class ExportError(KitError, ValueError):
@@ -76,16 +79,31 @@ def export_model(model: nn.Module, config: WizardConfig, tokenizer, folder: Opti
             trained = model_files_in(Path(config.output_dir) / USER_MODEL_DIRNAME)
             copy_model_files(trained, tmp / USER_MODEL_DIRNAME, {"model_source": config.model_source,
                                                                  "trained_from": trained.source})
+        marker = {"written_by": "colab-transformer-kit", "kit_version": kit_version()}
+        (tmp / MARKER_FILENAME).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     return folder
 
 
 def _refuse_foreign_folder(folder: Path) -> None:
-    """An export replaces an earlier export, never a folder holding anything else (Drive, a run)."""
-    if folder.is_dir() and any(folder.iterdir()) and not (
-            (folder / WEIGHTS_FILENAME).is_file() and (folder / CONFIG_FILENAME).is_file()):
-        raise ExportError(f"{folder} exists and is not an earlier export (no {WEIGHTS_FILENAME} and "
-                          f"{CONFIG_FILENAME}); exporting there would delete its files. Choose a new or "
-                          "empty folder, e.g. output_dir/export.")
+    """An export replaces an earlier export of the kit (it holds the marker), never any other folder."""
+    if not folder.is_dir() or (folder / MARKER_FILENAME).is_file():
+        return
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    if entries:
+        shown = ", ".join(entries[:8]) + (f" and {len(entries) - 8} more" if len(entries) > 8 else "")
+        raise ExportError(f"{folder} is not empty and was not written by an export of this kit (no "
+                          f"{MARKER_FILENAME}): exporting there would delete {shown}. Choose a new or empty folder, "
+                          "e.g. output_dir/export.")
+
+
+def kit_version() -> str:
+    """The installed kit's version (pyproject.toml), or "unknown" when it runs from a plain checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("colab-transformer-kit")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def load_exported(folder: str | Path, device: str = "cpu") -> ExportedModel:

@@ -15,6 +15,8 @@ import shutil
 from pathlib import Path
 from typing import IO, Iterator
 
+from utils.errors import KitError
+
 TEMP_MARK = ".kit-tmp"  # in the name of every temp file or folder the kit writes
 
 
@@ -113,3 +115,24 @@ def remove_temp_files(folder: str | os.PathLike) -> list[Path]:
         else:
             path.unlink(missing_ok=True)
     return found
+
+
+class OutputDirError(KitError, OSError):
+    """output_dir cannot hold a run: it is a file, or cannot be created or written."""
+
+
+def make_output_dir(path: str | os.PathLike, field: str = "output_dir") -> Path:
+    """Create the run folder, or say in one line which setting names a place that cannot be one."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputDirError(f"{field}={str(path)!r} is a file, not a folder; choose a folder for the run "
+                             "(a new name, or an existing run's folder)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputDirError(f"{field}={str(path)!r} cannot be created ({e.strerror}); choose a folder you can "
+                             "write to, e.g. runs/my-run") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OutputDirError(f"{field}={str(path)!r} is not writable; choose a folder you can write to, "
+                             "e.g. runs/my-run")
+    return path

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -103,7 +103,7 @@ def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, max_seq_l
     if temperature <= 0:
         raise InferenceError(f"temperature={temperature} must be > 0")
     for _ in range(max_new_tokens):
-        logits = model(idx[:, -max_seq_len:])[:, -1, :].float() / temperature  # (B, V)
+        logits = model_logits(model, idx[:, -max_seq_len:])[:, -1, :].float() / temperature  # (B, V)
         if top_k is not None:
             kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
             logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -138,25 +138,55 @@ def classify_texts(model: nn.Module, tokenizer, texts: str | list[str], max_seq_
 
 
 def classifier_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Call a classifier with the mask when its forward() has a parameter for it, else with the ids alone.
+    """A classifier's logits (B, num_classes), the padding mask passed when its forward() has a parameter for it."""
+    return model_logits(model, input_ids, attention_mask)
 
-    The one place that adapts to forward signatures, for training and inference alike:
-    `forward(input_ids, attention_mask=None)` (the templates), `forward(ids, mask)`, or `forward(x)`
-    for models that take no mask. The mask is passed by name only: a second positional parameter
-    may mean something else (nanoGPT's `targets`).
+
+def model_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None):
+    """Call a model the way its forward() reads and return its logits.
+
+    The one place that adapts to forward signatures and outputs, for training and inference alike:
+    ids go by position (`forward(x)`, `forward(tokens)`), or as `input_ids=` when forward() names
+    that parameter or takes only keywords (Hugging Face models). A mask, when given, goes by name
+    only (`attention_mask` or `mask`, or `attention_mask` into **kwargs): a second positional
+    parameter may mean something else (nanoGPT's `targets`). A Hugging Face output object (`.logits`)
+    or a dict with "logits" is unwrapped; anything else comes back as it is, for the model check to name.
     """
-    name = _mask_parameter(type(model))
-    if name is None:
-        return model(input_ids)
-    return model(input_ids, **{name: attention_mask})
+    ids_name, mask_name = _forward_parameters(type(model))
+    kwargs = {} if attention_mask is None or mask_name is None else {mask_name: attention_mask}
+    output = model(**{ids_name: input_ids}, **kwargs) if ids_name else model(input_ids, **kwargs)
+    return unwrap_logits(output)
+
+
+def unwrap_logits(output):
+    """The logits tensor of a model's output: the tensor itself, output.logits, or output["logits"]."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping) and isinstance(output.get("logits"), torch.Tensor):
+        return output["logits"]  # a dict, or a Hugging Face ModelOutput (a dict too)
+    logits = getattr(output, "logits", None)
+    return logits if isinstance(logits, torch.Tensor) else output
+
+
+def describe_call(model: nn.Module, with_mask: bool) -> str:
+    """How model_logits calls this model, for messages: e.g. `model(input_ids=ids, attention_mask=mask)`."""
+    ids_name, mask_name = _forward_parameters(type(model))
+    args = [f"{ids_name}=input_ids" if ids_name else "input_ids"]
+    if with_mask and mask_name:
+        args.append(f"{mask_name}=attention_mask")
+    return f"model({', '.join(args)})"
 
 
 @functools.lru_cache(maxsize=None)
-def _mask_parameter(model_type: type) -> Optional[str]:
-    params = inspect.signature(model_type.forward).parameters
-    for name in ("attention_mask", "mask"):
-        if name in params:
-            return name
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return "attention_mask"
-    return None
+def _forward_parameters(model_type: type) -> tuple[Optional[str], Optional[str]]:
+    """(keyword for the ids or None to pass them by position, keyword for the mask or None to leave it out)."""
+    params = list(inspect.signature(model_type.forward).parameters.values())
+    params = params[1:] if params and params[0].name == "self" else params
+    positional = [p for p in params if p.kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                                  inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                  inspect.Parameter.VAR_POSITIONAL)]
+    names = {p.name for p in params if p.kind is not inspect.Parameter.POSITIONAL_ONLY}
+    var_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    ids_name = "input_ids" if "input_ids" in names or (not positional and var_keyword) else None
+    mask_name = next((n for n in ("attention_mask", "mask") if n in names), "attention_mask" if var_keyword else None)
+    return ids_name, mask_name

@@ -6,6 +6,9 @@ The contract for a model file (model.py), the same a visual transformer builder 
     forward: task "lm"             input_ids (B, T) long -> logits (B, T, vocab_size)
              task "classification" input_ids (B, T) long [, attention_mask (B, T) bool, True = real token]
                                    -> logits (B, num_classes)
+    The ids go by position, or as input_ids= when forward() has a parameter of that name (Hugging Face
+    models: build_model may return GPT2LMHeadModel(GPT2Config(...)) and the like); the mask goes by
+    name. The logits may come back as a tensor, an object with .logits, or a dict with "logits".
 `config` is the kit's model config (vocab_size, max_seq_len, size, dropout; num_classes and pad_id
 for classification) updated with the keys of a config.json beside model.py. Your keys win, except
 that vocab_size, num_classes and pad_id follow the data: a different declared value is an error,
@@ -15,7 +18,8 @@ A Gist is fetched as raw files, never through the rate-limited API:
     {base}/{gist_id}/raw/model.py   or, when the user is known,   {base}/{user}/{gist_id}/raw/model.py
 (plus config.json when the Gist has one). base is https://gist.github.com unless the base_url
 argument or the KIT_GIST_BASE_URL environment variable says otherwise (tests serve Gists from
-127.0.0.1). The files are kept in output_dir/user_model/, which is also what an export copies.
+127.0.0.1). Each file's download gives up after KIT_GIST_TIMEOUT seconds in all (default 60), however
+slowly the server keeps sending. The files are kept in output_dir/user_model/, which is also what an export copies.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import inspect
 import json
 import os
 import sys
+import time
 import traceback
 import urllib.error
 import urllib.request
@@ -43,6 +48,8 @@ from utils.gist_ref import GistRef  # re-exported: importers of utils.user_model
 
 DEFAULT_GIST_BASE_URL = "https://gist.github.com"
 GIST_BASE_URL_ENV = "KIT_GIST_BASE_URL"
+GIST_TIMEOUT_ENV = "KIT_GIST_TIMEOUT"  # seconds a whole file download may take
+DEFAULT_GIST_TIMEOUT = 60.0
 MODEL_FILENAME = "model.py"
 MODEL_CONFIG_FILENAME = "config.json"
 USER_MODEL_DIRNAME = "user_model"  # in output_dir and in an export folder
@@ -54,6 +61,9 @@ _DATA_SAYS = {"vocab_size": "the tokenizer's vocab_size is", "num_classes": "the
 
 CONTRACT = ("a module-level build_model(config: dict) -> nn.Module, or a class Model(nn.Module) "
             "whose __init__ takes the config dict or nothing")
+FORWARD_FORMS = ("The kit passes input_ids by position, or as input_ids= when forward() names that parameter "
+                 "(Hugging Face models), and attention_mask by name; it takes as logits a tensor, an output "
+                 "with .logits (Hugging Face), or a dict with \"logits\".")
 
 
 class UserModelError(KitError, ValueError):
@@ -175,9 +185,10 @@ def fetch_gist(gist: str, folder: str | Path, base_url: Optional[str] = None, ti
 
 
 def _download(url: str, timeout: float, required: bool, gist: str) -> Optional[bytes]:
+    total = gist_timeout()
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.read()
+        with urllib.request.urlopen(url, timeout=min(timeout, total)) as response:
+            return _read_within(response, url, time.monotonic() + total, total)
     except urllib.error.HTTPError as e:
         if e.code == 404 and not required:
             return None
@@ -189,6 +200,35 @@ def _download(url: str, timeout: float, required: bool, gist: str) -> Optional[b
         reason = getattr(e, "reason", e)
         raise UserModelError(f"Could not reach {url} ({reason}). Check the internet connection, or set "
                              f"{GIST_BASE_URL_ENV} if Gists are served from elsewhere.") from None
+
+
+def _read_within(response, url: str, deadline: float, total: float) -> bytes:
+    """The body, read as it arrives; a server that trickles it is given up on at the deadline."""
+    chunks = []
+    try:
+        while chunk := response.read1(65536):
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                break
+        else:
+            return b"".join(chunks)
+    except TimeoutError:  # no byte for the rest of the time allowed
+        pass
+    raise UserModelError(f"Downloading {url} took more than {total:g} s ({sum(map(len, chunks))} bytes received): "
+                         f"the server is too slow. Try again later, or set {GIST_TIMEOUT_ENV} to allow more seconds.")
+
+
+def gist_timeout() -> float:
+    """Seconds one file download may take in all: KIT_GIST_TIMEOUT, else DEFAULT_GIST_TIMEOUT."""
+    raw = os.environ.get(GIST_TIMEOUT_ENV, "").strip()
+    try:
+        seconds = float(raw) if raw else DEFAULT_GIST_TIMEOUT
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise UserModelError(f"{GIST_TIMEOUT_ENV}={raw!r} is not a number of seconds > 0; unset it for the default "
+                             f"{DEFAULT_GIST_TIMEOUT:g} s.")
+    return seconds
 
 
 def _read_source(folder: Path) -> Optional[dict]:
@@ -214,6 +254,8 @@ def load_user_model(files: UserModelFiles, kit_config: dict) -> nn.Module:
                              f"Names it defines: {', '.join(names) or 'none'}.")
     try:
         model = call()
+    except SystemExit as e:
+        raise UserModelError(_exit_message(e, f"{entry} in {files.source}", "while building the model")) from None
     except Exception as e:
         raise UserModelError(f"{entry} in {files.source} raised an error:\n{user_traceback(e, files.code)}\n"
                              f"The kit called it with config = {config}") from None
@@ -281,6 +323,8 @@ def import_model_file(path: Path):
         spec.loader.exec_module(module)
     except BaseException as e:
         del sys.modules[name]
+        if isinstance(e, SystemExit):  # a script's exit() would end the kit silently, with its exit code
+            raise UserModelError(_exit_message(e, str(path), "while the kit imported it")) from None
         if not isinstance(e, Exception):
             raise
         hint = ""
@@ -292,6 +336,13 @@ def import_model_file(path: Path):
         raise UserModelError(f"Importing {path} failed:\n{user_traceback(e, path)}{hint}\n"
                              f"The kit expected a Python file defining {CONTRACT}.") from None
     return module
+
+
+def _exit_message(error: SystemExit, where: str, when: str) -> str:
+    frames = traceback.extract_tb(error.__traceback__)
+    line = f" (line {frames[-1].lineno} of {Path(frames[-1].filename).name})" if frames else ""
+    return (f"{where} called sys.exit({error.code!r}){line} {when}, which would end training with nothing said. "
+            "Keep script code under `if __name__ == \"__main__\":`, so importing the file only defines the model.")
 
 
 def user_traceback(error: BaseException, path: Optional[Path]) -> str:
@@ -317,8 +368,11 @@ def check_embedding_fits(model: nn.Module, vocab_size: int) -> None:
     check_model catches what this misses).
     """
     declared = getattr(model, "vocab_size", None)
+    embedding = _input_embedding(model)
     if isinstance(declared, int):
         rows, what = declared, f"model declares vocab_size={declared}"
+    elif embedding is not None:
+        rows, what = embedding.num_embeddings, f"model's input embedding has {embedding.num_embeddings} rows"
     else:
         embeddings = [m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)]
         if not embeddings:
@@ -329,6 +383,50 @@ def check_embedding_fits(model: nn.Module, vocab_size: int) -> None:
                              f"{rows}..{vocab_size - 1} would index past it. Build the model with vocab_size="
                              f"{vocab_size} (the kit passes config['vocab_size']), or use a tokenizer with at most "
                              f"{rows} ids.")
+
+
+def _input_embedding(model: nn.Module) -> Optional[nn.Embedding]:
+    """The token embedding a Hugging Face model names (get_input_embeddings), or None."""
+    get = getattr(model, "get_input_embeddings", None)
+    try:
+        embedding = get() if callable(get) else None
+    except NotImplementedError:
+        return None
+    return embedding if isinstance(embedding, nn.Embedding) else None
+
+
+POSITION_ATTRIBUTES = ("max_position_embeddings", "n_positions", "block_size", "max_seq_len")
+
+
+def check_positions_fit(model: nn.Module, max_seq_len: int, source: str = "the model") -> None:
+    """Fail before training when the model has fewer positions than the run's sequences have tokens.
+
+    The limit is what the model declares (a Hugging Face config's max_position_embeddings or n_positions,
+    or an attribute block_size / max_seq_len on the model), else the rows of an nn.Embedding whose name
+    says it holds positions (wpe, pos_emb, position_embeddings). The dummy-batch check runs short
+    sequences, so without this an index error would come at the first full-length batch.
+    """
+    limit = _declared_positions(model)
+    if limit is None:
+        return
+    positions, what = limit
+    if positions < max_seq_len:
+        raise UserModelError(f"{source} has {what}, fewer than max_seq_len={max_seq_len} tokens per training "
+                             f"sequence. Set max_seq_len <= {positions}, or build the model with at least "
+                             f"{max_seq_len} positions (the kit passes config['max_seq_len']).")
+
+
+def _declared_positions(model: nn.Module) -> Optional[tuple[int, str]]:
+    for owner, prefix in ((getattr(model, "config", None), "config."), (model, "")):
+        for name in POSITION_ATTRIBUTES:
+            value = getattr(owner, name, None) if owner is not None else None
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value, f"{prefix}{name}={value}"
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1].lower()
+        if isinstance(module, nn.Embedding) and (leaf == "wpe" or "pos" in leaf):
+            return module.num_embeddings, f"a position embedding {name} of {module.num_embeddings} rows"
+    return None
 
 
 def check_model(model: nn.Module, task, vocab_size: int, max_seq_len: int, num_classes: int = 0,
@@ -343,9 +441,10 @@ def check_model(model: nn.Module, task, vocab_size: int, max_seq_len: int, num_c
                              "layers assigned as attributes (self.layer = nn.Linear(...)); plain Python lists of "
                              "layers are invisible to PyTorch: use nn.ModuleList.")
     check_embedding_fits(model, vocab_size)
+    check_positions_fit(model, max_seq_len, source)
     B, T = 2, min(max_seq_len, 16)
     batch, expected = task.dummy_batch(B, T, vocab_size, num_classes)
-    call = task.call
+    call = task.describe_call(model)
     device = next(model.parameters()).device
     batch = tuple(t.to(device) for t in batch)
     # Eval mode: the check must not move BatchNorm statistics or anything a model keeps while training;
@@ -365,10 +464,11 @@ def _check_forward_backward(model, task, batch, call, expected, B, T, vocab_size
     except Exception as e:
         raise UserModelError(f"{source} failed on a dummy batch: {call} with input_ids of shape ({B}, {T}) "
                              f"and ids in [0, {vocab_size}) raised an error:\n"
-                             f"{_traceback_for_model(e, model)}") from None
+                             f"{_traceback_for_model(e, model)}\n{FORWARD_FORMS}") from None
     if not isinstance(logits, torch.Tensor):
-        raise UserModelError(f"{source}: {call} returned {type(logits).__name__}; the kit expected a tensor of "
-                             f"logits of shape {expected}. Return the logits only (no loss, no tuple).")
+        raise UserModelError(f"{source}: {call} returned {type(logits).__name__}; the kit expected logits of "
+                             f"shape {expected}: a tensor, an output with .logits (Hugging Face) or a dict with "
+                             "\"logits\". Return the logits only (no loss, no tuple).")
     if not task.output_fits(tuple(logits.shape), expected):
         padded = " or a larger last dimension (a padded vocabulary)" if len(expected) == 3 else ""
         raise UserModelError(f"{source}: {call} on input_ids of shape ({B}, {T}) returned logits of shape "

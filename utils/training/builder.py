@@ -81,6 +81,29 @@ def build_model(config: WizardConfig, vocab_size: int, num_classes: int = 0, pad
     return model
 
 
+def check_training_windows(config: WizardConfig, num_train: int, num_tokens: int) -> None:
+    """A language model's training split must fill one batch of max_seq_len windows, or fail before training.
+
+    A max_seq_len near the corpus length leaves a handful of enormous windows: each step is one huge partial
+    batch and the run looks hung. Classification truncates each text to max_seq_len, so it needs no check.
+    """
+    if config.task != "lm" or num_train >= config.batch_size:
+        return
+    fits = _largest_seq_len_for(config.batch_size, num_tokens, config.val_split)
+    fix = f"set max_seq_len <= {fits}" if fits >= 2 else "use more text"
+    raise DataError(f"max_seq_len={config.max_seq_len} cuts the {num_tokens:,} tokens of the data into only "
+                    f"{num_train} training sequences of {config.max_seq_len + 1} tokens, fewer than one batch "
+                    f"(batch_size={config.batch_size}); {fix}, or lower batch_size.")
+
+
+def _largest_seq_len_for(batch_size: int, num_tokens: int, val_split: float) -> int:
+    """The longest windows that still leave batch_size of them for training after the validation split."""
+    windows = batch_size
+    while windows - round(windows * val_split) < batch_size:
+        windows += 1
+    return (num_tokens - 1) // windows
+
+
 def build_task(config: WizardConfig):
     """What differs between language modelling and classification (see utils.training.module)."""
     return TASKS[config.task]

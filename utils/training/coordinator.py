@@ -24,11 +24,12 @@ from utils.data import PreparedData, prepare_data
 from utils.data.tokenizers import load_tokenizer, tokenizer_fingerprint
 from utils.env import DeviceInfo, detect_device
 from utils.export import ExportError, export_model
-from utils.files import atomic_folder, remove_temp_files
+from utils.files import atomic_folder, make_output_dir, remove_temp_files
 from utils.inference import Predictor, classify_texts, sample_text  # sample_text, classify_texts: see __all__
 from utils.training.precision import PrecisionDecision, resolve_precision
 from utils.training.builder import (build_callbacks, build_data_spec, build_dataloaders, build_loggers, build_model, build_module,
-                                    build_task, build_trainer, check_strategy, describe_batch, devices_per_node)
+                                    build_task, build_trainer, check_strategy, check_training_windows, describe_batch,
+                                    devices_per_node)
 from utils.training.callbacks import RunRecorder
 from utils.training.module import TASKS, TransformerModule
 from utils.training.checkpoint_io import TrainingStopped
@@ -117,6 +118,8 @@ def train(config: Optional[WizardConfig] = None, model: Optional[nn.Module] = No
     per_node = devices_per_node(config, decision.device.kind)
     launch = plan_launch(per_node * config.num_nodes, decision.device.kind)
     out = Path(config.output_dir)
+    if launch.is_zero:
+        out = make_output_dir(config.output_dir)  # a file or an unwritable place is named before anything starts
     with quiet_unless_rank_zero(launch), (RunLock(out) if launch.is_zero else nullcontext()):  # one run per folder
         print(f"Precision: {decision.precision} - {decision.reason}")
         if launch.is_zero:
@@ -161,6 +164,7 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
     print(f"Data: {data.source}, {data.num_tokens:,} tokens, {data.tokenizer.kind} tokenizer with "
           f"{data.tokenizer.vocab_size} ids; {len(data.train):,} train / {len(data.val):,} val sequences"
           f"{task.describe_data(data)}")
+    check_training_windows(config, len(data.train), data.num_tokens)
     model_passed_in, user_files = model is not None, None
     if model is None:
         if config.model_source != "template":

@@ -16,19 +16,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.inference import classifier_logits
+from utils.inference import classifier_logits, describe_call, model_logits
 
 
 class LanguageModelTask:
     """Next-token prediction: the model maps ids (B, T) to logits (B, T, V); targets are pre-shifted."""
 
     name = "lm"
-    call = "model(input_ids)"  # how the kit calls a model, for messages
     output_meaning = "batch, sequence length, vocab_size: one score per vocabulary entry at every position"
 
     def logits(self, model: nn.Module, batch) -> torch.Tensor:
         x, _ = batch  # (B, T)
-        return model(x)  # (B, T, V)
+        return model_logits(model, x)  # (B, T, V)
+
+    def describe_call(self, model: nn.Module) -> str:
+        """How the kit calls this model, for messages."""
+        return describe_call(model, with_mask=False)
 
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         _, y = batch  # (B, T)
@@ -64,12 +67,14 @@ class ClassificationTask:
     """Text -> label: the model maps ids (B, T) and a padding mask (B, T) to logits (B, num_classes)."""
 
     name = "classification"
-    call = "model(input_ids[, attention_mask])"
     output_meaning = "batch, num_classes: one score per class for each sequence"
 
     def logits(self, model: nn.Module, batch) -> torch.Tensor:
         input_ids, attention_mask, _ = batch  # (B, T) long, (B, T) bool, (B,) long
         return classifier_logits(model, input_ids, attention_mask)  # (B, num_classes)
+
+    def describe_call(self, model: nn.Module) -> str:
+        return describe_call(model, with_mask=True)
 
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         labels = batch[2]  # (B,)
@@ -122,7 +127,7 @@ class TransformerModule(pl.LightningModule):
         self.warmup_ratio = warmup_ratio
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        return model_logits(self.model, x)
 
     def training_step(self, batch, batch_idx: int) -> dict:
         # The metrics go back detached to the RunRecorder, which logs them once per optimizer step.

@@ -1,0 +1,153 @@
+"""Bad input through the command line: one line naming the field or file and the fix, exit code 2, no
+traceback, and an existing run folder left byte for byte as it was.
+
+Each row runs `python -m utils.training` in a subprocess, as a user would. A run trained from a model
+file is the witness: rows that read its config or point at its folder must leave every file in it alone.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT, corpus_start
+from tests.test_user_models import BUILD_MODEL_LM, HF_GPT2, write_model
+from utils.config import WizardConfig
+from utils.training import train
+from utils.user_models import GIST_BASE_URL_ENV, GIST_TIMEOUT_ENV
+
+GIST_SECONDS = 3  # KIT_GIST_TIMEOUT in the subprocess: the whole download's time allowed
+
+
+class TricklingGistServer:
+    """Answers every request with headers at once, then one byte of model.py per second, for as long as asked."""
+
+    def __init__(self, seconds_per_byte: float = 1.0):
+        stop = self.stop = threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Length", "1000")
+                self.end_headers()
+                while not stop.wait(seconds_per_byte):
+                    try:
+                        self.wfile.write(b"#")
+                        self.wfile.flush()
+                    except OSError:  # the client gave up
+                        return
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A trained run (the witness), the model file it trained, a slow Gist server, and a folder for new runs."""
+    root = tmp_path_factory.mktemp("bad-input")
+    data = corpus_start(root / "data", 6_000)
+    model = write_model(root / "models", BUILD_MODEL_LM, config={"d_model": 8})
+    witness = root / "witness"
+    train(WizardConfig(dataset_source="file", dataset_path=str(data), model_source="file", model_path=str(model),
+                       max_seq_len=32, batch_size=4, max_steps=2, log_every_n_steps=1, output_dir=str(witness)))
+    server = TricklingGistServer()
+    yield {"root": root, "data": data, "model": model, "witness": witness, "server": server}
+    server.close()
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _config_folder(w):
+    return ["--config", str(w["witness"])], f"{w['witness']} is a folder, not a config file; give the JSON file"
+
+
+def _output_dir_is_a_file(w):
+    target = w["witness"] / "config.json"
+    return (["--config", str(target), "--set", f"output_dir={target}"],
+            f"output_dir='{target}' is a file, not a folder; choose a folder")
+
+
+def _output_dir_in_proc(w):
+    return (["--config", str(w["witness"] / "config.json"), "--set", "output_dir=/proc/x"],
+            "output_dir='/proc/x' cannot be created (No such file or directory); choose a folder you can write to")
+
+
+def _config_not_utf8(w):
+    path = w["root"] / "latin1.json"
+    path.write_bytes(b'{"dataset_name": "caf\xe9"}')  # Latin-1, as some editors save
+    return ["--config", str(path)], f"{path} is not UTF-8 text (byte 0xe9 at position 21); save the config as UTF-8"
+
+
+def _model_exits_on_import(w):
+    # The witness's own config, its model file now calling sys.exit(3) at import (restored after the row).
+    w["model"].write_text("import sys\nsys.exit(3)\n", encoding="utf-8")
+    return (["--config", str(w["witness"] / "config.json")],
+            f"{w['model']} called sys.exit(3) (line 2 of model.py) while the kit imported it")
+
+
+def _gist_trickles(w):
+    return (["--config", str(w["witness"] / "config.json"), "--set", "model_source=gist",
+             "--set", "gist_id=alice/abc123", "--set", f"output_dir={w['root'] / 'gist-run'}"],
+            f"Downloading {w['server'].url}/alice/abc123/raw/model.py took more than {GIST_SECONDS} s")
+
+
+def _sequences_longer_than_the_data(w):
+    # The issue's max_seq_len=40000 on the built-in corpus: 10 training windows, fewer than a batch of 16.
+    return (["--set", "max_seq_len=40000", "--set", f"output_dir={w['root'] / 'long-run'}"],
+            "max_seq_len=40000 cuts the 465,")
+
+
+def _position_table_too_short(w):
+    model = write_model(w["root"] / "hf", HF_GPT2, config={"n_positions": 16})
+    return (["--config", str(w["witness"] / "config.json"), "--set", f"model_path={model}",
+             "--set", f"output_dir={w['root'] / 'hf-run'}"],
+            "has config.max_position_embeddings=16, fewer than max_seq_len=32 tokens per training sequence")
+
+
+NO_TRANSFORMERS = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
+                                     reason="transformers is not installed: the row builds a GPT-2 from a config")
+
+
+@pytest.mark.parametrize("bad_input", [
+    _config_folder, _output_dir_is_a_file, _output_dir_in_proc, _config_not_utf8, _model_exits_on_import,
+    _gist_trickles, _sequences_longer_than_the_data, pytest.param(_position_table_too_short, marks=NO_TRANSFORMERS),
+], ids=lambda row: row.__name__.strip("_"))
+def test_bad_input_is_one_line_naming_it_with_exit_2_and_the_run_untouched(world, bad_input):
+    before = snapshot(world["witness"])
+    model_code = world["model"].read_bytes()
+    args, expected = bad_input(world)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", GIST_TIMEOUT_ENV: str(GIST_SECONDS),
+           GIST_BASE_URL_ENV: world["server"].url}
+    started = time.monotonic()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "utils.training", "--sample-tokens", "0", *args], cwd=REPO_ROOT,
+                              env=env, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+    finally:
+        world["model"].write_bytes(model_code)
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(errors) == 1 and errors[0].startswith("error: "), proc.stderr
+    assert expected in errors[0], errors[0]
+    assert snapshot(world["witness"]) == before
+    assert time.monotonic() - started < 120  # a slow server or a huge max_seq_len is refused, not waited on
