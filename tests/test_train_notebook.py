@@ -45,7 +45,8 @@ def test_run_all_trains_exports_and_a_second_run_all_resumes(tmp_path, monkeypat
     assert first.output_dir == run_dir and first.global_step == 3
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "runs" / "wizard_config.json").is_file(), "the Train cell saves the wizard's choices"
-    assert sorted(p.name for p in (run_dir / "export").iterdir()) == ["config.json", "model.safetensors", "tokenizer"]
+    assert sorted(p.name for p in (run_dir / "export").iterdir()) == [
+        ".kit-export.json", "config.json", "model.safetensors", "tokenizer"]
     out = capsys.readouterr().out
     assert "Precision: 32-true - fp32: no CUDA GPU" in out
     assert f"Loaded GPT from {run_dir / 'export'}:" in out
@@ -91,5 +92,5 @@ def test_run_all_with_a_classifier_reports_accuracy_and_labels(tmp_path, monkeyp
     assert "val accuracy:     1.0000" in out and "'The ' -> " in out
     assert "Note: dropped characters the training text never had: 'Th'" in out  # the default PROMPT
     assert sorted(p.name for p in (result.output_dir / "export").iterdir()) == \
-        ["config.json", "labels.json", "model.safetensors", "tokenizer"]
+        [".kit-export.json", "config.json", "labels.json", "model.safetensors", "tokenizer"]
     assert loaded.predict(["abc", "CAB"]) == result.predict(["abc", "CAB"]) == ["calm", "loud"]
