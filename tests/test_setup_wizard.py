@@ -386,6 +386,28 @@ def test_file_upload_is_saved_beside_the_saved_config_and_selected(wizard_path, 
     assert not wizard.next_button.disabled
 
 
+@pytest.mark.parametrize("content, expected", [
+    (b"", "The upload 'big.txt' arrived empty. Colab's upload button delivers files of about 1 MB or more"),
+    (b"a" * 1_000_001, "The upload 'big.txt' is 1,000,001 bytes, over the 1,000,000-byte limit for uploads"),
+])
+def test_empty_or_oversize_upload_is_refused_with_a_pointer_to_drive(wizard_path, content, expected):
+    wizard = make_wizard(wizard_path)
+    set_value(wizard, "dataset_source", "upload")
+    # The limit is stated beside the button, and only where the button is.
+    assert wizard.upload_limit.layout.display is None
+    assert "Uploads up to 1 MB: Colab&#x27;s upload button delivers larger files empty" in wizard.upload_limit.value
+    assert "Google Drive" in wizard.upload_limit.value
+    assert wizard.upload_limit in wizard._step_boxes[0].children
+    simulate_upload(wizard.upload, "big.txt", content)
+    assert expected in html.unescape(wizard.message.value)
+    assert "put a large file on Google Drive" in wizard.message.value or "Put it on Google Drive" in wizard.message.value
+    assert "/content/drive/MyDrive/data/train.txt" in wizard.message.value
+    assert not (wizard_path.resolve().parent / "uploads").exists(), "nothing is saved"
+    assert wizard.config.dataset_path == "" and wizard.next_button.disabled
+    set_value(wizard, "dataset_source", "embedded")
+    assert wizard.upload_limit.layout.display == "none"
+
+
 def test_hugging_face_is_offered_only_with_the_datasets_library(wizard_path):
     wizard = make_wizard(wizard_path)
     options = [value for _, value in wizard.fields["dataset_source"].input.options]

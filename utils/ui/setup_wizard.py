@@ -34,7 +34,8 @@ from utils.env import DeviceInfo, detect_device, in_colab
 from utils.training.amp_utils import LegacyWizardAPI  # the reference kit's validate_config / presets
 from utils.training.precision import PrecisionError, resolve_precision
 from utils.training.checkpoints import describe_run_folder
-from utils.ui.fields import ERROR_COLOR, INPUT_WIDTH, LABEL_WIDTH, Field, build_field, save_upload, uploaded_files
+from utils.ui.fields import (ERROR_COLOR, INPUT_WIDTH, LABEL_WIDTH, UPLOAD_LIMIT_TEXT, Field, build_field, save_upload,
+                             upload_problem, uploaded_files)
 from utils.ui.model_check import (measure_model, count_parameters, describe_check, format_count,
                                   vocab_size_for)
 from utils.ui.presets import PRESETS, apply_preset
@@ -225,6 +226,8 @@ class SetupWizard(LegacyWizardAPI):
         self.upload = widgets.FileUpload(accept=".txt,.csv,.jsonl", multiple=False, description="Upload file")
         self.upload.add_class("wizard-upload")
         self.upload.observe(self._guard(self._on_upload), names="value")
+        self.upload_limit = widgets.HTML(_note(html.escape(UPLOAD_LIMIT_TEXT)))
+        self.upload_limit.add_class("wizard-upload-limit")
         self.message = widgets.HTML()
         self.message.add_class("wizard-message")
         self.notes = {key: widgets.HTML() for key in ("dataset", "tokenizer", "model", "check", "precision", "summary")}
@@ -239,7 +242,7 @@ class SetupWizard(LegacyWizardAPI):
 
     def _step_box(self, step: Step) -> widgets.VBox:
         rows = [self.fields[name].row for name, _ in step.fields]
-        extras = {"dataset": [self.upload, self.notes["dataset"]], "tokenizer": [self.notes["tokenizer"]],
+        extras = {"dataset": [self.upload, self.upload_limit, self.notes["dataset"]], "tokenizer": [self.notes["tokenizer"]],
                   "model": [self.notes["model"], self.check_button, self.notes["check"]],
                   "training": [self.notes["precision"]], "review": [self.notes["summary"]]}
         box = widgets.VBox(rows + extras[step.key])
@@ -299,6 +302,10 @@ class SetupWizard(LegacyWizardAPI):
         if not files:
             return
         name, content = files[-1]
+        problem = upload_problem(name, content)
+        if problem:
+            self._say(problem, error=True)
+            return
         try:
             # Beside the saved config (the workspace, on Drive when it is on), as an absolute path:
             # a relative one would follow the kernel's working folder, lost with the runtime.
@@ -350,6 +357,7 @@ class SetupWizard(LegacyWizardAPI):
         if orphans:  # a field the wizard has no widget for (edited in the JSON file)
             self._say(" ".join(orphans), error=True)
         self.upload.layout.display = None if candidate.dataset_source == "upload" else "none"
+        self.upload_limit.layout.display = self.upload.layout.display
         if not self.errors:
             self._config = candidate
         if self._saved is not None and self._config != self._saved:
