@@ -216,8 +216,8 @@ in fp32 and then in the mixed precision the kit would pick here (fp16 + GradScal
 on an A100 or L4), and compares steps/s, tokens/s, peak memory and the loss after those steps.
 
 On Colab pick a GPU first (**Runtime > Change runtime type > T4 GPU**), then **Run all**. On a
-CPU the notebook still runs: it measures fp32 against the CPU's fp16 path and says that this
-does not predict a GPU's gain."""),
+CPU the notebook still runs, at smaller sizes that finish in about a minute (it prints which): it
+measures fp32 against the CPU's fp16 path and says that this does not predict a GPU's gain."""),
     ("md", "## 1. Setup\nThe same setup cell as `train.ipynb`: clone or update, install what is missing."),
     ("code", SETUP),
     ("md", """\
@@ -232,13 +232,18 @@ BATCH_SIZE = 32  #@param {type:"integer"}
 SEQ_LEN = 256  #@param {type:"integer"}
 STEPS = 100  #@param {type:"integer"}
 
-from utils.amp_benchmark import run_amp_benchmark
+# The sizes above are for a GPU; a CPU runtime uses smaller ones that finish in about a minute.
+
+from utils.amp_benchmark import fit_to_device, run_amp_benchmark
 from utils.colab import apply_notebook_overrides
 from utils.config import WizardConfig
+from utils.env import detect_device
 
+device = detect_device()
 config = WizardConfig(model_size=MODEL_SIZE, batch_size=BATCH_SIZE, max_seq_len=SEQ_LEN, max_steps=STEPS)
+config = fit_to_device(config, device)  # on a CPU: smaller sizes, and a line saying which
 config = apply_notebook_overrides(config)  # only when KIT_NOTEBOOK_OVERRIDES is set: the tests' tiny run
-report = run_amp_benchmark(config)
+report = run_amp_benchmark(config, device)
 '''),
     ("md", """\
 ## 3. Results
