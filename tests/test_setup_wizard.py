@@ -351,6 +351,26 @@ def test_memory_estimate_grows_with_batch_and_reports_when_it_does_not_fit(wizar
     assert "does NOT fit in Small GPU memory" in wizard.notes["check"].value
 
 
+def test_review_step_estimates_the_run_time_on_this_device(wizard_path, tmp_path):
+    wizard = make_wizard(wizard_path, device=CPU, run_root=tmp_path / "workspace")
+    for name, value in (("max_seq_len", 32), ("batch_size", 8), ("max_epochs", 1)):
+        set_value(wizard, name, value)
+    go_to(wizard, "review")
+    review = wizard._step_boxes[-1].children
+    assert wizard.estimate_button in review and wizard.notes["estimate"] in review
+    assert wizard.estimate_button.description == "Estimate time"
+    wizard.estimate_button.click()
+    assert wizard.output.outputs == ()
+    config, estimate = wizard.last_estimate
+    assert config == wizard.config and estimate.batch_size == 8 and estimate.validations == 1
+    note = html.unescape(wizard.notes["estimate"].value)
+    assert "Estimate: " in note and "timed on CPU" in note and "fits in one Colab session" in note
+    assert f"{estimate.total_steps:,} steps + 1 validation(s)" in note
+    assert (tmp_path / "workspace" / "runs" / "default").is_dir(), "data cached in the run folder, not the cwd"
+    set_value(wizard, "batch_size", 4)
+    assert "Settings changed since the last estimate" in wizard.notes["estimate"].value
+
+
 def test_tokenizer_step_says_how_many_ids_the_model_sees(wizard_path):
     wizard = make_wizard(wizard_path)
     assert f"{EMBEDDED_CHAR_VOCAB} token ids (distinct characters in the dataset)" in wizard.notes["tokenizer"].value
