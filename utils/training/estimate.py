@@ -39,7 +39,8 @@ USABLE_FRACTION = 0.9
 COLAB_SESSION_SECONDS = 12 * 3600  # the free tier's documented maximum runtime; often less when idle or busy
 WARMUP_STEPS, TIMED_STEPS = 2, 3
 # Lightning's own work per training batch (hooks, logging, progress bar) that the bare steps above
-# leave out; measured with bench/estimate_accuracy.py on a CPU.
+# leave out. bench/estimate_accuracy.py found it lost in the noise on a CPU (estimates within 8%
+# without it); a GPU run of tiny models may need it.
 PER_BATCH_OVERHEAD_S = 0.0
 
 
