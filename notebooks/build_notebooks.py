@@ -4,16 +4,30 @@
 
 It writes both notebooks without outputs or widget state; tests/test_notebooks.py checks that the
 committed .ipynb files are exactly what this script writes.
+
+Publishing a copy of the kit under your own GitHub address is one command, run once in your fork:
+
+    python notebooks/build_notebooks.py --repo you/colab-transformer-kit
+
+It sets REPO below and stamps that address into the README's Open-in-Colab badge and both notebooks'
+setup cells; commit and push the four files.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import argparse
+import re
+
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).resolve().parent
+
+# The one place the kit's GitHub address lives ("owner/name"); set it with --repo, never by hand elsewhere.
+REPO = "OWNER/REPO"
+PLACEHOLDER = "OWNER/REPO"  # what a copy whose address was never set still holds
 
 # Runs before `utils` is importable (it is what makes it importable), so it uses the standard
 # library only. KIT_REPO_URL / KIT_REPO_DIR let the tests stand in a local bare repo for GitHub.
@@ -22,7 +36,7 @@ SETUP = '''\
 import importlib.util, os, subprocess, sys
 from pathlib import Path
 
-REPO_URL = os.environ.get("KIT_REPO_URL", "https://github.com/OWNER/REPO.git")
+REPO_URL = os.environ.get("KIT_REPO_URL", "https://github.com/__REPO__.git")
 REPO_DIR = Path(os.environ.get("KIT_REPO_DIR", "/content/colab-transformer-kit")).resolve()
 
 def git(*args):
@@ -35,6 +49,11 @@ try:
     IN_COLAB = importlib.util.find_spec("google.colab") is not None
 except ModuleNotFoundError:  # no "google" package at all
     IN_COLAB = False
+if IN_COLAB and REPO_URL.endswith("/OWNER/REPO.git") and not (REPO_DIR / ".git").is_dir():
+    raise RuntimeError("This notebook does not know which GitHub repository to clone: its address is still "
+                       "the placeholder OWNER/REPO (the copy it came from was never published). In a checkout of "
+                       "your copy of the kit run `python notebooks/build_notebooks.py --repo you/colab-transformer-kit`, "
+                       "commit and push, and open the notebook from there; or replace OWNER/REPO in REPO_URL above.")
 if IN_COLAB:  # clone once, then update in place: absolute paths, so a rerun never nests the repo
     if (REPO_DIR / ".git").is_dir():
         before = git("-C", str(REPO_DIR), "rev-parse", "HEAD")
@@ -197,8 +216,8 @@ in fp32 and then in the mixed precision the kit would pick here (fp16 + GradScal
 on an A100 or L4), and compares steps/s, tokens/s, peak memory and the loss after those steps.
 
 On Colab pick a GPU first (**Runtime > Change runtime type > T4 GPU**), then **Run all**. On a
-CPU the notebook still runs: it measures fp32 against the CPU's fp16 path and says that this
-does not predict a GPU's gain."""),
+CPU the notebook still runs, at smaller sizes that finish in about a minute (it prints which): it
+measures fp32 against the CPU's fp16 path and says that this does not predict a GPU's gain."""),
     ("md", "## 1. Setup\nThe same setup cell as `train.ipynb`: clone or update, install what is missing."),
     ("code", SETUP),
     ("md", """\
@@ -213,13 +232,18 @@ BATCH_SIZE = 32  #@param {type:"integer"}
 SEQ_LEN = 256  #@param {type:"integer"}
 STEPS = 100  #@param {type:"integer"}
 
-from utils.amp_benchmark import run_amp_benchmark
+# The sizes above are for a GPU; a CPU runtime uses smaller ones that finish in about a minute.
+
+from utils.amp_benchmark import fit_to_device, run_amp_benchmark
 from utils.colab import apply_notebook_overrides
 from utils.config import WizardConfig
+from utils.env import detect_device
 
+device = detect_device()
 config = WizardConfig(model_size=MODEL_SIZE, batch_size=BATCH_SIZE, max_seq_len=SEQ_LEN, max_steps=STEPS)
+config = fit_to_device(config, device)  # on a CPU: smaller sizes, and a line saying which
 config = apply_notebook_overrides(config)  # only when KIT_NOTEBOOK_OVERRIDES is set: the tests' tiny run
-report = run_amp_benchmark(config)
+report = run_amp_benchmark(config, device)
 '''),
     ("md", """\
 ## 3. Results
@@ -235,7 +259,8 @@ print(report.verdict())
 ]
 
 
-def build(cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
+def build(cells: list[tuple[str, str]], repo: str = REPO) -> nbformat.NotebookNode:
+    cells = [(kind, src.replace("__REPO__", repo)) for kind, src in cells]
     nb = new_notebook(cells=[new_markdown_cell(src) if kind == "md" else new_code_cell(src.rstrip("\n"))
                              for kind, src in cells])
     nb.metadata = {
@@ -252,13 +277,41 @@ def build(cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
 NOTEBOOKS = {"train.ipynb": TRAIN_CELLS, "amp_benchmark.ipynb": BENCHMARK_CELLS}
 
 
-def render(name: str) -> str:
-    nb = build(NOTEBOOKS[name])
+def render(name: str, repo: str = REPO) -> str:
+    nb = build(NOTEBOOKS[name], repo)
     nbformat.validate(nb)
     return nbformat.writes(nb, version=4) + "\n"
 
 
-if __name__ == "__main__":
+REPO_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*/[A-Za-z0-9._-]+")
+BADGE = re.compile(r"(https://colab\.research\.google\.com/github/)[^/]+/[^/]+(/blob/)")
+
+
+def publish(repo: str, root: Path = HERE.parent) -> list[Path]:
+    """Stamp repo ("owner/name") into this file's REPO, the README badge and both notebooks; return what changed."""
+    if not REPO_PATTERN.fullmatch(repo) or repo == PLACEHOLDER:
+        raise ValueError(f"--repo {repo!r}: give your GitHub repository as owner/name, e.g. you/colab-transformer-kit")
+    builder, readme = root / "notebooks" / "build_notebooks.py", root / "README.md"
+    builder.write_text(re.sub(r'^REPO = ".*"$', f'REPO = "{repo}"', builder.read_text(encoding="utf-8"), count=1,
+                              flags=re.M), encoding="utf-8")
+    text = readme.read_text(encoding="utf-8")
+    if not BADGE.search(text):
+        raise ValueError(f"{readme} has no Open-in-Colab badge link to stamp")
+    readme.write_text(BADGE.sub(rf"\g<1>{repo}\g<2>", text), encoding="utf-8")
     for name in NOTEBOOKS:
-        (HERE / name).write_text(render(name), encoding="utf-8")
-        print(f"wrote {HERE / name}")
+        (root / "notebooks" / name).write_text(render(name, repo), encoding="utf-8")
+    return [builder, readme] + [root / "notebooks" / name for name in NOTEBOOKS]
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Write both notebooks from this file's cells.")
+    parser.add_argument("--repo", help="owner/name of your GitHub copy of the kit: stamped into REPO below, "
+                                       "the README badge and both notebooks")
+    args = parser.parse_args()
+    if args.repo:
+        for path in publish(args.repo):
+            print(f"wrote {path}")
+    else:
+        for name in NOTEBOOKS:
+            (HERE / name).write_text(render(name), encoding="utf-8")
+            print(f"wrote {HERE / name}")

@@ -57,3 +57,17 @@ def test_benchmark_needs_a_step_count():
         run_amp_benchmark(WizardConfig(), device=CPU)
     with pytest.raises(ValueError, match=r"warmup_steps=4 must be in \[0, max_steps=4\)"):
         run_amp_benchmark(WizardConfig(max_steps=4), device=CPU, warmup_steps=4)
+
+
+def test_on_a_cpu_the_benchmark_shrinks_to_about_a_minute_and_says_so(capsys):
+    from utils.amp_benchmark import CPU_SIZES, fit_to_device
+
+    gpu_sizes = WizardConfig(model_size="small", batch_size=32, max_seq_len=256, max_steps=100)
+    assert fit_to_device(gpu_sizes, T4) == gpu_sizes  # a GPU keeps the sizes where AMP's effect shows
+    assert capsys.readouterr().out == ""
+    shrunk = fit_to_device(gpu_sizes, CPU)
+    assert {k: getattr(shrunk, k) for k in CPU_SIZES} == CPU_SIZES
+    out = capsys.readouterr().out
+    assert out.startswith("No GPU on this runtime (CPU): the benchmark runs at model_size=tiny, batch_size=8, "
+                          "max_seq_len=64, max_steps=50")
+    assert "so both runs finish in about a minute" in out

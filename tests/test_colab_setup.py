@@ -204,3 +204,31 @@ def test_setup_cell_reports_why_an_update_was_refused(tmp_path, fake_colab_dir, 
     assert proc.returncode != 0
     assert "RuntimeError: git -C" in proc.stderr and "pull --ff-only -q failed:" in proc.stderr
     assert "local changes" in proc.stderr, proc.stderr[-600:]
+
+
+def test_setup_cell_of_an_unpublished_copy_says_to_set_the_address_not_a_git_error(tmp_path, fake_colab_dir):
+    setup = cell_source("Setup")
+    assert 'os.environ.get("KIT_REPO_URL", "https://github.com/OWNER/REPO.git")' in setup.replace(
+        _published_repo(), "OWNER/REPO")
+    # A copy never published: the address is still the placeholder (whatever this checkout's REPO is).
+    setup = setup.replace(f"https://github.com/{_published_repo()}.git", "https://github.com/OWNER/REPO.git")
+    target = tmp_path / "content" / "colab-transformer-kit"
+    target.parent.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("KIT_REPO_URL",)}
+    env.update(PYTHONPATH=str(fake_colab_dir), KIT_REPO_DIR=str(target), GIT_TERMINAL_PROMPT="0")
+    proc = subprocess.run([sys.executable, "-c", f"exec({setup!r}, {{}})"], cwd=target.parent, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("RuntimeError: This notebook does not know which GitHub repository to clone: its "
+                           "address is still the placeholder OWNER/REPO"), proc.stderr[-800:]
+    assert "python notebooks/build_notebooks.py --repo you/colab-transformer-kit" in last
+    assert "Username" not in proc.stderr and "git clone" not in proc.stderr
+    assert not target.exists(), "nothing is cloned"
+
+
+def _published_repo() -> str:
+    import re
+
+    text = (REPO / "notebooks" / "build_notebooks.py").read_text(encoding="utf-8")
+    return re.search(r'^REPO = "(.*)"$', text, flags=re.M).group(1)

@@ -121,6 +121,29 @@ def test_readme_badge_opens_the_train_notebook_from_the_repo_the_setup_cell_clon
     readme = (NOTEBOOKS.parent / "README.md").read_text(encoding="utf-8")
     badge = re.search(r"\(https://colab\.research\.google\.com/github/([^/]+/[^/]+)/blob/main/([^)]+)\)", readme)
     assert badge and badge.group(2) == "notebooks/train.ipynb"
-    setup = code_cells("train.ipynb")[0].source
-    assert f'"https://github.com/{badge.group(1)}.git"' in setup
+    for name in NAMES:
+        assert f'"https://github.com/{badge.group(1)}.git"' in code_cells(name)[0].source
+    assert badge.group(1) == load_builder().REPO, "the badge and the builder's REPO disagree: run --repo again"
     assert "## What you see in Colab, step by step" in readme
+    assert "python notebooks/build_notebooks.py --repo " in readme
+
+
+def test_publish_stamps_one_address_into_the_builder_the_badge_and_both_notebooks(tmp_path):
+    import shutil
+
+    (tmp_path / "notebooks").mkdir()
+    shutil.copy(NOTEBOOKS / "build_notebooks.py", tmp_path / "notebooks")
+    shutil.copy(NOTEBOOKS.parent / "README.md", tmp_path)
+    builder = load_builder()
+    written = builder.publish("someone/my-kit", root=tmp_path)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == [
+        "README.md", "notebooks/amp_benchmark.ipynb", "notebooks/build_notebooks.py", "notebooks/train.ipynb"]
+    assert '\nREPO = "someone/my-kit"\n' in (tmp_path / "notebooks" / "build_notebooks.py").read_text()
+    readme = (tmp_path / "README.md").read_text()
+    assert "https://colab.research.google.com/github/someone/my-kit/blob/main/notebooks/train.ipynb" in readme
+    for name in NAMES:
+        nb = nbformat.read(tmp_path / "notebooks" / name, as_version=4)
+        assert '"https://github.com/someone/my-kit.git"' in nb.cells[2].source
+        assert "__REPO__" not in nb.cells[2].source
+    with pytest.raises(ValueError, match="owner/name"):
+        builder.publish("not a repo", root=tmp_path)

@@ -351,6 +351,26 @@ def test_memory_estimate_grows_with_batch_and_reports_when_it_does_not_fit(wizar
     assert "does NOT fit in Small GPU memory" in wizard.notes["check"].value
 
 
+def test_review_step_estimates_the_run_time_on_this_device(wizard_path, tmp_path):
+    wizard = make_wizard(wizard_path, device=CPU, run_root=tmp_path / "workspace")
+    for name, value in (("max_seq_len", 32), ("batch_size", 8), ("max_epochs", 1)):
+        set_value(wizard, name, value)
+    go_to(wizard, "review")
+    review = wizard._step_boxes[-1].children
+    assert wizard.estimate_button in review and wizard.notes["estimate"] in review
+    assert wizard.estimate_button.description == "Estimate time"
+    wizard.estimate_button.click()
+    assert wizard.output.outputs == ()
+    config, estimate = wizard.last_estimate
+    assert config == wizard.config and estimate.batch_size == 8 and estimate.validations == 1
+    note = html.unescape(wizard.notes["estimate"].value)
+    assert "Estimate: " in note and "timed on CPU" in note and "fits in one Colab session" in note
+    assert f"{estimate.total_steps:,} steps + 1 validation(s)" in note
+    assert (tmp_path / "workspace" / "runs" / "default").is_dir(), "data cached in the run folder, not the cwd"
+    set_value(wizard, "batch_size", 4)
+    assert "Settings changed since the last estimate" in wizard.notes["estimate"].value
+
+
 def test_tokenizer_step_says_how_many_ids_the_model_sees(wizard_path):
     wizard = make_wizard(wizard_path)
     assert f"{EMBEDDED_CHAR_VOCAB} token ids (distinct characters in the dataset)" in wizard.notes["tokenizer"].value
@@ -384,6 +404,28 @@ def test_file_upload_is_saved_beside_the_saved_config_and_selected(wizard_path, 
     assert "4 token ids (distinct characters in the dataset)" in wizard.notes["tokenizer"].value
     assert "Uploaded ../my corpus.txt (10 bytes)" in wizard.message.value
     assert not wizard.next_button.disabled
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"", "The upload 'big.txt' arrived empty. Colab's upload button delivers files of about 1 MB or more"),
+    (b"a" * 1_000_001, "The upload 'big.txt' is 1,000,001 bytes, over the 1,000,000-byte limit for uploads"),
+])
+def test_empty_or_oversize_upload_is_refused_with_a_pointer_to_drive(wizard_path, content, expected):
+    wizard = make_wizard(wizard_path)
+    set_value(wizard, "dataset_source", "upload")
+    # The limit is stated beside the button, and only where the button is.
+    assert wizard.upload_limit.layout.display is None
+    assert "Uploads up to 1 MB: Colab&#x27;s upload button delivers larger files empty" in wizard.upload_limit.value
+    assert "Google Drive" in wizard.upload_limit.value
+    assert wizard.upload_limit in wizard._step_boxes[0].children
+    simulate_upload(wizard.upload, "big.txt", content)
+    assert expected in html.unescape(wizard.message.value)
+    assert "put a large file on Google Drive" in wizard.message.value or "Put it on Google Drive" in wizard.message.value
+    assert "/content/drive/MyDrive/data/train.txt" in wizard.message.value
+    assert not (wizard_path.resolve().parent / "uploads").exists(), "nothing is saved"
+    assert wizard.config.dataset_path == "" and wizard.next_button.disabled
+    set_value(wizard, "dataset_source", "embedded")
+    assert wizard.upload_limit.layout.display == "none"
 
 
 def test_hugging_face_is_offered_only_with_the_datasets_library(wizard_path):

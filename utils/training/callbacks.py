@@ -50,6 +50,7 @@ class RunRecorder(pl.Callback):
         self.skipped_total = 0  # steps the GradScaler skipped in the whole run
         self.last_loss: Optional[float] = None  # the newest flushed training loss (the progress bar shows it)
         self.start_step = None  # global step when this call's training started; None: it never started
+        self.start_seconds = 0.0  # train_seconds when this call's training started (a resume loads earlier ones)
         self._pending: list[tuple[int, dict, float, Optional[torch.Tensor]]] = []  # (step, device values, lr, skipped)
         self._sums: dict[str, torch.Tensor] = {}  # this step's micro-batch values so far
         self._micro = 0
@@ -65,6 +66,7 @@ class RunRecorder(pl.Callback):
     # ------------------------------------------------------------------ recording
     def on_train_start(self, trainer, pl_module) -> None:
         self.start_step = self._step_seen = trainer.global_step
+        self.start_seconds = self.train_seconds
         if trainer.is_global_zero and trainer.logger is not None and trainer.logger.log_dir:
             write_segment_start(trainer.logger.log_dir, trainer.global_step)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from utils.training.builder import (build_callbacks, build_data_spec, build_data
 from utils.training.callbacks import RunRecorder
 from utils.training.module import TASKS, TransformerModule
 from utils.training.checkpoint_io import TrainingStopped
+from utils.training.estimate import Estimate, estimate_run, format_duration
 from utils.training.checkpoints import (LOGS_DIRNAME, ON_CHANGE, TOKENIZER_DIRNAME, IncompatibleCheckpointError,
                                         ResumePoint, find_resume_point, handle_changed_run, last_checkpoint,
                                         plan_resume, remove_checkpoints_after, resume_problems)
@@ -69,6 +71,9 @@ class TrainingResult(Predictor):
     model_passed_in: bool = False  # trained through train(model=...): the config cannot rebuild it
     world_size: int = 1  # training processes (devices x num_nodes); tokens_per_sec is all of theirs
     is_global_zero: bool = True  # False in the other processes of a multi-device run: they print and write nothing
+    estimate: Optional[Estimate] = field(default=None, repr=False)  # the pre-flight estimate printed at the start
+    train_seconds: float = 0.0  # this call's training time, validation excluded
+    fit_seconds: float = 0.0  # this call's wall time in trainer.fit, validation and checkpoints included
 
     def summary(self) -> str:
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
@@ -81,10 +86,19 @@ class TrainingResult(Predictor):
             *TASKS[self.config.task].summary_lines(self.val_accuracy),
             f"throughput:       {self.tokens_per_sec:,.0f} tokens/s"
             + (f" (summed over {self.world_size} processes)" if self.world_size > 1 else ""),
+            *self._timing_lines(),
             f"best checkpoint:  {self.best_checkpoint or 'none saved'}",
             f"last checkpoint:  {self.last_checkpoint or 'none saved'}",
         ]
         return "\n".join(lines)
+
+    def _timing_lines(self) -> list[str]:
+        if not self.steps_run:
+            return []
+        actual = self.train_seconds / self.steps_run
+        if self.estimate is None:
+            return [f"time:             {actual:.3g} s/step, {format_duration(self.fit_seconds)} in total"]
+        return [f"time (estimated): {self.estimate.compare(actual, self.fit_seconds)}"]
 
     def export(self, folder: Optional[str | Path] = None) -> Path:
         """Write weights (safetensors), config, tokenizer, class names and user model code to folder
@@ -151,6 +165,7 @@ class _Run:
     resume: Optional[ResumePoint]
     model_passed_in: bool
     launch: Launch
+    estimate: Optional[Estimate] = None
 
 
 def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run:
@@ -178,6 +193,11 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
     train_loader, val_loader = build_dataloaders(config, data.train, data.val, pin_memory=decision.device.kind == "cuda",
                                                  num_replicas=launch.world_size)
     module = build_module(config, model, task, len(train_loader), decision)
+    estimate = None
+    if launch.is_zero:  # on its own device; the other processes' GPUs are not theirs to use yet
+        estimate = estimate_run(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes,
+                                len(train_loader), len(val_loader), module.total_steps - (resume.global_step if resume else 0))
+        print(estimate.describe())
     if resume is not None:
         problems = resume_problems(resume, module, _tokenizer_change(out, data))
         if problems and not launch.is_zero:  # rank zero moved such a run aside before this process started
@@ -190,7 +210,8 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
             remove_checkpoints_after(out, resume)
     if launch.is_zero:
         _save_run_files(out, config, data.tokenizer, user_files)
-    return _Run(config, decision, data, model, module, train_loader, val_loader, resume, model_passed_in, launch)
+    return _Run(config, decision, data, model, module, train_loader, val_loader, resume, model_passed_in, launch,
+                estimate)
 
 
 def _fit(run: _Run, extra_callbacks: list[pl.Callback]) -> TrainingResult:
@@ -207,16 +228,18 @@ def _fit(run: _Run, extra_callbacks: list[pl.Callback]) -> TrainingResult:
         if run.resume is not None:
             print(f"Resuming from {resume_from} (step {run.resume.global_step})")
             run.resume.state = {}  # release the memory map before Lightning loads the file itself
+        started = time.perf_counter()
         with _stopped_at_once_is_reported(trainer):
             trainer.fit(run.module, run.train_loader, run.val_loader, ckpt_path=resume_from and str(resume_from))
     if resume_from and recorder.start_step is None:
         print(f"Nothing to train: {resume_from} already reached max_epochs={config.max_epochs}"
               f"{'' if config.max_steps is None else f' or max_steps={config.max_steps}'}. "
               "Raise them to train further, or set resume=False to start fresh.")
-    return _result(run, trainer, recorder, resume_from)
+    return _result(run, trainer, recorder, resume_from, time.perf_counter() - started)
 
 
-def _result(run: _Run, trainer: pl.Trainer, recorder: RunRecorder, resume_from: Optional[Path]) -> TrainingResult:
+def _result(run: _Run, trainer: pl.Trainer, recorder: RunRecorder, resume_from: Optional[Path],
+            fit_seconds: float) -> TrainingResult:
     config, data = run.config, run.data
     ckpt = trainer.checkpoint_callback
     history = read_history(Path(config.output_dir) / LOGS_DIRNAME)
@@ -233,7 +256,8 @@ def _result(run: _Run, trainer: pl.Trainer, recorder: RunRecorder, resume_from: 
         val_history=history.val, model=run.model.eval(), tokenizer=data.tokenizer,
         val_accuracy=history.val_accuracy[-1][1] if history.val_accuracy else None,
         label_names=list(data.label_names), pad_id=data.pad_id, model_passed_in=run.model_passed_in,
-        world_size=trainer.world_size, is_global_zero=trainer.is_global_zero,
+        world_size=trainer.world_size, is_global_zero=trainer.is_global_zero, estimate=run.estimate,
+        train_seconds=recorder.train_seconds - recorder.start_seconds, fit_seconds=fit_seconds,
     )
 
 

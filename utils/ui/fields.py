@@ -104,6 +104,27 @@ def _option_values(options: Sequence) -> list:
     return [o[1] if isinstance(o, tuple) else o for o in options]
 
 
+# Colab's FileUpload is reported to deliver files of about a megabyte or more with empty content
+# (ipywidgets #3452), so the wizard takes uploads up to this size and sends larger files to Drive.
+UPLOAD_LIMIT_BYTES = 1_000_000
+UPLOAD_LIMIT_TEXT = (f"Uploads up to {UPLOAD_LIMIT_BYTES // 1_000_000} MB: Colab's upload button delivers larger "
+                     "files empty. For a larger file put it on Google Drive (or anywhere on this machine) and "
+                     "choose the source 'file' with its path, e.g. /content/drive/MyDrive/data/train.txt.")
+
+
+def upload_problem(name: str, content: bytes) -> str:
+    """Why an upload cannot be used (empty, or over UPLOAD_LIMIT_BYTES), pointing to Drive; "" when it can."""
+    if not content:
+        return (f"The upload {name!r} arrived empty. Colab's upload button delivers files of about 1 MB or more "
+                "with no content; put a large file on Google Drive and choose the source 'file' with its path "
+                "(e.g. /content/drive/MyDrive/data/train.txt).")
+    if len(content) > UPLOAD_LIMIT_BYTES:
+        return (f"The upload {name!r} is {len(content):,} bytes, over the {UPLOAD_LIMIT_BYTES:,}-byte limit for "
+                "uploads (Colab's upload button delivers larger files empty). Put it on Google Drive and choose "
+                "the source 'file' with its path (e.g. /content/drive/MyDrive/data/train.txt).")
+    return ""
+
+
 def uploaded_files(value: Any) -> list[tuple[str, bytes]]:
     """(file name, content) pairs from FileUpload.value in either ipywidgets version."""
     if isinstance(value, dict):  # ipywidgets 7: {name: {"metadata": {...}, "content": bytes}}

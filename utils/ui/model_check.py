@@ -19,15 +19,10 @@ import torch
 from utils.config import WizardConfig
 from utils.data import DataSpec, open_source
 from utils.data.tokenizers import build_tokenizer
-from utils.env import DeviceInfo
 from utils.training.precision import PrecisionDecision
 from utils.training.builder import build_data_spec, build_model, build_task
+from utils.training.estimate import BYTES_PER_PARAMETER, USABLE_FRACTION, device_capacity  # one memory model
 
-# fp32 weights, their gradients and AdamW's two moments; Lightning keeps fp32 master weights
-# under mixed precision too, so this holds for every precision.
-BYTES_PER_PARAMETER = 16
-# CUDA context, allocator fragmentation and workspace buffers take roughly a tenth of a GPU.
-USABLE_FRACTION = 0.9
 
 
 def vocab_size_for(config: WizardConfig) -> tuple[int, str]:
@@ -147,17 +142,6 @@ def _autocast(decision: PrecisionDecision):
     # CPU autocast runs both fp16 and bf16, so the activations are measured in the dtype training uses.
     dtype = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(decision.precision)
     return torch.autocast("cpu", dtype=dtype) if dtype else nullcontext()
-
-
-def device_capacity(device: DeviceInfo) -> tuple[Optional[int], str]:
-    if device.total_memory_bytes:
-        return device.total_memory_bytes, f"{device.name} memory"
-    if device.kind == "cpu":
-        try:
-            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's RAM"
-        except (ValueError, OSError, AttributeError):  # not every OS exposes these
-            return None, "RAM (not checked on this OS)"
-    return None, f"{device.name} memory (unknown)"
 
 
 def describe_check(check: ModelCheck, config: WizardConfig, decision: PrecisionDecision) -> str:

@@ -34,7 +34,9 @@ from utils.env import DeviceInfo, detect_device, in_colab
 from utils.training.amp_utils import LegacyWizardAPI  # the reference kit's validate_config / presets
 from utils.training.precision import PrecisionError, resolve_precision
 from utils.training.checkpoints import describe_run_folder
-from utils.ui.fields import ERROR_COLOR, INPUT_WIDTH, LABEL_WIDTH, Field, build_field, save_upload, uploaded_files
+from utils.training.estimate import estimate_config
+from utils.ui.fields import (ERROR_COLOR, INPUT_WIDTH, LABEL_WIDTH, UPLOAD_LIMIT_TEXT, Field, build_field, save_upload,
+                             upload_problem, uploaded_files)
 from utils.ui.model_check import (measure_model, count_parameters, describe_check, format_count,
                                   vocab_size_for)
 from utils.ui.presets import PRESETS, apply_preset
@@ -222,12 +224,17 @@ class SetupWizard(LegacyWizardAPI):
         self.next_button = self._button("Next", "wizard-next", self._on_next, style="primary")
         self.save_button = self._button("Save", "wizard-save", self._on_save, style="success")
         self.check_button = self._button("Check model", "wizard-check", self._on_check)
+        self.estimate_button = self._button("Estimate time", "wizard-estimate", self._on_estimate)
+        self.last_estimate = None  # (config the estimate ran on, its Estimate)
         self.upload = widgets.FileUpload(accept=".txt,.csv,.jsonl", multiple=False, description="Upload file")
         self.upload.add_class("wizard-upload")
         self.upload.observe(self._guard(self._on_upload), names="value")
+        self.upload_limit = widgets.HTML(_note(html.escape(UPLOAD_LIMIT_TEXT)))
+        self.upload_limit.add_class("wizard-upload-limit")
         self.message = widgets.HTML()
         self.message.add_class("wizard-message")
-        self.notes = {key: widgets.HTML() for key in ("dataset", "tokenizer", "model", "check", "precision", "summary")}
+        self.notes = {key: widgets.HTML() for key in ("dataset", "tokenizer", "model", "check", "precision", "summary",
+                                                      "estimate")}
         for key, note in self.notes.items():
             note.add_class(f"wizard-note-{key}")
 
@@ -239,9 +246,10 @@ class SetupWizard(LegacyWizardAPI):
 
     def _step_box(self, step: Step) -> widgets.VBox:
         rows = [self.fields[name].row for name, _ in step.fields]
-        extras = {"dataset": [self.upload, self.notes["dataset"]], "tokenizer": [self.notes["tokenizer"]],
+        extras = {"dataset": [self.upload, self.upload_limit, self.notes["dataset"]], "tokenizer": [self.notes["tokenizer"]],
                   "model": [self.notes["model"], self.check_button, self.notes["check"]],
-                  "training": [self.notes["precision"]], "review": [self.notes["summary"]]}
+                  "training": [self.notes["precision"]],
+                  "review": [self.notes["summary"], self.estimate_button, self.notes["estimate"]]}
         box = widgets.VBox(rows + extras[step.key])
         box.add_class(f"wizard-step-{step.key}")
         return box
@@ -294,11 +302,30 @@ class SetupWizard(LegacyWizardAPI):
         self.notes["check"].value = _note("<br>".join(map(html.escape, describe_check(check, self._config,
                                                                                        decision).splitlines())))
 
+    def _on_estimate(self, button) -> None:
+        """Time a few training steps of this config on this device (utils.training.estimate)."""
+        decision = self._decision(self._config)
+        if isinstance(decision, PrecisionError):
+            self.notes["estimate"].value = _note(html.escape(f"No estimate: {decision}"), ERROR_COLOR)
+            return
+        self.notes["estimate"].value = _note("<i>Preparing the data and timing a few training steps...</i>")
+        try:
+            estimate = estimate_config(self._placed(self._config), decision)
+        except (ValueError, RuntimeError, OSError) as e:  # the data or the model's own complaint: show it
+            self.notes["estimate"].value = _note(html.escape(f"Estimate failed: {e}"), ERROR_COLOR)
+            return
+        self.last_estimate = (self._config, estimate)
+        self.notes["estimate"].value = _note("<br>".join(map(html.escape, estimate.describe().splitlines())))
+
     def _on_upload(self, change) -> None:
         files = uploaded_files(change["new"])
         if not files:
             return
         name, content = files[-1]
+        problem = upload_problem(name, content)
+        if problem:
+            self._say(problem, error=True)
+            return
         try:
             # Beside the saved config (the workspace, on Drive when it is on), as an absolute path:
             # a relative one would follow the kernel's working folder, lost with the runtime.
@@ -350,6 +377,7 @@ class SetupWizard(LegacyWizardAPI):
         if orphans:  # a field the wizard has no widget for (edited in the JSON file)
             self._say(" ".join(orphans), error=True)
         self.upload.layout.display = None if candidate.dataset_source == "upload" else "none"
+        self.upload_limit.layout.display = self.upload.layout.display
         if not self.errors:
             self._config = candidate
         if self._saved is not None and self._config != self._saved:
@@ -391,6 +419,9 @@ class SetupWizard(LegacyWizardAPI):
             _note(f"<b>Precision on this device:</b> {html.escape(self._precision_text(candidate))}")
         self.notes["summary"].value = _summary_html(config, self._precision_text(config), self.errors,
                                                     describe_run_folder(self._placed(config)))
+        if self.last_estimate and self.last_estimate[0] != config:
+            self.notes["estimate"].value = _note("<i>Settings changed since the last estimate: press Estimate time "
+                                                  "again.</i>")
         if self.last_check and self.last_check[0] != config:
             self.notes["check"].value = _note("<i>Settings changed since the last check: press Check model "
                                                "again.</i>")

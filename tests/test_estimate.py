@@ -1,0 +1,109 @@
+"""utils.training.estimate: the pre-flight estimate, timed for real on this CPU.
+
+A small device memory is injected with a DeviceInfo (total_memory_bytes) to test the batch that does not fit.
+"""
+
+import math
+import time
+
+import torch
+
+from utils.config import WizardConfig
+from utils.env import DeviceInfo
+from utils.training import train
+from utils.training.builder import build_model, build_task, total_steps
+from utils.training.estimate import (COLAB_SESSION_SECONDS, Estimate, MemoryModel, count_validations,
+                                     estimate_config, estimate_run)
+from utils.training.precision import resolve_precision
+
+CPU = DeviceInfo("cpu", "CPU")
+TINY = dict(model_size="tiny", max_seq_len=32, batch_size=8, val_split=0.02, log_every_n_steps=1)
+
+
+def cpu_decision(device=CPU, mixed=False):
+    return resolve_precision(mixed, "auto", device)
+
+
+def test_estimate_of_the_default_config_is_cheap_and_adds_up(tmp_path):
+    config = WizardConfig(output_dir=str(tmp_path / "run"))
+    start = time.perf_counter()
+    estimate = estimate_config(config, cpu_decision())
+    assert time.perf_counter() - start < 10  # data prep included; the steps themselves take well under 2 s
+    assert estimate.seconds_per_step > 0 and estimate.seconds_per_validation > 0
+    batches = math.ceil(len(range(estimate.total_steps)) / config.max_epochs)  # one epoch's optimizer steps
+    assert estimate.total_steps == total_steps(config, batches)
+    assert estimate.validations == config.max_epochs  # once per epoch (val_check_interval=1.0)
+    assert estimate.total_seconds == estimate.total_steps * estimate.seconds_per_step + \
+        estimate.validations * estimate.seconds_per_validation
+    assert estimate.fits_memory and not estimate.memory_measured
+    first, second = estimate.describe().splitlines()
+    assert first.startswith("Estimate: ") and "s per optimizer step (32-true, batch 16 x 1 accumulation, timed on CPU)"\
+        in first and first.endswith(": fits in one Colab session.")
+    assert second.startswith("Memory: about ") and "at batch_size=16, fits in this machine's RAM" in second
+
+
+def test_accumulation_multiplies_the_forward_backward_and_the_run_has_fewer_steps(tmp_path):
+    base = WizardConfig(**TINY, max_steps=None, max_epochs=1, output_dir=str(tmp_path / "run"))
+    one, four = (estimate_config(base.replace(gradient_accumulation_steps=a), cpu_decision()) for a in (1, 4))
+    assert four.total_steps == math.ceil(one.total_steps / 4)
+    assert 2 < four.seconds_per_step / one.seconds_per_step < 6
+
+
+def test_a_batch_that_does_not_fit_is_answered_with_the_largest_that_does(tmp_path):
+    config = WizardConfig(**{**TINY, "batch_size": 64}, gradient_accumulation_steps=2, output_dir=str(tmp_path / "run"))
+    roomy = estimate_config(config, cpu_decision())
+    memory = roomy.memory
+    # A device whose memory holds 10 sequences' activations beyond the weights, at 90% usable.
+    small = DeviceInfo("cpu", "Small CPU", None, int((memory.fixed_bytes + 10.5 * memory.per_sequence_bytes) / 0.9))
+    estimate = estimate_config(config, cpu_decision(small))
+    assert estimate.memory.largest_batch(64) == 10
+    assert not estimate.fits_memory
+    assert (estimate.suggested_batch_size, estimate.suggested_accumulation) == (8, 16)  # 8 x 16 = 64 x 2
+    assert (estimate.batch_size, estimate.accumulation) == (8, 16)  # the time is for the batch that fits
+    assert "does NOT fit in Small CPU memory" in estimate.describe()
+    assert ("The largest batch that fits is 10: batch_size=8 with gradient_accumulation_steps=16 keeps the "
+            "effective batch") in estimate.describe()
+
+
+def test_largest_batch_by_binary_search_and_none_when_one_sequence_is_too_much():
+    memory = MemoryModel(fixed_bytes=1000, per_sequence_bytes=100, capacity_bytes=2000, capacity_name="x")
+    assert memory.largest_batch(64) == 8  # 1000 + 8 x 100 = 1800 <= 0.9 x 2000
+    assert MemoryModel(3000, 100, 2000, "x").largest_batch(64) == 0
+
+
+def test_a_run_longer_than_a_colab_session_says_checkpoints_carry_it():
+    memory = MemoryModel(1, 1, None, "RAM (not checked on this OS)")
+    long = Estimate("CPU", "32-true", 16, 1, 2.0, COLAB_SESSION_SECONDS // 2, 3, 10.0, 100, False, memory, 16)
+    assert not long.fits_session
+    assert "longer than a Colab session (12 h at most): checkpoints carry it across sessions" in long.describe()
+    assert "= about 12 h 00 min" in long.describe()
+
+
+def test_the_estimate_leaves_the_model_and_the_random_state_untouched(tmp_path):
+    config = WizardConfig(**TINY)
+    torch.manual_seed(0)
+    model = build_model(config, 64, 0, 0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    estimate_run(config, cpu_decision(), model, build_task(config), 64, 0, train_batches=10, val_batches=2)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_validations_follow_the_interval_and_max_steps():
+    config = WizardConfig(max_epochs=3, val_check_interval=0.5)
+    assert count_validations(config, train_batches=10, steps=30) == 6
+    assert count_validations(config, train_batches=10, steps=15) == 4  # 3 in 1.5 epochs, and one at max_steps
+
+
+def test_train_prints_the_estimate_after_the_model_and_the_summary_compares(tmp_path, capsys):
+    result = train(WizardConfig(**TINY, max_steps=6, output_dir=str(tmp_path / "run")), device=CPU)
+    out = capsys.readouterr().out.splitlines()
+    model_line = next(i for i, line in enumerate(out) if line.startswith("Model: "))
+    assert out[model_line + 1].startswith("Estimate: ") and "6 steps + 1 validation(s)" in out[model_line + 1]
+    assert out[model_line + 2].startswith("Memory: about ")
+    assert result.estimate.total_steps == 6
+    line = next(line for line in result.summary().splitlines() if line.startswith("time (estimated): "))
+    assert f"{result.estimate.seconds_per_step:.3g} s/step" in line
+    assert f"actual {result.train_seconds / 6:.3g} s/step" in line
+    assert 0 < result.train_seconds < result.fit_seconds

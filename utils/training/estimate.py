@@ -1,0 +1,317 @@
+"""Pre-flight estimate: time a few real optimizer steps before training and say how long the run takes.
+
+A copy of the model trains 2 warm-up and 3 timed steps (forward, backward, AdamW step, in the run's
+precision) on a dummy batch of the run's shape, on the device the run uses; the global RNG is
+restored afterwards, so the run itself is unchanged. From that: seconds per optimizer step
+(gradient accumulation included), the run's total time (training.total_steps optimizer steps plus
+validation, timed as forward passes), the memory it needs against the device's, and whether it fits
+in one Colab session. A batch that does not fit is answered with the largest that does and the
+gradient accumulation that keeps the effective batch.
+
+    estimate = estimate_config(config, decision)   # builds data and model (the wizard, bench/)
+    print(estimate.describe())
+
+train() calls estimate_run() on the model and loaders it has built, and prints the same lines.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from utils.config import WizardConfig
+from utils.env import DeviceInfo
+from utils.training.precision import PrecisionDecision
+
+# fp32 weights, their gradients and AdamW's two moments; Lightning keeps fp32 master weights
+# under mixed precision too, so this holds for every precision.
+BYTES_PER_PARAMETER = 16
+# CUDA context, allocator fragmentation and workspace buffers take roughly a tenth of a GPU.
+USABLE_FRACTION = 0.9
+COLAB_SESSION_SECONDS = 12 * 3600  # the free tier's documented maximum runtime; often less when idle or busy
+WARMUP_STEPS, TIMED_STEPS = 2, 3
+# Lightning's own work per training batch (hooks, logging, progress bar) that the bare steps above
+# leave out. bench/estimate_accuracy.py found it lost in the noise on a CPU (estimates within 8%
+# without it); a GPU run of tiny models may need it.
+PER_BATCH_OVERHEAD_S = 0.0
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """Training memory at batch b: fixed_bytes + per_sequence_bytes * b (weights, grads, AdamW; activations)."""
+
+    fixed_bytes: int
+    per_sequence_bytes: int
+    capacity_bytes: Optional[int]  # device memory (RAM on a CPU); None when unknown
+    capacity_name: str
+
+    def bytes_at(self, batch: int) -> int:
+        return self.fixed_bytes + self.per_sequence_bytes * batch
+
+    def fits(self, batch: int) -> bool:
+        return self.capacity_bytes is None or self.bytes_at(batch) <= USABLE_FRACTION * self.capacity_bytes
+
+    def largest_batch(self, limit: int) -> int:
+        """The largest batch up to limit that fits (0: not even one sequence), by binary search."""
+        low, high = 0, limit
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if self.fits(mid) else (low, mid - 1)
+        return low
+
+
+@dataclass(frozen=True)
+class Estimate:
+    device: str  # what the steps were timed on, e.g. "CPU", "Tesla T4 (compute capability 7.5)"
+    precision: str
+    batch_size: int  # the batch the steps were timed at (the config's, or the suggested one)
+    accumulation: int
+    seconds_per_step: float  # one optimizer step: accumulation x (forward + backward), then AdamW
+    total_steps: int
+    validations: int
+    seconds_per_validation: float
+    peak_memory_bytes: int  # at the config's batch: measured on CUDA, the memory model elsewhere
+    memory_measured: bool  # True: torch.cuda.max_memory_allocated; False: the memory model
+    memory: MemoryModel
+    config_batch_size: int
+    suggested_batch_size: Optional[int] = None  # set when the config's batch does not fit
+    suggested_accumulation: Optional[int] = None
+
+    @property
+    def total_seconds(self) -> float:
+        return self.total_steps * self.seconds_per_step + self.validations * self.seconds_per_validation
+
+    @property
+    def fits_memory(self) -> bool:
+        return self.suggested_batch_size is None
+
+    @property
+    def fits_session(self) -> bool:
+        return self.total_seconds <= COLAB_SESSION_SECONDS
+
+    def describe(self) -> str:
+        """One line on time, one on memory."""
+        session = ("fits in one Colab session" if self.fits_session else
+                   "longer than a Colab session (12 h at most): checkpoints carry it across sessions")
+        time_line = (f"Estimate: {self.seconds_per_step:.3g} s per optimizer step ({self.precision}, batch "
+                     f"{self.batch_size} x {self.accumulation} accumulation, timed on {self.device}); "
+                     f"{self.total_steps:,} steps + {self.validations} validation(s) = about "
+                     f"{format_duration(self.total_seconds)}: {session}.")
+        return time_line + "\n" + self._memory_line()
+
+    def _memory_line(self) -> str:
+        how = "measured" if self.memory_measured else "estimated"
+        need = f"about {_bytes(self.peak_memory_bytes)} ({how}) at batch_size={self.config_batch_size}"
+        if self.memory.capacity_bytes is None:
+            return f"Memory: {need}; not compared with {self.memory.capacity_name}."
+        where = f"{self.memory.capacity_name} ({_bytes(self.memory.capacity_bytes)}, {USABLE_FRACTION:.0%} usable)"
+        if self.fits_memory:
+            return f"Memory: {need}, fits in {where}."
+        if not self.suggested_batch_size:
+            return f"Memory: {need} does NOT fit in {where}, not even at batch_size=1: pick a smaller model or max_seq_len."
+        return (f"Memory: {need} does NOT fit in {where}. The largest batch that fits is "
+                f"{self.memory.largest_batch(self.config_batch_size)}: batch_size={self.suggested_batch_size} with "
+                f"gradient_accumulation_steps={self.suggested_accumulation} keeps the effective batch "
+                f"(the time above is for that).")
+
+    def compare(self, seconds_per_step: float, total_seconds: float) -> str:
+        """The summary's line: this estimate against what the run took."""
+        return (f"{self.seconds_per_step:.3g} s/step, {format_duration(self.total_seconds)} in total; actual "
+                f"{seconds_per_step:.3g} s/step, {format_duration(total_seconds)}")
+
+
+def estimate_run(config: WizardConfig, decision: PrecisionDecision, model: nn.Module, task, vocab_size: int,
+                 num_classes: int, train_batches: int, val_batches: int,
+                 steps: Optional[int] = None) -> Estimate:
+    """Time a few optimizer steps of a copy of model on decision.device at the config's batch; see the module doc.
+
+    train_batches, val_batches: batches per epoch of this process's loaders. steps: the run's optimizer
+    steps (default: training.builder.total_steps for train_batches).
+    """
+    from utils.training.builder import adamw_options, total_steps  # builder imports this module's users
+
+    device = decision.device
+    torch_device = torch.device(device.kind)
+    B, A = config.batch_size, config.gradient_accumulation_steps
+    with torch.random.fork_rng(devices=[torch_device] if device.kind == "cuda" else []):
+        work = copy.deepcopy(model).to(torch_device).train()
+        optimizer = torch.optim.AdamW(work.parameters(), lr=config.learning_rate, **adamw_options(device.kind))
+        step = _Stepper(work, optimizer, task, decision, vocab_size, num_classes, config.max_seq_len)
+        memory = _memory_model(step, device)
+        batch, accumulation = _batch_that_fits(memory, B, A)
+        try:
+            fb, opt, peak = step.time(max(batch, 1), WARMUP_STEPS, TIMED_STEPS)
+        except torch.cuda.OutOfMemoryError:  # the memory model was too hopeful: halve until it runs
+            batch = max(1, batch // 2)
+            accumulation = math.ceil(B * A / batch)
+            torch.cuda.empty_cache()
+            fb, opt, peak = step.time(batch, WARMUP_STEPS, TIMED_STEPS)
+        val_seconds = step.time_forward(max(batch, 1)) * math.ceil(val_batches * B / max(batch, 1))
+        del work, optimizer, step
+        if device.kind == "cuda":
+            torch.cuda.empty_cache()
+    n_steps = steps if steps is not None else total_steps(config, train_batches)
+    suggested = (batch, accumulation) if batch != B else (None, None)
+    return Estimate(device.describe(), decision.precision, max(batch, 1), accumulation,
+                    accumulation * (fb + PER_BATCH_OVERHEAD_S) + opt, n_steps,
+                    count_validations(config, train_batches, n_steps), val_seconds,
+                    peak if device.kind == "cuda" and batch == B else memory.bytes_at(B),
+                    device.kind == "cuda" and batch == B, memory, B, *suggested)
+
+
+def estimate_config(config: WizardConfig, decision: PrecisionDecision) -> Estimate:
+    """Prepare the config's data and build its model (as train() does), then estimate_run()."""
+    from utils.data import prepare_data
+    from utils.training.builder import build_data_spec, build_model, build_task
+
+    config = config.validate()
+    data = prepare_data(build_data_spec(config))
+    torch.manual_seed(config.seed)
+    model = build_model(config, data.tokenizer.vocab_size, data.num_classes, data.pad_id)
+    train_batches = _batches(len(data.train), config.batch_size, drop_last=len(data.train) > config.batch_size)
+    val_batches = _batches(len(data.val), config.batch_size, drop_last=False)
+    return estimate_run(config, decision, model, build_task(config), data.tokenizer.vocab_size, data.num_classes,
+                        train_batches, val_batches)
+
+
+def count_validations(config: WizardConfig, train_batches: int, steps: int) -> int:
+    """Validation runs in a run of `steps` optimizer steps (val_check_interval per epoch, and one at max_steps)."""
+    steps_per_epoch = max(1, math.ceil(train_batches / config.gradient_accumulation_steps))
+    epochs = steps / steps_per_epoch
+    interval = config.val_check_interval
+    per_epoch = max(1, int(1 / interval)) if interval <= 1 else max(1, train_batches // int(interval))
+    return max(1, math.floor(epochs * per_epoch) + (0 if steps % steps_per_epoch == 0 else 1))
+
+
+def device_capacity(device: DeviceInfo) -> tuple[Optional[int], str]:
+    """The memory a run can use: the DeviceInfo's (tests give a small one), else this machine's RAM on a CPU."""
+    if device.total_memory_bytes:
+        return device.total_memory_bytes, f"{device.name} memory"
+    if device.kind == "cpu":
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's RAM"
+        except (ValueError, OSError, AttributeError):  # not every OS exposes these
+            return None, "RAM (not checked on this OS)"
+    return None, f"{device.name} memory (unknown)"
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f} min {seconds % 60:02.0f} s"
+    return f"{seconds // 3600:.0f} h {seconds % 3600 // 60:02.0f} min"
+
+
+class _Stepper:
+    """Forward, backward and AdamW steps of one model on dummy batches, as the training core runs them."""
+
+    def __init__(self, model, optimizer, task, decision: PrecisionDecision, vocab_size, num_classes, seq_len):
+        self.model, self.optimizer, self.task = model, optimizer, task
+        self.kind = decision.device.kind
+        self.vocab_size, self.num_classes, self.seq_len = vocab_size, num_classes, seq_len
+        dtype = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(decision.precision)
+        self.autocast = (lambda: torch.autocast(self.kind, dtype=dtype)) if dtype else nullcontext
+        self.scaler = torch.amp.GradScaler(self.kind) if decision.precision == "16-mixed" else None
+        self.params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def batch(self, size: int):
+        batch, _ = self.task.dummy_batch(size, self.seq_len, self.vocab_size, self.num_classes)
+        return tuple(t.to(self.kind) for t in batch)
+
+    def saved_bytes(self, size: int) -> int:
+        """Bytes of the tensors autograd keeps for backward at this batch (parameters excluded)."""
+        storages: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in self.params:
+                storages[ptr] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), self.autocast():
+            self.task.loss(self.model, self.batch(size))
+        return sum(storages.values())
+
+    def time(self, size: int, warmup: int, timed: int) -> tuple[float, float, int]:
+        """Mean seconds of forward + backward and of the optimizer step over `timed` steps, and peak CUDA bytes."""
+        batch = self.batch(size)
+        if self.kind == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        fb = opt = 0.0
+        for i in range(warmup + timed):
+            t0 = self._now()
+            with self.autocast():
+                loss, _ = self.task.loss(self.model, batch)
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            t1 = self._now()
+            if self.scaler:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            t2 = self._now()
+            if i >= warmup:
+                fb, opt = fb + t1 - t0, opt + t2 - t1
+        peak = torch.cuda.max_memory_allocated() if self.kind == "cuda" else 0
+        return fb / timed, opt / timed, peak
+
+    def time_forward(self, size: int) -> float:
+        """Seconds of one validation batch: a forward pass without gradients (the second of two)."""
+        batch = self.batch(size)
+        self.model.eval()
+        with torch.no_grad(), self.autocast():
+            self.task.loss(self.model, batch)
+            t0 = self._now()
+            self.task.loss(self.model, batch)
+            seconds = self._now() - t0
+        self.model.train()
+        return seconds
+
+    def _now(self) -> float:
+        if self.kind == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+
+def _memory_model(step: _Stepper, device: DeviceInfo) -> MemoryModel:
+    saved_1, saved_2 = step.saved_bytes(1), step.saved_bytes(2)
+    per_sequence = max(saved_2 - saved_1, 0)  # what grows with the batch; the rest (weight casts) does not
+    parameters = sum(p.numel() for p in step.model.parameters())
+    capacity, name = device_capacity(device)
+    return MemoryModel(parameters * BYTES_PER_PARAMETER + max(saved_1 - per_sequence, 0), per_sequence, capacity, name)
+
+
+def _batch_that_fits(memory: MemoryModel, batch: int, accumulation: int) -> tuple[int, int]:
+    """The config's batch if it fits; else the largest that does (a divisor of the effective batch when one
+    is at least half as large) and the accumulation that keeps the effective batch."""
+    if memory.fits(batch):
+        return batch, accumulation
+    largest = memory.largest_batch(batch)
+    if largest == 0:
+        return 0, accumulation
+    effective = batch * accumulation
+    divisor = next((b for b in range(largest, largest // 2, -1) if effective % b == 0), largest)
+    return divisor, math.ceil(effective / divisor)
+
+
+def _batches(n: int, batch: int, drop_last: bool) -> int:
+    return n // batch if drop_last else math.ceil(n / batch)
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
