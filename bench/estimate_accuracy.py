@@ -40,7 +40,7 @@ def main() -> None:
         actual_step = result.train_seconds / steps
         rows.append((name, est.seconds_per_step, actual_step, est.total_seconds, result.fit_seconds))
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"\n| config | s/step estimated | s/step actual | ratio | total estimated | total actual (fit) | ratio |")
+    print("\n| config | s/step estimated | s/step actual | ratio | total estimated | total actual (fit) | ratio |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, est_step, step, est_total, total in rows:
         print(f"| {name} | {est_step:.3f} | {step:.3f} | {est_step / step:.2f} | {est_total:.1f} s | {total:.1f} s "
