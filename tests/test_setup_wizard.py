@@ -586,3 +586,13 @@ def test_vocab_estimate_follows_the_classifier_pad_and_a_pretrained_file(tmp_pat
     assert vocab_size_for(pretrained) == (raw.get_vocab_size(), "the pretrained tokenizer")
     assert vocab_size_for(CoreWizardConfig(tokenizer_strategy="byte"))[0] == 256
     assert vocab_size_for(CoreWizardConfig(tokenizer_strategy="byte", task="classification"))[0] == 257
+
+
+@pytest.mark.parametrize("count, shown", [(1, False), (4, True)])
+def test_multi_device_settings_show_only_where_several_gpus_are_visible(wizard_path, count, shown):
+    wizard = make_wizard(wizard_path, device=T4, device_count=count)  # the GPU count is injected: none is here
+    for name in ("devices", "num_nodes", "strategy"):
+        assert (wizard.fields[name].row.layout.display != "none") is shown, name
+    if shown:
+        set_value(wizard, "devices", 4)
+        assert wizard.config.devices == 4

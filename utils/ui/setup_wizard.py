@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import ipywidgets as widgets
+import torch
 
 from templates import TEMPLATES
 from utils.config import SETTINGS, ConfigError, WizardConfig
@@ -83,9 +84,11 @@ STEPS = (
     _step("model", "Model", "model_source", "model_template", "model_size", "model_path", "gist_id", "dropout"),
     _step("training", "Training", "batch_size", "max_seq_len", "learning_rate", "max_epochs",
           "gradient_accumulation_steps", "gradient_clip_val", "early_stopping_patience", "use_mixed_precision",
-          "precision"),
+          "precision", "devices", "num_nodes", "strategy"),
     _step("review", "Review & save", "output_dir"),
 )
+
+MULTI_DEVICE_FIELDS = ("devices", "num_nodes", "strategy")  # shown only where more than one GPU is visible
 
 # Fields shown only for the choices that use them; a display rule, not a validation rule.
 VISIBLE_WHEN = {
@@ -110,10 +113,13 @@ HF_AVAILABLE = importlib.util.find_spec("datasets") is not None
 class SetupWizard(LegacyWizardAPI):
     def __init__(self, config_path: str | os.PathLike = "runs/wizard_config.json", interactive: Optional[bool] = None,
                  preset: Optional[str] = None, device: Optional[DeviceInfo] = None,
-                 run_root: Optional[str | os.PathLike] = None):
+                 run_root: Optional[str | os.PathLike] = None, device_count: Optional[int] = None):
         self.config_path = Path(config_path)
         self.run_root = Path(run_root) if run_root is not None else Path.cwd()  # a relative output_dir is under it
         self.device = device or detect_device()
+        # GPUs visible here (tests pass their own): the multi-device settings matter only with several
+        self.device_count = device_count if device_count is not None else (
+            torch.cuda.device_count() if self.device.kind == "cuda" else 1)
         self._decisions: dict = {}  # (use_mixed_precision, precision) -> PrecisionDecision or PrecisionError
         if interactive is None:
             self.interactive, self.mode_reason = detect_interactive()
@@ -371,7 +377,9 @@ class SetupWizard(LegacyWizardAPI):
             field.show_error(self.errors.get(name, ""))
             # A field with an error stays in view even where its choice hides it, or Next would be
             # disabled for no visible reason.
-            field.set_visible(name in self.errors or VISIBLE_WHEN.get(name, lambda c: True)(candidate))
+            shown = VISIBLE_WHEN.get(name, lambda c: True)(candidate) and \
+                (self.device_count > 1 or name not in MULTI_DEVICE_FIELDS)
+            field.set_visible(name in self.errors or shown)
         orphans = [f"{SETTINGS[name].label}: {message}" for name, message in self.errors.items()
                    if name not in self.fields]
         if orphans:  # a field the wizard has no widget for (edited in the JSON file)
