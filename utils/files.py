@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import IO, Iterator
 
-from utils.errors import KitError
+from utils.errors import KitError, MissingFileError
 
 TEMP_MARK = ".kit-tmp"  # in the name of every temp file or folder the kit writes
 
@@ -119,6 +119,14 @@ def remove_temp_files(folder: str | os.PathLike) -> list[Path]:
 
 class OutputDirError(KitError, OSError):
     """output_dir cannot hold a run: it is a file, or cannot be created or written."""
+
+
+def existing_path(path: str | os.PathLike, what: str, field: str, hint: str, error=None) -> Path:
+    """`path` with ~ expanded; an error naming the setting when nothing is there (MissingFileError unless given)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise (error or MissingFileError)(f"{what} not found: {path}. Check {field} ({hint}).")
+    return path
 
 
 def make_output_dir(path: str | os.PathLike, field: str = "output_dir") -> Path:

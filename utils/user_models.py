@@ -43,7 +43,7 @@ from torch import nn
 
 from utils import gist_ref
 from utils.errors import KitError
-from utils.files import atomic_copy, atomic_write_bytes, atomic_write_text
+from utils.files import atomic_copy, atomic_write_bytes, atomic_write_text, existing_path
 from utils.gist_ref import GistRef  # re-exported: importers of utils.user_models keep working
 
 DEFAULT_GIST_BASE_URL = "https://gist.github.com"
@@ -97,10 +97,8 @@ def resolve_user_model_files(model_source: str, model_path: str, gist_id: str, o
 
 
 def local_model_files(model_path: str | Path) -> UserModelFiles:
-    path = Path(model_path).expanduser()
-    if not path.exists():
-        raise UserModelError(f"Model file not found: {path}. Check model_path (on Colab, mount Google Drive "
-                             "first for /content/drive/... paths, or upload the file).")
+    path = existing_path(model_path, "Model file", "model_path", "on Colab, mount Google Drive first for "
+                         "/content/drive/... paths, or upload the file", error=UserModelError)
     if path.is_dir():
         path = path / MODEL_FILENAME
         if not path.exists():

@@ -20,7 +20,8 @@ from typing import Any, Iterator, NamedTuple, Optional
 
 from utils.config import DATA_FILE_SUFFIXES
 from utils.data.tokenizers import clean_break
-from utils.errors import KitError, MissingFileError
+from utils.errors import KitError
+from utils.files import existing_path
 
 BLOCK_BYTES = 1 << 20  # text handed on at a time
 HF_BATCH_ROWS = 1000
@@ -39,10 +40,8 @@ class Row(NamedTuple):
 
 def check_file(path: str | Path) -> Path:
     """The path of an existing, non-empty data file with a known suffix, or an error naming the fix."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise MissingFileError(f"Dataset file not found: {path}. Check dataset_path "
-                                "(on Colab, mount Google Drive first for /content/drive/... paths).")
+    path = existing_path(path, "Dataset file", "dataset_path",
+                         "on Colab, mount Google Drive first for /content/drive/... paths")
     if path.is_dir():
         raise DataError(f"Dataset path {path} is a folder; give the path of a .txt, .csv or .jsonl file inside it.")
     if path.suffix.lower() not in DATA_FILE_SUFFIXES:
