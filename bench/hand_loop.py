@@ -1,8 +1,8 @@
 """The kit's training written by hand, for the benchmarks to measure the kit against.
 
-Same model, batches, AdamW (groups and implementation), warmup+cosine schedule, clipping,
-autocast and GradScaler as utils.training builds them; no Lightning, no callbacks, no logging,
-no loss read back. Used by bench/throughput.py and bench/gpu.py.
+Same model (compiled when config.compile), batches, AdamW (groups and implementation), TF32
+setting, warmup+cosine schedule, clipping, autocast and GradScaler as utils.training builds them;
+no Lightning, no callbacks, no logging, no loss read back. Used by bench/throughput.py and bench/gpu.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import torch
 
 from utils.config import WizardConfig
 from utils.data import prepare_data
-from utils.training.builder import adamw_options, build_dataloaders, build_model, build_task, total_steps
+from utils.training.builder import (adamw_options, apply_matmul_precision, build_dataloaders, build_model,
+                                    build_task, total_steps)
 from utils.training.module import param_groups, warmup_cosine
 from utils.training.precision import PrecisionDecision
 
@@ -26,6 +27,9 @@ def hand_loop_tokens_per_sec(config: WizardConfig, decision: PrecisionDecision, 
     pl.seed_everything(config.seed, workers=True, verbose=False)
     data = prepare_data(config)
     model = build_model(config, data.tokenizer.vocab_size, data.num_classes, data.pad_id).to(device)
+    if config.compile:
+        model.compile()
+    apply_matmul_precision(decision)  # TF32 where the kit turns it on (a process-wide setting)
     task = build_task(config)
     train_loader, _ = build_dataloaders(config, data.train, data.val, pin_memory=device == "cuda")
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.learning_rate,

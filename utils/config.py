@@ -162,6 +162,8 @@ class WizardConfig:
                                 choices={"auto": "Auto — fp16 on a T4 or V100, bf16 on Ampere and newer, fp32 on a CPU",
                                          "16-mixed": "fp16 mixed — T4, V100 and other pre-Ampere GPUs",
                                          "bf16-mixed": "bf16 mixed — A100, L4, H100 (Ampere or newer)"})
+    compile: bool = _precision(False, "Compile the model", "torch.compile the model: pays off in long runs on "
+                               "Ampere or newer GPUs (A100, L4, H100); not on a CPU or a T4")
     # --- output and checkpoints
     output_dir: str = _output("runs/default", "Output folder", "checkpoints, config.json, logs and the export go "
                               "here", required="give a folder for checkpoints")

@@ -26,7 +26,7 @@ from utils.files import atomic_folder, remove_temp_files
 from utils.inference import Predictor, classify_texts, sample_text  # sample_text, classify_texts: see __all__
 from utils.training.precision import PrecisionDecision, resolve_precision
 from utils.training.builder import (build_callbacks, build_dataloaders, build_loggers, build_model, build_module,
-                                    build_task, build_trainer)
+                                    build_task, build_trainer, describe_speedups)
 from utils.training.callbacks import RunRecorder
 from utils.training.module import TransformerModule
 from utils.training.checkpoint_io import TrainingStopped
@@ -149,6 +149,7 @@ def _prepare(config, decision, model, resume, on_change) -> _Run:
     print(f"Model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
     train_loader, val_loader = build_dataloaders(config, data.train, data.val, pin_memory=decision.device.kind == "cuda")
     module = build_module(config, model, build_task(config), len(train_loader), decision)
+    print(describe_speedups(config, decision))
     if resume is not None:
         problems = resume_problems(resume, module, _tokenizer_change(out, data))
         if problems:
