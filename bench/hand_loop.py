@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
+from typing import Callable
 
 import pytorch_lightning as pl
 import torch
@@ -21,8 +22,12 @@ from utils.training.module import param_groups, warmup_cosine
 from utils.training.precision import PrecisionDecision
 
 
-def hand_loop_tokens_per_sec(config: WizardConfig, decision: PrecisionDecision, warmup: int, steps: int) -> float:
-    """Tokens per second over optimizer steps warmup+1 .. warmup+steps (each batch timed once on the device)."""
+def hand_loop_tokens_per_sec(config: WizardConfig, decision: PrecisionDecision, warmup: int, steps: int,
+                             clock: Callable[[], float] = time.perf_counter) -> float:
+    """Tokens per second over optimizer steps warmup+1 .. warmup+steps (each batch timed once on the device).
+
+    clock: wall time by default; bench/throughput.py --clock cpu passes time.process_time.
+    """
     device = "cuda" if decision.device.kind == "cuda" else "cpu"
     pl.seed_everything(config.seed, workers=True, verbose=False)
     data = prepare_data(config)
@@ -45,7 +50,7 @@ def hand_loop_tokens_per_sec(config: WizardConfig, decision: PrecisionDecision, 
         batch = [t.to(device, non_blocking=True) for t in batch]
         if step == warmup:  # where the kit's clock starts too: the batch fetched and on the device
             _sync(device)
-            t0 = time.perf_counter()
+            t0 = clock()
         with autocast():
             loss, _ = task.loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
@@ -63,7 +68,7 @@ def hand_loop_tokens_per_sec(config: WizardConfig, decision: PrecisionDecision, 
     if step < warmup + steps:
         raise RuntimeError(f"the training data gave only {step} batches; {warmup + steps} were needed")
     _sync(device)
-    return tokens / (time.perf_counter() - t0)
+    return tokens / (clock() - t0)
 
 
 def _sync(device: str) -> None:
