@@ -129,8 +129,11 @@ def main() -> None:
     print(f"median: hand loop {statistics.median(loop):,.0f} tok/s, kit {statistics.median(kit):,.0f} tok/s, "
           f"kit/loop = {statistics.median(kit) / statistics.median(loop):.3f}")
 
-    floor = [startup_seconds(IMPORT_CODE) for _ in range(args.startup_rounds)]
-    first = [startup_seconds(FIRST_STEP_CODE) for _ in range(args.startup_rounds)]
+    floor, first = [], []
+    for _ in range(args.startup_rounds):  # alternating, as the training rounds do
+        floor.append(startup_seconds(IMPORT_CODE))
+        first.append(startup_seconds(FIRST_STEP_CODE))
+        print(f"start-up round {len(first)}: import {floor[-1]:.2f} s, kit {first[-1]:.2f} s", flush=True)
     print(f"start-up: import torch+lightning {statistics.median(floor):.2f} s; kit to first optimizer step "
           f"{statistics.median(first):.2f} s (median of {args.startup_rounds}); "
           f"overhead over the floor {statistics.median(first) - statistics.median(floor):.2f} s")
