@@ -109,7 +109,7 @@ def main() -> None:
     parser.add_argument("--startup-rounds", type=int, default=3)
     parser.add_argument("--clock", choices=CLOCKS, default="wall",
                         help="wall: elapsed time; cpu: this process's CPU time, which other programs "
-                             "on a shared machine disturb far less (CPU training only)")
+                             "on a shared machine disturb less (CPU training only)")
     args = parser.parse_args()
     clock = CLOCKS[args.clock]
 
