@@ -1,32 +1,40 @@
 """The kit's training written by hand, for the benchmarks to measure the kit against.
 
-Same model, batches, AdamW (groups and implementation), warmup+cosine schedule, clipping,
-autocast and GradScaler as utils.training builds them; no Lightning, no callbacks, no logging,
-no loss read back. Used by bench/throughput.py and bench/gpu.py.
+Same model (compiled when config.compile), batches, AdamW (groups and implementation), TF32
+setting, warmup+cosine schedule, clipping, autocast and GradScaler as utils.training builds them;
+no Lightning, no callbacks, no logging, no loss read back. Used by bench/throughput.py and bench/gpu.py.
 """
 
 from __future__ import annotations
 
 import time
 from contextlib import nullcontext
+from typing import Callable
 
 import pytorch_lightning as pl
 import torch
 
 from utils.config import WizardConfig
 from utils.data import prepare_data
-from utils.training.builder import (adamw_options, build_data_spec, build_dataloaders, build_model, build_task,
-                                    total_steps)
+from utils.training.builder import (adamw_options, apply_matmul_precision, build_data_spec, build_dataloaders,
+                                    build_model, build_task, total_steps)
 from utils.training.module import param_groups, warmup_cosine
 from utils.training.precision import PrecisionDecision
 
 
-def hand_loop_tokens_per_sec(config: WizardConfig, decision: PrecisionDecision, warmup: int, steps: int) -> float:
-    """Tokens per second over optimizer steps warmup+1 .. warmup+steps (each batch timed once on the device)."""
+def hand_loop_tokens_per_sec(config: WizardConfig, decision: PrecisionDecision, warmup: int, steps: int,
+                             clock: Callable[[], float] = time.perf_counter) -> float:
+    """Tokens per second over optimizer steps warmup+1 .. warmup+steps (each batch timed once on the device).
+
+    clock: wall time by default; bench/throughput.py --clock cpu passes time.process_time.
+    """
     device = "cuda" if decision.device.kind == "cuda" else "cpu"
     pl.seed_everything(config.seed, workers=True, verbose=False)
     data = prepare_data(build_data_spec(config))
     model = build_model(config, data.tokenizer.vocab_size, data.num_classes, data.pad_id).to(device)
+    if config.compile:
+        model.compile()
+    apply_matmul_precision(decision)  # TF32 where the kit turns it on (a process-wide setting)
     task = build_task(config)
     train_loader, _ = build_dataloaders(config, data.train, data.val, pin_memory=device == "cuda")
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.learning_rate,
@@ -42,7 +50,7 @@ def hand_loop_tokens_per_sec(config: WizardConfig, decision: PrecisionDecision, 
         batch = [t.to(device, non_blocking=True) for t in batch]
         if step == warmup:  # where the kit's clock starts too: the batch fetched and on the device
             _sync(device)
-            t0 = time.perf_counter()
+            t0 = clock()
         with autocast():
             loss, _ = task.loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
@@ -60,7 +68,7 @@ def hand_loop_tokens_per_sec(config: WizardConfig, decision: PrecisionDecision, 
     if step < warmup + steps:
         raise RuntimeError(f"the training data gave only {step} batches; {warmup + steps} were needed")
     _sync(device)
-    return tokens / (time.perf_counter() - t0)
+    return tokens / (clock() - t0)
 
 
 def _sync(device: str) -> None:

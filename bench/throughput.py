@@ -1,13 +1,14 @@
 """Throughput of the kit's train() against a hand-written PyTorch loop, and start-up time.
 
     pip install -e .    # once: makes utils and templates importable
-    python bench/throughput.py [--steps 200] [--rounds 3] [--size tiny] [--seq 128] [--batch 16]
+    python bench/throughput.py [--steps 200] [--rounds 3] [--size tiny] [--seq 128] [--batch 16] [--clock cpu]
 
 Both sides train the same model (same seed, same init), on the same batches, with the same
 precision, AdamW groups, warmup+cosine schedule and gradient clipping. The kit runs with its
 default callbacks on (progress bar, checkpointing, metric logging). Rounds alternate kit / loop
 so that background load hits both alike; each round times steps 6..N from the first batch's start
-to the last step's end. Prints tokens/s of each round, the medians and their ratio.
+to the last step's end, in wall time (--clock cpu: the process's CPU time, for a CPU run on a
+machine that other programs share). Prints tokens/s of each round, the medians and their ratio.
 
 Start-up: seconds from launching `python -c "<train one step with the kit>"` to its first
 optimizer step, against launching `python -c "import torch, pytorch_lightning"` (the floor).
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytorch_lightning as pl
 import torch
@@ -34,59 +36,64 @@ from utils.training.precision import resolve_precision
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 SKIP = 5  # warm-up steps left out of the timing on both sides
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 class StepClock(pl.Callback):
     """Times the kit from the start of batch SKIP+1 to the end of the last step."""
 
-    def __init__(self):
+    def __init__(self, clock: Callable[[], float]):
+        self.clock = clock
         self.t0 = self.t1 = None
         self.tokens = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == SKIP and self.t0 is None:
-            self.t0 = time.perf_counter()
+            self.t0 = self.clock()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.t0 is not None:
             self.tokens += batch[0].numel()
-            self.t1 = time.perf_counter()
+            self.t1 = self.clock()
 
 
-def kit_tokens_per_sec(config: WizardConfig, out: Path) -> float:
-    clock = StepClock()
-    train(config.replace(output_dir=str(out)), extra_callbacks=[clock])
-    return clock.tokens / (clock.t1 - clock.t0)
+def kit_tokens_per_sec(config: WizardConfig, out: Path, clock: Callable[[], float] = time.perf_counter) -> float:
+    step_clock = StepClock(clock)
+    train(config.replace(output_dir=str(out)), extra_callbacks=[step_clock])
+    return step_clock.tokens / (step_clock.t1 - step_clock.t0)
 
 
-def loop_tokens_per_sec(config: WizardConfig) -> float:
+def loop_tokens_per_sec(config: WizardConfig, clock: Callable[[], float] = time.perf_counter) -> float:
     """The same training written by hand (bench/hand_loop.py): no Lightning, no callbacks, no logging."""
     decision = resolve_precision(config.use_mixed_precision, config.precision)
-    return hand_loop_tokens_per_sec(config, decision, SKIP, config.max_steps - SKIP)
+    return hand_loop_tokens_per_sec(config, decision, SKIP, config.max_steps - SKIP, clock)
 
 
 def startup_seconds(python_code: str) -> float:
-    """Seconds from launching `python -c code` until it prints FIRST_STEP (or exits)."""
+    """Seconds from launching `python -c code` until it prints READY."""
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", python_code], cwd=REPO_ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     for line in proc.stdout:
-        if line.startswith("FIRST_STEP"):
+        if "READY" in line:  # the kit's progress bar may lead the line
             elapsed = time.perf_counter() - t0
             proc.kill()
             proc.wait()
             return elapsed
-    proc.wait()
-    return time.perf_counter() - t0
+    raise RuntimeError(f"the start-up run exited with code {proc.wait()} before printing READY; run its code by "
+                       f"hand to see why:\n{python_code}")
 
 
+# Both print READY when done and are timed to that line: the interpreter's exit (over a second with
+# torch loaded) is left out of both.
+IMPORT_CODE = 'import torch, pytorch_lightning; print("READY", flush=True)'
 FIRST_STEP_CODE = """
 import sys, tempfile, pytorch_lightning as pl
 from utils.config import WizardConfig
 from utils.training import train
 class First(pl.Callback):
     def on_train_batch_end(self, trainer, *args):
-        print("FIRST_STEP", flush=True); sys.exit(0)
+        print("READY", flush=True); sys.exit(0)
 cfg = WizardConfig(output_dir=tempfile.mkdtemp(), max_steps=1)
 train(cfg, extra_callbacks=[First()])
 """
@@ -100,26 +107,33 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--startup-rounds", type=int, default=3)
+    parser.add_argument("--clock", choices=CLOCKS, default="wall",
+                        help="wall: elapsed time; cpu: this process's CPU time, which other programs "
+                             "on a shared machine disturb less (CPU training only)")
     args = parser.parse_args()
+    clock = CLOCKS[args.clock]
 
     config = WizardConfig(model_size=args.size, max_seq_len=args.seq, batch_size=args.batch, max_steps=args.steps,
                           max_epochs=100, log_every_n_steps=10)
     decision = resolve_precision(config.use_mixed_precision, config.precision)
     print(f"device: {decision.device.describe()}; precision {decision.precision}; torch {torch.__version__}, "
           f"lightning {pl.__version__}; model {args.size}, batch {args.batch} x {args.seq} tokens, "
-          f"{args.steps} steps (first {SKIP} untimed)")
+          f"{args.steps} steps (first {SKIP} untimed); {args.clock} clock")
     kit, loop = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            loop.append(loop_tokens_per_sec(config))
-            kit.append(kit_tokens_per_sec(config, Path(tmp) / f"kit{r}"))
+            loop.append(loop_tokens_per_sec(config, clock))
+            kit.append(kit_tokens_per_sec(config, Path(tmp) / f"kit{r}", clock))
             print(f"round {r + 1}: hand loop {loop[-1]:,.0f} tok/s, kit {kit[-1]:,.0f} tok/s, "
                   f"ratio {kit[-1] / loop[-1]:.3f}", flush=True)
     print(f"median: hand loop {statistics.median(loop):,.0f} tok/s, kit {statistics.median(kit):,.0f} tok/s, "
           f"kit/loop = {statistics.median(kit) / statistics.median(loop):.3f}")
 
-    floor = [startup_seconds("import torch, pytorch_lightning") for _ in range(args.startup_rounds)]
-    first = [startup_seconds(FIRST_STEP_CODE) for _ in range(args.startup_rounds)]
+    floor, first = [], []
+    for _ in range(args.startup_rounds):  # alternating, as the training rounds do
+        floor.append(startup_seconds(IMPORT_CODE))
+        first.append(startup_seconds(FIRST_STEP_CODE))
+        print(f"start-up round {len(first)}: import {floor[-1]:.2f} s, kit {first[-1]:.2f} s", flush=True)
     print(f"start-up: import torch+lightning {statistics.median(floor):.2f} s; kit to first optimizer step "
           f"{statistics.median(first):.2f} s (median of {args.startup_rounds}); "
           f"overhead over the floor {statistics.median(first) - statistics.median(floor):.2f} s")

@@ -163,6 +163,8 @@ class WizardConfig:
                                 choices={"auto": "Auto — fp16 on a T4 or V100, bf16 on Ampere and newer, fp32 on a CPU",
                                          "16-mixed": "fp16 mixed — T4, V100 and other pre-Ampere GPUs",
                                          "bf16-mixed": "bf16 mixed — A100, L4, H100 (Ampere or newer)"})
+    compile: bool = _precision(False, "Compile the model", "torch.compile the model: pays off in long runs on "
+                               "Ampere or newer GPUs (A100, L4, H100); not on a CPU or a T4")
     # --- devices: one training process per device, launched by Lightning (or torchrun / SLURM)
     devices: int = _devices(0, "Devices per machine", "training processes per machine, one per GPU; 0: every "
                             "visible GPU (1 on a CPU)", ge=0, hint="0 uses every visible GPU")

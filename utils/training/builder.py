@@ -111,6 +111,11 @@ def build_task(config: WizardConfig):
 
 def build_module(config: WizardConfig, model: nn.Module, task, batches_per_epoch: int,
                  decision: PrecisionDecision) -> TransformerModule:
+    """The LightningModule; with config.compile, the model's forward compiled by torch.compile first."""
+    if config.compile:
+        # In place (nn.Module.compile): the model keeps its own state_dict keys, so checkpoints and exports
+        # read as without compile. torch.compile() would wrap it, adding "_orig_mod." to every key.
+        model.compile()
     return TransformerModule(model, task, learning_rate=config.learning_rate, weight_decay=config.weight_decay,
                              warmup_ratio=config.warmup_ratio, total_steps=total_steps(config, batches_per_epoch),
                              adamw_options=adamw_options(decision.device.kind))
@@ -119,6 +124,14 @@ def build_module(config: WizardConfig, model: nn.Module, task, batches_per_epoch
 def adamw_options(device_kind: str) -> dict:
     """One fused kernel for the whole AdamW update on a GPU; elsewhere the multi-tensor (foreach) loop."""
     return {"fused": True} if device_kind == "cuda" else {"foreach": True}
+
+
+def describe_speedups(config: WizardConfig, decision: PrecisionDecision) -> str:
+    """One line said once per run: which AdamW kernel, whether TF32 is on, whether the model is compiled."""
+    kernel = "fused" if adamw_options(decision.device.kind).get("fused") else "foreach"
+    parts = [f"AdamW ({kernel})"] + (["TF32 matmuls on"] if decision.tf32 else [])
+    parts.append("model compiled with torch.compile" if config.compile else "torch.compile off")
+    return "Speed: " + ", ".join(parts)
 
 
 def total_steps(config: WizardConfig, batches_per_epoch: int) -> int:
@@ -309,8 +322,7 @@ def build_trainer(config: WizardConfig, decision: PrecisionDecision, callbacks: 
     """model: the one being trained, for FSDP's wrap policy (see build_strategy)."""
     precision_args = _precision_args(decision, config.strategy)
     _quiet_lightning()
-    if decision.tf32:  # decided with the precision (Ampere and newer); a process-wide torch setting
-        torch.set_float32_matmul_precision("high")
+    apply_matmul_precision(decision)
     return pl.Trainer(
         accelerator={"cuda": "gpu"}.get(decision.device.kind, decision.device.kind),
         devices=devices_per_node(config, decision.device.kind),
@@ -331,6 +343,13 @@ def build_trainer(config: WizardConfig, decision: PrecisionDecision, callbacks: 
         num_sanity_val_steps=0,
         **precision_args,
     )
+
+
+def apply_matmul_precision(decision: PrecisionDecision) -> None:
+    """TF32 for fp32 matmuls where the decision says so (Ampere and newer); a process-wide torch setting,
+    left alone otherwise."""
+    if decision.tf32:
+        torch.set_float32_matmul_precision("high")
 
 
 def _precision_args(decision: PrecisionDecision, strategy: str = "auto") -> dict:

@@ -28,9 +28,9 @@ from utils.export import ExportError, export_model
 from utils.files import atomic_folder, make_output_dir, remove_temp_files
 from utils.inference import Predictor, classify_texts, sample_text  # sample_text, classify_texts: see __all__
 from utils.training.precision import PrecisionDecision, resolve_precision
-from utils.training.builder import (build_callbacks, build_data_spec, build_dataloaders, build_loggers, build_model, build_module,
-                                    build_task, build_trainer, check_strategy, check_training_windows, describe_batch,
-                                    devices_per_node)
+from utils.training.builder import (build_callbacks, build_data_spec, build_dataloaders, build_loggers, build_model,
+                                    build_module, build_task, build_trainer, check_strategy, check_training_windows,
+                                    describe_batch, describe_speedups, devices_per_node)
 from utils.training.callbacks import RunRecorder
 from utils.training.module import TASKS, TransformerModule
 from utils.training.checkpoint_io import TrainingStopped
@@ -193,6 +193,7 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
     train_loader, val_loader = build_dataloaders(config, data.train, data.val, pin_memory=decision.device.kind == "cuda",
                                                  num_replicas=launch.world_size)
     module = build_module(config, model, task, len(train_loader), decision)
+    print(describe_speedups(config, decision))
     estimate = None
     if launch.is_zero:  # on its own device; the other processes' GPUs are not theirs to use yet
         estimate = estimate_run(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes,

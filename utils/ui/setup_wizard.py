@@ -84,7 +84,7 @@ STEPS = (
     _step("model", "Model", "model_source", "model_template", "model_size", "model_path", "gist_id", "dropout"),
     _step("training", "Training", "batch_size", "max_seq_len", "learning_rate", "max_epochs",
           "gradient_accumulation_steps", "gradient_clip_val", "early_stopping_patience", "use_mixed_precision",
-          "precision", "devices", "num_nodes", "strategy"),
+          "precision", "compile", "devices", "num_nodes", "strategy"),
     _step("review", "Review & save", "output_dir"),
 )
 
