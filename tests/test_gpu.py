@@ -126,3 +126,19 @@ def test_gpu_bench_smoke_run_measures_both_sides_on_this_gpu(tmp_path):
             assert r["peak_bytes_kit"] > 0 and r["peak_bytes_loop"] > 0
             assert r["mfu_kit"] is None or 0 < r["mfu_kit"] < 1
     assert len(report["speedups"]) == 2 * (len(expected) - 1)
+
+
+def test_a_batch_too_large_for_the_gpu_is_answered_with_the_largest_that_fits(tiny_config):
+    """The pre-flight estimate on the real GPU: a batch that would run out of memory is reported with the
+    largest that fits and the accumulation that keeps the effective batch; training at that batch runs."""
+    from utils.training.estimate import estimate_config
+
+    config = tiny_config.replace(model_size="base", max_seq_len=512, batch_size=4096, max_steps=2)
+    decision = resolve_precision(True, "auto", detect_device())
+    estimate = estimate_config(config, decision)
+    assert not estimate.fits_memory and estimate.suggested_batch_size is not None
+    suggested, accumulation = estimate.suggested_batch_size, estimate.suggested_accumulation
+    assert suggested * accumulation == 4096 and suggested < 4096
+    assert f"batch_size={suggested} with gradient_accumulation_steps={accumulation}" in estimate.describe()
+    result = train(config.replace(batch_size=suggested, gradient_accumulation_steps=accumulation, max_steps=1))
+    assert result.global_step == 1 and torch.cuda.max_memory_allocated() < detect_device().total_memory_bytes
