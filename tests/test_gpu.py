@@ -133,7 +133,8 @@ def test_a_batch_too_large_for_the_gpu_is_answered_with_the_largest_that_fits(ti
     largest that fits and the accumulation that keeps the effective batch; training at that batch runs."""
     from utils.training.estimate import estimate_config
 
-    config = tiny_config.replace(model_size="base", max_seq_len=512, batch_size=4096, max_steps=2)
+    config = tiny_config.replace(dataset_source="embedded", dataset_path="", model_size="base", max_seq_len=512,
+                                 batch_size=4096, max_steps=2)  # the embedded corpus: ~900 windows of 512
     decision = resolve_precision(True, "auto", detect_device())
     estimate = estimate_config(config, decision)
     assert not estimate.fits_memory and estimate.suggested_batch_size is not None
