@@ -193,12 +193,12 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
     train_loader, val_loader = build_dataloaders(config, data.train, data.val, pin_memory=decision.device.kind == "cuda",
                                                  num_replicas=launch.world_size)
     module = build_module(config, model, task, len(train_loader), decision)
-    print(describe_speedups(config, decision))
     estimate = None
     if launch.is_zero:  # on its own device; the other processes' GPUs are not theirs to use yet
         estimate = estimate_run(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes,
                                 len(train_loader), len(val_loader), module.total_steps - (resume.global_step if resume else 0))
         print(estimate.describe())
+    print(describe_speedups(config, decision))
     if resume is not None:
         problems = resume_problems(resume, module, _tokenizer_change(out, data))
         if problems and not launch.is_zero:  # rank zero moved such a run aside before this process started
