@@ -193,10 +193,10 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
     train_loader, val_loader = build_dataloaders(config, data.train, data.val, pin_memory=decision.device.kind == "cuda",
                                                  num_replicas=launch.world_size)
     module = build_module(config, model, task, len(train_loader), decision)
-    estimate = None
-    if launch.is_zero:  # on its own device; the other processes' GPUs are not theirs to use yet
+    estimate, steps_left = None, module.total_steps - (resume.global_step if resume else 0)
+    if launch.is_zero and steps_left > 0:  # rank zero's own device; nothing to time when nothing is left to train
         estimate = estimate_run(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes,
-                                len(train_loader), len(val_loader), module.total_steps - (resume.global_step if resume else 0))
+                                len(train_loader), len(val_loader), steps_left)
         print(estimate.describe())
     print(describe_speedups(config, decision))
     if resume is not None:

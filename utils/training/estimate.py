@@ -170,16 +170,15 @@ def estimate_run(config: WizardConfig, decision: PrecisionDecision, model: nn.Mo
 def estimate_config(config: WizardConfig, decision: PrecisionDecision) -> Estimate:
     """Prepare the config's data and build its model (as train() does), then estimate_run()."""
     from utils.data import prepare_data
-    from utils.training.builder import build_data_spec, build_model, build_task
+    from utils.training.builder import build_data_spec, build_dataloaders, build_model, build_task
 
     config = config.validate()
     data = prepare_data(build_data_spec(config))
     torch.manual_seed(config.seed)
     model = build_model(config, data.tokenizer.vocab_size, data.num_classes, data.pad_id)
-    train_batches = _batches(len(data.train), config.batch_size, drop_last=len(data.train) > config.batch_size)
-    val_batches = _batches(len(data.val), config.batch_size, drop_last=False)
+    train_loader, val_loader = build_dataloaders(config, data.train, data.val, pin_memory=False)  # for their lengths
     return estimate_run(config, decision, model, build_task(config), data.tokenizer.vocab_size, data.num_classes,
-                        train_batches, val_batches)
+                        len(train_loader), len(val_loader))
 
 
 def count_validations(config: WizardConfig, train_batches: int, steps: int) -> int:
@@ -304,10 +303,6 @@ def _batch_that_fits(memory: MemoryModel, batch: int, accumulation: int) -> tupl
     effective = batch * accumulation
     divisor = next((b for b in range(largest, largest // 2, -1) if effective % b == 0), largest)
     return divisor, math.ceil(effective / divisor)
-
-
-def _batches(n: int, batch: int, drop_last: bool) -> int:
-    return n // batch if drop_last else math.ceil(n / batch)
 
 
 def _bytes(n: int) -> str:
