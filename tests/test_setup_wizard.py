@@ -608,3 +608,124 @@ def test_multi_device_settings_show_only_where_several_gpus_are_visible(wizard_p
     if shown:
         set_value(wizard, "devices", 4)
         assert wizard.config.devices == 4
+
+
+# ------------------------------------------------------------------ the user's words, relevance and the plan
+def test_abandoned_choices_neither_block_nor_travel_with_the_saved_file(wizard_path):
+    wizard = make_wizard(wizard_path)
+    go_to(wizard, "model")
+    set_value(wizard, "model_source", "gist")
+    set_value(wizard, "gist_id", "not a gist")
+    assert shown_error(wizard, "gist_id").startswith("Gist id or URL (gist_id): 'not a gist' is not a Gist id or URL")
+    assert wizard.next_button.disabled
+    set_value(wizard, "model_source", "template")  # the Gist is abandoned: its field hides, its error goes
+    assert wizard.errors == {} and not wizard.next_button.disabled
+    assert wizard.fields["gist_id"].row.layout.display == "none"
+    go_to(wizard, "review")
+    wizard.save_button.click()
+    saved = json.loads(wizard_path.read_text())
+    assert "gist_id" not in saved and "model_path" not in saved and "dataset_path" not in saved
+    assert "vocab_size" not in saved and "tokenizer_path" not in saved and "wandb_project" not in saved
+    assert saved["model_source"] == "template" and saved["model_template"] == "gpt"
+    assert set(saved) == set(WizardConfig().relevant_names())
+    assert WizardConfig.load(wizard_path) == WizardConfig()  # loading gives the left-out fields their defaults
+
+
+def test_built_in_corpus_is_a_menu_and_the_text_box_is_for_a_hub_name(wizard_path):
+    wizard = make_wizard(wizard_path)
+    corpus, name = wizard.corpus, wizard.fields["dataset_name"]
+    assert corpus.row.layout.display is None and name.row.layout.display == "none"
+    assert corpus.input.description == "Built-in corpus" and "wizard-field-embedded_corpus" in corpus.input._dom_classes
+    assert corpus.input.options[0][1] == "python_reference" and corpus.input.label.startswith("python_reference — ")
+    if "huggingface" in [v for _, v in wizard.fields["dataset_source"].input.options]:
+        set_value(wizard, "dataset_source", "huggingface")
+        assert corpus.row.layout.display == "none" and name.row.layout.display is None
+        assert name.value == "" and shown_error(wizard, "dataset_name").startswith("Dataset name (dataset_name) is "
+                                                                                   "empty")
+        set_value(wizard, "dataset_source", "embedded")
+    assert wizard.errors == {} and wizard.config.dataset_name == "python_reference"
+
+
+def test_a_message_sits_under_its_field_wraps_and_leaves_the_input_its_width(wizard_path):
+    wizard = make_wizard(wizard_path)
+    field = wizard.fields["dataset_path"]
+    width = field.input.layout.width
+    set_value(wizard, "dataset_source", "file")
+    set_value(wizard, "dataset_path", "/content/drive/MyDrive/a/very/long/folder/name/data.xlsx")
+    assert field.row.children == (field.input, field.error, field.help)  # input, then its message, then help
+    assert field.error.layout.display is None and "white-space:normal" in field.error.value
+    assert field.input.layout.width == width and field.input.layout.flex == "0 0 auto"
+    assert shown_error(wizard, "dataset_path").startswith("File path (dataset_path) '/content/drive/MyDrive/a/very/")
+    set_value(wizard, "dataset_path", "/content/data.txt")
+    assert field.error.layout.display == "none"  # no empty line under a valid field
+
+
+def test_changes_after_a_save_are_a_warning_not_a_success(wizard_path):
+    from utils.ui.fields import SUCCESS_COLOR, WARNING_COLOR
+
+    wizard = make_wizard(wizard_path)
+    wizard.save()
+    assert SUCCESS_COLOR in wizard.message.value
+    set_value(wizard, "val_split", 0.2)
+    assert "Changed since the last Save" in wizard.message.value and WARNING_COLOR in wizard.message.value
+
+
+def _plan(wizard: SetupWizard) -> str:
+    go_to(wizard, "review")
+    return html.unescape(wizard.notes["summary"].value)
+
+
+def _prepared_sizes(config: CoreWizardConfig):
+    """The sizes training will see, from the same functions train() calls."""
+    from utils.data import prepare_data
+    from utils.training.builder import build_data_spec, build_dataloaders, total_steps
+
+    data = prepare_data(build_data_spec(config))
+    loader, _ = build_dataloaders(config, data.train, data.val, pin_memory=False)
+    return data, total_steps(config, len(loader))
+
+
+def test_review_plan_for_a_language_model(wizard_path, tmp_path):
+    wizard = SetupWizard(config_path=wizard_path, interactive=True, device=CPU, run_root=tmp_path)
+    go_to(wizard, "training")
+    set_value(wizard, "batch_size", 32)
+    plan = _plan(wizard)
+    data, steps = _prepared_sizes(wizard.config.replace(output_dir=str(tmp_path / "runs" / "default")))
+    assert steps == 510  # 5 epochs of 102 batches of 32: half the 1,020 steps the default batch of 16 takes
+    assert ("Trains the tiny 'gpt' language model from templates/ (822.9K parameters) on the built-in corpus "
+            "'python_reference' (Python Language Reference") in plan
+    assert (f": {data.num_tokens:,} tokens, cut into {len(data.train):,} training sequences of 128 tokens and "
+            f"{len(data.val):,} held out for validation, with the characters tokenizer ({EMBEDDED_CHAR_VOCAB} token "
+            "ids).") in plan
+    assert "Each optimizer step sees 32 sequences (batch 32 x 1 accumulation); 5 epochs = 510 optimizer steps." in plan
+    assert "Precision: 32-true (fp32: no CUDA GPU" in plan
+    assert f"Starts a new run in {tmp_path / 'runs' / 'default'}." in plan
+    assert "Settings that differ from the defaults</b><br>Batch size: 32 (default: 16)" in plan
+
+
+def test_review_plan_for_a_classifier(wizard_path, tmp_path):
+    rows = ["text,label"] + [f"{'good fine great' if i % 2 else 'bad awful poor'} review number {i},"
+                             f"{'pos' if i % 2 else 'neg'}" for i in range(200)]
+    csv = tmp_path / "reviews.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    wizard = SetupWizard(config_path=wizard_path, interactive=True, device=T4, run_root=tmp_path)
+    set_value(wizard, "task", "classification")
+    set_value(wizard, "dataset_source", "file")
+    set_value(wizard, "dataset_path", str(csv))
+    go_to(wizard, "model")
+    set_value(wizard, "model_template", "classifier")
+    go_to(wizard, "training")
+    set_value(wizard, "max_seq_len", 32)
+    set_value(wizard, "gradient_accumulation_steps", 2)
+    plan = _plan(wizard)
+    data, steps = _prepared_sizes(wizard.config.replace(output_dir=str(tmp_path / "runs" / "default")))
+    assert "Trains the tiny 'classifier' text classifier from templates/ (" in plan
+    assert (f"on reviews.csv: {data.num_tokens:,} tokens in 200 texts, {len(data.train)} for training and "
+            f"{len(data.val)} held out for validation, 2 labels (neg, pos) from the column 'label'") in plan
+    assert f"Each optimizer step sees 32 texts (batch 16 x 2 accumulation); 5 epochs = {steps:,} optimizer steps." \
+        in plan
+    assert "Precision: 16-mixed (" in plan
+    for line in ("Task: Text classification (default: Language model)", "Data source: A file (default: Built-in "
+                 "corpus)", f"File path: {str(csv)!r} (default: '')", "Template: 'classifier' (default: 'gpt')",
+                 "Sequence length: 32 (default: 128)", "Accumulation steps: 2 (default: 1)"):
+        assert line in plan, line
