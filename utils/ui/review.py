@@ -1,6 +1,6 @@
 """The wizard's review step: the run as a plan in one paragraph, then the settings that differ from the defaults.
 
-    facts = gather_plan_facts(config, vocab, parameters)   # prepares local data (cached in the run folder)
+    facts = plan_facts(config, vocab, parameters)   # prepares local data (tokens cached in the run folder)
     print(describe_plan(config, facts, precision_text, run_folder))
     print(changed_settings(config))
 
@@ -10,6 +10,7 @@ Plain text, so the wizard, a headless notebook and tests read the same sentences
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 from dataclasses import dataclass, fields
@@ -43,16 +44,39 @@ class PlanFacts:
     data_note: str = ""  # why data is None, in words
 
 
-def gather_data_facts(config: WizardConfig) -> DataFacts:
-    """Prepare the config's data as training will (tokens cached in the run folder's data_cache) and measure it."""
-    from utils.data import prepare_data
+def plan_facts(config: WizardConfig, vocab_size: int, parameters: Optional[int]) -> PlanFacts:
+    """What the plan can state now: the data's sizes when it is prepared here (see prepares_on_review)."""
+    ok, why = prepares_on_review(config)
+    if not ok:
+        return PlanFacts(parameters, vocab_size, None, why)
     from utils.training.builder import build_data_spec, build_dataloaders
 
-    with contextlib.redirect_stdout(io.StringIO()):  # prepare_data's progress lines are for the training log
-        data = prepare_data(build_data_spec(config))
-    train_loader, _ = build_dataloaders(config, data.train, data.val, pin_memory=False)
-    return DataFacts(data.num_tokens, len(data.train), len(data.val), len(train_loader), data.tokenizer.vocab_size,
-                     tuple(data.label_names))
+    data = _prepared(build_data_spec(config), _mtime(config.dataset_path))
+    if isinstance(data, str):
+        return PlanFacts(parameters, vocab_size, None, data)
+    train_loader, _ = build_dataloaders(config, data.train, data.val, pin_memory=False)  # as training builds it
+    facts = DataFacts(data.num_tokens, len(data.train), len(data.val), len(train_loader), data.tokenizer.vocab_size,
+                      tuple(data.label_names))
+    return PlanFacts(parameters, vocab_size, facts)
+
+
+@functools.lru_cache(maxsize=4)
+def _prepared(spec, mtime: float):
+    """The data prepared as training will prepare it (tokens cached in the run folder's data_cache), or why not."""
+    from utils.data import prepare_data
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # prepare_data's progress lines are for the training log
+            return prepare_data(spec)
+    except (ValueError, RuntimeError, OSError) as e:  # the data's own complaint: the plan says it
+        return f"the data could not be prepared ({' '.join(str(e).split())})"
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.path.getmtime(path) if path else 0.0
+    except OSError:
+        return 0.0
 
 
 def prepares_on_review(config: WizardConfig) -> tuple[bool, str]:

@@ -34,7 +34,6 @@ from utils.config import EMBEDDED_CORPUS_WORDS, EMBEDDED_DATASETS, SETTINGS, Con
 from utils.env import DeviceInfo, detect_device, in_colab
 from utils.training.amp_utils import LegacyWizardAPI  # the reference kit's validate_config / presets
 from utils.training.precision import PrecisionError, resolve_precision
-from utils.training.builder import build_data_spec
 from utils.training.checkpoints import describe_run_folder
 from utils.training.estimate import estimate_config
 from utils.ui.fields import (ERROR_COLOR, INPUT_WIDTH, LABEL_WIDTH, SUCCESS_COLOR, UPLOAD_LIMIT_TEXT, WARNING_COLOR,
@@ -42,8 +41,7 @@ from utils.ui.fields import (ERROR_COLOR, INPUT_WIDTH, LABEL_WIDTH, SUCCESS_COLO
 from utils.ui.model_check import (measure_model, count_parameters, describe_check, format_count,
                                   vocab_size_for)
 from utils.ui.presets import PRESETS, apply_preset
-from utils.ui.review import (DataFacts, PlanFacts, changed_settings, describe_plan, gather_data_facts,
-                             prepares_on_review)
+from utils.ui.review import changed_settings, describe_plan, plan_facts
 
 __all__ = ["SetupWizard", "WizardConfig", "validate_config", "detect_interactive", "PRESETS"]
 
@@ -121,7 +119,6 @@ class SetupWizard(LegacyWizardAPI):
         self._syncing = False
         self._saved: Optional[WizardConfig] = None  # what the last Save wrote, to flag later edits
         self._param_counts: dict[tuple, int] = {}
-        self._data_facts: dict = {}  # DataSpec -> DataFacts, or the message of why it could not be prepared
         self._build_widgets()
         self._set_widgets(self._config)
         self._say(self.start_message, kind="error" if self.start_message.startswith("Could not") else "info")
@@ -467,32 +464,15 @@ class SetupWizard(LegacyWizardAPI):
 
     def _plan_html(self, candidate: WizardConfig, vocab: Optional[int]) -> str:
         if self.errors:
-            fields_text = "; ".join(self.errors.values())
             return _note(f"<b>{len(self.errors)} setting(s) still need fixing</b> before there is a plan to "
-                         f"save: {html.escape(fields_text)}", ERROR_COLOR)
+                         f"save: {html.escape('; '.join(self.errors.values()))}", ERROR_COLOR)
         placed = self._placed(candidate)
         parameters = self._parameters(candidate, vocab) if candidate.model_source == "template" else None
-        data, why = self._facts(placed)
-        facts = PlanFacts(parameters, vocab, data, why)
-        plan = describe_plan(candidate, facts, self._precision_text(candidate), describe_run_folder(placed))
-        changed = changed_settings(candidate)
-        changes = ("<br>".join(map(html.escape, changed)) if changed else "none: every setting is at its default")
+        plan = describe_plan(candidate, plan_facts(placed, vocab, parameters), self._precision_text(candidate),
+                             describe_run_folder(placed))
+        changes = "<br>".join(map(html.escape, changed_settings(candidate))) or "none: every setting is at its default"
         return (_note(f"<b>The plan.</b> {html.escape(plan)}") +
                 _note(f"<b>Settings that differ from the defaults</b><br>{changes}"))
-
-    def _facts(self, placed: WizardConfig) -> tuple[Optional[DataFacts], str]:
-        """The prepared data's sizes (cached per data spec), or None and why not."""
-        ok, why = prepares_on_review(placed)
-        if not ok:
-            return None, why
-        spec = build_data_spec(placed)
-        if spec not in self._data_facts:
-            try:
-                self._data_facts[spec] = gather_data_facts(placed)
-            except (ValueError, RuntimeError, OSError) as e:  # the data's own complaint: say it in the plan
-                self._data_facts[spec] = f"the data could not be prepared ({e})"
-        facts = self._data_facts[spec]
-        return (None, facts) if isinstance(facts, str) else (facts, "")
 
     def _parameters(self, config: WizardConfig, vocab: int) -> int:
         key = (config.model_template, config.model_size, config.max_seq_len, vocab, config.task)
