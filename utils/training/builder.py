@@ -154,9 +154,13 @@ def build_dataloaders(config: WizardConfig, train_ds, val_ds, pin_memory: bool,
     # Data lives in memory as token tensors: worker processes would cost more than they save.
     drop_last = len(train_ds) > config.batch_size * num_replicas
     sampler = ResumableSampler(train_ds, seed=config.seed, num_replicas=num_replicas, drop_last=drop_last)
-    train = StatefulDataLoader(train_ds, batch_size=config.batch_size, sampler=sampler, pin_memory=pin_memory,
-                               drop_last=drop_last,
-                               generator=torch.Generator().manual_seed(config.seed))  # keeps the global RNG out of it
+    with warnings.catch_warnings():
+        # torchdata's loader calls torch.set_vital, which torch 2.13 deprecates: noise with nothing to act on
+        # (Notebook 6 shows it as a red block under the wizard's review).
+        warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
+        train = StatefulDataLoader(train_ds, batch_size=config.batch_size, sampler=sampler, pin_memory=pin_memory,
+                                   drop_last=drop_last,
+                                   generator=torch.Generator().manual_seed(config.seed))  # keeps the global RNG out
     val = DataLoader(val_ds, batch_size=config.batch_size, shuffle=False, pin_memory=pin_memory)
     return train, val
 
