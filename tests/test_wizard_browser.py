@@ -252,9 +252,9 @@ def _wait_for_wizard(page) -> None:
 
     try:
         page.wait_for_selector(".wizard .wizard-step-dataset", timeout=15_000)
-    except PlaywrightTimeout as e:
+    except PlaywrightTimeout:
         raise AssertionError("the cell ran but no wizard is on the page (see failure.png and the console "
-                             "errors below)") from e
+                             "errors below)") from None
 
 
 def choice_label(field: str, value: str) -> str:
@@ -339,6 +339,8 @@ class Walk:
 
     def dataset(self, data: Path) -> None:
         self.select("dataset_source", choice_label("dataset_source", "file"))
+        # The path field appears, with its message for the still empty path (the invalid value replaces it).
+        self.expect(self.page.locator(".wizard-error-dataset_path .wizard-error-text")).to_be_visible()
         self.invalid(1, "dataset", "dataset_path", "/content/drive/MyDrive/data/train.xlsx", "next")  # a spreadsheet
         self.fill("dataset_path", str(data))
         self.fill("val_split", "0.2")
@@ -390,10 +392,13 @@ class Walk:
     # ------------------------------------------------------------------ one stop: an invalid or a valid value
     def invalid(self, n: int, key: str, field: str, text: str, button: str) -> None:
         """Enter text into field: its message appears under it and the step's button is disabled."""
-        self.fill(field, text)
         error = self.page.locator(f".wizard-error-{field} .wizard-error-text")
+        before = error.all_inner_texts()  # a message already there (a path still empty) is not the answer
+        self.fill(field, text)
         self.expect(error).to_be_visible()
         self.expect(error).not_to_be_empty()
+        if before:
+            self.expect(error).not_to_have_text(before[0])
         self.expect(self.page.locator(f"button.wizard-{button}")).to_be_disabled()
         message = error.inner_text()
         if field_label(field).lower() not in message.lower():
