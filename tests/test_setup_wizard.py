@@ -117,7 +117,7 @@ def test_invalid_batch_size_shows_config_message_and_disables_next(wizard_path):
     go_to(wizard, "training")
     set_value(wizard, "batch_size", 0)
     expected = dict(field_errors(WizardConfig(batch_size=0)))["batch_size"]
-    assert expected == "batch_size=0 must be >= 1"
+    assert expected == "Batch size (batch_size) must be >= 1, not 0"
     assert shown_error(wizard, "batch_size") == expected
     assert html.escape(expected) in wizard.fields["batch_size"].error.value
     assert wizard.next_button.disabled is True
@@ -135,12 +135,12 @@ def test_invalid_batch_size_shows_config_message_and_disables_next(wizard_path):
 def test_every_step_shows_its_own_field_errors(wizard_path):
     wizard = make_wizard(wizard_path)
     set_value(wizard, "val_split", 1.5)
-    assert shown_error(wizard, "val_split") == "val_split=1.5 must be > 0 and < 1 (e.g. 0.1)"
+    assert shown_error(wizard, "val_split") == "Validation split (val_split) must be > 0 and < 1, not 1.5 (e.g. 0.1)"
     assert wizard.next_button.disabled
     set_value(wizard, "val_split", 0.2)
     set_value(wizard, "dataset_source", "file")
-    assert shown_error(wizard, "dataset_path") == ("dataset_path is empty; dataset_source='file' needs the path "
-                                                   "of a .txt, .csv or .jsonl file")
+    assert shown_error(wizard, "dataset_path") == ("File path (dataset_path) is empty; give the path of a .txt, "
+                                                   ".csv or .jsonl file")
     assert wizard.next_button.disabled and wizard.config.dataset_source == "embedded"
     set_value(wizard, "dataset_path", "/content/drive/MyDrive/data/train.txt")
     assert wizard.config.dataset_source == "file" and not wizard.next_button.disabled
@@ -158,9 +158,9 @@ def test_several_errors_each_beside_its_field(wizard_path):
     set_value(wizard, "max_epochs", 0)
     set_value(wizard, "gradient_clip_val", -1.0)
     assert wizard.errors == {
-        "learning_rate": "learning_rate=0.0 must be > 0 and <= 1 (typical: 1e-4 to 1e-3)",
-        "max_epochs": "max_epochs=0 must be >= 1",
-        "gradient_clip_val": "gradient_clip_val=-1.0 must be >= 0 (0 turns clipping off)",
+        "learning_rate": "Learning rate (learning_rate) must be > 0 and <= 1, not 0.0 (typical: 1e-4 to 1e-3)",
+        "max_epochs": "Epochs (max_epochs) must be >= 1, not 0",
+        "gradient_clip_val": "Gradient clipping (gradient_clip_val) must be >= 0, not -1.0 (0 turns clipping off)",
     }
     assert all(shown_error(wizard, f) == m for f, m in wizard.errors.items())
     assert validate_config(wizard.config) == []
@@ -184,10 +184,18 @@ def test_hidden_fields_follow_the_choices(wizard_path):
     assert wizard.fields["dataset_path"].row.layout.display is None
     assert wizard.upload.layout.display is None
     assert wizard.fields["vocab_size"].row.layout.display == "none"
+    set_value(wizard, "dataset_source", "embedded")
+    go_to(wizard, "tokenizer")
     set_value(wizard, "tokenizer_strategy", "bpe")
     assert wizard.fields["vocab_size"].row.layout.display is None
     set_value(wizard, "vocab_size", 10)
-    set_value(wizard, "tokenizer_strategy", "char")  # vocab_size is unused now, but its error must stay in view
+    assert "vocab_size" in wizard.errors
+    go_to_step_index = wizard.step
+    set_value(wizard, "tokenizer_strategy", "byte")  # vocab_size is unused now: hidden, and its error with it
+    assert wizard.errors == {} and wizard.fields["vocab_size"].row.layout.display == "none"
+    assert not wizard.next_button.disabled and wizard.step == go_to_step_index
+    assert "256 token ids (byte tokenizer)" in wizard.notes["tokenizer"].value  # the choice on screen, not the last save
+    set_value(wizard, "tokenizer_strategy", "bpe")  # back: the value typed is still there, and so is its error
     assert "vocab_size" in wizard.errors and wizard.fields["vocab_size"].row.layout.display is None
 
 
@@ -199,8 +207,8 @@ def test_classification_and_your_own_model_are_choices_with_the_configs_messages
     set_value(wizard, "dataset_source", "file")
     set_value(wizard, "dataset_path", str(tmp_path / "reviews.csv"))
     assert wizard.fields["label_column"].row.layout.display is None
-    assert shown_error(wizard, "model_template") == \
-        "model_template='gpt' is for task='lm', not task='classification'"
+    assert shown_error(wizard, "model_template") == ("Template (model_template) 'gpt' is a language model ('lm'), not "
+                                                     "a text classifier ('classification'); choose 'classifier'")
     set_value(wizard, "model_template", "classifier")
     assert "model_template" not in wizard.errors
     wizard.check_button.click()  # the classifier runs on a dummy (ids, mask, labels) batch
@@ -209,11 +217,10 @@ def test_classification_and_your_own_model_are_choices_with_the_configs_messages
     set_value(wizard, "model_source", "file")
     assert wizard.fields["model_path"].row.layout.display is None
     assert wizard.fields["model_template"].row.layout.display == "none"
-    assert shown_error(wizard, "model_path") == \
-        "model_path is empty; model_source='file' needs the path of your model .py file"
+    assert shown_error(wizard, "model_path") == "Model file (model_path) is empty; give the path of your model .py file"
     set_value(wizard, "model_path", str(tmp_path / "model.py"))
     set_value(wizard, "model_source", "gist")
-    assert shown_error(wizard, "gist_id") == "gist_id is empty; model_source='gist' needs a Gist id or URL"
+    assert shown_error(wizard, "gist_id") == "Gist id or URL (gist_id) is empty; give a Gist id or URL holding model.py"
     set_value(wizard, "gist_id", "0123456789abcdef0123")
     assert wizard.errors == {}
     assert (wizard.config.task, wizard.config.model_source, wizard.config.gist_id) == \
@@ -222,7 +229,7 @@ def test_classification_and_your_own_model_are_choices_with_the_configs_messages
 
 def wizard_config_with(wizard: SetupWizard) -> CoreWizardConfig:
     """The config the widgets hold now, valid or not (to compare against the config's own messages)."""
-    return CoreWizardConfig(**{**wizard.config.to_dict(), **{n: f.value for n, f in wizard.fields.items()}})
+    return wizard._candidate()
 
 
 # ------------------------------------------------------------------ navigation
@@ -249,7 +256,8 @@ def test_training_step_shows_resolved_precision_and_reason(wizard_path, device, 
     decision = resolve_precision(True, "auto", device)
     assert decision.precision == precision
     assert f"{precision} ({html.escape(decision.reason)})" in wizard.notes["precision"].value
-    assert f"precision=&#x27;auto&#x27; &rarr; {precision}" in wizard.notes["summary"].value
+    go_to(wizard, "review")
+    assert f"Precision: {precision} ({html.escape(decision.reason)})." in wizard.notes["summary"].value
 
 
 def test_bf16_on_t4_is_an_inline_error_on_precision(wizard_path):
@@ -258,7 +266,7 @@ def test_bf16_on_t4_is_an_inline_error_on_precision(wizard_path):
     set_value(wizard, "precision", "bf16-mixed")
     with pytest.raises(PrecisionError) as raised:
         resolve_precision(True, "bf16-mixed", T4)
-    assert shown_error(wizard, "precision") == str(raised.value)
+    assert shown_error(wizard, "precision") == f"Mixed precision kind: {raised.value}"
     assert wizard.next_button.disabled and wizard.config.precision == "auto"
     set_value(wizard, "precision", "16-mixed")
     assert wizard.config.precision == "16-mixed" and not wizard.next_button.disabled
@@ -455,7 +463,8 @@ def test_save_then_a_new_wizard_starts_from_the_file(wizard_path, tmp_path):
     set_value(wizard, "output_dir", str(tmp_path / "drive" / "run1"))
     wizard.save_button.click()
     assert wizard.output.outputs == ()
-    assert json.loads(wizard_path.read_text()) == wizard.config.to_dict()
+    saved = json.loads(wizard_path.read_text())
+    assert saved == {k: v for k, v in wizard.config.to_dict().items() if k in wizard.config.relevant_names()}
     assert f"Saved to {html.escape(str(wizard_path))}" in wizard.message.value
     set_value(wizard, "max_epochs", 7)
     assert "Changed since the last Save: press Save again" in wizard.message.value
@@ -471,9 +480,9 @@ def test_save_writes_the_last_valid_config_and_button_waits_for_fixes(wizard_pat
     wizard = make_wizard(wizard_path)
     go_to(wizard, "review")
     set_value(wizard, "output_dir", "")
-    assert shown_error(wizard, "output_dir") == "output_dir is empty; give a folder for checkpoints"
+    assert shown_error(wizard, "output_dir") == "Output folder (output_dir) is empty; give a folder for checkpoints"
     assert wizard.save_button.disabled
-    assert "1 field(s) still have errors" in wizard.notes["summary"].value
+    assert "1 setting(s) still need fixing" in wizard.notes["summary"].value
     assert wizard.save() == wizard_path
     assert WizardConfig.load(wizard_path) == WizardConfig()
 
@@ -481,7 +490,7 @@ def test_save_writes_the_last_valid_config_and_button_waits_for_fixes(wizard_pat
 @pytest.mark.parametrize("content, expected", [
     ("{not json", "is not valid JSON"),
     (json.dumps({"batch_size": 8, "amp_enabled": True}), "unknown field &#x27;amp_enabled&#x27;"),
-    (json.dumps({"batch_size": "8"}), "batch_size=&#x27;8&#x27; has type str; expected int"),
+    (json.dumps({"batch_size": "8"}), "Batch size (batch_size) must be a whole number, not &#x27;8&#x27;"),
     (json.dumps([1, 2]), "expected a JSON object of config fields, got list"),
 ])
 def test_corrupt_or_outdated_file_is_reported_and_kept_until_save(wizard_path, content, expected):
@@ -540,7 +549,10 @@ def test_in_a_kernel_headless_by_nbclient_and_displayed_when_interactive(tmp_pat
     assert first.startswith("Setup wizard not shown (the notebook is executed by a client that cannot prompt")
     assert nb.cells[1].outputs[0]["text"] == "tiny\n"
     shown = [o for o in nb.cells[2].outputs if o.get("output_type") == "display_data"]
-    assert len(shown) == 1 and "model_id" in shown[0]["data"]["application/vnd.jupyter.widget-view+json"]
+    # Two displays: the wizard, then its error area apart from it, so that an Output widget that fails
+    # to render (classic Notebook 6 with widgetsnbextension 3.6.10) cannot take the wizard with it.
+    assert len(shown) == 2 and all("model_id" in o["data"]["application/vnd.jupyter.widget-view+json"] for o in shown)
+    assert "VBox" in shown[0]["data"]["text/plain"] and "Output" in shown[1]["data"]["text/plain"]
 
 
 # ------------------------------------------------------------------ API and callback errors
@@ -549,7 +561,7 @@ def test_validate_config_uses_the_configs_own_rules():
     bad = WizardConfig(batch_size=0, learning_rate=2.0)
     assert validate_config(bad) == field_errors(bad)
     assert validate_config(WizardConfig(batch_size="8")) == [
-        ("batch_size", "batch_size='8' has type str; expected int")]
+        ("batch_size", "Batch size (batch_size) must be a whole number, not '8'")]
 
 
 def test_callback_error_is_shown_in_the_output_widget(wizard_path):
@@ -596,3 +608,124 @@ def test_multi_device_settings_show_only_where_several_gpus_are_visible(wizard_p
     if shown:
         set_value(wizard, "devices", 4)
         assert wizard.config.devices == 4
+
+
+# ------------------------------------------------------------------ the user's words, relevance and the plan
+def test_abandoned_choices_neither_block_nor_travel_with_the_saved_file(wizard_path):
+    wizard = make_wizard(wizard_path)
+    go_to(wizard, "model")
+    set_value(wizard, "model_source", "gist")
+    set_value(wizard, "gist_id", "not a gist")
+    assert shown_error(wizard, "gist_id").startswith("Gist id or URL (gist_id): 'not a gist' is not a Gist id or URL")
+    assert wizard.next_button.disabled
+    set_value(wizard, "model_source", "template")  # the Gist is abandoned: its field hides, its error goes
+    assert wizard.errors == {} and not wizard.next_button.disabled
+    assert wizard.fields["gist_id"].row.layout.display == "none"
+    go_to(wizard, "review")
+    wizard.save_button.click()
+    saved = json.loads(wizard_path.read_text())
+    assert "gist_id" not in saved and "model_path" not in saved and "dataset_path" not in saved
+    assert "vocab_size" not in saved and "tokenizer_path" not in saved and "wandb_project" not in saved
+    assert saved["model_source"] == "template" and saved["model_template"] == "gpt"
+    assert set(saved) == set(WizardConfig().relevant_names())
+    assert WizardConfig.load(wizard_path) == WizardConfig()  # loading gives the left-out fields their defaults
+
+
+def test_built_in_corpus_is_a_menu_and_the_text_box_is_for_a_hub_name(wizard_path):
+    wizard = make_wizard(wizard_path)
+    corpus, name = wizard.corpus, wizard.fields["dataset_name"]
+    assert corpus.row.layout.display is None and name.row.layout.display == "none"
+    assert corpus.input.description == "Built-in corpus" and "wizard-field-embedded_corpus" in corpus.input._dom_classes
+    assert corpus.input.options[0][1] == "python_reference" and corpus.input.label.startswith("python_reference — ")
+    if "huggingface" in [v for _, v in wizard.fields["dataset_source"].input.options]:
+        set_value(wizard, "dataset_source", "huggingface")
+        assert corpus.row.layout.display == "none" and name.row.layout.display is None
+        assert name.value == "" and shown_error(wizard, "dataset_name").startswith("Dataset name (dataset_name) is "
+                                                                                   "empty")
+        set_value(wizard, "dataset_source", "embedded")
+    assert wizard.errors == {} and wizard.config.dataset_name == "python_reference"
+
+
+def test_a_message_sits_under_its_field_wraps_and_leaves_the_input_its_width(wizard_path):
+    wizard = make_wizard(wizard_path)
+    field = wizard.fields["dataset_path"]
+    width = field.input.layout.width
+    set_value(wizard, "dataset_source", "file")
+    set_value(wizard, "dataset_path", "/content/drive/MyDrive/a/very/long/folder/name/data.xlsx")
+    assert field.row.children == (field.input, field.error, field.help)  # input, then its message, then help
+    assert field.error.layout.display is None and "white-space:normal" in field.error.value
+    assert field.input.layout.width == width and field.input.layout.flex == "0 0 auto"
+    assert shown_error(wizard, "dataset_path").startswith("File path (dataset_path) '/content/drive/MyDrive/a/very/")
+    set_value(wizard, "dataset_path", "/content/data.txt")
+    assert field.error.layout.display == "none"  # no empty line under a valid field
+
+
+def test_changes_after_a_save_are_a_warning_not_a_success(wizard_path):
+    from utils.ui.fields import SUCCESS_COLOR, WARNING_COLOR
+
+    wizard = make_wizard(wizard_path)
+    wizard.save()
+    assert SUCCESS_COLOR in wizard.message.value
+    set_value(wizard, "val_split", 0.2)
+    assert "Changed since the last Save" in wizard.message.value and WARNING_COLOR in wizard.message.value
+
+
+def _plan(wizard: SetupWizard) -> str:
+    go_to(wizard, "review")
+    return html.unescape(wizard.notes["summary"].value)
+
+
+def _prepared_sizes(config: CoreWizardConfig):
+    """The sizes training will see, from the same functions train() calls."""
+    from utils.data import prepare_data
+    from utils.training.builder import build_data_spec, build_dataloaders, total_steps
+
+    data = prepare_data(build_data_spec(config))
+    loader, _ = build_dataloaders(config, data.train, data.val, pin_memory=False)
+    return data, total_steps(config, len(loader))
+
+
+def test_review_plan_for_a_language_model(wizard_path, tmp_path):
+    wizard = SetupWizard(config_path=wizard_path, interactive=True, device=CPU, run_root=tmp_path)
+    go_to(wizard, "training")
+    set_value(wizard, "batch_size", 32)
+    plan = _plan(wizard)
+    data, steps = _prepared_sizes(wizard.config.replace(output_dir=str(tmp_path / "runs" / "default")))
+    assert steps == 510  # 5 epochs of 102 batches of 32: half the 1,020 steps the default batch of 16 takes
+    assert ("Trains the tiny 'gpt' language model from templates/ (822.9K parameters) on the built-in corpus "
+            "'python_reference' (Python Language Reference") in plan
+    assert (f": {data.num_tokens:,} tokens, cut into {len(data.train):,} training sequences of 128 tokens and "
+            f"{len(data.val):,} held out for validation, with the characters tokenizer ({EMBEDDED_CHAR_VOCAB} token "
+            "ids).") in plan
+    assert "Each optimizer step sees 32 sequences (batch 32 x 1 accumulation); 5 epochs = 510 optimizer steps." in plan
+    assert "Precision: 32-true (fp32: no CUDA GPU" in plan
+    assert f"Starts a new run in {tmp_path / 'runs' / 'default'}." in plan
+    assert "Settings that differ from the defaults</b><br>Batch size: 32 (default: 16)" in plan
+
+
+def test_review_plan_for_a_classifier(wizard_path, tmp_path):
+    rows = ["text,label"] + [f"{'good fine great' if i % 2 else 'bad awful poor'} review number {i},"
+                             f"{'pos' if i % 2 else 'neg'}" for i in range(200)]
+    csv = tmp_path / "reviews.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    wizard = SetupWizard(config_path=wizard_path, interactive=True, device=T4, run_root=tmp_path)
+    set_value(wizard, "task", "classification")
+    set_value(wizard, "dataset_source", "file")
+    set_value(wizard, "dataset_path", str(csv))
+    go_to(wizard, "model")
+    set_value(wizard, "model_template", "classifier")
+    go_to(wizard, "training")
+    set_value(wizard, "max_seq_len", 32)
+    set_value(wizard, "gradient_accumulation_steps", 2)
+    plan = _plan(wizard)
+    data, steps = _prepared_sizes(wizard.config.replace(output_dir=str(tmp_path / "runs" / "default")))
+    assert "Trains the tiny 'classifier' text classifier from templates/ (" in plan
+    assert (f"on reviews.csv: {data.num_tokens:,} tokens in 200 texts, {len(data.train)} for training and "
+            f"{len(data.val)} held out for validation, 2 labels (neg, pos) from the column 'label'") in plan
+    assert f"Each optimizer step sees 32 texts (batch 16 x 2 accumulation); 5 epochs = {steps:,} optimizer steps." \
+        in plan
+    assert "Precision: 16-mixed (" in plan
+    for line in ("Task: Text classification (default: Language model)", "Data source: A file (default: Built-in "
+                 "corpus)", f"File path: {str(csv)!r} (default: '')", "Template: 'classifier' (default: 'gpt')",
+                 "Sequence length: 32 (default: 128)", "Accumulation steps: 2 (default: 1)"):
+        assert line in plan, line

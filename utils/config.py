@@ -19,7 +19,7 @@ import os
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from templates import TEMPLATES  # the registry only: no model file (and no torch) is imported
 from utils.errors import KitError, MissingFileError
@@ -27,7 +27,9 @@ from utils.files import atomic_write_text
 from utils.gist_ref import parse_gist_ref
 
 DATA_FILE_SUFFIXES = (".txt", ".csv", ".jsonl")  # plain text (lm only), CSV with a header row, JSON lines
+TASK_WORDS = {"lm": "language model", "classification": "text classifier"}  # a model for each task, in a sentence
 EMBEDDED_DATASETS = {"python_reference": "Python Language Reference (465 KB of English technical prose)"}
+EMBEDDED_CORPUS_WORDS = ("Built-in corpus", "a text shipped with the kit: nothing to upload or download")  # label, help
 
 CONFIG_FILENAME = "config.json"
 
@@ -54,6 +56,12 @@ class Setting:
     lt: Optional[float] = None
     hint: str = ""  # said in parentheses after a bound is broken
     required: str = ""  # when set, a blank value is an error and this says what to give
+    # Whether the field matters for a config (e.g. the file path only for a file source); None: always.
+    # An irrelevant field is hidden in the wizard, not validated and not saved.
+    when: Optional[Callable[[Any], bool]] = None
+
+    def relevant(self, config: Any) -> bool:
+        return self.when is None or bool(self.when(config))
 
     def bounds_text(self) -> str:
         """The bounds in words, e.g. '> 0 and <= 1'; '' when there are none."""
@@ -63,13 +71,14 @@ class Setting:
         """The message for a value of the right type that breaks this setting's rules, or None."""
         if value is None:  # an Optional field's "no limit" (type_errors refuses None elsewhere)
             return None
+        where = f"{self.label} ({name})"
         if self.choices and value not in self.choices:
-            return f"{name}={value!r} is not allowed; choose one of {', '.join(map(repr, self.choices))}"
+            return f"{where} cannot be {value!r}; choose one of {', '.join(map(repr, self.choices))}"
         if self.required and not value.strip():
-            return f"{name} is empty; {self.required}"
+            return f"{where} is empty; {self.required}"
         finite = not isinstance(value, float) or math.isfinite(value)
         if not (finite and all(holds(value, bound) for _, bound, holds in self._bounds())):
-            return f"{name}={value!r} must be {self.bounds_text()}" + (f" ({self.hint})" if self.hint else "")
+            return f"{where} must be {self.bounds_text()}, not {value!r}" + (f" ({self.hint})" if self.hint else "")
         return None
 
     def _bounds(self) -> list[tuple[str, float, Any]]:
@@ -104,11 +113,16 @@ class WizardConfig:
         "upload": "Upload — a file from your computer",
         "huggingface": "Hugging Face — a dataset from the Hub"})
     dataset_name: str = _data("python_reference", "Dataset name",
-                              "the built-in corpus's name, or a Hugging Face dataset name such as 'imdb'")
-    dataset_config: str = _data("", "Dataset config", "Hugging Face dataset config (subset) name, empty for none")
-    dataset_path: str = _data("", "File path", "a .txt, .csv or .jsonl file, for the file and upload sources")
-    text_column: str = _data("text", "Text column", "the column holding the text in CSV, JSONL and Hugging Face data")
-    label_column: str = _data("label", "Label column", "the column holding the class label (classification only)")
+                              "the built-in corpus's name, or a Hugging Face dataset name such as 'imdb'",
+                              when=lambda c: c.dataset_source in ("embedded", "huggingface"))
+    dataset_config: str = _data("", "Dataset config", "Hugging Face dataset config (subset) name, empty for none",
+                                when=lambda c: c.dataset_source == "huggingface")
+    dataset_path: str = _data("", "File path", "a .txt, .csv or .jsonl file, for the file and upload sources",
+                              when=lambda c: c.dataset_source in ("file", "upload"))
+    text_column: str = _data("text", "Text column", "the column holding the text in CSV, JSONL and Hugging Face data",
+                             when=lambda c: c.dataset_source != "embedded")
+    label_column: str = _data("label", "Label column", "the column holding the class label (classification only)",
+                              when=lambda c: c.task == "classification" and c.dataset_source != "embedded")
     val_split: float = _data(0.1, "Validation split", "fraction of the data held out to measure validation loss",
                              gt=0, lt=1, hint="e.g. 0.1")
     # --- tokenizer
@@ -117,23 +131,27 @@ class WizardConfig:
         "byte": "Bytes — 256 ids, reads any text",
         "bpe": "BPE — subwords trained on your data",
         "pretrained": "Pretrained — an existing tokenizer"})
-    tokenizer_path: str = _tokenizer("", "Tokenizer path", "pretrained tokenizer folder (or its name on Colab)")
+    tokenizer_path: str = _tokenizer("", "Tokenizer path", "pretrained tokenizer folder (or its name on Colab)",
+                                     when=lambda c: c.tokenizer_strategy == "pretrained")
     vocab_size: int = _tokenizer(4096, "Vocabulary size", "target vocabulary of the BPE trained on your data (bpe "
                                  "only: char, byte and pretrained bring their own)", ge=260, le=1_000_000,
-                                 hint="byte-level BPE needs the 256 bytes plus special tokens")
+                                 hint="byte-level BPE needs the 256 bytes plus special tokens",
+                                 when=lambda c: c.tokenizer_strategy == "bpe")
     # --- model
     model_source: str = _model("template", "Model from", "where the model code comes from", choices={
         "template": "Template — a model from templates/",
         "file": "Your file — a .py with build_model or Model",
         "gist": "A GitHub Gist — holding model.py"})
     model_template: str = _model("gpt", "Template", "which model from templates/ (short nn.Module files to read "
-                                 "and copy)")
+                                 "and copy)", when=lambda c: c.model_source == "template")
     model_size: str = _model("tiny", "Model size", "size of the template model", choices={
         "tiny": "Tiny — about 0.8M parameters, minutes on a CPU",
         "small": "Small — about 11M parameters, for a GPU",
-        "base": "Base — GPT-2 small shape, about 85M parameters"})
-    model_path: str = _model("", "Model file", "your model .py file (model source 'file')")
-    gist_id: str = _model("", "Gist id or URL", "Gist id or URL holding model.py (+ config.json) (model source 'gist')")
+        "base": "Base — GPT-2 small shape, about 85M parameters"}, when=lambda c: c.model_source == "template")
+    model_path: str = _model("", "Model file", "your model .py file (model source 'file')",
+                             when=lambda c: c.model_source == "file")
+    gist_id: str = _model("", "Gist id or URL", "Gist id or URL holding model.py (+ config.json) (model source 'gist')",
+                          when=lambda c: c.model_source == "gist")
     max_seq_len: int = _model(128, "Sequence length", "tokens per training sequence (the context length)",
                               ge=2, hint="a sequence needs an input and a target token")
     dropout: float = _model(0.0, "Dropout", "dropout probability in the template models", ge=0, lt=1)
@@ -162,7 +180,8 @@ class WizardConfig:
                                 "auto picks it from the GPU ('32-true' means Mixed precision off)",
                                 choices={"auto": "Auto — fp16 on a T4 or V100, bf16 on Ampere and newer, fp32 on a CPU",
                                          "16-mixed": "fp16 mixed — T4, V100 and other pre-Ampere GPUs",
-                                         "bf16-mixed": "bf16 mixed — A100, L4, H100 (Ampere or newer)"})
+                                         "bf16-mixed": "bf16 mixed — A100, L4, H100 (Ampere or newer)"},
+                                when=lambda c: c.use_mixed_precision)
     compile: bool = _precision(False, "Compile the model", "torch.compile the model: pays off in long runs on "
                                "Ampere or newer GPUs (A100, L4, H100); not on a CPU or a T4")
     # --- devices: one training process per device, launched by Lightning (or torchrun / SLURM)
@@ -189,8 +208,10 @@ class WizardConfig:
     wandb_mode: str = _logging("disabled", "Weights & Biases", "whether the run is logged to W&B", choices={
         "disabled": "Off — no W&B", "auto": "Auto — online with an API key, else offline",
         "online": "Online — sync to wandb.ai as it trains", "offline": "Offline — log here, sync later"})
-    wandb_project: str = _logging("colab-transformer-kit", "W&B project", "W&B project name (lowercase, hyphens)")
-    wandb_run_name: str = _logging("", "W&B run name", "W&B run name, empty for {model}_{YYYYMMDD_HHMMSS}")
+    wandb_project: str = _logging("colab-transformer-kit", "W&B project", "W&B project name (lowercase, hyphens)",
+                                  when=lambda c: c.wandb_mode != "disabled")
+    wandb_run_name: str = _logging("", "W&B run name", "W&B run name, empty for {model}_{YYYYMMDD_HHMMSS}",
+                                   when=lambda c: c.wandb_mode != "disabled")
 
     def __post_init__(self) -> None:
         if self.precision == "32-true":  # the older spelling of "fp32": the same as switching mixed precision off
@@ -219,11 +240,17 @@ class WizardConfig:
         return config
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the config as JSON atomically (temp file + rename), so a crash never leaves half a file."""
+        """Write the fields that matter for these choices as JSON, atomically (temp file + rename).
+
+        Fields the choices make irrelevant (a Gist id under a template model) are left out: loading
+        gives them their defaults, so an abandoned choice never travels with the saved file.
+        """
         self.validate()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        relevant = self.relevant_names()
+        data = {name: value for name, value in self.to_dict().items() if name in relevant}
+        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
         atomic_write_text(path, text)
         return path
 
@@ -250,6 +277,16 @@ class WizardConfig:
         """A validated copy with some fields changed."""
         return WizardConfig.from_dict({**self.to_dict(), **changes})
 
+    def relevant_names(self) -> list[str]:
+        """The fields that matter for this config's choices, in field order (each field's Setting.when)."""
+        return [name for name, rules in SETTINGS.items() if rules.relevant(self)]
+
+    def relevant(self) -> "WizardConfig":
+        """A copy with every field that does not matter for these choices back at its default (not validated)."""
+        keep = set(self.relevant_names())
+        defaults = WizardConfig()
+        return dataclasses.replace(self, **{name: getattr(defaults, name) for name in SETTINGS if name not in keep})
+
     # ------------------------------------------------------------------ validation
     def validate(self) -> "WizardConfig":
         problems = self.problems()
@@ -258,8 +295,11 @@ class WizardConfig:
         return self
 
     def errors(self) -> list[tuple[str, str]]:
-        """(field, message) for every problem, in field order; range checks wait until the types are right."""
-        return type_errors(self) or field_errors(self)
+        """(field, message) for every problem in a relevant field, in field order; range checks wait until the
+        types are right. A field these choices make irrelevant is not checked: it is not used or saved."""
+        relevant = set(self.relevant_names())
+        found = [error for error in type_errors(self) if error[0] in relevant]
+        return found or [error for error in field_errors(self.relevant()) if error[0] in relevant]
 
     def problems(self) -> list[str]:
         """Every problem with this config, one message per bad field."""
@@ -277,6 +317,14 @@ STRATEGIES = tuple(SETTINGS["strategy"].choices)
 WANDB_MODES = tuple(SETTINGS["wandb_mode"].choices)
 
 
+TYPE_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
+
+
+def where(name: str) -> str:
+    """How a message names a field: its on-screen label first, then the config name, e.g. 'Batch size (batch_size)'."""
+    return f"{SETTINGS[name].label} ({name})"
+
+
 def type_errors(config: WizardConfig) -> list[tuple[str, str]]:
     """(field, message) for each field whose value has the wrong type (the wizard shows them per field)."""
     hints = typing.get_type_hints(WizardConfig)
@@ -291,8 +339,8 @@ def type_errors(config: WizardConfig) -> list[tuple[str, str]]:
         if base is float and isinstance(value, int) and not isinstance(value, bool):
             ok = True  # JSON writes 1.0 as 1
         if not ok:
-            want = base.__name__ + (" or null" if optional else "")
-            problems.append((f.name, f"{f.name}={value!r} has type {type(value).__name__}; expected {want}"))
+            want = TYPE_WORDS[base] + (" or null" if optional else "")
+            problems.append((f.name, f"{where(f.name)} must be {want}, not {value!r}"))
     return problems
 
 
@@ -310,48 +358,55 @@ def field_errors(config: WizardConfig) -> list[tuple[str, str]]:
 
 def _data_errors(c: WizardConfig) -> list[tuple[str, str]]:
     errors = []
+    errors = []
     if c.dataset_source == "embedded" and c.dataset_name not in EMBEDDED_DATASETS:
-        errors.append(("dataset_name", f"dataset_name={c.dataset_name!r} is not an embedded dataset; "
+        errors.append(("dataset_name", f"{where('dataset_name')} {c.dataset_name!r} is not a built-in corpus; "
                                        f"choose one of {', '.join(map(repr, EMBEDDED_DATASETS))}"))
     if c.dataset_source == "embedded" and c.task != "lm":
-        errors.append(("dataset_source", "the embedded dataset is plain text for task='lm'; "
-                                         "classification needs a CSV/JSONL file or a Hugging Face dataset"))
+        errors.append(("dataset_source", f"{where('dataset_source')}: the built-in corpus is plain text, for a "
+                                         "language model; text classification needs a CSV/JSONL file with labels "
+                                         "or a Hugging Face dataset"))
     path = c.dataset_path.strip()
     suffix = Path(path).suffix.lower()
     if c.dataset_source in ("file", "upload") and not path:
-        errors.append(("dataset_path", f"dataset_path is empty; dataset_source={c.dataset_source!r} "
-                                       "needs the path of a .txt, .csv or .jsonl file"))
+        errors.append(("dataset_path", f"{where('dataset_path')} is empty; give the path of a .txt, .csv or .jsonl "
+                                       "file"))
     elif c.dataset_source in ("file", "upload") and suffix not in DATA_FILE_SUFFIXES:
-        errors.append(("dataset_path", f"dataset_path={c.dataset_path!r} has the extension {suffix or '(none)'!r}; "
-                                       "use a .txt, .csv or .jsonl file (rename or convert it)"))
+        errors.append(("dataset_path", f"{where('dataset_path')} {c.dataset_path!r} has the extension "
+                                       f"{suffix or '(none)'!r}; use a .txt, .csv or .jsonl file (rename or convert "
+                                       "it)"))
     elif c.dataset_source in ("file", "upload") and suffix == ".txt" and c.task == "classification":
-        errors.append(("dataset_path", f"dataset_path={c.dataset_path!r} is plain text without labels; "
-                                       "task='classification' needs a .csv or .jsonl file with text and label columns"))
+        errors.append(("dataset_path", f"{where('dataset_path')} {c.dataset_path!r} is plain text without labels; "
+                                       "text classification needs a .csv or .jsonl file with text and label "
+                                       "columns"))
     if c.dataset_source == "huggingface" and not c.dataset_name.strip():
-        errors.append(("dataset_name", "dataset_name is empty; give a Hugging Face dataset name such as 'imdb'"))
+        errors.append(("dataset_name", f"{where('dataset_name')} is empty; give a Hugging Face dataset name such as "
+                                       "'imdb'"))
     if c.tokenizer_strategy == "pretrained" and not c.tokenizer_path.strip():
-        errors.append(("tokenizer_path", "tokenizer_path is empty; tokenizer_strategy='pretrained' needs a "
-                                         "tokenizer folder (or a name on Colab)"))
+        errors.append(("tokenizer_path", f"{where('tokenizer_path')} is empty; a pretrained tokenizer needs its "
+                                         "folder (or its name on Colab)"))
     return errors
 
 
 def _model_errors(c: WizardConfig) -> list[tuple[str, str]]:
     template = TEMPLATES.get(c.model_template)
     if c.model_source == "template" and template is None:
-        return [("model_template", f"model_template={c.model_template!r} is unknown; "
+        return [("model_template", f"{where('model_template')} {c.model_template!r} is unknown; "
                                    f"choose one of {', '.join(map(repr, TEMPLATES))}")]
     if c.model_source == "template" and template.task != c.task:
-        return [("model_template", f"model_template={c.model_template!r} is for task={template.task!r}, "
-                                   f"not task={c.task!r}")]
+        fitting = [name for name, info in TEMPLATES.items() if info.task == c.task]
+        return [("model_template", f"{where('model_template')} {c.model_template!r} is a "
+                                   f"{TASK_WORDS[template.task]} ({template.task!r}), not a {TASK_WORDS[c.task]} "
+                                   f"({c.task!r}); choose {' or '.join(map(repr, fitting))}")]
     if c.model_source == "file" and not c.model_path.strip():
-        return [("model_path", "model_path is empty; model_source='file' needs the path of your model .py file")]
+        return [("model_path", f"{where('model_path')} is empty; give the path of your model .py file")]
     if c.model_source == "gist" and not c.gist_id.strip():
-        return [("gist_id", "gist_id is empty; model_source='gist' needs a Gist id or URL")]
+        return [("gist_id", f"{where('gist_id')} is empty; give a Gist id or URL holding model.py")]
     if c.model_source == "gist":
         try:
             parse_gist_ref(c.gist_id)
         except ValueError as e:
-            return [("gist_id", str(e))]
+            return [("gist_id", f"{where('gist_id')}: {e}")]
     return []
 
 
@@ -359,8 +414,8 @@ def _logging_errors(c: WizardConfig) -> list[tuple[str, str]]:
     errors = []
     if not c.wandb_project or c.wandb_project != c.wandb_project.lower() or " " in c.wandb_project \
             or "_" in c.wandb_project:
-        errors.append(("wandb_project", f"wandb_project={c.wandb_project!r} must be lowercase words joined by "
-                                        f"hyphens, e.g. {_hyphenate(c.wandb_project)!r}"))
+        errors.append(("wandb_project", f"{where('wandb_project')} {c.wandb_project!r} must be lowercase words "
+                                        f"joined by hyphens, e.g. {_hyphenate(c.wandb_project)!r}"))
     return errors
 
 

@@ -31,6 +31,6 @@ def parse_gist_ref(text: str) -> GistRef:
     gist_id = parts[-1] if parts else ""
     user = parts[-2] if len(parts) >= 2 else None
     if not _HEX.fullmatch(gist_id) or len(parts) > 2 or (user is not None and not _USER.fullmatch(user)):
-        raise ValueError(f"gist_id={text!r} is not a Gist id or URL; paste the id (the hex string, e.g. "
+        raise ValueError(f"{text!r} is not a Gist id or URL; paste the id (the hex string, e.g. "
                          "'aa5a315d61ae9438b18d') or the Gist's URL (https://gist.github.com/USER/ID).")
     return GistRef(gist_id, user)

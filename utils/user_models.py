@@ -148,7 +148,7 @@ def parse_gist_ref(text: str) -> GistRef:
     try:
         return gist_ref.parse_gist_ref(text)
     except ValueError as e:
-        raise UserModelError(str(e)) from None
+        raise UserModelError(f"Gist id or URL (gist_id): {e}") from None
 
 
 def gist_base_url(base_url: Optional[str] = None) -> str:

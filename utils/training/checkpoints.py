@@ -126,6 +126,7 @@ def config_changes(out: Path, config: WizardConfig) -> list[str]:
         saved = WizardConfig.load(out / CONFIG_FILENAME)
     except (FileNotFoundError, ConfigError) as e:
         return [f"its {CONFIG_FILENAME} cannot be read ({' '.join(str(e).split())})"]
+    saved, config = saved.relevant(), config.relevant()  # a field the choices do not use is not saved either
     return [f"{name}: {getattr(saved, name)!r} (checkpoint) vs {getattr(config, name)!r} (now)"
             for name in RESUME_FIELDS if getattr(saved, name) != getattr(config, name)]
 

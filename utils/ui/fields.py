@@ -22,7 +22,13 @@ LABEL_WIDTH = "170px"
 INPUT_WIDTH = "400px"
 PATH_WIDTH = "640px"  # Drive paths are long, and so are the choice labels
 ERROR_COLOR = "#b00020"
+WARNING_COLOR = "#8a4b00"  # amber: something to act on that is not an error ("changed since the last Save")
+SUCCESS_COLOR = "#1b5e20"
 HELP_COLOR = "#666"
+# Our HTML sets its own wrapping: ipywidgets 7's HTML widget does not wrap (white-space: nowrap) and
+# clips what does not fit, so a long message at a narrow window would be cut off.
+WRAP = "white-space:normal; overflow-wrap:anywhere"
+INDENT = f"padding-left:calc({LABEL_WIDTH} + 8px)"  # lines up with the inputs, under their labels
 
 
 @dataclass
@@ -49,25 +55,32 @@ class Field:
 
     def show_error(self, message: str) -> None:
         self.message = message
-        self.error.value = (f'<span class="wizard-error-text" style="color:{ERROR_COLOR}">'
-                            f"{html.escape(message)}</span>") if message else ""
+        self.error.value = (f'<div class="wizard-error-text" style="color:{ERROR_COLOR}; {WRAP}; {INDENT}; '
+                            f'line-height:1.35">{html.escape(message)}</div>') if message else ""
+        self.error.layout.display = None if message else "none"  # no empty line under a valid field
 
     def set_visible(self, visible: bool) -> None:
         self.row.layout.display = None if visible else "none"
 
 
-def build_field(name: str, options: Optional[Sequence[tuple[str, Any]]] = None, placeholder: str = "") -> Field:
+def build_field(name: str, options: Optional[Sequence[tuple[str, Any]]] = None, placeholder: str = "",
+                words: Optional[tuple[str, str]] = None, key: str = "") -> Field:
     """A widget for the named field, chosen by the field's type, or a Dropdown of (label, value) options.
 
-    Without options, a field with choices offers all of them, each under its label.
+    Without options, a field with choices offers all of them, each under its label. words: (label, help)
+    in place of the field's own, for a second widget of the same field; key: its CSS name (default: name).
+    The row is the input, its error message under it (wrapping, shown only when there is one), then its
+    help line; the input keeps its width whatever the message's length.
     """
     base = _field_type(name)  # first: an unknown name is a KeyError that says so
     setting = SETTINGS[name]
+    label, help_text = words or (setting.label, setting.help)
+    key = key or name
     if options is None and setting.choices:
         options = [(label, value) for value, label in setting.choices.items()]
     width = PATH_WIDTH if name.endswith(("_path", "_dir")) or options is not None else INPUT_WIDTH
-    common = dict(description=setting.label, style={"description_width": LABEL_WIDTH},
-                  layout=widgets.Layout(width=width))
+    common = dict(description=label, style={"description_width": LABEL_WIDTH},
+                  layout=widgets.Layout(width=width, max_width="100%", flex="0 0 auto"))
     if options is not None:
         widget = widgets.Dropdown(options=list(options), **common)
     elif base is bool:
@@ -78,16 +91,16 @@ def build_field(name: str, options: Optional[Sequence[tuple[str, Any]]] = None, 
         widget = widgets.FloatText(continuous_update=True, **common)
     else:
         widget = widgets.Text(continuous_update=True, placeholder=placeholder, **common)
-    widget.add_class(f"wizard-field-{name}")  # stable hooks for the browser test and for styling
-    error = widgets.HTML(value="", layout=widgets.Layout(flex="1 1 auto", width="auto", margin="0 0 0 12px"))
-    error.add_class(f"wizard-error-{name}")
+    widget.add_class(f"wizard-field-{key}")  # stable hooks for the browser test and for styling
+    error = widgets.HTML(value="", layout=widgets.Layout(width="100%", display="none"))
+    error.add_class(f"wizard-error-{key}")
     # Plain HTML under the input, lined up with it: it reads the same in ipywidgets 7.7 and 8.
-    text = setting.help[:1].upper() + setting.help[1:]
-    help_line = widgets.HTML(f'<div style="color:{HELP_COLOR}; font-size:12px; line-height:1.3; '
-                             f'padding-left:calc({LABEL_WIDTH} + 8px)">{html.escape(text)}</div>')
-    help_line.add_class(f"wizard-help-{name}")
-    row = widgets.VBox([widgets.HBox([widget, error], layout=widgets.Layout(align_items="center", width="100%")),
-                        help_line])
+    text = help_text[:1].upper() + help_text[1:]
+    help_line = widgets.HTML(f'<div style="color:{HELP_COLOR}; font-size:12px; line-height:1.3; {WRAP}; '
+                             f'{INDENT}">{html.escape(text)}</div>', layout=widgets.Layout(width="100%"))
+    help_line.add_class(f"wizard-help-{key}")
+    row = widgets.VBox([widget, error, help_line], layout=widgets.Layout(width="100%", margin="0 0 6px 0"))
+    row.add_class(f"wizard-row-{key}")
     return Field(name, widget, error, help_line, row)
 
 

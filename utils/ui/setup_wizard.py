@@ -21,7 +21,7 @@ import html
 import importlib.util
 import os
 import traceback
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
 from typing import Callable, Optional
@@ -30,17 +30,18 @@ import ipywidgets as widgets
 import torch
 
 from templates import TEMPLATES
-from utils.config import SETTINGS, ConfigError, WizardConfig
+from utils.config import EMBEDDED_CORPUS_WORDS, EMBEDDED_DATASETS, SETTINGS, ConfigError, WizardConfig
 from utils.env import DeviceInfo, detect_device, in_colab
 from utils.training.amp_utils import LegacyWizardAPI  # the reference kit's validate_config / presets
 from utils.training.precision import PrecisionError, resolve_precision
 from utils.training.checkpoints import describe_run_folder
 from utils.training.estimate import estimate_config
-from utils.ui.fields import (ERROR_COLOR, INPUT_WIDTH, LABEL_WIDTH, UPLOAD_LIMIT_TEXT, Field, build_field, save_upload,
-                             upload_problem, uploaded_files)
+from utils.ui.fields import (ERROR_COLOR, INPUT_WIDTH, LABEL_WIDTH, SUCCESS_COLOR, UPLOAD_LIMIT_TEXT, WARNING_COLOR,
+                             WRAP, Field, build_field, save_upload, upload_problem, uploaded_files)
 from utils.ui.model_check import (measure_model, count_parameters, describe_check, format_count,
                                   vocab_size_for)
 from utils.ui.presets import PRESETS, apply_preset
+from utils.ui.review import changed_settings, describe_plan, plan_facts
 
 __all__ = ["SetupWizard", "WizardConfig", "validate_config", "detect_interactive", "PRESETS"]
 
@@ -89,22 +90,8 @@ STEPS = (
 )
 
 MULTI_DEVICE_FIELDS = ("devices", "num_nodes", "strategy")  # shown only where more than one GPU is visible
-
-# Fields shown only for the choices that use them; a display rule, not a validation rule.
-VISIBLE_WHEN = {
-    "dataset_name": lambda c: c.dataset_source in ("embedded", "huggingface"),
-    "dataset_config": lambda c: c.dataset_source == "huggingface",
-    "dataset_path": lambda c: c.dataset_source in ("file", "upload"),
-    "text_column": lambda c: c.dataset_source in ("file", "upload", "huggingface"),
-    "label_column": lambda c: c.task == "classification" and c.dataset_source != "embedded",
-    "model_template": lambda c: c.model_source == "template",
-    "model_size": lambda c: c.model_source == "template",
-    "model_path": lambda c: c.model_source == "file",
-    "gist_id": lambda c: c.model_source == "gist",
-    "vocab_size": lambda c: c.tokenizer_strategy == "bpe",
-    "tokenizer_path": lambda c: c.tokenizer_strategy == "pretrained",
-    "precision": lambda c: c.use_mixed_precision,  # which mixed precision: nothing to choose with it off
-}
+# Which fields matter for which choices is the config's rule (each Setting's `when`): the wizard shows
+# just those, and its one addition is that the built-in corpus is picked from a menu, not typed.
 PLACEHOLDERS = {"dataset_path": "/content/drive/MyDrive/data/train.txt", "tokenizer_path": "path/to/tokenizer",
                 "model_path": "/content/drive/MyDrive/models/model.py", "gist_id": "https://gist.github.com/you/ID"}
 HF_AVAILABLE = importlib.util.find_spec("datasets") is not None
@@ -134,7 +121,7 @@ class SetupWizard(LegacyWizardAPI):
         self._param_counts: dict[tuple, int] = {}
         self._build_widgets()
         self._set_widgets(self._config)
-        self._say(self.start_message, error=self.start_message.startswith("Could not"))
+        self._say(self.start_message, kind="error" if self.start_message.startswith("Could not") else "info")
 
     # ------------------------------------------------------------------ public API
     @property
@@ -150,7 +137,10 @@ class SetupWizard(LegacyWizardAPI):
         from IPython.display import display
 
         if self.interactive:
+            # The Output widget is displayed apart from the wizard: where it fails to render (classic
+            # Notebook 6 with widgetsnbextension 3.6.10), the wizard itself still shows.
             display(self._root)
+            display(self.output)
         else:
             print(self.describe())
 
@@ -169,7 +159,7 @@ class SetupWizard(LegacyWizardAPI):
         """Change the current config by a preset's fields and show the result in the widgets."""
         self._config = apply_preset(self._config, name)
         self._set_widgets(self._config)
-        changes = ", ".join(f"{k}={v!r}" for k, v in PRESETS[name].items())
+        changes = ", ".join(f"{SETTINGS[k].label} {v}" for k, v in PRESETS[name].items())
         self._say(f"Applied preset {name!r}: {changes}.")
         return self._config
 
@@ -177,7 +167,8 @@ class SetupWizard(LegacyWizardAPI):
         """Plain text for headless runs: why no widgets, where the config came from, what it is."""
         lines = [f"Setup wizard not shown ({self.mode_reason}). {self.start_message}",
                  f"Precision: {self._precision_text(self._config)}"]
-        lines += [f"  {k} = {v!r}" for k, v in self._config.to_dict().items()]
+        values = self._config.to_dict()
+        lines += [f"  {name} = {values[name]!r}" for name in self._config.relevant_names()]
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ start-up
@@ -200,13 +191,19 @@ class SetupWizard(LegacyWizardAPI):
             for name, _ in step.fields:
                 self.fields[name] = build_field(name, self._options(name), PLACEHOLDERS.get(name, ""))
                 self.fields[name].input.observe(self._guard(self._on_field_change), names="value")
+        # The built-in corpus from a menu; dataset_name's text box is for a Hugging Face name.
+        self.corpus = build_field("dataset_name", [(f"{name} — {words}", name) for name, words in
+                                                   EMBEDDED_DATASETS.items()], words=EMBEDDED_CORPUS_WORDS,
+                                  key="embedded_corpus")
+        self.corpus.input.observe(self._guard(self._on_field_change), names="value")
         self._build_controls()
         self._step_boxes = [self._step_box(step) for step in STEPS]
         self._body = widgets.VBox([self._step_boxes[0]])
         navigation = widgets.HBox([self.back_button, self.next_button, self.save_button])
         self._root = widgets.VBox([self._title, self.preset_menu, self.indicator, self._body, navigation,
-                                   self.message, self.output],
-                                  layout=widgets.Layout(max_width="1000px", border="1px solid #ccc", padding="8px"))
+                                   self.message],
+                                  layout=widgets.Layout(width="100%", max_width="1000px", border="1px solid #ccc",
+                                                        padding="8px"))
         self._root.add_class("wizard")
 
     def _options(self, name: str) -> Optional[list[tuple[str, str]]]:
@@ -239,8 +236,8 @@ class SetupWizard(LegacyWizardAPI):
         self.upload_limit.add_class("wizard-upload-limit")
         self.message = widgets.HTML()
         self.message.add_class("wizard-message")
-        self.notes = {key: widgets.HTML() for key in ("dataset", "tokenizer", "model", "check", "precision", "summary",
-                                                      "estimate")}
+        self.notes = {key: widgets.HTML(layout=widgets.Layout(width="100%"))
+                      for key in ("dataset", "tokenizer", "model", "check", "precision", "summary", "estimate")}
         for key, note in self.notes.items():
             note.add_class(f"wizard-note-{key}")
 
@@ -252,6 +249,8 @@ class SetupWizard(LegacyWizardAPI):
 
     def _step_box(self, step: Step) -> widgets.VBox:
         rows = [self.fields[name].row for name, _ in step.fields]
+        if step.key == "dataset":
+            rows.insert(rows.index(self.fields["dataset_name"].row), self.corpus.row)
         extras = {"dataset": [self.upload, self.upload_limit, self.notes["dataset"]], "tokenizer": [self.notes["tokenizer"]],
                   "model": [self.notes["model"], self.check_button, self.notes["check"]],
                   "training": [self.notes["precision"]],
@@ -268,7 +267,7 @@ class SetupWizard(LegacyWizardAPI):
                 handler(*args)
             except Exception as e:  # boundary: any bug in a callback must reach the user's eyes
                 self.output.append_stderr("".join(traceback.format_exception(type(e), e, e.__traceback__)))
-                self._say(f"Internal error in {handler.__name__}: {e} (traceback below).", error=True)
+                self._say(f"Internal error in {handler.__name__}: {e} (traceback below).", kind="error")
         return run
 
     # ------------------------------------------------------------------ events
@@ -294,7 +293,7 @@ class SetupWizard(LegacyWizardAPI):
         try:
             self.save()
         except OSError as e:  # a dropped Drive mount, a read-only folder
-            self._say(f"Could not save to {self.config_path}: {e}", error=True)
+            self._say(f"Could not save to {self.config_path}: {e}", kind="error")
 
     def _on_check(self, button) -> None:
         decision = self._decision(self._config)
@@ -330,14 +329,14 @@ class SetupWizard(LegacyWizardAPI):
         name, content = files[-1]
         problem = upload_problem(name, content)
         if problem:
-            self._say(problem, error=True)
+            self._say(problem, kind="error")
             return
         try:
             # Beside the saved config (the workspace, on Drive when it is on), as an absolute path:
             # a relative one would follow the kernel's working folder, lost with the runtime.
             path = save_upload(name, content, self.config_path.resolve().parent / "uploads")
         except (OSError, ValueError) as e:
-            self._say(f"Could not save the upload {name!r}: {e}", error=True)
+            self._say(f"Could not save the upload {name!r}: {e}", kind="error")
             return
         self._set_widgets(self._config, dataset_source="upload", dataset_path=str(path))
         self._say(f"Uploaded {name} ({len(content)} bytes) to {path}.")
@@ -346,51 +345,69 @@ class SetupWizard(LegacyWizardAPI):
     def _set_widgets(self, config: WizardConfig, **overrides) -> None:
         """Show config (plus overrides) in the widgets, then validate once."""
         values = {**config.to_dict(), **overrides}
+        embedded = values["dataset_source"] == "embedded"
         self._syncing = True
         try:
             for name, field in self.fields.items():
                 field.set_value(values[name])
+            if embedded or values["dataset_name"] in EMBEDDED_DATASETS:
+                self.corpus.set_value(values["dataset_name"])
+            if embedded:  # the text box is for a Hugging Face name: it starts empty, not with the corpus's name
+                self.fields["dataset_name"].set_value("")
         finally:
             self._syncing = False
         self._refresh()
 
     def _candidate(self) -> WizardConfig:
-        # The dataclass constructor does not validate, so a candidate can hold bad values to report.
-        return WizardConfig(**{**self._config.to_dict(), **{n: f.value for n, f in self.fields.items()}})
+        """The config the widgets show, with the fields its choices make irrelevant at their defaults.
+
+        The dataclass constructor does not validate, so a candidate can hold bad values to report.
+        """
+        values = {n: f.value for n, f in self.fields.items()}
+        if values["dataset_source"] == "embedded":
+            values["dataset_name"] = self.corpus.value
+        return WizardConfig(**{**self._config.to_dict(), **values}).relevant()
 
     def _validate(self, candidate: WizardConfig) -> dict[str, str]:
         problems = validate_config(candidate)
         if not any(name in ("precision", "use_mixed_precision") for name, _ in problems):
             decision = self._decision(candidate)
             if isinstance(decision, PrecisionError):  # bf16 on a T4: valid config, wrong hardware
-                problems.append(("precision", str(decision)))
+                problems.append(("precision", f"{SETTINGS['precision'].label}: {decision}"))
         errors: dict[str, str] = {}
         for name, message in problems:
             errors[name] = f"{errors[name]} {message}" if name in errors else message
         return errors
 
     def _refresh(self) -> None:
-        """Validate the widget values, show each error beside its field, keep the config if valid."""
+        """Validate the widget values, show each error under its field, keep the config if valid.
+
+        Only fields the current choices use are shown and checked (the config's own rule), so a bad
+        value left in a field that a later choice hid neither shows nor blocks Next.
+        """
         candidate = self._candidate()
         self.errors = self._validate(candidate)
+        relevant = set(candidate.relevant_names())
         for name, field in self.fields.items():
             field.show_error(self.errors.get(name, ""))
-            # A field with an error stays in view even where its choice hides it, or Next would be
+            shown = name in relevant and (self.device_count > 1 or name not in MULTI_DEVICE_FIELDS)
+            if name == "dataset_name":
+                shown = shown and candidate.dataset_source == "huggingface"
+            # A multi-device field with an error (from a saved file) stays in view, or Next would be
             # disabled for no visible reason.
-            shown = VISIBLE_WHEN.get(name, lambda c: True)(candidate) and \
-                (self.device_count > 1 or name not in MULTI_DEVICE_FIELDS)
             field.set_visible(name in self.errors or shown)
-        orphans = [f"{SETTINGS[name].label}: {message}" for name, message in self.errors.items()
-                   if name not in self.fields]
+        self.corpus.set_visible(candidate.dataset_source == "embedded")
+        orphans = [message for name, message in self.errors.items() if name not in self.fields]
         if orphans:  # a field the wizard has no widget for (edited in the JSON file)
-            self._say(" ".join(orphans), error=True)
+            self._say(" ".join(orphans), kind="error")
         self.upload.layout.display = None if candidate.dataset_source == "upload" else "none"
         self.upload_limit.layout.display = self.upload.layout.display
         if not self.errors:
             self._config = candidate
         if self._saved is not None and self._config != self._saved:
             self._saved = None  # say it once: Run all would start from the file, not from these edits
-            self._say(f"Changed since the last Save: press Save again to keep these choices in {self.config_path}.")
+            self._say(f"Changed since the last Save: press Save again to keep these choices in {self.config_path}.",
+                      kind="warning")
         self._update_notes(candidate)
         self._update_navigation()
 
@@ -401,6 +418,7 @@ class SetupWizard(LegacyWizardAPI):
     def _go(self, index: int) -> None:
         self.step = max(0, min(index, len(STEPS) - 1))
         self._body.children = [self._step_boxes[self.step]]
+        self._update_notes(self._candidate())  # the review's plan is worked out when it is shown
         self._update_navigation()
 
     def _update_navigation(self) -> None:
@@ -413,26 +431,54 @@ class SetupWizard(LegacyWizardAPI):
         self.save_button.disabled = bool(self.errors)
         self.indicator.value = _indicator_html(self.step, self.errors)
 
-    def _say(self, text: str, error: bool = False) -> None:
-        self.message.value = _note(html.escape(text), ERROR_COLOR if error else "#1b5e20") if text else ""
+    def _say(self, text: str, kind: str = "info") -> None:
+        """The message under the buttons: info in green, a warning in amber, an error in red."""
+        color = {"info": SUCCESS_COLOR, "warning": WARNING_COLOR, "error": ERROR_COLOR}[kind]
+        self.message.value = _note(html.escape(text), color) if text else ""
 
     # ------------------------------------------------------------------ notes beside the fields
     def _update_notes(self, candidate: WizardConfig) -> None:
-        config = self._config  # the notes describe what would be saved: the last valid config
+        """Notes on what the fields on screen now choose; a step with an error says to fix it first."""
+        bad_step = {step.key for index, step in enumerate(STEPS) if self._step_errors(index)}
         self.notes["dataset"].value = _dataset_note()
-        vocab, origin = vocab_size_for(config)
-        self.notes["tokenizer"].value = _note(f"The model will see {vocab} token ids ({html.escape(origin)}).")
-        self.notes["model"].value = _note(self._model_note(config, vocab))
+        if "dataset" in bad_step or "tokenizer" in bad_step:
+            vocab = None
+            self.notes["tokenizer"].value = _note("<i>Fix the fields marked above to see how many token ids the "
+                                                  "model will see.</i>")
+        else:
+            vocab, origin = vocab_size_for(candidate)
+            self.notes["tokenizer"].value = _note(f"The model will see {vocab:,} token ids ({html.escape(origin)}).")
+        self.notes["model"].value = _note("<i>Fix the fields marked on this and the earlier steps to see the "
+                                          "model's size.</i>") if vocab is None or "model" in bad_step else \
+            _note(self._model_note(candidate, vocab))
         self.notes["precision"].value = "" if "precision" in self.errors else \
             _note(f"<b>Precision on this device:</b> {html.escape(self._precision_text(candidate))}")
-        self.notes["summary"].value = _summary_html(config, self._precision_text(config), self.errors,
-                                                    describe_run_folder(self._placed(config)))
-        if self.last_estimate and self.last_estimate[0] != config:
+        if self.step == len(STEPS) - 1:  # the plan may prepare the data: only while the review is shown
+            self.notes["summary"].value = self._plan_html(candidate, vocab)
+        if self.last_estimate and self.last_estimate[0] != candidate:
             self.notes["estimate"].value = _note("<i>Settings changed since the last estimate: press Estimate time "
                                                   "again.</i>")
-        if self.last_check and self.last_check[0] != config:
+        if self.last_check and self.last_check[0] != candidate:
             self.notes["check"].value = _note("<i>Settings changed since the last check: press Check model "
                                                "again.</i>")
+
+    def _plan_html(self, candidate: WizardConfig, vocab: Optional[int]) -> str:
+        if self.errors:
+            return _note(f"<b>{len(self.errors)} setting(s) still need fixing</b> before there is a plan to "
+                         f"save: {html.escape('; '.join(self.errors.values()))}", ERROR_COLOR)
+        placed = self._placed(candidate)
+        parameters = self._parameters(candidate, vocab) if candidate.model_source == "template" else None
+        plan = describe_plan(candidate, plan_facts(placed, vocab, parameters), self._precision_text(candidate),
+                             describe_run_folder(placed))
+        changes = "<br>".join(map(html.escape, changed_settings(candidate))) or "none: every setting is at its default"
+        return (_note(f"<b>The plan.</b> {html.escape(plan)}") +
+                _note(f"<b>Settings that differ from the defaults</b><br>{changes}"))
+
+    def _parameters(self, config: WizardConfig, vocab: int) -> int:
+        key = (config.model_template, config.model_size, config.max_seq_len, vocab, config.task)
+        if key not in self._param_counts:
+            self._param_counts[key] = count_parameters(config, vocab)
+        return self._param_counts[key]
 
     def _model_note(self, config: WizardConfig, vocab: int) -> str:
         self.check_button.disabled = config.model_source != "template"
@@ -441,11 +487,8 @@ class SetupWizard(LegacyWizardAPI):
             return (f"Your model from {html.escape(where or 'the path above')}: training imports it and checks "
                     "it on a dummy batch first, reporting any problem with your own traceback. The wizard "
                     "counts and checks template models only.")
-        key = (config.model_template, config.model_size, config.max_seq_len, vocab)
-        if key not in self._param_counts:
-            self._param_counts[key] = count_parameters(config, vocab)
-        return (f"<b>{format_count(self._param_counts[key])} parameters</b> ({config.model_template} "
-                f"{config.model_size}, vocabulary {vocab}, context {config.max_seq_len}). "
+        return (f"<b>{format_count(self._parameters(config, vocab))} parameters</b> ({config.model_template} "
+                f"{config.model_size}, vocabulary {vocab:,}, context {config.max_seq_len}). "
                 "Check model runs a forward/backward pass and estimates the memory at your batch size.")
 
     def _placed(self, config: WizardConfig) -> WizardConfig:
@@ -486,20 +529,6 @@ def _indicator_html(current: int, errors: dict[str, str]) -> str:
     return " &rsaquo; ".join(parts)
 
 
-def _summary_html(config: WizardConfig, precision: str, errors: dict[str, str], run_folder: str) -> str:
-    shown = [name for step in STEPS for name, _ in step.fields]
-    others = [f.name for f in fields(WizardConfig) if f.name not in shown]
-    items = "".join(f"<div><code>{name}</code> = {html.escape(repr(getattr(config, name)))}</div>"
-                    for name in shown + others)
-    pending = (f'<p style="color:{ERROR_COLOR}">{len(errors)} field(s) still have errors; the values below '
-               "are the last valid ones and Save is disabled until they are fixed.</p>") if errors else ""
-    return (f'{pending}<p style="line-height:1.4"><b>Run folder:</b> {html.escape(run_folder)}</p>'
-            f'<p style="line-height:1.4"><b>Mixed precision:</b> '
-            f"use_mixed_precision={config.use_mixed_precision!r}, "
-            f"precision={html.escape(repr(config.precision))} &rarr; {html.escape(precision)}</p>"
-            f'<div style="column-count:2; font-size:12px; line-height:1.5">{items}</div>')
-
-
 def _note(inner_html: str, color: str = "inherit") -> str:
     # The HTML widget's own line height is a form row's (28px); wrapped notes read better tighter.
-    return f'<div style="line-height:1.4; margin:4px 0; color:{color}">{inner_html}</div>'
+    return f'<div style="line-height:1.4; margin:4px 0; color:{color}; {WRAP}">{inner_html}</div>'

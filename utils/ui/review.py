@@ -1,0 +1,176 @@
+"""The wizard's review step: the run as a plan in one paragraph, then the settings that differ from the defaults.
+
+    facts = plan_facts(config, vocab, parameters)   # prepares local data (tokens cached in the run folder)
+    print(describe_plan(config, facts, precision_text, run_folder))
+    print(changed_settings(config))
+
+Plain text, so the wizard, a headless notebook and tests read the same sentences.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import os
+from dataclasses import dataclass, fields
+from typing import Optional
+
+from utils.config import EMBEDDED_DATASETS, SETTINGS, TASK_WORDS, WizardConfig
+from utils.ui.model_check import format_count
+
+# Local data up to this size is prepared (tokenized, cached in the run folder) as soon as the review shows;
+# larger files and Hub datasets wait for Estimate time or the start of training.
+PREPARE_ON_REVIEW_BYTES = 20_000_000
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What prepare_data found: the sizes the plan states."""
+
+    num_tokens: int
+    train_items: int  # training sequences (lm windows) or examples (classification)
+    val_items: int
+    batches_per_epoch: int  # the training loader's length, as training will build it
+    vocab_size: int
+    label_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PlanFacts:
+    parameters: Optional[int]  # None: a model of your own, counted when training builds it
+    vocab_size: int  # the wizard's count (before the data is prepared)
+    data: Optional[DataFacts]  # None: not prepared (a Hub dataset, a large file, or data not readable yet)
+    data_note: str = ""  # why data is None, in words
+
+
+def plan_facts(config: WizardConfig, vocab_size: int, parameters: Optional[int]) -> PlanFacts:
+    """What the plan can state now: the data's sizes when it is prepared here (see prepares_on_review)."""
+    ok, why = prepares_on_review(config)
+    if not ok:
+        return PlanFacts(parameters, vocab_size, None, why)
+    from utils.training.builder import build_data_spec, build_dataloaders
+
+    data = _prepared(build_data_spec(config), _mtime(config.dataset_path))
+    if isinstance(data, str):
+        return PlanFacts(parameters, vocab_size, None, data)
+    train_loader, _ = build_dataloaders(config, data.train, data.val, pin_memory=False)  # as training builds it
+    facts = DataFacts(data.num_tokens, len(data.train), len(data.val), len(train_loader), data.tokenizer.vocab_size,
+                      tuple(data.label_names))
+    return PlanFacts(parameters, vocab_size, facts)
+
+
+@functools.lru_cache(maxsize=4)
+def _prepared(spec, mtime: float):
+    """The data prepared as training will prepare it (tokens cached in the run folder's data_cache), or why not."""
+    from utils.data import prepare_data
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # prepare_data's progress lines are for the training log
+            return prepare_data(spec)
+    except (ValueError, RuntimeError, OSError) as e:  # the data's own complaint: the plan says it
+        return f"the data could not be prepared ({' '.join(str(e).split())})"
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.path.getmtime(path) if path else 0.0
+    except OSError:
+        return 0.0
+
+
+def prepares_on_review(config: WizardConfig) -> tuple[bool, str]:
+    """Whether the review prepares this data by itself, and if not, why (in words)."""
+    if config.dataset_source == "huggingface":
+        return False, "a Hugging Face dataset is downloaded and counted when you press Estimate time or train"
+    if config.dataset_source == "embedded":
+        return True, ""
+    try:
+        size = os.path.getsize(config.dataset_path)
+    except OSError as e:
+        return False, f"the file cannot be read yet ({e.strerror})"
+    if size > PREPARE_ON_REVIEW_BYTES:
+        return False, (f"{size / 1e6:.0f} MB of data is tokenized when you press Estimate time or train, "
+                       "not on every change here")
+    return True, ""
+
+
+def describe_plan(config: WizardConfig, facts: PlanFacts, precision: str, run_folder: str) -> str:
+    """One paragraph: what trains on what, with which tokenizer, how long, in which precision, and where."""
+    sentences = [f"Trains {_model_words(config, facts)} on {_data_words(config, facts)}, "
+                 f"with {_tokenizer_words(config, facts)}.",
+                 _length_words(config, facts),
+                 f"Precision: {precision}.",
+                 run_folder]
+    return " ".join(sentences)
+
+
+def changed_settings(config: WizardConfig) -> list[str]:
+    """'Label: value (default: value)' for every relevant setting that differs from its default."""
+    defaults = WizardConfig()
+    relevant = config.relevant_names()
+    return [f"{SETTINGS[f.name].label}: {_value_words(f.name, getattr(config, f.name))} "
+            f"(default: {_value_words(f.name, getattr(defaults, f.name))})"
+            for f in fields(WizardConfig) if f.name in relevant and getattr(config, f.name) != getattr(defaults, f.name)]
+
+
+def _value_words(name: str, value) -> str:
+    choices = SETTINGS[name].choices
+    if value in choices:
+        return choices[value].split(" — ")[0]
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return repr(value) if isinstance(value, str) else f"{value:,}" if isinstance(value, int) else f"{value:g}"
+
+
+def _model_words(config: WizardConfig, facts: PlanFacts) -> str:
+    kind = TASK_WORDS[config.task]
+    if config.model_source == "template":
+        size = SETTINGS["model_size"].choices[config.model_size].split(" — ")[0].lower()
+        count = f" ({format_count(facts.parameters)} parameters)" if facts.parameters is not None else ""
+        return f"the {size} '{config.model_template}' {kind} from templates/{count}"
+    where = config.model_path if config.model_source == "file" else f"Gist {config.gist_id}"
+    return f"your own {kind} from {where} (checked on a dummy batch and counted when training starts)"
+
+
+def _data_words(config: WizardConfig, facts: PlanFacts) -> str:
+    if config.dataset_source == "embedded":
+        what = f"the built-in corpus '{config.dataset_name}' ({EMBEDDED_DATASETS[config.dataset_name]})"
+    elif config.dataset_source == "huggingface":
+        subset = f" ({config.dataset_config})" if config.dataset_config else ""
+        what = f"the Hugging Face dataset '{config.dataset_name}'{subset}"
+    else:
+        what = f"{os.path.basename(config.dataset_path)}"
+    data = facts.data
+    if data is None:
+        return f"{what} (size not counted yet: {facts.data_note})"
+    if config.task == "classification":
+        labels = ", ".join(data.label_names[:6]) + (", ..." if len(data.label_names) > 6 else "")
+        return (f"{what}: {data.num_tokens:,} tokens in {data.train_items + data.val_items:,} texts, "
+                f"{data.train_items:,} for training and {data.val_items:,} held out for validation, "
+                f"{len(data.label_names)} labels ({labels}) from the column '{config.label_column}'")
+    return (f"{what}: {data.num_tokens:,} tokens, cut into {data.train_items:,} training sequences of "
+            f"{config.max_seq_len} tokens and {data.val_items:,} held out for validation")
+
+
+def _tokenizer_words(config: WizardConfig, facts: PlanFacts) -> str:
+    vocab = facts.data.vocab_size if facts.data else facts.vocab_size
+    label = SETTINGS["tokenizer_strategy"].choices[config.tokenizer_strategy].split(" — ")[0].lower()
+    return f"the {label} tokenizer ({vocab:,} token ids)"
+
+
+def _length_words(config: WizardConfig, facts: PlanFacts) -> str:
+    from utils.training.builder import total_steps  # torch-free arithmetic, imported late like the rest of training
+
+    unit = "texts" if config.task == "classification" else "sequences"
+    per_step = config.batch_size * config.gradient_accumulation_steps
+    batch = (f"Each optimizer step sees {per_step:,} {unit} (batch {config.batch_size} x "
+             f"{config.gradient_accumulation_steps} accumulation)")
+    epochs = f"{config.max_epochs} epoch{'s' if config.max_epochs != 1 else ''}"
+    limit = f", stopping at {config.max_steps:,} steps at most" if config.max_steps is not None else ""
+    if facts.data is None:
+        return f"{batch}; {epochs}{limit}."
+    steps = total_steps(config, facts.data.batches_per_epoch)
+    return f"{batch}; {epochs}{limit} = {steps:,} optimizer steps."
