@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -376,7 +377,7 @@ class Walk:
     def review(self, output_dir: Path) -> None:
         self.invalid(5, "review", "output_dir", "", "save")
         self.fill("output_dir", str(output_dir))
-        self.expect(self.page.locator(".wizard-note-summary")).to_contain_text("batch_size")
+        self.expect(self.page.locator(".wizard-note-summary")).to_contain_text(re.compile(r"batch.size", re.I))
         self.back_and_forth()
         self.page.locator("button.wizard-save").click()
         self.expect(self.page.locator(".wizard-message")).to_contain_text("wizard_config.json")  # where it saved
