@@ -294,7 +294,9 @@ VISIBILITY_JS = """
     const range = document.createRange();
     range.selectNodeContents(el);
     const t = range.getBoundingClientRect();
-    const where = `${el.className.split(' ').filter(c => c.startsWith('wizard-')).join('.')} ` +
+    const owner = el.parentElement.closest('[class*="wizard-error-"]') || el;  // the field's error widget
+    const name = [...owner.classList].find(c => c.startsWith('wizard-')) || el.className;
+    const where = `${name} ` +
                   `${JSON.stringify(el.textContent.trim().slice(0, 60))} text x ${t.left.toFixed(0)}..${t.right.toFixed(0)}`;
     const out = (r, h, v) => (h && (t.left < r.left - 1 || t.right > r.right + 1)) ||
                              (v && (t.top < r.top - 1 || t.bottom > r.bottom + 1));
@@ -315,7 +317,7 @@ VISIBILITY_JS = """
     }
     if (!why && el.scrollWidth > el.clientWidth + 1 && getComputedStyle(el).display !== 'inline')
       why = `wider than its box (scrollWidth ${el.scrollWidth} > clientWidth ${el.clientWidth})`;
-    found.push([where, why]);
+    found.push([name, where, why]);
   }
   return found;
 }
@@ -405,20 +407,26 @@ class Walk:
         if field_label(field).lower() not in message.lower():
             self.problems.append(f"step {n} ({key}): the message for {text!r} does not name the field as the "
                                  f"screen does ({field_label(field)!r}): {message!r}")
-        self.shot(f"step-{n}-{key}-invalid")
+        measured = self.shot(f"step-{n}-{key}-invalid")
+        assert f"wizard-error-{field}" in measured, f"the visibility check did not find this message: {measured}"
 
     def valid(self, n: int, key: str, field: str) -> None:
         self.expect(self.page.locator(f".wizard-error-{field}")).to_have_text("")
         if key != "review":
             self.expect(self.page.locator("button.wizard-next")).to_be_enabled()
-        self.shot(f"step-{n}-{key}")
+        measured = self.shot(f"step-{n}-{key}")
+        if key == "review":  # after Save: the message saying where it went was measured too
+            assert "wizard-message" in measured, f"the visibility check did not find the message: {measured}"
 
-    def shot(self, name: str) -> None:
+    def shot(self, name: str) -> list[str]:
+        """Check that every visible message is fully visible, take the screenshot; the messages' CSS names."""
         self.page.wait_for_timeout(200)  # let a re-layout after the last change settle before measuring
-        for where, why in self.page.evaluate(VISIBILITY_JS, [self.frontend.output_area]):
+        measured = self.page.evaluate(VISIBILITY_JS, [self.frontend.output_area])
+        for _, where, why in measured:
             if why:
                 self.problems.append(f"{name}: at {WINDOW['width']} px, {where} is not fully visible: {why}")
         self.page.locator(self.frontend.cell_outputs).first.screenshot(path=str(self.shots / f"{name}.png"))
+        return [css for css, _, _ in measured]
 
     # ------------------------------------------------------------------ widgets
     def fill(self, field: str, text: str) -> None:
