@@ -46,7 +46,9 @@ NO_NEWS = {"fetchNews": "false"}
 
 @dataclass(frozen=True)
 class Frontend:
-    name: str
+    """A notebook frontend the wizard runs in, the ipywidgets it goes with, and where things are on its page."""
+
+    name: str  # also the screenshots' folder
     ipywidgets_major: int
     notebook_url: str  # path of the notebook page, after the server's base URL
     output_area: str  # CSS class of a cell's output area, the box every message must fit in
