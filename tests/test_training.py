@@ -167,7 +167,7 @@ def _cli(args, cwd, timeout=600):
 def test_cli_bad_value_is_one_line_naming_field_and_fix(tmp_path):
     proc = _cli(["--set", "batch_size=0"], tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: Invalid WizardConfig: - batch_size=0 must be >= 1"
+    assert proc.stderr.strip() == "error: Invalid WizardConfig: - Batch size (batch_size) must be >= 1, not 0"
 
 
 def test_cli_missing_dataset_file_names_the_path(tmp_path):

@@ -259,11 +259,12 @@ def test_gist_raw_urls_follow_the_base_url(monkeypatch):
 
 
 def test_not_a_gist_id_is_refused_by_the_config():
-    with pytest.raises(UserModelError, match=r"gist_id='not a gist!' is not a Gist id or URL"):
+    with pytest.raises(UserModelError, match=r"Gist id or URL \(gist_id\): 'not a gist!' is not a Gist id or URL"):
         parse_gist_ref("not a gist!")
     problems = WizardConfig(model_source="gist", gist_id="https://gist.github.com/a/b/c").problems()
-    assert problems == ["gist_id='https://gist.github.com/a/b/c' is not a Gist id or URL; paste the id (the hex "
-                        "string, e.g. 'aa5a315d61ae9438b18d') or the Gist's URL (https://gist.github.com/USER/ID)."]
+    assert problems == ["Gist id or URL (gist_id): 'https://gist.github.com/a/b/c' is not a Gist id or URL; paste the "
+                        "id (the hex string, e.g. 'aa5a315d61ae9438b18d') or the Gist's URL "
+                        "(https://gist.github.com/USER/ID)."]
     assert WizardConfig(model_source="gist", gist_id="alice/aa5a315d").problems() == []
 
 
