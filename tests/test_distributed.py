@@ -130,7 +130,8 @@ def test_a_position_saved_by_two_processes_continues_the_same_order_on_one():
 def test_devices_num_nodes_and_strategy_are_validated():
     with pytest.raises(ConfigError) as e:
         WizardConfig(devices=-1, num_nodes=0, strategy="deepspeed").validate()
-    assert [p.split("=")[0] for p in e.value.problems] == ["devices", "num_nodes", "strategy"]
+    assert [p.split(")")[0] for p in e.value.problems] == ["Devices per machine (devices", "Machines (num_nodes",
+                                                           "Multi-device strategy (strategy"]
 
 
 def test_fsdp_on_a_cpu_is_refused_before_training(tmp_path):
