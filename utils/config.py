@@ -125,7 +125,8 @@ class WizardConfig:
     model_source: str = _model("template", "Model from", "where the model code comes from", choices={
         "template": "Template — a model from templates/",
         "file": "Your file — a .py with build_model or Model",
-        "gist": "A GitHub Gist — holding model.py"})
+        "gist": "A GitHub Gist — holding model.py",
+        "pretrained": "Pretrained — fine-tune a Hugging Face model"})
     model_template: str = _model("gpt", "Template", "which model from templates/ (short nn.Module files to read "
                                  "and copy)")
     model_size: str = _model("tiny", "Model size", "size of the template model", choices={
@@ -134,6 +135,8 @@ class WizardConfig:
         "base": "Base — GPT-2 small shape, about 85M parameters"})
     model_path: str = _model("", "Model file", "your model .py file (model source 'file')")
     gist_id: str = _model("", "Gist id or URL", "Gist id or URL holding model.py (+ config.json) (model source 'gist')")
+    pretrained_model: str = _model("", "Pretrained model", "Hub name ('gpt2', 'distilbert-base-uncased') or "
+                                   "save_pretrained folder; uses its own tokenizer, not the Tokenizer step")
     max_seq_len: int = _model(128, "Sequence length", "tokens per training sequence (the context length)",
                               ge=2, hint="a sequence needs an input and a target token")
     dropout: float = _model(0.0, "Dropout", "dropout probability in the template models", ge=0, lt=1)
@@ -329,7 +332,8 @@ def _data_errors(c: WizardConfig) -> list[tuple[str, str]]:
                                        "task='classification' needs a .csv or .jsonl file with text and label columns"))
     if c.dataset_source == "huggingface" and not c.dataset_name.strip():
         errors.append(("dataset_name", "dataset_name is empty; give a Hugging Face dataset name such as 'imdb'"))
-    if c.tokenizer_strategy == "pretrained" and not c.tokenizer_path.strip():
+    # A pretrained model brings its own tokenizer: the tokenizer settings are not read.
+    if c.tokenizer_strategy == "pretrained" and not c.tokenizer_path.strip() and c.model_source != "pretrained":
         errors.append(("tokenizer_path", "tokenizer_path is empty; tokenizer_strategy='pretrained' needs a "
                                          "tokenizer folder (or a name on Colab)"))
     return errors
@@ -347,6 +351,9 @@ def _model_errors(c: WizardConfig) -> list[tuple[str, str]]:
         return [("model_path", "model_path is empty; model_source='file' needs the path of your model .py file")]
     if c.model_source == "gist" and not c.gist_id.strip():
         return [("gist_id", "gist_id is empty; model_source='gist' needs a Gist id or URL")]
+    if c.model_source == "pretrained" and not c.pretrained_model.strip():
+        return [("pretrained_model", "pretrained_model is empty; model_source='pretrained' needs a Hugging Face "
+                                     "model name such as 'gpt2', or a folder saved with save_pretrained")]
     if c.model_source == "gist":
         try:
             parse_gist_ref(c.gist_id)
