@@ -43,7 +43,7 @@ RUN_ENTRIES = (CONFIG_FILENAME, TOKENIZER_DIRNAME, "checkpoints", LOGS_DIRNAME, 
 RESUME_FIELDS = (
     "task", "dataset_source", "dataset_name", "dataset_config", "dataset_path", "text_column", "label_column",
     "val_split", "tokenizer_strategy", "tokenizer_path", "vocab_size", "model_source", "model_template",
-    "model_size", "model_path", "gist_id", "max_seq_len", "dropout", "seed",
+    "model_size", "model_path", "gist_id", "pretrained_model", "max_seq_len", "dropout", "seed",
 )
 ON_CHANGE = ("refuse", "start_new")  # what a changed run does: the command line refuses, the notebook starts anew
 
