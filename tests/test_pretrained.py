@@ -10,9 +10,12 @@ from __future__ import annotations
 import csv
 import importlib.util
 import math
+import os
 import random
+import signal
 import sys
 
+import pytorch_lightning as pl
 import pytest
 import torch
 
@@ -21,6 +24,7 @@ from utils.config import ConfigError, WizardConfig
 from utils.env import DeviceInfo
 from utils.errors import MissingFileError
 from utils.pretrained import PretrainedError
+from utils.training.checkpoint_io import TrainingStopped
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
                                 reason="transformers is not installed (pip install transformers, see "
@@ -90,6 +94,17 @@ def distilbert_folder(tmp_path_factory):
     return folder
 
 
+class StopDuringStep(pl.Callback):
+    """Presses Stop (SIGINT to this process) during optimizer step `step`: the kit finishes it, saves and stops."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step - 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
 def _reviews_csv(folder) -> str:
     path = folder / "reviews.csv"
     with path.open("w", newline="", encoding="utf-8") as f:
@@ -104,20 +119,24 @@ def test_gpt2_fine_tunes_resumes_at_its_step_and_exports_for_transformers_and_th
     from utils.training import train
 
     config = WizardConfig(model_source="pretrained", pretrained_model=str(gpt2_folder), dataset_source="file",
-                          dataset_path=str(corpus_start(tmp_path / "data", 12_000)), max_steps=2,
+                          dataset_path=str(corpus_start(tmp_path / "data", 12_000)), max_steps=4,
                           output_dir=str(tmp_path / "run"), tokenizer_strategy="bpe", vocab_size=300, **TINY_RUN)
-    first = train(config, device=CPU)
+    with pytest.raises(TrainingStopped, match=r"Training stopped \(SIGINT\) at step 3"):
+        train(config, device=CPU, extra_callbacks=[StopDuringStep(3)])
     out = capsys.readouterr().out
     assert f"has no pad token; padding with its end-of-text token '{EOS}'" in out
     assert "Data: " in out and "pretrained tokenizer with 320 ids" in out  # the model's own, not the bpe asked for
-    assert type(first.model).__name__ == "GPT2LMHeadModel" and first.global_step == 2
     assert (tmp_path / "run/checkpoints/last.ckpt").is_file()
 
-    second = train(config.replace(max_steps=4), device=CPU)
+    second = train(config, device=CPU)
+    assert type(second.model).__name__ == "GPT2LMHeadModel"
     assert second.resumed_from == tmp_path / "run/checkpoints/last.ckpt"
-    assert (second.global_step, second.steps_run) == (4, 2)
-    assert [step for step, _ in second.train_history] == [1, 2, 3, 4]  # the history continues from step 2
+    assert (second.global_step, second.steps_run) == (4, 1)
     assert all(math.isfinite(loss) for _, loss in second.train_history + second.val_history)
+    straight = train(config.replace(output_dir=str(tmp_path / "straight")), device=CPU)
+    assert second.train_history == straight.train_history  # the resume is exact: same batches, same losses
+    for (name, resumed), trained in zip(second.model.state_dict().items(), straight.model.state_dict().values()):
+        assert torch.equal(resumed, trained), name
 
     folder = second.export()
     assert {"config.json", "model.safetensors", "tokenizer.json", "kit_config.json", "tokenizer",
@@ -170,6 +189,32 @@ def test_distilbert_classifier_fine_tunes_with_the_datas_labels_and_exports(tmp_
     for row, named in zip(probs.tolist(), expected):
         assert row == pytest.approx([named["calm"], named["loud"]], abs=1e-5)
     assert hf_model.config.id2label == {0: "calm", 1: "loud"}
+
+
+def test_gpt2_classifier_pads_with_its_end_of_text_token(tmp_path, gpt2_folder):
+    """GPT-2 has no pad token: padding with eos, and the model told so, lets a GPT-2 classifier find each
+    text's last real token in a right-padded batch, in the kit and in transformers alike."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from utils.training import train
+
+    config = WizardConfig(task="classification", model_source="pretrained", pretrained_model=str(gpt2_folder),
+                          dataset_source="file", dataset_path=_reviews_csv(tmp_path), text_column="review",
+                          label_column="sentiment", max_steps=2, output_dir=str(tmp_path / "run"),
+                          **{**TINY_RUN, "val_split": 0.25})
+    result = train(config, device=CPU)
+    eos = result.tokenizer.tokenizer.token_to_id(EOS)
+    assert result.pad_id == eos and result.model.config.pad_token_id == eos
+    texts = ["quiet", "LOUD HARSH FAST NOISY"]  # one row padded to the other's length
+    folder = result.export()
+    hf_model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    batch = AutoTokenizer.from_pretrained(folder)(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        probs = torch.softmax(hf_model(**batch).logits, dim=-1)
+        alone = torch.softmax(hf_model(**AutoTokenizer.from_pretrained(folder)(texts[:1], return_tensors="pt")).logits, -1)
+    assert probs[0].tolist() == pytest.approx(alone[0].tolist(), abs=1e-5)  # padding does not change a text's label
+    for row, named in zip(probs.tolist(), result.predict_proba(texts)):
+        assert row == pytest.approx([named["calm"], named["loud"]], abs=1e-5)
 
 
 def test_the_model_is_loaded_in_fp32_and_training_mode(gpt2_folder):
