@@ -45,6 +45,9 @@ RESUME_FIELDS = (
     "val_split", "tokenizer_strategy", "tokenizer_path", "vocab_size", "model_source", "model_template",
     "model_size", "model_path", "gist_id", "pretrained_model", "max_seq_len", "dropout", "seed",
 )
+# What a pretrained model does not read (its own tokenizer and weights replace them): a change there keeps the run.
+UNUSED_BY_PRETRAINED = ("tokenizer_strategy", "tokenizer_path", "vocab_size", "model_template", "model_size",
+                        "model_path", "gist_id", "dropout")
 ON_CHANGE = ("refuse", "start_new")  # what a changed run does: the command line refuses, the notebook starts anew
 
 
@@ -126,8 +129,9 @@ def config_changes(out: Path, config: WizardConfig) -> list[str]:
         saved = WizardConfig.load(out / CONFIG_FILENAME)
     except (FileNotFoundError, ConfigError) as e:
         return [f"its {CONFIG_FILENAME} cannot be read ({' '.join(str(e).split())})"]
+    unused = UNUSED_BY_PRETRAINED if saved.model_source == config.model_source == "pretrained" else ()
     return [f"{name}: {getattr(saved, name)!r} (checkpoint) vs {getattr(config, name)!r} (now)"
-            for name in RESUME_FIELDS if getattr(saved, name) != getattr(config, name)]
+            for name in RESUME_FIELDS if getattr(saved, name) != getattr(config, name) and name not in unused]
 
 
 def handle_changed_run(out: Path, changes: list[str], on_change: str) -> None:
