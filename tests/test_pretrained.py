@@ -58,8 +58,9 @@ def gpt2_folder(tmp_path_factory):
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator([_corpus_text(20_000)], trainers.BpeTrainer(
-        vocab_size=320, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=[EOS], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator([_corpus_text(20_000)], trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, bos_token=EOS, unk_token=EOS)
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=len(tokenizer),
@@ -82,7 +83,7 @@ def distilbert_folder(tmp_path_factory):
     bpe.train_from_iterator([_corpus_text(10_000)] + [text for text, _ in _reviews()],
                             trainers.BpeTrainer(vocab_size=400, special_tokens=specials, show_progress=False))
     bpe.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", bpe.token_to_id("[CLS]")), ("[SEP]", bpe.token_to_id("[SEP]"))])
+        single="[CLS] $A [SEP]", special_tokens=[(name, bpe.token_to_id(name)) for name in ("[CLS]", "[SEP]")])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
                                         sep_token="[SEP]", mask_token="[MASK]")
     torch.manual_seed(0)
@@ -208,10 +209,10 @@ def test_gpt2_classifier_pads_with_its_end_of_text_token(tmp_path, gpt2_folder):
     texts = ["quiet", "LOUD HARSH FAST NOISY"]  # one row padded to the other's length
     folder = result.export()
     hf_model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
-    batch = AutoTokenizer.from_pretrained(folder)(texts, padding=True, return_tensors="pt")
+    hf_tokenizer = AutoTokenizer.from_pretrained(folder)
     with torch.no_grad():
-        probs = torch.softmax(hf_model(**batch).logits, dim=-1)
-        alone = torch.softmax(hf_model(**AutoTokenizer.from_pretrained(folder)(texts[:1], return_tensors="pt")).logits, -1)
+        probs = torch.softmax(hf_model(**hf_tokenizer(texts, padding=True, return_tensors="pt")).logits, dim=-1)
+        alone = torch.softmax(hf_model(**hf_tokenizer(texts[:1], return_tensors="pt")).logits, dim=-1)
     assert probs[0].tolist() == pytest.approx(alone[0].tolist(), abs=1e-5)  # padding does not change a text's label
     for row, named in zip(probs.tolist(), result.predict_proba(texts)):
         assert row == pytest.approx([named["calm"], named["loud"]], abs=1e-5)
@@ -276,3 +277,14 @@ def test_gpt2_small_at_the_default_batch_fits_a_t4(tmp_path):
     assert memory.per_sequence_bytes > 10 * 2**20  # a real activation count, not zero
     assert memory.fits(config.batch_size), f"{memory.bytes_at(config.batch_size) / 2**30:.1f} GB"
     assert not memory.fits(8 * config.batch_size)  # the check can fail: a much larger batch does not fit
+
+
+def test_the_wizard_asks_for_the_model_and_not_for_a_tokenizer(gpt2_folder):
+    from utils.ui.model_check import vocab_size_for
+    from utils.ui.setup_wizard import STEPS, VISIBLE_WHEN
+
+    config = WizardConfig(model_source="pretrained", pretrained_model=str(gpt2_folder))
+    shown = {name for step in STEPS for name, _ in step.fields if VISIBLE_WHEN.get(name, lambda c: True)(config)}
+    assert "pretrained_model" in shown
+    assert not {"tokenizer_strategy", "vocab_size", "tokenizer_path", "model_template", "model_path"} & shown
+    assert vocab_size_for(config) == (320, "the pretrained model's own tokenizer")

@@ -81,7 +81,8 @@ STEPS = (
     _step("dataset", "Dataset", "task", "dataset_source", "dataset_name", "dataset_config", "dataset_path",
           "text_column", "label_column", "val_split"),
     _step("tokenizer", "Tokenizer", "tokenizer_strategy", "vocab_size", "tokenizer_path"),
-    _step("model", "Model", "model_source", "model_template", "model_size", "model_path", "gist_id", "dropout"),
+    _step("model", "Model", "model_source", "model_template", "model_size", "model_path", "gist_id", "pretrained_model",
+          "dropout"),
     _step("training", "Training", "batch_size", "max_seq_len", "learning_rate", "max_epochs",
           "gradient_accumulation_steps", "gradient_clip_val", "early_stopping_patience", "use_mixed_precision",
           "precision", "compile", "devices", "num_nodes", "strategy"),
@@ -101,8 +102,10 @@ VISIBLE_WHEN = {
     "model_size": lambda c: c.model_source == "template",
     "model_path": lambda c: c.model_source == "file",
     "gist_id": lambda c: c.model_source == "gist",
-    "vocab_size": lambda c: c.tokenizer_strategy == "bpe",
-    "tokenizer_path": lambda c: c.tokenizer_strategy == "pretrained",
+    "pretrained_model": lambda c: c.model_source == "pretrained",
+    "tokenizer_strategy": lambda c: c.model_source != "pretrained",  # a pretrained model brings its own
+    "vocab_size": lambda c: c.tokenizer_strategy == "bpe" and c.model_source != "pretrained",
+    "tokenizer_path": lambda c: c.tokenizer_strategy == "pretrained" and c.model_source != "pretrained",
     "precision": lambda c: c.use_mixed_precision,  # which mixed precision: nothing to choose with it off
 }
 PLACEHOLDERS = {"dataset_path": "/content/drive/MyDrive/data/train.txt", "tokenizer_path": "path/to/tokenizer",
@@ -437,7 +440,8 @@ class SetupWizard(LegacyWizardAPI):
     def _model_note(self, config: WizardConfig, vocab: int) -> str:
         self.check_button.disabled = config.model_source != "template"
         if config.model_source != "template":
-            where = config.model_path if config.model_source == "file" else config.gist_id
+            where = {"file": config.model_path, "gist": config.gist_id,
+                     "pretrained": config.pretrained_model}[config.model_source]
             return (f"Your model from {html.escape(where or 'the path above')}: training imports it and checks "
                     "it on a dummy batch first, reporting any problem with your own traceback. The wizard "
                     "counts and checks template models only.")
