@@ -237,6 +237,14 @@ def test_a_missing_local_folder_is_one_clear_error_before_anything_is_written(tm
     assert not (tmp_path / "run/checkpoints").exists() and not (tmp_path / "run/config.json").exists()
 
 
+def test_a_model_without_the_tasks_head_is_named_with_the_task(distilbert_folder):
+    from utils.pretrained import load_pretrained_model
+
+    with pytest.raises(PretrainedError, match=r"has no causal language model head \(AutoModelForCausalLM\) in "
+                                              r"transformers .*DistilBertConfig.*; pick a model made for task='lm'"):
+        load_pretrained_model(str(distilbert_folder), "lm")
+
+
 def test_without_transformers_the_pretrained_source_says_what_to_install(tmp_path, small_text, monkeypatch):
     from utils.training import train
 

@@ -26,8 +26,8 @@ from utils.data.tokenizers import LibraryTokenizer
 from utils.errors import KitError, MissingFileError
 
 KIT_CONFIG_FILENAME = "kit_config.json"  # in an export: config.json is the model's own (transformers reads it)
-_WHAT = {"lm": "a causal language model head (AutoModelForCausalLM)",
-         "classification": "a sequence classification head (AutoModelForSequenceClassification)"}
+_WHAT = {"lm": "causal language model head (AutoModelForCausalLM)",
+         "classification": "sequence classification head (AutoModelForSequenceClassification)"}
 
 
 class PretrainedError(KitError, ValueError):
@@ -106,12 +106,12 @@ def load_pretrained_model(name: str, task: str, label_names: Sequence[str] = (),
             model = transformers.AutoModelForSequenceClassification.from_pretrained(
                 source, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
                 label2id={label: i for i, label in enumerate(label_names)}, ignore_mismatched_sizes=True)
-    except OSError as e:
+    except (OSError, ValueError) as e:
+        if isinstance(e, ValueError) and "Unrecognized configuration class" in str(e):  # a model without this head
+            raise PretrainedError(f"pretrained_model={name!r} has no {_WHAT[task]} in transformers "
+                                  f"({_first_line(e)}); pick a model made for task={task!r}") from None
         raise PretrainedError(f"Could not load pretrained_model={name!r} ({_first_line(e)}). "
                               f"{_where_hint(source)}") from None
-    except ValueError as e:  # transformers: "Unrecognized configuration class ... for this kind of AutoModel"
-        raise PretrainedError(f"pretrained_model={name!r} has no {_WHAT[task]} in transformers "
-                              f"({_first_line(e)}); pick a model made for task={task!r}") from None
     if model.config.pad_token_id is None and pad_id is not None:
         model.config.pad_token_id = pad_id  # a GPT-2 classifier finds each text's last token by it
     # from_pretrained returns the model in eval mode; Lightning keeps each module's mode, so without train()
