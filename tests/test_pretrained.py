@@ -218,6 +218,21 @@ def test_gpt2_classifier_pads_with_its_end_of_text_token(tmp_path, gpt2_folder):
         assert row == pytest.approx([named["calm"], named["loud"]], abs=1e-5)
 
 
+def test_fp16_with_a_grad_scaler_and_the_wizards_estimate_take_the_pretrained_path_too(tmp_path, gpt2_folder):
+    from utils.training import train
+    from utils.training.estimate import estimate_config
+    from utils.training.precision import resolve_precision
+
+    config = WizardConfig(model_source="pretrained", pretrained_model=str(gpt2_folder), dataset_source="file",
+                          dataset_path=str(corpus_start(tmp_path / "data", 12_000)), max_steps=2,
+                          precision="16-mixed", output_dir=str(tmp_path / "run"), **TINY_RUN)
+    estimate = estimate_config(config, resolve_precision(True, "16-mixed", CPU))
+    assert estimate.precision == "16-mixed" and estimate.fits_memory and estimate.seconds_per_step > 0
+    result = train(config, device=CPU)
+    assert result.precision == "16-mixed" and result.global_step == 2
+    assert all(math.isfinite(loss) for _, loss in result.train_history)
+
+
 def test_the_model_is_loaded_in_fp32_and_training_mode(gpt2_folder):
     from utils.pretrained import load_pretrained_model
 
