@@ -117,6 +117,7 @@ def test_gpt2_fine_tunes_resumes_at_its_step_and_exports_for_transformers_and_th
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from utils.export import load_exported
+    from utils.plots import plot_losses
     from utils.training import train
 
     config = WizardConfig(model_source="pretrained", pretrained_model=str(gpt2_folder), dataset_source="file",
@@ -140,6 +141,7 @@ def test_gpt2_fine_tunes_resumes_at_its_step_and_exports_for_transformers_and_th
         assert torch.equal(resumed, trained), name
 
     folder = second.export()
+    assert plot_losses(second).get_title() == f"{gpt2_folder.name}, 32-true"  # named after the model, not a template
     assert {"config.json", "model.safetensors", "tokenizer.json", "kit_config.json", "tokenizer",
             ".kit-export.json"} <= {p.name for p in folder.iterdir()}
     kit = load_exported(folder)

@@ -139,7 +139,8 @@ def _load_pretrained_export(folder: Path, device: str) -> ExportedModel:
     config = WizardConfig.load(folder / KIT_CONFIG_FILENAME)
     tokenizer = load_tokenizer(folder / "tokenizer")
     labels = _read_labels(folder) if config.task == "classification" else {"label_names": [], "pad_id": 0}
-    model = load_pretrained_model(str(folder), config.task, labels["label_names"], labels["pad_id"])
+    pad_id = labels["pad_id"] if config.task == "classification" else None  # the saved model config has its own
+    model = load_pretrained_model(str(folder), config.task, labels["label_names"], pad_id)
     return ExportedModel(model.to(device).eval(), tokenizer, config, labels["label_names"], labels["pad_id"])
 
 

@@ -60,8 +60,10 @@ def resolve_source(name: str) -> str:
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path)
+    if path.is_file():
+        raise PretrainedError(f"pretrained_model={name!r} is a file; give the folder save_pretrained wrote it into")
     # Hub ids are "name" or "owner/name"; anything else with a slash, a dot or a tilde first is a path.
-    if name.startswith((".", "/", "~")) or name.rstrip("/").count("/") > 1 or name.endswith("/") or path.exists():
+    if name.startswith((".", "/", "~")) or name.rstrip("/").count("/") > 1 or name.endswith("/"):
         raise MissingFileError(f"No pretrained model folder at {path}: pretrained_model needs a folder saved with "
                                "save_pretrained (on Colab, mount Google Drive first for /content/drive/... paths), or "
                                "a Hugging Face model name such as 'gpt2'.")
