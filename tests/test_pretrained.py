@@ -26,9 +26,9 @@ from utils.errors import MissingFileError
 from utils.pretrained import PretrainedError
 from utils.training.checkpoint_io import TrainingStopped
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
-                                reason="transformers is not installed (pip install transformers, see "
-                                       "requirements-test.txt): these tests build Hugging Face models")
+requires_transformers = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
+                                           reason="transformers is not installed (pip install transformers, see "
+                                                  "requirements-test.txt): the test builds Hugging Face models")
 
 CPU = DeviceInfo("cpu", "CPU")
 EOS = "<|endoftext|>"
@@ -113,6 +113,7 @@ def _reviews_csv(folder) -> str:
     return str(path)
 
 
+@requires_transformers
 def test_gpt2_fine_tunes_resumes_at_its_step_and_exports_for_transformers_and_the_kit(tmp_path, gpt2_folder, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -159,6 +160,7 @@ def test_gpt2_fine_tunes_resumes_at_its_step_and_exports_for_transformers_and_th
     assert not torch.allclose(hf_logits, before, atol=1e-4)  # the export holds the fine-tuned weights
 
 
+@requires_transformers
 def test_distilbert_classifier_fine_tunes_with_the_datas_labels_and_exports(tmp_path, distilbert_folder):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -194,6 +196,7 @@ def test_distilbert_classifier_fine_tunes_with_the_datas_labels_and_exports(tmp_
     assert hf_model.config.id2label == {0: "calm", 1: "loud"}
 
 
+@requires_transformers
 def test_gpt2_classifier_pads_with_its_end_of_text_token(tmp_path, gpt2_folder):
     """GPT-2 has no pad token: padding with eos, and the model told so, lets a GPT-2 classifier find each
     text's last real token in a right-padded batch, in the kit and in transformers alike."""
@@ -220,6 +223,7 @@ def test_gpt2_classifier_pads_with_its_end_of_text_token(tmp_path, gpt2_folder):
         assert row == pytest.approx([named["calm"], named["loud"]], abs=1e-5)
 
 
+@requires_transformers
 def test_fp16_with_a_grad_scaler_and_the_wizards_estimate_take_the_pretrained_path_too(tmp_path, gpt2_folder):
     from utils.training import train
     from utils.training.estimate import estimate_config
@@ -235,6 +239,7 @@ def test_fp16_with_a_grad_scaler_and_the_wizards_estimate_take_the_pretrained_pa
     assert all(math.isfinite(loss) for _, loss in result.train_history)
 
 
+@requires_transformers
 def test_the_model_is_loaded_in_fp32_and_training_mode(gpt2_folder):
     from utils.pretrained import load_pretrained_model
 
@@ -252,8 +257,11 @@ def test_a_missing_local_folder_is_one_clear_error_before_anything_is_written(tm
                                                r"saved with save_pretrained"):
         train(config, device=CPU)
     assert not (tmp_path / "run/checkpoints").exists() and not (tmp_path / "run/config.json").exists()
+    with pytest.raises(PretrainedError, match=r"is a file; give the folder save_pretrained wrote it into"):
+        train(config.replace(pretrained_model=str(small_text)), device=CPU)
 
 
+@requires_transformers
 def test_a_model_without_the_tasks_head_is_named_with_the_task(distilbert_folder):
     from utils.pretrained import load_pretrained_model
 
@@ -283,6 +291,7 @@ def test_the_pretrained_source_needs_a_model_name_and_no_tokenizer_settings():
         WizardConfig(tokenizer_strategy="pretrained").validate()
 
 
+@requires_transformers
 def test_gpt2_small_at_the_default_batch_fits_a_t4(tmp_path):
     """The pre-flight estimate's memory for GPT-2 small (124M parameters, random init from GPT2Config) at the
     config's default batch and sequence length, against a T4's 15 GB, in the T4's precision (fp16 autocast,
@@ -304,6 +313,7 @@ def test_gpt2_small_at_the_default_batch_fits_a_t4(tmp_path):
     assert not memory.fits(8 * config.batch_size)  # the check can fail: a much larger batch does not fit
 
 
+@requires_transformers
 def test_the_wizard_asks_for_the_model_and_not_for_a_tokenizer(gpt2_folder):
     from utils.ui.model_check import vocab_size_for
     from utils.ui.setup_wizard import STEPS, VISIBLE_WHEN

@@ -72,8 +72,8 @@ def resolve_source(name: str) -> str:
 
 def load_model_tokenizer(name: str, classify: bool) -> ModelTokenizer:
     """The model's own tokenizer; without a pad token (GPT-2) it pads with its end-of-text token."""
-    transformers = require_transformers()
     source = resolve_source(name)
+    transformers = require_transformers()
     try:
         hf = transformers.AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as e:
@@ -98,8 +98,8 @@ def load_pretrained_model(name: str, task: str, label_names: Sequence[str] = (),
                           pad_id: Optional[int] = None) -> nn.Module:
     """AutoModelForCausalLM (task "lm") or AutoModelForSequenceClassification with a head for label_names,
     in fp32: the precision decision's autocast works on fp32 weights, whatever dtype the checkpoint has."""
-    transformers = require_transformers()
     source = resolve_source(name)
+    transformers = require_transformers()
     try:
         if task == "lm":
             model = transformers.AutoModelForCausalLM.from_pretrained(source)
