@@ -129,6 +129,7 @@ def test_gpt2_fine_tunes_resumes_at_its_step_and_exports_for_transformers_and_th
     out = capsys.readouterr().out
     assert f"has no pad token; padding with its end-of-text token '{EOS}'" in out
     assert "Data: " in out and "pretrained tokenizer with 320 ids" in out  # the model's own, not the bpe asked for
+    assert "Note: learning_rate=0.001 is high for fine-tuning a pretrained model" in out
     assert (tmp_path / "run/checkpoints/last.ckpt").is_file()
 
     second = train(config.replace(tokenizer_strategy="char", model_size="base"), device=CPU)  # fields it does not read

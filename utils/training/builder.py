@@ -59,6 +59,9 @@ def model_config(config: WizardConfig, vocab_size: int, num_classes: int = 0, pa
     return kit
 
 
+FINE_TUNING_LR = 1e-4  # above this, fine-tuning a pretrained model gets a note (BERT and GPT-2 use 2e-5 to 1e-4)
+
+
 def build_model(config: WizardConfig, vocab_size: int, num_classes: int = 0, pad_id: int = 0,
                 user_files: Optional[UserModelFiles] = None, label_names: Optional[list[str]] = None) -> nn.Module:
     """The config's template, the user's model file or Gist, or a pretrained model, checked against the task
@@ -75,6 +78,9 @@ def build_model(config: WizardConfig, vocab_size: int, num_classes: int = 0, pad
     if config.model_source == "pretrained":
         names = label_names or [str(i) for i in range(num_classes)]
         model = load_pretrained_model(config.pretrained_model, config.task, names, pad_id)
+        if config.learning_rate > FINE_TUNING_LR:  # a note, not a change: the config decides
+            print(f"Note: learning_rate={config.learning_rate:g} is high for fine-tuning a pretrained model and may "
+                  f"overwrite what it learnt; 2e-5 to {FINE_TUNING_LR:g} is usual (e.g. --set learning_rate=5e-5).")
         check_model(model, build_task(config), vocab_size, config.max_seq_len, num_classes,
                     source=f"the pretrained model {config.pretrained_model!r}")
         return model
