@@ -124,6 +124,12 @@ def _position_table_too_short(w):
             "has config.max_position_embeddings=16, fewer than max_seq_len=32 tokens per training sequence")
 
 
+def _pretrained_folder_missing(w):
+    return (["--config", str(w["witness"] / "config.json"), "--set", "model_source=pretrained",
+             "--set", "pretrained_model=./nope/", "--set", f"output_dir={w['root'] / 'pretrained-run'}"],
+            "No pretrained model folder at nope: pretrained_model needs a folder saved with save_pretrained")
+
+
 NO_TRANSFORMERS = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
                                      reason="transformers is not installed: the row builds a GPT-2 from a config")
 
@@ -131,6 +137,7 @@ NO_TRANSFORMERS = pytest.mark.skipif(importlib.util.find_spec("transformers") is
 @pytest.mark.parametrize("bad_input", [
     _config_folder, _output_dir_is_a_file, _output_dir_in_proc, _config_not_utf8, _model_exits_on_import,
     _gist_trickles, _sequences_longer_than_the_data, pytest.param(_position_table_too_short, marks=NO_TRANSFORMERS),
+    _pretrained_folder_missing,
 ], ids=lambda row: row.__name__.strip("_"))
 def test_bad_input_is_one_line_naming_it_with_exit_2_and_the_run_untouched(world, bad_input):
     before = snapshot(world["witness"])

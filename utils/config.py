@@ -130,18 +130,20 @@ class WizardConfig:
         "char": "Characters — one id per distinct character",
         "byte": "Bytes — 256 ids, reads any text",
         "bpe": "BPE — subwords trained on your data",
-        "pretrained": "Pretrained — an existing tokenizer"})
+        "pretrained": "Pretrained — an existing tokenizer"}, when=lambda c: c.model_source != "pretrained")
     tokenizer_path: str = _tokenizer("", "Tokenizer path", "pretrained tokenizer folder (or its name on Colab)",
-                                     when=lambda c: c.tokenizer_strategy == "pretrained")
+                                     when=lambda c: c.tokenizer_strategy == "pretrained"
+                                     and c.model_source != "pretrained")
     vocab_size: int = _tokenizer(4096, "Vocabulary size", "target vocabulary of the BPE trained on your data (bpe "
                                  "only: char, byte and pretrained bring their own)", ge=260, le=1_000_000,
                                  hint="byte-level BPE needs the 256 bytes plus special tokens",
-                                 when=lambda c: c.tokenizer_strategy == "bpe")
+                                 when=lambda c: c.tokenizer_strategy == "bpe" and c.model_source != "pretrained")
     # --- model
     model_source: str = _model("template", "Model from", "where the model code comes from", choices={
         "template": "Template — a model from templates/",
         "file": "Your file — a .py with build_model or Model",
-        "gist": "A GitHub Gist — holding model.py"})
+        "gist": "A GitHub Gist — holding model.py",
+        "pretrained": "Pretrained — fine-tune a Hugging Face model"})
     model_template: str = _model("gpt", "Template", "which model from templates/ (short nn.Module files to read "
                                  "and copy)", when=lambda c: c.model_source == "template")
     model_size: str = _model("tiny", "Model size", "size of the template model", choices={
@@ -152,9 +154,13 @@ class WizardConfig:
                              when=lambda c: c.model_source == "file")
     gist_id: str = _model("", "Gist id or URL", "Gist id or URL holding model.py (+ config.json) (model source 'gist')",
                           when=lambda c: c.model_source == "gist")
+    pretrained_model: str = _model("", "Pretrained model", "Hub name ('gpt2', 'distilbert-base-uncased') or "
+                                   "save_pretrained folder; uses its own tokenizer, not the Tokenizer step",
+                                   when=lambda c: c.model_source == "pretrained")
     max_seq_len: int = _model(128, "Sequence length", "tokens per training sequence (the context length)",
                               ge=2, hint="a sequence needs an input and a target token")
-    dropout: float = _model(0.0, "Dropout", "dropout probability in the template models", ge=0, lt=1)
+    dropout: float = _model(0.0, "Dropout", "dropout probability in the template models", ge=0, lt=1,
+                            when=lambda c: c.model_source != "pretrained")  # a pretrained model keeps its own
     # --- optimisation
     batch_size: int = _optim(16, "Batch size", "sequences per optimizer micro-batch", ge=1)
     learning_rate: float = _optim(1e-3, "Learning rate", "peak AdamW learning rate", gt=0, le=1,
@@ -402,6 +408,9 @@ def _model_errors(c: WizardConfig) -> list[tuple[str, str]]:
         return [("model_path", f"{where('model_path')} is empty; give the path of your model .py file")]
     if c.model_source == "gist" and not c.gist_id.strip():
         return [("gist_id", f"{where('gist_id')} is empty; give a Gist id or URL holding model.py")]
+    if c.model_source == "pretrained" and not c.pretrained_model.strip():
+        return [("pretrained_model", f"{where('pretrained_model')} is empty; give a Hugging Face model name such as "
+                                     "'gpt2', or a folder saved with save_pretrained")]
     if c.model_source == "gist":
         try:
             parse_gist_ref(c.gist_id)

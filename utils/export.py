@@ -7,6 +7,9 @@ folder/
     labels.json         classification: {"label_names": [...], "pad_id": N}
     user_model/         your own model (model_source file or gist): model.py and its config.json
     .kit-export.json    the marker saying the kit wrote this folder (and which kit version)
+A fine-tuned pretrained model (model_source "pretrained") is exported as transformers' save_pretrained
+writes it: config.json is then the model's own, model.safetensors and the tokenizer's files sit beside
+it, and the WizardConfig is kit_config.json (see utils.pretrained), so from_pretrained(folder) reads it too.
 The folder needs nothing else from the training run: load_exported() rebuilds the model from the
 config, the tokenizer's vocabulary (and the labels, and user_model/model.py), then loads the weights.
 No torch pickle file is written or read here. An export replaces only a folder holding the marker
@@ -32,6 +35,7 @@ from utils.data import load_tokenizer
 from utils.errors import KitError, MissingFileError
 from utils.files import atomic_folder
 from utils.inference import Predictor
+from utils.pretrained import KIT_CONFIG_FILENAME, load_pretrained_model, save_for_transformers
 from utils.user_models import USER_MODEL_DIRNAME, copy_model_files, model_files_in
 
 WEIGHTS_FILENAME = "model.safetensors"
@@ -69,13 +73,17 @@ def export_model(model: nn.Module, config: WizardConfig, tokenizer, folder: Opti
     _refuse_foreign_folder(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with atomic_folder(folder, replace=True) as tmp:  # a failed or killed export leaves the previous one intact
-        save_model(model, str(tmp / WEIGHTS_FILENAME))
-        config.save(tmp / CONFIG_FILENAME)
+        if config.model_source == "pretrained":
+            save_for_transformers(model, tokenizer, tmp)
+            config.save(tmp / KIT_CONFIG_FILENAME)
+        else:
+            save_model(model, str(tmp / WEIGHTS_FILENAME))
+            config.save(tmp / CONFIG_FILENAME)
         tokenizer.save(tmp / "tokenizer")
         if config.task == "classification":
             labels = {"label_names": list(label_names), "pad_id": pad_id}
             (tmp / LABELS_FILENAME).write_text(json.dumps(labels, indent=2) + "\n", encoding="utf-8")
-        if config.model_source != "template":
+        if config.model_source in ("file", "gist"):
             trained = model_files_in(Path(config.output_dir) / USER_MODEL_DIRNAME)
             copy_model_files(trained, tmp / USER_MODEL_DIRNAME, {"model_source": config.model_source,
                                                                  "trained_from": trained.source})
@@ -111,16 +119,28 @@ def load_exported(folder: str | Path, device: str = "cpu") -> ExportedModel:
     from utils.training.builder import build_model
 
     folder = Path(folder)
+    if (folder / KIT_CONFIG_FILENAME).is_file():
+        return _load_pretrained_export(folder, device)
     weights = folder / WEIGHTS_FILENAME
     if not weights.exists():
         raise MissingFileError(f"No {WEIGHTS_FILENAME} in {folder}: is this an export folder (output_dir/export)?")
     config = WizardConfig.load(folder / CONFIG_FILENAME)
     tokenizer = load_tokenizer(folder / "tokenizer")
     labels = _read_labels(folder) if config.task == "classification" else {"label_names": [], "pad_id": 0}
-    user_files = model_files_in(folder / USER_MODEL_DIRNAME) if config.model_source != "template" else None
+    user_files = model_files_in(folder / USER_MODEL_DIRNAME) if config.model_source in ("file", "gist") else None
     model = build_model(config, tokenizer.vocab_size, len(labels["label_names"]), labels["pad_id"],
                         user_files=user_files)
     load_model(model, str(weights), device=device)
+    return ExportedModel(model.to(device).eval(), tokenizer, config, labels["label_names"], labels["pad_id"])
+
+
+def _load_pretrained_export(folder: Path, device: str) -> ExportedModel:
+    """A fine-tuned pretrained model's export: the model as transformers saved it, the kit's config and tokenizer."""
+    config = WizardConfig.load(folder / KIT_CONFIG_FILENAME)
+    tokenizer = load_tokenizer(folder / "tokenizer")
+    labels = _read_labels(folder) if config.task == "classification" else {"label_names": [], "pad_id": 0}
+    pad_id = labels["pad_id"] if config.task == "classification" else None  # the saved model config has its own
+    model = load_pretrained_model(str(folder), config.task, labels["label_names"], pad_id)
     return ExportedModel(model.to(device).eval(), tokenizer, config, labels["label_names"], labels["pad_id"])
 
 

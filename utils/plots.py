@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 
 
@@ -18,8 +20,9 @@ def plot_losses(result, ax=None):
     if result.val_history:
         val_steps, val_losses = zip(*result.val_history)
         ax.plot(val_steps, val_losses, "o-", label="validation")
-    ax.set(xlabel="optimizer step", ylabel="cross-entropy loss",
-           title=f"{result.config.model_template} ({result.config.model_size}), {result.precision}")
+    c = result.config
+    model = Path(c.pretrained_model).name if c.model_source == "pretrained" else f"{c.model_template} ({c.model_size})"
+    ax.set(xlabel="optimizer step", ylabel="cross-entropy loss", title=f"{model}, {result.precision}")
     ax.grid(alpha=0.3)
     ax.legend()
     return ax

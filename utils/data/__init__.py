@@ -51,7 +51,7 @@ class DataSpec:
     val_split: float
     seed: int
     max_seq_len: int
-    tokenizer: str  # "char", "byte", "bpe" or "pretrained"
+    tokenizer: str  # "char", "byte", "bpe", "pretrained", or "model" (a pretrained model's own, at tokenizer_path)
     tokenizer_path: str
     vocab_size: int  # bpe only
     cache_dir: Path  # encoded tokens, and a BPE trained on an embedded or Hub corpus

@@ -13,6 +13,9 @@ Padding (classification batches pad every text to max_seq_len):
   merges learnt from the data up to vocab_size (the BPE target).
 - pretrained: its own pad token when it has one; a tokenizer without one (GPT-2 style) gets
   "<pad>" added as a new id, and the vocabulary grows by one.
+- model (model_source="pretrained", see utils.pretrained): the pretrained model's own tokenizer, kind
+  "pretrained"; without a pad token it pads with its end-of-text token, so the model's embedding keeps
+  its size.
 decode() drops pad ids.
 """
 
@@ -127,8 +130,11 @@ class ByteTokenizer:
 class LibraryTokenizer:
     """A `tokenizers.Tokenizer` (kind "bpe": trained here; "pretrained": loaded) behind the kit's protocol."""
 
-    def __init__(self, tokenizer, kind: str, pad_id: Optional[int]):
+    def __init__(self, tokenizer, kind: str, pad_id: Optional[int], add_special_tokens: bool = False):
         self.tokenizer, self.kind, self.pad_id = tokenizer, kind, pad_id
+        # True for a pretrained model's own tokenizer on a classification task: a BERT-style classifier reads
+        # the [CLS] its tokenizer puts first. Corpora for task "lm" are encoded without special tokens.
+        self.add_special_tokens = add_special_tokens
         # A tokenizer.json may switch on truncation or padding; either would silently cut our corpus blocks.
         tokenizer.no_truncation()
         tokenizer.no_padding()
@@ -138,10 +144,10 @@ class LibraryTokenizer:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+        return self.tokenizer.encode(text, add_special_tokens=self.add_special_tokens).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+        return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=self.add_special_tokens)]
 
     def encode_tensor(self, text: str) -> torch.Tensor:
         # Under a byte-level pre-tokenizer, pieces cut at line breaks encode exactly as the whole text
@@ -162,7 +168,8 @@ class LibraryTokenizer:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / HF_FILENAME).write_text(self.tokenizer.to_str(), encoding="utf-8")
-        _write_meta(folder, {"kind": self.kind, "pad_id": self.pad_id})
+        special = {"add_special_tokens": True} if self.add_special_tokens else {}  # older runs' meta unchanged
+        _write_meta(folder, {"kind": self.kind, "pad_id": self.pad_id, **special})
 
 
 def split_at_line_breaks(text: str, size: int) -> list[str]:
@@ -212,6 +219,10 @@ def build_tokenizer(strategy: str, blocks: Callable[[], Iterable[str]] | str, *,
         return build_bpe(blocks, vocab_size, cache_file, size_bytes)
     if strategy == "pretrained":
         return load_pretrained(tokenizer_path, pad)
+    if strategy == "model":  # model_source="pretrained": the model's own tokenizer, named by tokenizer_path
+        from utils.pretrained import load_model_tokenizer
+
+        return load_model_tokenizer(tokenizer_path, classify=pad)
     raise TokenizerError(f"tokenizer_strategy={strategy!r} is unknown; choose 'char', 'byte', 'bpe' or 'pretrained'")
 
 
@@ -338,7 +349,8 @@ def load_tokenizer(folder: str | Path):
     if kind in ("bpe", "pretrained"):
         from tokenizers import Tokenizer
 
-        return LibraryTokenizer(Tokenizer.from_file(str(folder / HF_FILENAME)), kind, meta.get("pad_id"))
+        return LibraryTokenizer(Tokenizer.from_file(str(folder / HF_FILENAME)), kind, meta.get("pad_id"),
+                                meta.get("add_special_tokens", False))
     raise TokenizerError(f"{path} names an unknown tokenizer kind {kind!r}")
 
 

@@ -31,6 +31,7 @@ from utils.training.checkpoint_io import AtomicCheckpointIO, LastCheckpoint
 from utils.training.checkpoints import LAST_NAME, LOGS_DIRNAME, checkpoint_dir
 from utils.training.health import TrainingHealthCallback
 from utils.training.module import TASKS, TransformerModule
+from utils.pretrained import load_pretrained_model
 from utils.wandb_helpers import (SYNC_HINT, build_wandb_config, make_project_name, make_run_name, model_type_of,
                                  resolve_wandb_auth, resolve_wandb_init_timeout)
 from utils.user_models import (UserModelFiles, check_embedding_fits, check_model, keep_model_copy, load_user_model,
@@ -38,12 +39,14 @@ from utils.user_models import (UserModelFiles, check_embedding_fits, check_model
 
 
 def build_data_spec(config: WizardConfig) -> DataSpec:
-    """The config's data settings, for utils.data.prepare_data."""
+    """The config's data settings, for utils.data.prepare_data; a pretrained model brings its own tokenizer."""
+    pretrained = config.model_source == "pretrained"
     return DataSpec(task=config.task, source=config.dataset_source, name=config.dataset_name,
                     subset=config.dataset_config, path=config.dataset_path, text_column=config.text_column,
                     label_column=config.label_column, val_split=config.val_split, seed=config.seed,
-                    max_seq_len=config.max_seq_len, tokenizer=config.tokenizer_strategy,
-                    tokenizer_path=config.tokenizer_path, vocab_size=config.vocab_size,
+                    max_seq_len=config.max_seq_len, tokenizer="model" if pretrained else config.tokenizer_strategy,
+                    tokenizer_path=config.pretrained_model if pretrained else config.tokenizer_path,
+                    vocab_size=config.vocab_size,
                     cache_dir=Path(config.output_dir) / DATA_CACHE_DIR)
 
 
@@ -56,17 +59,31 @@ def model_config(config: WizardConfig, vocab_size: int, num_classes: int = 0, pa
     return kit
 
 
-def build_model(config: WizardConfig, vocab_size: int, num_classes: int = 0, pad_id: int = 0,
-                user_files: Optional[UserModelFiles] = None) -> nn.Module:
-    """The config's template, or the user's model file or Gist, checked against the task and tokenizer.
+FINE_TUNING_LR = 1e-4  # above this, fine-tuning a pretrained model gets a note (BERT and GPT-2 use 2e-5 to 1e-4)
 
-    num_classes and pad_id come from the data (PreparedData) for task="classification". user_files
-    overrides where a user model's code is read from (load_exported passes the export's copy).
+
+def build_model(config: WizardConfig, vocab_size: int, num_classes: int = 0, pad_id: int = 0,
+                user_files: Optional[UserModelFiles] = None, label_names: Optional[list[str]] = None) -> nn.Module:
+    """The config's template, the user's model file or Gist, or a pretrained model, checked against the task
+    and tokenizer.
+
+    num_classes and pad_id come from the data (PreparedData) for task="classification", and label_names
+    (a pretrained classifier's id2label; "0", "1", ... when not given). user_files overrides where a user
+    model's code is read from (load_exported passes the export's copy).
     """
     if config.task == "classification" and num_classes < 2:
         raise DataError(f"task='classification' needs at least 2 classes, but the data has {num_classes} "
                          "label names; check label_column and the labels in the data.")
     kit = model_config(config, vocab_size, num_classes, pad_id)
+    if config.model_source == "pretrained":
+        names = label_names or [str(i) for i in range(num_classes)]
+        model = load_pretrained_model(config.pretrained_model, config.task, names, pad_id)
+        if config.learning_rate > FINE_TUNING_LR:  # a note, not a change: the config decides
+            print(f"Note: learning_rate={config.learning_rate:g} is high for fine-tuning a pretrained model and may "
+                  f"overwrite what it learnt; 2e-5 to {FINE_TUNING_LR:g} is usual (e.g. --set learning_rate=5e-5).")
+        check_model(model, build_task(config), vocab_size, config.max_seq_len, num_classes,
+                    source=f"the pretrained model {config.pretrained_model!r}")
+        return model
     if config.model_source == "template":
         model = build_template(config.model_template, kit)
         check_embedding_fits(model, vocab_size)

@@ -39,11 +39,12 @@ ARCHIVE_DIRNAME = "archive"
 DAMAGED_DIRNAME = "damaged"
 RUN_ENTRIES = (CONFIG_FILENAME, TOKENIZER_DIRNAME, "checkpoints", LOGS_DIRNAME, "user_model", "export")  # one run's files
 
-# Fields that shape the model or the data: a checkpoint only resumes under the same values.
+# Fields that shape the model or the data: a checkpoint only resumes under the same values (of the fields
+# its choices use: a pretrained run reads no tokenizer setting, see Setting.when in utils/config.py).
 RESUME_FIELDS = (
     "task", "dataset_source", "dataset_name", "dataset_config", "dataset_path", "text_column", "label_column",
     "val_split", "tokenizer_strategy", "tokenizer_path", "vocab_size", "model_source", "model_template",
-    "model_size", "model_path", "gist_id", "max_seq_len", "dropout", "seed",
+    "model_size", "model_path", "gist_id", "pretrained_model", "max_seq_len", "dropout", "seed",
 )
 ON_CHANGE = ("refuse", "start_new")  # what a changed run does: the command line refuses, the notebook starts anew
 

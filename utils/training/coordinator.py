@@ -182,9 +182,10 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
     check_training_windows(config, len(data.train), data.num_tokens)
     model_passed_in, user_files = model is not None, None
     if model is None:
-        if config.model_source != "template":
+        if config.model_source in ("file", "gist"):
             user_files = resolve_user_model_files(config.model_source, config.model_path, config.gist_id, out)
-        model = build_model(config, data.tokenizer.vocab_size, data.num_classes, data.pad_id, user_files)
+        model = build_model(config, data.tokenizer.vocab_size, data.num_classes, data.pad_id, user_files,
+                            data.label_names)
     else:  # the caller's own nn.Module: the same checks a model file gets, before any training
         check_embedding_fits(model, data.tokenizer.vocab_size)
         check_model(model, task, data.tokenizer.vocab_size, config.max_seq_len, data.num_classes,

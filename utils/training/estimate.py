@@ -310,3 +310,15 @@ def _bytes(n: int) -> str:
         if n >= size:
             return f"{n / size:.1f} {unit}"
     return f"{n} B"
+
+
+def estimate_memory(config: WizardConfig, decision: PrecisionDecision, model: nn.Module, task, vocab_size: int,
+                    num_classes: int = 0) -> MemoryModel:
+    """The memory model alone (two forward passes on decision.device, no timed steps), for models too large to
+    time steps of on a CPU: memory.bytes_at(config.batch_size) is what the run's batch needs. Unlike
+    estimate_run it works on model itself (no copy: the model may be large), moved to the device in train mode."""
+    torch_device = torch.device(decision.device.kind)
+    with torch.random.fork_rng(devices=[torch_device] if decision.device.kind == "cuda" else []):
+        work = model.to(torch_device).train()
+        step = _Stepper(work, None, task, decision, vocab_size, num_classes, config.max_seq_len)
+        return _memory_model(step, decision.device)

@@ -27,6 +27,12 @@ from utils.training.estimate import BYTES_PER_PARAMETER, USABLE_FRACTION, device
 
 def vocab_size_for(config: WizardConfig) -> tuple[int, str]:
     """The vocabulary the model will be built with, and where that number comes from."""
+    if config.model_source == "pretrained":  # its own tokenizer, whatever tokenizer_strategy says
+        try:
+            return _model_vocab_size(config.pretrained_model, config.task == "classification"), \
+                "the pretrained model's own tokenizer"
+        except (OSError, ValueError, ImportError) as e:
+            return config.vocab_size, f"tokenizer not readable yet ({e}); assuming vocab_size"
     if config.tokenizer_strategy == "byte":  # a classifier's pad id comes after the 256 bytes
         return (257, "byte tokenizer plus a pad id") if config.task == "classification" else (256, "byte tokenizer")
     if config.tokenizer_strategy == "pretrained":
@@ -48,6 +54,11 @@ def vocab_size_for(config: WizardConfig) -> tuple[int, str]:
 @functools.lru_cache(maxsize=8)
 def _pretrained_vocab_size(tokenizer_path: str, pad: bool) -> int:
     return build_tokenizer("pretrained", "", pad=pad, tokenizer_path=tokenizer_path).vocab_size
+
+
+@functools.lru_cache(maxsize=8)
+def _model_vocab_size(pretrained_model: str, pad: bool) -> int:
+    return build_tokenizer("model", "", pad=pad, tokenizer_path=pretrained_model).vocab_size
 
 
 @functools.lru_cache(maxsize=8)

@@ -131,6 +131,8 @@ def _model_words(config: WizardConfig, facts: PlanFacts) -> str:
         size = SETTINGS["model_size"].choices[config.model_size].split(" — ")[0].lower()
         count = f" ({format_count(facts.parameters)} parameters)" if facts.parameters is not None else ""
         return f"the {size} '{config.model_template}' {kind} from templates/{count}"
+    if config.model_source == "pretrained":
+        return f"the pretrained {kind} '{config.pretrained_model}' (fine-tuned; counted when training loads it)"
     where = config.model_path if config.model_source == "file" else f"Gist {config.gist_id}"
     return f"your own {kind} from {where} (checked on a dummy batch and counted when training starts)"
 
@@ -157,6 +159,8 @@ def _data_words(config: WizardConfig, facts: PlanFacts) -> str:
 
 def _tokenizer_words(config: WizardConfig, facts: PlanFacts) -> str:
     vocab = facts.data.vocab_size if facts.data else facts.vocab_size
+    if config.model_source == "pretrained":
+        return f"the model's own tokenizer ({vocab:,} token ids)"
     label = SETTINGS["tokenizer_strategy"].choices[config.tokenizer_strategy].split(" — ")[0].lower()
     return f"the {label} tokenizer ({vocab:,} token ids)"
 

@@ -82,7 +82,8 @@ STEPS = (
     _step("dataset", "Dataset", "task", "dataset_source", "dataset_name", "dataset_config", "dataset_path",
           "text_column", "label_column", "val_split"),
     _step("tokenizer", "Tokenizer", "tokenizer_strategy", "vocab_size", "tokenizer_path"),
-    _step("model", "Model", "model_source", "model_template", "model_size", "model_path", "gist_id", "dropout"),
+    _step("model", "Model", "model_source", "model_template", "model_size", "model_path", "gist_id", "pretrained_model",
+          "dropout"),
     _step("training", "Training", "batch_size", "max_seq_len", "learning_rate", "max_epochs",
           "gradient_accumulation_steps", "gradient_clip_val", "early_stopping_patience", "use_mixed_precision",
           "precision", "compile", "devices", "num_nodes", "strategy"),
@@ -482,6 +483,10 @@ class SetupWizard(LegacyWizardAPI):
 
     def _model_note(self, config: WizardConfig, vocab: int) -> str:
         self.check_button.disabled = config.model_source != "template"
+        if config.model_source == "pretrained":
+            return (f"Fine-tunes {html.escape(config.pretrained_model or 'the model named above')} with its own "
+                    "tokenizer: training loads it (from the Hugging Face Hub, or the folder) and checks it on a "
+                    "dummy batch first. Fine-tuning wants a small learning rate, 2e-5 to 1e-4.")
         if config.model_source != "template":
             where = config.model_path if config.model_source == "file" else config.gist_id
             return (f"Your model from {html.escape(where or 'the path above')}: training imports it and checks "

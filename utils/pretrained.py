@@ -1,0 +1,143 @@
+"""Fine-tuning a pretrained Hugging Face model: model_source="pretrained", pretrained_model="gpt2".
+
+The model and its own tokenizer come from a Hub name (downloaded on Colab) or a local folder saved
+with `save_pretrained`; the kit's tokenizer settings do not apply. task "lm" loads
+AutoModelForCausalLM, task "classification" AutoModelForSequenceClassification with a head sized
+and named by the data's labels. From there it is trained like any other model: the same precision
+decision, checkpoints, resume and export (the builder, module and coordinator do not know the
+difference beyond where the model and tokenizer come from).
+
+An export of such a model is a folder `transformers` reads as it is
+    AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+holding the kit's own files beside (kit_config.json, tokenizer/, labels.json, the export marker), so
+utils.export.load_exported reads it back too.
+
+transformers is optional for the kit (Colab has it); this path alone needs it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+from torch import nn
+
+from utils.data.tokenizers import LibraryTokenizer
+from utils.errors import KitError, MissingFileError
+
+KIT_CONFIG_FILENAME = "kit_config.json"  # in an export: config.json is the model's own (transformers reads it)
+_WHAT = {"lm": "causal language model head (AutoModelForCausalLM)",
+         "classification": "sequence classification head (AutoModelForSequenceClassification)"}
+
+
+class PretrainedError(KitError, ValueError):
+    """A pretrained model or its tokenizer that cannot be loaded as configured; the message says what to do."""
+
+
+class ModelTokenizer(LibraryTokenizer):
+    """A pretrained model's own tokenizer: the kit's LibraryTokenizer (kind "pretrained") on its fast backend,
+    keeping the transformers tokenizer so an export can save_pretrained it beside the model."""
+
+    def __init__(self, hf_tokenizer, classify: bool):
+        super().__init__(hf_tokenizer.backend_tokenizer, "pretrained", hf_tokenizer.pad_token_id,
+                         add_special_tokens=classify)
+        self.hf = hf_tokenizer
+
+
+def require_transformers():
+    """The transformers module, or one line saying how to get it."""
+    try:
+        import transformers
+    except ImportError:
+        raise PretrainedError("model_source='pretrained' needs the transformers library, which is not installed "
+                              "here: pip install transformers (Colab has it), or choose another model_source") from None
+    return transformers
+
+
+def resolve_source(name: str) -> str:
+    """A local folder (returned as a path) or a Hub name (returned as is); a missing folder is an error here,
+    before transformers would try it as a Hub name and answer with a network error."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path)
+    if path.is_file():
+        raise PretrainedError(f"pretrained_model={name!r} is a file; give the folder save_pretrained wrote it into")
+    # Hub ids are "name" or "owner/name"; anything else with a slash, a dot or a tilde first is a path.
+    if name.startswith((".", "/", "~")) or name.rstrip("/").count("/") > 1 or name.endswith("/"):
+        raise MissingFileError(f"No pretrained model folder at {path}: pretrained_model needs a folder saved with "
+                               "save_pretrained (on Colab, mount Google Drive first for /content/drive/... paths), or "
+                               "a Hugging Face model name such as 'gpt2'.")
+    return name
+
+
+def load_model_tokenizer(name: str, classify: bool) -> ModelTokenizer:
+    """The model's own tokenizer; without a pad token (GPT-2) it pads with its end-of-text token."""
+    source = resolve_source(name)
+    transformers = require_transformers()
+    try:
+        hf = transformers.AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise PretrainedError(f"Could not load the tokenizer of pretrained_model={name!r} ({_first_line(e)}). "
+                              f"{_where_hint(source)}") from None
+    if not getattr(hf, "is_fast", False):
+        raise PretrainedError(f"The tokenizer of {name!r} has no fast (tokenizers-library) version, which the kit "
+                              "encodes with; pick another model")
+    if hf.pad_token is None:
+        if hf.eos_token is None:
+            raise PretrainedError(f"The tokenizer of {name!r} has neither a pad nor an end-of-text token to pad "
+                                  "with; set its pad_token and save_pretrained it to a folder, then use that folder")
+        # Padding must be explicit (PITFALLS.md). Reusing eos keeps the embedding's size; the attention mask
+        # (and for a GPT-2 classifier, the last non-pad position) keeps padding out of what the model reads.
+        hf.pad_token = hf.eos_token
+        print(f"Tokenizer: {name!r} has no pad token; padding with its end-of-text token {hf.eos_token!r} "
+              f"(id {hf.pad_token_id})")
+    return ModelTokenizer(hf, classify)
+
+
+def load_pretrained_model(name: str, task: str, label_names: Sequence[str] = (),
+                          pad_id: Optional[int] = None) -> nn.Module:
+    """AutoModelForCausalLM (task "lm") or AutoModelForSequenceClassification with a head for label_names,
+    in fp32: the precision decision's autocast works on fp32 weights, whatever dtype the checkpoint has."""
+    source = resolve_source(name)
+    transformers = require_transformers()
+    try:
+        if task == "lm":
+            model = transformers.AutoModelForCausalLM.from_pretrained(source)
+        else:
+            # A checkpoint that is already a classifier with other labels gets a new head of the right size.
+            model = transformers.AutoModelForSequenceClassification.from_pretrained(
+                source, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
+                label2id={label: i for i, label in enumerate(label_names)}, ignore_mismatched_sizes=True)
+    except (OSError, ValueError) as e:
+        if isinstance(e, ValueError) and "Unrecognized configuration class" in str(e):  # a model without this head
+            raise PretrainedError(f"pretrained_model={name!r} has no {_WHAT[task]} in transformers "
+                                  f"({_first_line(e)}); pick a model made for task={task!r}") from None
+        raise PretrainedError(f"Could not load pretrained_model={name!r} ({_first_line(e)}). "
+                              f"{_where_hint(source)}") from None
+    if model.config.pad_token_id is None and pad_id is not None:
+        model.config.pad_token_id = pad_id  # a GPT-2 classifier finds each text's last token by it
+    # from_pretrained returns the model in eval mode; Lightning keeps each module's mode, so without train()
+    # the fine-tuning would run with dropout off.
+    return model.float().train()
+
+
+def save_for_transformers(model: nn.Module, tokenizer, folder: Path) -> None:
+    """The model's config.json and weights and its tokenizer's files, as transformers' from_pretrained reads them."""
+    hf = getattr(tokenizer, "hf", None)
+    if hf is None:
+        raise PretrainedError("this tokenizer was not loaded from the pretrained model (no transformers tokenizer "
+                              "to save); export from the result of train()")
+    model.save_pretrained(folder)
+    hf.save_pretrained(folder)
+
+
+def _where_hint(source: str) -> str:
+    if Path(source).is_dir():
+        return f"{source} should hold what save_pretrained writes (config.json, the weights and the tokenizer files)."
+    return ("A Hub name needs internet (as on Colab) and the exact model id from huggingface.co; offline, give a "
+            "folder saved with save_pretrained.")
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
