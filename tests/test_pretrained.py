@@ -7,9 +7,8 @@ pretrained_model names (a Hub name such as "gpt2" loads the same way on Colab).
 
 from __future__ import annotations
 
-import html
-
 import csv
+import html
 import importlib.util
 import math
 import os
