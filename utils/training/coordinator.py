@@ -24,7 +24,7 @@ from utils.config import CONFIG_FILENAME, WizardConfig
 from utils.data import PreparedData, prepare_data
 from utils.data.tokenizers import load_tokenizer, tokenizer_fingerprint
 from utils.env import DeviceInfo, detect_device
-from utils.export import ExportError, export_model
+from utils.export import ExportError, export_model, write_labels
 from utils.files import atomic_folder, make_output_dir, remove_temp_files
 from utils.inference import Predictor, classify_texts, sample_text  # sample_text, classify_texts: see __all__
 from utils.training.precision import PrecisionDecision, resolve_precision
@@ -217,7 +217,7 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
         elif launch.is_zero:
             remove_checkpoints_after(out, resume)
     if launch.is_zero:
-        _save_run_files(out, config, data.tokenizer, user_files)
+        _save_run_files(out, config, data, user_files)
     return _Run(config, decision, data, model, module, train_loader, val_loader, resume, model_passed_in, launch,
                 estimate)
 
@@ -278,12 +278,15 @@ def _tokenizer_change(out: Path, data: PreparedData) -> Optional[str]:
             "(the data changed since the checkpoint was written)")
 
 
-def _save_run_files(out: Path, config: WizardConfig, tokenizer, user_files) -> None:
-    """config.json, tokenizer/ and the model code copy, each written atomically; a resume keeps its tokenizer."""
+def _save_run_files(out: Path, config: WizardConfig, data: PreparedData, user_files) -> None:
+    """config.json, tokenizer/, a classifier's labels.json and the model code copy, each written atomically;
+    a resume keeps its tokenizer. With them a finished run loads for inference (utils.runs.load_run)."""
     config.save(out / CONFIG_FILENAME)
     if not (out / TOKENIZER_DIRNAME).exists():
         with atomic_folder(out / TOKENIZER_DIRNAME) as folder:
-            tokenizer.save(folder)
+            data.tokenizer.save(folder)
+    if config.task == "classification":
+        write_labels(out, data.label_names, data.pad_id)
     if user_files is not None and config.model_source == "file":
         keep_model_copy(user_files, out)
 
