@@ -138,7 +138,8 @@ NO_TRANSFORMERS = pytest.mark.skipif(importlib.util.find_spec("transformers") is
 
 @pytest.mark.parametrize("bad_input", [
     _config_folder, _output_dir_is_a_file, _output_dir_in_proc, _config_not_utf8, _model_exits_on_import,
-    _gist_trickles, _sequences_longer_than_the_data, _batch_larger_than_memory, pytest.param(_position_table_too_short, marks=NO_TRANSFORMERS),
+    _gist_trickles, _sequences_longer_than_the_data, _batch_larger_than_memory,
+    pytest.param(_position_table_too_short, marks=NO_TRANSFORMERS),
 ], ids=lambda row: row.__name__.strip("_"))
 def test_bad_input_is_one_line_naming_it_with_exit_2_and_the_run_untouched(world, bad_input):
     before = snapshot(world["witness"])

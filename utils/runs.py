@@ -126,7 +126,8 @@ def _load_weights(model: nn.Module, path: Path) -> None:
         state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
         raise RunFolderError(f"{path} cannot be loaded ({type(e).__name__}: {str(e).strip().splitlines()[0]}); "
-                             "try the last checkpoint (--checkpoint last on the command line, checkpoint='last' in Python)") from None
+                             "try the last checkpoint (--checkpoint last on the command line, checkpoint='last' "
+                             "in Python)") from None
     weights = {k[len(MODEL_PREFIX):]: v for k, v in state.get("state_dict", {}).items() if k.startswith(MODEL_PREFIX)}
     try:
         missing, unexpected = model.load_state_dict(weights, strict=False)
