@@ -143,22 +143,22 @@ def train_and_report(config: WizardConfig, args: argparse.Namespace) -> int:
     # Imported here, after the settings passed: these modules load torch and Lightning.
     from utils.training import train
 
-    result = None
-
     def call():
-        nonlocal result
         result = train(config)
+        if result.is_global_zero:  # the other processes of a multi-device run print nothing
+            _report(result, args.sample_tokens)
 
-    code = _reported(call)
-    if code != 0 or not result.is_global_zero:  # another process of a multi-device run: rank zero reports
-        return code
+    return _reported(call)
+
+
+def _report(result, sample_tokens: int) -> None:
+    """The summary, the config's path, a sample (language models) and what to run next."""
+    task, folder = result.config.task, result.output_dir
     print("\n" + result.summary())
-    print(f"config:           {result.output_dir / 'config.json'}")
-    if config.task == "lm":
-        print("\nSample:\n" + result.generate(max_new_tokens=args.sample_tokens, seed=config.seed))
-    print(f"\nNext: {_prog('generate' if config.task == 'lm' else 'predict')} {result.output_dir} ... "
-          f"or {_prog('export')} {result.output_dir}")
-    return 0
+    print(f"config:           {folder / 'config.json'}")
+    if task == "lm":
+        print("\nSample:\n" + result.generate(max_new_tokens=sample_tokens, seed=result.config.seed))
+    print(f"\nNext: {_prog('generate' if task == 'lm' else 'predict')} {folder} ... or {_prog('export')} {folder}")
 
 
 def run_estimate(args: argparse.Namespace) -> int:

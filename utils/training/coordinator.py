@@ -193,9 +193,12 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
                     source=f"the {type(model).__name__} passed to train()")
     print(f"Model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
     # Before any batch exists: a batch_size the device cannot hold is refused in seconds, with the batch that
-    # fits, instead of failing in the allocator minutes later. Then the data must fill one batch.
-    memory = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
-    check_memory(memory, config)
+    # fits, instead of failing in the allocator minutes later. Then the data must fill one batch. Rank zero
+    # measures for all: before the Trainer sets each process's device, every copy would land on the first GPU.
+    memory = None
+    if launch.is_zero:
+        memory = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
+        check_memory(memory, config)
     check_training_windows(config, len(data.train), data.num_tokens)
     train_loader, val_loader = build_dataloaders(config, data.train, data.val, pin_memory=decision.device.kind == "cuda",
                                                  num_replicas=launch.world_size)
