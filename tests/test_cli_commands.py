@@ -122,6 +122,14 @@ def test_predict_takes_texts_on_the_command_line_too(runs, capsys):
     assert capsys.readouterr().out.splitlines() == [f"{labels[0]}\t{TEXTS[0]}", f"{labels[1]}\t{TEXTS[1]}"]
 
 
+def test_a_classifier_export_predicts_as_its_run_does(runs, capsys):
+    folder = load_run(runs["cls"]).export(runs["root"] / "cls-export")
+    assert main(["predict", str(folder), "--text", TEXTS[0], "--text", TEXTS[1]]) == 0
+    labels = load_run(runs["cls"]).predict(TEXTS[:2])
+    assert capsys.readouterr().out.splitlines() == [f"{labels[0]}\t{TEXTS[0]}", f"{labels[1]}\t{TEXTS[1]}"]
+    assert load_exported(folder).label_names == ["calm", "loud"]
+
+
 def test_estimate_command_prints_the_estimate_and_writes_nothing_into_the_run(runs):
     before = snapshot(runs["lm"])
     proc = _kit("estimate", "--config", str(runs["lm"] / "config.json"))
