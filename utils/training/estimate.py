@@ -176,8 +176,8 @@ def estimate_run(config: WizardConfig, decision: PrecisionDecision, model: nn.Mo
 
     train_batches, val_batches: batches per epoch of this process's loaders. steps: the run's optimizer
     steps (default: training.builder.total_steps for train_batches). memory: measure_memory's answer, when
-    the caller has it already. A batch that does not fit is timed
-    at the largest that does (train() refuses it before calling this; the wizard and `estimate` show it).
+    the caller has it already. A batch that does not fit is timed at the largest that does (the wizard
+    shows that; train() and the `estimate` command refuse such a batch before calling this).
     """
     from utils.training.builder import adamw_options, total_steps  # builder imports this module's users
 
