@@ -6,14 +6,15 @@ A small device memory is injected with a DeviceInfo (total_memory_bytes) to test
 import math
 import time
 
+import pytest
 import torch
 
 from utils.config import WizardConfig
 from utils.env import DeviceInfo
 from utils.training import train
 from utils.training.builder import build_model, build_task, total_steps
-from utils.training.estimate import (COLAB_SESSION_SECONDS, Estimate, MemoryModel, count_validations,
-                                     estimate_config, estimate_run)
+from utils.training.estimate import (COLAB_SESSION_SECONDS, BatchTooLargeError, Estimate, MemoryModel, _bytes,
+                                     check_memory, count_validations, estimate_config, estimate_run)
 from utils.training.precision import resolve_precision
 
 CPU = DeviceInfo("cpu", "CPU")
@@ -107,3 +108,29 @@ def test_train_prints_the_estimate_after_the_model_and_the_summary_compares(tmp_
     assert f"{result.estimate.seconds_per_step:.3g} s/step" in line
     assert f"actual {result.train_seconds / 6:.3g} s/step" in line
     assert 0 < result.train_seconds < result.fit_seconds
+
+
+def test_train_refuses_a_batch_that_does_not_fit_before_writing_anything(tmp_path):
+    """The device's memory is injected (a DeviceInfo with total_memory_bytes): this machine's RAM would fit it."""
+    config = WizardConfig(**{**TINY, "batch_size": 64}, gradient_accumulation_steps=2, output_dir=str(tmp_path / "run"))
+    memory = estimate_config(config, cpu_decision()).memory
+    small = DeviceInfo("cpu", "Small CPU", None, int((memory.fixed_bytes + 10.5 * memory.per_sequence_bytes) / 0.9))
+    with pytest.raises(BatchTooLargeError) as raised:
+        train(config, device=small)
+    message = str(raised.value)
+    assert message.startswith(f"batch_size=64 needs about {_bytes(memory.bytes_at(64))} for training, more than "
+                              f"Small CPU memory ({_bytes(small.total_memory_bytes)}, 90% usable). ")
+    assert message.endswith("The largest batch that fits is 10: batch_size=8 with gradient_accumulation_steps=16 "
+                            "keeps the effective batch.")
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["data_cache"]  # no config.json, tokenizer/, checkpoints
+
+
+def test_a_huge_batch_is_refused_in_seconds():
+    memory = MemoryModel(fixed_bytes=10**6, per_sequence_bytes=10**5, capacity_bytes=16 * 2**30, capacity_name="RAM")
+    config = WizardConfig(batch_size=1_000_000_000, gradient_accumulation_steps=1)
+    start = time.perf_counter()
+    with pytest.raises(BatchTooLargeError, match=r"^batch_size=1000000000 needs about 90\.9 TB for training, more "
+                                                 r"than RAM \(16\.0 GB, 90% usable\)\. The largest batch that fits is "
+                                                 r"154608: batch_size=\d+ with gradient_accumulation_steps=\d+ keeps"):
+        check_memory(memory, config)
+    assert time.perf_counter() - start < 1

@@ -128,10 +128,11 @@ def test_gpu_bench_smoke_run_measures_both_sides_on_this_gpu(tmp_path):
     assert len(report["speedups"]) == 2 * (len(expected) - 1)
 
 
-def test_a_batch_too_large_for_the_gpu_is_answered_with_the_largest_that_fits(tiny_config):
+def test_a_batch_too_large_for_the_gpu_is_answered_with_the_largest_that_fits(tiny_config, tmp_path):
     """The pre-flight estimate on the real GPU: a batch that would run out of memory is reported with the
-    largest that fits and the accumulation that keeps the effective batch; training at that batch runs."""
-    from utils.training.estimate import estimate_config
+    largest that fits and the accumulation that keeps the effective batch; train() refuses the batch with
+    the same advice before allocating it, and training at the suggested batch runs."""
+    from utils.training.estimate import BatchTooLargeError, estimate_config
 
     config = tiny_config.replace(dataset_source="embedded", dataset_path="", model_size="base", max_seq_len=512,
                                  batch_size=4096, max_steps=2)  # the embedded corpus: ~900 windows of 512
@@ -141,5 +142,12 @@ def test_a_batch_too_large_for_the_gpu_is_answered_with_the_largest_that_fits(ti
     suggested, accumulation = estimate.suggested_batch_size, estimate.suggested_accumulation
     assert suggested * accumulation == 4096 and suggested < 4096
     assert f"batch_size={suggested} with gradient_accumulation_steps={accumulation}" in estimate.describe()
+    # Six copies of the corpus hold more than 4096 windows of 512, so the batch is refused for the memory alone.
+    corpus = (REPO_ROOT / "utils/data/embedded/python_reference.txt").read_text(encoding="utf-8")
+    (tmp_path / "corpus-x6.txt").write_text(corpus * 6, encoding="utf-8")
+    with pytest.raises(BatchTooLargeError, match=f"gradient_accumulation_steps={accumulation} keeps the effective"):
+        train(config.replace(dataset_source="file", dataset_path=str(tmp_path / "corpus-x6.txt"),
+                             output_dir=str(tmp_path / "refused")))
+    assert not (tmp_path / "refused" / "checkpoints").exists()
     result = train(config.replace(batch_size=suggested, gradient_accumulation_steps=accumulation, max_steps=1))
     assert result.global_step == 1 and torch.cuda.max_memory_allocated() < detect_device().total_memory_bytes

@@ -301,14 +301,14 @@ def test_gpt2_small_at_the_default_batch_fits_a_t4(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from utils.training.builder import build_task
-    from utils.training.estimate import estimate_memory
+    from utils.training.estimate import measure_memory
     from utils.training.precision import resolve_precision
 
     config = WizardConfig(model_source="pretrained", pretrained_model="gpt2")
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config())  # GPT-2 small's shape: 12 layers, 768 wide, 50257 ids, 1024 positions
     t4 = DeviceInfo("cpu", "Tesla T4", None, 15 * 10**9)  # a T4's memory, injected; the passes run on this CPU
-    memory = estimate_memory(config, resolve_precision(True, "16-mixed", t4), model, build_task(config), 50257)
+    memory = measure_memory(config, resolve_precision(True, "16-mixed", t4), model, build_task(config), 50257, 0)
     assert 120e6 * 16 < memory.fixed_bytes < 2 * 124.5e6 * 16  # weights, grads and AdamW: 16 bytes a parameter
     assert memory.per_sequence_bytes > 10 * 2**20  # a real activation count, not zero
     assert memory.fits(config.batch_size), f"{memory.bytes_at(config.batch_size) / 2**30:.1f} GB"

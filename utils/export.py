@@ -33,7 +33,7 @@ from torch import nn
 from utils.config import CONFIG_FILENAME, WizardConfig
 from utils.data import load_tokenizer
 from utils.errors import KitError, MissingFileError
-from utils.files import atomic_folder
+from utils.files import atomic_folder, atomic_write_text
 from utils.inference import Predictor
 from utils.pretrained import KIT_CONFIG_FILENAME, load_pretrained_model, save_for_transformers
 from utils.user_models import USER_MODEL_DIRNAME, copy_model_files, model_files_in
@@ -81,8 +81,7 @@ def export_model(model: nn.Module, config: WizardConfig, tokenizer, folder: Opti
             config.save(tmp / CONFIG_FILENAME)
         tokenizer.save(tmp / "tokenizer")
         if config.task == "classification":
-            labels = {"label_names": list(label_names), "pad_id": pad_id}
-            (tmp / LABELS_FILENAME).write_text(json.dumps(labels, indent=2) + "\n", encoding="utf-8")
+            write_labels(tmp, label_names, pad_id)
         if config.model_source in ("file", "gist"):
             trained = model_files_in(Path(config.output_dir) / USER_MODEL_DIRNAME)
             copy_model_files(trained, tmp / USER_MODEL_DIRNAME, {"model_source": config.model_source,
@@ -126,7 +125,7 @@ def load_exported(folder: str | Path, device: str = "cpu") -> ExportedModel:
         raise MissingFileError(f"No {WEIGHTS_FILENAME} in {folder}: is this an export folder (output_dir/export)?")
     config = WizardConfig.load(folder / CONFIG_FILENAME)
     tokenizer = load_tokenizer(folder / "tokenizer")
-    labels = _read_labels(folder) if config.task == "classification" else {"label_names": [], "pad_id": 0}
+    labels = read_labels(folder) if config.task == "classification" else {"label_names": [], "pad_id": 0}
     user_files = model_files_in(folder / USER_MODEL_DIRNAME) if config.model_source in ("file", "gist") else None
     model = build_model(config, tokenizer.vocab_size, len(labels["label_names"]), labels["pad_id"],
                         user_files=user_files)
@@ -138,16 +137,22 @@ def _load_pretrained_export(folder: Path, device: str) -> ExportedModel:
     """A fine-tuned pretrained model's export: the model as transformers saved it, the kit's config and tokenizer."""
     config = WizardConfig.load(folder / KIT_CONFIG_FILENAME)
     tokenizer = load_tokenizer(folder / "tokenizer")
-    labels = _read_labels(folder) if config.task == "classification" else {"label_names": [], "pad_id": 0}
+    labels = read_labels(folder) if config.task == "classification" else {"label_names": [], "pad_id": 0}
     pad_id = labels["pad_id"] if config.task == "classification" else None  # the saved model config has its own
     model = load_pretrained_model(str(folder), config.task, labels["label_names"], pad_id)
     return ExportedModel(model.to(device).eval(), tokenizer, config, labels["label_names"], labels["pad_id"])
 
 
-def _read_labels(folder: Path) -> dict:
-    path = folder / LABELS_FILENAME
+def write_labels(folder: Path, label_names: list[str], pad_id: int) -> None:
+    """A classifier's class names and pad id, in an export and in the run folder (utils.runs reads them there)."""
+    labels = {"label_names": list(label_names), "pad_id": pad_id}
+    atomic_write_text(Path(folder) / LABELS_FILENAME, json.dumps(labels, indent=2) + "\n")
+
+
+def read_labels(folder: Path, fix: str = "a classifier's export names its classes there") -> dict:
+    path = Path(folder) / LABELS_FILENAME
     try:
         labels = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise MissingFileError(f"No {LABELS_FILENAME} in {folder}: a classifier's export names its classes there") from None
+        raise MissingFileError(f"No {LABELS_FILENAME} in {folder}: {fix}") from None
     return {"label_names": list(labels["label_names"]), "pad_id": int(labels.get("pad_id", 0))}

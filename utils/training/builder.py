@@ -98,15 +98,20 @@ def build_model(config: WizardConfig, vocab_size: int, num_classes: int = 0, pad
     return model
 
 
-def check_training_windows(config: WizardConfig, num_train: int, num_tokens: int) -> None:
+def check_training_windows(config: WizardConfig, num_train: int, num_tokens: int,
+                           max_seq_len_only: bool = False) -> None:
     """A language model's training split must fill one batch of max_seq_len windows, or fail before training.
 
     A max_seq_len near the corpus length leaves a handful of enormous windows: each step is one huge partial
     batch and the run looks hung. Classification truncates each text to max_seq_len, so it needs no check.
+    max_seq_len_only: fail only when a shorter max_seq_len would fill the batch (the check before the model is
+    built); a batch_size no max_seq_len can fill is then left to the memory check and the check after it.
     """
     if config.task != "lm" or num_train >= config.batch_size:
         return
     fits = _largest_seq_len_for(config.batch_size, num_tokens, config.val_split)
+    if max_seq_len_only and fits < 2:
+        return
     fix = f"set max_seq_len <= {fits}" if fits >= 2 else "use more text"
     raise DataError(f"max_seq_len={config.max_seq_len} cuts the {num_tokens:,} tokens of the data into only "
                     f"{num_train} training sequences of {config.max_seq_len + 1} tokens, fewer than one batch "
@@ -115,7 +120,11 @@ def check_training_windows(config: WizardConfig, num_train: int, num_tokens: int
 
 def _largest_seq_len_for(batch_size: int, num_tokens: int, val_split: float) -> int:
     """The longest windows that still leave batch_size of them for training after the validation split."""
-    windows = batch_size
+    # Start just below the answer (about batch_size / (1 - val_split)): counting up from batch_size takes
+    # seconds for a huge batch_size. Training windows only grow with the total, so the first that fits is it.
+    windows = max(batch_size, math.floor(batch_size / (1 - val_split)) - 2) if val_split < 1 else batch_size
+    while windows > batch_size and windows - 1 - round((windows - 1) * val_split) >= batch_size:
+        windows -= 1
     while windows - round(windows * val_split) < batch_size:
         windows += 1
     return (num_tokens - 1) // windows

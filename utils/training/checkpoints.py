@@ -3,6 +3,7 @@
 Layout of output_dir:
     config.json               the WizardConfig of the run (asdict), written before training
     tokenizer/                the tokenizer, so a checkpoint can be decoded without the data
+    labels.json               classification: the class names and pad id (as in an export)
     checkpoints/last.ckpt     the latest state (model, optimizer, LR schedule, scaler, data position, RNG)
     checkpoints/epoch*.ckpt   the best save_top_k checkpoints by validation loss
     checkpoints/damaged/      checkpoints that no longer load (torn by a kill), kept for inspection
@@ -31,13 +32,15 @@ import torch
 
 from utils.config import CONFIG_FILENAME, ConfigError, WizardConfig
 from utils.errors import KitError
+from utils.export import LABELS_FILENAME
 
 LAST_NAME = "last.ckpt"
 LOGS_DIRNAME = "logs"
 TOKENIZER_DIRNAME = "tokenizer"
 ARCHIVE_DIRNAME = "archive"
 DAMAGED_DIRNAME = "damaged"
-RUN_ENTRIES = (CONFIG_FILENAME, TOKENIZER_DIRNAME, "checkpoints", LOGS_DIRNAME, "user_model", "export")  # one run's files
+RUN_ENTRIES = (CONFIG_FILENAME, TOKENIZER_DIRNAME, LABELS_FILENAME, "checkpoints", LOGS_DIRNAME, "user_model",
+               "export")  # one run's files
 
 # Fields that shape the model or the data: a checkpoint only resumes under the same values (of the fields
 # its choices use: a pretrained run reads no tokenizer setting, see Setting.when in utils/config.py).
@@ -70,6 +73,17 @@ def checkpoint_dir(output_dir: str | Path) -> Path:
 def last_checkpoint(output_dir: str | Path) -> Optional[Path]:
     path = checkpoint_dir(output_dir) / LAST_NAME
     return path if path.exists() else None
+
+
+def best_checkpoint(output_dir: str | Path) -> Optional[Path]:
+    """The checkpoint with the lowest validation loss in its name (the builder's ModelCheckpoint filename,
+    `...-val1.2345.ckpt`), the later step on a tie; None when none was saved."""
+    scored = []
+    for path in checkpoint_dir(output_dir).glob("*.ckpt"):
+        match = re.search(r"-val(\d+\.\d+)", path.stem)
+        if match:
+            scored.append((float(match.group(1)), -_step_in_name(path), path))
+    return min(scored)[2] if scored else None
 
 
 def plan_resume(config: WizardConfig, on_change: str = "refuse") -> Optional[ResumePoint]:

@@ -24,7 +24,7 @@ from utils.config import CONFIG_FILENAME, WizardConfig
 from utils.data import PreparedData, prepare_data
 from utils.data.tokenizers import load_tokenizer, tokenizer_fingerprint
 from utils.env import DeviceInfo, detect_device
-from utils.export import ExportError, export_model
+from utils.export import ExportError, export_model, write_labels
 from utils.files import atomic_folder, make_output_dir, remove_temp_files
 from utils.inference import Predictor, classify_texts, sample_text  # sample_text, classify_texts: see __all__
 from utils.training.precision import PrecisionDecision, resolve_precision
@@ -34,7 +34,7 @@ from utils.training.builder import (build_callbacks, build_data_spec, build_data
 from utils.training.callbacks import RunRecorder
 from utils.training.module import TASKS, TransformerModule
 from utils.training.checkpoint_io import TrainingStopped
-from utils.training.estimate import Estimate, estimate_run, format_duration
+from utils.training.estimate import Estimate, check_memory, estimate_run, format_duration, measure_memory
 from utils.training.checkpoints import (LOGS_DIRNAME, ON_CHANGE, TOKENIZER_DIRNAME, IncompatibleCheckpointError,
                                         ResumePoint, find_resume_point, handle_changed_run, last_checkpoint,
                                         plan_resume, remove_checkpoints_after, resume_problems)
@@ -179,7 +179,9 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
     print(f"Data: {data.source}, {data.num_tokens:,} tokens, {data.tokenizer.kind} tokenizer with "
           f"{data.tokenizer.vocab_size} ids; {len(data.train):,} train / {len(data.val):,} val sequences"
           f"{task.describe_data(data)}")
-    check_training_windows(config, len(data.train), data.num_tokens)
+    # A max_seq_len too long for the data is named before the model is built: a forward pass at that length
+    # (the memory check below) is slow.
+    check_training_windows(config, len(data.train), data.num_tokens, max_seq_len_only=True)
     model_passed_in, user_files = model is not None, None
     if model is None:
         if config.model_source in ("file", "gist"):
@@ -191,13 +193,21 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
         check_model(model, task, data.tokenizer.vocab_size, config.max_seq_len, data.num_classes,
                     source=f"the {type(model).__name__} passed to train()")
     print(f"Model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    # Before any batch exists: a batch_size the device cannot hold is refused in seconds, with the batch that
+    # fits, instead of failing in the allocator minutes later. Then the data must fill one batch. Rank zero
+    # measures for all: before the Trainer sets each process's device, every copy would land on the first GPU.
+    memory = None
+    if launch.is_zero:
+        memory = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
+        check_memory(memory, config)
+    check_training_windows(config, len(data.train), data.num_tokens)
     train_loader, val_loader = build_dataloaders(config, data.train, data.val, pin_memory=decision.device.kind == "cuda",
                                                  num_replicas=launch.world_size)
     module = build_module(config, model, task, len(train_loader), decision)
     estimate, steps_left = None, module.total_steps - (resume.global_step if resume else 0)
     if launch.is_zero and steps_left > 0:  # rank zero's own device; nothing to time when nothing is left to train
         estimate = estimate_run(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes,
-                                len(train_loader), len(val_loader), steps_left)
+                                len(train_loader), len(val_loader), steps_left, memory)
         print(estimate.describe())
     print(describe_speedups(config, decision))
     if resume is not None:
@@ -211,7 +221,7 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
         elif launch.is_zero:
             remove_checkpoints_after(out, resume)
     if launch.is_zero:
-        _save_run_files(out, config, data.tokenizer, user_files)
+        _save_run_files(out, config, data, user_files)
     return _Run(config, decision, data, model, module, train_loader, val_loader, resume, model_passed_in, launch,
                 estimate)
 
@@ -272,12 +282,15 @@ def _tokenizer_change(out: Path, data: PreparedData) -> Optional[str]:
             "(the data changed since the checkpoint was written)")
 
 
-def _save_run_files(out: Path, config: WizardConfig, tokenizer, user_files) -> None:
-    """config.json, tokenizer/ and the model code copy, each written atomically; a resume keeps its tokenizer."""
+def _save_run_files(out: Path, config: WizardConfig, data: PreparedData, user_files) -> None:
+    """config.json, tokenizer/, a classifier's labels.json and the model code copy, each written atomically;
+    a resume keeps its tokenizer. With them a finished run loads for inference (utils.runs.load_run)."""
     config.save(out / CONFIG_FILENAME)
     if not (out / TOKENIZER_DIRNAME).exists():
         with atomic_folder(out / TOKENIZER_DIRNAME) as folder:
-            tokenizer.save(folder)
+            data.tokenizer.save(folder)
+    if config.task == "classification":
+        write_labels(out, data.label_names, data.pad_id)
     if user_files is not None and config.model_source == "file":
         keep_model_copy(user_files, out)
 

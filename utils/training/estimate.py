@@ -11,7 +11,10 @@ gradient accumulation that keeps the effective batch.
     estimate = estimate_config(config, decision)   # builds data and model (the wizard, bench/)
     print(estimate.describe())
 
-train() calls estimate_run() on the model and loaders it has built, and prints the same lines.
+train() first measures the memory model alone (measure_memory, two forward passes at batch 1 and 2)
+and refuses a batch that does not fit (check_memory raises BatchTooLargeError) before anything
+allocates a batch; then it calls estimate_run() on the model and loaders it has built, and prints
+the same lines.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from torch import nn
 
 from utils.config import WizardConfig
 from utils.env import DeviceInfo
+from utils.errors import KitError
 from utils.training.precision import PrecisionDecision
 
 # fp32 weights, their gradients and AdamW's two moments; Lightning keeps fp32 master weights
@@ -42,6 +46,10 @@ WARMUP_STEPS, TIMED_STEPS = 2, 3
 # leave out. bench/estimate_accuracy.py found it lost in the noise on a CPU (estimates within 8%
 # without it); a GPU run of tiny models may need it.
 PER_BATCH_OVERHEAD_S = 0.0
+
+
+class BatchTooLargeError(KitError, ValueError):
+    """batch_size needs more memory than the device has; the message names the batch that fits."""
 
 
 @dataclass(frozen=True)
@@ -115,12 +123,10 @@ class Estimate:
         where = f"{self.memory.capacity_name} ({_bytes(self.memory.capacity_bytes)}, {USABLE_FRACTION:.0%} usable)"
         if self.fits_memory:
             return f"Memory: {need}, fits in {where}."
-        if not self.suggested_batch_size:
-            return f"Memory: {need} does NOT fit in {where}, not even at batch_size=1: pick a smaller model or max_seq_len."
-        return (f"Memory: {need} does NOT fit in {where}. The largest batch that fits is "
-                f"{self.memory.largest_batch(self.config_batch_size)}: batch_size={self.suggested_batch_size} with "
-                f"gradient_accumulation_steps={self.suggested_accumulation} keeps the effective batch "
-                f"(the time above is for that).")
+        advice = memory_advice(self.memory, self.config_batch_size, self.suggested_batch_size or 0,
+                               self.suggested_accumulation or 1)
+        timed = " (the time above is for that)" if self.suggested_batch_size else ""
+        return f"Memory: {need} does NOT fit in {where}. {advice}{timed}."
 
     def compare(self, seconds_per_step: float, total_seconds: float) -> str:
         """The summary's line: this estimate against what the run took."""
@@ -128,13 +134,50 @@ class Estimate:
                 f"{seconds_per_step:.3g} s/step, {format_duration(total_seconds)}")
 
 
+def memory_advice(memory: MemoryModel, batch: int, suggested: int, accumulation: int) -> str:
+    """What to set instead of a batch that does not fit: the estimate's memory line and the error say the same."""
+    if not suggested:
+        return "Not even batch_size=1 fits: pick a smaller model_size or max_seq_len"
+    return (f"The largest batch that fits is {memory.largest_batch(batch)}: batch_size={suggested} with "
+            f"gradient_accumulation_steps={accumulation} keeps the effective batch")
+
+
+def measure_memory(config: WizardConfig, decision: PrecisionDecision, model: nn.Module, task, vocab_size: int,
+                   num_classes: int) -> MemoryModel:
+    """The memory model of a copy of model on decision.device: two forward passes at batch 1 and 2, no batch
+    of the config's size is ever built, so a huge batch_size costs nothing here."""
+    torch_device = torch.device(decision.device.kind)
+    with torch.random.fork_rng(devices=[torch_device] if torch_device.type == "cuda" else []):
+        work = copy.deepcopy(model).to(torch_device).train()
+        memory = _memory_model(_Stepper(work, None, task, decision, vocab_size, num_classes, config.max_seq_len),
+                               decision.device)
+        del work
+        if torch_device.type == "cuda":
+            torch.cuda.empty_cache()
+    return memory
+
+
+def check_memory(memory: MemoryModel, config: WizardConfig) -> None:
+    """Raise BatchTooLargeError when the config's batch does not fit in the device's memory."""
+    B, A = config.batch_size, config.gradient_accumulation_steps
+    if memory.fits(B):
+        return
+    suggested, accumulation = _batch_that_fits(memory, B, A)
+    raise BatchTooLargeError(
+        f"batch_size={B} needs about {_bytes(memory.bytes_at(B))} for training, more than "
+        f"{memory.capacity_name} ({_bytes(memory.capacity_bytes)}, {USABLE_FRACTION:.0%} usable). "
+        f"{memory_advice(memory, B, suggested, accumulation)}.")
+
+
 def estimate_run(config: WizardConfig, decision: PrecisionDecision, model: nn.Module, task, vocab_size: int,
                  num_classes: int, train_batches: int, val_batches: int,
-                 steps: Optional[int] = None) -> Estimate:
+                 steps: Optional[int] = None, memory: Optional[MemoryModel] = None) -> Estimate:
     """Time a few optimizer steps of a copy of model on decision.device at the config's batch; see the module doc.
 
     train_batches, val_batches: batches per epoch of this process's loaders. steps: the run's optimizer
-    steps (default: training.builder.total_steps for train_batches).
+    steps (default: training.builder.total_steps for train_batches). memory: measure_memory's answer, when
+    the caller has it already. A batch that does not fit is timed at the largest that does (the wizard
+    shows that; train() and the `estimate` command refuse such a batch before calling this).
     """
     from utils.training.builder import adamw_options, total_steps  # builder imports this module's users
 
@@ -145,7 +188,7 @@ def estimate_run(config: WizardConfig, decision: PrecisionDecision, model: nn.Mo
         work = copy.deepcopy(model).to(torch_device).train()
         optimizer = torch.optim.AdamW(work.parameters(), lr=config.learning_rate, **adamw_options(device.kind))
         step = _Stepper(work, optimizer, task, decision, vocab_size, num_classes, config.max_seq_len)
-        memory = _memory_model(step, device)
+        memory = memory or _memory_model(step, device)
         batch, accumulation = _batch_that_fits(memory, B, A)
         try:
             fb, opt, peak = step.time(max(batch, 1), WARMUP_STEPS, TIMED_STEPS)
@@ -167,8 +210,12 @@ def estimate_run(config: WizardConfig, decision: PrecisionDecision, model: nn.Mo
                     device.kind == "cuda" and batch == B, memory, B, *suggested)
 
 
-def estimate_config(config: WizardConfig, decision: PrecisionDecision) -> Estimate:
-    """Prepare the config's data and build its model (as train() does), then estimate_run()."""
+def estimate_config(config: WizardConfig, decision: PrecisionDecision, refuse_oversize: bool = False) -> Estimate:
+    """Prepare the config's data and build its model (as train() does), then estimate_run().
+
+    refuse_oversize: raise BatchTooLargeError for a batch that does not fit, as train() does, instead of timing
+    the largest batch that fits (the command line's `estimate`: that batch can fill most of the memory).
+    """
     from utils.data import prepare_data
     from utils.training.builder import build_data_spec, build_dataloaders, build_model, build_task
 
@@ -176,9 +223,13 @@ def estimate_config(config: WizardConfig, decision: PrecisionDecision) -> Estima
     data = prepare_data(build_data_spec(config))
     torch.manual_seed(config.seed)
     model = build_model(config, data.tokenizer.vocab_size, data.num_classes, data.pad_id)
+    task = build_task(config)
+    memory = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
+    if refuse_oversize:
+        check_memory(memory, config)
     train_loader, val_loader = build_dataloaders(config, data.train, data.val, pin_memory=False)  # for their lengths
-    return estimate_run(config, decision, model, build_task(config), data.tokenizer.vocab_size, data.num_classes,
-                        len(train_loader), len(val_loader))
+    return estimate_run(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes,
+                        len(train_loader), len(val_loader), memory=memory)
 
 
 def count_validations(config: WizardConfig, train_batches: int, steps: int) -> int:
@@ -306,19 +357,7 @@ def _batch_that_fits(memory: MemoryModel, batch: int, accumulation: int) -> tupl
 
 
 def _bytes(n: int) -> str:
-    for unit, size in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+    for unit, size in (("TB", 2**40), ("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
         if n >= size:
             return f"{n / size:.1f} {unit}"
     return f"{n} B"
-
-
-def estimate_memory(config: WizardConfig, decision: PrecisionDecision, model: nn.Module, task, vocab_size: int,
-                    num_classes: int = 0) -> MemoryModel:
-    """The memory model alone (two forward passes on decision.device, no timed steps), for models too large to
-    time steps of on a CPU: memory.bytes_at(config.batch_size) is what the run's batch needs. Unlike
-    estimate_run it works on model itself (no copy: the model may be large), moved to the device in train mode."""
-    torch_device = torch.device(decision.device.kind)
-    with torch.random.fork_rng(devices=[torch_device] if decision.device.kind == "cuda" else []):
-        work = model.to(torch_device).train()
-        step = _Stepper(work, None, task, decision, vocab_size, num_classes, config.max_seq_len)
-        return _memory_model(step, decision.device)

@@ -1,0 +1,324 @@
+"""The command line for the whole life of a run: train, estimate, export, generate, predict.
+
+    python -m utils.training [train] [--config FILE.json] [--set KEY=VALUE ...]
+    python -m utils.training estimate [--config FILE.json] [--set KEY=VALUE ...]
+    python -m utils.training export RUN_DIR [--to DIR]
+    python -m utils.training generate RUN_DIR_OR_EXPORT [--prompt TEXT] [--max-new-tokens N] [--seed N]
+    python -m utils.training predict RUN_DIR_OR_EXPORT (--text TEXT [--text TEXT ...] | --file FILE)
+
+`train` is the command when none is named. After `pip install -e .` the same commands run as
+`colab-kit COMMAND ...`. A problem the user can fix (a KitError) is printed as one line with exit
+code 2; anything else is a bug and shows its traceback (exit code 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import textwrap
+import traceback
+from dataclasses import fields
+from pathlib import Path
+from typing import Callable
+
+# Only the config here: torch and Lightning load after the settings are checked, so a typo in
+# --set is reported in a fraction of a second instead of after seconds of imports.
+from utils.config import SETTINGS, WizardConfig, apply_overrides
+from utils.errors import KitError
+
+COMMANDS = ("train", "estimate", "export", "generate", "predict")
+ENTRY_POINT = "colab-kit"  # [project.scripts] in pyproject.toml
+HELP_COLUMN, HELP_WIDTH = 38, 110  # where a setting's help starts in --help, and where lines wrap
+BUG_NOTE = "This looks like a bug in the kit; please report it with the traceback above."
+
+
+class CommandLineError(KitError, ValueError):
+    """A command's own input (a --file of texts) that cannot be used; the message says what to give instead."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors as one line, like every other error of the command line."""
+
+    def error(self, message: str):
+        print(f"error: {message}; see {self.prog} --help", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; the exit code: 0 done, 2 a problem the message names, 1 a bug, 130 stopped."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv.pop(0) if argv and argv[0] in COMMANDS else "train"
+    if command == "train" and argv and not argv[0].startswith("-"):
+        print(f"error: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)} "
+              f"(see {_prog()} --help)", file=sys.stderr)
+        return 2
+    args = PARSERS[command]().parse_args(argv)
+    return RUNNERS[command](args)
+
+
+def _prog(command: str = "") -> str:
+    base = ENTRY_POINT if Path(sys.argv[0]).name == ENTRY_POINT else "python -m utils.training"
+    return f"{base} {command}".strip()
+
+
+# ---------------------------------------------------------------------------------------------- train, estimate
+
+def train_parser() -> argparse.ArgumentParser:
+    commands = "\n".join("  " + line.replace("python -m utils.training", _prog()).strip()
+                         for line in __doc__.splitlines()[2:7])
+    usage = (f"{_prog()} [train] [--config FILE] [--set KEY=VALUE ...] [--sample-tokens N]\n"
+             f"       {_prog()} {{{','.join(COMMANDS[1:])}}} ...")
+    parser = _Parser(prog=_prog(), usage=usage, formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog=settings_help(),
+                     description="Train a model (the default command), or work with a finished run:\n\n"
+                                 f"{commands}\n\nEach command has its own --help.")
+    _config_arguments(parser)
+    parser.add_argument("--sample-tokens", type=int, default=300, help="length of the sample printed at the end")
+    return parser
+
+
+def estimate_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=_prog("estimate"), formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog=settings_help(),
+                     description="Time a few real optimizer steps and print how long the run would take and the "
+                                 "memory it needs, without training; a batch_size that does not fit is refused as "
+                                 "train refuses it, naming the batch that fits. Nothing is written into output_dir.")
+    _config_arguments(parser)
+    return parser
+
+
+def _config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="a saved WizardConfig JSON file (the wizard's Save writes one)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set max_epochs=1 (repeatable)")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The train command's arguments."""
+    return train_parser().parse_args(argv)
+
+
+def settings_help() -> str:
+    """Every WizardConfig field as `name=default  help [choices]`, in the dataclass's groups."""
+    lines = ["settings (change with --set NAME=VALUE; shown with their defaults):"]
+    group = None
+    for f in fields(WizardConfig):
+        setting = SETTINGS[f.name]
+        if setting.group != group:
+            group = setting.group
+            lines += ["", f"{group}:"]
+        left = f"  {f.name}={set_text(f.default)}"
+        text = setting.help + (f" [{' | '.join(setting.choices)}]" if setting.choices else "")
+        if len(left) > HELP_COLUMN - 2:  # a long default gets a line of its own
+            lines.append(left)
+            left = ""
+        lines.append(textwrap.fill(text, HELP_WIDTH, initial_indent=f"{left:<{HELP_COLUMN}}",
+                                   subsequent_indent=" " * HELP_COLUMN))
+    return "\n".join(lines)
+
+
+def set_text(value) -> str:
+    """A value as --set takes it: text as written ("" for empty), everything else as JSON."""
+    if isinstance(value, str):
+        return value or '""'
+    return json.dumps(value)
+
+
+def _config(args: argparse.Namespace) -> WizardConfig:
+    config = WizardConfig.load(args.config) if args.config else WizardConfig()
+    return apply_overrides(config, args.overrides)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    try:
+        config = _config(args)
+    except KitError as e:  # a bad setting or config file, reported before Lightning takes seconds to load
+        return _print_error(e)
+    return train_and_report(config, args)
+
+
+def train_and_report(config: WizardConfig, args: argparse.Namespace) -> int:
+    # Imported here, after the settings passed: these modules load torch and Lightning.
+    from utils.training import train
+
+    def call():
+        result = train(config)
+        if result.is_global_zero:  # the other processes of a multi-device run print nothing
+            _report(result, args.sample_tokens)
+
+    return _reported(call)
+
+
+def _report(result, sample_tokens: int) -> None:
+    """The summary, the config's path, a sample (language models) and what to run next."""
+    task, folder = result.config.task, result.output_dir
+    print("\n" + result.summary())
+    print(f"config:           {folder / 'config.json'}")
+    if task == "lm":
+        print("\nSample:\n" + result.generate(max_new_tokens=sample_tokens, seed=result.config.seed))
+    print(f"\nNext: {_prog('generate' if task == 'lm' else 'predict')} {folder} ... or {_prog('export')} {folder}")
+
+
+def run_estimate(args: argparse.Namespace) -> int:
+    try:
+        config = _config(args)
+    except KitError as e:
+        return _print_error(e)
+    return _reported(lambda: estimate_and_report(config))
+
+
+def estimate_and_report(config: WizardConfig, device=None) -> None:
+    """Print the precision decision and the estimate; a batch that does not fit raises train()'s error.
+    device: detected when not given (tests inject a DeviceInfo with a small memory). Data caches and a
+    copied model file go to a temporary folder, so an existing run in output_dir is never touched."""
+    from utils.env import detect_device
+    from utils.training.estimate import estimate_config
+    from utils.training.precision import resolve_precision
+
+    config = config.validate()
+    decision = resolve_precision(config.use_mixed_precision, config.precision, device or detect_device(config.devices))
+    print(f"Precision: {decision.precision} - {decision.reason}")
+    with tempfile.TemporaryDirectory(prefix="kit-estimate-") as scratch:
+        estimate = estimate_config(config.replace(output_dir=scratch), decision, refuse_oversize=True)
+    print(estimate.describe())
+
+
+# ------------------------------------------------------------------------------------ export, generate, predict
+
+def export_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=_prog("export"),
+                     description="Write a finished run's model as an export folder: model.safetensors, config.json, "
+                                 "tokenizer/ (and labels.json, user_model/). utils.export.load_exported reads it.")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (the output_dir training wrote)")
+    parser.add_argument("--to", metavar="DIR", help="where to write it (default: RUN_DIR/export); an earlier export "
+                                                    "there is replaced, any other non-empty folder is refused")
+    _checkpoint_argument(parser)
+    return parser
+
+
+def generate_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=_prog("generate"), description="Sample text from a trained language model (task lm).")
+    _model_argument(parser)
+    parser.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    parser.add_argument("--max-new-tokens", type=int, default=200, help="tokens to sample after the prompt")
+    parser.add_argument("--temperature", type=float, default=0.8, help="above 0; lower is more predictable")
+    parser.add_argument("--top-k", type=int, default=40, help="sample from the k likeliest tokens (0: from all)")
+    parser.add_argument("--seed", type=int, help="makes the sample repeatable")
+    return parser
+
+
+def predict_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=_prog("predict"),
+                     description="Label texts with a trained classifier (task classification). Prints one line "
+                                 "per text: the label, a tab, the text.")
+    _model_argument(parser)
+    texts = parser.add_mutually_exclusive_group(required=True)
+    texts.add_argument("--text", action="append", help="a text to label (repeatable)")
+    texts.add_argument("--file", help="a UTF-8 text file, one text per line (blank lines are skipped)")
+    return parser
+
+
+def _model_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="RUN_DIR_OR_EXPORT",
+                        help="a run folder (its best checkpoint) or an export folder")
+    _checkpoint_argument(parser)
+    parser.add_argument("--device", default="cpu", help="where the model runs, e.g. cpu or cuda (default: cpu)")
+
+
+def _checkpoint_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                        help="of a run folder: the lowest validation loss (default) or the latest")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    def call():
+        from utils.runs import load_run
+
+        run = load_run(args.run_dir, args.checkpoint)
+        folder = run.export(args.to)
+        use = _prog("generate" if run.config.task == "lm" else "predict")
+        print(f"Exported {run.checkpoint} to {folder}\n"
+              f"Load it with utils.export.load_exported({str(folder)!r}), or run: {use} {folder} ...")
+    return _reported(call)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    def call():
+        model = _load_for(args, "lm", "generate", "predict")
+        print(model.generate(args.prompt, args.max_new_tokens, args.temperature, args.top_k or None, args.seed))
+    return _reported(call)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    def call():
+        texts = args.text or _read_lines(args.file)
+        model = _load_for(args, "classification", "predict", "generate")
+        for label, text in zip(model.predict(texts), texts):
+            print(f"{label}\t{text}")
+    return _reported(call)
+
+
+def _load_for(args: argparse.Namespace, task: str, command: str, other: str):
+    """The run's or export's model, when it was trained for the task this command needs."""
+    from utils.inference import InferenceError
+    from utils.runs import load_predictor
+
+    model = load_predictor(args.model, args.checkpoint, args.device)
+    if model.config.task != task:
+        raise InferenceError(f"{command} needs a model trained with task={task!r}, but {args.model} holds one trained "
+                             f"with task={model.config.task!r}; use `{_prog(other)} {args.model}` instead")
+    return model
+
+
+def _read_lines(path: str) -> list[str]:
+    from utils.errors import MissingFileError
+
+    file = Path(path).expanduser()
+    try:
+        lines = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except FileNotFoundError:
+        raise MissingFileError(f"No file at {file} (--file): give a text file with one text per line") from None
+    except IsADirectoryError:
+        raise MissingFileError(f"{file} is a folder (--file): give a text file with one text per line") from None
+    except UnicodeDecodeError as e:
+        raise CommandLineError(f"{file} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at position {e.start}); "
+                       "save it as UTF-8") from None
+    if not lines:
+        raise CommandLineError(f"{file} holds no text (--file): put one text per line")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+def _reported(call: Callable[[], object]) -> int:
+    """Run a command's work: 0 when done; a KitError as one line (2); anything else is a bug (1)."""
+    from utils.training.checkpoint_io import TrainingStopped
+    from utils.user_models import UserModelError
+
+    try:
+        call()
+    except TrainingStopped:  # its message is printed already
+        return 130
+    except UserModelError as e:  # carries the user's own traceback: keep its lines
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KitError as e:
+        return _print_error(e)
+    except Exception:  # not raised on purpose: a bug, and its traceback is what a report needs
+        traceback.print_exc()
+        print(BUG_NOTE, file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_error(error: KitError) -> int:
+    print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+    return 2
+
+
+PARSERS = {"train": train_parser, "estimate": estimate_parser, "export": export_parser,
+           "generate": generate_parser, "predict": predict_parser}
+RUNNERS = {"train": run_train, "estimate": run_estimate, "export": run_export, "generate": run_generate,
+           "predict": run_predict}
