@@ -379,6 +379,21 @@ def test_review_step_estimates_the_run_time_on_this_device(wizard_path, tmp_path
     assert "Settings changed since the last estimate" in wizard.notes["estimate"].value
 
 
+def test_review_estimate_refuses_a_batch_the_device_cannot_hold_and_names_the_one_that_fits(wizard_path, tmp_path):
+    # A CPU with 300 MB of memory, injected: the memory model is measured for real, the capacity is not.
+    small = DeviceInfo("cpu", "Small CPU", None, 300 * 2**20)
+    wizard = make_wizard(wizard_path, device=small, run_root=tmp_path)
+    go_to(wizard, "training")
+    set_value(wizard, "batch_size", 4096)
+    go_to(wizard, "review")
+    wizard.estimate_button.click()
+    assert wizard.output.outputs == () and wizard.last_estimate is None
+    note = html.unescape(wizard.notes["estimate"].value)
+    assert note.count("No estimate: batch_size=4096 needs about ") == 1, note
+    assert "more than Small CPU memory (300.0 MB, 90% usable). The largest batch that fits is " in note
+    assert "gradient_accumulation_steps=" in note and "keeps the effective batch" in note
+
+
 def test_tokenizer_step_says_how_many_ids_the_model_sees(wizard_path):
     wizard = make_wizard(wizard_path)
     assert f"{EMBEDDED_CHAR_VOCAB} token ids (distinct characters in the dataset)" in wizard.notes["tokenizer"].value

@@ -35,7 +35,7 @@ from utils.env import DeviceInfo, detect_device, in_colab
 from utils.training.amp_utils import LegacyWizardAPI  # the reference kit's validate_config / presets
 from utils.training.precision import PrecisionError, resolve_precision
 from utils.training.checkpoints import describe_run_folder
-from utils.training.estimate import estimate_config
+from utils.training.estimate import BatchTooLargeError, estimate_config
 from utils.ui.fields import (ERROR_COLOR, INPUT_WIDTH, LABEL_WIDTH, SUCCESS_COLOR, UPLOAD_LIMIT_TEXT, WARNING_COLOR,
                              WRAP, Field, build_field, save_upload, upload_problem, uploaded_files)
 from utils.ui.model_check import (measure_model, count_parameters, describe_check, format_count,
@@ -316,7 +316,12 @@ class SetupWizard(LegacyWizardAPI):
             return
         self.notes["estimate"].value = _note("<i>Preparing the data and timing a few training steps...</i>")
         try:
-            estimate = estimate_config(self._placed(self._config), decision)
+            # A batch too large for the device is refused with the batch that fits, as training refuses it:
+            # timing even the largest that fits could fill a Colab CPU runtime's memory and end the session.
+            estimate = estimate_config(self._placed(self._config), decision, refuse_oversize=True)
+        except BatchTooLargeError as e:
+            self.notes["estimate"].value = _note(html.escape(f"No estimate: {e}"), ERROR_COLOR)
+            return
         except (ValueError, RuntimeError, OSError) as e:  # the data or the model's own complaint: show it
             self.notes["estimate"].value = _note(html.escape(f"Estimate failed: {e}"), ERROR_COLOR)
             return
