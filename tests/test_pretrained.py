@@ -120,6 +120,7 @@ def test_gpt2_fine_tunes_resumes_at_its_step_and_exports_for_transformers_and_th
 
     from utils.export import load_exported
     from utils.plots import plot_losses
+    from utils.runs import load_run
     from utils.training import train
 
     config = WizardConfig(model_source="pretrained", pretrained_model=str(gpt2_folder), dataset_source="file",
@@ -149,6 +150,10 @@ def test_gpt2_fine_tunes_resumes_at_its_step_and_exports_for_transformers_and_th
             ".kit-export.json"} <= {p.name for p in folder.iterdir()}
     kit = load_exported(folder)
     assert kit.generate("def ", max_new_tokens=8, seed=0) == second.generate("def ", max_new_tokens=8, seed=0)
+    capsys.readouterr()
+    run = load_run(tmp_path / "run", checkpoint="last")  # the run folder itself, as `generate RUN_DIR` loads it
+    assert run.generate("def ", max_new_tokens=8, seed=0) == second.generate("def ", max_new_tokens=8, seed=0)
+    assert "Note: learning_rate" not in capsys.readouterr().out  # the fine-tuning note is for training only
 
     hf_tokenizer, hf_model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder).eval()
     assert hf_tokenizer.pad_token == EOS and hf_model.config.pad_token_id == hf_tokenizer.eos_token_id
@@ -167,6 +172,7 @@ def test_distilbert_classifier_fine_tunes_with_the_datas_labels_and_exports(tmp_
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from utils.export import load_exported
+    from utils.runs import load_run
     from utils.training import train
 
     config = WizardConfig(task="classification", model_source="pretrained", pretrained_model=str(distilbert_folder),
@@ -187,6 +193,9 @@ def test_distilbert_classifier_fine_tunes_with_the_datas_labels_and_exports(tmp_
     assert kit.label_names == ["calm", "loud"]
     expected = result.predict_proba(texts)
     assert kit.predict(texts) == result.predict(texts)
+    run = load_run(tmp_path / "run", checkpoint="last")  # the run folder itself, as `predict RUN_DIR` loads it
+    assert run.label_names == ["calm", "loud"] and run.model.config.id2label == {0: "calm", 1: "loud"}
+    assert [row == pytest.approx(named) for row, named in zip(run.predict_proba(texts), expected)] == [True, True]
     hf_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "run/export")
     hf_model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run/export").eval()
     batch = hf_tokenizer(texts, padding=True, return_tensors="pt")

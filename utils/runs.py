@@ -74,9 +74,9 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu")
         labels = read_labels(folder, fix=f"the run folder keeps its class names there since this version; run "
                                          f"`python -m utils.training --config {folder / CONFIG_FILENAME}` once to "
                                          f"write it (it resumes and finds nothing left to train)")
-    user_files = model_files_in(folder / USER_MODEL_DIRNAME) if config.model_source != "template" else None
+    user_files = model_files_in(folder / USER_MODEL_DIRNAME) if config.model_source in ("file", "gist") else None
     model = build_model(config, tokenizer.vocab_size, len(labels["label_names"]), labels["pad_id"],
-                        user_files=user_files)
+                        user_files=user_files, label_names=labels["label_names"])
     _load_weights(model, path)
     return LoadedRun(model.to(device).eval(), tokenizer, config, labels["label_names"], labels["pad_id"], path)
 

@@ -59,7 +59,6 @@ def model_config(config: WizardConfig, vocab_size: int, num_classes: int = 0, pa
     return kit
 
 
-FINE_TUNING_LR = 1e-4  # above this, fine-tuning a pretrained model gets a note (BERT and GPT-2 use 2e-5 to 1e-4)
 
 
 def build_model(config: WizardConfig, vocab_size: int, num_classes: int = 0, pad_id: int = 0,
@@ -78,9 +77,6 @@ def build_model(config: WizardConfig, vocab_size: int, num_classes: int = 0, pad
     if config.model_source == "pretrained":
         names = label_names or [str(i) for i in range(num_classes)]
         model = load_pretrained_model(config.pretrained_model, config.task, names, pad_id)
-        if config.learning_rate > FINE_TUNING_LR:  # a note, not a change: the config decides
-            print(f"Note: learning_rate={config.learning_rate:g} is high for fine-tuning a pretrained model and may "
-                  f"overwrite what it learnt; 2e-5 to {FINE_TUNING_LR:g} is usual (e.g. --set learning_rate=5e-5).")
         check_model(model, build_task(config), vocab_size, config.max_seq_len, num_classes,
                     source=f"the pretrained model {config.pretrained_model!r}")
         return model
@@ -150,6 +146,18 @@ def build_module(config: WizardConfig, model: nn.Module, task, batches_per_epoch
 def adamw_options(device_kind: str) -> dict:
     """One fused kernel for the whole AdamW update on a GPU; elsewhere the multi-tensor (foreach) loop."""
     return {"fused": True} if device_kind == "cuda" else {"foreach": True}
+
+
+FINE_TUNING_LR = 1e-4  # above this, fine-tuning a pretrained model gets a note (BERT and GPT-2 use 2e-5 to 1e-4)
+
+
+def fine_tuning_note(config: WizardConfig) -> str:
+    """A note when a pretrained model is to be fine-tuned at a learning rate meant for training from scratch; ""
+    otherwise. A note, not a change: the config decides."""
+    if config.model_source != "pretrained" or config.learning_rate <= FINE_TUNING_LR:
+        return ""
+    return (f"Note: learning_rate={config.learning_rate:g} is high for fine-tuning a pretrained model and may "
+            f"overwrite what it learnt; 2e-5 to {FINE_TUNING_LR:g} is usual (e.g. --set learning_rate=5e-5).")
 
 
 def describe_speedups(config: WizardConfig, decision: PrecisionDecision) -> str:

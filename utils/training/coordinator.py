@@ -30,7 +30,7 @@ from utils.inference import Predictor, classify_texts, sample_text  # sample_tex
 from utils.training.precision import PrecisionDecision, resolve_precision
 from utils.training.builder import (build_callbacks, build_data_spec, build_dataloaders, build_loggers, build_model,
                                     build_module, build_task, build_trainer, check_strategy, check_training_windows,
-                                    describe_batch, describe_speedups, devices_per_node)
+                                    describe_batch, describe_speedups, devices_per_node, fine_tuning_note)
 from utils.training.callbacks import RunRecorder
 from utils.training.module import TASKS, TransformerModule
 from utils.training.checkpoint_io import TrainingStopped
@@ -193,6 +193,8 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
         check_model(model, task, data.tokenizer.vocab_size, config.max_seq_len, data.num_classes,
                     source=f"the {type(model).__name__} passed to train()")
     print(f"Model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    if fine_tuning_note(config):
+        print(fine_tuning_note(config))
     # Before any batch exists: a batch_size the device cannot hold is refused in seconds, with the batch that
     # fits, instead of failing in the allocator minutes later. Then the data must fill one batch. Rank zero
     # measures for all: before the Trainer sets each process's device, every copy would land on the first GPU.

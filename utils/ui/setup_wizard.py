@@ -525,7 +525,7 @@ class SetupWizard(LegacyWizardAPI):
 
 def _dataset_note() -> str:
     if HF_AVAILABLE:
-        return "Hugging Face datasets: choose source 'huggingface' and give the dataset name."
+        return "Hugging Face datasets: choose the Data source 'Hugging Face' and give the dataset's name."
     return "Hugging Face datasets: install datasets to use this (<code>pip install datasets</code>)."
 
 
