@@ -59,8 +59,6 @@ def model_config(config: WizardConfig, vocab_size: int, num_classes: int = 0, pa
     return kit
 
 
-
-
 def build_model(config: WizardConfig, vocab_size: int, num_classes: int = 0, pad_id: int = 0,
                 user_files: Optional[UserModelFiles] = None, label_names: Optional[list[str]] = None) -> nn.Module:
     """The config's template, the user's model file or Gist, or a pretrained model, checked against the task
