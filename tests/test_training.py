@@ -19,7 +19,7 @@ from utils.training.precision import resolve_precision
 from utils.training.builder import build_callbacks, build_model, build_trainer
 from utils.training.callbacks import RunRecorder
 from utils.training.checkpoint_io import LastCheckpoint
-from utils.training.checkpoints import IncompatibleCheckpointError
+from utils.run_folder.checkpoints import IncompatibleCheckpointError
 from utils.training.module import param_groups, warmup_cosine
 
 CPU = DeviceInfo("cpu", "CPU")

@@ -35,11 +35,11 @@ from utils.data import load_tokenizer
 from utils.errors import KitError, MissingFileError
 from utils.files import atomic_folder, atomic_write_text
 from utils.inference import Predictor
+from utils.run_folder.checkpoints import LABELS_FILENAME
 from utils.pretrained import KIT_CONFIG_FILENAME, load_pretrained_model, save_for_transformers
 from utils.user_models import USER_MODEL_DIRNAME, copy_model_files, model_files_in
 
 WEIGHTS_FILENAME = "model.safetensors"
-LABELS_FILENAME = "labels.json"
 MARKER_FILENAME = ".kit-export.json"  # written last: only a folder holding it is replaced by a new export
 
 
@@ -144,7 +144,7 @@ def _load_pretrained_export(folder: Path, device: str) -> ExportedModel:
 
 
 def write_labels(folder: Path, label_names: list[str], pad_id: int) -> None:
-    """A classifier's class names and pad id, in an export and in the run folder (utils.runs reads them there)."""
+    """A classifier's class names and pad id, in an export and in the run folder (utils.run_folder.loading reads them there)."""
     labels = {"label_names": list(label_names), "pad_id": pad_id}
     atomic_write_text(Path(folder) / LABELS_FILENAME, json.dumps(labels, indent=2) + "\n")
 

@@ -28,7 +28,7 @@ from utils.data.sources import DataError
 from utils.training.precision import PrecisionDecision
 from utils.training.callbacks import RecordedProgressBar, RunRecorder, ValidateAtMaxSteps
 from utils.training.checkpoint_io import AtomicCheckpointIO, LastCheckpoint
-from utils.training.checkpoints import LAST_NAME, LOGS_DIRNAME, checkpoint_dir
+from utils.run_folder.checkpoints import LAST_NAME, LOGS_DIRNAME, checkpoint_dir
 from utils.training.health import TrainingHealthCallback
 from utils.training.module import TASKS, TransformerModule
 from utils.pretrained import load_pretrained_model
@@ -247,7 +247,7 @@ def build_loggers(config: WizardConfig, decision: PrecisionDecision | None = Non
                   vocab_size: int | None = None) -> list:
     """CSV logs always; a WandbLogger too unless wandb_mode is "disabled" (it needs decision, model, vocab_size)."""
     # Rows are appended as the RunRecorder logs them (it does before every checkpoint), so the history
-    # on disk reaches the last checkpoint whenever the process is killed (utils.training.history).
+    # on disk reaches the last checkpoint whenever the process is killed (utils.run_folder.history).
     loggers = [CSVLogger(save_dir=config.output_dir, name=LOGS_DIRNAME, flush_logs_every_n_steps=10**9)]
     if config.wandb_mode != "disabled":
         if decision is None or model is None or vocab_size is None:

@@ -28,6 +28,7 @@ from utils.data import load_tokenizer
 from utils.errors import KitError, MissingFileError
 from utils.export import MARKER_FILENAME, WEIGHTS_FILENAME, export_model, load_exported, read_labels
 from utils.inference import Predictor
+from utils.run_folder.checkpoints import best_checkpoint, last_checkpoint
 from utils.user_models import USER_MODEL_DIRNAME, model_files_in
 
 CHECKPOINT_CHOICES = ("best", "last")
@@ -104,8 +105,6 @@ def _run_folder(run_dir: str | Path) -> Path:
 
 
 def _checkpoint_file(folder: Path, checkpoint: str) -> Path:
-    from utils.training.checkpoints import best_checkpoint, last_checkpoint
-
     path = (best_checkpoint(folder) if checkpoint == "best" else None) or last_checkpoint(folder)
     if path is None:
         raise RunFolderError(f"{folder} has no checkpoint in {folder / 'checkpoints'}: train it first, e.g. "
