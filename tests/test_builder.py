@@ -11,7 +11,7 @@ from utils.export import load_exported
 from utils.training import train
 from utils.training.builder import (apply_matmul_precision, build_callbacks, build_loggers, build_module,
                                     build_trainer, describe_speedups)
-from utils.training.callbacks import RunRecorder
+from utils.training.callbacks.recorder import RunRecorder
 from utils.training.module import LanguageModelTask
 from utils.training.precision import resolve_precision
 

@@ -25,7 +25,7 @@ from utils.config import ConfigError, WizardConfig
 from utils.env import DeviceInfo
 from utils.errors import MissingFileError
 from utils.pretrained import PretrainedError
-from utils.training.checkpoint_io import TrainingStopped
+from utils.training.callbacks.last_checkpoint import TrainingStopped
 
 requires_transformers = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
                                            reason="transformers is not installed (pip install transformers, see "

@@ -17,8 +17,8 @@ from utils.training import TrainingCoordinator, TrainingResult, train
 from utils.training.__main__ import BUG_NOTE, main as cli_main
 from utils.training.precision import resolve_precision
 from utils.training.builder import build_callbacks, build_model, build_trainer
-from utils.training.callbacks import RunRecorder
-from utils.training.checkpoint_io import LastCheckpoint
+from utils.training.callbacks.recorder import RunRecorder
+from utils.training.callbacks.last_checkpoint import LastCheckpoint
 from utils.run_folder.checkpoints import IncompatibleCheckpointError
 from utils.training.module import param_groups, warmup_cosine
 

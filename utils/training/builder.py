@@ -26,10 +26,11 @@ from utils.config import ConfigError, WizardConfig
 from utils.data import DATA_CACHE_DIR, DataSpec
 from utils.data.sources import DataError
 from utils.training.precision import PrecisionDecision
-from utils.training.callbacks import RecordedProgressBar, RunRecorder, ValidateAtMaxSteps
-from utils.training.checkpoint_io import AtomicCheckpointIO, LastCheckpoint
+from utils.training.callbacks.recorder import RecordedProgressBar, RunRecorder, ValidateAtMaxSteps
+from utils.training.callbacks.last_checkpoint import LastCheckpoint
+from utils.run_folder.checkpoint_io import AtomicCheckpointIO
 from utils.run_folder.checkpoints import LAST_NAME, LOGS_DIRNAME, checkpoint_dir
-from utils.training.health import TrainingHealthCallback
+from utils.training.callbacks.health import TrainingHealthCallback
 from utils.training.module import TASKS, TransformerModule
 from utils.pretrained import load_pretrained_model
 from utils.wandb_helpers import (SYNC_HINT, build_wandb_config, make_project_name, make_run_name, model_type_of,

@@ -31,9 +31,9 @@ from utils.training.precision import PrecisionDecision, resolve_precision
 from utils.training.builder import (build_callbacks, build_data_spec, build_dataloaders, build_loggers, build_model,
                                     build_module, build_task, build_trainer, check_strategy, check_training_windows,
                                     describe_batch, describe_speedups, devices_per_node, fine_tuning_note)
-from utils.training.callbacks import RunRecorder
+from utils.training.callbacks.recorder import RunRecorder
 from utils.training.module import TASKS, TransformerModule
-from utils.training.checkpoint_io import TrainingStopped
+from utils.training.callbacks.last_checkpoint import TrainingStopped
 from utils.training.estimate import Estimate, check_memory, estimate_run, format_duration, measure_memory
 from utils.run_folder.checkpoints import (LOGS_DIRNAME, ON_CHANGE, TOKENIZER_DIRNAME, IncompatibleCheckpointError,
                                         ResumePoint, find_resume_point, handle_changed_run, last_checkpoint,
