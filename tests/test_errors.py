@@ -13,7 +13,7 @@ from utils.training.callbacks.last_checkpoint import TrainingStopped
 from utils.run_folder.checkpoints import IncompatibleCheckpointError
 from utils.training.callbacks.health import Fp16HealthError, TrainingHealthError
 from utils.run_folder.lock import RunFolderBusyError
-from utils.user_models import UserModelError
+from utils.models.user_models import UserModelError
 from utils.wandb_helpers import WandbError
 
 OLD_BASES = {

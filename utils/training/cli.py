@@ -295,7 +295,7 @@ def _read_lines(path: str) -> list[str]:
 def _reported(call: Callable[[], object]) -> int:
     """Run a command's work: 0 when done; a KitError as one line (2); anything else is a bug (1)."""
     from utils.training.callbacks.last_checkpoint import TrainingStopped
-    from utils.user_models import UserModelError
+    from utils.models.user_models import UserModelError
 
     try:
         call()

@@ -28,11 +28,11 @@ from utils.export import ExportError, export_model, write_labels
 from utils.files import atomic_folder, make_output_dir, remove_temp_files
 from utils.inference import Predictor, classify_texts, sample_text  # sample_text, classify_texts: see __all__
 from utils.training.precision import PrecisionDecision, resolve_precision
-from utils.training.builder import (build_callbacks, build_data_spec, build_dataloaders, build_loggers, build_model,
-                                    build_module, build_task, build_trainer, check_strategy, check_training_windows,
-                                    describe_batch, describe_speedups, devices_per_node, fine_tuning_note)
+from utils.training.builder import build_callbacks, build_data_spec, build_dataloaders, build_loggers, build_module, build_trainer, check_strategy, check_training_windows, describe_batch, describe_speedups, devices_per_node, fine_tuning_note
+from utils.models.build import build_model, build_task
 from utils.training.callbacks.recorder import RunRecorder
-from utils.training.module import TASKS, TransformerModule
+from utils.training.module import TransformerModule
+from utils.models.tasks import TASKS
 from utils.training.callbacks.last_checkpoint import TrainingStopped
 from utils.training.estimate import Estimate, check_memory, estimate_run, format_duration, measure_memory
 from utils.run_folder.checkpoints import (LOGS_DIRNAME, ON_CHANGE, TOKENIZER_DIRNAME, IncompatibleCheckpointError,
@@ -41,7 +41,7 @@ from utils.run_folder.checkpoints import (LOGS_DIRNAME, ON_CHANGE, TOKENIZER_DIR
 from utils.training.distributed import Launch, check_ranks, plan_launch, quiet_unless_rank_zero
 from utils.run_folder.history import read_history
 from utils.run_folder.lock import RunLock
-from utils.user_models import check_embedding_fits, check_model, keep_model_copy, resolve_user_model_files
+from utils.models.user_models import check_embedding_fits, check_model, keep_model_copy, resolve_user_model_files
 from utils.wandb_helpers import finish_wandb_on_exit
 
 

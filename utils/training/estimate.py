@@ -217,7 +217,8 @@ def estimate_config(config: WizardConfig, decision: PrecisionDecision, refuse_ov
     the largest batch that fits (the command line's `estimate`: that batch can fill most of the memory).
     """
     from utils.data import prepare_data
-    from utils.training.builder import build_data_spec, build_dataloaders, build_model, build_task
+    from utils.training.builder import build_data_spec, build_dataloaders
+    from utils.models.build import build_model, build_task
 
     config = config.validate()
     data = prepare_data(build_data_spec(config))

@@ -20,7 +20,8 @@ from utils.config import WizardConfig
 from utils.data import DataSpec, open_source
 from utils.data.tokenizers import build_tokenizer
 from utils.training.precision import PrecisionDecision
-from utils.training.builder import build_data_spec, build_model, build_task
+from utils.training.builder import build_data_spec
+from utils.models.build import build_model, build_task
 from utils.training.estimate import BYTES_PER_PARAMETER, USABLE_FRACTION, device_capacity  # one memory model
 
 
