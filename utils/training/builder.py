@@ -6,7 +6,6 @@ import functools
 import logging
 import math
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -14,7 +13,7 @@ from typing import Optional
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger, WandbLogger
+from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.plugins.precision import MixedPrecision
 from torch import nn
 from torch.utils.data import DataLoader
@@ -31,8 +30,7 @@ from utils.run_folder.checkpoint_io import AtomicCheckpointIO
 from utils.run_folder.checkpoints import LAST_NAME, LOGS_DIRNAME, checkpoint_dir
 from utils.training.callbacks.health import TrainingHealthCallback
 from utils.training.module import TransformerModule
-from utils.wandb_helpers import (SYNC_HINT, build_wandb_config, make_project_name, make_run_name, model_type_of,
-                                 resolve_wandb_auth, resolve_wandb_init_timeout)
+from utils.wandb_helpers import build_wandb_logger
 
 
 def build_data_spec(config: WizardConfig) -> DataSpec:
@@ -205,55 +203,6 @@ def build_loggers(config: WizardConfig, decision: PrecisionDecision | None = Non
                              "they fill the W&B run's config")
         loggers.append(build_wandb_logger(config, decision, model, vocab_size))
     return loggers
-
-
-def build_wandb_logger(config: WizardConfig, decision: PrecisionDecision, model: nn.Module,
-                       vocab_size: int) -> WandbLogger:
-    """A WandbLogger that never prompts and never stops the training: online only with an API key and a W&B
-    server that starts the run within the init timeout, else offline (see utils.wandb_helpers)."""
-    auth = resolve_wandb_auth(config.wandb_mode)
-    print(auth.message)
-    _finish_stale_wandb_run()
-    Path(config.output_dir).mkdir(parents=True, exist_ok=True)
-    run_args = dict(project=make_project_name(config.wandb_project),
-                    name=config.wandb_run_name or make_run_name(model_type_of(model)),
-                    save_dir=config.output_dir, log_model=False,
-                    config=build_wandb_config(config, model, decision, vocab_size))
-    if auth.mode != "online":
-        return WandbLogger(mode=auth.mode, **run_args)
-    return _start_online_run(run_args)
-
-
-def _start_online_run(run_args: dict) -> WandbLogger:
-    """Start the online run now, where a failure can be caught, rather than lazily inside trainer.fit.
-
-    wandb raises CommError when the server refuses the connection, does not answer within init_timeout,
-    or rejects the request (a wrong key comes back as a plain CommError too); the run then logs offline.
-    """
-    import wandb
-    from wandb.errors import CommError
-
-    logger = WandbLogger(mode="online", settings=wandb.Settings(init_timeout=resolve_wandb_init_timeout()),
-                         **run_args)
-    started = time.monotonic()
-    try:
-        _ = logger.experiment  # wandb.init
-    except CommError as e:  # wandb.run stays None: the run is never made global, so there is nothing to finish
-        reason = (str(e).strip() or type(e).__name__).splitlines()[0]  # wandb adds a hint on more lines
-        server = wandb.setup().settings.base_url  # the address wandb used: WANDB_BASE_URL or its default
-        print(f"W&B: could not start the run on the W&B server at {server} within {time.monotonic() - started:.0f} s "
-              f"({reason}); logging this run offline instead; {SYNC_HINT}.")
-        return WandbLogger(mode="offline", **run_args)
-    return logger
-
-
-def _finish_stale_wandb_run() -> None:
-    # WandbLogger would log into a run still open from an earlier notebook cell instead of starting one.
-    import wandb
-
-    if wandb.run is not None:
-        print(f"W&B: finishing the run {wandb.run.name!r} left open by an earlier cell before starting a new one.")
-        wandb.finish()
 
 
 def devices_per_node(config: WizardConfig, device_kind: str) -> int:
