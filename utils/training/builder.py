@@ -14,7 +14,6 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
-from pytorch_lightning.plugins.precision import MixedPrecision
 from torch import nn
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -288,11 +287,9 @@ def apply_matmul_precision(decision: PrecisionDecision) -> None:
 
 
 def _precision_args(decision: PrecisionDecision, strategy: str = "auto") -> dict:
-    plugins = [AtomicCheckpointIO()]  # checkpoints written beside their target and renamed: never torn
-    if decision.precision == "16-mixed" and decision.device.kind == "cpu" and strategy != "fsdp":
-        # Lightning would turn a plain "16-mixed" on CPU into bf16; the plugin keeps fp16 + GradScaler.
-        return {"plugins": plugins + [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]}
-    return {"precision": decision.precision, "plugins": plugins}
+    args = decision.lightning_args(strategy)
+    # checkpoints written beside their target and renamed: never torn
+    return {**args, "plugins": [AtomicCheckpointIO()] + args.get("plugins", [])}
 
 
 def _refresh_rate() -> int:

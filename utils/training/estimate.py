@@ -23,7 +23,6 @@ import copy
 import math
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Optional
 
@@ -271,9 +270,8 @@ class _Stepper:
         self.model, self.optimizer, self.task = model, optimizer, task
         self.kind = decision.device.kind
         self.vocab_size, self.num_classes, self.seq_len = vocab_size, num_classes, seq_len
-        dtype = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(decision.precision)
-        self.autocast = (lambda: torch.autocast(self.kind, dtype=dtype)) if dtype else nullcontext
-        self.scaler = torch.amp.GradScaler(self.kind) if decision.precision == "16-mixed" else None
+        self.autocast = decision.autocast
+        self.scaler = decision.make_scaler()
         self.params = {p.untyped_storage().data_ptr() for p in model.parameters()}
 
     def batch(self, size: int):
