@@ -14,7 +14,8 @@ import torch
 from tests.conftest import REPO_ROOT
 from utils.env import detect_device
 from utils.training import train
-from utils.training.amp_utils import loss_scale, resolve_precision
+from utils.training.amp_utils import loss_scale
+from utils.training.precision import resolve_precision
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

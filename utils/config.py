@@ -314,12 +314,7 @@ class WizardConfig:
 
 SETTINGS: dict[str, Setting] = {f.name: f.metadata["setting"] for f in fields(WizardConfig)}
 TASKS = tuple(SETTINGS["task"].choices)
-DATASET_SOURCES = tuple(SETTINGS["dataset_source"].choices)
-TOKENIZER_STRATEGIES = tuple(SETTINGS["tokenizer_strategy"].choices)
-MODEL_SOURCES = tuple(SETTINGS["model_source"].choices)
-MODEL_SIZES = tuple(SETTINGS["model_size"].choices)
 PRECISIONS = tuple(SETTINGS["precision"].choices)
-STRATEGIES = tuple(SETTINGS["strategy"].choices)
 WANDB_MODES = tuple(SETTINGS["wandb_mode"].choices)
 
 
@@ -363,7 +358,6 @@ def field_errors(config: WizardConfig) -> list[tuple[str, str]]:
 # are in its Setting.
 
 def _data_errors(c: WizardConfig) -> list[tuple[str, str]]:
-    errors = []
     errors = []
     if c.dataset_source == "embedded" and c.dataset_name not in EMBEDDED_DATASETS:
         errors.append(("dataset_name", f"{where('dataset_name')} {c.dataset_name!r} is not a built-in corpus; "
