@@ -344,15 +344,22 @@ class _Stepper:
     def saved_bytes(self, size: int) -> int:
         """Bytes of the tensors autograd keeps for backward at this batch (parameters excluded)."""
         storages: dict[int, int] = {}
+        kept: list[torch.Tensor] = []  # alive until the count is done, so no storage address is reused meanwhile
+        params = self.params
 
-        def pack(t: torch.Tensor) -> torch.Tensor:
+        def pack(t: torch.Tensor) -> None:
+            # Nothing goes into the graph (no backward runs here): a saved output tensor returned from pack
+            # would form a cycle with its own grad_fn, and the copy would outlive this call.
             ptr = t.untyped_storage().data_ptr()
-            if ptr not in self.params:
+            if ptr not in params:
                 storages[ptr] = t.untyped_storage().nbytes()
-            return t
+            kept.append(t)
 
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), self.autocast():
+        with torch.autograd.graph.saved_tensors_hooks(pack, _never_unpacked), self.autocast():
             self.task.loss(self.model, self.batch(size))
+        # The graph's saved slots hold `pack`, and so `kept`, whose tensors hold the graph: a cycle through
+        # autograd's C++ objects that the garbage collector cannot see. Emptying the list breaks it.
+        kept.clear()
         return sum(storages.values())
 
     def time(self, size: int, warmup: int, timed: int) -> tuple[float, float, int]:
@@ -403,6 +410,10 @@ def _saved_bytes(model: nn.Module, kind: str, task, decision: PrecisionDecision,
     work = copy.deepcopy(model).to(kind).train()
     step = _Stepper(work, None, task, kind, _autocast_dtype(decision), vocab_size, num_classes, seq_len)
     return step.saved_bytes(1), step.saved_bytes(2)
+
+
+def _never_unpacked(packed: None) -> torch.Tensor:
+    raise RuntimeError("the memory measurement's forward pass has no backward")
 
 
 def _memory_model(model: nn.Module, saved_1: int, saved_2: int, device: DeviceInfo, shards: int = 1) -> MemoryModel:
