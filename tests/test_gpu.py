@@ -34,12 +34,16 @@ def test_detected_device_drives_the_auto_precision():
 
 
 def test_mixed_precision_training_runs_on_the_gpu_and_learns(tiny_config):
-    result = train(tiny_config.replace(max_steps=30, log_every_n_steps=1))
+    """The default run: a fused AdamW with clipping on, which Lightning's own clipping refuses under mixed
+    precision (the module unscales and clips itself, see utils.training.module.clip_gradients)."""
+    probe = StepProbe(head=False)
+    result = train(tiny_config.replace(max_steps=30, log_every_n_steps=1), extra_callbacks=[probe])
     assert result.precision == _expected_auto_precision()
+    assert probe.fused is True and tiny_config.gradient_clip_val > 0
     losses = [loss for _, loss in result.train_history]
     assert all(math.isfinite(v) for v in losses)
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.3
-    assert next(result.model.parameters()).device.type == "cuda"
+    assert next(result.model.parameters()).device.type == "cuda"  # moved back after Lightning's teardown
     with open(result.output_dir / "logs" / "version_0" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     scales = [float(r["amp/loss_scale"]) for r in rows if r.get("amp/loss_scale")]
@@ -59,14 +63,18 @@ class StepProbe(pl.Callback):
     """Observes a run without changing it: the scaler Lightning trains with, the dtype the model's
     head computes in under autocast, and the parameters after every optimizer step."""
 
-    def __init__(self):
+    def __init__(self, head: bool = True):
+        self.head = head  # watch the dtype of model.head's output (the tiny LM of conftest has one)
+        self.fused = None  # the AdamW kernel Lightning steps with
         self.scale_at_start = "not started"
         self.head_dtypes = set()
         self.params_after_step = []  # one list of CPU copies per optimizer step
 
     def on_train_start(self, trainer, pl_module):
         self.scale_at_start = loss_scale(trainer)  # None: no GradScaler
-        pl_module.model.head.register_forward_hook(lambda mod, args, out: self.head_dtypes.add(out.dtype))
+        self.fused = trainer.optimizers[0].defaults.get("fused")
+        if self.head:
+            pl_module.model.head.register_forward_hook(lambda mod, args, out: self.head_dtypes.add(out.dtype))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.params_after_step.append([p.detach().cpu().clone() for p in pl_module.parameters()])
@@ -81,6 +89,7 @@ def test_fp16_grad_scaler_on_cuda_skips_an_overflowed_step_and_halves_the_scale(
     config = tiny_config.replace(precision="16-mixed", max_steps=5)  # forced: any CUDA GPU runs fp16
     result = train(config, tiny_lm(inf_grad_calls={3}), extra_callbacks=[probe])
     assert result.precision == "16-mixed" and next(result.model.parameters()).device.type == "cuda"
+    assert probe.fused is True  # the fused kernel skips the overflowed step itself, told by the GradScaler
     assert probe.scale_at_start == 65536.0 and probe.head_dtypes == {torch.float16}
     steps = probe.params_after_step
     assert len(steps) == 5
