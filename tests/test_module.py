@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 
 import pytest
 import pytorch_lightning as pl
@@ -138,3 +139,22 @@ def test_weight_decay_groups_survive_fsdps_flat_parameters():
     assert [[names[id(p)] for p in g["params"]] for g in groups] == as_built
     assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
     assert param_groups(model, 0.1)[0]["params"] == []  # what the shapes alone would decide now: no decay at all
+
+
+def test_the_trained_model_goes_back_to_the_device_it_trained_on():
+    """Lightning's teardown moves the module to the CPU after fit; train() moves the model back to the strategy's
+    device (here "meta" stands for a GPU this machine lacks: a device the model was not on). Under FSDP the
+    full state dict Lightning gathers goes into the plain copy made before fit, on global rank zero only."""
+    from utils.training.coordinator import _trained_model
+
+    model = TinyLM(16, dim=4)
+    strategy = types.SimpleNamespace(root_device=torch.device("meta"))
+    back = _trained_model(types.SimpleNamespace(strategy=strategy, is_global_zero=True), model, None)
+    assert back is model and next(model.parameters()).device.type == "meta"
+
+    trained = {f"model.{k}": torch.full_like(v, 7.0) for k, v in TinyLM(16, dim=4).state_dict().items()}
+    fsdp = types.SimpleNamespace(root_device=torch.device("cpu"), lightning_module_state_dict=lambda: trained)
+    plain = TinyLM(16, dim=4)
+    gathered = _trained_model(types.SimpleNamespace(strategy=fsdp, is_global_zero=True), model, plain)
+    assert gathered is plain and all(bool((p == 7.0).all()) for p in plain.parameters())
+    assert _trained_model(types.SimpleNamespace(strategy=fsdp, is_global_zero=False), model, TinyLM(16)) is None
