@@ -39,7 +39,8 @@ def _check(rank: int, world_size: int, out: str) -> None:
 
     from templates import build_template
     from utils.training.builder import template_blocks
-    from utils.training.module import LanguageModelTask, TransformerModule, clip_gradients, param_groups
+    from utils.models.tasks import LanguageModelTask
+    from utils.training.module import TransformerModule, clip_gradients, param_groups
 
     torch.manual_seed(0)  # the same initial model in both processes, as Lightning's seed_everything gives
     model = build_template("gpt", {"vocab_size": 64, "max_seq_len": 16, "size": "tiny", "dropout": 0.0})

@@ -17,10 +17,12 @@ from tests.conftest import TinyLM
 from templates import build_template
 from utils.data import prepare_data
 from utils.env import DeviceInfo
+from utils.models.build import build_task
+from utils.models.tasks import LanguageModelTask
 from utils.training.builder import (build_callbacks, build_data_spec, build_dataloaders, build_loggers, build_module,
-                                    build_task, build_trainer)
-from utils.training.callbacks import RunRecorder
-from utils.training.module import LanguageModelTask, TransformerModule, param_groups
+                                    build_trainer)
+from utils.training.callbacks.recorder import RunRecorder
+from utils.training.module import TransformerModule, param_groups
 from utils.training.precision import resolve_precision
 
 # Device facts of GPUs this machine does not have: they decide the precision and the AdamW kernel only.

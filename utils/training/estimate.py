@@ -25,12 +25,10 @@ copy (the whole model need not fit one GPU). Every copy made here is freed when 
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import os
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -240,8 +238,7 @@ def _time_steps(config: WizardConfig, decision: PrecisionDecision, model: nn.Mod
     with torch.random.fork_rng(devices=[torch.device(kind)] if kind == "cuda" else []):
         work = copy.deepcopy(model).to(kind).train()
         optimizer = torch.optim.AdamW(work.parameters(), lr=config.learning_rate, **adamw_options(kind))
-        step = _Stepper(work, optimizer, task, kind, _autocast_dtype(decision), vocab_size, num_classes,
-                        config.max_seq_len)
+        step = _Stepper(work, optimizer, task, decision, vocab_size, num_classes, config.max_seq_len)
         try:
             fb, opt, peak = step.time(batch, WARMUP_STEPS, TIMED_STEPS)
             timing = fb, opt, step.time_forward(batch), peak
@@ -271,7 +268,8 @@ def estimate_config(config: WizardConfig, decision: PrecisionDecision, refuse_ov
     the largest batch that fits (the command line's `estimate`: that batch can fill most of the memory).
     """
     from utils.data import prepare_data
-    from utils.training.builder import build_data_spec, build_dataloaders, build_model, build_task
+    from utils.training.builder import build_data_spec, build_dataloaders
+    from utils.models.build import build_model, build_task
 
     config = config.validate()
     data = prepare_data(build_data_spec(config))
@@ -317,10 +315,6 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600:.0f} h {seconds % 3600 // 60:02.0f} min"
 
 
-def _autocast_dtype(decision: PrecisionDecision) -> Optional[torch.dtype]:
-    return {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(decision.precision)
-
-
 class _Stepper:
     """Forward, backward and AdamW steps of one model on dummy batches, as the training core runs them.
 
@@ -328,13 +322,12 @@ class _Stepper:
     memory at once, not when the garbage collector next runs.
     """
 
-    def __init__(self, model, optimizer, task, kind: str, dtype: Optional[torch.dtype], vocab_size, num_classes,
-                 seq_len):
+    def __init__(self, model, optimizer, task, decision: PrecisionDecision, vocab_size, num_classes, seq_len):
         self.model, self.optimizer, self.task = model, optimizer, task
-        self.kind = kind
+        self.kind = decision.device.kind
         self.vocab_size, self.num_classes, self.seq_len = vocab_size, num_classes, seq_len
-        self.autocast = functools.partial(torch.autocast, kind, dtype=dtype) if dtype else nullcontext
-        self.scaler = torch.amp.GradScaler(kind) if dtype == torch.float16 else None
+        self.autocast = decision.autocast  # a method of the (frozen) decision: no reference back to the stepper
+        self.scaler = decision.make_scaler()
         self.params = {p.untyped_storage().data_ptr() for p in model.parameters()}
 
     def batch(self, size: int):
@@ -406,9 +399,12 @@ class _Stepper:
 
 def _saved_bytes(model: nn.Module, kind: str, task, decision: PrecisionDecision, vocab_size: int,
                  num_classes: int, seq_len: int) -> tuple[int, int]:
-    """Activation bytes autograd keeps at batch 1 and 2, measured on a copy of model on `kind`."""
+    """Activation bytes autograd keeps at batch 1 and 2, measured on a copy of model on `kind` (the decision's
+    device, or the CPU for an FSDP shard: the same autocast dtype, on this machine's memory)."""
+    if kind != decision.device.kind:
+        decision = replace(decision, device=DeviceInfo(kind, kind.upper()))
     work = copy.deepcopy(model).to(kind).train()
-    step = _Stepper(work, None, task, kind, _autocast_dtype(decision), vocab_size, num_classes, seq_len)
+    step = _Stepper(work, None, task, decision, vocab_size, num_classes, seq_len)
     return step.saved_bytes(1), step.saved_bytes(2)
 
 

@@ -10,7 +10,7 @@ import torch
 
 from utils.env import DeviceInfo
 from utils.training import train
-from utils.training.checkpoint_io import LastCheckpoint, rng_to_restore
+from utils.training.callbacks.last_checkpoint import LastCheckpoint, rng_to_restore
 
 CPU = DeviceInfo("cpu", "CPU")
 
