@@ -160,3 +160,32 @@ def test_a_batch_too_large_for_the_gpu_is_answered_with_the_largest_that_fits(ti
     assert not (tmp_path / "refused" / "checkpoints").exists()
     result = train(config.replace(batch_size=suggested, gradient_accumulation_steps=accumulation, max_steps=1))
     assert result.global_step == 1 and torch.cuda.max_memory_allocated() < detect_device().total_memory_bytes
+
+
+FSDP_RESULT_CHECK = """
+import sys, torch
+from torch.distributed.fsdp import FullyShardedDataParallel
+from utils.config import WizardConfig
+from utils.training import train
+
+config = WizardConfig.load(sys.argv[1])
+result = train(config)
+model = result.model
+assert not any(isinstance(m, FullyShardedDataParallel) for m in model.modules()), "result.model is still wrapped"
+assert next(model.parameters()).device.type == "cuda", next(model.parameters()).device
+ckpt = torch.load(result.last_checkpoint, map_location="cpu", weights_only=False)
+saved = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+mine = {k: v.cpu() for k, v in model.state_dict().items()}
+assert set(saved) == set(mine) and all(torch.equal(saved[k], mine[k]) for k in mine), "weights differ"
+print("gathered", sum(v.numel() for v in mine.values()))
+"""
+
+
+def test_fsdp_gives_back_the_whole_trained_model_on_the_gpu(tiny_config, tmp_path):
+    """In its own process: Lightning's FSDP starts a process group that outlives the test."""
+    config_path = tmp_path / "config.json"
+    tiny_config.replace(strategy="fsdp", devices=1, max_steps=3).save(config_path)
+    proc = subprocess.run([sys.executable, "-c", FSDP_RESULT_CHECK, str(config_path)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "gathered" in proc.stdout
