@@ -177,7 +177,8 @@ def build_callbacks(config: WizardConfig, decision: PrecisionDecision, recorder:
     callbacks: list[pl.Callback] = [
         recorder,  # first: a checkpoint's counters include the step it was written after
         TrainingHealthCallback(),  # checks what the recorder flushes, which it does before every checkpoint
-        LastCheckpoint(checkpoint_dir(config.output_dir) / LAST_NAME, every_seconds=60 * config.checkpoint_every_minutes),
+        LastCheckpoint(checkpoint_dir(config.output_dir) / LAST_NAME, every_seconds=60 * config.checkpoint_every_minutes,
+                       agree_every=config.log_every_n_steps),  # processes vote when the recorder meets them too
         ModelCheckpoint(dirpath=checkpoint_dir(config.output_dir), filename="epoch{epoch:02d}-step{step}-val{val/loss:.4f}",
                         auto_insert_metric_name=False, monitor="val/loss", mode="min", save_top_k=config.save_top_k,
                         save_last=False, every_n_epochs=config.checkpoint_every_n_epochs),

@@ -8,6 +8,7 @@ files and prints; the others prepare after it, reading its caches (utils.trainin
 
 from __future__ import annotations
 
+import copy
 import signal
 import threading
 import time
@@ -65,7 +66,8 @@ class TrainingResult(Predictor):
     resumed_from: Optional[Path]
     train_history: list = field(default_factory=list, repr=False)  # (step, loss)
     val_history: list = field(default_factory=list, repr=False)  # (step, loss)
-    model: Optional[nn.Module] = field(default=None, repr=False)
+    model: Optional[nn.Module] = field(default=None, repr=False)  # on the device it trained on; None in the
+    # other processes of an FSDP run (its weights are gathered whole on global rank zero only)
     tokenizer: Any = field(default=None, repr=False)
     val_accuracy: Optional[float] = None  # classification: last validation accuracy
     label_names: list = field(default_factory=list)  # classification: class names, index = label id
@@ -203,14 +205,19 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
     # measures for all: before the Trainer sets each process's device, every copy would land on the first GPU.
     memory = None
     if launch.is_zero:
-        memory = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
+        memory = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes,
+                                launch.world_size)
         check_memory(memory, config)
     check_training_windows(config, len(data.train), data.num_tokens)
     train_loader, val_loader = build_dataloaders(config, data.train, data.val, pin_memory=decision.device.kind == "cuda",
                                                  num_replicas=launch.world_size)
     module = build_module(config, model, task, len(train_loader), decision)
     estimate, steps_left = None, module.total_steps - (resume.global_step if resume else 0)
-    if launch.is_zero and steps_left > 0:  # rank zero's own device; nothing to time when nothing is left to train
+    if launch.is_zero and steps_left > 0 and not memory.whole().fits(1):  # FSDP: timing needs the whole model
+        print(f"Estimate: not timed: the whole model needs {memory.whole().bytes_at(1) / 2**30:.1f} GB at batch 1, "
+              f"more than one device holds; FSDP trains it in {memory.shards} shards of about "
+              f"{memory.bytes_at(config.batch_size) / 2**30:.1f} GB each at batch_size={config.batch_size}.")
+    elif launch.is_zero and steps_left > 0:  # rank zero's own device; nothing to time when nothing is left to train
         estimate = estimate_run(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes,
                                 len(train_loader), len(val_loader), steps_left, memory)
         print(estimate.describe())
@@ -238,6 +245,9 @@ def _fit(run: _Run, extra_callbacks: list[pl.Callback]) -> TrainingResult:
     callbacks = build_callbacks(config, decision, recorder) + extra_callbacks
     loggers = build_loggers(config, decision, run.model, run.data.tokenizer.vocab_size)  # an online W&B run starts here
     resume_from = run.resume.path if run.resume else None
+    # FSDP replaces the model's blocks by sharded units in place: a plain copy, made while it is still whole
+    # (on the CPU), receives the trained weights afterwards (see _trained_model).
+    plain = copy.deepcopy(run.model) if config.strategy == "fsdp" else None
     with finish_wandb_on_exit(loggers):  # a re-run in the notebook must not attach to this run
         trainer = build_trainer(config, decision, callbacks, loggers, run.model)
         check_ranks(run.launch, trainer)
@@ -252,7 +262,25 @@ def _fit(run: _Run, extra_callbacks: list[pl.Callback]) -> TrainingResult:
         print(f"Nothing to train: {resume_from} already reached max_epochs={config.max_epochs}"
               f"{'' if config.max_steps is None else f' or max_steps={config.max_steps}'}. "
               "Raise them to train further, or set resume=False to start fresh.")
+    run.model = _trained_model(trainer, run.model, plain)
     return _result(run, trainer, recorder, resume_from, time.perf_counter() - started)
+
+
+def _trained_model(trainer: pl.Trainer, model: nn.Module, plain: Optional[nn.Module]) -> Optional[nn.Module]:
+    """The model for sampling and export, on the device it trained on.
+
+    Lightning's teardown moves the LightningModule to the CPU after fit; it goes back, so the end-of-run sample
+    and generate() run where training did. Under FSDP each process holds shards: Lightning's full state dict
+    gathers them (a collective, whole on global rank zero only) into `plain`, a copy of the model as built.
+    """
+    device = trainer.strategy.root_device
+    if plain is None:
+        return model.to(device)
+    full = trainer.strategy.lightning_module_state_dict()  # FSDPStrategy's default state_dict_type is "full"
+    if not trainer.is_global_zero:
+        return None
+    plain.load_state_dict({key[len("model."):]: value for key, value in full.items() if key.startswith("model.")})
+    return plain.to(device)
 
 
 def _result(run: _Run, trainer: pl.Trainer, recorder: RunRecorder, resume_from: Optional[Path],
@@ -270,7 +298,8 @@ def _result(run: _Run, trainer: pl.Trainer, recorder: RunRecorder, resume_from: 
         steps_run=0 if recorder.start_step is None else trainer.global_step - recorder.start_step,
         tokens_per_sec=recorder.tokens_per_sec, precision=run.decision.precision,
         precision_reason=run.decision.reason, resumed_from=resume_from, train_history=history.train,
-        val_history=history.val, model=run.model.eval(), tokenizer=data.tokenizer,
+        val_history=history.val, model=run.model.eval() if run.model is not None else None,
+        tokenizer=data.tokenizer,
         val_accuracy=history.val_accuracy[-1][1] if history.val_accuracy else None,
         label_names=list(data.label_names), pad_id=data.pad_id, model_passed_in=run.model_passed_in,
         world_size=trainer.world_size, is_global_zero=trainer.is_global_zero, estimate=run.estimate,

@@ -3,7 +3,9 @@
 What differs between tasks is a small task object (utils.models.tasks): `logits(model, batch)`,
 `loss(model, batch) -> (loss, metrics)` (each metric is logged as train/NAME and val/NAME) and `tokens_in(batch)`.
 
-Lightning owns autocast, the GradScaler, clipping order and accumulation; nothing here touches them.
+Lightning owns autocast, the GradScaler and accumulation. Clipping is the one step done here
+(configure_gradient_clipping): Lightning's own refuses a fused AdamW under mixed precision and FSDP's
+clipping by norm, so the module unscales, then clips, and Lightning steps (see clip_gradients).
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ class TransformerModule(pl.LightningModule):
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.warmup_ratio = warmup_ratio
+        # Decided now, from the shapes as built: FSDP turns every parameter into a 1-D shard before
+        # configure_optimizers runs, where an ndim rule would put every matrix in the no-decay group.
+        self.decay_names = decay_parameter_names(model)
+        self.parameter_names = {name for name, _ in model.named_parameters(remove_duplicate=False)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return model_logits(self.model, x)
@@ -48,23 +54,86 @@ class TransformerModule(pl.LightningModule):
 
     def configure_optimizers(self):
         total = self.total_steps
-        optimizer = torch.optim.AdamW(param_groups(self.model, self.weight_decay), lr=self.learning_rate,
-                                      betas=(0.9, 0.95), **self.adamw_options)
+        groups = param_groups(self.model, self.weight_decay, self.decay_names, self.parameter_names)
+        optimizer = torch.optim.AdamW(groups, lr=self.learning_rate, betas=(0.9, 0.95), **self.adamw_options)
         schedule = warmup_cosine(int(self.warmup_ratio * total), total)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Called by Lightning after backward (and, for a non-fused optimizer, after its scaler.unscale_),
+        before the optimizer step."""
+        if gradient_clip_val:
+            clip_gradients(self.trainer, optimizer, gradient_clip_val, gradient_clip_algorithm or "norm")
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices of Linear-like layers only: never on norms, biases or embeddings."""
+
+def clip_gradients(trainer, optimizer: torch.optim.Optimizer, clip_val: float, algorithm: str = "norm") -> None:
+    """Unscale if the GradScaler has not, then clip; Lightning's step follows.
+
+    A fused AdamW unscales inside its own step, so Lightning's MixedPrecision skips scaler.unscale_ for it and
+    then refuses to clip (it would clip scaled gradients). Unscaling here first is what torch's AMP recipe
+    does: scaler.step then hands the fused kernel the inf check unscale_ recorded and no scale to divide by
+    again, so an overflowed step is still skipped and the update stays one fused kernel. bf16 has no scaler:
+    there is nothing to unscale and the gradients are clipped as they are. Under FSDP each process holds
+    shards, so the norm is the wrapped root's clip_grad_norm_ (over every shard); clip_grad_norm_ over one
+    process's shards would be wrong, which is why Lightning's FSDP plugin refuses it.
+    """
+    scaler = getattr(trainer.precision_plugin, "scaler", None)
+    if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
+        scaler.unscale_(optimizer)  # once per step: Lightning only calls unscale_ for non-fused optimizers
+    algorithm = getattr(algorithm, "value", algorithm).lower()  # Lightning passes a GradClipAlgorithmType
+    if algorithm == "value":
+        torch.nn.utils.clip_grad_value_(list(trainer.precision_plugin.main_params(optimizer)), clip_val)
+    elif _is_fsdp(trainer.strategy.model):
+        trainer.strategy.model.clip_grad_norm_(clip_val)
+    else:
+        torch.nn.utils.clip_grad_norm_(list(trainer.precision_plugin.main_params(optimizer)), clip_val)
+
+
+def _is_fsdp(module) -> bool:
+    if not torch.distributed.is_available():  # some builds have no torch.distributed, hence no FSDP either
+        return False
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return isinstance(module, FullyShardedDataParallel)
+
+
+# Wrappers that insert themselves into parameter names: FSDP units, activation checkpointing, torch.compile().
+WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def unwrapped_name(name: str) -> str:
+    """A parameter's name as in the model before FSDP (or checkpointing, or compile) wrapped its modules."""
+    for prefix in WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def decay_parameter_names(model: nn.Module) -> set[str]:
+    """Names of the parameters that get weight decay: matrices of Linear-like layers, never norms, biases or
+    embeddings. Every name of a tied weight is decided alike (an embedding tied to the output head: no decay)."""
     no_decay = set()
     for module in model.modules():
         if isinstance(module, (nn.Embedding, nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d)) \
                 or "norm" in type(module).__name__.lower():
             no_decay.update(id(p) for p in module.parameters(recurse=False))
+    return {name for name, p in model.named_parameters(remove_duplicate=False) if id(p) not in no_decay and p.ndim >= 2}
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_names: Optional[set[str]] = None,
+                 known_names: Optional[set[str]] = None) -> list[dict]:
+    """AdamW's two groups. decay_names: decay_parameter_names of the model as built (before any wrapping);
+    known_names: every parameter name it had, so a parameter that appeared later is an error, not a guess."""
+    if decay_names is None:
+        decay_names = decay_parameter_names(model)
     decay, keep = [], []
-    for p in {id(p): p for p in model.parameters() if p.requires_grad}.values():  # tied weights once
-        (keep if id(p) in no_decay or p.ndim < 2 else decay).append(p)
+    for name, p in model.named_parameters():  # tied weights once
+        name = unwrapped_name(name)
+        if known_names is not None and name not in known_names:
+            raise RuntimeError(f"parameter {name!r} was not in the model when the LightningModule was built; "
+                               "weight decay was decided from the parameters it had then")
+        if p.requires_grad:
+            (decay if name in decay_names else keep).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
 
 
