@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -51,6 +52,7 @@ class RunRecorder(pl.Callback):
         self.last_loss: Optional[float] = None  # the newest flushed training loss (the progress bar shows it)
         self.start_step = None  # global step when this call's training started; None: it never started
         self.start_seconds = 0.0  # train_seconds when this call's training started (a resume loads earlier ones)
+        self.planned_steps: Optional[int] = None  # optimizer steps the run is set to take (max_steps, epochs)
         self._pending: list[tuple[int, dict, float, Optional[torch.Tensor]]] = []  # (step, device values, lr, skipped)
         self._sums: dict[str, torch.Tensor] = {}  # this step's micro-batch values so far
         self._micro = 0
@@ -66,6 +68,8 @@ class RunRecorder(pl.Callback):
     # ------------------------------------------------------------------ recording
     def on_train_start(self, trainer, pl_module) -> None:
         self.start_step = self._step_seen = trainer.global_step
+        planned = trainer.estimated_stepping_batches  # max_steps, or max_epochs of batches over the accumulation
+        self.planned_steps = int(planned) if math.isfinite(planned) else None
         self.start_seconds = self.train_seconds
         if trainer.is_global_zero and trainer.logger is not None and trainer.logger.log_dir:
             write_segment_start(trainer.logger.log_dir, trainer.global_step)
@@ -171,7 +175,9 @@ class RunRecorder(pl.Callback):
     # ------------------------------------------------------------------ checkpoint contents
     def state_dict(self) -> dict:
         self._lap()
-        return {"tokens": self.tokens, "train_seconds": self.train_seconds, "skipped_total": self.skipped_total}
+        # planned_steps and precision let `runs` (utils.run_list) describe a run from its checkpoint alone.
+        return {"tokens": self.tokens, "train_seconds": self.train_seconds, "skipped_total": self.skipped_total,
+                "planned_steps": self.planned_steps, "precision": self.precision}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.tokens = state_dict.get("tokens", 0)
