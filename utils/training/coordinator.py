@@ -39,7 +39,7 @@ from utils.training.checkpoints import (LOGS_DIRNAME, ON_CHANGE, TOKENIZER_DIRNA
                                         ResumePoint, find_resume_point, handle_changed_run, last_checkpoint,
                                         plan_resume, remove_checkpoints_after, resume_problems)
 from utils.training.distributed import Launch, check_ranks, plan_launch, quiet_unless_rank_zero
-from utils.training.history import read_history
+from utils.training.history import History, read_history
 from utils.training.run_lock import RunLock
 from utils.user_models import check_embedding_fits, check_model, keep_model_copy, resolve_user_model_files
 from utils.wandb_helpers import finish_wandb_on_exit
@@ -74,6 +74,7 @@ class TrainingResult(Predictor):
     estimate: Optional[Estimate] = field(default=None, repr=False)  # the pre-flight estimate printed at the start
     train_seconds: float = 0.0  # this call's training time, validation excluded
     fit_seconds: float = 0.0  # this call's wall time in trainer.fit, validation and checkpoints included
+    history: Optional[History] = field(default=None, repr=False)  # every logged series of the whole run (lr, ...)
 
     def summary(self) -> str:
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
@@ -272,7 +273,7 @@ def _result(run: _Run, trainer: pl.Trainer, recorder: RunRecorder, resume_from: 
         val_accuracy=history.val_accuracy[-1][1] if history.val_accuracy else None,
         label_names=list(data.label_names), pad_id=data.pad_id, model_passed_in=run.model_passed_in,
         world_size=trainer.world_size, is_global_zero=trainer.is_global_zero, estimate=run.estimate,
-        train_seconds=recorder.train_seconds - recorder.start_seconds, fit_seconds=fit_seconds,
+        train_seconds=recorder.train_seconds - recorder.start_seconds, fit_seconds=fit_seconds, history=history,
     )
 
 

@@ -1,9 +1,11 @@
 """The one LightningModule: wraps any model, computes the loss, owns the optimizer and schedule.
 
 What differs between tasks is a small task object: `logits(model, batch)`, `loss(model, batch) ->
-(loss, metrics)` (each metric is logged as train/NAME and val/NAME) and `tokens_in(batch)`.
+(loss, metrics)` (each metric is logged as train/NAME and val/NAME), `tokens_in(batch)`, and
+`epoch_metrics` for validation metrics over the whole set (val/perplexity, val/macro_f1).
 
-Lightning owns autocast, the GradScaler, clipping order and accumulation; nothing here touches them.
+Lightning owns autocast, the GradScaler, clipping order and accumulation; the module only reads the
+gradient norm before Lightning clips (configure_gradient_clipping), for the logs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import MeanMetric
 
 from utils.inference import classifier_logits, describe_call, model_logits
 
@@ -34,10 +37,21 @@ class LanguageModelTask:
         return describe_call(model, with_mask=False)
 
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.scored(model, batch)[:2]
+
+    def scored(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """(loss, per-batch metrics, logits)."""
         _, y = batch  # (B, T)
         logits = self.logits(model, batch)  # (B, T, V)
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
-        return loss, {}
+        return loss, {}, logits
+
+    def epoch_metrics(self, num_outputs: int) -> dict:
+        """Validation metrics over the whole validation set (a per-batch average would be wrong for these)."""
+        return {"perplexity": Perplexity()}
+
+    def update_epoch_metrics(self, metrics: dict, loss: torch.Tensor, logits: torch.Tensor, batch) -> None:
+        metrics["perplexity"].update(loss, weight=batch[1].numel())
 
     def tokens_in(self, batch) -> int:
         return batch[0].numel()
@@ -77,10 +91,21 @@ class ClassificationTask:
         return describe_call(model, with_mask=True)
 
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.scored(model, batch)[:2]
+
+    def scored(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         labels = batch[2]  # (B,)
         logits = self.logits(model, batch).float()  # (B, num_classes)
         accuracy = (logits.argmax(dim=-1) == labels).float().mean()
-        return F.cross_entropy(logits, labels), {"accuracy": accuracy}
+        return F.cross_entropy(logits, labels), {"accuracy": accuracy}, logits
+
+    def epoch_metrics(self, num_outputs: int) -> dict:
+        from torchmetrics.classification import MulticlassF1Score
+
+        return {"macro_f1": MulticlassF1Score(num_classes=num_outputs, average="macro", zero_division=0)}
+
+    def update_epoch_metrics(self, metrics: dict, loss: torch.Tensor, logits: torch.Tensor, batch) -> None:
+        metrics["macro_f1"].update(logits.argmax(dim=-1), batch[2])
 
     def tokens_in(self, batch) -> torch.Tensor:
         """Real tokens only: padding is not throughput. A tensor on the batch's device: counted without a sync."""
@@ -105,6 +130,13 @@ class ClassificationTask:
         return num_classes
 
 
+class Perplexity(MeanMetric):
+    """exp of the token-weighted mean loss over all batches: the validation set's perplexity."""
+
+    def compute(self) -> torch.Tensor:
+        return torch.exp(super().compute())
+
+
 def _dummy_ids(B: int, T: int, vocab_size: int) -> torch.Tensor:
     ids = torch.randint(0, vocab_size, (B, T), generator=torch.Generator().manual_seed(0))  # (B, T)
     ids[0, 0] = vocab_size - 1  # the largest id the tokenizer can produce
@@ -116,8 +148,11 @@ TASKS = {task.name: task for task in (LanguageModelTask(), ClassificationTask())
 
 class TransformerModule(pl.LightningModule):
     def __init__(self, model: nn.Module, task, learning_rate: float, weight_decay: float, warmup_ratio: float,
-                 total_steps: int, adamw_options: Optional[dict] = None):
+                 total_steps: int, adamw_options: Optional[dict] = None, grad_norm_every: int = 0):
         super().__init__()
+        self.grad_norm_every = grad_norm_every  # optimizer steps between gradient norms (the logging interval)
+        self.grad_norm: Optional[torch.Tensor] = None  # the newest norm before clipping; the RunRecorder takes it
+        self._epoch_metrics: Optional[dict] = None  # the task's whole-validation-set metrics, made at first use
         self.total_steps = total_steps  # for the LR schedule
         self.adamw_options = adamw_options or {}  # fused=True on CUDA, foreach=True elsewhere (see build_module)
         self.model = model
@@ -137,10 +172,27 @@ class TransformerModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         # Averaged over the validation set by Lightning, for EarlyStopping, ModelCheckpoint and the bar;
         # the RunRecorder sends them to the loggers.
-        loss, metrics = self.task.loss(self.model, batch)
+        loss, metrics, logits = self.task.scored(self.model, batch)
         self.log("val/loss", loss, prog_bar=True, logger=False)
         for name, value in metrics.items():
             self.log(f"val/{name}", value, prog_bar=True, logger=False)
+        if self._epoch_metrics is None:
+            self._epoch_metrics = {k: m.to(loss.device) for k, m in self.task.epoch_metrics(logits.size(-1)).items()}
+        self.task.update_epoch_metrics(self._epoch_metrics, loss.detach(), logits.detach(), batch)
+
+    def on_validation_epoch_end(self) -> None:
+        for name, metric in (self._epoch_metrics or {}).items():
+            self.log(f"val/{name}", metric.compute(), logger=False)  # computed over every process's batches
+            metric.reset()
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # Lightning calls this after unscaling (fp16) and before clipping, on every optimizer step: the norm is
+        # taken here on logged steps only and kept on the device; the RunRecorder reads it at its next flush,
+        # so no step waits for it.
+        if self.grad_norm_every and (self.trainer.global_step + 1) % self.grad_norm_every == 0:
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            self.grad_norm = torch.nn.utils.get_total_norm(grads).detach() if grads else None
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
         total = self.total_steps

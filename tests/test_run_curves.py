@@ -1,0 +1,61 @@
+"""The run's richer curves: lr, the gradient norm before clipping, tokens/s, val/perplexity and val/macro_f1,
+in the CSV log, a W&B offline run and the TrainingResult history; and the Results figure drawn from them."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+
+from tests.test_training import _write_labelled
+from tests.test_wandb_helpers import history_rows, offline_config, read_wandb_records
+from utils.config import WizardConfig
+from utils.env import DeviceInfo
+from utils.training import train
+
+CPU = DeviceInfo("cpu", "CPU")
+
+
+def _csv_rows(run_dir) -> list[dict]:
+    with open(next((run_dir / "logs").glob("version_*/metrics.csv")), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_tiny_clip_value_logs_norms_above_it_every_logging_interval(tiny_config):
+    clip = 1e-4
+    result = train(tiny_config.replace(max_steps=6, log_every_n_steps=2, gradient_clip_val=clip), device=CPU)
+    rows = _csv_rows(result.output_dir)
+    norms = {int(r["step"]): float(r["grad_norm"]) for r in rows if r.get("grad_norm")}
+    assert sorted(norms) == [2, 4, 6]  # every log_every_n_steps
+    assert all(n > 1000 * clip for n in norms.values()), norms  # before clipping: clipped ones would be <= clip
+    assert result.history.grad_norm == sorted(norms.items())
+    lrs = [float(r["lr"]) for r in rows if r.get("lr")]
+    assert len(lrs) == 6 and lrs == sorted(lrs, reverse=True) and lrs[0] < tiny_config.learning_rate  # cosine decay
+    (step, loss), = result.history.val
+    assert result.history.val_perplexity == [(step, pytest.approx(math.exp(loss), rel=1e-5))]
+    speeds = [float(r["tokens_per_sec"]) for r in rows if r.get("tokens_per_sec")]
+    assert speeds and all(s > 0 for s in speeds)
+    assert not any(r.get("gpu_peak_memory_gib") for r in rows)  # a CPU run has no GPU memory to report
+
+
+def test_a_classifier_logs_macro_f1_beside_accuracy(tmp_path):
+    result = train(WizardConfig(
+        task="classification", model_template="classifier", model_size="tiny", dataset_source="file",
+        dataset_path=str(_write_labelled(tmp_path, "csv")), text_column="review", label_column="sentiment",
+        max_seq_len=24, batch_size=16, learning_rate=3e-3, warmup_ratio=0.0, max_steps=4, val_split=0.2,
+        log_every_n_steps=2, output_dir=str(tmp_path / "run")), device=CPU)
+    (step, f1), = result.history.val_macro_f1
+    assert step == 4 and 0.0 <= f1 <= 1.0
+    assert [s for s, _ in result.history.val_accuracy] == [4]
+    assert not result.history.val_perplexity
+
+
+def test_an_offline_wandb_run_holds_lr_grad_norm_and_perplexity(tmp_path, tiny_lm):
+    result = train(offline_config(tmp_path, precision="32-true", max_steps=4, val_split=0.05, log_every_n_steps=2),
+                   model=tiny_lm(), device=CPU)
+    rows = history_rows(read_wandb_records(next((tmp_path / "run" / "wandb").glob("offline-run-*"))))
+    assert [r["trainer/global_step"] for r in rows if "grad_norm" in r] == [2, 4]
+    assert len([r for r in rows if "lr" in r]) == 4
+    perplexity = [r["val/perplexity"] for r in rows if "val/perplexity" in r]
+    assert perplexity == [pytest.approx(math.exp(result.val_loss), rel=1e-5)]
