@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from tests.conftest import REPO_ROOT
 from tests.test_training import _write_labelled
 from tests.test_wandb_helpers import history_rows, offline_config, read_wandb_records
 from utils.config import WizardConfig
@@ -59,3 +60,32 @@ def test_an_offline_wandb_run_holds_lr_grad_norm_and_perplexity(tmp_path, tiny_l
     assert len([r for r in rows if "lr" in r]) == 4
     perplexity = [r["val/perplexity"] for r in rows if "val/perplexity" in r]
     assert perplexity == [pytest.approx(math.exp(result.val_loss), rel=1e-5)]
+
+
+def test_the_results_figure_spans_resumed_stretches(tiny_config):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from utils.plots import plot_training
+
+    config = tiny_config.replace(max_steps=4, max_epochs=3, log_every_n_steps=2, gradient_clip_val=0.5)
+    train(config, device=CPU)
+    result = train(config.replace(max_steps=8), device=CPU)  # resumes at step 4
+    fig = plot_training(result)
+    loss_ax, lr_ax, norm_ax, speed_ax = fig.axes
+    train_line, val_line = loss_ax.get_lines()[:2]
+    assert list(train_line.get_xdata()) == list(range(1, 9))  # both stretches
+    assert list(val_line.get_xdata()) == [4, 8]
+    assert list(norm_ax.get_lines()[0].get_xdata()) == [2, 4, 6, 8]
+    clip_line = next(line for line in norm_ax.get_lines() if line.get_label() == "clip at 0.5")
+    assert list(clip_line.get_ydata()) == [0.5, 0.5]
+    assert [list(line.get_xdata()) for line in lr_ax.get_lines() if line.get_linestyle() == ":"] == [[4, 4]]
+    assert len(lr_ax.get_lines()[0].get_xdata()) == 8 and speed_ax.get_lines()[0].get_label() == "tokens/s"
+    assert fig.get_size_inches().tolist() == [11, 6.5]  # Colab's output width at dpi 100: ~1100 px
+    assert (result.output_dir / "training.png").read_bytes()[:4] == b"\x89PNG"
+    artifacts = REPO_ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    fig.savefig(artifacts / "training-figure.png", dpi=100)  # for a person to look at
+    plt.close(fig)

@@ -74,7 +74,8 @@ class RunTable:
         rows = [(str(i), r.name, r.config.get("task", "?"), model_text(r.config), count_text(r.params),
                  data_text(r.config), f"{r.steps}/{r.planned if r.planned is not None else '?'}", r.best_text(),
                  _duration(r.train_seconds), r.precision or "?", r.state) for i, r in enumerate(self.runs, 1)]
-        lines = [f"{len(self.runs)} runs under {self.parent}", *_table(header, rows)]
+        count = f"{len(self.runs)} run{'s' if len(self.runs) != 1 else ''}"
+        lines = [f"{count} under {self.parent}", *_table(header, rows)]
         differ = self.differing_settings()
         if len(self.runs) > 1:
             lines.append("")
