@@ -53,10 +53,15 @@ class LoadedRun(Predictor):
     def output_dir(self) -> Path:
         return Path(self.config.output_dir)
 
-    def export(self, folder: Optional[str | Path] = None) -> Path:
-        """Write an export folder (default: the run's export/), as TrainingResult.export() does."""
-        return export_model(self.model, self.config, self.tokenizer, folder or self.output_dir / "export",
-                            self.label_names, self.pad_id)
+    def export(self, folder: Optional[str | Path] = None, push_to_hub: Optional[str] = None, public: bool = False,
+               onnx: bool = False) -> Path:
+        """Write an export folder (default: the run's export/), as TrainingResult.export() does (onnx, push_to_hub
+        too)."""
+        from utils.hub import finish_export
+
+        written = export_model(self.model, self.config, self.tokenizer, folder or self.output_dir / "export",
+                               self.label_names, self.pad_id)
+        return finish_export(self, written, self.output_dir, push_to_hub, public, onnx)
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> LoadedRun:

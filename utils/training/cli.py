@@ -2,7 +2,7 @@
 
     python -m utils.training [train] [--config FILE.json] [--set KEY=VALUE ...]
     python -m utils.training estimate [--config FILE.json] [--set KEY=VALUE ...]
-    python -m utils.training export RUN_DIR [--to DIR]
+    python -m utils.training export RUN_DIR [--to DIR] [--onnx] [--push-to-hub NAME [--public]]
     python -m utils.training generate RUN_DIR_OR_EXPORT [--prompt TEXT] [--max-new-tokens N] [--seed N]
     python -m utils.training predict RUN_DIR_OR_EXPORT (--text TEXT [--text TEXT ...] | --file FILE)
     python -m utils.training evaluate RUN_DIR_OR_EXPORT --data FILE [--json FILE]
@@ -197,6 +197,10 @@ def export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--to", metavar="DIR", help="where to write it (default: RUN_DIR/export); an earlier export "
                                                     "there is replaced, any other non-empty folder is refused")
     _checkpoint_argument(parser)
+    parser.add_argument("--onnx", action="store_true", help="also write model.onnx and check it with onnxruntime")
+    parser.add_argument("--push-to-hub", metavar="NAME", help="upload the folder with a model card to this Hugging Face "
+                                                             "repository (token: Colab secret or env HF_TOKEN)")
+    parser.add_argument("--public", action="store_true", help="with --push-to-hub: a public repository (default: private)")
     return parser
 
 
@@ -264,8 +268,10 @@ def run_export(args: argparse.Namespace) -> int:
     def call():
         from utils.runs import load_run
 
+        if args.public and not args.push_to_hub:
+            raise CommandLineError("--public only applies with --push-to-hub NAME")
         run = load_run(args.run_dir, args.checkpoint)
-        folder = run.export(args.to)
+        folder = run.export(args.to, args.push_to_hub, args.public, args.onnx)
         use = _prog("generate" if run.config.task == "lm" else "predict")
         print(f"Exported {run.checkpoint} to {folder}\n"
               f"Load it with utils.export.load_exported({str(folder)!r}), or run: {use} {folder} ...")

@@ -26,6 +26,7 @@ from utils.data.tokenizers import load_tokenizer, tokenizer_fingerprint
 from utils.env import DeviceInfo, detect_device
 from utils.export import ExportError, export_model, write_labels
 from utils.files import atomic_folder, make_output_dir, remove_temp_files
+from utils.hub import finish_export
 from utils.inference import Predictor, classify_texts, sample_text  # sample_text, classify_texts: see __all__
 from utils.training.precision import PrecisionDecision, resolve_precision
 from utils.training.builder import (build_callbacks, build_data_spec, build_dataloaders, build_loggers, build_model,
@@ -101,10 +102,13 @@ class TrainingResult(Predictor):
             return [f"time:             {actual:.3g} s/step, {format_duration(self.fit_seconds)} in total"]
         return [f"time (estimated): {self.estimate.compare(actual, self.fit_seconds)}"]
 
-    def export(self, folder: Optional[str | Path] = None) -> Path:
+    def export(self, folder: Optional[str | Path] = None, push_to_hub: Optional[str] = None, public: bool = False,
+               onnx: bool = False) -> Path:
         """Write weights (safetensors), config, tokenizer, class names and user model code to folder
         (default: output_dir/export); utils.export.load_exported reads it back anywhere. In a multi-device
-        run only global rank zero writes; the other processes return the folder it writes."""
+        run only global rank zero writes; the other processes return the folder it writes.
+        onnx: also model.onnx, checked with onnxruntime; push_to_hub: upload the folder to that Hugging Face
+        repository (private unless public) with a model card (utils.hub)."""
         if self.model_passed_in:
             raise ExportError(
                 f"This {type(self.model).__name__} was passed to train(model=...), so an export folder could not "
@@ -112,7 +116,8 @@ class TrainingResult(Predictor):
                 "model_source='file' (the export then carries the code), or save result.model.state_dict() yourself.")
         if not self.is_global_zero:
             return Path(folder) if folder is not None else self.output_dir / "export"
-        return export_model(self.model, self.config, self.tokenizer, folder, self.label_names, self.pad_id)
+        written = export_model(self.model, self.config, self.tokenizer, folder, self.label_names, self.pad_id)
+        return finish_export(self, written, self.output_dir, push_to_hub, public, onnx)
 
 
 def train(config: Optional[WizardConfig] = None, model: Optional[nn.Module] = None,
