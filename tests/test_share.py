@@ -119,6 +119,7 @@ def test_without_a_token_one_line_says_how_to_add_one(runs, hub, tmp_path, capsy
     assert main(["export", str(runs["lm"].output_dir), "--to", str(tmp_path / "exp"), "--push-to-hub", "x"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "create_repo" not in hub
+    assert not (tmp_path / "exp").exists()  # the token is looked for before anything is written
     assert err.startswith("error: No Hugging Face token (no HF_TOKEN in the environment): add a Hugging Face token "
                           "with write access (https://huggingface.co/settings/tokens) as a Colab secret named HF_TOKEN")
 

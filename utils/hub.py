@@ -163,14 +163,15 @@ def _load_lines(repo_id: str, task: str, pretrained: bool) -> list[str]:
 
 
 def finish_export(predictor, folder: Path, run_dir: Optional[str | Path], push_to_hub: Optional[str] = None,
-                  public: bool = False, onnx: bool = False) -> Path:
+                  public: bool = False, onnx: bool = False, token: Optional[str] = None) -> Path:
     """After an export was written: model.onnx beside it (checked) when onnx, then the upload when push_to_hub
-    names a repository, so the ONNX file travels too. Prints what was done; returns the folder."""
+    names a repository, so the ONNX file travels too. Prints what was done; returns the folder.
+    token: found before the export was written (find_token), so a missing one costs no export."""
     if onnx:
         from utils.onnx_export import export_onnx
 
         print(export_onnx(predictor, folder).describe())
     if push_to_hub:
-        url = push_to_hub_folder(folder, push_to_hub, public, run_dir)
+        url = push_to_hub_folder(folder, push_to_hub, public, run_dir, token)
         print(f"Uploaded {folder} to {url} ({'public' if public else 'private'}), with a model card ({CARD_FILENAME})")
     return Path(folder)

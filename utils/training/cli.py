@@ -302,7 +302,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         model = load_predictor(args.model, args.checkpoint, args.device)
         figure = args.figure or Path(args.model) / "evaluation" / f"{Path(args.data).stem}.confusion.png"
         evaluation = evaluate_predictor(model, args.data, args.batch_size,
-                                        figure if model.config.task == "classification" else None)
+                                        figure if model.config.task == "classification" else None,
+                                        description=str(getattr(model, "checkpoint", None) or args.model))
         print(evaluation.describe())
         if evaluation.figure:
             print(f"\nConfusion matrix figure: {evaluation.figure}")

@@ -26,7 +26,7 @@ from utils.data.tokenizers import load_tokenizer, tokenizer_fingerprint
 from utils.env import DeviceInfo, detect_device
 from utils.export import ExportError, export_model, write_labels
 from utils.files import atomic_folder, make_output_dir, remove_temp_files
-from utils.hub import finish_export
+from utils.hub import find_token, finish_export
 from utils.inference import Predictor, classify_texts, sample_text  # sample_text, classify_texts: see __all__
 from utils.training.precision import PrecisionDecision, resolve_precision
 from utils.training.builder import (build_callbacks, build_data_spec, build_dataloaders, build_loggers, build_model,
@@ -116,8 +116,9 @@ class TrainingResult(Predictor):
                 "model_source='file' (the export then carries the code), or save result.model.state_dict() yourself.")
         if not self.is_global_zero:
             return Path(folder) if folder is not None else self.output_dir / "export"
+        token = find_token() if push_to_hub else None  # before writing: a missing token costs no export
         written = export_model(self.model, self.config, self.tokenizer, folder, self.label_names, self.pad_id)
-        return finish_export(self, written, self.output_dir, push_to_hub, public, onnx)
+        return finish_export(self, written, self.output_dir, push_to_hub, public, onnx, token)
 
 
 def train(config: Optional[WizardConfig] = None, model: Optional[nn.Module] = None,
