@@ -104,8 +104,13 @@ def test_classifier_confusion_matrix_and_f1_on_a_file_with_a_known_answer(traine
                                                           "support": 7})
     assert (tmp_path / "cm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"Confusion matrix figure: {tmp_path / 'cm.png'}" in out
-    # The same from Python, on the result training returned.
+    # The same from Python, on the result training returned, and from an export folder of it.
     assert result.evaluate(data).confusion == [[6, 1], [3, 4]]
+    exported = result.export(tmp_path / "exp")
+    assert main(["evaluate", str(exported), "--data", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert f"Evaluated {exported} on {data}" in out and "calm                 6     1\n" in out
+    assert (exported / "evaluation" / "test.confusion.png").is_file()  # the figure's default place
 
 
 def test_a_label_the_model_never_saw_is_one_line_exit_2(trained, tmp_path, capsys):

@@ -43,7 +43,8 @@ def parent(tmp_path_factory):
     parent = root / "runs"
     train(base.replace(output_dir=str(parent / "a"), learning_rate=1e-3), device=CPU)  # archived below
     train(base.replace(output_dir=str(parent / "a"), learning_rate=2e-3, resume=False), device=CPU)  # finished
-    train(base.replace(output_dir=str(parent / "b"), max_steps=6, learning_rate=3e-3), device=CPU, extra_callbacks=[StopAt(2)])  # stopped
+    train(base.replace(output_dir=str(parent / "b"), max_steps=6, learning_rate=3e-3), device=CPU,
+          extra_callbacks=[StopAt(2)])  # stopped at step 2 of 6
     shutil.copytree(parent / "a", parent / "c", ignore=shutil.ignore_patterns("archive"))
     code = ("import sys, time; from utils.training.run_lock import RunLock; RunLock(sys.argv[1]).acquire(); "
             "print('held', flush=True); time.sleep(120)")

@@ -25,6 +25,7 @@ from utils.training.cli import main
 
 CPU = DeviceInfo("cpu", "CPU")
 TOKEN = "hf_kitTestToken0123456789abcdefXYZ"
+NO_ORT = "onnxruntime is not installed (pip install -r requirements-test.txt)"
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +147,7 @@ def test_a_refusal_by_the_hub_is_one_line_without_the_token(runs, hub, tmp_path,
 
 @pytest.mark.parametrize("name", ["lm", "classifier"])
 def test_both_templates_export_to_onnx_and_match_pytorch(runs, name, tmp_path, capsys):
-    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -r requirements-test.txt)")
+    ort = pytest.importorskip("onnxruntime", reason=NO_ORT)
     from utils.onnx_export import TOLERANCE
     from utils.runs import load_run
 
@@ -183,7 +184,7 @@ class _Cholesky(torch.nn.Module):
 
 
 def test_an_operator_onnx_lacks_is_named(tmp_path):
-    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -r requirements-test.txt)")
+    pytest.importorskip("onnxruntime", reason=NO_ORT)
     from utils.onnx_export import OnnxExportError, export_onnx
 
     predictor = SimpleNamespace(config=WizardConfig(max_seq_len=8), tokenizer=CharTokenizer(list("abcdefgh")),

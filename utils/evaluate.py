@@ -83,7 +83,8 @@ def confusion_table(ev: Evaluation) -> list[str]:
     first = max(len(CORNER), *(len(n) for n in ev.label_names))
     cell = 2 + max(*(len(n) for n in ev.label_names), *(len(str(v)) for row in ev.confusion for v in row))
     header = f"{CORNER:<{first}}" + "".join(f"{n:>{cell}}" for n in ev.label_names)
-    rows = [f"{name:<{first}}" + "".join(f"{v:>{cell}}" for v in row) for name, row in zip(ev.label_names, ev.confusion)]
+    rows = [f"{name:<{first}}" + "".join(f"{v:>{cell}}" for v in row)
+            for name, row in zip(ev.label_names, ev.confusion)]
     return ["Confusion matrix (rows: true label, columns: predicted)", header, *rows]
 
 
@@ -93,7 +94,8 @@ def evaluate_predictor(predictor, data: str | Path, batch_size: int = 32, figure
     figure: where a classifier's confusion matrix PNG goes (None: no figure)."""
     config = predictor.config
     source = open_source(_spec(config, data))
-    model_name = description or str(getattr(predictor, "checkpoint", None) or getattr(predictor, "output_dir", "") or "model")
+    model_name = description or str(getattr(predictor, "checkpoint", None) or getattr(predictor, "output_dir", "")
+                                    or "the model")
     if config.task == "lm":
         windows = file_windows(predictor.tokenizer, source, config.max_seq_len, data)
         return evaluate_windows(predictor.model, windows, batch_size, str(data), model_name)

@@ -65,8 +65,8 @@ def _colab_secret(name: str) -> tuple[Optional[str], str]:
     return (value.strip(), "") if value and value.strip() else (None, f"the {name} secret in Colab is empty")
 
 
-def push_to_hub_folder(export_dir: str | Path, repo_name: str, public: bool = False, run_dir: Optional[str | Path] = None,
-                token: Optional[str] = None) -> str:
+def push_to_hub_folder(export_dir: str | Path, repo_name: str, public: bool = False,
+                       run_dir: Optional[str | Path] = None, token: Optional[str] = None) -> str:
     """Create the repository (private unless public) and upload the export folder with its model card.
     run_dir: the training run, whose logs and checkpoint give the card its metrics. Returns the repo's URL."""
     from huggingface_hub import HfApi

@@ -21,7 +21,8 @@ def plot_losses(result, ax=None):
     if result.val_history:
         val_steps, val_losses = zip(*result.val_history)
         ax.plot(val_steps, val_losses, "o-", label="validation")
-    ax.set(xlabel="optimizer step", ylabel="cross-entropy loss", title=f"{_model_name(result.config)}, {result.precision}")
+    ax.set(xlabel="optimizer step", ylabel="cross-entropy loss",
+           title=f"{_model_name(result.config)}, {result.precision}")
     ax.grid(alpha=0.3)
     ax.legend()
     return ax
@@ -66,8 +67,8 @@ def plot_training(result, save_to: Path | str | None = "auto"):
             ax.legend(fontsize=8)
     norm_ax.set_xlabel("optimizer step")
     speed_ax.set_xlabel("optimizer step")
-    fig.suptitle(f"{_model_name(result.config)}, {result.precision}, {result.global_step} steps"
-                 + (f" ({len(h.segment_starts)} stretches, dotted lines: resumed)" if len(h.segment_starts) > 1 else ""))
+    resumed = f" ({len(h.segment_starts)} stretches, dotted lines: resumed)" if len(h.segment_starts) > 1 else ""
+    fig.suptitle(f"{_model_name(result.config)}, {result.precision}, {result.global_step} steps{resumed}")
     fig.tight_layout()
     if save_to is not None:
         path = Path(result.output_dir) / "training.png" if save_to == "auto" else Path(save_to)

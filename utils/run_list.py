@@ -68,7 +68,8 @@ class RunTable:
 
     def describe(self) -> str:
         if not self.runs:
-            return f"No run folders under {self.parent} (a run folder holds {CONFIG_FILENAME} and checkpoints/ or logs/)."
+            return (f"No run folders under {self.parent} (a run folder holds {CONFIG_FILENAME} and checkpoints/ "
+                    "or logs/).")
         header = ("#", "run", "task", "model", "params", "data", "steps", "best validation", "time", "precision",
                   "state")
         rows = [(str(i), r.name, r.config.get("task", "?"), model_text(r.config), count_text(r.params),
@@ -219,7 +220,8 @@ def plot_runs(table: RunTable, path: str | Path) -> Path:
         if run.val_curve:
             steps, losses = zip(*run.val_curve)
             ax.plot(steps, losses, "o-", markersize=3, label=f"{i}: {run.name}")
-    ax.set(xlabel="optimizer step", ylabel="validation loss", title=f"Validation loss of the runs in {table.parent.name}")
+    ax.set(xlabel="optimizer step", ylabel="validation loss",
+           title=f"Validation loss of the runs in {table.parent.name}")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)

@@ -198,9 +198,11 @@ def export_parser() -> argparse.ArgumentParser:
                                                     "there is replaced, any other non-empty folder is refused")
     _checkpoint_argument(parser)
     parser.add_argument("--onnx", action="store_true", help="also write model.onnx and check it with onnxruntime")
-    parser.add_argument("--push-to-hub", metavar="NAME", help="upload the folder with a model card to this Hugging Face "
-                                                             "repository (token: Colab secret or env HF_TOKEN)")
-    parser.add_argument("--public", action="store_true", help="with --push-to-hub: a public repository (default: private)")
+    parser.add_argument("--push-to-hub", metavar="NAME",
+                        help="upload the folder with a model card to this Hugging Face repository (token: a Colab "
+                             "secret or environment variable HF_TOKEN)")
+    parser.add_argument("--public", action="store_true",
+                        help="with --push-to-hub: a public repository (default: private)")
     return parser
 
 
