@@ -98,3 +98,12 @@ def _params(table) -> str:
 def test_runs_on_a_missing_folder_is_one_line_exit_2(tmp_path, capsys):
     assert main(["runs", str(tmp_path / "nowhere")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_torn_last_checkpoint_is_reported_not_a_crash(parent, tmp_path):
+    folder, _ = parent
+    copy = tmp_path / "runs" / "torn"
+    shutil.copytree(folder / "b", copy)
+    (copy / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04 cut off by a kill")
+    (run,) = list_runs(tmp_path / "runs").runs
+    assert run.state == "last.ckpt unreadable" and run.steps == 2  # the logs still tell the steps

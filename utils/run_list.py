@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -120,14 +121,20 @@ def describe_run(folder: Path, parent: Path) -> RunInfo:
     name = str(folder.relative_to(parent)) if folder != parent else folder.name
     info = RunInfo(folder, name, json.loads((folder / CONFIG_FILENAME).read_text(encoding="utf-8")))
     last = last_checkpoint(folder)
+    readable = last is not None
     if last is not None:
-        _read_checkpoint(info, last)
+        try:
+            _read_checkpoint(info, last)
+        except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError):  # torn by a kill, or mid-write
+            readable = False
     history = read_history(folder / LOGS_DIRNAME)
     info.val_curve, info.val_accuracy = history.val, history.val_accuracy
     info.steps = max([info.steps] + [step for step, _ in history.train])  # a running run logs past its checkpoint
     if info.planned is None:
         info.planned = info.config.get("max_steps")
     info.state = _state(info, last is not None, live_holder(folder))
+    if last is not None and not readable and not info.state.startswith("running"):
+        info.state = "last.ckpt unreadable"
     return info
 
 
