@@ -20,12 +20,13 @@ from utils.config import WizardConfig
 from utils.data import open_source, prepare_data
 from utils.env import DeviceInfo
 from utils.evaluate import _spec, evaluate_windows, file_windows
-from utils.runs import load_run
+from utils.run_folder.loading import load_run
 from utils.training import train
 from utils.training.builder import build_data_spec
 from utils.training.cli import main
-from utils.training.history import read_history
-from utils.training.module import TASKS, TransformerModule
+from utils.run_folder.history import read_history
+from utils.models.tasks import TASKS
+from utils.training.module import TransformerModule
 
 CPU = DeviceInfo("cpu", "CPU")
 

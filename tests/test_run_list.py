@@ -46,7 +46,7 @@ def parent(tmp_path_factory):
     train(base.replace(output_dir=str(parent / "b"), max_steps=6, learning_rate=3e-3), device=CPU,
           extra_callbacks=[StopAt(2)])  # stopped at step 2 of 6
     shutil.copytree(parent / "a", parent / "c", ignore=shutil.ignore_patterns("archive"))
-    code = ("import sys, time; from utils.training.run_lock import RunLock; RunLock(sys.argv[1]).acquire(); "
+    code = ("import sys, time; from utils.run_folder.lock import RunLock; RunLock(sys.argv[1]).acquire(); "
             "print('held', flush=True); time.sleep(120)")
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     holder = subprocess.Popen([sys.executable, "-c", code, str(parent / "c")], env=env, stdout=subprocess.PIPE,

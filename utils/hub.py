@@ -22,7 +22,7 @@ from utils.config import CONFIG_FILENAME
 from utils.env import in_colab
 from utils.errors import KitError
 from utils.files import atomic_write_text
-from utils.pretrained import KIT_CONFIG_FILENAME
+from utils.models.pretrained import KIT_CONFIG_FILENAME
 
 TOKEN_VAR = "HF_TOKEN"
 CARD_FILENAME = "README.md"

@@ -5,7 +5,7 @@
 
 Everything is read from the run folders: config.json (the settings), checkpoints/last.ckpt (steps done
 and planned, time trained, precision, parameters: the RunRecorder keeps them in the checkpoint),
-logs/ (the validation curve, utils.training.history) and .run.lock (a live run holds it). There is no
+logs/ (the validation curve, utils.run_folder.history) and .run.lock (a live run holds it). There is no
 second record that could disagree with them.
 """
 
@@ -114,9 +114,9 @@ def is_run_folder(folder: Path) -> bool:
 
 
 def describe_run(folder: Path, parent: Path) -> RunInfo:
-    from utils.training.checkpoints import LOGS_DIRNAME, last_checkpoint
-    from utils.training.history import read_history
-    from utils.training.run_lock import live_holder
+    from utils.run_folder.checkpoints import LOGS_DIRNAME, last_checkpoint
+    from utils.run_folder.history import read_history
+    from utils.run_folder.lock import live_holder
 
     name = str(folder.relative_to(parent)) if folder != parent else folder.name
     info = RunInfo(folder, name, json.loads((folder / CONFIG_FILENAME).read_text(encoding="utf-8")))
