@@ -85,7 +85,8 @@ def build_module(config: WizardConfig, model: nn.Module, task, batches_per_epoch
         model.compile()
     return TransformerModule(model, task, learning_rate=config.learning_rate, weight_decay=config.weight_decay,
                              warmup_ratio=config.warmup_ratio, total_steps=total_steps(config, batches_per_epoch),
-                             adamw_options=adamw_options(decision.device.kind))
+                             adamw_options=adamw_options(decision.device.kind),
+                             grad_norm_every=config.log_every_n_steps)
 
 
 def adamw_options(device_kind: str) -> dict:

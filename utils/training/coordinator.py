@@ -27,6 +27,7 @@ from utils.data.tokenizers import load_tokenizer, tokenizer_fingerprint
 from utils.env import DeviceInfo, detect_device
 from utils.export import ExportError, export_model, write_labels
 from utils.files import atomic_folder, make_output_dir, remove_temp_files
+from utils.hub import find_token, finish_export
 from utils.inference import Predictor, classify_texts, sample_text  # sample_text, classify_texts: see __all__
 from utils.training.precision import PrecisionDecision, resolve_precision
 from utils.training.builder import (build_callbacks, build_data_spec, build_dataloaders, build_loggers, build_module,
@@ -42,7 +43,7 @@ from utils.run_folder.checkpoints import (LOGS_DIRNAME, ON_CHANGE, TOKENIZER_DIR
                                         ResumePoint, find_resume_point, handle_changed_run, last_checkpoint,
                                         plan_resume, remove_checkpoints_after, resume_problems)
 from utils.training.distributed import Launch, check_ranks, plan_launch, quiet_unless_rank_zero
-from utils.run_folder.history import read_history
+from utils.run_folder.history import History, read_history
 from utils.run_folder.lock import RunLock
 from utils.models.user_models import check_embedding_fits, check_model, keep_model_copy, resolve_user_model_files
 from utils.wandb_helpers import finish_wandb_on_exit
@@ -78,6 +79,7 @@ class TrainingResult(Predictor):
     estimate: Optional[Estimate] = field(default=None, repr=False)  # the pre-flight estimate printed at the start
     train_seconds: float = 0.0  # this call's training time, validation excluded
     fit_seconds: float = 0.0  # this call's wall time in trainer.fit, validation and checkpoints included
+    history: Optional[History] = field(default=None, repr=False)  # every logged series of the whole run (lr, ...)
 
     def summary(self) -> str:
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
@@ -104,10 +106,13 @@ class TrainingResult(Predictor):
             return [f"time:             {actual:.3g} s/step, {format_duration(self.fit_seconds)} in total"]
         return [f"time (estimated): {self.estimate.compare(actual, self.fit_seconds)}"]
 
-    def export(self, folder: Optional[str | Path] = None) -> Path:
+    def export(self, folder: Optional[str | Path] = None, push_to_hub: Optional[str] = None, public: bool = False,
+               onnx: bool = False) -> Path:
         """Write weights (safetensors), config, tokenizer, class names and user model code to folder
         (default: output_dir/export); utils.export.load_exported reads it back anywhere. In a multi-device
-        run only global rank zero writes; the other processes return the folder it writes."""
+        run only global rank zero writes; the other processes return the folder it writes.
+        onnx: also model.onnx, checked with onnxruntime; push_to_hub: upload the folder to that Hugging Face
+        repository (private unless public) with a model card (utils.hub)."""
         if self.model_passed_in:
             raise ExportError(
                 f"This {type(self.model).__name__} was passed to train(model=...), so an export folder could not "
@@ -115,7 +120,9 @@ class TrainingResult(Predictor):
                 "model_source='file' (the export then carries the code), or save result.model.state_dict() yourself.")
         if not self.is_global_zero:
             return Path(folder) if folder is not None else self.output_dir / "export"
-        return export_model(self.model, self.config, self.tokenizer, folder, self.label_names, self.pad_id)
+        token = find_token() if push_to_hub else None  # before writing: a missing token costs no export
+        written = export_model(self.model, self.config, self.tokenizer, folder, self.label_names, self.pad_id)
+        return finish_export(self, written, self.output_dir, push_to_hub, public, onnx, token)
 
 
 def train(config: Optional[WizardConfig] = None, model: Optional[nn.Module] = None,
@@ -303,7 +310,7 @@ def _result(run: _Run, trainer: pl.Trainer, recorder: RunRecorder, resume_from: 
         val_accuracy=history.val_accuracy[-1][1] if history.val_accuracy else None,
         label_names=list(data.label_names), pad_id=data.pad_id, model_passed_in=run.model_passed_in,
         world_size=trainer.world_size, is_global_zero=trainer.is_global_zero, estimate=run.estimate,
-        train_seconds=recorder.train_seconds - recorder.start_seconds, fit_seconds=fit_seconds,
+        train_seconds=recorder.train_seconds - recorder.start_seconds, fit_seconds=fit_seconds, history=history,
     )
 
 

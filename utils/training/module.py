@@ -1,11 +1,13 @@
 """The one LightningModule: wraps any model, computes the loss, owns the optimizer and schedule.
 
 What differs between tasks is a small task object (utils.models.tasks): `logits(model, batch)`,
-`loss(model, batch) -> (loss, metrics)` (each metric is logged as train/NAME and val/NAME) and `tokens_in(batch)`.
+`loss(model, batch) -> (loss, metrics)` (each metric is logged as train/NAME and val/NAME), `tokens_in(batch)`,
+and `epoch_metrics` for validation metrics over the whole set (val/perplexity, val/macro_f1).
 
 Lightning owns autocast, the GradScaler and accumulation. Clipping is the one step done here
 (configure_gradient_clipping): Lightning's own refuses a fused AdamW under mixed precision and FSDP's
-clipping by norm, so the module unscales, then clips, and Lightning steps (see clip_gradients).
+clipping by norm, so the module unscales, then clips, and Lightning steps (see clip_gradients). On logged
+steps the same hook keeps the gradient norm before clipping, on the device, for the logs.
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ from utils.inference import model_logits
 
 class TransformerModule(pl.LightningModule):
     def __init__(self, model: nn.Module, task, learning_rate: float, weight_decay: float, warmup_ratio: float,
-                 total_steps: int, adamw_options: Optional[dict] = None):
+                 total_steps: int, adamw_options: Optional[dict] = None, grad_norm_every: int = 0):
         super().__init__()
+        self.grad_norm_every = grad_norm_every  # optimizer steps between gradient norms (the logging interval)
+        self.grad_norm: Optional[torch.Tensor] = None  # the newest norm before clipping; the RunRecorder takes it
+        self._epoch_metrics: Optional[dict] = None  # the task's whole-validation-set metrics, made at first use
         self.total_steps = total_steps  # for the LR schedule
         self.adamw_options = adamw_options or {}  # fused=True on CUDA, foreach=True elsewhere (see build_module)
         self.model = model
@@ -47,10 +52,18 @@ class TransformerModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         # Averaged over the validation set by Lightning, for EarlyStopping, ModelCheckpoint and the bar;
         # the RunRecorder sends them to the loggers.
-        loss, metrics = self.task.loss(self.model, batch)
+        loss, metrics, logits = self.task.scored(self.model, batch)
         self.log("val/loss", loss, prog_bar=True, logger=False)
         for name, value in metrics.items():
             self.log(f"val/{name}", value, prog_bar=True, logger=False)
+        if self._epoch_metrics is None:
+            self._epoch_metrics = {k: m.to(loss.device) for k, m in self.task.epoch_metrics(logits.size(-1)).items()}
+        self.task.update_epoch_metrics(self._epoch_metrics, loss.detach(), logits.detach(), batch)
+
+    def on_validation_epoch_end(self) -> None:
+        for name, metric in (self._epoch_metrics or {}).items():
+            self.log(f"val/{name}", metric.compute(), logger=False)  # computed over every process's batches
+            metric.reset()
 
     def configure_optimizers(self):
         total = self.total_steps
@@ -62,13 +75,20 @@ class TransformerModule(pl.LightningModule):
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Called by Lightning after backward (and, for a non-fused optimizer, after its scaler.unscale_),
-        before the optimizer step."""
-        if gradient_clip_val:
-            clip_gradients(self.trainer, optimizer, gradient_clip_val, gradient_clip_algorithm or "norm")
+        before the optimizer step. On logged steps the norm before clipping is kept on the device; the
+        RunRecorder reads it at its next flush, so no step waits for it."""
+        log_norm = bool(self.grad_norm_every) and (self.trainer.global_step + 1) % self.grad_norm_every == 0
+        if not (gradient_clip_val or log_norm):
+            return
+        norm = clip_gradients(self.trainer, optimizer, gradient_clip_val or math.inf, gradient_clip_algorithm or "norm")
+        if log_norm:
+            self.grad_norm = norm
 
 
-def clip_gradients(trainer, optimizer: torch.optim.Optimizer, clip_val: float, algorithm: str = "norm") -> None:
-    """Unscale if the GradScaler has not, then clip; Lightning's step follows.
+def clip_gradients(trainer, optimizer: torch.optim.Optimizer, clip_val: float,
+                   algorithm: str = "norm") -> Optional[torch.Tensor]:
+    """Unscale if the GradScaler has not, then clip; Lightning's step follows. Returns the total gradient norm
+    before clipping, on the device (clip_val=inf measures it without clipping).
 
     A fused AdamW unscales inside its own step, so Lightning's MixedPrecision skips scaler.unscale_ for it and
     then refuses to clip (it would clip scaled gradients). Unscaling here first is what torch's AMP recipe
@@ -82,12 +102,15 @@ def clip_gradients(trainer, optimizer: torch.optim.Optimizer, clip_val: float, a
     if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
         scaler.unscale_(optimizer)  # once per step: Lightning only calls unscale_ for non-fused optimizers
     algorithm = getattr(algorithm, "value", algorithm).lower()  # Lightning passes a GradClipAlgorithmType
-    if algorithm == "value":
-        torch.nn.utils.clip_grad_value_(list(trainer.precision_plugin.main_params(optimizer)), clip_val)
-    elif _is_fsdp(trainer.strategy.model):
-        trainer.strategy.model.clip_grad_norm_(clip_val)
-    else:
-        torch.nn.utils.clip_grad_norm_(list(trainer.precision_plugin.main_params(optimizer)), clip_val)
+    params = list(trainer.precision_plugin.main_params(optimizer))
+    if algorithm == "value" or (not math.isfinite(clip_val) and not _is_fsdp(trainer.strategy.model)):
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        if math.isfinite(clip_val):
+            torch.nn.utils.clip_grad_value_(params, clip_val)
+        return norm.detach()
+    if _is_fsdp(trainer.strategy.model):
+        return trainer.strategy.model.clip_grad_norm_(clip_val).detach()
+    return torch.nn.utils.clip_grad_norm_(params, clip_val).detach()
 
 
 def _is_fsdp(module) -> bool:
