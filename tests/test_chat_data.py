@@ -284,4 +284,32 @@ def test_a_chat_file_without_any_assistant_turn_is_refused_before_anything_is_wr
                           max_steps=2)
     with pytest.raises(DataError, match=f"{path} has no assistant turn in any of its 6 conversations"):
         train(config)
-    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").rglob("*.json"))
+    assert not any(p.is_file() for p in (tmp_path / "run").rglob("*"))  # nothing written
+
+
+# ------------------------------------------------------------------ end to end
+
+def arithmetic_chats(n: int) -> list[dict]:
+    """Questions and answers with a pattern to learn: the answer repeats the question's colour."""
+    colours = ["blue", "green", "red", "brown"]
+    return [messages_row(f"name a colour like {c}.", f"the colour is {c}.") for c in colours * (n // len(colours))]
+
+
+def test_a_chat_fine_tune_trains_on_the_answers_and_its_loss_falls(tmp_path, model_folder, capsys):
+    from utils.training import train
+
+    path = write_jsonl(tmp_path / "chats.jsonl", arithmetic_chats(48))
+    config = WizardConfig(model_source="pretrained", pretrained_model=str(model_folder), dataset_source="file",
+                          dataset_path=str(path), output_dir=str(tmp_path / "run"), max_seq_len=64, batch_size=8,
+                          max_steps=30, max_epochs=10, learning_rate=3e-3, warmup_ratio=0.0, log_every_n_steps=1, val_split=0.25,
+                          checkpoint_every_minutes=0)
+    result = train(config)
+    out = capsys.readouterr().out
+    assert "Data: " in out and "(chat messages, loss on the responses only), " in out
+    assert f"<|im_start|>assistant\n{TRAINED_OPEN}the colour is blue.<|im_end|>{TRAINED_CLOSE}" in out
+    losses = [loss for _, loss in result.train_history]
+    assert len(losses) == 30
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < 0.7 * first, losses  # measured: about 5.7 -> 3.3 (chance is ln(vocab) = 6)
+    assert all(later < earlier for (_, earlier), (_, later) in zip(result.val_history, result.val_history[1:]))
+    assert (tmp_path / "run/checkpoints/last.ckpt").is_file()
