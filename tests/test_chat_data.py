@@ -124,6 +124,31 @@ def test_every_assistant_turn_of_a_multi_turn_conversation_is_trained_and_only_t
     assert trained == "blue.<|im_end|>green.<|im_end|>"
 
 
+def test_a_template_that_writes_earlier_answers_differently_still_trains_each_answer(tmp_path):
+    """Like Qwen3's: only the last assistant turn (and the generation prompt) carry an empty reasoning block."""
+    from utils.data.chat import render, trained_tokens
+
+    hf = build_tokenizer()
+    template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['role'] == 'assistant' and loop.last %}"
+                "<think></think>{% endif %}{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                "{% if add_generation_prompt %}<|im_start|>assistant\n<think></think>{% endif %}")
+    messages = [{"role": "user", "content": "name a colour."}, {"role": "assistant", "content": "blue."},
+                {"role": "user", "content": "another one?"}, {"role": "assistant", "content": "green."}]
+    text, spans = render(hf, messages, template)
+    assert [text[s:e] for s, e in spans] == ["blue.<|im_end|>", "green.<|im_end|>"]
+    encoding = hf(text, add_special_tokens=False, return_offsets_mapping=True)
+    marks = trained_tokens(encoding["offset_mapping"], spans)
+    assert hf.decode([t for t, m in zip(encoding["input_ids"], marks) if m]) == "blue.<|im_end|>green.<|im_end|>"
+
+
+def test_a_token_that_straddles_the_start_of_an_answer_is_trained():
+    from utils.data.chat import trained_tokens
+
+    # tokens "abc" "de|fg" "hi" (characters 0-9), the answer from character 5: the second token holds its start
+    assert trained_tokens([(0, 3), (3, 7), (7, 9)], [(5, 9)]).tolist() == [False, True, True]
+    assert trained_tokens([(0, 3), (3, 7), (7, 9)], [(3, 7)]).tolist() == [False, True, False]
+
+
 def test_train_on_all_counts_every_token_but_the_padding(tmp_path, model_folder):
     data, (x, y) = first_item(tmp_path, model_folder, [messages_row()], train_on="all")
     assert (y != IGNORE_INDEX).all() and torch.equal(x[1:], y[:-1])  # y is x shifted by one, nothing masked
@@ -313,3 +338,19 @@ def test_a_chat_fine_tune_trains_on_the_answers_and_its_loss_falls(tmp_path, mod
     assert last < 0.7 * first, losses  # measured: about 5.7 -> 3.3 (chance is ln(vocab) = 6)
     assert all(later < earlier for (_, earlier), (_, later) in zip(result.val_history, result.val_history[1:]))
     assert (tmp_path / "run/checkpoints/last.ckpt").is_file()
+
+
+def test_the_wizards_plan_counts_conversations_and_says_what_the_loss_is_on(tmp_path, model_folder):
+    from utils.ui.review import describe_plan, plan_facts
+
+    path = write_jsonl(tmp_path / "chats.jsonl", arithmetic_chats(8))
+    config = WizardConfig(model_source="pretrained", pretrained_model=str(model_folder), dataset_source="file",
+                          dataset_path=str(path), output_dir=str(tmp_path / "run"), max_seq_len=64, val_split=0.25)
+    facts = plan_facts(config, 0, 1000)
+    tokens = facts.data.num_tokens
+    plan = describe_plan(config, facts, "fp32", "")
+    assert (f"on chats.jsonl: 8 conversations (chat messages, {tokens:,} tokens), 6 for training and 2 held out "
+            "for validation; the loss is on the answers, with the model's own tokenizer") in plan
+    assert "the loss is on the whole text" in describe_plan(config.replace(train_on="all"),
+                                                             plan_facts(config.replace(train_on="all"), 0, 1000),
+                                                             "fp32", "")

@@ -15,7 +15,7 @@ from typing import Any, Union
 
 from torch.utils.data import Dataset
 
-from utils.data.chat import ChatSource, open_chat, prepare_chat
+from utils.data.chat import SHAPE_WORDS, ChatSource, open_chat, prepare_chat
 from utils.data.classification import encode_rows, split_rows
 from utils.data.sources import (CsvFile, DataError, HuggingFaceDataset, JsonlFile, RowSource, TextFile,
                                 check_file)
@@ -34,7 +34,7 @@ class PreparedData:
     source: str  # where the text came from, for the log
     label_names: list[str] = field(default_factory=list)  # classification: class names, index = label id
     pad_id: int = 0  # classification: id that pads sequences (masked out by attention_mask); chat: pads batches
-    chat: bool = False  # chat or instruction examples (utils.data.chat), not windows of a token stream
+    chat: str = ""  # chat or instruction examples (utils.data.chat): their shape in words; "": windows of a token stream
 
     @property
     def num_classes(self) -> int:
@@ -108,7 +108,7 @@ def prepare_data(spec: DataSpec, tokenizer=None) -> PreparedData:
     if isinstance(source, ChatSource):
         chat = prepare_chat(source, tokenizer, spec.max_seq_len, spec.val_split, spec.seed, spec.train_on)
         return PreparedData(tokenizer, chat.train, chat.val, chat.num_tokens, chat.description,
-                            pad_id=chat.train.pad_id, chat=True)
+                            pad_id=chat.train.pad_id, chat=SHAPE_WORDS[source.shape])
     if spec.classify:
         rows = encode_rows(tokenizer, source.rows(), spec.max_seq_len, tokenizer.pad_id, source.class_names)
         split = split_rows(rows, spec.max_seq_len, spec.val_split, spec.seed)

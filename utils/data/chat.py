@@ -414,7 +414,8 @@ def prepare_chat(source: ChatSource, tokenizer, max_seq_len: int, val_split: flo
         notes.append(f"{counts.lost_answer:,} skipped: cut before their answer")
     if counts.no_answer:
         notes.append(f"{counts.no_answer:,} skipped: no assistant turn")
-    print("Data: chat example as trained, the loss on the text in " f"{TRAINED_OPEN} {TRAINED_CLOSE}:\n"
+    sample = sample.rstrip()
+    print(f"Data: one example as trained, the loss on the text in {TRAINED_OPEN} {TRAINED_CLOSE}:\n"
           + (sample if len(sample) <= SAMPLE_CHARS else sample[:SAMPLE_CHARS] + " [...]"))
     description = (f"{source.description} ({SHAPE_WORDS[source.shape]}, {TRAIN_ON_WORDS[train_on]}"
                    + "".join(f"; {note}" for note in notes) + ")")
