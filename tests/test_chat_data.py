@@ -244,6 +244,16 @@ def test_plain_text_rows_for_a_pretrained_model_are_still_a_token_stream(tmp_pat
     assert len(x) == 16 and torch.equal(x[1:], y[:-1])
 
 
+def test_chat_rows_for_a_model_of_the_kits_own_say_to_pick_a_pretrained_one(tmp_path):
+    path = write_jsonl(tmp_path / "chat.jsonl", [messages_row()] * 4)
+    with pytest.raises(DataError, match=f"{path} holds chat messages, which a pretrained model's chat template formats: "
+                                        "choose model_source='pretrained'"):
+        prepare_data(spec(path, Path(""), tmp_path, tokenizer="char"))
+    both = write_jsonl(tmp_path / "both.jsonl", [{**messages_row(), "text": TEXT}] * 8)  # its text column is read
+    data = prepare_data(spec(both, Path(""), tmp_path, tokenizer="char", max_seq_len=16))
+    assert not data.chat and data.tokenizer.kind == "char"
+
+
 def test_a_tokenizer_without_a_chat_template_gets_the_plain_documented_one(tmp_path, plain_folder, capsys):
     data, (x, y) = first_item(tmp_path, plain_folder, [messages_row()])
     hf = data.tokenizer.hf

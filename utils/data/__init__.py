@@ -62,11 +62,6 @@ class DataSpec:
     train_on: str = "responses"  # chat data: "responses" (loss on the answers) or "all"
 
     @property
-    def chat_possible(self) -> bool:
-        """Rows in a chat shape are read as chat data: a pretrained model's tokenizer formats them."""
-        return self.task == "lm" and self.tokenizer == "model"
-
-    @property
     def classify(self) -> bool:
         return self.task == "classification"
 
@@ -75,6 +70,7 @@ def open_source(spec: DataSpec) -> Union[TextFile, RowSource, ChatSource]:
     """The data the spec names, checked (file, extension, columns) before any slow step. For a pretrained
     language model, rows whose first has a chat shape's keys (utils.data.chat) are chat data."""
     label_column = spec.label_column if spec.classify else None
+    pretrained = spec.tokenizer == "model"  # a pretrained model's own tokenizer formats chat rows (utils.data.chat)
     if spec.source == "embedded":
         return TextFile(embedded_path(spec.name), f"embedded corpus {spec.name!r}", spec.cache_dir)
     if spec.source in ("file", "upload"):
@@ -83,11 +79,11 @@ def open_source(spec: DataSpec) -> Union[TextFile, RowSource, ChatSource]:
         if suffix == ".txt":
             return TextFile(path, str(path))
         reader = CsvFile if suffix == ".csv" else JsonlFile
-        chat = open_chat(reader(path, None, None)) if spec.chat_possible else None
+        chat = None if spec.classify else open_chat(reader(path, None, None), spec.text_column, pretrained)
         return chat or reader(path, spec.text_column, label_column)
     if spec.source == "huggingface":
-        chat = open_chat(HuggingFaceDataset(spec.name, spec.subset, None, None, spec.cache_dir)) \
-            if spec.chat_possible else None
+        chat = None if spec.classify else open_chat(HuggingFaceDataset(spec.name, spec.subset, None, None,
+                                                                       spec.cache_dir), spec.text_column, pretrained)
         return chat or HuggingFaceDataset(spec.name, spec.subset, spec.text_column, label_column, spec.cache_dir)
     raise DataError(f"dataset_source={spec.source!r} is unknown; choose embedded, file, upload or huggingface")
 

@@ -82,8 +82,8 @@ def chat_template(hf) -> str:
 class ChatSource:
     """Rows in a chat shape, read from a RowSource as lists of {"role", "content"} messages."""
 
-    def __init__(self, rows: RowSource, shape: str):
-        self.rows, self.shape = rows, shape
+    def __init__(self, rows: RowSource, shape: str, columns: list[str]):
+        self.rows, self.shape, self.columns = rows, shape, columns  # columns: the first row's keys
         self.description = rows.description
         self.size_bytes = rows.size_bytes
         self.class_names = None
@@ -98,13 +98,18 @@ class ChatSource:
                         "tokenizer formats (model_source='pretrained')")
 
 
-def open_chat(rows: RowSource) -> Optional[ChatSource]:
-    """The rows as chat data when the first row is in a chat shape; None when it is not (or there are none)."""
+def open_chat(rows: RowSource, text_column: str, pretrained: bool) -> Optional[ChatSource]:
+    """The rows as chat data when the first row is in a chat shape and a pretrained model's tokenizer can format
+    them; None for other rows. Chat rows without text_column for any other model are an error saying what to pick."""
     first = next(rows.records(), None)
-    if first is None:
+    shape = detect_shape(first[1]) if first is not None else None
+    if shape is None:
         return None
-    shape = detect_shape(first[1])
-    return ChatSource(rows, shape) if shape else None
+    if not pretrained and text_column not in first[1]:
+        raise DataError(f"{rows.description} holds {SHAPE_WORDS[shape]}, which a pretrained model's chat template "
+                        "formats: choose model_source='pretrained' (a chat model such as "
+                        f"Qwen/Qwen2.5-0.5B-Instruct), or give rows with a {text_column!r} column (text_column)")
+    return ChatSource(rows, shape, list(first[1])) if pretrained else None
 
 
 # ---------------------------------------------------------------------------------------------- rows
