@@ -16,6 +16,8 @@ import torch
 
 from utils.config import WizardConfig
 from utils.data import DataError, DataSpec, prepare_data
+from utils.training.checkpoint_io import TrainingStopped
+from tests.test_pretrained import StopDuringStep
 from utils.data.chat import IGNORE_INDEX, PLAIN_CHAT_TEMPLATE, TRAINED_CLOSE, TRAINED_OPEN
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
@@ -330,7 +332,7 @@ def arithmetic_chats(n: int) -> list[dict]:
     return [messages_row(f"name a colour like {c}.", f"the colour is {c}.") for c in colours * (n // len(colours))]
 
 
-def test_a_chat_fine_tune_trains_on_the_answers_and_its_loss_falls(tmp_path, model_folder, capsys):
+def test_a_chat_fine_tune_trains_on_the_answers_resumes_exactly_and_its_loss_falls(tmp_path, model_folder, capsys):
     from utils.training import train
 
     path = write_jsonl(tmp_path / "chats.jsonl", arithmetic_chats(48))
@@ -338,7 +340,12 @@ def test_a_chat_fine_tune_trains_on_the_answers_and_its_loss_falls(tmp_path, mod
                           dataset_path=str(path), output_dir=str(tmp_path / "run"), max_seq_len=64, batch_size=8,
                           max_steps=30, max_epochs=10, learning_rate=3e-3, warmup_ratio=0.0, log_every_n_steps=1, val_split=0.25,
                           checkpoint_every_minutes=0)
-    result = train(config)
+    with pytest.raises(TrainingStopped):  # Stop pressed during step 10, saved, then run again: an exact resume
+        train(config, extra_callbacks=[StopDuringStep(10)])
+    resumed = train(config)
+    assert (resumed.global_step, resumed.steps_run) == (30, 20)
+    result = train(config.replace(output_dir=str(tmp_path / "straight")))
+    assert resumed.train_history == result.train_history  # the same batches in the same order, the same losses
     out = capsys.readouterr().out
     assert "Data: " in out and "(chat messages, loss on the responses only), " in out
     assert f"<|im_start|>assistant\n{TRAINED_OPEN}the colour is blue.<|im_end|>{TRAINED_CLOSE}" in out
@@ -347,7 +354,6 @@ def test_a_chat_fine_tune_trains_on_the_answers_and_its_loss_falls(tmp_path, mod
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < 0.7 * first, losses  # measured: about 5.7 -> 3.3 (chance is ln(vocab) = 6)
     assert all(later < earlier for (_, earlier), (_, later) in zip(result.val_history, result.val_history[1:]))
-    assert (tmp_path / "run/checkpoints/last.ckpt").is_file()
 
 
 def test_the_wizards_plan_counts_conversations_and_says_what_the_loss_is_on(tmp_path, model_folder):
