@@ -151,6 +151,14 @@ def test_a_token_that_straddles_the_start_of_an_answer_is_trained():
     assert trained_tokens([(0, 3), (3, 7), (7, 9)], [(3, 7)]).tolist() == [False, True, False]
 
 
+def test_a_conversation_that_opens_with_the_answer_trains_on_the_answer_not_its_header():
+    from utils.data.chat import render
+
+    text, spans = render(build_tokenizer(), [{"role": "assistant", "content": "hello."},
+                                             {"role": "user", "content": "hi."}], CHATML)
+    assert [text[s:e] for s, e in spans] == ["hello.<|im_end|>"]
+
+
 def test_train_on_all_counts_every_token_but_the_padding(tmp_path, model_folder):
     data, (x, y) = first_item(tmp_path, model_folder, [messages_row()], train_on="all")
     assert (y != IGNORE_INDEX).all() and torch.equal(x[1:], y[:-1])  # y is x shifted by one, nothing masked
@@ -248,8 +256,8 @@ def test_plain_text_rows_for_a_pretrained_model_are_still_a_token_stream(tmp_pat
 
 def test_chat_rows_for_a_model_of_the_kits_own_say_to_pick_a_pretrained_one(tmp_path):
     path = write_jsonl(tmp_path / "chat.jsonl", [messages_row()] * 4)
-    with pytest.raises(DataError, match=f"{path} holds chat messages, which a pretrained model's chat template formats: "
-                                        "choose model_source='pretrained'"):
+    with pytest.raises(DataError, match=f"{path} holds chat messages, which a pretrained model's chat template "
+                                        "formats: choose model_source='pretrained'"):
         prepare_data(spec(path, Path(""), tmp_path, tokenizer="char"))
     both = write_jsonl(tmp_path / "both.jsonl", [{**messages_row(), "text": TEXT}] * 8)  # its text column is read
     data = prepare_data(spec(both, Path(""), tmp_path, tokenizer="char", max_seq_len=16))
@@ -326,7 +334,7 @@ def test_a_chat_file_without_any_assistant_turn_is_refused_before_anything_is_wr
 
 # ------------------------------------------------------------------ end to end
 
-def arithmetic_chats(n: int) -> list[dict]:
+def colour_chats(n: int) -> list[dict]:
     """Questions and answers with a pattern to learn: the answer repeats the question's colour."""
     colours = ["blue", "green", "red", "brown"]
     return [messages_row(f"name a colour like {c}.", f"the colour is {c}.") for c in colours * (n // len(colours))]
@@ -335,11 +343,11 @@ def arithmetic_chats(n: int) -> list[dict]:
 def test_a_chat_fine_tune_trains_on_the_answers_resumes_exactly_and_its_loss_falls(tmp_path, model_folder, capsys):
     from utils.training import train
 
-    path = write_jsonl(tmp_path / "chats.jsonl", arithmetic_chats(48))
+    path = write_jsonl(tmp_path / "chats.jsonl", colour_chats(48))
     config = WizardConfig(model_source="pretrained", pretrained_model=str(model_folder), dataset_source="file",
                           dataset_path=str(path), output_dir=str(tmp_path / "run"), max_seq_len=64, batch_size=8,
-                          max_steps=30, max_epochs=10, learning_rate=3e-3, warmup_ratio=0.0, log_every_n_steps=1, val_split=0.25,
-                          checkpoint_every_minutes=0)
+                          max_steps=30, max_epochs=10, learning_rate=3e-3, warmup_ratio=0.0, log_every_n_steps=1,
+                          val_split=0.25, checkpoint_every_minutes=0)
     with pytest.raises(TrainingStopped):  # Stop pressed during step 10, saved, then run again: an exact resume
         train(config, extra_callbacks=[StopDuringStep(10)])
     resumed = train(config)
@@ -359,7 +367,7 @@ def test_a_chat_fine_tune_trains_on_the_answers_resumes_exactly_and_its_loss_fal
 def test_the_wizards_plan_counts_conversations_and_says_what_the_loss_is_on(tmp_path, model_folder):
     from utils.ui.review import describe_plan, plan_facts
 
-    path = write_jsonl(tmp_path / "chats.jsonl", arithmetic_chats(8))
+    path = write_jsonl(tmp_path / "chats.jsonl", colour_chats(8))
     config = WizardConfig(model_source="pretrained", pretrained_model=str(model_folder), dataset_source="file",
                           dataset_path=str(path), output_dir=str(tmp_path / "run"), max_seq_len=64, val_split=0.25)
     facts = plan_facts(config, 0, 1000)

@@ -34,7 +34,7 @@ class PreparedData:
     source: str  # where the text came from, for the log
     label_names: list[str] = field(default_factory=list)  # classification: class names, index = label id
     pad_id: int = 0  # classification: id that pads sequences (masked out by attention_mask); chat: pads batches
-    chat: str = ""  # chat or instruction examples (utils.data.chat): their shape in words; "": windows of a token stream
+    chat: str = ""  # chat or instruction examples (utils.data.chat): their shape in words; "": token-stream windows
 
     @property
     def num_classes(self) -> int:

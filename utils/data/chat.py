@@ -208,17 +208,22 @@ def render(hf, messages: list[dict], template: str, train_on: str = "responses")
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = _apply(hf, messages[:i], template, True)
         upto = _apply(hf, messages[: i + 1], template, False)
-        start, end = _common_prefix(before, upto), len(upto.rstrip())
+        if i:
+            start = _common_prefix(_apply(hf, messages[:i], template, True), upto)
+        else:  # the conversation opens with the answer: no prompt to render (templates refuse an empty one)
+            start = max(0, upto.find(message["content"]))
+        end = len(upto.rstrip())
         if full.startswith(upto) and start >= cursor:
             spans.append((start, end))
             cursor = end
             continue
         content = message["content"]
-        at = upto.rfind(content, start, end) if content else -1
+        if not content:  # an empty answer: nothing of it to find in the text
+            continue
+        at = upto.rfind(content, start, end)
         tail = upto[at + len(content): end] if at >= 0 else ""
-        found = full.find(content, cursor) if content else -1
+        found = full.find(content, cursor)
         if found < 0:
             raise DataError(f"the chat template leaves out assistant message {i + 1} ({content[:40]!r}) when later "
                             "messages follow, so its answer cannot be trained on; use train_on='all' or another "
@@ -231,8 +236,6 @@ def render(hf, messages: list[dict], template: str, train_on: str = "responses")
 
 
 def _apply(hf, messages: list[dict], template: str, generation_prompt: bool) -> str:
-    if not messages:
-        return ""
     return hf.apply_chat_template(messages, chat_template=template, tokenize=False,
                                   add_generation_prompt=generation_prompt)
 
@@ -249,15 +252,15 @@ def _common_prefix(a: str, b: str) -> int:
 
 
 def trained_tokens(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> torch.Tensor:
-    """(N,) bool: which tokens (by their character offsets) overlap a trained span."""
-    marks = torch.zeros(len(offsets), dtype=torch.bool)
-    j = 0
-    for t, (s, e) in enumerate(offsets):
-        while j < len(spans) and spans[j][1] <= s:
-            j += 1
-        if j < len(spans) and s < spans[j][1] and max(e, s + 1) > spans[j][0]:
-            marks[t] = True
-    return marks
+    """(N,) bool: which tokens (by their character offsets) overlap a trained span (spans sorted, not overlapping)."""
+    if not offsets or not spans:
+        return torch.zeros(len(offsets), dtype=torch.bool)
+    tokens = torch.tensor(offsets, dtype=torch.int64).view(-1, 2)  # (N, 2) start, end
+    trained = torch.tensor(spans, dtype=torch.int64)  # (S, 2)
+    j = torch.searchsorted(trained[:, 1].contiguous(), tokens[:, 0].contiguous(), right=True)  # first span ending
+    # after each token's start; a zero-width token counts as one character wide
+    reaches = torch.maximum(tokens[:, 1], tokens[:, 0] + 1) > trained[j.clamp(max=len(trained) - 1), 0]
+    return (j < len(trained)) & reaches
 
 
 def marked_text(text: str, offsets: list[tuple[int, int]], marks: torch.Tensor) -> str:
@@ -349,7 +352,8 @@ def encode_chat(source: ChatSource, tokenizer, max_seq_len: int, train_on: str) 
         except DataError as e:
             raise DataError(f"{source.description} {where}: {e}") from None
         except TemplateError as e:  # the template's own raise_exception, e.g. "roles must alternate user/assistant"
-            raise DataError(f"{source.description} {where}: the chat template refuses this conversation ({e})") from None
+            raise DataError(f"{source.description} {where}: the chat template refuses this conversation "
+                            f"({e})") from None
         batch.append((text, spans))
         if len(batch) == ENCODE_BATCH:
             sample = sample or _encode_batch(hf, batch, max_seq_len, counts, chunks)
