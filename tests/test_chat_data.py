@@ -165,6 +165,18 @@ def test_train_on_all_counts_every_token_but_the_padding(tmp_path, model_folder)
     assert "(chat messages, loss on the whole text)" in data.source
 
 
+def test_conversations_encoded_in_several_batches_are_all_kept_in_order(tmp_path, model_folder, monkeypatch):
+    import utils.data.chat as chat
+
+    rows = [messages_row(f"name colour {i}.", f"colour {i}.") for i in range(7)]
+    one = prepare_data(spec(write_jsonl(tmp_path / "c.jsonl", rows), model_folder, tmp_path))
+    monkeypatch.setattr(chat, "ENCODE_BATCH", 2)  # our own constant, made small: 4 batches of at most 2
+    several = prepare_data(spec(tmp_path / "c.jsonl", model_folder, tmp_path))
+    assert len(several.train) + len(several.val) == 7 and "conversations kept" not in several.source
+    assert torch.equal(several.train.encoded.ids, one.train.encoded.ids)
+    assert torch.equal(several.train.encoded.trained, one.train.encoded.trained)
+
+
 def test_a_batch_is_padded_to_its_longest_example_with_the_pad_id_and_minus_100(tmp_path, model_folder):
     from utils.training.module import LanguageModelTask
 

@@ -356,10 +356,11 @@ def encode_chat(source: ChatSource, tokenizer, max_seq_len: int, train_on: str) 
                             f"({e})") from None
         batch.append((text, spans))
         if len(batch) == ENCODE_BATCH:
-            sample = sample or _encode_batch(hf, batch, max_seq_len, counts, chunks)
-            batch = []
+            marked = _encode_batch(hf, batch, max_seq_len, counts, chunks)
+            sample, batch = sample or marked, []
     if batch:
-        sample = sample or _encode_batch(hf, batch, max_seq_len, counts, chunks)
+        marked = _encode_batch(hf, batch, max_seq_len, counts, chunks)
+        sample = sample or marked
     _check_counts(source, counts, train_on)
     ids = torch.cat([c[0] for c in chunks]) if chunks else torch.empty(0, dtype=torch.int32)
     trained = torch.cat([c[1] for c in chunks]) if chunks else torch.empty(0, dtype=torch.bool)
