@@ -371,9 +371,12 @@ def encode_chat(source: ChatSource, tokenizer, max_seq_len: int, train_on: str) 
 
 def _encode_batch(hf, batch: list, max_seq_len: int, counts: _Counts, chunks: list) -> str:
     """Tokenize a batch of rendered texts and keep each as an example; the first kept one's marked text."""
-    encodings = hf([text for text, _ in batch], add_special_tokens=False, return_offsets_mapping=True)
+    # The fast backend itself, as the kit encodes everything (LibraryTokenizer): transformers' wrapper spends longer
+    # converting its output to Python than the tokenizer takes to encode.
+    encodings = hf.backend_tokenizer.encode_batch([text for text, _ in batch], add_special_tokens=False)
     sample = ""
-    for (text, spans), ids, offsets in zip(batch, encodings["input_ids"], encodings["offset_mapping"]):
+    for (text, spans), encoding in zip(batch, encodings):
+        ids, offsets = encoding.ids, encoding.offsets
         marks = trained_tokens(offsets, spans)
         if len(ids) > max_seq_len + 1:  # T inputs and T targets come from T + 1 tokens
             counts.cut += 1
