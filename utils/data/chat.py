@@ -82,11 +82,10 @@ def chat_template(hf) -> str:
 class ChatSource:
     """Rows in a chat shape, read from a RowSource as lists of {"role", "content"} messages."""
 
-    def __init__(self, rows: RowSource, shape: str, columns: list[str]):
-        self.rows, self.shape, self.columns = rows, shape, columns  # columns: the first row's keys
+    def __init__(self, rows: RowSource, shape: str):
+        self.rows, self.shape = rows, shape
         self.description = rows.description
         self.size_bytes = rows.size_bytes
-        self.class_names = None
 
     def conversations(self) -> Iterator[tuple[str, list[dict]]]:
         """(where, messages) for every row, in order; a row that is not in the shape is an error naming it."""
@@ -109,7 +108,7 @@ def open_chat(rows: RowSource, text_column: str, pretrained: bool) -> Optional[C
         raise DataError(f"{rows.description} holds {SHAPE_WORDS[shape]}, which a pretrained model's chat template "
                         "formats: choose model_source='pretrained' (a chat model such as "
                         f"Qwen/Qwen2.5-0.5B-Instruct), or give rows with a {text_column!r} column (text_column)")
-    return ChatSource(rows, shape, list(first[1])) if pretrained else None
+    return ChatSource(rows, shape) if pretrained else None
 
 
 # ---------------------------------------------------------------------------------------------- rows
@@ -323,7 +322,9 @@ class ChatData:
 
 
 @dataclass
-class _Counts:
+class ChatCounts:
+    """What happened to the rows, for the data line."""
+
     rows: int = 0
     with_answer: int = 0
     cut: int = 0
@@ -331,15 +332,15 @@ class _Counts:
     no_answer: int = 0  # train_on="responses" and no assistant turn: skipped
 
 
-def encode_chat(source: ChatSource, tokenizer, max_seq_len: int, train_on: str) -> tuple[Encoded, _Counts, str]:
+def encode_chat(source: ChatSource, tokenizer, max_seq_len: int, train_on: str) -> tuple[Encoded, ChatCounts, str]:
     """Every conversation formatted, tokenized once and marked; examples longer than max_seq_len + 1 tokens cut.
     Returns the examples, the counts and the first example's text with its trained part marked."""
     from jinja2 import TemplateError  # transformers renders chat templates with jinja2
 
     hf = tokenizer.hf
     template = chat_template(hf)
-    counts, chunks, sample = _Counts(), [], ""
-    batch: list[tuple[str, str, list]] = []
+    counts, chunks, sample = ChatCounts(), [], ""
+    batch: list[tuple[str, list[tuple[int, int]]]] = []  # (rendered text, trained character spans)
     for where, messages in source.conversations():
         counts.rows += 1
         has_answer = any(m["role"] == "assistant" for m in messages)
@@ -361,7 +362,7 @@ def encode_chat(source: ChatSource, tokenizer, max_seq_len: int, train_on: str) 
     if batch:
         marked = _encode_batch(hf, batch, max_seq_len, counts, chunks)
         sample = sample or marked
-    _check_counts(source, counts, train_on)
+    _check_counts(source, counts)
     ids = torch.cat([c[0] for c in chunks]) if chunks else torch.empty(0, dtype=torch.int32)
     trained = torch.cat([c[1] for c in chunks]) if chunks else torch.empty(0, dtype=torch.bool)
     lengths = torch.tensor([len(c[0]) for c in chunks], dtype=torch.int64)
@@ -369,7 +370,7 @@ def encode_chat(source: ChatSource, tokenizer, max_seq_len: int, train_on: str) 
     return Encoded(ids, trained, bounds), counts, sample
 
 
-def _encode_batch(hf, batch: list, max_seq_len: int, counts: _Counts, chunks: list) -> str:
+def _encode_batch(hf, batch: list, max_seq_len: int, counts: ChatCounts, chunks: list) -> str:
     """Tokenize a batch of rendered texts and keep each as an example; the first kept one's marked text."""
     # The fast backend itself, as the kit encodes everything (LibraryTokenizer): transformers' wrapper spends longer
     # converting its output to Python than the tokenizer takes to encode.
@@ -392,7 +393,7 @@ def _encode_batch(hf, batch: list, max_seq_len: int, counts: _Counts, chunks: li
     return sample
 
 
-def _check_counts(source: ChatSource, counts: _Counts, train_on: str) -> None:
+def _check_counts(source: ChatSource, counts: ChatCounts) -> None:
     if counts.rows and not counts.with_answer:
         raise DataError(f"{source.description} has no assistant turn in any of its {counts.rows:,} conversations "
                         f"({SHAPE_WORDS[source.shape]}): there is no answer to learn; each conversation needs a "
