@@ -16,7 +16,7 @@ import torch
 
 from utils.config import WizardConfig
 from utils.data import DataError, DataSpec, prepare_data
-from utils.training.checkpoint_io import TrainingStopped
+from utils.training.callbacks.last_checkpoint import TrainingStopped
 from tests.test_pretrained import StopDuringStep
 from utils.data.chat import IGNORE_INDEX, PLAIN_CHAT_TEMPLATE, TRAINED_CLOSE, TRAINED_OPEN
 
@@ -178,7 +178,7 @@ def test_conversations_encoded_in_several_batches_are_all_kept_in_order(tmp_path
 
 
 def test_a_batch_is_padded_to_its_longest_example_with_the_pad_id_and_minus_100(tmp_path, model_folder):
-    from utils.training.module import LanguageModelTask
+    from utils.models.tasks import LanguageModelTask
 
     rows = [messages_row(), messages_row("name a colour.", "blue.")]
     data = prepare_data(spec(write_jsonl(tmp_path / "c.jsonl", rows * 4), model_folder, tmp_path, val_split=0.25))
