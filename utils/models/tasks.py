@@ -37,6 +37,7 @@ class LanguageModelTask:
         """(loss, per-batch metrics, logits)."""
         _, y = batch  # (B, T)
         logits = self.logits(model, batch)  # (B, T, V)
+        # The default ignore_index (-100) skips chat data's prompt and padding targets (utils.data.chat).
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
         return loss, {}, logits
 
@@ -47,8 +48,11 @@ class LanguageModelTask:
     def update_epoch_metrics(self, metrics: dict, loss: torch.Tensor, logits: torch.Tensor, batch) -> None:
         metrics["perplexity"].update(loss, weight=batch[1].numel())
 
-    def tokens_in(self, batch) -> int:
-        return batch[0].numel()
+    def tokens_in(self, batch) -> torch.Tensor:
+        """Tokens read up to each row's last counted target: all of a window of text; a padded chat batch without
+        the padding after its last answer. A tensor on the batch's device: counted without a sync."""
+        counted = batch[1] != -100  # (B, T)
+        return (counted.flip(-1).cumsum(-1) > 0).sum()
 
     def dummy_batch(self, B: int, T: int, vocab_size: int, num_classes: int = 0) -> tuple[tuple, tuple]:
         """A batch in the data's shape, with the largest id the tokenizer makes, and the logits shape expected."""

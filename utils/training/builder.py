@@ -41,7 +41,7 @@ def build_data_spec(config: WizardConfig) -> DataSpec:
                     max_seq_len=config.max_seq_len, tokenizer="model" if pretrained else config.tokenizer_strategy,
                     tokenizer_path=config.pretrained_model if pretrained else config.tokenizer_path,
                     vocab_size=config.vocab_size,
-                    cache_dir=Path(config.output_dir) / DATA_CACHE_DIR)
+                    cache_dir=Path(config.output_dir) / DATA_CACHE_DIR, train_on=config.train_on)
 
 
 def check_training_windows(config: WizardConfig, num_train: int, num_tokens: int,
@@ -139,9 +139,10 @@ def build_dataloaders(config: WizardConfig, train_ds, val_ds, pin_memory: bool,
         # (Notebook 6 shows it as a red block under the wizard's review).
         warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
         train = StatefulDataLoader(train_ds, batch_size=config.batch_size, sampler=sampler, pin_memory=pin_memory,
-                                   drop_last=drop_last,
+                                   drop_last=drop_last, collate_fn=getattr(train_ds, "collate", None),
                                    generator=torch.Generator().manual_seed(config.seed))  # keeps the global RNG out
-    val = DataLoader(val_ds, batch_size=config.batch_size, shuffle=False, pin_memory=pin_memory)
+    val = DataLoader(val_ds, batch_size=config.batch_size, shuffle=False, pin_memory=pin_memory,
+                     collate_fn=getattr(val_ds, "collate", None))  # chat examples pad each batch (None: stack)
     return train, val
 
 

@@ -192,7 +192,8 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
           f"{task.describe_data(data)}")
     # A max_seq_len too long for the data is named before the model is built: a forward pass at that length
     # (the memory check below) is slow.
-    check_training_windows(config, len(data.train), data.num_tokens, max_seq_len_only=True)
+    if not data.chat:  # chat examples are whole conversations, not windows of max_seq_len: any count fills batches
+        check_training_windows(config, len(data.train), data.num_tokens, max_seq_len_only=True)
     model_passed_in, user_files = model is not None, None
     if model is None:
         if config.model_source in ("file", "gist"):
@@ -215,7 +216,8 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
         memory = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes,
                                 launch.world_size)
         check_memory(memory, config)
-    check_training_windows(config, len(data.train), data.num_tokens)
+    if not data.chat:
+        check_training_windows(config, len(data.train), data.num_tokens)
     train_loader, val_loader = build_dataloaders(config, data.train, data.val, pin_memory=decision.device.kind == "cuda",
                                                  num_replicas=launch.world_size)
     module = build_module(config, model, task, len(train_loader), decision)
