@@ -121,6 +121,12 @@ class WizardConfig:
                               when=lambda c: c.dataset_source in ("file", "upload"))
     text_column: str = _data("text", "Text column", "the column holding the text in CSV, JSONL and Hugging Face data",
                              when=lambda c: c.dataset_source != "embedded")
+    train_on: str = _data("responses", "Train on", "chat/instruction data: the loss on the answers only, or on the "
+                          "whole text (plain text: always all of it)", choices={
+                              "responses": "Responses — the loss on the assistant's answers only",
+                              "all": "All — the loss on the whole conversation, prompts included"},
+                          when=lambda c: c.task == "lm" and c.model_source == "pretrained"
+                          and c.dataset_source != "embedded")  # chat data is read only for a pretrained model
     label_column: str = _data("label", "Label column", "the column holding the class label (classification only)",
                               when=lambda c: c.task == "classification" and c.dataset_source != "embedded")
     val_split: float = _data(0.1, "Validation split", "fraction of the data held out to measure validation loss",
