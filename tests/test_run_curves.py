@@ -99,11 +99,13 @@ def test_the_gradient_norm_adds_no_read_back_per_step(tiny_config, monkeypatch):
     from templates import build_template
     from tests.test_callbacks import StepTracker, Traced, TracedOutput
 
-    real = torch.nn.utils.get_total_norm
-    monkeypatch.setattr(torch.nn.utils, "get_total_norm", lambda *a, **k: real(*a, **k).as_subclass(Traced))
+    for name in ("get_total_norm", "clip_grad_norm_"):  # torch's two ways to the norm, with and without clipping
+        real = getattr(torch.nn.utils, name)
+        monkeypatch.setattr(torch.nn.utils, name, lambda *a, _real=real, **k: _real(*a, **k).as_subclass(Traced))
     Traced.reads.clear()
     config = tiny_config.replace(max_steps=20, log_every_n_steps=5, precision="32-true", checkpoint_every_minutes=60)
     model = TracedOutput(build_template("gpt", {"vocab_size": 128, "max_seq_len": 32, "size": "tiny", "dropout": 0.0}))
     result = train(config, model, device=CPU, extra_callbacks=[StepTracker()])
     assert [step for step, _ in result.history.grad_norm] == [5, 10, 15, 20]
+    assert config.gradient_clip_val > 0  # the clipping path's norm is the one logged
     assert dict(Traced.reads) == {5: 1, 10: 1, 15: 1, 20: 1}  # the loss and the norm come back in one read
