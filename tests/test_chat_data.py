@@ -147,8 +147,8 @@ def test_a_template_that_drops_earlier_reasoning_trains_the_answer_it_keeps(tmp_
     """Like Qwen3's: an earlier turn keeps only what follows "</think>"; the last keeps its reasoning."""
     from utils.data.chat import render
 
-    template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['role'] == 'assistant' and not loop.last %}"
-                "{{ m['content'].split('</think>')[-1].lstrip('\\n') }}{% else %}{{ m['content'] }}{% endif %}"
+    template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+                "{% if m['role'] == 'assistant' and not loop.last %}{{ m['content'].split('</think>')[-1].lstrip('\\n') }}{% else %}{{ m['content'] }}{% endif %}"
                 "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>\nhmm\n</think>\n\nblue."},
                 {"role": "user", "content": "another?"}, {"role": "assistant", "content": "<think>ok</think>green."}]
