@@ -26,7 +26,7 @@ from utils.inspection.checks import (check_causality, check_initial_loss, check_
                                      check_padding, check_shapes)
 from utils.inspection.numerics import check_activations, check_fp16, check_gradient_flow, run_probe
 from utils.inspection.report import (REPORT_DIRNAME, CheckResult, InspectionReport, ModelInspectionError)
-from utils.inspection.subject import Subject, build_subject
+from utils.inspection.subject import SAMPLE_ROWS, Subject, build_subject
 from utils.training.precision import PrecisionDecision, resolve_precision
 
 CHECKS = ("shapes", "causality", "padding", "initial_loss", "gradient_flow", "activations", "fp16",
@@ -88,18 +88,25 @@ def precision_line(decision: PrecisionDecision, report: InspectionReport) -> str
     return line
 
 
-def preflight(model, config: WizardConfig, decision: PrecisionDecision, task, vocab_size: int, num_classes: int,
-              pad_id: int, batch: tuple) -> list[CheckResult]:
-    """train()'s cheap checks on its model and first rows of its data; raises ModelInspectionError on a fail."""
-    subject = Subject(config, decision, model, task, vocab_size, num_classes, pad_id, batch, "the training data")
-    results = list(run_checks(subject, PREFLIGHT, cheap=True))
+def preflight(config: WizardConfig, decision: PrecisionDecision, model, task, data) -> str:
+    """train()'s cheap checks (PREFLIGHT) on its model and the first rows of its data (a PreparedData).
+    Returns the line train() prints; raises ModelInspectionError naming each failed check and its fix."""
+    started = time.perf_counter()
+    device = next(model.parameters()).device
+    rows = [data.train[i] for i in range(min(SAMPLE_ROWS, len(data.train)))]
+    batch = tuple(torch.stack(column).to(device) for column in zip(*rows))
+    subject = Subject(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes, data.pad_id, batch,
+                      "the training data", data.tokenizer)
+    with torch.random.fork_rng(devices=[]):
+        results = list(run_checks(subject, PREFLIGHT, cheap=True))
     failed = [r for r in results if r.verdict == "fail"]
     if failed:
         raise ModelInspectionError(
             "The model failed the checks run before training:\n" + "\n".join(r.line() for r in failed)
-            + "\nFix the model, or set inspect=False to train anyway (python -m utils.training inspect shows "
-              "every check).")
-    return results
+            + "\nFix the model, or set inspect=False to train anyway; `python -m utils.training inspect` runs "
+              "every check and draws the plots.")
+    ran = [r.name for r in results if r.verdict != "skipped"]
+    return f"Inspection: {', '.join(ran)} passed ({time.perf_counter() - started:.2f} s; inspect=False skips them)"
 
 
 __all__ = ["inspect_model", "preflight", "InspectionReport", "CheckResult", "ModelInspectionError", "CHECKS",

@@ -5,13 +5,19 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
 MAX_BARS = 60  # beyond this many parameters the gradient plot shows one bar per layer
 
 
-def _save(fig: Figure, path: Path) -> str:
+def _figure(**kwargs):
+    # Imported here: train()'s pre-flight checks draw nothing and should not pay for matplotlib's import.
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
+def _save(fig, path: Path) -> str:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
     fig.tight_layout()
@@ -29,14 +35,17 @@ def gradient_plot(norms: dict, path: Path) -> str:
                 math.hypot(grouped.get(layer) or 0.0, g or 0.0)
         norms = grouped
     names = list(norms)
-    values = [math.log10(g) if g else 0.0 for g in norms.values()]
+    present = [g for g in norms.values() if g]
+    floor = min(present) / 10 if present else 1e-12  # where a missing gradient's red bar ends
+    values = [g if g else floor for g in norms.values()]
     colours = ["tab:blue" if g else "tab:red" for g in norms.values()]
-    fig = Figure(figsize=(8, max(2.5, 0.22 * len(names) + 1)))
+    fig = _figure(figsize=(8, max(2.5, 0.22 * len(names) + 1)))
     ax = fig.add_subplot()
     ax.barh(range(len(names)), values, color=colours)
+    ax.set_xscale("log")
     ax.set_yticks(range(len(names)), names, fontsize=7)
     ax.invert_yaxis()
-    ax.set(xlabel="log10 gradient norm (red: no gradient)", title="gradient_flow: gradient norm per parameter")
+    ax.set(xlabel="gradient norm (red: no gradient or all zero)", title="gradient_flow: gradient norm per parameter")
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 
@@ -44,7 +53,7 @@ def gradient_plot(norms: dict, path: Path) -> str:
 def activation_plot(stats: dict, path: Path) -> str:
     """Std and max |x| of each block's output, log scale, in depth order."""
     names = list(stats)
-    fig = Figure(figsize=(8, 3.5))
+    fig = _figure(figsize=(8, 3.5))
     ax = fig.add_subplot()
     ax.plot(names, [max(st.std, 1e-12) for st in stats.values()], "o-", label="std")
     ax.plot(names, [max(st.max_abs, 1e-12) for st in stats.values()], "s--", label="max |x|")
@@ -62,7 +71,7 @@ def attention_plot(maps: list, tokens: list[str], path: Path) -> str:
     n = len(maps)
     cols = min(n, 4)
     rows = math.ceil(n / cols)
-    fig = Figure(figsize=(3.2 * cols, 3.2 * rows + 0.4))
+    fig = _figure(figsize=(3.2 * cols, 3.2 * rows + 0.4))
     for i, weights in enumerate(maps):
         ax = fig.add_subplot(rows, cols, i + 1)
         ax.imshow(weights.numpy(), cmap="viridis", vmin=0.0, vmax=max(float(weights.max()), 1e-6))

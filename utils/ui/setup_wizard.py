@@ -83,7 +83,7 @@ STEPS = (
           "text_column", "label_column", "val_split"),
     _step("tokenizer", "Tokenizer", "tokenizer_strategy", "vocab_size", "tokenizer_path"),
     _step("model", "Model", "model_source", "model_template", "model_size", "model_path", "gist_id", "pretrained_model",
-          "dropout"),
+          "dropout", "inspect"),
     _step("training", "Training", "batch_size", "max_seq_len", "learning_rate", "max_epochs",
           "gradient_accumulation_steps", "gradient_clip_val", "early_stopping_patience", "use_mixed_precision",
           "precision", "compile", "devices", "num_nodes", "strategy"),
