@@ -61,22 +61,32 @@ def run_checks(subject: Subject, names: tuple[str, ...], folder: Optional[Path] 
     probe = None
     for name in (n for n in CHECKS if n in names):
         started = time.perf_counter()
-        if name in ("gradient_flow", "activations", "fp16") and probe is None:
-            probe = run_probe(subject)
-        result = {
-            "shapes": lambda: check_shapes(subject, cheap=cheap),
-            "causality": lambda: check_causality(subject),
-            "padding": lambda: check_padding(subject),
-            "initial_loss": lambda: check_initial_loss(subject),
-            "gradient_flow": lambda: check_gradient_flow(subject, probe, folder),
-            "activations": lambda: check_activations(subject, probe, folder),
-            "fp16": lambda: check_fp16(subject, probe),
-            "overfit_batch": lambda: check_overfit_batch(subject),
-            "memory": lambda: check_memory(subject),
-            "attention": lambda: check_attention(subject, folder),
-        }[name]()
+        try:
+            if name in ("gradient_flow", "activations", "fp16") and probe is None:
+                probe = run_probe(subject)
+            result = _run_one(subject, name, probe, folder, cheap)
+        except Exception as e:  # the user's model code raised inside a check: that is this check's finding
+            result = CheckResult(name, "fail", f"the model raised {type(e).__name__} during this check: "
+                                 f"{' '.join(str(e).split())[:300]}.", "run the model on a batch of the data by "
+                                 "hand to see where (python -m utils.training inspect shows every check).",
+                                 {"error": type(e).__name__})
         result.seconds = time.perf_counter() - started
         yield result
+
+
+def _run_one(subject: Subject, name: str, probe, folder: Optional[Path], cheap: bool) -> CheckResult:
+    return {
+        "shapes": lambda: check_shapes(subject, cheap=cheap),
+        "causality": lambda: check_causality(subject),
+        "padding": lambda: check_padding(subject),
+        "initial_loss": lambda: check_initial_loss(subject),
+        "gradient_flow": lambda: check_gradient_flow(subject, probe, folder),
+        "activations": lambda: check_activations(subject, probe, folder),
+        "fp16": lambda: check_fp16(subject, probe),
+        "overfit_batch": lambda: check_overfit_batch(subject),
+        "memory": lambda: check_memory(subject),
+        "attention": lambda: check_attention(subject, folder),
+    }[name]()
 
 
 def precision_line(decision: PrecisionDecision, report: InspectionReport) -> str:

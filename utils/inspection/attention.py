@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.inspection import plots
+from utils.inspection.checks import evaluating
 from utils.inspection.report import CheckResult
 from utils.inspection.subject import Subject
 
@@ -73,16 +74,10 @@ def captured_attention(model: nn.Module):
 
 def check_attention(s: Subject, folder: Optional[Path] = None) -> CheckResult:
     """Heatmaps of each layer's attention (averaged over heads) on the first tokens of a sample text."""
-    T = min(SAMPLE_TOKENS, s.config.max_seq_len, s.batch[0].shape[1])
+    T = min(SAMPLE_TOKENS, s.max_len, s.batch[0].shape[1])
     sample = tuple(t[:1, :T] if t.ndim == 2 else t[:1] for t in s.batch)
-    model = s.model
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), captured_attention(model) as calls:
-            s.task.logits(model, sample)
-    finally:
-        model.train(was_training)
+    with torch.no_grad(), evaluating(s.model), captured_attention(s.model) as calls:
+        s.task.logits(s.model, sample)
     if not calls:
         return CheckResult("attention", "skipped", "the model calls neither F.scaled_dot_product_attention nor "
                            "nn.MultiheadAttention, so its attention cannot be seen without changing its code.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from contextlib import contextmanager
 from typing import Optional
 
 import torch
@@ -26,8 +27,19 @@ OVERFIT_STEPS, OVERFIT_LR, OVERFIT_LEN, OVERFIT_DROP = 40, 3e-3, 32, 0.5
 COLAB_GPUS = (("Tesla T4", 15.0), ("NVIDIA L4", 22.5), ("NVIDIA A100 40GB", 40.0))  # memory in GiB
 
 
+@contextmanager
+def evaluating(model):
+    """Eval mode (no dropout: two forwards of the same ids must agree) while the block runs."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def _logits(s: Subject, batch: tuple) -> torch.Tensor:
-    with torch.no_grad():
+    with torch.no_grad(), evaluating(s.model):
         return s.task.logits(s.model, batch)
 
 
@@ -79,10 +91,12 @@ def _shapes_fail(s: Subject, B: int, T: int, problem: str, tried: list) -> Check
         longest = _longest_length(s, T)
         numbers["longest_length"] = longest
         if longest:
+            s.shorten(longest)  # the other checks run at a length the model takes, and find their own bugs
             return CheckResult("shapes", "fail", f"the model fails at sequence length {T} ({problem}); the longest "
                                f"sequence it takes is {longest} tokens (a position table of {longest}?).",
                                f"build the model with config['max_seq_len'] positions (the kit passes "
-                               f"{s.config.max_seq_len}), or set max_seq_len <= {longest}.", numbers)
+                               f"{s.config.max_seq_len}), or set max_seq_len <= {longest}. The other checks ran at "
+                               f"{longest} tokens.", numbers)
     return CheckResult("shapes", "fail", f"the model fails at batch {B}, sequence length {T}: {problem}.",
                        f"make forward() take input_ids of shape (batch, length) for any batch and length up to "
                        f"max_seq_len, and return {s.task.output_meaning}.", numbers)
@@ -104,7 +118,7 @@ def check_causality(s: Subject) -> CheckResult:
     if not s.is_lm:
         return CheckResult("causality", "skipped", "a classifier reads the whole text at once; causality applies "
                            "to language models.")
-    T = min(s.config.max_seq_len, CAUSALITY_MAX_LEN)
+    T = min(s.max_len, CAUSALITY_MAX_LEN)
     base = s.random_batch(1, T, seed=1)[0]  # (1, T)
     positions = sorted({t for t in (1, 2, 3, T // 4, T // 2, 3 * T // 4, T - 1) if 1 <= t < T})
     rows = base.repeat(len(positions) + 1, 1)  # (K+1, T): the sequence, then one copy per perturbed position
@@ -137,7 +151,7 @@ def check_padding(s: Subject) -> CheckResult:
     if s.is_lm:
         return CheckResult("padding", "skipped", "a language model's sequences are windows of the text, without "
                            "padding.")
-    T = min(s.config.max_seq_len, 64)
+    T = min(s.max_len, 64)
     real = max(1, T // 2)
     ids = s.random_batch(1, T, seed=2)[0].clone()  # (1, T)
     ids[ids == s.pad_id] = (s.pad_id + 1) % s.vocab_size
@@ -173,7 +187,7 @@ def check_initial_loss(s: Subject) -> CheckResult:
     """The untrained model's loss on the real batch against chance, ln(outputs)."""
     outputs = s.task.chance_loss_outputs(s.vocab_size, s.num_classes)
     chance = math.log(outputs)
-    with torch.no_grad():
+    with torch.no_grad(), evaluating(s.model):
         loss = s.task.loss(s.model, s.batch)[0].item()
     numbers = {"loss": loss, "chance": chance, "outputs": outputs}
     if not math.isfinite(loss):
@@ -233,6 +247,9 @@ def check_overfit_batch(s: Subject) -> CheckResult:
 def check_memory(s: Subject) -> CheckResult:
     """The pre-flight estimate's memory model (utils.training.estimate), and the largest batch per device."""
     c = s.config
+    if s.max_len < c.max_seq_len:
+        return CheckResult("memory", "skipped", f"the model cannot take max_seq_len={c.max_seq_len} tokens (see "
+                           "shapes), so its training memory at that length cannot be measured.")
     memory = measure_memory(c, s.decision, s.model, s.task, s.vocab_size, s.num_classes)
     limit = max(c.batch_size, 4096)
     largest = {memory.capacity_name: memory.largest_batch(limit)}

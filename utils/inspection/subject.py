@@ -37,6 +37,15 @@ class Subject:
     batch: tuple  # a real batch of SAMPLE_ROWS rows (or fewer), on the device
     batch_source: str  # where the batch came from, for the report
     tokenizer: object = None  # None when the data could not be read
+    max_len: int = 0  # the longest sequence the other checks use: max_seq_len, or less when shapes found less
+
+    def __post_init__(self) -> None:
+        self.max_len = self.max_len or self.config.max_seq_len
+
+    def shorten(self, length: int) -> None:
+        """Run the remaining checks at sequences of `length` tokens (the model cannot take max_seq_len)."""
+        self.max_len = length
+        self.batch = tuple(t[:, :length] if t.ndim == 2 else t for t in self.batch)
 
     @property
     def device(self) -> torch.device:
