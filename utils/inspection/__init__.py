@@ -35,15 +35,17 @@ PREFLIGHT = ("shapes", "causality", "padding", "gradient_flow")  # what train() 
 
 
 def inspect_model(config: WizardConfig, device: Optional[DeviceInfo] = None, write: bool = True,
-                  on_check: Optional[Callable[[CheckResult], None]] = None) -> InspectionReport:
+                  on_check: Optional[Callable[[CheckResult], None]] = None, run_on: str = "") -> InspectionReport:
     """Build the config's model and a batch of its data, run every check; write output_dir/inspect/ when write.
-    on_check: called with each result as it comes (the command line prints it at once)."""
+    device: the run's device (detected when not given), which decides the precision; the checks run on it,
+    or on run_on ("cpu": the wizard on a machine without that GPU). on_check: called with each result as it
+    comes (the command line prints it at once)."""
     config = config.validate()
     started = time.perf_counter()
     decision = resolve_precision(config.use_mixed_precision, config.precision, device or detect_device(config.devices))
     folder = Path(config.output_dir) / REPORT_DIRNAME if write else None
     with torch.random.fork_rng(devices=[]):
-        subject = build_subject(config, decision)
+        subject = build_subject(config, decision, run_on)
         report = InspectionReport(subject.describe(), "", subject.batch_source)
         for result in run_checks(subject, CHECKS, folder):
             report.checks.append(result)

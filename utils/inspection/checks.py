@@ -17,7 +17,8 @@ import torch
 from utils.inference import describe_call
 from utils.inspection.report import CheckResult
 from utils.inspection.subject import Subject
-from utils.training.estimate import measure_memory, memory_advice
+from utils.env import DeviceInfo
+from utils.training.estimate import device_capacity, measure_memory, memory_advice
 from utils.ui.model_check import format_bytes
 
 RELATIVE_TOLERANCE = 1e-4  # a logit "changes" when it moves by more than this times the logits' scale
@@ -250,7 +251,13 @@ def check_memory(s: Subject) -> CheckResult:
     if s.max_len < c.max_seq_len:
         return CheckResult("memory", "skipped", f"the model cannot take max_seq_len={c.max_seq_len} tokens (see "
                            "shapes), so its training memory at that length cannot be measured.")
-    memory = measure_memory(c, s.decision, s.model, s.task, s.vocab_size, s.num_classes)
+    here = s.decision
+    if s.device.type != here.device.kind:  # the wizard on a CPU for a GPU run: measured here, compared with the GPU
+        here = dataclasses.replace(here, device=DeviceInfo(s.device.type, s.device.type.upper()))
+    memory = measure_memory(c, here, s.model, s.task, s.vocab_size, s.num_classes)
+    if here is not s.decision:
+        capacity, name = device_capacity(s.decision.device)
+        memory = dataclasses.replace(memory, capacity_bytes=capacity, capacity_name=name)
     limit = max(c.batch_size, 4096)
     largest = {memory.capacity_name: memory.largest_batch(limit)}
     for name, gib in COLAB_GPUS:  # the same model, against the memory of the GPUs Colab lends

@@ -38,6 +38,7 @@ class Subject:
     batch_source: str  # where the batch came from, for the report
     tokenizer: object = None  # None when the data could not be read
     max_len: int = 0  # the longest sequence the other checks use: max_seq_len, or less when shapes found less
+    run_on: str = ""  # the torch device type the checks run on; "" for the decision's device
 
     def __post_init__(self) -> None:
         self.max_len = self.max_len or self.config.max_seq_len
@@ -49,7 +50,7 @@ class Subject:
 
     @property
     def device(self) -> torch.device:
-        return torch.device(self.decision.device.kind)
+        return torch.device(self.run_on or self.decision.device.kind)
 
     @property
     def is_lm(self) -> bool:
@@ -73,8 +74,8 @@ class Subject:
                 f"({source[self.config.model_source]}), vocabulary {self.vocab_size}")
 
 
-def build_subject(config: WizardConfig, decision: PrecisionDecision) -> Subject:
-    """The config's model and a batch of its data, on the configured device; seeded by config.seed."""
+def build_subject(config: WizardConfig, decision: PrecisionDecision, run_on: str = "") -> Subject:
+    """The config's model and a batch of its data, on the configured device (or run_on); seeded by config.seed."""
     data, why = _read_data(config)
     if data is not None:
         vocab, classes, pad_id = data.tokenizer.vocab_size, data.num_classes, data.pad_id
@@ -85,9 +86,9 @@ def build_subject(config: WizardConfig, decision: PrecisionDecision) -> Subject:
         classes, pad_id = (ASSUMED_CLASSES if config.task == "classification" else 0), 0
     torch.manual_seed(config.seed)
     model = build_inspected_model(config, vocab, classes, pad_id, data.label_names if data else None)
-    model = model.to(decision.device.kind)
     subject = Subject(config, decision, model, build_task(config), vocab, classes, pad_id, (), "",
-                      data.tokenizer if data else None)
+                      data.tokenizer if data else None, run_on=run_on)
+    subject.model = model.to(subject.device)
     if data is not None and len(data.train):
         rows = [data.train[i] for i in range(min(SAMPLE_ROWS, len(data.train)))]
         subject.batch = tuple(torch.stack(column).to(subject.device) for column in zip(*rows))
