@@ -35,3 +35,13 @@ def plot_images(report: InspectionReport) -> list:
             image.add_class(f"wizard-inspect-{c.name}")
             images.append(image)
     return images
+
+
+def show_report(report: InspectionReport) -> None:
+    """In a notebook: the report's lines, then its plots."""
+    from IPython.display import Image, display
+
+    print(report)
+    for c in report.checks:
+        if c.plot and report.folder is not None:
+            display(Image(filename=str(report.folder / c.plot)))
