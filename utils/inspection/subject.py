@@ -2,7 +2,7 @@
 
 The batch comes from the configured data (utils.data.prepare_data, as train() reads it); when the data
 cannot be read, random ids of the same shape stand in and the report says so. A user's model file or
-Gist is built without the dummy-batch check of utils.user_models (the checks here name what that check
+Gist is built without the dummy-batch check of utils.models.user_models (the checks here name what that check
 would only refuse), and nothing is copied into the run folder.
 """
 
@@ -17,9 +17,10 @@ from torch import nn
 from templates import build_template
 from utils.config import WizardConfig
 from utils.data import DataError, TokenizerError, prepare_data
-from utils.training.builder import build_data_spec, build_model, build_task, model_config
+from utils.models.build import build_model, build_task, model_config
+from utils.models.user_models import check_embedding_fits, load_user_model, resolve_user_model_files
+from utils.training.builder import build_data_spec
 from utils.training.precision import PrecisionDecision
-from utils.user_models import check_embedding_fits, load_user_model, resolve_user_model_files
 
 SAMPLE_ROWS = 4  # rows of the real batch the gradient, activation and overfit checks use
 ASSUMED_CLASSES = 2  # a classifier's head when the data (and so its labels) cannot be read
@@ -30,7 +31,7 @@ class Subject:
     config: WizardConfig
     decision: PrecisionDecision
     model: nn.Module  # on the decision's device
-    task: object  # utils.training.module's task object: how the kit calls the model and computes the loss
+    task: object  # utils.models.tasks' task object: how the kit calls the model and computes the loss
     vocab_size: int
     num_classes: int
     pad_id: int
