@@ -185,7 +185,10 @@ def test_the_classifier_template_passes_every_check(tmp_path, reviews_file):
                           dataset_path=str(reviews_file), output_dir=str(tmp_path / "run"), **SMALL)
     report = inspect_model(config, device=CPU, write=False)
     assert verdicts(report) == {**{name: "pass" for name in CHECKS}, "causality": "skipped"}, report
-    assert report.check("padding").numbers["takes_attention_mask"] is True
+    padding = report.check("padding").numbers
+    assert padding["takes_attention_mask"] is True
+    assert padding["change_with_less_padding"] <= padding["tolerance"]
+    assert padding["change_with_other_ids_at_padding"] <= padding["tolerance"]  # the template reads the mask
     assert report.check("initial_loss").numbers["outputs"] == 2
 
 
