@@ -379,3 +379,17 @@ def test_the_command_line_prints_a_failed_train_check_as_one_error_with_exit_2(t
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: The model failed the checks run before training: causality") and "inspect=False" in err
+
+
+@requires_transformers
+def test_a_chat_fine_tune_is_inspected_on_its_padded_conversations(tmp_path):
+    from tests.test_chat_data import colour_chats, save_model, write_jsonl
+
+    model = save_model(tmp_path / "chat-model")
+    path = write_jsonl(tmp_path / "chats.jsonl", colour_chats(16))
+    config = WizardConfig(model_source="pretrained", pretrained_model=str(model), dataset_source="file",
+                          dataset_path=str(path), output_dir=str(tmp_path / "run"), max_seq_len=64, batch_size=4)
+    report = inspect_model(config, device=CPU, write=False)
+    assert "chat" in report.batch_source or "chats.jsonl" in report.batch_source
+    assert [n for n, v in verdicts(report).items() if v == "fail"] == [], report
+    assert report.check("overfit_batch").numbers["length"] > 0

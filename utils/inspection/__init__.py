@@ -26,7 +26,7 @@ from utils.inspection.checks import (check_causality, check_initial_loss, check_
                                      check_padding, check_shapes)
 from utils.inspection.numerics import check_activations, check_fp16, check_gradient_flow, run_probe
 from utils.inspection.report import (REPORT_DIRNAME, CheckResult, InspectionReport, ModelInspectionError)
-from utils.inspection.subject import SAMPLE_ROWS, Subject, build_subject
+from utils.inspection.subject import Subject, build_subject, first_rows
 from utils.training.precision import PrecisionDecision, resolve_precision
 
 CHECKS = ("shapes", "causality", "padding", "initial_loss", "gradient_flow", "activations", "fp16",
@@ -104,9 +104,7 @@ def preflight(config: WizardConfig, decision: PrecisionDecision, model, task, da
     """train()'s cheap checks (PREFLIGHT) on its model and the first rows of its data (a PreparedData).
     Returns the line train() prints; raises ModelInspectionError naming each failed check and its fix."""
     started = time.perf_counter()
-    device = next(model.parameters()).device
-    rows = [data.train[i] for i in range(min(SAMPLE_ROWS, len(data.train)))]
-    batch = tuple(torch.stack(column).to(device) for column in zip(*rows))
+    batch = first_rows(data.train, next(model.parameters()).device)
     subject = Subject(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes, data.pad_id, batch,
                       "the training data", data.tokenizer)
     with torch.random.fork_rng(devices=[]):

@@ -152,8 +152,8 @@ def check_padding(s: Subject) -> CheckResult:
     measured too, but a model may find padding by its id (GPT-2's classifier pools at the last non-pad id), and
     the kit always pads with pad_id, so that alone is not a fail."""
     if s.is_lm:
-        return CheckResult("padding", "skipped", "a language model's sequences are windows of the text, without "
-                           "padding.")
+        return CheckResult("padding", "skipped", "a language model reads each position from the ones before it: "
+                           "padding after the text (chat data) is never seen when causality passes.")
     T = min(s.max_len, 64)
     real = max(1, T // 2)
     ids = s.random_batch(1, T, seed=2)[0].clone()  # (1, T)
@@ -215,7 +215,9 @@ def check_initial_loss(s: Subject) -> CheckResult:
 
 def check_overfit_batch(s: Subject) -> CheckResult:
     """A few dozen AdamW steps on one small batch, on a copy of the model, must take the loss well down."""
-    batch = tuple(t[:, :OVERFIT_LEN] if t.ndim == 2 else t for t in s.batch)
+    # Shorter sequences learn faster; chat data keeps its length (its first tokens may all be prompt, untrained).
+    chat = s.is_lm and bool((s.batch[1] < 0).any())
+    batch = s.batch if chat else tuple(t[:, :OVERFIT_LEN] if t.ndim == 2 else t for t in s.batch)
     work = copy.deepcopy(s.model).train()
     params = [p for p in work.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=OVERFIT_LR, weight_decay=0.0)

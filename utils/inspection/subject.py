@@ -91,13 +91,20 @@ def build_subject(config: WizardConfig, decision: PrecisionDecision, run_on: str
                       data.tokenizer if data else None, run_on=run_on)
     subject.model = model.to(subject.device)
     if data is not None and len(data.train):
-        rows = [data.train[i] for i in range(min(SAMPLE_ROWS, len(data.train)))]
-        subject.batch = tuple(torch.stack(column).to(subject.device) for column in zip(*rows))
-        subject.batch_source = f"{len(rows)} sequences of {data.source}"
+        subject.batch = first_rows(data.train, subject.device)
+        subject.batch_source = f"{len(subject.batch[0])} sequences of {data.source}"
     else:
         subject.batch = subject.random_batch(SAMPLE_ROWS, config.max_seq_len)
         subject.batch_source = f"random ids ({why or 'the data has no training sequences'})"
     return subject
+
+
+def first_rows(dataset, device: torch.device, n: int = SAMPLE_ROWS) -> tuple:
+    """A batch of the dataset's first n items, made as the training loader makes it (chat data pads its own)."""
+    rows = [dataset[i] for i in range(min(n, len(dataset)))]
+    collate = getattr(dataset, "collate", None)
+    batch = collate(rows) if collate else tuple(torch.stack(column) for column in zip(*rows))
+    return tuple(t.to(device) for t in batch)
 
 
 def build_inspected_model(config: WizardConfig, vocab_size: int, num_classes: int, pad_id: int,
