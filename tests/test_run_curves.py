@@ -35,6 +35,7 @@ def test_a_tiny_clip_value_logs_norms_above_it_every_logging_interval(tiny_confi
     assert len(lrs) == 6 and lrs == sorted(lrs, reverse=True) and lrs[0] < tiny_config.learning_rate  # cosine decay
     (step, loss), = result.history.val
     assert result.history.val_perplexity == [(step, pytest.approx(math.exp(loss), rel=1e-5))]
+    assert f"val perplexity:   {result.history.val_perplexity[0][1]:.4g}\n" in result.summary()
     speeds = [float(r["tokens_per_sec"]) for r in rows if r.get("tokens_per_sec")]
     assert speeds and all(s > 0 for s in speeds)
     assert not any(r.get("gpu_peak_memory_gib") for r in rows)  # a CPU run has no GPU memory to report
@@ -48,6 +49,7 @@ def test_a_classifier_logs_macro_f1_beside_accuracy(tmp_path):
         log_every_n_steps=2, output_dir=str(tmp_path / "run")), device=CPU)
     (step, f1), = result.history.val_macro_f1
     assert step == 4 and 0.0 <= f1 <= 1.0
+    assert f"val macro-F1:     {f1:.4f}\n" in result.summary()
     assert [s for s, _ in result.history.val_accuracy] == [4]
     assert not result.history.val_perplexity
 
@@ -99,11 +101,13 @@ def test_the_gradient_norm_adds_no_read_back_per_step(tiny_config, monkeypatch):
     from templates import build_template
     from tests.test_callbacks import StepTracker, Traced, TracedOutput
 
-    real = torch.nn.utils.get_total_norm
-    monkeypatch.setattr(torch.nn.utils, "get_total_norm", lambda *a, **k: real(*a, **k).as_subclass(Traced))
+    for name in ("get_total_norm", "clip_grad_norm_"):  # torch's two ways to the norm, with and without clipping
+        real = getattr(torch.nn.utils, name)
+        monkeypatch.setattr(torch.nn.utils, name, lambda *a, _real=real, **k: _real(*a, **k).as_subclass(Traced))
     Traced.reads.clear()
     config = tiny_config.replace(max_steps=20, log_every_n_steps=5, precision="32-true", checkpoint_every_minutes=60)
     model = TracedOutput(build_template("gpt", {"vocab_size": 128, "max_seq_len": 32, "size": "tiny", "dropout": 0.0}))
     result = train(config, model, device=CPU, extra_callbacks=[StepTracker()])
     assert [step for step, _ in result.history.grad_norm] == [5, 10, 15, 20]
+    assert config.gradient_clip_val > 0  # the clipping path's norm is the one logged
     assert dict(Traced.reads) == {5: 1, 10: 1, 15: 1, 20: 1}  # the loss and the norm come back in one read

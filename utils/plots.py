@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 
 def plot_losses(result, ax=None):
@@ -55,6 +56,10 @@ def plot_training(result, save_to: Path | str | None = "auto"):
     norm_ax.set_title("gradient norm", fontsize=10)
     if h.grad_norm and all(v > 0 for _, v in h.grad_norm):
         norm_ax.set_yscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")  # "0.6", not "6 x 10^-1"
+        norm_ax.yaxis.set_major_formatter(plain)
+        low, high = norm_ax.get_ylim()
+        norm_ax.yaxis.set_minor_formatter(plain if high / low < 10 else NullFormatter())  # few decades: label more
     _series(speed_ax, h.tokens_per_sec, "tokens/s", color="tab:green")
     speed_ax.set_title("throughput" + (" and GPU peak memory" if h.gpu_peak_memory_gib else ""), fontsize=10)
     if h.gpu_peak_memory_gib:

@@ -90,6 +90,7 @@ class TrainingResult(Predictor):
             f"train loss:       {fmt(self.train_loss)}",
             f"val loss:         {fmt(self.val_loss)}",
             *TASKS[self.config.task].summary_lines(self.val_accuracy),
+            *self._whole_set_lines(),
             f"throughput:       {self.tokens_per_sec:,.0f} tokens/s"
             + (f" (summed over {self.world_size} processes)" if self.world_size > 1 else ""),
             *self._timing_lines(),
@@ -97,6 +98,14 @@ class TrainingResult(Predictor):
             f"last checkpoint:  {self.last_checkpoint or 'none saved'}",
         ]
         return "\n".join(lines)
+
+    def _whole_set_lines(self) -> list[str]:
+        """The last validation's perplexity (lm) or macro-F1 (classification), from the run's logs."""
+        h = self.history
+        if h is None:
+            return []
+        lines = [f"val perplexity:   {h.val_perplexity[-1][1]:.4g}"] if h.val_perplexity else []
+        return lines + ([f"val macro-F1:     {h.val_macro_f1[-1][1]:.4f}"] if h.val_macro_f1 else [])
 
     def _timing_lines(self) -> list[str]:
         if not self.steps_run:
