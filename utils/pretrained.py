@@ -95,19 +95,20 @@ def load_model_tokenizer(name: str, classify: bool) -> ModelTokenizer:
 
 
 def load_pretrained_model(name: str, task: str, label_names: Sequence[str] = (),
-                          pad_id: Optional[int] = None) -> nn.Module:
+                          pad_id: Optional[int] = None, **options) -> nn.Module:
     """AutoModelForCausalLM (task "lm") or AutoModelForSequenceClassification with a head for label_names,
-    in fp32: the precision decision's autocast works on fp32 weights, whatever dtype the checkpoint has."""
+    in fp32: the precision decision's autocast works on fp32 weights, whatever dtype the checkpoint has.
+    options: from_pretrained's dtype and quantisation for a frozen base (utils.adapters.load_options)."""
     source = resolve_source(name)
     transformers = require_transformers()
     try:
         if task == "lm":
-            model = transformers.AutoModelForCausalLM.from_pretrained(source)
+            model = transformers.AutoModelForCausalLM.from_pretrained(source, **options)
         else:
             # A checkpoint that is already a classifier with other labels gets a new head of the right size.
             model = transformers.AutoModelForSequenceClassification.from_pretrained(
                 source, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
-                label2id={label: i for i, label in enumerate(label_names)}, ignore_mismatched_sizes=True)
+                label2id={label: i for i, label in enumerate(label_names)}, ignore_mismatched_sizes=True, **options)
     except (OSError, ValueError) as e:
         if isinstance(e, ValueError) and "Unrecognized configuration class" in str(e):  # a model without this head
             raise PretrainedError(f"pretrained_model={name!r} has no {_WHAT[task]} in transformers "
@@ -118,7 +119,7 @@ def load_pretrained_model(name: str, task: str, label_names: Sequence[str] = (),
         model.config.pad_token_id = pad_id  # a GPT-2 classifier finds each text's last token by it
     # from_pretrained returns the model in eval mode; Lightning keeps each module's mode, so without train()
     # the fine-tuning would run with dropout off.
-    return model.float().train()
+    return (model if options else model.float()).train()
 
 
 def save_for_transformers(model: nn.Module, tokenizer, folder: Path) -> None:

@@ -133,6 +133,8 @@ def _load_weights(model: nn.Module, path: Path) -> None:
         missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as e:  # a tensor of another shape
         missing, unexpected = [str(e).strip().splitlines()[-1].strip()], []
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    missing = [k for k in missing if k not in frozen]  # a LoRA checkpoint holds the adapters; the base is reloaded
     if missing or unexpected:
         raise RunFolderError(f"{path} does not fit the model its {CONFIG_FILENAME} builds ({len(missing)} tensors "
                              f"missing, {len(unexpected)} unexpected, e.g. {(missing or unexpected)[0]}); was "

@@ -25,7 +25,9 @@ from templates import build_template
 from utils.config import ConfigError, WizardConfig
 from utils.data import DATA_CACHE_DIR, DataSpec
 from utils.data.sources import DataError
-from utils.training.precision import PrecisionDecision
+from utils.adapters import apply_adapters, enable_checkpointing, load_options, uses_adapters
+from utils.env import DeviceInfo
+from utils.training.precision import PrecisionDecision, resolve_precision
 from utils.training.callbacks import RecordedProgressBar, RunRecorder, ValidateAtMaxSteps
 from utils.training.checkpoint_io import AtomicCheckpointIO, LastCheckpoint
 from utils.training.checkpoints import LAST_NAME, LOGS_DIRNAME, checkpoint_dir
@@ -60,13 +62,15 @@ def model_config(config: WizardConfig, vocab_size: int, num_classes: int = 0, pa
 
 
 def build_model(config: WizardConfig, vocab_size: int, num_classes: int = 0, pad_id: int = 0,
-                user_files: Optional[UserModelFiles] = None, label_names: Optional[list[str]] = None) -> nn.Module:
+                user_files: Optional[UserModelFiles] = None, label_names: Optional[list[str]] = None,
+                decision: Optional[PrecisionDecision] = None) -> nn.Module:
     """The config's template, the user's model file or Gist, or a pretrained model, checked against the task
     and tokenizer.
 
     num_classes and pad_id come from the data (PreparedData) for task="classification", and label_names
     (a pretrained classifier's id2label; "0", "1", ... when not given). user_files overrides where a user
-    model's code is read from (load_exported passes the export's copy).
+    model's code is read from (load_exported passes the export's copy). decision: the run's precision, which
+    sets what a LoRA/QLoRA base is stored in (default: fp32 on the CPU, as for inference).
     """
     if config.task == "classification" and num_classes < 2:
         raise DataError(f"task='classification' needs at least 2 classes, but the data has {num_classes} "
@@ -74,9 +78,15 @@ def build_model(config: WizardConfig, vocab_size: int, num_classes: int = 0, pad
     kit = model_config(config, vocab_size, num_classes, pad_id)
     if config.model_source == "pretrained":
         names = label_names or [str(i) for i in range(num_classes)]
-        model = load_pretrained_model(config.pretrained_model, config.task, names, pad_id)
+        decision = decision or resolve_precision(False, "auto", DeviceInfo("cpu", "CPU"))
+        model = load_pretrained_model(config.pretrained_model, config.task, names, pad_id,
+                                      **load_options(config, decision))
         check_model(model, build_task(config), vocab_size, config.max_seq_len, num_classes,
                     source=f"the pretrained model {config.pretrained_model!r}")
+        if uses_adapters(config):
+            model = apply_adapters(model, config)
+        if config.gradient_checkpointing == "true":
+            enable_checkpointing(model)
         return model
     if config.model_source == "template":
         model = build_template(config.model_template, kit)
@@ -138,7 +148,8 @@ def build_module(config: WizardConfig, model: nn.Module, task, batches_per_epoch
         model.compile()
     return TransformerModule(model, task, learning_rate=config.learning_rate, weight_decay=config.weight_decay,
                              warmup_ratio=config.warmup_ratio, total_steps=total_steps(config, batches_per_epoch),
-                             adamw_options=adamw_options(decision.device.kind))
+                             adamw_options=adamw_options(decision.device.kind),
+                             trainable_only=uses_adapters(config))
 
 
 def adamw_options(device_kind: str) -> dict:

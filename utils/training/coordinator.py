@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.trainer.states import TrainerStatus
 from torch import nn
 
+from utils.adapters import check_adapters, describe_storage, describe_trainable, enable_checkpointing, uses_adapters
 from utils.config import CONFIG_FILENAME, WizardConfig
 from utils.data import PreparedData, prepare_data
 from utils.data.tokenizers import load_tokenizer, tokenizer_fingerprint
@@ -34,7 +35,7 @@ from utils.training.builder import (build_callbacks, build_data_spec, build_data
 from utils.training.callbacks import RunRecorder
 from utils.training.module import TASKS, TransformerModule
 from utils.training.checkpoint_io import TrainingStopped
-from utils.training.estimate import Estimate, check_memory, estimate_run, format_duration, measure_memory
+from utils.training.estimate import Estimate, check_memory, estimate_run, format_bytes, format_duration, measure_memory
 from utils.training.checkpoints import (LOGS_DIRNAME, ON_CHANGE, TOKENIZER_DIRNAME, IncompatibleCheckpointError,
                                         ResumePoint, find_resume_point, handle_changed_run, last_checkpoint,
                                         plan_resume, remove_checkpoints_after, resume_problems)
@@ -129,6 +130,7 @@ def train(config: Optional[WizardConfig] = None, model: Optional[nn.Module] = No
     # One decision for every process: each device of a multi-device run is checked to be the same GPU.
     decision = resolve_precision(config.use_mixed_precision, config.precision, device or detect_device(config.devices))
     check_strategy(config, decision.device.kind)
+    check_adapters(config)  # a missing bitsandbytes or a LoRA target that names no module: before anything is written
     per_node = devices_per_node(config, decision.device.kind)
     launch = plan_launch(per_node * config.num_nodes, decision.device.kind)
     out = Path(config.output_dir)
@@ -187,12 +189,15 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
         if config.model_source in ("file", "gist"):
             user_files = resolve_user_model_files(config.model_source, config.model_path, config.gist_id, out)
         model = build_model(config, data.tokenizer.vocab_size, data.num_classes, data.pad_id, user_files,
-                            data.label_names)
+                            data.label_names, decision=decision)
     else:  # the caller's own nn.Module: the same checks a model file gets, before any training
         check_embedding_fits(model, data.tokenizer.vocab_size)
         check_model(model, task, data.tokenizer.vocab_size, config.max_seq_len, data.num_classes,
                     source=f"the {type(model).__name__} passed to train()")
     print(f"Model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    if uses_adapters(config):
+        print(f"{describe_trainable(model)}; {config.finetune_method}, rank {config.lora_rank}")
+        print(describe_storage(config, decision))
     note = fine_tuning_note(config)
     if note:
         print(note)
@@ -202,6 +207,7 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
     memory = None
     if launch.is_zero:
         memory = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
+        memory = _checkpoint_if_needed(config, decision, model, task, data, memory)
         check_memory(memory, config)
     check_training_windows(config, len(data.train), data.num_tokens)
     train_loader, val_loader = build_dataloaders(config, data.train, data.val, pin_memory=decision.device.kind == "cuda",
@@ -227,6 +233,18 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
         _save_run_files(out, config, data, user_files)
     return _Run(config, decision, data, model, module, train_loader, val_loader, resume, model_passed_in, launch,
                 estimate)
+
+
+def _checkpoint_if_needed(config, decision, model, task, data, memory):
+    """gradient_checkpointing="auto": on for a pretrained model whose batch does not fit without it."""
+    if config.model_source != "pretrained" or config.gradient_checkpointing != "auto" or memory.fits(config.batch_size):
+        return memory
+    enable_checkpointing(model)
+    checkpointed = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
+    print(f"Gradient checkpointing: on (auto), as batch_size={config.batch_size} needs about "
+          f"{format_bytes(memory.bytes_at(config.batch_size))} without it and "
+          f"{format_bytes(checkpointed.bytes_at(config.batch_size))} with it.")
+    return checkpointed
 
 
 def _fit(run: _Run, extra_callbacks: list[pl.Callback]) -> TrainingResult:

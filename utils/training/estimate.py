@@ -23,7 +23,7 @@ import copy
 import math
 import os
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Optional
 
@@ -147,13 +147,13 @@ def measure_memory(config: WizardConfig, decision: PrecisionDecision, model: nn.
     """The memory model of a copy of model on decision.device: two forward passes at batch 1 and 2, no batch
     of the config's size is ever built, so a huge batch_size costs nothing here."""
     torch_device = torch.device(decision.device.kind)
-    with torch.random.fork_rng(devices=[torch_device] if torch_device.type == "cuda" else []):
-        work = copy.deepcopy(model).to(torch_device).train()
+    with torch.random.fork_rng(devices=[torch_device] if torch_device.type == "cuda" else []), \
+            _working_model(model, torch_device) as work:
         memory = _memory_model(_Stepper(work, None, task, decision, vocab_size, num_classes, config.max_seq_len),
                                decision.device)
         del work
-        if torch_device.type == "cuda":
-            torch.cuda.empty_cache()
+    if torch_device.type == "cuda":
+        torch.cuda.empty_cache()
     return memory
 
 
@@ -184,9 +184,10 @@ def estimate_run(config: WizardConfig, decision: PrecisionDecision, model: nn.Mo
     device = decision.device
     torch_device = torch.device(device.kind)
     B, A = config.batch_size, config.gradient_accumulation_steps
-    with torch.random.fork_rng(devices=[torch_device] if device.kind == "cuda" else []):
-        work = copy.deepcopy(model).to(torch_device).train()
-        optimizer = torch.optim.AdamW(work.parameters(), lr=config.learning_rate, **adamw_options(device.kind))
+    with torch.random.fork_rng(devices=[torch_device] if device.kind == "cuda" else []), \
+            _working_model(model, torch_device) as work:
+        optimizer = torch.optim.AdamW([p for p in work.parameters() if p.requires_grad], lr=config.learning_rate,
+                                      **adamw_options(device.kind))
         step = _Stepper(work, optimizer, task, decision, vocab_size, num_classes, config.max_seq_len)
         memory = memory or _memory_model(step, device)
         batch, accumulation = _batch_that_fits(memory, B, A)
@@ -338,9 +339,36 @@ class _Stepper:
 def _memory_model(step: _Stepper, device: DeviceInfo) -> MemoryModel:
     saved_1, saved_2 = step.saved_bytes(1), step.saved_bytes(2)
     per_sequence = max(saved_2 - saved_1, 0)  # what grows with the batch; the rest (weight casts) does not
-    parameters = sum(p.numel() for p in step.model.parameters())
     capacity, name = device_capacity(device)
-    return MemoryModel(parameters * BYTES_PER_PARAMETER + max(saved_1 - per_sequence, 0), per_sequence, capacity, name)
+    return MemoryModel(parameter_bytes(step.model) + max(saved_1 - per_sequence, 0), per_sequence, capacity, name)
+
+
+def parameter_bytes(model: nn.Module) -> int:
+    """Trained parameters at BYTES_PER_PARAMETER; frozen ones (a LoRA base) as stored: 2 bytes in fp16, about
+    half a byte in 4 bits, with no gradient or optimizer state."""
+    params = {id(p): p for p in model.parameters()}.values()
+    trained = sum(p.numel() * BYTES_PER_PARAMETER for p in params if p.requires_grad)
+    return trained + sum(p.untyped_storage().nbytes() for p in params if not p.requires_grad)
+
+
+@contextmanager
+def _working_model(model: nn.Module, torch_device: torch.device):
+    """A copy of model on the device to measure and time; a model with frozen weights (a LoRA or QLoRA base) is
+    used itself, since a copy would double the memory the base takes, and its trained tensors are put back."""
+    if all(p.requires_grad for p in model.parameters()):
+        yield copy.deepcopy(model).to(torch_device).train()
+        return
+    was_training = model.training
+    saved = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    try:
+        yield model.to(torch_device).train()
+    finally:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in saved:
+                    p.copy_(saved[name])
+                    p.grad = None
+        model.train(was_training)
 
 
 def _batch_that_fits(memory: MemoryModel, batch: int, accumulation: int) -> tuple[int, int]:
@@ -361,3 +389,6 @@ def _bytes(n: int) -> str:
         if n >= size:
             return f"{n / size:.1f} {unit}"
     return f"{n} B"
+
+
+format_bytes = _bytes  # "1.5 GB": the coordinator's messages say sizes as the estimate does

@@ -116,8 +116,12 @@ TASKS = {task.name: task for task in (LanguageModelTask(), ClassificationTask())
 
 class TransformerModule(pl.LightningModule):
     def __init__(self, model: nn.Module, task, learning_rate: float, weight_decay: float, warmup_ratio: float,
-                 total_steps: int, adamw_options: Optional[dict] = None):
+                 total_steps: int, adamw_options: Optional[dict] = None, trainable_only: bool = False):
         super().__init__()
+        # A frozen base (LoRA, QLoRA) is reloaded from its pretrained weights, so a checkpoint holds only what
+        # trains: megabytes instead of gigabytes to write to Drive. Loading one then fills only those tensors.
+        self.trainable_only = trainable_only
+        self.strict_loading = not trainable_only
         self.total_steps = total_steps  # for the LR schedule
         self.adamw_options = adamw_options or {}  # fused=True on CUDA, foreach=True elsewhere (see build_module)
         self.model = model
@@ -141,6 +145,18 @@ class TransformerModule(pl.LightningModule):
         self.log("val/loss", loss, prog_bar=True, logger=False)
         for name, value in metrics.items():
             self.log(f"val/{name}", value, prog_bar=True, logger=False)
+
+    def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors a checkpoint holds: all of them, or with a frozen base only the trained ones."""
+        state = self.state_dict()
+        if not self.trainable_only:
+            return state
+        keep = {name for name, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in state.items() if k in keep}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.trainable_only:
+            checkpoint["state_dict"] = self.checkpoint_state_dict()
 
     def configure_optimizers(self):
         total = self.total_steps

@@ -27,6 +27,17 @@ class PrecisionDecision:
     device: DeviceInfo
     tf32: bool = False  # fp32 matmuls on TF32 tensor cores (Ampere and newer): ~8x the fp32 rate, 10-bit mantissa
 
+    @property
+    def base_dtype(self):
+        """What a frozen base (LoRA, QLoRA's non-quantised parts) is stored in: the autocast dtype on a GPU, since
+        its weights get no gradients or optimizer state and autocast would cast them to it anyway; fp32 on a CPU
+        (whose fp16 matmuls are slow) and without mixed precision. Trained weights always stay fp32."""
+        import torch
+
+        if self.device.kind != "cuda":
+            return torch.float32
+        return {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(self.precision, torch.float32)
+
 
 def resolve_precision(use_mixed_precision: bool, requested: str = "auto",
                       device: Optional[DeviceInfo] = None) -> PrecisionDecision:

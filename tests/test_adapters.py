@@ -1,0 +1,197 @@
+"""finetune_method "lora" and "qlora": adapters train on a frozen (4-bit) base, checkpoints hold the adapters only,
+a stopped run resumes exactly, and the export loads in peft and, merged, in transformers alone.
+
+Nothing is downloaded: the "pretrained" models are a tiny LlamaForCausalLM and GPT-2 built from configs, with a
+byte-level BPE tokenizer trained here that carries a chat template, saved with save_pretrained into tmp folders.
+bitsandbytes >= 0.47 runs 4-bit (nf4) layers on the CPU, so QLoRA trains here for real.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import pytest
+import torch
+
+from tests.conftest import REPO_ROOT, corpus_start
+from tests.test_pretrained import StopDuringStep
+from utils.config import ConfigError, WizardConfig
+from utils.env import DeviceInfo
+from utils.training.checkpoint_io import TrainingStopped
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="peft is not installed "
+                                "(requirements-test.txt): LoRA is built with it")
+requires_bitsandbytes = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None,
+                                           reason="bitsandbytes is not installed: QLoRA's 4-bit base needs it")
+
+CPU = DeviceInfo("cpu", "CPU")
+EOS = "<|endoftext|>"
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}" + EOS + "{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+TINY_RUN = dict(max_seq_len=32, batch_size=4, max_epochs=1, learning_rate=2e-2, warmup_ratio=0.0,
+                log_every_n_steps=1, val_split=0.05, checkpoint_every_minutes=0, weight_decay=0.0)
+
+
+def _tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    text = (REPO_ROOT / "utils/data/embedded/python_reference.txt").read_text(encoding="utf-8")[:20_000]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=[EOS], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator([text], trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, bos_token=EOS, unk_token=EOS,
+                                        pad_token=EOS)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def llama_folder(tmp_path_factory):
+    """A tiny Llama (grouped-query attention, SwiGLU: q/k/v/o/gate/up/down projections) with a chat tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("llama")
+    tokenizer = _tokenizer()
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                 eos_token_id=0, bos_token_id=0, pad_token_id=0)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def gpt2_folder(tmp_path_factory):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path_factory.mktemp("gpt2")
+    tokenizer = _tokenizer()
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=len(tokenizer),
+                               bos_token_id=0, eos_token_id=0)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _config(tmp_path, folder, method="lora", **changes) -> WizardConfig:
+    return WizardConfig(model_source="pretrained", pretrained_model=str(folder), finetune_method=method, lora_rank=4,
+                        dataset_source="file", dataset_path=str(corpus_start(tmp_path / "data", 8_000)),
+                        output_dir=str(tmp_path / "run"), **{**TINY_RUN, **changes})
+
+
+def _falls(history, vocab_size: int = 320) -> bool:
+    """The last steps' loss is below the first steps' and below chance (ln of the vocabulary)."""
+    losses = [loss for _, loss in history]
+    last = sum(losses[-3:]) / 3
+    return all(map(math.isfinite, losses)) and last < sum(losses[:3]) / 3 - 0.03 and last < math.log(vocab_size)
+
+
+def test_lora_trains_only_the_adapters_and_the_checkpoint_holds_only_them(tmp_path, llama_folder, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from utils.training import train
+
+    result = train(_config(tmp_path, llama_folder, max_steps=16), device=CPU)
+    out = capsys.readouterr().out
+    assert _falls(result.train_history), result.train_history
+    model = result.model
+    trainable, total = model.get_nb_trainable_parameters()  # peft's own count
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert sum(p.numel() for p in named.values()) == trainable
+    assert named and all(".lora_A." in n or ".lora_B." in n for n in named)
+    # all-linear: the 7 projections of each of the 2 blocks, A and B each; never the output head
+    assert len(named) == 2 * 7 * 2 and not any("lm_head" in n for n in named)
+    assert f"Trainable: {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%); lora, rank 4" in out
+    assert "Weights: frozen base in fp32" in out and "adapters and their optimizer state in fp32" in out
+
+    base = AutoModelForCausalLM.from_pretrained(llama_folder).state_dict()
+    merged_names = {k.replace("base_model.model.", "").replace(".base_layer", ""): v
+                    for k, v in model.state_dict().items() if "lora_" not in k}
+    assert all(torch.equal(base[k], v) for k, v in merged_names.items())  # the base did not move
+    assert any(not torch.equal(p, torch.zeros_like(p)) for n, p in named.items() if "lora_B" in n)  # B left zero
+
+    state = torch.load(result.last_checkpoint, map_location="cpu", weights_only=False)
+    assert set(state["state_dict"]) == {f"model.{n}" for n in named}  # adapters only, not the frozen base
+    assert state["optimizer_states"] and state["lr_schedulers"] and state["loops"]
+
+
+@requires_bitsandbytes
+def test_qlora_trains_adapters_on_a_4bit_nf4_base(tmp_path, llama_folder, capsys):
+    import bitsandbytes as bnb
+
+    from utils.training import train
+
+    result = train(_config(tmp_path, llama_folder, method="qlora", max_steps=16), device=CPU)
+    out = capsys.readouterr().out
+    assert _falls(result.train_history), result.train_history
+    layers = [m for m in result.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(layers) == 2 * 7 and all(m.weight.quant_type == "nf4" for m in layers)
+    assert all(m.weight.quant_state.nested for m in layers)  # double quantisation
+    assert "Weights: frozen base in 4-bit nf4 (double quantised)" in out
+    trainable, _ = result.model.get_nb_trainable_parameters()
+    assert sum(p.numel() for p in result.model.parameters() if p.requires_grad) == trainable
+    assert all(p.dtype == torch.float32 for p in result.model.parameters() if p.requires_grad)
+
+
+def test_gpt2_lora_targets_its_conv1d_layers_and_gradient_checkpointing_trains_too(tmp_path, gpt2_folder):
+    from utils.training import train
+
+    result = train(_config(tmp_path, gpt2_folder, max_steps=16, gradient_checkpointing="true"), device=CPU)
+    assert _falls(result.train_history), result.train_history
+    named = [n for n, p in result.model.named_parameters() if p.requires_grad]
+    targets = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in named}
+    assert targets == {"c_attn", "c_proj", "c_fc"}  # attention and MLP Conv1D layers, not lm_head
+    base = result.model.get_base_model()
+    assert base.is_gradient_checkpointing and base.config.use_cache is False
+    assert result.model.peft_config["default"].fan_in_fan_out
+
+
+def test_a_stopped_lora_run_resumes_with_the_same_losses_as_an_uninterrupted_one(tmp_path, llama_folder, capsys):
+    from utils.training import train
+
+    config = _config(tmp_path, llama_folder, max_steps=6, lora_dropout=0.1)  # dropout: the RNG must resume too
+    with pytest.raises(TrainingStopped, match=r"at step 3"):
+        train(config, device=CPU, extra_callbacks=[StopDuringStep(3)])
+    resumed = train(config, device=CPU)
+    assert resumed.resumed_from is not None and (resumed.global_step, resumed.steps_run) == (6, 3)
+    straight = train(config.replace(output_dir=str(tmp_path / "straight")), device=CPU)
+    assert resumed.train_history == straight.train_history
+    for (name, a), b in zip(resumed.model.state_dict().items(), straight.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_a_lora_target_that_matches_no_module_names_the_ones_there(tmp_path, llama_folder):
+    from utils.adapters import AdapterError
+    from utils.training import train
+
+    with pytest.raises(AdapterError, match=r"lora_target.*'qkv' match no module of LlamaForCausalLM; use "
+                                           r"'all-linear' or names among .*q_proj"):
+        train(_config(tmp_path, llama_folder, lora_target="q_proj,qkv"), device=CPU)
+    assert not (tmp_path / "run").exists()  # read from config.json alone, before anything was written
+
+
+def test_qlora_without_bitsandbytes_says_what_to_install(tmp_path, llama_folder, monkeypatch):
+    import sys
+
+    from utils.adapters import AdapterError
+    from utils.training import train
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # stands for a machine without it (Colab's default)
+    with pytest.raises(AdapterError, match=r"'qlora' stores the model in 4 bits with the "
+                                           r"bitsandbytes library, which is not installed here: pip install"):
+        train(_config(tmp_path, llama_folder, method="qlora"), device=CPU)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_lora_needs_a_pretrained_model():
+    with pytest.raises(ConfigError, match=r"Fine-tuning method \(finetune_method\) 'lora' fine-tunes a pretrained "
+                                          r"model, but Model from is 'template'"):
+        WizardConfig(finetune_method="lora").validate()
+    config = WizardConfig(model_source="pretrained", pretrained_model="gpt2", finetune_method="qlora")
+    assert {"lora_rank", "lora_alpha", "lora_dropout", "lora_target"} <= set(config.relevant_names())
+    assert "lora_rank" not in WizardConfig(model_source="pretrained", pretrained_model="gpt2").relevant_names()
