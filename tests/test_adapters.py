@@ -195,3 +195,64 @@ def test_lora_needs_a_pretrained_model():
     config = WizardConfig(model_source="pretrained", pretrained_model="gpt2", finetune_method="qlora")
     assert {"lora_rank", "lora_alpha", "lora_dropout", "lora_target"} <= set(config.relevant_names())
     assert "lora_rank" not in WizardConfig(model_source="pretrained", pretrained_model="gpt2").relevant_names()
+
+
+def test_the_adapter_export_loads_in_peft_and_the_merged_one_in_transformers_alone(tmp_path, llama_folder, capsys):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from utils.export import load_exported
+    from utils.training import train
+
+    result = train(_config(tmp_path, llama_folder, max_steps=6), device=CPU)
+    ids = torch.tensor([AutoTokenizer.from_pretrained(llama_folder)("The import statement").input_ids])
+    with torch.no_grad():
+        trained = result.model.eval()(input_ids=ids).logits
+
+    adapter = result.export(tmp_path / "adapter")
+    assert {"adapter_config.json", "adapter_model.safetensors", "kit_config.json"} <= {p.name for p in adapter.iterdir()}
+    assert not (adapter / "model.safetensors").exists()  # megabytes: the base is not copied
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(llama_folder), adapter).eval()
+    with torch.no_grad():
+        assert torch.allclose(peft_model(input_ids=ids).logits, trained, atol=1e-6)
+    kit = load_exported(adapter)
+    assert kit.chat("What is a list?", max_new_tokens=6, seed=0) == result.chat("What is a list?", max_new_tokens=6,
+                                                                                seed=0)
+
+    merged = result.export(tmp_path / "merged", merged=True)
+    assert not (merged / "adapter_config.json").exists()  # else transformers would load base + adapter via peft
+    assert (merged / "adapter" / "adapter_config.json").is_file()
+    plain = AutoModelForCausalLM.from_pretrained(merged).eval()
+    assert type(plain).__name__ == "LlamaForCausalLM" and plain.dtype == torch.float16  # 16-bit safetensors
+    assert AutoTokenizer.from_pretrained(merged).chat_template == CHAT_TEMPLATE
+    with torch.no_grad():
+        # fp16 weights: the merged sum is rounded to 11 significant bits; these logits are of order 0.1 to 1
+        assert torch.allclose(plain.float()(input_ids=ids).logits, trained, atol=2e-3)
+        assert not torch.allclose(AutoModelForCausalLM.from_pretrained(llama_folder)(input_ids=ids).logits, trained,
+                                  atol=1e-4)  # the adapter changed the answers
+
+
+def test_chat_formats_the_message_with_the_template_and_streams_the_answer(tmp_path, llama_folder):
+    from utils.training import train
+
+    result = train(_config(tmp_path, llama_folder, max_steps=2), device=CPU)
+    pieces = []
+    answer = result.chat("Hello", max_new_tokens=8, seed=1, stream=pieces.append)
+    assert "".join(pieces) == answer and len(pieces) >= 2
+    hf = result.tokenizer.hf
+    assert hf.apply_chat_template([{"role": "user", "content": "Hello"}], tokenize=False,
+                                  add_generation_prompt=True) == f"<|user|>Hello{EOS}<|assistant|>"
+
+
+@requires_bitsandbytes
+def test_a_qlora_adapter_is_merged_into_the_base_reloaded_in_16_bits(tmp_path, llama_folder, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from utils.training import train
+
+    result = train(_config(tmp_path, llama_folder, method="qlora", max_steps=4), device=CPU)
+    capsys.readouterr()
+    folder = result.export(tmp_path / "merged", merged=True)
+    assert "merged into the base loaded again in 16 bits" in capsys.readouterr().out
+    plain = AutoModelForCausalLM.from_pretrained(folder)
+    assert plain.dtype == torch.float16 and not any("lora" in n for n, _ in plain.named_parameters())

@@ -183,3 +183,49 @@ def _is_linear(module: nn.Module) -> bool:
 
 def _dtype_name(dtype) -> str:
     return {"torch.float16": "fp16", "torch.bfloat16": "bf16", "torch.float32": "fp32"}.get(str(dtype), str(dtype))
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+ADAPTER_CONFIG_FILENAME = "adapter_config.json"  # peft's: a folder holding it is an adapter export
+MERGED_ADAPTER_DIRNAME = "adapter"  # a merged export keeps the adapter here: at the top, transformers would load it
+
+
+def is_adapter_folder(folder) -> bool:
+    from pathlib import Path
+
+    return (Path(folder) / ADAPTER_CONFIG_FILENAME).is_file()
+
+
+def save_adapter(model: nn.Module, folder) -> None:
+    """The adapter in peft's format: PeftModel.from_pretrained(base, folder) loads it onto the base."""
+    model.save_pretrained(folder)
+
+
+def merged_model(model: nn.Module, config, label_names=(), pad_id=None) -> nn.Module:
+    """The base with the adapters added into its weights, in 16 bits, as a plain transformers model (no peft).
+
+    The base is loaded again in 16 bits (the base's own dtype when it is 16-bit, else fp16) rather than merging
+    in place: the trained model stays as it is, and a QLoRA base's 4-bit weights could not hold the sum."""
+    import torch
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    from utils.pretrained import load_pretrained_model
+
+    saved = getattr(model.get_base_model().config, "dtype", None)
+    dtype = saved if saved in (torch.float16, torch.bfloat16) else torch.float16
+    base = load_pretrained_model(config.pretrained_model, config.task, label_names, pad_id, dtype=dtype)
+    fresh = apply_adapters(base, config)
+    set_peft_model_state_dict(fresh, get_peft_model_state_dict(model))
+    merged = fresh.merge_and_unload()
+    return merged.to(dtype).eval()
+
+
+def load_adapter_export(folder, config, label_names=(), pad_id=None) -> nn.Module:
+    """The base named by config.pretrained_model with the adapter saved in folder, for inference (fp32, CPU)."""
+    from peft import PeftModel
+
+    from utils.pretrained import load_pretrained_model
+
+    base = load_pretrained_model(config.pretrained_model, config.task, label_names, pad_id)
+    return PeftModel.from_pretrained(base, str(folder)).eval()

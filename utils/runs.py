@@ -53,10 +53,10 @@ class LoadedRun(Predictor):
     def output_dir(self) -> Path:
         return Path(self.config.output_dir)
 
-    def export(self, folder: Optional[str | Path] = None) -> Path:
+    def export(self, folder: Optional[str | Path] = None, merged: bool = False) -> Path:
         """Write an export folder (default: the run's export/), as TrainingResult.export() does."""
         return export_model(self.model, self.config, self.tokenizer, folder or self.output_dir / "export",
-                            self.label_names, self.pad_id)
+                            self.label_names, self.pad_id, merged)
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> LoadedRun:

@@ -194,6 +194,9 @@ def export_parser() -> argparse.ArgumentParser:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (the output_dir training wrote)")
     parser.add_argument("--to", metavar="DIR", help="where to write it (default: RUN_DIR/export); an earlier export "
                                                     "there is replaced, any other non-empty folder is refused")
+    parser.add_argument("--merged", action="store_true", help="LoRA/QLoRA runs: the base with the adapter merged "
+                                                              "in, 16-bit safetensors that transformers loads alone "
+                                                              "(default: the adapter, in peft's format)")
     _checkpoint_argument(parser)
     return parser
 
@@ -202,6 +205,8 @@ def generate_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=_prog("generate"), description="Sample text from a trained language model (task lm).")
     _model_argument(parser)
     parser.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    parser.add_argument("--chat", metavar="MESSAGE", help="a chat model's answer to this user message, formatted with "
+                                                         "its chat template (instead of --prompt)")
     parser.add_argument("--max-new-tokens", type=int, default=200, help="tokens to sample after the prompt")
     parser.add_argument("--temperature", type=float, default=0.8, help="above 0; lower is more predictable")
     parser.add_argument("--top-k", type=int, default=40, help="sample from the k likeliest tokens (0: from all)")
@@ -237,7 +242,7 @@ def run_export(args: argparse.Namespace) -> int:
         from utils.runs import load_run
 
         run = load_run(args.run_dir, args.checkpoint)
-        folder = run.export(args.to)
+        folder = run.export(args.to, merged=args.merged)
         use = _prog("generate" if run.config.task == "lm" else "predict")
         print(f"Exported {run.checkpoint} to {folder}\n"
               f"Load it with utils.export.load_exported({str(folder)!r}), or run: {use} {folder} ...")
@@ -247,6 +252,13 @@ def run_export(args: argparse.Namespace) -> int:
 def run_generate(args: argparse.Namespace) -> int:
     def call():
         model = _load_for(args, "lm", "generate", "predict")
+        if args.chat is not None:
+            from utils.inference import print_piece
+
+            model.chat(args.chat, args.max_new_tokens, args.temperature, args.top_k or None, args.seed,
+                       stream=print_piece)
+            print()
+            return
         print(model.generate(args.prompt, args.max_new_tokens, args.temperature, args.top_k or None, args.seed))
     return _reported(call)
 

@@ -101,10 +101,11 @@ class TrainingResult(Predictor):
             return [f"time:             {actual:.3g} s/step, {format_duration(self.fit_seconds)} in total"]
         return [f"time (estimated): {self.estimate.compare(actual, self.fit_seconds)}"]
 
-    def export(self, folder: Optional[str | Path] = None) -> Path:
+    def export(self, folder: Optional[str | Path] = None, merged: bool = False) -> Path:
         """Write weights (safetensors), config, tokenizer, class names and user model code to folder
         (default: output_dir/export); utils.export.load_exported reads it back anywhere. In a multi-device
-        run only global rank zero writes; the other processes return the folder it writes."""
+        run only global rank zero writes; the other processes return the folder it writes. A LoRA/QLoRA run
+        exports its adapter (peft's format), or with merged=True the base with it merged in, in 16 bits."""
         if self.model_passed_in:
             raise ExportError(
                 f"This {type(self.model).__name__} was passed to train(model=...), so an export folder could not "
@@ -112,7 +113,7 @@ class TrainingResult(Predictor):
                 "model_source='file' (the export then carries the code), or save result.model.state_dict() yourself.")
         if not self.is_global_zero:
             return Path(folder) if folder is not None else self.output_dir / "export"
-        return export_model(self.model, self.config, self.tokenizer, folder, self.label_names, self.pad_id)
+        return export_model(self.model, self.config, self.tokenizer, folder, self.label_names, self.pad_id, merged)
 
 
 def train(config: Optional[WizardConfig] = None, model: Optional[nn.Module] = None,
