@@ -178,11 +178,29 @@ def estimate_and_report(config: WizardConfig, device=None) -> None:
     from utils.training.precision import resolve_precision
 
     config = config.validate()
+    if config.model_source == "pretrained" and not _print_fit_plan(config):
+        return
     decision = resolve_precision(config.use_mixed_precision, config.precision, device or detect_device(config.devices))
     print(f"Precision: {decision.precision} - {decision.reason}")
     with tempfile.TemporaryDirectory(prefix="kit-estimate-") as scratch:
         estimate = estimate_config(config.replace(output_dir=scratch), decision, refuse_oversize=True)
     print(estimate.describe())
+
+
+def _print_fit_plan(config: WizardConfig) -> bool:
+    """Where the pretrained model fits, from its config alone; False when the folder holds a config but no weights
+    to time (a published config.json is enough for the answer)."""
+    from utils.adapters import meta_model
+    from utils.training.fit_plan import describe_fit, shape_of
+
+    shape = shape_of(meta_model(config.pretrained_model, config.task))
+    print("\n".join(describe_fit(config.pretrained_model, shape, config.batch_size, config.max_seq_len,
+                                 config.lora_rank)))
+    folder = Path(config.pretrained_model).expanduser()
+    if folder.is_dir() and not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        print(f"{folder} holds no weights, so the steps were not timed; the answer above needs only config.json.")
+        return False
+    return True
 
 
 # ------------------------------------------------------------------------------------ export, generate, predict
