@@ -256,3 +256,26 @@ def test_a_qlora_adapter_is_merged_into_the_base_reloaded_in_16_bits(tmp_path, l
     assert "merged into the base loaded again in 16 bits" in capsys.readouterr().out
     plain = AutoModelForCausalLM.from_pretrained(folder)
     assert plain.dtype == torch.float16 and not any("lora" in n for n, _ in plain.named_parameters())
+
+
+def test_auto_gradient_checkpointing_turns_on_when_the_batch_fits_only_with_it(tmp_path, llama_folder, capsys):
+    """A device whose memory (injected: the passes run on this CPU) holds the batch with checkpointing, not without."""
+    from utils.adapters import enable_checkpointing
+    from utils.training import train
+    from utils.training.builder import build_model, build_task
+    from utils.training.estimate import USABLE_FRACTION, measure_memory
+    from utils.training.precision import resolve_precision
+
+    config = _config(tmp_path, llama_folder, max_steps=2, batch_size=8)
+    decision = resolve_precision(False, "auto", CPU)
+    model = build_model(config, 320, decision=decision)
+    without = measure_memory(config, decision, model, build_task(config), 320, 0).bytes_at(8)
+    enable_checkpointing(model)
+    with_it = measure_memory(config, decision, model, build_task(config), 320, 0).bytes_at(8)
+    assert with_it < 0.8 * without
+    small = DeviceInfo("cpu", "Small CPU", None, int((with_it + without) / 2 / USABLE_FRACTION))
+    result = train(config, device=small)
+    assert "Gradient checkpointing: on (auto), as batch_size=8 needs about" in capsys.readouterr().out
+    assert result.model.get_base_model().is_gradient_checkpointing
+    plain = train(config.replace(output_dir=str(tmp_path / "roomy")), device=CPU)
+    assert not plain.model.get_base_model().is_gradient_checkpointing
