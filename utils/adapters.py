@@ -25,6 +25,7 @@ from torch import nn
 from utils.errors import KitError
 
 ADAPTER_METHODS = ("lora", "qlora")
+HEADS = ("lm_head", "score", "classifier")  # output layers: not among all-linear's targets, never quantised
 METHOD_SENTENCES = {  # the wizard's one plain sentence per method
     "full": "Full: every weight of the model trains. Best results, but weights, gradients and optimizer state "
             "need about 16 bytes a parameter (a 1B model does not fit a T4).",
@@ -120,7 +121,7 @@ def lora_targets(model: nn.Module, target: str) -> Any:
     names = [name for name, _ in model.named_modules()]
     missing = [w for w in wanted if not any(n == w or n.endswith("." + w) for n in names)]
     if missing or not wanted:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _is_linear(m)})
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _is_linear(m)} - set(HEADS))
         raise AdapterError(f"LoRA target modules (lora_target) {', '.join(map(repr, missing)) or repr(target)} "
                            f"match no module of {type(model).__name__}; use 'all-linear' or names among "
                            f"{', '.join(linear)}")

@@ -25,13 +25,13 @@ from typing import Optional
 
 from torch import nn
 
+from utils.adapters import HEADS
 from utils.training.estimate import BYTES_PER_PARAMETER, USABLE_FRACTION, _bytes
 
 GPU_MEMORY = {"T4": 15.0 * 2**30, "L4": 22.5 * 2**30, "A100": 40.0 * 2**30}  # as Colab's runtimes report them
 NF4_BYTES = 4.127 / 8  # 4-bit weights plus double-quantised absmax constants (QLoRA paper: 0.127 bits a weight)
 HALF = 2  # bytes of a 16-bit number
 FULL_UP_TO = 300_000_000  # below this, full fine-tuning is recommended where it fits (GPT-2 small, SmolLM2-135M)
-HEADS = ("lm_head", "score", "classifier")  # output layers: never a LoRA target, never quantised
 
 
 @dataclass(frozen=True)
