@@ -279,3 +279,41 @@ def test_auto_gradient_checkpointing_turns_on_when_the_batch_fits_only_with_it(t
     assert result.model.get_base_model().is_gradient_checkpointing
     plain = train(config.replace(output_dir=str(tmp_path / "roomy")), device=CPU)
     assert not plain.model.get_base_model().is_gradient_checkpointing
+
+
+def test_the_wizard_offers_the_method_recommends_one_and_its_plan_counts_the_trainable_parameters(tmp_path,
+                                                                                                 llama_folder):
+    """Headless wizard on a T4 (its properties injected: no GPU here)."""
+    import html
+
+    from utils.adapters import CHAT_MODELS
+    from utils.ui.setup_wizard import SetupWizard
+
+    t4 = DeviceInfo("cuda", "Tesla T4", (7, 5), 15 * 2**30)
+    wizard = SetupWizard(config_path=tmp_path / "wizard.json", interactive=True, device=t4)
+    wizard.fields["dataset_source"].input.value = "file"  # a small file: the review prepares it
+    wizard.fields["dataset_path"].input.value = str(corpus_start(tmp_path / "data", 4_000))
+    wizard.fields["model_source"].input.value = "pretrained"
+    suggested = list(wizard.fields["pretrained_model"].input.options)
+    assert "Qwen/Qwen2.5-0.5B-Instruct" in suggested and "Qwen/Qwen2.5-7B-Instruct" in suggested  # QLoRA: fits
+    assert set(suggested) <= set(CHAT_MODELS)
+    wizard.fields["pretrained_model"].input.value = str(llama_folder)  # free text also allowed
+    shown = {name for name, field in wizard.fields.items() if field.row.layout.display != "none"}
+    assert "finetune_method" in shown and "lora_rank" not in shown  # full: no adapter settings
+    wizard.fields["finetune_method"].input.value = "qlora"
+    shown = {name for name, field in wizard.fields.items() if field.row.layout.display != "none"}
+    assert {"lora_rank", "lora_alpha", "lora_dropout", "lora_target", "gradient_checkpointing"} <= shown
+    note = html.unescape(wizard.notes["model"].value)
+    assert "QLoRA: as LoRA, with the frozen model stored in 4 bits" in note
+    assert "Recommended here: Full</b> for 0.00B parameters on Tesla T4" in note  # tiny: all of it trains
+    # A suggested Hub model's size is known without a download (typing its name here would look it up online)
+    seven = wizard._method_advice(wizard.config.replace(pretrained_model="Qwen/Qwen2.5-7B-Instruct"))
+    assert "Recommended here: QLoRA</b> for 7.62B parameters on Tesla T4" in seven
+
+    wizard.fields["finetune_method"].input.value = "lora"
+    wizard.fields["lora_rank"].input.value = 4
+    while wizard.step < 4:
+        wizard.next_button.click()
+    plan = html.unescape(wizard.notes["summary"].value)
+    assert "fine-tuned with LoRA, rank 4: 4,096 of 43,168 parameters (9.49%) trainable" in plan
+    assert wizard.config.finetune_method == "lora" and wizard.errors == {}

@@ -36,7 +36,8 @@ def test_parameters_are_counted_from_the_config_alone(name):
 
 
 def test_the_answer_for_a_t4_at_batch_4_x_512():
-    from utils.training.fit_plan import GPU_MEMORY, fit_answer, plan, recommend_method
+    from utils.adapters import recommend_method
+    from utils.training.fit_plan import GPU_MEMORY, fit_answer, plan
 
     t4 = GPU_MEMORY["T4"]
     answers = {name: {m: fit_answer(_shape(name), m, t4, 4, 512) for m in ("full", "lora", "qlora")}
@@ -45,8 +46,9 @@ def test_the_answer_for_a_t4_at_batch_4_x_512():
     assert answers["llama-3.2-1b"]["lora"] == "fits"
     assert answers["qwen2.5-7b"]["lora"] == "does not fit"  # 15 GB of 16-bit weights alone
     assert answers["qwen2.5-7b"]["qlora"] in ("fits", "fits with checkpointing")
-    assert recommend_method(_shape("qwen2.5-7b"), t4, 4, 512) == "qlora"
-    assert recommend_method(_shape("llama-3.2-1b"), t4, 4, 512) == "lora"
+    assert recommend_method(_shape("qwen2.5-7b").parameters, t4) == "qlora"
+    assert recommend_method(_shape("llama-3.2-1b").parameters, t4) == "lora"
+    assert recommend_method(_shape("llama-3.2-3b").parameters, t4) == "lora"  # 6 GB of 16-bit weights fit
     seven = _shape("qwen2.5-7b")
     lora, qlora = plan(seven, "lora", 4, 512), plan(seven, "qlora", 4, 512)
     assert qlora.weight_bytes < 0.4 * lora.weight_bytes  # 4-bit block weights, 16-bit embeddings and head

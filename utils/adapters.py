@@ -36,6 +36,37 @@ METHOD_SENTENCES = {  # the wizard's one plain sentence per method
 }
 
 
+# Open, ungated chat models the wizard suggests, with their published parameter counts.
+CHAT_MODELS = {
+    "HuggingFaceTB/SmolLM2-360M-Instruct": 0.36e9, "Qwen/Qwen2.5-0.5B-Instruct": 0.49e9, "Qwen/Qwen3-0.6B": 0.60e9,
+    "Qwen/Qwen2.5-1.5B-Instruct": 1.54e9, "HuggingFaceTB/SmolLM2-1.7B-Instruct": 1.71e9, "Qwen/Qwen3-1.7B": 2.03e9,
+    "Qwen/Qwen2.5-3B-Instruct": 3.09e9, "Qwen/Qwen2.5-7B-Instruct": 7.62e9,
+}
+ROOM_FOR_ACTIVATIONS = 4 * 2**30  # a batch of 4 x 512 tokens with checkpointing, logits included (fit_plan)
+FULL_UP_TO = 300e6  # below this many parameters full fine-tuning is recommended where it fits (GPT-2 small)
+CPU_UP_TO = 0.6e9  # a CPU trains at most these for a test run
+
+
+def recommend_method(parameters: float, capacity: "float | None") -> str:
+    """The method the wizard and `estimate` suggest: full for a small model whose 16 bytes a parameter fit; LoRA
+    where the 16-bit base fits with room for activations; else QLoRA. capacity None: unknown, LoRA."""
+    if capacity is None:
+        return "lora"
+    usable = 0.9 * capacity - ROOM_FOR_ACTIVATIONS
+    if parameters < FULL_UP_TO and 16 * parameters <= usable:
+        return "full"
+    return "lora" if 2 * parameters <= usable else "qlora"
+
+
+def suggested_models(capacity: "float | None", device_kind: str) -> list[str]:
+    """The chat models that QLoRA fine-tunes on this device (at about 0.6 bytes a parameter plus activations);
+    on a CPU only the smallest."""
+    if device_kind != "cuda":
+        return [name for name, n in CHAT_MODELS.items() if n <= CPU_UP_TO]
+    return [name for name, n in CHAT_MODELS.items() if capacity is None
+            or 0.6 * n + ROOM_FOR_ACTIVATIONS <= 0.9 * capacity]
+
+
 class AdapterError(KitError, ValueError):
     """LoRA/QLoRA settings that cannot be applied to this model or machine; the message says what to do."""
 
@@ -139,6 +170,7 @@ def apply_adapters(model: nn.Module, config) -> nn.Module:
                       fan_in_fan_out=any(type(m).__name__ == "Conv1D" for m in model.modules()))  # GPT-2's layers
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*fan_in_fan_out.*")
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
         peft_model = get_peft_model(model, lora)
     for p in peft_model.parameters():
         if p.requires_grad and p.is_floating_point():
@@ -169,8 +201,24 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def describe_trainable(model: nn.Module) -> str:
-    trainable, total = count_parameters(model)
-    return f"Trainable: {trainable:,} of {total:,} parameters ({100 * trainable / max(total, 1):.2f}%)"
+    return "Trainable: " + trainable_words(*count_parameters(model))
+
+
+def trainable_words(trainable: int, total: int) -> str:
+    return f"{trainable:,} of {total:,} parameters ({100 * trainable / max(total, 1):.2f}%)"
+
+
+_PLANNED: dict[tuple, tuple[int, int]] = {}
+
+
+def planned_counts(config) -> tuple[int, int]:
+    """(trainable, total) parameters of this config's model with its adapters, from the model's config.json alone
+    (built on the meta device: nothing downloaded but that file, no memory). Remembered per setting."""
+    key = (config.pretrained_model, config.task, config.finetune_method, config.lora_rank, config.lora_target)
+    if key not in _PLANNED:
+        model = meta_model(config.pretrained_model, config.task)
+        _PLANNED[key] = count_parameters(apply_adapters(model, config) if uses_adapters(config) else model)
+    return _PLANNED[key]
 
 
 def trainable_keys(module: nn.Module) -> set[str]:

@@ -21,8 +21,6 @@ before its first step. `python -m utils.training estimate` prints it for a pretr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
-
 from torch import nn
 
 from utils.adapters import HEADS
@@ -31,7 +29,6 @@ from utils.training.estimate import BYTES_PER_PARAMETER, USABLE_FRACTION, _bytes
 GPU_MEMORY = {"T4": 15.0 * 2**30, "L4": 22.5 * 2**30, "A100": 40.0 * 2**30}  # as Colab's runtimes report them
 NF4_BYTES = 4.127 / 8  # 4-bit weights plus double-quantised absmax constants (QLoRA paper: 0.127 bits a weight)
 HALF = 2  # bytes of a 16-bit number
-FULL_UP_TO = 300_000_000  # below this, full fine-tuning is recommended where it fits (GPT-2 small, SmolLM2-135M)
 
 
 @dataclass(frozen=True)
@@ -116,17 +113,6 @@ def fit_answer(shape: ModelShape, method: str, capacity: float, batch: int, seq_
     if plan(shape, method, batch, seq_len, rank, checkpointing=True).fits(capacity):
         return "fits with checkpointing"
     return "does not fit"
-
-
-def recommend_method(shape: ModelShape, capacity: Optional[float], batch: int, seq_len: int, rank: int = 16) -> str:
-    """The method to suggest: full fine-tuning for a small model that fits without checkpointing, else LoRA where
-    its 16-bit base fits with room for the batch (checkpointing allowed), else QLoRA. capacity None: unknown."""
-    if shape.parameters < FULL_UP_TO and (capacity is None or
-                                          fit_answer(shape, "full", capacity, batch, seq_len, rank) == "fits"):
-        return "full"
-    if capacity is None or fit_answer(shape, "lora", capacity, batch, seq_len, rank) != "does not fit":
-        return "lora"
-    return "qlora"
 
 
 def describe_fit(name: str, shape: ModelShape, batch: int, seq_len: int, rank: int = 16) -> list[str]:
