@@ -236,6 +236,7 @@ def test_chat_formats_the_message_with_the_template_and_streams_the_answer(tmp_p
     from utils.training import train
 
     result = train(_config(tmp_path, llama_folder, max_steps=2), device=CPU)
+    assert result.is_chat_model
     pieces = []
     answer = result.chat("Hello", max_new_tokens=8, seed=1, stream=pieces.append)
     assert "".join(pieces) == answer and len(pieces) >= 2

@@ -49,6 +49,12 @@ class Predictor:
         return sample_text(self.model, self.tokenizer, prompt, max_new_tokens, self.config.max_seq_len,
                            temperature, top_k, seed)
 
+    @property
+    def is_chat_model(self) -> bool:
+        """A language model whose own tokenizer has a chat template (an -Instruct or chat model)."""
+        hf = getattr(self.tokenizer, "hf", None)
+        return self.config.task == "lm" and bool(getattr(hf, "chat_template", None))
+
     def chat(self, message: str, max_new_tokens: int = 200, temperature: float = 0.8, top_k: Optional[int] = 40,
              seed: Optional[int] = None, stream: Optional[Callable[[str], Any]] = None) -> str:
         """The model's answer to one user message, formatted with its tokenizer's chat template (task "lm" on a
