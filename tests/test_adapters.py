@@ -318,3 +318,18 @@ def test_the_wizard_offers_the_method_recommends_one_and_its_plan_counts_the_tra
     plan = html.unescape(wizard.notes["summary"].value)
     assert "fine-tuned with LoRA, rank 4: 4,096 of 43,168 parameters (9.49%) trainable" in plan
     assert wizard.config.finetune_method == "lora" and wizard.errors == {}
+
+
+def test_a_gated_model_without_a_token_says_how_to_add_one(monkeypatch):
+    import transformers
+
+    from utils.pretrained import PretrainedError, load_model_tokenizer
+
+    def refused(*args, **kwargs):  # stands for the Hub refusing a gated model without a token (no network here)
+        raise OSError("You are trying to access a gated repo.\nMake sure to have access to it at "
+                      "https://huggingface.co/meta-llama/Llama-3.2-1B.\n401 Client Error.")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refused)
+    with pytest.raises(PretrainedError, match=r"You are trying to access a gated repo\.\). It is gated: accept its "
+                                              r"license .* Colab secret named HF_TOKEN .* never prints it\.$"):
+        load_model_tokenizer("meta-llama/Llama-3.2-1B", classify=False)

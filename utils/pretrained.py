@@ -78,7 +78,7 @@ def load_model_tokenizer(name: str, classify: bool) -> ModelTokenizer:
         hf = transformers.AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as e:
         raise PretrainedError(f"Could not load the tokenizer of pretrained_model={name!r} ({_first_line(e)}). "
-                              f"{_where_hint(source)}") from None
+                              f"{_where_hint(source, e)}") from None
     if not getattr(hf, "is_fast", False):
         raise PretrainedError(f"The tokenizer of {name!r} has no fast (tokenizers-library) version, which the kit "
                               "encodes with; pick another model")
@@ -114,7 +114,7 @@ def load_pretrained_model(name: str, task: str, label_names: Sequence[str] = (),
             raise PretrainedError(f"pretrained_model={name!r} has no {_WHAT[task]} in transformers "
                                   f"({_first_line(e)}); pick a model made for task={task!r}") from None
         raise PretrainedError(f"Could not load pretrained_model={name!r} ({_first_line(e)}). "
-                              f"{_where_hint(source)}") from None
+                              f"{_where_hint(source, e)}") from None
     if model.config.pad_token_id is None and pad_id is not None:
         model.config.pad_token_id = pad_id  # a GPT-2 classifier finds each text's last token by it
     # from_pretrained returns the model in eval mode; Lightning keeps each module's mode, so without train()
@@ -132,7 +132,14 @@ def save_for_transformers(model: nn.Module, tokenizer, folder: Path) -> None:
     hf.save_pretrained(folder)
 
 
-def _where_hint(source: str) -> str:
+GATED_HINT = ("It is gated: accept its license on its huggingface.co page, then add your access token as a Colab "
+              "secret named HF_TOKEN (key icon on the left, notebook access on) or set the HF_TOKEN environment "
+              "variable; huggingface_hub reads either, and the kit never prints it.")
+
+
+def _where_hint(source: str, error: BaseException = None) -> str:
+    if error is not None and any(word in str(error).lower() for word in ("gated", "401", "restricted")):
+        return GATED_HINT
     if Path(source).is_dir():
         return f"{source} should hold what save_pretrained writes (config.json, the weights and the tokenizer files)."
     return ("A Hub name needs internet (as on Colab) and the exact model id from huggingface.co; offline, give a "
