@@ -18,7 +18,7 @@ from tests.conftest import REPO_ROOT, corpus_start
 from tests.test_pretrained import StopDuringStep
 from utils.config import ConfigError, WizardConfig
 from utils.env import DeviceInfo
-from utils.training.checkpoint_io import TrainingStopped
+from utils.training.callbacks.last_checkpoint import TrainingStopped
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="peft is not installed "
                                 "(requirements-test.txt): LoRA is built with it")
@@ -166,7 +166,7 @@ def test_a_stopped_lora_run_resumes_with_the_same_losses_as_an_uninterrupted_one
 
 
 def test_a_lora_target_that_matches_no_module_names_the_ones_there(tmp_path, llama_folder):
-    from utils.adapters import AdapterError
+    from utils.models.adapters import AdapterError
     from utils.training import train
 
     with pytest.raises(AdapterError, match=r"lora_target.*'qkv' match no module of LlamaForCausalLM; use "
@@ -178,7 +178,7 @@ def test_a_lora_target_that_matches_no_module_names_the_ones_there(tmp_path, lla
 def test_qlora_without_bitsandbytes_says_what_to_install(tmp_path, llama_folder, monkeypatch):
     import sys
 
-    from utils.adapters import AdapterError
+    from utils.models.adapters import AdapterError
     from utils.training import train
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # stands for a machine without it (Colab's default)
@@ -261,9 +261,9 @@ def test_a_qlora_adapter_is_merged_into_the_base_reloaded_in_16_bits(tmp_path, l
 
 def test_auto_gradient_checkpointing_turns_on_when_the_batch_fits_only_with_it(tmp_path, llama_folder, capsys):
     """A device whose memory (injected: the passes run on this CPU) holds the batch with checkpointing, not without."""
-    from utils.adapters import enable_checkpointing
+    from utils.models.adapters import enable_checkpointing
     from utils.training import train
-    from utils.training.builder import build_model, build_task
+    from utils.models.build import build_model, build_task
     from utils.training.estimate import USABLE_FRACTION, measure_memory
     from utils.training.precision import resolve_precision
 
@@ -287,7 +287,7 @@ def test_the_wizard_offers_the_method_recommends_one_and_its_plan_counts_the_tra
     """Headless wizard on a T4 (its properties injected: no GPU here)."""
     import html
 
-    from utils.adapters import CHAT_MODELS
+    from utils.models.adapters import CHAT_MODELS
     from utils.ui.setup_wizard import SetupWizard
 
     t4 = DeviceInfo("cuda", "Tesla T4", (7, 5), 15 * 2**30)
@@ -323,7 +323,8 @@ def test_the_wizard_offers_the_method_recommends_one_and_its_plan_counts_the_tra
 def test_a_gated_model_without_a_token_says_how_to_add_one(monkeypatch):
     import transformers
 
-    from utils.pretrained import PretrainedError, load_model_tokenizer
+    from utils.data.tokenizers import load_model_tokenizer
+    from utils.models.pretrained import PretrainedError
 
     def refused(*args, **kwargs):  # stands for the Hub refusing a gated model without a token (no network here)
         raise OSError("You are trying to access a gated repo.\nMake sure to have access to it at "

@@ -22,7 +22,7 @@ PUBLISHED = {"qwen2.5-0.5b": 0.494e9, "llama-3.2-1b": 1.236e9, "llama-3.2-3b": 3
 
 
 def _shape(name):
-    from utils.adapters import meta_model
+    from utils.models.adapters import meta_model
     from utils.training.fit_plan import shape_of
 
     return shape_of(meta_model(str(CONFIGS / name)))
@@ -36,7 +36,7 @@ def test_parameters_are_counted_from_the_config_alone(name):
 
 
 def test_the_answer_for_a_t4_at_batch_4_x_512():
-    from utils.adapters import recommend_method
+    from utils.models.adapters import recommend_method
     from utils.training.fit_plan import GPU_MEMORY, fit_answer, plan
 
     t4 = GPU_MEMORY["T4"]
@@ -72,8 +72,8 @@ def test_the_paper_model_agrees_with_the_measured_one_within_a_factor_of_two(tmp
     (saved tensors at batch 1 and 2) against the paper model's, per sequence of 64 tokens."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from utils.adapters import apply_adapters
-    from utils.training.builder import build_task
+    from utils.models.adapters import apply_adapters
+    from utils.models.build import build_task
     from utils.training.estimate import measure_memory
     from utils.training.fit_plan import plan, shape_of
     from utils.training.precision import resolve_precision

@@ -121,7 +121,7 @@ def chat_tokenizer(tokenizer, config: WizardConfig):
     model's (a run loaded from its folder keeps only the token vocabulary)."""
     hf = getattr(tokenizer, "hf", None)
     if hf is None and config.model_source == "pretrained":
-        from utils.pretrained import load_model_tokenizer
+        from utils.data.tokenizers import load_model_tokenizer
 
         hf = load_model_tokenizer(config.pretrained_model, classify=False).hf
     if hf is None or not getattr(hf, "chat_template", None):

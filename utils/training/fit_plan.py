@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from torch import nn
 
-from utils.adapters import HEADS
+from utils.models.adapters import HEADS
 from utils.training.estimate import BYTES_PER_PARAMETER, USABLE_FRACTION, _bytes
 
 GPU_MEMORY = {"T4": 15.0 * 2**30, "L4": 22.5 * 2**30, "A100": 40.0 * 2**30}  # as Colab's runtimes report them

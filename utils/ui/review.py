@@ -139,7 +139,7 @@ def _model_words(config: WizardConfig, facts: PlanFacts) -> str:
 
 def _fine_tuning_words(config: WizardConfig) -> str:
     """How a pretrained model trains and how much of it: counted from its config.json where that can be read."""
-    from utils.adapters import planned_counts, trainable_words
+    from utils.models.adapters import planned_counts, trainable_words
     from utils.errors import KitError
 
     method = SETTINGS["finetune_method"].choices[config.finetune_method].split(" — ")[0]

@@ -22,7 +22,6 @@ from typing import Optional, Sequence
 
 from torch import nn
 
-from utils.data.tokenizers import LibraryTokenizer
 from utils.errors import KitError, MissingFileError
 
 KIT_CONFIG_FILENAME = "kit_config.json"  # in an export: config.json is the model's own (transformers reads it)
@@ -32,16 +31,6 @@ _WHAT = {"lm": "causal language model head (AutoModelForCausalLM)",
 
 class PretrainedError(KitError, ValueError):
     """A pretrained model or its tokenizer that cannot be loaded as configured; the message says what to do."""
-
-
-class ModelTokenizer(LibraryTokenizer):
-    """A pretrained model's own tokenizer: the kit's LibraryTokenizer (kind "pretrained") on its fast backend,
-    keeping the transformers tokenizer so an export can save_pretrained it beside the model."""
-
-    def __init__(self, hf_tokenizer, classify: bool):
-        super().__init__(hf_tokenizer.backend_tokenizer, "pretrained", hf_tokenizer.pad_token_id,
-                         add_special_tokens=classify)
-        self.hf = hf_tokenizer
 
 
 def require_transformers():
@@ -70,35 +59,11 @@ def resolve_source(name: str) -> str:
     return name
 
 
-def load_model_tokenizer(name: str, classify: bool) -> ModelTokenizer:
-    """The model's own tokenizer; without a pad token (GPT-2) it pads with its end-of-text token."""
-    source = resolve_source(name)
-    transformers = require_transformers()
-    try:
-        hf = transformers.AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as e:
-        raise PretrainedError(f"Could not load the tokenizer of pretrained_model={name!r} ({_first_line(e)}). "
-                              f"{_where_hint(source, e)}") from None
-    if not getattr(hf, "is_fast", False):
-        raise PretrainedError(f"The tokenizer of {name!r} has no fast (tokenizers-library) version, which the kit "
-                              "encodes with; pick another model")
-    if hf.pad_token is None:
-        if hf.eos_token is None:
-            raise PretrainedError(f"The tokenizer of {name!r} has neither a pad nor an end-of-text token to pad "
-                                  "with; set its pad_token and save_pretrained it to a folder, then use that folder")
-        # Padding must be explicit (PITFALLS.md). Reusing eos keeps the embedding's size; the attention mask
-        # (and for a GPT-2 classifier, the last non-pad position) keeps padding out of what the model reads.
-        hf.pad_token = hf.eos_token
-        print(f"Tokenizer: {name!r} has no pad token; padding with its end-of-text token {hf.eos_token!r} "
-              f"(id {hf.pad_token_id})")
-    return ModelTokenizer(hf, classify)
-
-
 def load_pretrained_model(name: str, task: str, label_names: Sequence[str] = (),
                           pad_id: Optional[int] = None, **options) -> nn.Module:
     """AutoModelForCausalLM (task "lm") or AutoModelForSequenceClassification with a head for label_names,
     in fp32: the precision decision's autocast works on fp32 weights, whatever dtype the checkpoint has.
-    options: from_pretrained's dtype and quantisation for a frozen base (utils.adapters.load_options)."""
+    options: from_pretrained's dtype and quantisation for a frozen base (utils.models.adapters.load_options)."""
     source = resolve_source(name)
     transformers = require_transformers()
     try:
@@ -112,9 +77,9 @@ def load_pretrained_model(name: str, task: str, label_names: Sequence[str] = (),
     except (OSError, ValueError) as e:
         if isinstance(e, ValueError) and "Unrecognized configuration class" in str(e):  # a model without this head
             raise PretrainedError(f"pretrained_model={name!r} has no {_WHAT[task]} in transformers "
-                                  f"({_first_line(e)}); pick a model made for task={task!r}") from None
-        raise PretrainedError(f"Could not load pretrained_model={name!r} ({_first_line(e)}). "
-                              f"{_where_hint(source, e)}") from None
+                                  f"({first_line(e)}); pick a model made for task={task!r}") from None
+        raise PretrainedError(f"Could not load pretrained_model={name!r} ({first_line(e)}). "
+                              f"{where_hint(source, e)}") from None
     if model.config.pad_token_id is None and pad_id is not None:
         model.config.pad_token_id = pad_id  # a GPT-2 classifier finds each text's last token by it
     # from_pretrained returns the model in eval mode; Lightning keeps each module's mode, so without train()
@@ -137,7 +102,7 @@ GATED_HINT = ("It is gated: accept its license on its huggingface.co page, then 
               "variable; huggingface_hub reads either, and the kit never prints it.")
 
 
-def _where_hint(source: str, error: BaseException = None) -> str:
+def where_hint(source: str, error: Optional[BaseException] = None) -> str:
     if error is not None and any(word in str(error).lower() for word in ("gated", "401", "restricted")):
         return GATED_HINT
     if Path(source).is_dir():
@@ -146,6 +111,6 @@ def _where_hint(source: str, error: BaseException = None) -> str:
             "folder saved with save_pretrained.")
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__

@@ -86,20 +86,25 @@ def require_bitsandbytes():
     return bitsandbytes
 
 
-def load_options(config, decision) -> dict[str, Any]:
+def load_options(config, decision=None) -> dict[str, Any]:
     """What load_pretrained_model passes to from_pretrained for this method: the base's dtype, and for QLoRA the
-    4-bit quantisation and the device it is quantised on (bitsandbytes quantises as the weights land there)."""
+    4-bit quantisation and the device it is quantised on (bitsandbytes quantises as the weights land there).
+    decision: the run's PrecisionDecision; None: fp32 on the CPU (inference)."""
     if not uses_adapters(config):
         return {}
-    options: dict[str, Any] = {"dtype": decision.base_dtype}
+    import torch
+
+    base_dtype = decision.base_dtype if decision is not None else torch.float32
+    on_gpu = decision is not None and decision.device.kind == "cuda"
+    options: dict[str, Any] = {"dtype": base_dtype}
     if config.finetune_method == "qlora":
         require_bitsandbytes()
         from transformers import BitsAndBytesConfig
 
         options["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=decision.base_dtype)
-        options["device_map"] = {"": 0} if decision.device.kind == "cuda" else "cpu"
+            bnb_4bit_compute_dtype=base_dtype)
+        options["device_map"] = {"": torch.cuda.current_device()} if on_gpu else "cpu"
     return options
 
 
@@ -130,7 +135,7 @@ def meta_model(name: str, task: str = "lm") -> nn.Module:
     """The pretrained model's modules and parameter shapes from its config alone, without memory or weights."""
     import torch
 
-    from utils.pretrained import PretrainedError, require_transformers, resolve_source
+    from utils.models.pretrained import PretrainedError, require_transformers, resolve_source
 
     transformers = require_transformers()
     try:
@@ -259,7 +264,7 @@ def merged_model(model: nn.Module, config, label_names=(), pad_id=None) -> nn.Mo
     import torch
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-    from utils.pretrained import load_pretrained_model
+    from utils.models.pretrained import load_pretrained_model
 
     saved = getattr(model.get_base_model().config, "dtype", None)
     dtype = saved if saved in (torch.float16, torch.bfloat16) else torch.float16
@@ -274,7 +279,7 @@ def load_adapter_export(folder, config, label_names=(), pad_id=None) -> nn.Modul
     """The base named by config.pretrained_model with the adapter saved in folder, for inference (fp32, CPU)."""
     from peft import PeftModel
 
-    from utils.pretrained import load_pretrained_model
+    from utils.models.pretrained import load_pretrained_model
 
     base = load_pretrained_model(config.pretrained_model, config.task, label_names, pad_id)
     return PeftModel.from_pretrained(base, str(folder)).eval()
