@@ -174,6 +174,16 @@ def _batch_larger_than_memory(w):
              "The largest batch that fits is ", " keeps the effective batch."])
 
 
+def _chat_without_an_answer(w):
+    from tests.test_chat_data import save_model, write_jsonl
+
+    model = save_model(w["root"] / "chat-model")
+    data = write_jsonl(w["root"] / "questions.jsonl", [{"messages": [{"role": "user", "content": "hi?"}]}] * 3)
+    return (["--set", "model_source=pretrained", "--set", f"pretrained_model={model}", "--set", "dataset_source=file",
+             "--set", f"dataset_path={data}", "--set", f"output_dir={w['root'] / 'chat-run'}"],
+            f"{data} has no assistant turn in any of its 3 conversations (chat messages): there is no answer to learn")
+
+
 NO_TRANSFORMERS = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
                                      reason="transformers is not installed: the row builds a GPT-2 from a config")
 NO_PEFT = pytest.mark.skipif(importlib.util.find_spec("peft") is None or importlib.util.find_spec("transformers") is None,
@@ -186,6 +196,7 @@ NO_PEFT = pytest.mark.skipif(importlib.util.find_spec("peft") is None or importl
     pytest.param(_position_table_too_short, marks=NO_TRANSFORMERS), _pretrained_folder_missing,
     _lora_on_a_model_file, pytest.param(_lora_target_matches_no_module, marks=NO_PEFT),
     pytest.param(_qlora_without_bitsandbytes, marks=NO_PEFT),
+    pytest.param(_chat_without_an_answer, marks=NO_TRANSFORMERS),
 ], ids=lambda row: row.__name__.strip("_"))
 def test_bad_input_is_one_line_naming_it_with_exit_2_and_the_run_untouched(world, bad_input):
     before = snapshot(world["witness"])
