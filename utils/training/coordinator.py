@@ -223,6 +223,10 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
     if uses_adapters(config):
         print(f"{describe_trainable(model)}; {config.finetune_method}, rank {config.lora_rank}")
         print(describe_storage(config, decision))
+    if config.inspect and launch.is_zero:  # a model that sees the future or leaves a layer unused stops here
+        from utils.inspection import preflight  # the inspection's modules load only when asked for
+
+        print(preflight(config, decision, model, task, data))
     note = fine_tuning_note(config)
     if note:
         print(note)
