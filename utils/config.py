@@ -354,7 +354,10 @@ def field_errors(config: WizardConfig) -> list[tuple[str, str]]:
     """(field, message) for each rule the config breaks, in field order; types are assumed right."""
     found = [(name, message) for name, rules in SETTINGS.items()
              if (message := rules.check(name, getattr(config, name)))]
-    found += _data_errors(config) + _model_errors(config) + _logging_errors(config)
+    # The rules joining fields read the choices (a task's words, a source's files): with a choice outside its
+    # list they would answer about a value that cannot be used; its own message says what to pick.
+    if not any(SETTINGS[name].choices for name, _ in found):
+        found += _data_errors(config) + _model_errors(config) + _logging_errors(config)
     order = list(SETTINGS)
     return sorted(found, key=lambda error: order.index(error[0]))  # stable: a field's messages keep their order
 
@@ -363,7 +366,6 @@ def field_errors(config: WizardConfig) -> list[tuple[str, str]]:
 # are in its Setting.
 
 def _data_errors(c: WizardConfig) -> list[tuple[str, str]]:
-    errors = []
     errors = []
     if c.dataset_source == "embedded" and c.dataset_name not in EMBEDDED_DATASETS:
         errors.append(("dataset_name", f"{where('dataset_name')} {c.dataset_name!r} is not a built-in corpus; "

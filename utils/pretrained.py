@@ -20,10 +20,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
+from safetensors import SafetensorError
 from torch import nn
 
 from utils.data.tokenizers import LibraryTokenizer
 from utils.errors import KitError, MissingFileError
+from utils.hub import cached_only
 
 KIT_CONFIG_FILENAME = "kit_config.json"  # in an export: config.json is the model's own (transformers reads it)
 _WHAT = {"lm": "causal language model head (AutoModelForCausalLM)",
@@ -75,7 +77,7 @@ def load_model_tokenizer(name: str, classify: bool) -> ModelTokenizer:
     source = resolve_source(name)
     transformers = require_transformers()
     try:
-        hf = transformers.AutoTokenizer.from_pretrained(source)
+        hf = transformers.AutoTokenizer.from_pretrained(source, local_files_only=_cached_only(source))
     except (OSError, ValueError) as e:
         raise PretrainedError(f"Could not load the tokenizer of pretrained_model={name!r} ({_first_line(e)}). "
                               f"{_where_hint(source)}") from None
@@ -100,14 +102,20 @@ def load_pretrained_model(name: str, task: str, label_names: Sequence[str] = (),
     in fp32: the precision decision's autocast works on fp32 weights, whatever dtype the checkpoint has."""
     source = resolve_source(name)
     transformers = require_transformers()
+    local_only = _cached_only(source)
     try:
         if task == "lm":
-            model = transformers.AutoModelForCausalLM.from_pretrained(source)
+            model = transformers.AutoModelForCausalLM.from_pretrained(source, local_files_only=local_only)
         else:
             # A checkpoint that is already a classifier with other labels gets a new head of the right size.
             model = transformers.AutoModelForSequenceClassification.from_pretrained(
                 source, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
-                label2id={label: i for i, label in enumerate(label_names)}, ignore_mismatched_sizes=True)
+                label2id={label: i for i, label in enumerate(label_names)}, ignore_mismatched_sizes=True,
+                local_files_only=local_only)
+    except SafetensorError as e:  # a weights file cut short (a copy to Drive that did not finish) or corrupted
+        weights = Path(source) / "model.safetensors" if Path(source).is_dir() else f"the weights of {name!r}"
+        raise PretrainedError(f"{weights} is damaged or incomplete ({_first_line(e)}); copy the folder again or "
+                              "save the model again with save_pretrained") from None
     except (OSError, ValueError) as e:
         if isinstance(e, ValueError) and "Unrecognized configuration class" in str(e):  # a model without this head
             raise PretrainedError(f"pretrained_model={name!r} has no {_WHAT[task]} in transformers "
@@ -119,6 +127,11 @@ def load_pretrained_model(name: str, task: str, label_names: Sequence[str] = (),
     # from_pretrained returns the model in eval mode; Lightning keeps each module's mode, so without train()
     # the fine-tuning would run with dropout off.
     return model.float().train()
+
+
+def _cached_only(source: str) -> bool:
+    """A folder loads as it is; a Hub name is checked first, so no network answers in seconds (utils.hub)."""
+    return False if Path(source).is_dir() else cached_only(source, "pretrained_model")
 
 
 def save_for_transformers(model: nn.Module, tokenizer, folder: Path) -> None:

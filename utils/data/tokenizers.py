@@ -299,8 +299,10 @@ def _load_by_name(name: str, path: Path):
         raise TokenizerError(f"tokenizer_path={name!r} is not a folder here; loading a tokenizer by name needs "
                              "the transformers library and internet (pip install transformers, as on Colab), "
                              f"or give a local folder holding {HF_FILENAME}") from None
+    from utils.hub import cached_only
+
     try:
-        hf = AutoTokenizer.from_pretrained(name)
+        hf = AutoTokenizer.from_pretrained(name, local_files_only=cached_only(name, "tokenizer_path"))
     except OSError as e:
         raise TokenizerError(f"Could not load tokenizer {name!r} from the Hugging Face Hub ({e}). "
                              "Offline? Give a local folder holding tokenizer.json instead.") from None

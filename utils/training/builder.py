@@ -108,8 +108,9 @@ def check_training_windows(config: WizardConfig, num_train: int, num_tokens: int
         return
     fix = f"set max_seq_len <= {fits}" if fits >= 2 else "use more text"
     raise DataError(f"max_seq_len={config.max_seq_len} cuts the {num_tokens:,} tokens of the data into only "
-                    f"{num_train} training sequences of {config.max_seq_len + 1} tokens, fewer than one batch "
-                    f"(batch_size={config.batch_size}); {fix}, or lower batch_size.")
+                    f"{num_train} training sequences of {config.max_seq_len + 1} tokens (val_split={config.val_split:g} "
+                    f"holds out {config.val_split:.0%} of them for validation), fewer than one batch "
+                    f"(batch_size={config.batch_size}); {fix}, lower val_split, or lower batch_size.")
 
 
 def _largest_seq_len_for(batch_size: int, num_tokens: int, val_split: float) -> int:

@@ -174,11 +174,13 @@ def estimate_and_report(config: WizardConfig, device=None) -> None:
     device: detected when not given (tests inject a DeviceInfo with a small memory). Data caches and a
     copied model file go to a temporary folder, so an existing run in output_dir is never touched."""
     from utils.env import detect_device
+    from utils.training.builder import check_strategy
     from utils.training.estimate import estimate_config
     from utils.training.precision import resolve_precision
 
     config = config.validate()
     decision = resolve_precision(config.use_mixed_precision, config.precision, device or detect_device(config.devices))
+    check_strategy(config, decision.device.kind)  # what train() refuses is refused here too, not timed as if it ran
     print(f"Precision: {decision.precision} - {decision.reason}")
     with tempfile.TemporaryDirectory(prefix="kit-estimate-") as scratch:
         estimate = estimate_config(config.replace(output_dir=scratch), decision, refuse_oversize=True)
