@@ -113,6 +113,30 @@ def test_last_checkpoint_keeps_moving_after_validation_loss_stops_improving(tiny
     assert watch.seen == [(k * steps_per_epoch, k * steps_per_epoch - 1) for k in (1, 2, 3)]
 
 
+class LastCheckpointAfterEachStep(pl.Callback):
+    """After every optimizer step: (global step, the step last.ckpt holds, or None before there is one)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        path = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+        self.seen.append((trainer.global_step, load_ckpt(path)["global_step"] if path.exists() else None))
+
+
+def test_every_epoch_the_first_included_gets_a_checkpoint_after_its_first_step(tiny_config, text_file):
+    """A kill at the end of epoch 1 used to lose the whole epoch: only later epochs were saved after their first
+    step. The clock never falls due here (60 minutes), so every save seen is an epoch's."""
+    config = tiny_config.replace(dataset_path=str(text_file), max_steps=None, max_epochs=2,
+                                 checkpoint_every_minutes=60)
+    watch = LastCheckpointAfterEachStep()
+    result = TrainingCoordinator(config, device=CPU).train(extra_callbacks=[watch])
+    assert result.global_step == 20  # 10 steps an epoch (see text_file)
+    assert watch.seen[0] == (1, 1)  # the first epoch's first step
+    assert watch.seen[9] == (10, 1)  # its last batch is never a save point
+    assert watch.seen[10] == (11, 11) and watch.seen[-1] == (20, 11)  # the second epoch's first step
+
+
 # ------------------------------------------------------------------ 2. a torn checkpoint is stepped past
 
 def truncate_to_half(path: Path) -> bytes:
