@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -372,7 +373,6 @@ def test_sigint_saves_last_checkpoint_and_exits_130(tmp_path, small_text):
             while not metrics.exists() and proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.02)
             assert metrics.exists() and proc.poll() is None, log.read_text()[-3000:]
-            assert not (out / "checkpoints" / "last.ckpt").exists()  # only the stop writes it (every 60 min)
             proc.send_signal(signal.SIGINT)
             code = proc.wait(timeout=60)
         finally:
@@ -394,6 +394,94 @@ def test_sigint_saves_last_checkpoint_and_exits_130(tmp_path, small_text):
     assert f"Resuming from {last} (step {step})" in again.stdout
     assert f"steps:            2 this run, {step + 2} in total" in again.stdout
     assert load_ckpt(last)["global_step"] == step + 2
+
+
+SLOW_MODEL = """
+import time
+from torch import nn
+
+
+class Model(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        print("building the model", flush=True)
+        time.sleep(float(config.get("build_seconds", 0)))  # start-up under way while this sleeps
+        self.emb = nn.Embedding(config["vocab_size"], 8)
+        self.head = nn.Linear(8, config["vocab_size"])
+
+    def forward(self, idx):
+        if self.training:
+            print("forward", flush=True)
+            time.sleep(float(config_step_seconds))  # a step long enough for two presses of Ctrl-C within it
+        return self.head(self.emb(idx))
+"""
+
+
+def slow_model(folder: Path, build_seconds: float, step_seconds: float) -> Path:
+    folder.mkdir(parents=True)
+    path = folder / "model.py"
+    path.write_text(SLOW_MODEL.replace("config_step_seconds", str(step_seconds)), encoding="utf-8")
+    (folder / "config.json").write_text(json.dumps({"build_seconds": build_seconds}), encoding="utf-8")
+    return path
+
+
+def wait_for(proc, log: Path, text: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while text not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert text in log.read_text() and proc.poll() is None, log.read_text()[-3000:]
+
+
+def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path, small_text):
+    """It used to print a 33-frame KeyboardInterrupt traceback."""
+    out, log = tmp_path / "run", tmp_path / "log.txt"
+    model = slow_model(tmp_path / "model", build_seconds=60, step_seconds=0)
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(cli(small_text, out, model_source="file", model_path=model), cwd=REPO_ROOT, env=ENV,
+                                stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            wait_for(proc, log, "building the model")
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = log.read_text()
+    assert code == 130, text[-3000:]
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
+    assert text.rstrip().splitlines()[-1] == ("Stopped (Ctrl-C) before train finished. Run the same command again to "
+                                              "continue: a run resumes from its last checkpoint, when it saved one.")
+    assert not (out / "checkpoints").exists()
+
+
+def test_a_second_ctrl_c_stops_at_once_and_says_so(tmp_path, small_text):
+    """It used to exit 130 without a word: the message was raised inside `except SystemExit`, past its printer."""
+    out, log = tmp_path / "run", tmp_path / "log.txt"
+    model = slow_model(tmp_path / "model", build_seconds=0, step_seconds=3.0)
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(cli(small_text, out, model_source="file", model_path=model), cwd=REPO_ROOT, env=ENV,
+                                stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            metrics, deadline = out / "logs" / "version_0" / "metrics.csv", time.monotonic() + 120
+            while not metrics.exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert metrics.exists() and proc.poll() is None, log.read_text()[-3000:]
+            forwards = log.read_text().count("forward")
+            while log.read_text().count("forward") == forwards and proc.poll() is None:
+                time.sleep(0.01)  # a training step has just begun: its forward pass sleeps for 3 s now
+            proc.send_signal(signal.SIGINT)
+            wait_for(proc, log, "SIGINT: finishing the current step")
+            proc.send_signal(signal.SIGINT)  # within the same step
+            code = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = log.read_text()
+    assert code == 130, text[-3000:]
+    last = out / "checkpoints" / "last.ckpt"  # the first step's save (every epoch's first step is saved)
+    assert re.search(rf"Training stopped at once at step \d+, without a new checkpoint. Run again with the same "
+                     rf"output_dir to continue from {re.escape(str(last))}.", text), text[-3000:]
+    assert "Traceback" not in text
 
 
 # ------------------------------------------------------------------ 10. temp files of a killed write

@@ -55,7 +55,13 @@ def main(argv: list[str] | None = None) -> int:
               f"(see {_prog()} --help)", file=sys.stderr)
         return 2
     args = PARSERS[command]().parse_args(argv)
-    return RUNNERS[command](args)
+    try:
+        return RUNNERS[command](args)
+    except KeyboardInterrupt:  # Ctrl-C outside training (imports, data, model): training's own stop says more
+        print(f"\nStopped (Ctrl-C) before {command} finished." + (
+            " Run the same command again to continue: a run resumes from its last checkpoint, when it saved one."
+            if command == "train" else ""), flush=True)
+        return 130
 
 
 def _prog(command: str = "") -> str:

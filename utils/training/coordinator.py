@@ -313,10 +313,12 @@ def _stopped_at_once_is_reported(trainer: pl.Trainer):
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, sigint)
         last = last_checkpoint(trainer.default_root_dir)
-        raise TrainingStopped(
+        stopped = TrainingStopped(
             f"Training stopped at once at step {trainer.global_step}, without a new checkpoint. "
             + (f"Run again with the same output_dir to continue from {last}." if last else "No checkpoint was saved.")
-        ) from None
+        )
+        print(str(stopped))  # raised in this except clause, it would pass the one above that prints it
+        raise stopped from None
 
 
 __all__ = ["TrainingResult", "train", "sample_text", "classify_texts"]
