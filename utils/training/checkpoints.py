@@ -86,27 +86,38 @@ def best_checkpoint(output_dir: str | Path) -> Optional[Path]:
     return min(scored)[2] if scored else None
 
 
-def plan_resume(config: WizardConfig, on_change: str = "refuse") -> Optional[ResumePoint]:
-    """The checkpoint this run continues from, or None to start fresh.
+ARCHIVE = "{archive}"  # in a move note: where the old run went, filled in by move_run_aside
 
-    A run this config cannot continue is refused (on_change="refuse") or moved to archive/ so a new
-    one starts (on_change="start_new"); with resume=False it is moved aside. Nothing is deleted.
+
+def plan_resume(config: WizardConfig, on_change: str = "refuse") -> tuple[Optional[ResumePoint], Optional[str]]:
+    """The checkpoint this run continues from (None: start fresh), and the note for moving the run in output_dir
+    to archive/ (None: nothing to move).
+
+    A run this config cannot continue is refused (on_change="refuse") or to be moved to archive/ so a new one
+    starts (on_change="start_new"); with resume=False it is to be moved aside. Nothing is moved here: the
+    caller moves it with move_run_aside once the new run's data and model are built, so a missing data file
+    leaves the old run where it was. Nothing is deleted.
     """
     out = Path(config.output_dir)
     if not config.resume:
-        if _run_entries(out):
-            print(f"resume=False: moved the previous run to {archive_run(out)}; starting fresh.")
-        return None
+        return None, (f"resume=False: moved the previous run to {ARCHIVE}; starting fresh." if _run_entries(out)
+                      else None)
     point = find_resume_point(out)
     if point is None:
         if _run_entries(out):  # a run killed before its first checkpoint: keep its files anyway
-            print(f"{out} holds files of a run without a checkpoint; moved them to {archive_run(out)}.")
-        return None
+            return None, f"{out} holds files of a run without a checkpoint; moved them to {ARCHIVE}."
+        return None, None
     changes = config_changes(out, config)
     if changes:
-        handle_changed_run(out, changes, on_change)
-        return None
-    return point
+        return None, changed_run_note(out, changes, on_change)
+    return point, None
+
+
+def move_run_aside(out: Path, note: str) -> Path:
+    """Move the run in out to archive/ and print the note saying where (see plan_resume)."""
+    target = archive_run(out)
+    print(note.replace(ARCHIVE, str(target)))
+    return target
 
 
 def describe_run_folder(config: WizardConfig) -> str:
@@ -148,11 +159,15 @@ def config_changes(out: Path, config: WizardConfig) -> list[str]:
 
 def handle_changed_run(out: Path, changes: list[str], on_change: str) -> None:
     """Refuse to touch a run this config cannot continue, or move it aside so a new one can start."""
+    move_run_aside(out, changed_run_note(out, changes, on_change))
+
+
+def changed_run_note(out: Path, changes: list[str], on_change: str) -> str:
+    """The note for moving a run this config cannot continue aside (on_change="start_new"); "refuse" raises."""
     what = "; ".join(changes)
     if on_change == "start_new":
-        print(f"The settings differ from the run in {out} ({what}): starting a new run. "
-              f"The old run was moved, untouched, to {archive_run(out)}.")
-        return
+        return (f"The settings differ from the run in {out} ({what}): starting a new run. "
+                f"The old run was moved, untouched, to {ARCHIVE}.")
     raise IncompatibleCheckpointError(
         f"{out} holds a checkpoint of a different run ({what}). It was not loaded and nothing in {out} was changed. "
         f"To keep it and start anew there, run again with --set resume=false (resume=False in Python), which moves "

@@ -37,7 +37,7 @@ from utils.training.checkpoint_io import TrainingStopped
 from utils.training.estimate import Estimate, check_memory, estimate_run, format_duration, measure_memory
 from utils.training.checkpoints import (LOGS_DIRNAME, ON_CHANGE, TOKENIZER_DIRNAME, IncompatibleCheckpointError,
                                         ResumePoint, find_resume_point, handle_changed_run, last_checkpoint,
-                                        plan_resume, remove_checkpoints_after, resume_problems)
+                                        move_run_aside, plan_resume, remove_checkpoints_after, resume_problems)
 from utils.training.distributed import Launch, check_ranks, plan_launch, quiet_unless_rank_zero
 from utils.training.history import read_history
 from utils.training.run_lock import RunLock
@@ -140,8 +140,9 @@ def train(config: Optional[WizardConfig] = None, model: Optional[nn.Module] = No
             removed = remove_temp_files(out)
             if removed:
                 print(f"Removed {len(removed)} temp file(s) left by an interrupted write in {out}.")
-            resume = plan_resume(config, on_change)  # before the slow steps: a refused checkpoint fails fast
-            run = _prepare(config, decision, model, resume, on_change, launch)
+            # Before the slow steps: a refused checkpoint fails fast. A run to move aside waits for the new inputs.
+            resume, move_note = plan_resume(config, on_change)
+            run = _prepare(config, decision, model, resume, on_change, launch, move_note)
             launch.release_others()
         else:  # rank zero has decided the resume and written the run's files: read, never move or write
             launch.wait_for_rank_zero()
@@ -168,9 +169,10 @@ class _Run:
     estimate: Optional[Estimate] = None
 
 
-def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run:
+def _prepare(config, decision, model, resume, on_change, launch: Launch, move_note: Optional[str] = None) -> _Run:
     """Data, model and loaders; then, before anything in output_dir is written, whether the resume fits.
-    Only global rank zero writes (the others read its caches and follow its resume decision)."""
+    Only global rank zero writes (the others read its caches and follow its resume decision). move_note: the
+    run in output_dir is moved to archive/ once data, model and batch have passed their checks."""
     out = Path(config.output_dir)
     pl.seed_everything(config.seed, workers=True, verbose=False)
     # The other processes start from rank zero's tokenizer: trained once, and its token cache is theirs too.
@@ -223,6 +225,8 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
             resume = None
         elif launch.is_zero:
             remove_checkpoints_after(out, resume)
+    if launch.is_zero and move_note:
+        move_run_aside(out, move_note)
     if launch.is_zero:
         _save_run_files(out, config, data, user_files)
     return _Run(config, decision, data, model, module, train_loader, val_loader, resume, model_passed_in, launch,
