@@ -27,6 +27,7 @@ from utils.data.tokenizers import LibraryTokenizer
 from utils.errors import KitError, MissingFileError
 from utils.hub import cached_only
 
+HF_TOKENIZER_DIRNAME = "transformers"  # in a saved tokenizer/ folder: the model's tokenizer as transformers saves it
 KIT_CONFIG_FILENAME = "kit_config.json"  # in an export: config.json is the model's own (transformers reads it)
 _WHAT = {"lm": "causal language model head (AutoModelForCausalLM)",
          "classification": "sequence classification head (AutoModelForSequenceClassification)"}
@@ -44,6 +45,18 @@ class ModelTokenizer(LibraryTokenizer):
         super().__init__(hf_tokenizer.backend_tokenizer, "pretrained", hf_tokenizer.pad_token_id,
                          add_special_tokens=classify)
         self.hf = hf_tokenizer
+
+    def save(self, folder: Path) -> None:
+        """The kit's files, and beside them transformers' own (HF_TOKENIZER_DIRNAME): a run folder then exports as
+        train()'s result does, with the tokenizer's special tokens and settings."""
+        super().save(folder)
+        self.hf.save_pretrained(Path(folder) / HF_TOKENIZER_DIRNAME)
+
+
+def load_saved_tokenizer(folder: Path, classify: bool) -> ModelTokenizer:
+    """A ModelTokenizer that save() wrote (a run folder's tokenizer/)."""
+    transformers = require_transformers()
+    return ModelTokenizer(transformers.AutoTokenizer.from_pretrained(Path(folder) / HF_TOKENIZER_DIRNAME), classify)
 
 
 def require_transformers():
@@ -139,7 +152,8 @@ def save_for_transformers(model: nn.Module, tokenizer, folder: Path) -> None:
     hf = getattr(tokenizer, "hf", None)
     if hf is None:
         raise PretrainedError("this tokenizer was not loaded from the pretrained model (no transformers tokenizer "
-                              "to save); export from the result of train()")
+                              "to save); a run folder trained before the kit kept it there exports from the result "
+                              "of train() only: train again into a new output_dir, or export right after training")
     model.save_pretrained(folder)
     hf.save_pretrained(folder)
 

@@ -348,6 +348,10 @@ def load_tokenizer(folder: str | Path):
         return CharTokenizer(meta["chars"], meta.get("pad", False))
     if kind == "byte":
         return ByteTokenizer(meta.get("pad", False))
+    if kind == "pretrained" and (folder / "transformers").is_dir():  # a pretrained model's own (utils.pretrained)
+        from utils.pretrained import load_saved_tokenizer
+
+        return load_saved_tokenizer(folder, meta.get("add_special_tokens", False))
     if kind in ("bpe", "pretrained"):
         from tokenizers import Tokenizer
 
@@ -361,7 +365,8 @@ def tokenizer_fingerprint(tokenizer) -> str:
     digest = hashlib.sha256()
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save(Path(tmp))
-        for path in sorted(Path(tmp).iterdir()):
+        # Files only: a pretrained model's transformers/ copy holds the same tokenizer, and older runs lack it.
+        for path in sorted(p for p in Path(tmp).iterdir() if p.is_file()):
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
 
