@@ -138,6 +138,38 @@ def test_every_epoch_the_first_included_gets_a_checkpoint_after_its_first_step(t
     assert watch.seen[10] == (11, 11) and watch.seen[-1] == (20, 11)  # the second epoch's first step
 
 
+class KilledAt(pl.Callback):
+    """Stands for a kill: raises at the start of the step after `step` optimizer steps, before anything saves."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise ConnectionAbortedError(f"killed at step {self.step}")
+
+
+def test_a_resume_keeps_the_only_best_checkpoint_until_a_better_one_replaces_it(tiny_config, text_file, capsys):
+    """The best saved after the resume point used to be deleted on resume; with save_top_k=1 the restored state's
+    best was already gone, so a second kill left the run with no best checkpoint at all."""
+    config = tiny_config.replace(dataset_path=str(text_file), max_steps=None, max_epochs=3,
+                                 checkpoint_every_minutes=60, save_top_k=1)
+    folder = Path(config.output_dir) / "checkpoints"
+    with pytest.raises(ConnectionAbortedError):  # after epoch 2's validation (step 20), before step 21's save
+        TrainingCoordinator(config, device=CPU).train(extra_callbacks=[KilledAt(20)])
+    best = [p.name for p in folder.glob("epoch*.ckpt")]
+    assert len(best) == 1 and "step20-" in best[0] and load_ckpt(folder / "last.ckpt")["global_step"] == 11
+    with pytest.raises(ConnectionAbortedError):  # killed again right after resuming from step 11
+        TrainingCoordinator(config, device=CPU).train(extra_callbacks=[KilledAt(12)])
+    assert [p.name for p in folder.glob("epoch*.ckpt")] == best  # still there: the run's only best
+    assert f"Kept {best[0]}" in capsys.readouterr().out
+    result = TrainingCoordinator(config, device=CPU).train()
+    assert result.global_step == 30
+    names = sorted(p.name for p in folder.glob("*.ckpt"))
+    assert len(names) == 2 and "last.ckpt" in names and result.best_checkpoint.name in names  # no -v1 copies
+    assert "-v1" not in " ".join(names)
+
+
 # ------------------------------------------------------------------ 2. a torn checkpoint is stepped past
 
 def truncate_to_half(path: Path) -> bytes:

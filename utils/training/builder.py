@@ -234,7 +234,8 @@ def build_callbacks(config: WizardConfig, decision: PrecisionDecision, recorder:
         LastCheckpoint(checkpoint_dir(config.output_dir) / LAST_NAME, every_seconds=60 * config.checkpoint_every_minutes),
         ModelCheckpoint(dirpath=checkpoint_dir(config.output_dir), filename="epoch{epoch:02d}-step{step}-val{val/loss:.4f}",
                         auto_insert_metric_name=False, monitor="val/loss", mode="min", save_top_k=config.save_top_k,
-                        save_last=False, every_n_epochs=config.checkpoint_every_n_epochs),
+                        save_last=False, every_n_epochs=config.checkpoint_every_n_epochs,
+                        enable_version_counter=False),  # a step trained again after a resume replaces its file
         RecordedProgressBar(recorder, refresh_rate=_refresh_rate()),
     ]
     if config.max_steps is not None:

@@ -208,13 +208,33 @@ def resume_problems(point: ResumePoint, module: torch.nn.Module, tokenizer_chang
     return problems
 
 
-def remove_checkpoints_after(out: Path, point: ResumePoint) -> None:
-    """Best-by-validation files an interrupted stretch saved after the resume point: the resumed run
-    trains those steps again and would otherwise leave them behind (or save `-v1` copies beside them)."""
-    for path in checkpoint_dir(out).glob("*.ckpt"):
-        if path != point.path and path.name != LAST_NAME and _step_in_name(path) > point.global_step:
+def remove_checkpoints_after(out: Path, point: ResumePoint) -> list[Path]:
+    """Best-by-validation files an interrupted stretch saved after the resume point: the resumed run trains
+    those steps again and would otherwise leave them behind. They are removed only while a best saved up to
+    the resume point is still there; otherwise (save_top_k=1 deleted it when the later one was saved) they are
+    the run's only best and are kept until the resumed run saves a better one. Returns the files kept."""
+    later = [path for path in checkpoint_dir(out).glob("*.ckpt")
+             if path != point.path and path.name != LAST_NAME and _step_in_name(path) > point.global_step]
+    earlier_best = [path for path in checkpoint_dir(out).glob("*.ckpt")
+                    if path.name != LAST_NAME and 0 <= _step_in_name(path) <= point.global_step]
+    if not earlier_best:
+        for path in later:
+            print(f"Kept {path.name}, saved after step {point.global_step} where this run resumes: it is the run's "
+                  "best checkpoint until the resumed run saves a better one.")
+        return later
+    for path in later:
+        path.unlink()
+        print(f"Removed {path.name}: saved after step {point.global_step}, where this run resumes.")
+    return []
+
+
+def remove_kept_checkpoints(kept: list[Path], best_now: Optional[str]) -> None:
+    """Once the resumed run has a best checkpoint of its own on disk, the ones kept at the resume go."""
+    if not best_now or not Path(best_now).exists():
+        return
+    for path in kept:
+        if path.exists() and path != Path(best_now):
             path.unlink()
-            print(f"Removed {path.name}: saved after step {point.global_step}, where this run resumes.")
 
 
 def archive_run(out: Path) -> Path:

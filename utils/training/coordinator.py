@@ -37,7 +37,8 @@ from utils.training.checkpoint_io import TrainingStopped
 from utils.training.estimate import Estimate, check_memory, estimate_run, format_duration, measure_memory
 from utils.training.checkpoints import (LOGS_DIRNAME, ON_CHANGE, TOKENIZER_DIRNAME, IncompatibleCheckpointError,
                                         ResumePoint, find_resume_point, handle_changed_run, last_checkpoint,
-                                        move_run_aside, plan_resume, remove_checkpoints_after, resume_problems)
+                                        best_checkpoint, move_run_aside, plan_resume, remove_checkpoints_after,
+                                        remove_kept_checkpoints, resume_problems)
 from utils.training.distributed import Launch, check_ranks, plan_launch, quiet_unless_rank_zero
 from utils.training.history import read_history
 from utils.training.run_lock import RunLock
@@ -167,6 +168,7 @@ class _Run:
     model_passed_in: bool
     launch: Launch
     estimate: Optional[Estimate] = None
+    kept_checkpoints: list = field(default_factory=list)  # removed once this run saves a best of its own
 
 
 def _prepare(config, decision, model, resume, on_change, launch: Launch, move_note: Optional[str] = None) -> _Run:
@@ -215,6 +217,7 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch, move_no
                                 len(train_loader), len(val_loader), steps_left, memory)
         print(estimate.describe())
     print(describe_speedups(config, decision))
+    kept = []  # best checkpoints saved after the resume point, kept as the run's only best (see checkpoints)
     if resume is not None:
         problems = resume_problems(resume, module, _tokenizer_change(out, data))
         if problems and not launch.is_zero:  # rank zero moved such a run aside before this process started
@@ -224,13 +227,13 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch, move_no
             handle_changed_run(out, problems, on_change)
             resume = None
         elif launch.is_zero:
-            remove_checkpoints_after(out, resume)
+            kept = remove_checkpoints_after(out, resume)
     if launch.is_zero and move_note:
         move_run_aside(out, move_note)
     if launch.is_zero:
         _save_run_files(out, config, data, user_files)
     return _Run(config, decision, data, model, module, train_loader, val_loader, resume, model_passed_in, launch,
-                estimate)
+                estimate, kept)
 
 
 def _fit(run: _Run, extra_callbacks: list[pl.Callback]) -> TrainingResult:
@@ -250,6 +253,8 @@ def _fit(run: _Run, extra_callbacks: list[pl.Callback]) -> TrainingResult:
         started = time.perf_counter()
         with _stopped_at_once_is_reported(trainer):
             trainer.fit(run.module, run.train_loader, run.val_loader, ckpt_path=resume_from and str(resume_from))
+        if trainer.checkpoint_callback is not None:
+            remove_kept_checkpoints(run.kept_checkpoints, trainer.checkpoint_callback.best_model_path)
     if resume_from and recorder.start_step is None:
         print(f"Nothing to train: {resume_from} already reached max_epochs={config.max_epochs}"
               f"{'' if config.max_steps is None else f' or max_steps={config.max_steps}'}. "
@@ -264,7 +269,8 @@ def _result(run: _Run, trainer: pl.Trainer, recorder: RunRecorder, resume_from: 
     history = read_history(Path(config.output_dir) / LOGS_DIRNAME)
     return TrainingResult(
         config=config, output_dir=Path(config.output_dir),
-        best_checkpoint=Path(ckpt.best_model_path) if ckpt and ckpt.best_model_path else None,
+        best_checkpoint=(Path(ckpt.best_model_path) if ckpt and ckpt.best_model_path and
+                         Path(ckpt.best_model_path).exists() else best_checkpoint(Path(config.output_dir).resolve())),
         last_checkpoint=last_checkpoint(Path(config.output_dir).resolve()),
         train_loss=history.train[-1][1] if history.train else None,
         val_loss=history.val[-1][1] if history.val else None,
