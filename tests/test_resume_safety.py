@@ -588,3 +588,47 @@ def test_a_full_disk_during_a_checkpoint_write_is_one_line_exit_2_and_the_old_ch
     monkeypatch.undo()
     assert (out / "checkpoints" / "last.ckpt").read_bytes() == old
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]  # no temp file left
+
+
+# ------------------------------------------------------------------ 12. optimizer settings changed between runs
+
+class OptimizerSeen(pl.Callback):
+    """(global step, learning rate, weight decay of the decayed group) at the start of every training batch."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        group = trainer.optimizers[0].param_groups[0]
+        self.seen.append((trainer.global_step, group["lr"], group["weight_decay"]))
+
+
+def logged_learning_rates(out: Path) -> dict[int, float]:
+    import csv
+
+    rates = {}
+    for path in sorted((out / "logs").glob("version_*/metrics.csv")):
+        with path.open(encoding="utf-8") as f:
+            rates.update({int(row["step"]): float(row["lr"]) for row in csv.DictReader(f) if row.get("lr")})
+    return rates
+
+
+def test_changed_optimizer_settings_take_effect_from_the_resume_point_and_are_said(tiny_config, capsys):
+    """A changed learning_rate used to resume silently at the old rate (the restored schedule kept its base) while
+    config.json recorded the new one."""
+    config = tiny_config.replace(checkpoint_every_minutes=0, learning_rate=1e-3, weight_decay=0.1)
+    with pytest.raises(ConnectionAbortedError):
+        TrainingCoordinator(config, device=CPU).train(extra_callbacks=[KilledAt(4)])
+    capsys.readouterr()
+    seen = OptimizerSeen()
+    changed = config.replace(learning_rate=1e-5, weight_decay=0.01, gradient_clip_val=0.5)
+    TrainingCoordinator(changed, device=CPU).train(extra_callbacks=[seen])
+    out = capsys.readouterr().out
+    assert "learning_rate 0.001 -> 1e-05 from step 4 on" in out
+    assert "weight_decay 0.1 -> 0.01 from step 4 on" in out
+    assert "gradient_clip_val 1.0 -> 0.5 from step 4 on" in out
+    assert all(wd == 0.01 for _, _, wd in seen.seen)
+    rates = logged_learning_rates(Path(config.output_dir))
+    assert all(rates[step] > 1e-4 for step in range(1, 5)), rates  # 1e-3 on a cosine to step 8 (10% at its end)
+    assert all(1e-6 <= rates[step] <= 1e-5 for step in range(5, 9)), rates  # 1e-5 on the same cosine
+    assert WizardConfig.load(Path(config.output_dir) / "config.json").learning_rate == 1e-5  # what the run used

@@ -49,6 +49,9 @@ RESUME_FIELDS = (
     "val_split", "tokenizer_strategy", "tokenizer_path", "vocab_size", "model_source", "model_template",
     "model_size", "model_path", "gist_id", "pretrained_model", "max_seq_len", "dropout", "seed",
 )
+# Fields the optimizer and its schedule read: changed between runs, they take effect from the resume point (the
+# module sets them on the restored optimizer; the schedule and clipping are built from the config anew).
+OPTIMIZER_FIELDS = ("learning_rate", "weight_decay", "warmup_ratio", "gradient_clip_val")
 ON_CHANGE = ("refuse", "start_new")  # what a changed run does: the command line refuses, the notebook starts anew
 
 
@@ -155,6 +158,14 @@ def config_changes(out: Path, config: WizardConfig) -> list[str]:
     saved, config = saved.relevant(), config.relevant()  # a field the choices do not use is not saved either
     return [f"{name}: {getattr(saved, name)!r} (checkpoint) vs {getattr(config, name)!r} (now)"
             for name in RESUME_FIELDS if getattr(saved, name) != getattr(config, name)]
+
+
+def optimizer_changes(out: Path, config: WizardConfig, step: int) -> list[str]:
+    """One line per optimizer setting this config changes against the run saved in out, e.g.
+    "learning_rate 0.001 -> 1e-05 from step 78 on"."""
+    saved = WizardConfig.load(out / CONFIG_FILENAME)
+    return [f"{name} {getattr(saved, name)!r} -> {getattr(config, name)!r} from step {step} on"
+            for name in OPTIMIZER_FIELDS if getattr(saved, name) != getattr(config, name)]
 
 
 def handle_changed_run(out: Path, changes: list[str], on_change: str) -> None:

@@ -37,8 +37,8 @@ from utils.training.checkpoint_io import TrainingStopped
 from utils.training.estimate import Estimate, check_memory, estimate_run, format_duration, measure_memory
 from utils.training.checkpoints import (LOGS_DIRNAME, ON_CHANGE, TOKENIZER_DIRNAME, IncompatibleCheckpointError,
                                         ResumePoint, find_resume_point, handle_changed_run, last_checkpoint,
-                                        best_checkpoint, move_run_aside, plan_resume, remove_checkpoints_after,
-                                        remove_kept_checkpoints, resume_problems)
+                                        best_checkpoint, move_run_aside, optimizer_changes, plan_resume,
+                                        remove_checkpoints_after, remove_kept_checkpoints, resume_problems)
 from utils.training.distributed import Launch, check_ranks, plan_launch, quiet_unless_rank_zero
 from utils.training.history import read_history
 from utils.training.run_lock import RunLock
@@ -228,6 +228,8 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch, move_no
             resume = None
         elif launch.is_zero:
             kept = remove_checkpoints_after(out, resume)
+            for line in optimizer_changes(out, config, resume.global_step):  # before config.json is rewritten
+                print(line)
     if launch.is_zero and move_note:
         move_run_aside(out, move_note)
     if launch.is_zero:
