@@ -9,7 +9,7 @@ import torch
 
 from utils.env import DeviceInfo
 from utils.training import train
-from utils.training.history import read_history
+from utils.run_folder.history import read_history
 
 CPU = DeviceInfo("cpu", "CPU")
 

@@ -354,9 +354,9 @@ def field_errors(config: WizardConfig) -> list[tuple[str, str]]:
     """(field, message) for each rule the config breaks, in field order; types are assumed right."""
     found = [(name, message) for name, rules in SETTINGS.items()
              if (message := rules.check(name, getattr(config, name)))]
-    # The rules joining fields read the choices (a task's words, a source's files): with a choice outside its
-    # list they would answer about a value that cannot be used; its own message says what to pick.
-    if not any(SETTINGS[name].choices for name, _ in found):
+    # The rules joining fields read these choices (a task's words, a source's files): with one outside its list
+    # they would answer about a value that cannot be used (or fail); its own message says what to pick.
+    if not any(name in ("task", "dataset_source", "tokenizer_strategy", "model_source") for name, _ in found):
         found += _data_errors(config) + _model_errors(config) + _logging_errors(config)
     order = list(SETTINGS)
     return sorted(found, key=lambda error: order.index(error[0]))  # stable: a field's messages keep their order

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import TQDMProgressBar
 
-from utils.training.history import write_segment_start
+from utils.run_folder.history import write_segment_start
 
 
 @dataclass
@@ -31,7 +31,7 @@ class RunRecorder(pl.Callback):
     back in one transfer: no host sync per step. Listeners (the health check) see every flushed
     step in order. The counters live in every checkpoint, so a resumed run's throughput is the
     whole run's, and each stretch of training marks where it started in its log folder
-    (utils.training.history).
+    (utils.run_folder.history).
 
     With several processes each flush is also where they meet: the step values are averaged over
     them (each process's loss is the mean over its equal share of the batch, so the average is the

@@ -32,9 +32,9 @@ import torch
 
 from utils.config import CONFIG_FILENAME, ConfigError, WizardConfig
 from utils.errors import KitError
-from utils.export import LABELS_FILENAME
 
 LAST_NAME = "last.ckpt"
+LABELS_FILENAME = "labels.json"  # classification: class names and pad id, in a run folder and in an export
 LOGS_DIRNAME = "logs"
 TOKENIZER_DIRNAME = "tokenizer"
 ARCHIVE_DIRNAME = "archive"

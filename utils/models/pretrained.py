@@ -23,11 +23,9 @@ from typing import Optional, Sequence
 from safetensors import SafetensorError
 from torch import nn
 
-from utils.data.tokenizers import LibraryTokenizer
 from utils.errors import KitError, MissingFileError
 from utils.hub import cached_only
 
-HF_TOKENIZER_DIRNAME = "transformers"  # in a saved tokenizer/ folder: the model's tokenizer as transformers saves it
 KIT_CONFIG_FILENAME = "kit_config.json"  # in an export: config.json is the model's own (transformers reads it)
 _WHAT = {"lm": "causal language model head (AutoModelForCausalLM)",
          "classification": "sequence classification head (AutoModelForSequenceClassification)"}
@@ -35,28 +33,6 @@ _WHAT = {"lm": "causal language model head (AutoModelForCausalLM)",
 
 class PretrainedError(KitError, ValueError):
     """A pretrained model or its tokenizer that cannot be loaded as configured; the message says what to do."""
-
-
-class ModelTokenizer(LibraryTokenizer):
-    """A pretrained model's own tokenizer: the kit's LibraryTokenizer (kind "pretrained") on its fast backend,
-    keeping the transformers tokenizer so an export can save_pretrained it beside the model."""
-
-    def __init__(self, hf_tokenizer, classify: bool):
-        super().__init__(hf_tokenizer.backend_tokenizer, "pretrained", hf_tokenizer.pad_token_id,
-                         add_special_tokens=classify)
-        self.hf = hf_tokenizer
-
-    def save(self, folder: Path) -> None:
-        """The kit's files, and beside them transformers' own (HF_TOKENIZER_DIRNAME): a run folder then exports as
-        train()'s result does, with the tokenizer's special tokens and settings."""
-        super().save(folder)
-        self.hf.save_pretrained(Path(folder) / HF_TOKENIZER_DIRNAME)
-
-
-def load_saved_tokenizer(folder: Path, classify: bool) -> ModelTokenizer:
-    """A ModelTokenizer that save() wrote (a run folder's tokenizer/)."""
-    transformers = require_transformers()
-    return ModelTokenizer(transformers.AutoTokenizer.from_pretrained(Path(folder) / HF_TOKENIZER_DIRNAME), classify)
 
 
 def require_transformers():
@@ -85,37 +61,13 @@ def resolve_source(name: str) -> str:
     return name
 
 
-def load_model_tokenizer(name: str, classify: bool) -> ModelTokenizer:
-    """The model's own tokenizer; without a pad token (GPT-2) it pads with its end-of-text token."""
-    source = resolve_source(name)
-    transformers = require_transformers()
-    try:
-        hf = transformers.AutoTokenizer.from_pretrained(source, local_files_only=_cached_only(source))
-    except (OSError, ValueError) as e:
-        raise PretrainedError(f"Could not load the tokenizer of pretrained_model={name!r} ({_first_line(e)}). "
-                              f"{_where_hint(source)}") from None
-    if not getattr(hf, "is_fast", False):
-        raise PretrainedError(f"The tokenizer of {name!r} has no fast (tokenizers-library) version, which the kit "
-                              "encodes with; pick another model")
-    if hf.pad_token is None:
-        if hf.eos_token is None:
-            raise PretrainedError(f"The tokenizer of {name!r} has neither a pad nor an end-of-text token to pad "
-                                  "with; set its pad_token and save_pretrained it to a folder, then use that folder")
-        # Padding must be explicit (PITFALLS.md). Reusing eos keeps the embedding's size; the attention mask
-        # (and for a GPT-2 classifier, the last non-pad position) keeps padding out of what the model reads.
-        hf.pad_token = hf.eos_token
-        print(f"Tokenizer: {name!r} has no pad token; padding with its end-of-text token {hf.eos_token!r} "
-              f"(id {hf.pad_token_id})")
-    return ModelTokenizer(hf, classify)
-
-
 def load_pretrained_model(name: str, task: str, label_names: Sequence[str] = (),
                           pad_id: Optional[int] = None) -> nn.Module:
     """AutoModelForCausalLM (task "lm") or AutoModelForSequenceClassification with a head for label_names,
     in fp32: the precision decision's autocast works on fp32 weights, whatever dtype the checkpoint has."""
     source = resolve_source(name)
     transformers = require_transformers()
-    local_only = _cached_only(source)
+    local_only = cached_only_source(source)
     try:
         if task == "lm":
             model = transformers.AutoModelForCausalLM.from_pretrained(source, local_files_only=local_only)
@@ -127,14 +79,14 @@ def load_pretrained_model(name: str, task: str, label_names: Sequence[str] = (),
                 local_files_only=local_only)
     except SafetensorError as e:  # a weights file cut short (a copy to Drive that did not finish) or corrupted
         weights = Path(source) / "model.safetensors" if Path(source).is_dir() else f"the weights of {name!r}"
-        raise PretrainedError(f"{weights} is damaged or incomplete ({_first_line(e)}); copy the folder again or "
+        raise PretrainedError(f"{weights} is damaged or incomplete ({first_line(e)}); copy the folder again or "
                               "save the model again with save_pretrained") from None
     except (OSError, ValueError) as e:
         if isinstance(e, ValueError) and "Unrecognized configuration class" in str(e):  # a model without this head
             raise PretrainedError(f"pretrained_model={name!r} has no {_WHAT[task]} in transformers "
-                                  f"({_first_line(e)}); pick a model made for task={task!r}") from None
-        raise PretrainedError(f"Could not load pretrained_model={name!r} ({_first_line(e)}). "
-                              f"{_where_hint(source)}") from None
+                                  f"({first_line(e)}); pick a model made for task={task!r}") from None
+        raise PretrainedError(f"Could not load pretrained_model={name!r} ({first_line(e)}). "
+                              f"{where_hint(source)}") from None
     if model.config.pad_token_id is None and pad_id is not None:
         model.config.pad_token_id = pad_id  # a GPT-2 classifier finds each text's last token by it
     # from_pretrained returns the model in eval mode; Lightning keeps each module's mode, so without train()
@@ -142,7 +94,7 @@ def load_pretrained_model(name: str, task: str, label_names: Sequence[str] = (),
     return model.float().train()
 
 
-def _cached_only(source: str) -> bool:
+def cached_only_source(source: str) -> bool:
     """A folder loads as it is; a Hub name is checked first, so no network answers in seconds (utils.hub)."""
     return False if Path(source).is_dir() else cached_only(source, "pretrained_model")
 
@@ -158,13 +110,13 @@ def save_for_transformers(model: nn.Module, tokenizer, folder: Path) -> None:
     hf.save_pretrained(folder)
 
 
-def _where_hint(source: str) -> str:
+def where_hint(source: str) -> str:
     if Path(source).is_dir():
         return f"{source} should hold what save_pretrained writes (config.json, the weights and the tokenizer files)."
     return ("A Hub name needs internet (as on Colab) and the exact model id from huggingface.co; offline, give a "
             "folder saved with save_pretrained.")
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
