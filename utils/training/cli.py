@@ -25,7 +25,7 @@ from typing import Callable
 
 # Only the config here: torch and Lightning load after the settings are checked, so a typo in
 # --set is reported in a fraction of a second instead of after seconds of imports.
-from utils.config import SETTINGS, WizardConfig, apply_overrides
+from utils.config import SETTINGS, WizardConfig, apply_overrides, report_unused_settings
 from utils.errors import KitError
 
 COMMANDS = ("train", "estimate", "export", "generate", "predict")
@@ -185,6 +185,7 @@ def estimate_and_report(config: WizardConfig, device=None) -> None:
     from utils.training.precision import resolve_precision
 
     config = config.validate()
+    report_unused_settings(config)
     decision = resolve_precision(config.use_mixed_precision, config.precision, device or detect_device(config.devices))
     check_strategy(config, decision.device.kind)  # what train() refuses is refused here too, not timed as if it ran
     print(f"Precision: {decision.precision} - {decision.reason}")

@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.trainer.states import TrainerStatus
 from torch import nn
 
-from utils.config import CONFIG_FILENAME, WizardConfig
+from utils.config import CONFIG_FILENAME, WizardConfig, report_unused_settings
 from utils.data import PreparedData, prepare_data
 from utils.data.tokenizers import load_tokenizer, tokenizer_fingerprint
 from utils.env import DeviceInfo, detect_device
@@ -127,6 +127,7 @@ def train(config: Optional[WizardConfig] = None, model: Optional[nn.Module] = No
     raises IncompatibleCheckpointError; "start_new" (the notebook) moves it to output_dir/archive/.
     """
     config = (config or WizardConfig()).validate()
+    report_unused_settings(config)  # a data path given is refused; other settings the choices rule out get a note
     if on_change not in ON_CHANGE:
         raise ValueError(f"on_change={on_change!r}; choose one of {', '.join(map(repr, ON_CHANGE))}")
     # One decision for every process: each device of a multi-device run is checked to be the same GPU.
