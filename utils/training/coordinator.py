@@ -36,7 +36,8 @@ from utils.training.callbacks.recorder import RunRecorder
 from utils.training.module import TransformerModule
 from utils.models.tasks import TASKS
 from utils.training.callbacks.last_checkpoint import TrainingStopped
-from utils.training.estimate import Estimate, check_memory, estimate_run, format_duration, measure_memory
+from utils.training.estimate import (Estimate, check_memory, check_sequence_length, estimate_run, format_duration,
+                                     measure_memory)
 from utils.run_folder.checkpoints import (LOGS_DIRNAME, ON_CHANGE, TOKENIZER_DIRNAME, IncompatibleCheckpointError,
                                         ResumePoint, find_resume_point, handle_changed_run, last_checkpoint,
                                         best_checkpoint, move_run_aside, optimizer_changes, plan_resume,
@@ -208,6 +209,7 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch, move_no
     # measures for all: before the Trainer sets each process's device, every copy would land on the first GPU.
     memory = None
     if launch.is_zero:
+        check_sequence_length(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
         memory = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
         check_memory(memory, config)
     check_training_windows(config, len(data.train), data.num_tokens)
