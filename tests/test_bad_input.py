@@ -218,6 +218,16 @@ def tiny_gpt2_folder(folder: Path) -> Path:
     return folder
 
 
+def _chat_without_an_answer(w):
+    from tests.test_chat_data import save_model, write_jsonl
+
+    model = save_model(w["root"] / "chat-model")
+    data = write_jsonl(w["root"] / "questions.jsonl", [{"messages": [{"role": "user", "content": "hi?"}]}] * 3)
+    return (["--set", "model_source=pretrained", "--set", f"pretrained_model={model}", "--set", "dataset_source=file",
+             "--set", f"dataset_path={data}", "--set", f"output_dir={w['root'] / 'chat-run'}"],
+            f"{data} has no assistant turn in any of its 3 conversations (chat messages): there is no answer to learn")
+
+
 NO_TRANSFORMERS = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
                                      reason="transformers is not installed: the row builds a GPT-2 from a config")
 
@@ -231,6 +241,7 @@ NO_TRANSFORMERS = pytest.mark.skipif(importlib.util.find_spec("transformers") is
     pytest.param(_tokenizer_by_name_offline, marks=NO_TRANSFORMERS),
     pytest.param(_pretrained_by_name_offline, marks=NO_TRANSFORMERS),
     _validation_split_takes_the_data, _estimate_fsdp_on_a_cpu,
+    pytest.param(_chat_without_an_answer, marks=NO_TRANSFORMERS),
 ], ids=lambda row: row.__name__.strip("_"))
 def test_bad_input_is_one_line_naming_it_with_exit_2_and_the_run_untouched(world, bad_input):
     before = snapshot(world["witness"])

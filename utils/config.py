@@ -126,6 +126,13 @@ class WizardConfig:
     text_column: str = _data("text", "Text column", "the column holding the text in CSV, JSONL and Hugging Face data",
                              when=lambda c: c.dataset_source != "embedded",
                              used_when="the built-in corpus is plain text without columns")
+    train_on: str = _data("responses", "Train on", "chat/instruction data: the loss on the answers only, or on the "
+                          "whole text (plain text: always all of it)", choices={
+                              "responses": "Responses — the loss on the assistant's answers only",
+                              "all": "All — the loss on the whole conversation, prompts included"},
+                          when=lambda c: c.task == "lm" and c.model_source == "pretrained"
+                          and c.dataset_source != "embedded",  # chat data is read only for a pretrained model
+                          used_when="only a pretrained language model reads chat data")
     label_column: str = _data("label", "Label column", "the column holding the class label (classification only)",
                               when=lambda c: c.task == "classification" and c.dataset_source != "embedded",
                               used_when="only a classifier reads labels, from file, upload or Hugging Face data")
@@ -333,12 +340,7 @@ class WizardConfig:
 
 SETTINGS: dict[str, Setting] = {f.name: f.metadata["setting"] for f in fields(WizardConfig)}
 TASKS = tuple(SETTINGS["task"].choices)
-DATASET_SOURCES = tuple(SETTINGS["dataset_source"].choices)
-TOKENIZER_STRATEGIES = tuple(SETTINGS["tokenizer_strategy"].choices)
-MODEL_SOURCES = tuple(SETTINGS["model_source"].choices)
-MODEL_SIZES = tuple(SETTINGS["model_size"].choices)
 PRECISIONS = tuple(SETTINGS["precision"].choices)
-STRATEGIES = tuple(SETTINGS["strategy"].choices)
 WANDB_MODES = tuple(SETTINGS["wandb_mode"].choices)
 
 

@@ -300,7 +300,7 @@ def _load_by_name(name: str, path: Path):
         raise TokenizerError(f"tokenizer_path={name!r} is not a folder here; loading a tokenizer by name needs "
                              "the transformers library and internet (pip install transformers, as on Colab), "
                              f"or give a local folder holding {HF_FILENAME}") from None
-    from utils.hub import cached_only
+    from utils.hub_offline import cached_only
 
     try:
         hf = AutoTokenizer.from_pretrained(name, local_files_only=cached_only(name, "tokenizer_path"))

@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from utils.errors import KitError, MissingFileError
-from utils.hub import cached_only
+from utils.hub_offline import cached_only
 
 KIT_CONFIG_FILENAME = "kit_config.json"  # in an export: config.json is the model's own (transformers reads it)
 _WHAT = {"lm": "causal language model head (AutoModelForCausalLM)",
