@@ -131,7 +131,7 @@ def test_every_epoch_the_first_included_gets_a_checkpoint_after_its_first_step(t
     config = tiny_config.replace(dataset_path=str(text_file), max_steps=None, max_epochs=2,
                                  checkpoint_every_minutes=60)
     watch = LastCheckpointAfterEachStep()
-    result = TrainingCoordinator(config, device=CPU).train(extra_callbacks=[watch])
+    result = train(config, device=CPU, extra_callbacks=[watch])
     assert result.global_step == 20  # 10 steps an epoch (see text_file)
     assert watch.seen[0] == (1, 1)  # the first epoch's first step
     assert watch.seen[9] == (10, 1)  # its last batch is never a save point
@@ -156,14 +156,14 @@ def test_a_resume_keeps_the_only_best_checkpoint_until_a_better_one_replaces_it(
                                  checkpoint_every_minutes=60, save_top_k=1)
     folder = Path(config.output_dir) / "checkpoints"
     with pytest.raises(ConnectionAbortedError):  # after epoch 2's validation (step 20), before step 21's save
-        TrainingCoordinator(config, device=CPU).train(extra_callbacks=[KilledAt(20)])
+        train(config, device=CPU, extra_callbacks=[KilledAt(20)])
     best = [p.name for p in folder.glob("epoch*.ckpt")]
     assert len(best) == 1 and "step20-" in best[0] and load_ckpt(folder / "last.ckpt")["global_step"] == 11
     with pytest.raises(ConnectionAbortedError):  # killed again right after resuming from step 11
-        TrainingCoordinator(config, device=CPU).train(extra_callbacks=[KilledAt(12)])
+        train(config, device=CPU, extra_callbacks=[KilledAt(12)])
     assert [p.name for p in folder.glob("epoch*.ckpt")] == best  # still there: the run's only best
     assert f"Kept {best[0]}" in capsys.readouterr().out
-    result = TrainingCoordinator(config, device=CPU).train()
+    result = train(config, device=CPU)
     assert result.global_step == 30
     names = sorted(p.name for p in folder.glob("*.ckpt"))
     assert len(names) == 2 and "last.ckpt" in names and result.best_checkpoint.name in names  # no -v1 copies
@@ -547,7 +547,7 @@ def test_a_full_disk_during_a_checkpoint_write_is_one_line_exit_2_and_the_old_ch
 
     config = tiny_config.replace(checkpoint_every_minutes=0)
     with pytest.raises(ConnectionAbortedError):  # a run killed after step 2, saved at every step
-        TrainingCoordinator(config, device=CPU).train(extra_callbacks=[KilledAt(2)])
+        train(config, device=CPU, extra_callbacks=[KilledAt(2)])
     out = Path(config.output_dir)
     old = (out / "checkpoints" / "last.ckpt").read_bytes()
 
@@ -618,11 +618,11 @@ def test_changed_optimizer_settings_take_effect_from_the_resume_point_and_are_sa
     config.json recorded the new one."""
     config = tiny_config.replace(checkpoint_every_minutes=0, learning_rate=1e-3, weight_decay=0.1)
     with pytest.raises(ConnectionAbortedError):
-        TrainingCoordinator(config, device=CPU).train(extra_callbacks=[KilledAt(4)])
+        train(config, device=CPU, extra_callbacks=[KilledAt(4)])
     capsys.readouterr()
     seen = OptimizerSeen()
     changed = config.replace(learning_rate=1e-5, weight_decay=0.01, gradient_clip_val=0.5)
-    TrainingCoordinator(changed, device=CPU).train(extra_callbacks=[seen])
+    train(changed, device=CPU, extra_callbacks=[seen])
     out = capsys.readouterr().out
     assert "learning_rate 0.001 -> 1e-05 from step 4 on" in out
     assert "weight_decay 0.1 -> 0.01 from step 4 on" in out
