@@ -184,6 +184,8 @@ class WizardConfig:
     dropout: float = _model(0.0, "Dropout", "dropout probability in the template models", ge=0, lt=1,
                             when=lambda c: c.model_source != "pretrained",
                             used_when="a pretrained model keeps its own")
+    inspect: bool = _model(True, "Inspect before training", "check shapes, causality, padding and gradient flow "
+                           "before training, and stop when one fails")
     # --- optimisation
     batch_size: int = _optim(16, "Batch size", "sequences per optimizer micro-batch", ge=1)
     learning_rate: float = _optim(1e-3, "Learning rate", "peak AdamW learning rate", gt=0, le=1,
