@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ from tests.conftest import REPO_ROOT, corpus_start
 from tests.test_user_models import BUILD_MODEL_LM, HF_GPT2, write_model
 from utils.config import WizardConfig
 from utils.training import train
+from utils.training.cli import COMMANDS
 from utils.models.user_models import GIST_BASE_URL_ENV, GIST_TIMEOUT_ENV
 
 GIST_SECONDS = 3  # KIT_GIST_TIMEOUT in the subprocess: the whole download's time allowed
@@ -174,6 +176,84 @@ def _batch_larger_than_memory(w):
              "The largest batch that fits is ", " keeps the effective batch."])
 
 
+def _task_not_a_choice(w):
+    # A choice written with the wrong case used to reach a rule joining fields and raise KeyError there.
+    return (["--set", "task=Classification", "--set", f"output_dir={w['witness']}"],
+            "Task (task) cannot be 'Classification'; choose one of 'lm', 'classification'")
+
+
+def _gist_base_url_not_a_web_address(w):
+    return (["--config", str(w["witness"] / "config.json"), "--set", "model_source=gist",
+             "--set", "gist_id=alice/abc123", "--set", f"output_dir={w['root'] / 'gist-url-run'}"],
+            f"{GIST_BASE_URL_ENV}='ftp//oops' is not a web address; give one starting with https:// (or http://)",
+            {GIST_BASE_URL_ENV: "ftp//oops"})
+
+
+def _pretrained_weights_truncated(w):
+    folder = tiny_gpt2_folder(w["root"] / "truncated-gpt2")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # as a copy cut short leaves it
+    return (["--config", str(w["witness"] / "config.json"), "--set", "model_source=pretrained",
+             "--set", f"pretrained_model={folder}", "--set", f"output_dir={w['root'] / 'truncated-run'}"],
+            f"{weights} is damaged or incomplete (")
+
+
+def _hub_name_without_network(env_for_no_network):
+    def row(w):
+        return (["--config", str(w["witness"] / "config.json"), *env_for_no_network["args"],
+                 "--set", f"output_dir={w['root'] / 'offline-run'}"],
+                env_for_no_network["expected"], no_network_env(w))
+    row.__name__ = env_for_no_network["name"]
+    return row
+
+
+def no_network_env(w) -> dict:
+    """No network, simulated without touching it: the Hub's address is a local port nothing listens on (refused
+    at once, as an offline machine refuses) and the Hugging Face cache is an empty folder."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (w["root"] / "hf-home").mkdir(exist_ok=True)
+    return {"HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HOME": str(w["root"] / "hf-home")}
+
+
+_tokenizer_by_name_offline = _hub_name_without_network({
+    "name": "_tokenizer_by_name_offline", "args": ["--set", "model_source=template", "--set", "tokenizer_strategy=pretrained",
+                                         "--set", "tokenizer_path=gpt2"],
+    "expected": "tokenizer_path='gpt2' needs the Hugging Face Hub, which cannot be reached from here (http://127.0.0.1:"})
+_pretrained_by_name_offline = _hub_name_without_network({
+    "name": "_pretrained_by_name_offline", "args": ["--set", "model_source=pretrained", "--set", "pretrained_model=gpt2"],
+    "expected": "pretrained_model='gpt2' needs the Hugging Face Hub, which cannot be reached from here (http://127.0.0.1:"})
+
+
+def _validation_split_takes_the_data(w):
+    return (["--config", str(w["witness"] / "config.json"), "--set", "val_split=0.99",
+             "--set", f"output_dir={w['root'] / 'split-run'}"],
+            ["val_split=0.99 holds out ", "lower val_split"])
+
+
+def _estimate_fsdp_on_a_cpu(w):
+    return (["estimate", "--config", str(w["witness"] / "config.json"), "--set", "strategy=fsdp"],
+            "strategy='fsdp' needs CUDA GPUs, but this run is on cpu")
+
+
+def tiny_gpt2_folder(folder: Path) -> Path:
+    """A tiny GPT-2 and its tokenizer as save_pretrained writes them (built here: nothing is downloaded)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    bpe.train_from_iterator(["def f(x): return x + 1\n" * 50], trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=64, bos_token_id=0, eos_token_id=0,
+                               vocab_size=len(tokenizer))).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def _chat_without_an_answer(w):
     from tests.test_chat_data import save_model, write_jsonl
 
@@ -196,17 +276,23 @@ NO_PEFT = pytest.mark.skipif(importlib.util.find_spec("peft") is None or importl
     pytest.param(_position_table_too_short, marks=NO_TRANSFORMERS), _pretrained_folder_missing,
     _lora_on_a_model_file, pytest.param(_lora_target_matches_no_module, marks=NO_PEFT),
     pytest.param(_qlora_without_bitsandbytes, marks=NO_PEFT),
+    _task_not_a_choice, _gist_base_url_not_a_web_address, pytest.param(_pretrained_weights_truncated,
+                                                                       marks=NO_TRANSFORMERS),
+    pytest.param(_tokenizer_by_name_offline, marks=NO_TRANSFORMERS),
+    pytest.param(_pretrained_by_name_offline, marks=NO_TRANSFORMERS),
+    _validation_split_takes_the_data, _estimate_fsdp_on_a_cpu,
     pytest.param(_chat_without_an_answer, marks=NO_TRANSFORMERS),
 ], ids=lambda row: row.__name__.strip("_"))
 def test_bad_input_is_one_line_naming_it_with_exit_2_and_the_run_untouched(world, bad_input):
     before = snapshot(world["witness"])
     model_code = world["model"].read_bytes()
-    args, expected, *env_changes = bad_input(world)  # a row may change the environment too
+    args, expected, *row_env = bad_input(world)  # a row may set environment variables of its own
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", GIST_TIMEOUT_ENV: str(GIST_SECONDS),
-           GIST_BASE_URL_ENV: world["server"].url, **(env_changes[0] if env_changes else {})}
+           GIST_BASE_URL_ENV: world["server"].url, **(row_env[0] if row_env else {})}
+    command = args if args[0] in COMMANDS else ["--sample-tokens", "0", *args]
     started = time.monotonic()
     try:
-        proc = subprocess.run([sys.executable, "-m", "utils.training", "--sample-tokens", "0", *args], cwd=REPO_ROOT,
+        proc = subprocess.run([sys.executable, "-m", "utils.training", *command], cwd=REPO_ROOT,
                               env=env, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
     finally:
         world["model"].write_bytes(model_code)
@@ -221,3 +307,4 @@ def test_bad_input_is_one_line_naming_it_with_exit_2_and_the_run_untouched(world
     assert snapshot(world["witness"]) == before
     assert not any((world["root"] / name).exists() for name in ("lora-run", "qlora-run"))  # nothing written
     assert time.monotonic() - started < 120  # a slow server or a huge max_seq_len is refused, not waited on
+    assert "Retrying" not in proc.stdout + proc.stderr  # a Hub that cannot be reached: asked once, not for a minute

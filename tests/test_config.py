@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from utils import config as config_module
-from utils.config import SETTINGS, ConfigError, WizardConfig, apply_overrides, field_errors
+from utils.config import SETTINGS, ConfigError, WizardConfig, apply_overrides, field_errors, unused_settings
 from utils.ui.setup_wizard import WizardConfig as ReExported
 
 
@@ -246,3 +246,29 @@ def test_validating_imports_neither_torch_nor_lightning():
                           env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_a_data_path_the_choices_do_not_read_is_refused_and_other_unused_settings_get_a_note():
+    """dataset_path without dataset_source='file' used to train on the built-in corpus without a word."""
+    refusals, notes = unused_settings(WizardConfig(dataset_path="my.txt", vocab_size=8000, wandb_project="mine"))
+    assert refusals == ["dataset_path='my.txt' is not used (read only with Data source (dataset_source) 'file' or "
+                        "'upload'); to train on that file set dataset_source='file', or leave dataset_path empty"]
+    assert notes == ["Note: vocab_size=8000 is not used (only the bpe tokenizer is trained to a size; char, byte and "
+                     "pretrained ones bring their own).",
+                     "Note: wandb_project='mine' is not used (Weights & Biases (wandb_mode) is 'disabled')."]
+    assert unused_settings(WizardConfig(dataset_source="file", dataset_path="my.txt", tokenizer_strategy="bpe",
+                                        vocab_size=8000)) == ([], [])
+    for name, rules in SETTINGS.items():  # every field a choice can rule out says why
+        assert (rules.when is None) == (rules.used_when == ""), name
+
+
+def test_train_and_estimate_refuse_an_unread_data_path_and_say_what_is_unused(tmp_path, capsys):
+    from utils.training.cli import main
+
+    assert main(["--set", "dataset_path=my.txt", "--set", f"output_dir={tmp_path / 'run'}"]) == 2
+    assert "dataset_path='my.txt' is not used" in capsys.readouterr().err
+    assert main(["estimate", "--set", "dataset_path=my.txt"]) == 2
+    assert "dataset_path='my.txt' is not used" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    assert main(["estimate", "--set", "vocab_size=8000", "--set", "model_size=tiny", "--set", "max_seq_len=16"]) == 0
+    assert "Note: vocab_size=8000 is not used (only the bpe tokenizer" in capsys.readouterr().out

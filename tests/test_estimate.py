@@ -218,3 +218,17 @@ def test_the_estimate_says_compile_adds_time_it_does_not_count():
     plain = estimate_run(config.replace(compile=False), cpu_decision(), model, build_task(config), 64, 0,
                          train_batches=10, val_batches=2)
     assert len(plain.describe().splitlines()) == 2
+
+
+def test_a_sequence_length_that_cannot_fit_is_refused_before_the_slow_measurement(tmp_path, capsys):
+    """max_seq_len=40000 used to print nothing for minutes after the Model line: the memory measurement ran two
+    training steps of 40,000 tokens. A short step, scaled to the length (memory grows at least linearly with it),
+    refuses what cannot fit at once; what may fit is measured after a line saying so. The device is one of 256 MB
+    (a DeviceInfo; the check reads its memory) so that the refusal does not depend on this machine's RAM."""
+    small = DeviceInfo("cpu", "CPU", total_memory_bytes=256 * 2**20)
+    config = WizardConfig(max_seq_len=40_000, batch_size=1, max_steps=1, output_dir=str(tmp_path / "run"))
+    with pytest.raises(BatchTooLargeError, match=r"max_seq_len=40000 needs at least .* for one sequence, more than "
+                                                 r"CPU memory \(256.0 MB, 90% usable\); lower max_seq_len"):
+        train(config, device=small)
+    assert "Memory: measuring" not in capsys.readouterr().out
+    assert not (tmp_path / "run" / "checkpoints").exists()

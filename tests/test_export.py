@@ -178,3 +178,16 @@ def test_a_hugging_face_model_folder_is_not_taken_for_an_earlier_export(tmp_path
                            tmp_path / "export")
     marker = json.loads((written / ".kit-export.json").read_text())
     assert marker["written_by"] == "colab-transformer-kit" and marker["kit_version"] == kit_version()
+
+
+def test_an_export_onto_an_existing_file_is_refused_naming_it(tmp_path):
+    """export --to NOTES.txt used to replace the user's file with an export folder (the file kept only as a hidden
+    .NOTES.txt.replaced-PID); it is refused and the file is left as it was."""
+    from utils.data.tokenizers import ByteTokenizer
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n", encoding="utf-8")
+    with pytest.raises(ExportError, match=rf"{notes} is a file, not a folder: exporting there would replace it"):
+        export_model(nn.Linear(2, 2), WizardConfig(output_dir=str(tmp_path / "run")), ByteTokenizer(), notes)
+    assert notes.read_text(encoding="utf-8") == "my notes\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

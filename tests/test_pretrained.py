@@ -348,3 +348,28 @@ def test_the_wizard_asks_for_the_model_and_not_for_a_tokenizer(gpt2_folder):
            "trainable)" in plan
     assert "with the model's own tokenizer (320 token ids)" in plan
     assert vocab_size_for(config) == (320, "the pretrained model's own tokenizer")
+
+
+@requires_transformers
+def test_a_fine_tuned_run_folder_exports_from_the_command_line_and_load_run(tmp_path, gpt2_folder, capsys):
+    """Only train()'s result used to export: a run folder's tokenizer had no transformers tokenizer to save."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from utils.export import load_exported
+    from utils.run_folder.loading import load_run
+    from utils.training import train
+    from utils.training.cli import main
+
+    config = WizardConfig(model_source="pretrained", pretrained_model=str(gpt2_folder), dataset_source="file",
+                          dataset_path=str(corpus_start(tmp_path / "data", 12_000)), max_steps=2,
+                          output_dir=str(tmp_path / "run"), **TINY_RUN)
+    result = train(config, device=CPU)
+    assert main(["export", str(tmp_path / "run"), "--checkpoint", "last", "--to", str(tmp_path / "cli-export")]) == 0
+    assert f"to {tmp_path / 'cli-export'}" in capsys.readouterr().out
+    python_export = load_run(tmp_path / "run", checkpoint="last").export(tmp_path / "python-export")
+    expected = result.generate("def ", max_new_tokens=8, seed=0)
+    for folder in (tmp_path / "cli-export", python_export):
+        assert load_exported(folder).generate("def ", max_new_tokens=8, seed=0) == expected
+        hf_tokenizer = AutoTokenizer.from_pretrained(folder)
+        assert hf_tokenizer.pad_token == EOS and hf_tokenizer.eos_token == EOS
+        assert AutoModelForCausalLM.from_pretrained(folder).config.vocab_size == len(hf_tokenizer)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -111,6 +112,62 @@ def test_last_checkpoint_keeps_moving_after_validation_loss_stops_improving(tiny
     # During training too, not only at its end: at each epoch's end last.ckpt is one step behind (an epoch's
     # last batch is never a save point, see LastCheckpoint).
     assert watch.seen == [(k * steps_per_epoch, k * steps_per_epoch - 1) for k in (1, 2, 3)]
+
+
+class LastCheckpointAfterEachStep(pl.Callback):
+    """After every optimizer step: (global step, the step last.ckpt holds, or None before there is one)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        path = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+        self.seen.append((trainer.global_step, load_ckpt(path)["global_step"] if path.exists() else None))
+
+
+def test_every_epoch_the_first_included_gets_a_checkpoint_after_its_first_step(tiny_config, text_file):
+    """A kill at the end of epoch 1 used to lose the whole epoch: only later epochs were saved after their first
+    step. The clock never falls due here (60 minutes), so every save seen is an epoch's."""
+    config = tiny_config.replace(dataset_path=str(text_file), max_steps=None, max_epochs=2,
+                                 checkpoint_every_minutes=60)
+    watch = LastCheckpointAfterEachStep()
+    result = train(config, device=CPU, extra_callbacks=[watch])
+    assert result.global_step == 20  # 10 steps an epoch (see text_file)
+    assert watch.seen[0] == (1, 1)  # the first epoch's first step
+    assert watch.seen[9] == (10, 1)  # its last batch is never a save point
+    assert watch.seen[10] == (11, 11) and watch.seen[-1] == (20, 11)  # the second epoch's first step
+
+
+class KilledAt(pl.Callback):
+    """Stands for a kill: raises at the start of the step after `step` optimizer steps, before anything saves."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise ConnectionAbortedError(f"killed at step {self.step}")
+
+
+def test_a_resume_keeps_the_only_best_checkpoint_until_a_better_one_replaces_it(tiny_config, text_file, capsys):
+    """The best saved after the resume point used to be deleted on resume; with save_top_k=1 the restored state's
+    best was already gone, so a second kill left the run with no best checkpoint at all."""
+    config = tiny_config.replace(dataset_path=str(text_file), max_steps=None, max_epochs=3,
+                                 checkpoint_every_minutes=60, save_top_k=1)
+    folder = Path(config.output_dir) / "checkpoints"
+    with pytest.raises(ConnectionAbortedError):  # after epoch 2's validation (step 20), before step 21's save
+        train(config, device=CPU, extra_callbacks=[KilledAt(20)])
+    best = [p.name for p in folder.glob("epoch*.ckpt")]
+    assert len(best) == 1 and "step20-" in best[0] and load_ckpt(folder / "last.ckpt")["global_step"] == 11
+    with pytest.raises(ConnectionAbortedError):  # killed again right after resuming from step 11
+        train(config, device=CPU, extra_callbacks=[KilledAt(12)])
+    assert [p.name for p in folder.glob("epoch*.ckpt")] == best  # still there: the run's only best
+    assert f"Kept {best[0]}" in capsys.readouterr().out
+    result = train(config, device=CPU)
+    assert result.global_step == 30
+    names = sorted(p.name for p in folder.glob("*.ckpt"))
+    assert len(names) == 2 and "last.ckpt" in names and result.best_checkpoint.name in names  # no -v1 copies
+    assert "-v1" not in " ".join(names)
 
 
 # ------------------------------------------------------------------ 2. a torn checkpoint is stepped past
@@ -348,7 +405,6 @@ def test_sigint_saves_last_checkpoint_and_exits_130(tmp_path, small_text):
             while not metrics.exists() and proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.02)
             assert metrics.exists() and proc.poll() is None, log.read_text()[-3000:]
-            assert not (out / "checkpoints" / "last.ckpt").exists()  # only the stop writes it (every 60 min)
             proc.send_signal(signal.SIGINT)
             code = proc.wait(timeout=60)
         finally:
@@ -372,6 +428,94 @@ def test_sigint_saves_last_checkpoint_and_exits_130(tmp_path, small_text):
     assert load_ckpt(last)["global_step"] == step + 2
 
 
+SLOW_MODEL = """
+import time
+from torch import nn
+
+
+class Model(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        print("building the model", flush=True)
+        time.sleep(float(config.get("build_seconds", 0)))  # start-up under way while this sleeps
+        self.emb = nn.Embedding(config["vocab_size"], 8)
+        self.head = nn.Linear(8, config["vocab_size"])
+
+    def forward(self, idx):
+        if self.training:
+            print("forward", flush=True)
+            time.sleep(float(config_step_seconds))  # a step long enough for two presses of Ctrl-C within it
+        return self.head(self.emb(idx))
+"""
+
+
+def slow_model(folder: Path, build_seconds: float, step_seconds: float) -> Path:
+    folder.mkdir(parents=True)
+    path = folder / "model.py"
+    path.write_text(SLOW_MODEL.replace("config_step_seconds", str(step_seconds)), encoding="utf-8")
+    (folder / "config.json").write_text(json.dumps({"build_seconds": build_seconds}), encoding="utf-8")
+    return path
+
+
+def wait_for(proc, log: Path, text: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while text not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert text in log.read_text() and proc.poll() is None, log.read_text()[-3000:]
+
+
+def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path, small_text):
+    """It used to print a 33-frame KeyboardInterrupt traceback."""
+    out, log = tmp_path / "run", tmp_path / "log.txt"
+    model = slow_model(tmp_path / "model", build_seconds=60, step_seconds=0)
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(cli(small_text, out, model_source="file", model_path=model), cwd=REPO_ROOT, env=ENV,
+                                stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            wait_for(proc, log, "building the model")
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = log.read_text()
+    assert code == 130, text[-3000:]
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
+    assert text.rstrip().splitlines()[-1] == ("Stopped (Ctrl-C) before train finished. Run the same command again to "
+                                              "continue: a run resumes from its last checkpoint, when it saved one.")
+    assert not (out / "checkpoints").exists()
+
+
+def test_a_second_ctrl_c_stops_at_once_and_says_so(tmp_path, small_text):
+    """It used to exit 130 without a word: the message was raised inside `except SystemExit`, past its printer."""
+    out, log = tmp_path / "run", tmp_path / "log.txt"
+    model = slow_model(tmp_path / "model", build_seconds=0, step_seconds=3.0)
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(cli(small_text, out, model_source="file", model_path=model), cwd=REPO_ROOT, env=ENV,
+                                stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            metrics, deadline = out / "logs" / "version_0" / "metrics.csv", time.monotonic() + 120
+            while not metrics.exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert metrics.exists() and proc.poll() is None, log.read_text()[-3000:]
+            forwards = log.read_text().count("forward")
+            while log.read_text().count("forward") == forwards and proc.poll() is None:
+                time.sleep(0.01)  # a training step has just begun: its forward pass sleeps for 3 s now
+            proc.send_signal(signal.SIGINT)
+            wait_for(proc, log, "SIGINT: finishing the current step")
+            proc.send_signal(signal.SIGINT)  # within the same step
+            code = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = log.read_text()
+    assert code == 130, text[-3000:]
+    last = out / "checkpoints" / "last.ckpt"  # the first step's save (every epoch's first step is saved)
+    assert re.search(rf"Training stopped at once at step \d+, without a new checkpoint. Run again with the same "
+                     rf"output_dir to continue from {re.escape(str(last))}.", text), text[-3000:]
+    assert "Traceback" not in text
+
+
 # ------------------------------------------------------------------ 10. temp files of a killed write
 
 def test_temp_files_of_a_killed_write_are_removed_on_the_next_start(tiny_config, capsys):
@@ -387,3 +531,104 @@ def test_temp_files_of_a_killed_write_are_removed_on_the_next_start(tiny_config,
     assert not any(path.exists() for path in leftovers)
     assert not [p for p in out.rglob("*") if ".kit-tmp" in p.name]
     assert again.resumed_from == first.last_checkpoint and again.global_step == 2
+
+
+# ------------------------------------------------------------------ 11. a full disk during a checkpoint write
+
+def test_a_full_disk_during_a_checkpoint_write_is_one_line_exit_2_and_the_old_checkpoint_survives(
+        tiny_config, monkeypatch, capsys):
+    """A full disk is simulated (this machine's is not full): every write to a checkpoint's temp file raises
+    OSError(ENOSPC), as a full disk or Drive quota does. torch.save reports that as a RuntimeError ("unexpected
+    pos") without the errno, which the command line used to show as a bug."""
+    import errno
+    import io
+
+    from utils.training.cli import main
+
+    config = tiny_config.replace(checkpoint_every_minutes=0)
+    with pytest.raises(ConnectionAbortedError):  # a run killed after step 2, saved at every step
+        train(config, device=CPU, extra_callbacks=[KilledAt(2)])
+    out = Path(config.output_dir)
+    old = (out / "checkpoints" / "last.ckpt").read_bytes()
+
+    class FullDisk(io.RawIOBase):
+        """A checkpoint's temp file on a full disk: every write raises ENOSPC."""
+
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def writable(self):
+            return True
+
+        def fileno(self):
+            return self.f.fileno()
+
+        def close(self):
+            self.f.close()
+            super().close()
+
+    real_open = open
+
+    def open_on_a_full_disk(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        return FullDisk(f) if "w" in mode and ".ckpt" in str(file) else f
+
+    monkeypatch.setattr("builtins.open", open_on_a_full_disk)
+    args = ["--sample-tokens", "0", "--config", str(out / "config.json")]
+    assert main(args) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(f"error: No space left on the disk holding {out / 'checkpoints'} "
+                                "(or your Google Drive quota) for last.ckpt: the checkpoint needs about "), errors[0]
+    assert "Free some space or choose an output_dir with room, then run again; the last.ckpt from before is intact" \
+        in errors[0]
+    monkeypatch.undo()
+    assert (out / "checkpoints" / "last.ckpt").read_bytes() == old
+    assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]  # no temp file left
+
+
+# ------------------------------------------------------------------ 12. optimizer settings changed between runs
+
+class OptimizerSeen(pl.Callback):
+    """(global step, learning rate, weight decay of the decayed group) at the start of every training batch."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        group = trainer.optimizers[0].param_groups[0]
+        self.seen.append((trainer.global_step, group["lr"], group["weight_decay"]))
+
+
+def logged_learning_rates(out: Path) -> dict[int, float]:
+    import csv
+
+    rates = {}
+    for path in sorted((out / "logs").glob("version_*/metrics.csv")):
+        with path.open(encoding="utf-8") as f:
+            rates.update({int(row["step"]): float(row["lr"]) for row in csv.DictReader(f) if row.get("lr")})
+    return rates
+
+
+def test_changed_optimizer_settings_take_effect_from_the_resume_point_and_are_said(tiny_config, capsys):
+    """A changed learning_rate used to resume silently at the old rate (the restored schedule kept its base) while
+    config.json recorded the new one."""
+    config = tiny_config.replace(checkpoint_every_minutes=0, learning_rate=1e-3, weight_decay=0.1)
+    with pytest.raises(ConnectionAbortedError):
+        train(config, device=CPU, extra_callbacks=[KilledAt(4)])
+    capsys.readouterr()
+    seen = OptimizerSeen()
+    changed = config.replace(learning_rate=1e-5, weight_decay=0.01, gradient_clip_val=0.5)
+    train(changed, device=CPU, extra_callbacks=[seen])
+    out = capsys.readouterr().out
+    assert "learning_rate 0.001 -> 1e-05 from step 4 on" in out
+    assert "weight_decay 0.1 -> 0.01 from step 4 on" in out
+    assert "gradient_clip_val 1.0 -> 0.5 from step 4 on" in out
+    assert all(wd == 0.01 for _, _, wd in seen.seen)
+    rates = logged_learning_rates(Path(config.output_dir))
+    assert all(rates[step] > 1e-4 for step in range(1, 5)), rates  # 1e-3 on a cosine to step 8 (10% at its end)
+    assert all(1e-6 <= rates[step] <= 1e-5 for step in range(5, 9)), rates  # 1e-5 on the same cosine
+    assert WizardConfig.load(Path(config.output_dir) / "config.json").learning_rate == 1e-5  # what the run used

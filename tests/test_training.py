@@ -13,6 +13,7 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from tests.conftest import REPO_ROOT
 from utils.config import WizardConfig
 from utils.env import DeviceInfo
+from utils.errors import KitError
 from utils.training import TrainingResult, train
 from utils.training.__main__ import BUG_NOTE, main as cli_main
 from utils.training.precision import resolve_precision
@@ -314,3 +315,19 @@ def test_a_model_passed_in_is_checked_before_training_and_cannot_be_exported(tin
     result = train(tiny_config.replace(max_steps=1), model=TinyLM(128), device=CPU)  # 128 scores >= 92 ids: fine
     with pytest.raises(ValueError, match=r"TinyLM was passed to train\(model=\.\.\.\), so an export folder could not"):
         result.export()
+
+
+@pytest.mark.parametrize("broken", ["missing", "no text"])
+def test_start_fresh_checks_the_new_data_before_moving_the_old_run(tiny_config, tmp_path, broken):
+    """resume=False with a data file that is missing or holds no text used to move the old run to archive/ first."""
+    first = train(tiny_config.replace(max_steps=2), device=CPU)
+    before = {str(p.relative_to(first.output_dir)): p.read_bytes() for p in sorted(first.output_dir.rglob("*"))
+              if p.is_file() and p.name != ".run.lock" and "data_cache" not in p.parts}
+    data = tmp_path / "new.txt"
+    if broken == "no text":
+        data.write_text("\n\n", encoding="utf-8")
+    with pytest.raises(KitError):
+        train(tiny_config.replace(max_steps=3, resume=False, dataset_path=str(data)), device=CPU)
+    after = {str(p.relative_to(first.output_dir)): p.read_bytes() for p in sorted(first.output_dir.rglob("*"))
+             if p.is_file() and p.name != ".run.lock" and "data_cache" not in p.parts}
+    assert after == before and not (first.output_dir / "archive").exists()

@@ -59,6 +59,7 @@ class Setting:
     # Whether the field matters for a config (e.g. the file path only for a file source); None: always.
     # An irrelevant field is hidden in the wizard, not validated and not saved.
     when: Optional[Callable[[Any], bool]] = None
+    used_when: str = ""  # why a field `when` rules out is not used, for the note a value given there gets
 
     def relevant(self, config: Any) -> bool:
         return self.when is None or bool(self.when(config))
@@ -118,21 +119,27 @@ class WizardConfig:
         "huggingface": "Hugging Face — a dataset from the Hub"})
     dataset_name: str = _data("python_reference", "Dataset name",
                               "the built-in corpus's name, or a Hugging Face dataset name such as 'imdb'",
-                              when=lambda c: c.dataset_source in ("embedded", "huggingface"))
+                              when=lambda c: c.dataset_source in ("embedded", "huggingface"),
+                              used_when="only the built-in and Hugging Face data sources have a name")
     dataset_config: str = _data("", "Dataset config", "Hugging Face dataset config (subset) name, empty for none",
-                                when=lambda c: c.dataset_source == "huggingface")
+                                when=lambda c: c.dataset_source == "huggingface",
+                                used_when="only Hugging Face data has configs")
     dataset_path: str = _data("", "File path", "a .txt, .csv or .jsonl file, for the file and upload sources",
-                              when=lambda c: c.dataset_source in ("file", "upload"))
+                              when=lambda c: c.dataset_source in ("file", "upload"),
+                              used_when="read only with Data source (dataset_source) 'file' or 'upload'")
     text_column: str = _data("text", "Text column", "the column holding the text in CSV, JSONL and Hugging Face data",
-                             when=lambda c: c.dataset_source != "embedded")
+                             when=lambda c: c.dataset_source != "embedded",
+                             used_when="the built-in corpus is plain text without columns")
     train_on: str = _data("responses", "Train on", "chat/instruction data: the loss on the answers only, or on the "
                           "whole text (plain text: always all of it)", choices={
                               "responses": "Responses — the loss on the assistant's answers only",
                               "all": "All — the loss on the whole conversation, prompts included"},
                           when=lambda c: c.task == "lm" and c.model_source == "pretrained"
-                          and c.dataset_source != "embedded")  # chat data is read only for a pretrained model
+                          and c.dataset_source != "embedded",  # chat data is read only for a pretrained model
+                          used_when="only a pretrained language model reads chat data")
     label_column: str = _data("label", "Label column", "the column holding the class label (classification only)",
-                              when=lambda c: c.task == "classification" and c.dataset_source != "embedded")
+                              when=lambda c: c.task == "classification" and c.dataset_source != "embedded",
+                              used_when="only a classifier reads labels, from file, upload or Hugging Face data")
     val_split: float = _data(0.1, "Validation split", "fraction of the data held out to measure validation loss",
                              gt=0, lt=1, hint="e.g. 0.1")
     # --- tokenizer
@@ -140,14 +147,18 @@ class WizardConfig:
         "char": "Characters — one id per distinct character",
         "byte": "Bytes — 256 ids, reads any text",
         "bpe": "BPE — subwords trained on your data",
-        "pretrained": "Pretrained — an existing tokenizer"}, when=lambda c: c.model_source != "pretrained")
+        "pretrained": "Pretrained — an existing tokenizer"}, when=lambda c: c.model_source != "pretrained",
+        used_when="a pretrained model brings its own tokenizer")
     tokenizer_path: str = _tokenizer("", "Tokenizer path", "pretrained tokenizer folder (or its name on Colab)",
                                      when=lambda c: c.tokenizer_strategy == "pretrained"
-                                     and c.model_source != "pretrained")
+                                     and c.model_source != "pretrained",
+                                     used_when="read only with Tokenizer (tokenizer_strategy) 'pretrained' and a model that is not pretrained")
     vocab_size: int = _tokenizer(4096, "Vocabulary size", "target vocabulary of the BPE trained on your data (bpe "
                                  "only: char, byte and pretrained bring their own)", ge=260, le=1_000_000,
                                  hint="byte-level BPE needs the 256 bytes plus special tokens",
-                                 when=lambda c: c.tokenizer_strategy == "bpe" and c.model_source != "pretrained")
+                                 when=lambda c: c.tokenizer_strategy == "bpe" and c.model_source != "pretrained",
+                                 used_when="only the bpe tokenizer is trained to a size; char, byte and pretrained ones "
+                                 "bring their own")
     # --- model
     model_source: str = _model("template", "Model from", "where the model code comes from", choices={
         "template": "Template — a model from templates/",
@@ -155,43 +166,54 @@ class WizardConfig:
         "gist": "A GitHub Gist — holding model.py",
         "pretrained": "Pretrained — fine-tune a Hugging Face model"})
     model_template: str = _model("gpt", "Template", "which model from templates/ (short nn.Module files to read "
-                                 "and copy)", when=lambda c: c.model_source == "template")
+                                 "and copy)", when=lambda c: c.model_source == "template",
+                                 used_when="read only with Model from (model_source) 'template'")
     model_size: str = _model("tiny", "Model size", "size of the template model", choices={
         "tiny": "Tiny — about 0.8M parameters, minutes on a CPU",
         "small": "Small — about 11M parameters, for a GPU",
-        "base": "Base — GPT-2 small shape, about 85M parameters"}, when=lambda c: c.model_source == "template")
+        "base": "Base — GPT-2 small shape, about 85M parameters"}, when=lambda c: c.model_source == "template",
+        used_when="read only with Model from (model_source) 'template'")
     model_path: str = _model("", "Model file", "your model .py file (model source 'file')",
-                             when=lambda c: c.model_source == "file")
+                             when=lambda c: c.model_source == "file",
+                             used_when="read only with Model from (model_source) 'file'")
     gist_id: str = _model("", "Gist id or URL", "Gist id or URL holding model.py (+ config.json) (model source 'gist')",
-                          when=lambda c: c.model_source == "gist")
+                          when=lambda c: c.model_source == "gist",
+                          used_when="read only with Model from (model_source) 'gist'")
     pretrained_model: str = _model("", "Pretrained model", "Hub name ('gpt2', 'distilbert-base-uncased') or "
                                    "save_pretrained folder; uses its own tokenizer, not the Tokenizer step",
-                                   when=lambda c: c.model_source == "pretrained")
+                                   when=lambda c: c.model_source == "pretrained",
+                                   used_when="read only with Model from (model_source) 'pretrained'")
     finetune_method: str = _model("full", "Fine-tuning method", "how a pretrained model's weights are trained",
                                   choices={"full": "Full — every weight trains; needs the most memory",
                                            "lora": "LoRA — small adapters train on a frozen 16-bit base",
                                            "qlora": "QLoRA — adapters on a 4-bit base; the least memory"},
                                   # shown for a pretrained model; set on another it is an error, not ignored
-                                  when=lambda c: c.model_source == "pretrained" or c.finetune_method != "full")
+                                  when=lambda c: c.model_source == "pretrained" or c.finetune_method != "full",
+                                  used_when="read only with Model from (model_source) 'pretrained'")
     lora_rank: int = _model(16, "LoRA rank", "width of each adapter's low-rank update (more: more to learn, "
-                            "more memory)", ge=1, le=4096, hint="8 to 64 is usual", when=_uses_adapters)
+                            "more memory)", ge=1, le=4096, hint="8 to 64 is usual", when=_uses_adapters,
+                            used_when="read only with Fine-tuning method (finetune_method) 'lora' or 'qlora' on a pretrained model")
     lora_alpha: float = _model(0.0, "LoRA alpha", "scale of the adapters' update is alpha / rank; 0 means alpha = "
-                               "rank", ge=0, hint="0 means the rank", when=_uses_adapters)
+                               "rank", ge=0, hint="0 means the rank", when=_uses_adapters,
+                               used_when="read only with Fine-tuning method (finetune_method) 'lora' or 'qlora' on a pretrained model")
     lora_dropout: float = _model(0.0, "LoRA dropout", "dropout on the adapters' input while training", ge=0, lt=1,
-                                 when=_uses_adapters)
+                                 when=_uses_adapters, used_when="read only with Fine-tuning method (finetune_method) 'lora' or 'qlora' on a pretrained model")
     lora_target: str = _model("all-linear", "LoRA target modules", "'all-linear' (every linear layer of the "
                               "transformer blocks, not the output head) or module names, e.g. 'q_proj,v_proj'",
-                              required="give 'all-linear' or module names", when=_uses_adapters)
+                              required="give 'all-linear' or module names", when=_uses_adapters,
+                              used_when="read only with Fine-tuning method (finetune_method) 'lora' or 'qlora' on a pretrained model")
     gradient_checkpointing: str = _model("auto", "Gradient checkpointing", "recompute activations in the backward "
                                          "pass: less memory, about a third more time", choices={
                                              "auto": "Auto — on when the batch does not fit without it",
                                              "true": "On — always", "false": "Off — never"},
                                          when=lambda c: c.model_source == "pretrained"
-                                         or c.gradient_checkpointing != "auto")
+                                         or c.gradient_checkpointing != "auto",
+                                         used_when="read only with Model from (model_source) 'pretrained'")
     max_seq_len: int = _model(128, "Sequence length", "tokens per training sequence (the context length)",
                               ge=2, hint="a sequence needs an input and a target token")
     dropout: float = _model(0.0, "Dropout", "dropout probability in the template models", ge=0, lt=1,
-                            when=lambda c: c.model_source != "pretrained")  # a pretrained model keeps its own
+                            when=lambda c: c.model_source != "pretrained",
+                            used_when="a pretrained model keeps its own")
     inspect: bool = _model(True, "Inspect before training", "check shapes, causality, padding and gradient flow "
                            "before training, and stop when one fails")
     # --- optimisation
@@ -220,7 +242,8 @@ class WizardConfig:
                                 choices={"auto": "Auto — fp16 on a T4 or V100, bf16 on Ampere and newer, fp32 on a CPU",
                                          "16-mixed": "fp16 mixed — T4, V100 and other pre-Ampere GPUs",
                                          "bf16-mixed": "bf16 mixed — A100, L4, H100 (Ampere or newer)"},
-                                when=lambda c: c.use_mixed_precision)
+                                when=lambda c: c.use_mixed_precision,
+                                used_when="Mixed precision (use_mixed_precision) is off")
     compile: bool = _precision(False, "Compile the model", "torch.compile the model: pays off in long runs on "
                                "Ampere or newer GPUs (A100, L4, H100); not on a CPU or a T4")
     # --- devices: one training process per device, launched by Lightning (or torchrun / SLURM)
@@ -248,9 +271,11 @@ class WizardConfig:
         "disabled": "Off — no W&B", "auto": "Auto — online with an API key, else offline",
         "online": "Online — sync to wandb.ai as it trains", "offline": "Offline — log here, sync later"})
     wandb_project: str = _logging("colab-transformer-kit", "W&B project", "W&B project name (lowercase, hyphens)",
-                                  when=lambda c: c.wandb_mode != "disabled")
+                                  when=lambda c: c.wandb_mode != "disabled",
+                                  used_when="Weights & Biases (wandb_mode) is 'disabled'")
     wandb_run_name: str = _logging("", "W&B run name", "W&B run name, empty for {model}_{YYYYMMDD_HHMMSS}",
-                                   when=lambda c: c.wandb_mode != "disabled")
+                                   when=lambda c: c.wandb_mode != "disabled",
+                                  used_when="Weights & Biases (wandb_mode) is 'disabled'")
 
     def __post_init__(self) -> None:
         if self.precision == "32-true":  # the older spelling of "fp32": the same as switching mixed precision off
@@ -384,7 +409,10 @@ def field_errors(config: WizardConfig) -> list[tuple[str, str]]:
     """(field, message) for each rule the config breaks, in field order; types are assumed right."""
     found = [(name, message) for name, rules in SETTINGS.items()
              if (message := rules.check(name, getattr(config, name)))]
-    found += _data_errors(config) + _model_errors(config) + _logging_errors(config)
+    # The rules joining fields read these choices (a task's words, a source's files): with one outside its list
+    # they would answer about a value that cannot be used (or fail); its own message says what to pick.
+    if not any(name in ("task", "dataset_source", "tokenizer_strategy", "model_source") for name, _ in found):
+        found += _data_errors(config) + _model_errors(config) + _logging_errors(config)
     order = list(SETTINGS)
     return sorted(found, key=lambda error: order.index(error[0]))  # stable: a field's messages keep their order
 
@@ -469,6 +497,33 @@ def _logging_errors(c: WizardConfig) -> list[tuple[str, str]]:
 
 def _hyphenate(name: str) -> str:
     return "-".join(name.lower().replace("_", " ").split()) or "my-project"
+
+
+def unused_settings(config: WizardConfig) -> tuple[list[str], list[str]]:
+    """(refusals, notes) for the settings these choices do not use (each field's Setting.when) that hold a value
+    other than their default. A data file's path is refused: a path given means a file to train on, and training
+    on the built-in corpus instead would ignore it. Every other such setting gets a note saying why it is unused."""
+    defaults = WizardConfig()
+    refusals, notes = [], []
+    for name, rules in SETTINGS.items():
+        value = getattr(config, name)
+        if rules.relevant(config) or value == getattr(defaults, name):
+            continue
+        unused = f"{name}={value!r} is not used ({rules.used_when})"
+        if name == "dataset_path" and value.strip():
+            refusals.append(f"{unused}; to train on that file set dataset_source='file', or leave dataset_path empty")
+        else:
+            notes.append(f"Note: {unused}.")
+    return refusals, notes
+
+
+def report_unused_settings(config: WizardConfig) -> None:
+    """Raise ConfigError for a refused unused setting (see unused_settings); print a note for each other one."""
+    refusals, notes = unused_settings(config)
+    if refusals:
+        raise ConfigError(refusals)
+    for note in notes:
+        print(note)
 
 
 def apply_overrides(config: WizardConfig, assignments: list[str]) -> WizardConfig:

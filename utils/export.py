@@ -126,7 +126,10 @@ def _with_transformers_tokenizer(tokenizer, config: WizardConfig):
 
 
 def _refuse_foreign_folder(folder: Path) -> None:
-    """An export replaces an earlier export of the kit (it holds the marker), never any other folder."""
+    """An export replaces an earlier export of the kit (it holds the marker), never any other folder or a file."""
+    if folder.exists() and not folder.is_dir():
+        raise ExportError(f"{folder} is a file, not a folder: exporting there would replace it. Choose a new or empty "
+                          "folder, e.g. output_dir/export.")
     if not folder.is_dir() or (folder / MARKER_FILENAME).is_file():
         return
     entries = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())

@@ -32,10 +32,12 @@ import torch
 
 from utils.errors import KitError, MissingFileError
 from utils.files import atomic_write_text
-from utils.models.pretrained import PretrainedError, first_line, require_transformers, resolve_source, where_hint
+from utils.models.pretrained import (PretrainedError, cached_only_source, first_line, require_transformers,
+                                     resolve_source, where_hint)
 
 META_FILENAME = "tokenizer_meta.json"
 HF_FILENAME = "tokenizer.json"
+HF_TOKENIZER_DIRNAME = "transformers"  # in a pretrained model's saved tokenizer/: its tokenizer as transformers saves it
 PAD_TOKEN = "<pad>"
 PAD_TOKEN_NAMES = ("<pad>", "[PAD]", "<|pad|>", "<PAD>")  # what pretrained tokenizers call their pad
 PIECE_CHARS = 4096  # the tokenizers library encodes a batch of pieces this long in parallel
@@ -298,8 +300,10 @@ def _load_by_name(name: str, path: Path):
         raise TokenizerError(f"tokenizer_path={name!r} is not a folder here; loading a tokenizer by name needs "
                              "the transformers library and internet (pip install transformers, as on Colab), "
                              f"or give a local folder holding {HF_FILENAME}") from None
+    from utils.hub_offline import cached_only
+
     try:
-        hf = AutoTokenizer.from_pretrained(name)
+        hf = AutoTokenizer.from_pretrained(name, local_files_only=cached_only(name, "tokenizer_path"))
     except OSError as e:
         raise TokenizerError(f"Could not load tokenizer {name!r} from the Hugging Face Hub ({e}). "
                              "Offline? Give a local folder holding tokenizer.json instead.") from None
@@ -345,6 +349,8 @@ def load_tokenizer(folder: str | Path):
         return CharTokenizer(meta["chars"], meta.get("pad", False))
     if kind == "byte":
         return ByteTokenizer(meta.get("pad", False))
+    if kind == "pretrained" and (folder / HF_TOKENIZER_DIRNAME).is_dir():  # a pretrained model's own
+        return load_saved_tokenizer(folder, meta.get("add_special_tokens", False))
     if kind in ("bpe", "pretrained"):
         from tokenizers import Tokenizer
 
@@ -358,7 +364,8 @@ def tokenizer_fingerprint(tokenizer) -> str:
     digest = hashlib.sha256()
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save(Path(tmp))
-        for path in sorted(Path(tmp).iterdir()):
+        # Files only: a pretrained model's transformers/ copy holds the same tokenizer, and older runs lack it.
+        for path in sorted(p for p in Path(tmp).iterdir() if p.is_file()):
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
 
@@ -380,13 +387,25 @@ class ModelTokenizer(LibraryTokenizer):
                          add_special_tokens=classify)
         self.hf = hf_tokenizer
 
+    def save(self, folder: Path) -> None:
+        """The kit's files, and beside them transformers' own (HF_TOKENIZER_DIRNAME): a run folder then exports as
+        train()'s result does, with the tokenizer's special tokens and settings."""
+        super().save(folder)
+        self.hf.save_pretrained(Path(folder) / HF_TOKENIZER_DIRNAME)
+
+
+def load_saved_tokenizer(folder: Path, classify: bool) -> ModelTokenizer:
+    """A ModelTokenizer that save() wrote (a run folder's tokenizer/)."""
+    transformers = require_transformers()
+    return ModelTokenizer(transformers.AutoTokenizer.from_pretrained(Path(folder) / HF_TOKENIZER_DIRNAME), classify)
+
 
 def load_model_tokenizer(name: str, classify: bool) -> ModelTokenizer:
     """The model's own tokenizer; without a pad token (GPT-2) it pads with its end-of-text token."""
     source = resolve_source(name)
     transformers = require_transformers()
     try:
-        hf = transformers.AutoTokenizer.from_pretrained(source)
+        hf = transformers.AutoTokenizer.from_pretrained(source, local_files_only=cached_only_source(source))
     except (OSError, ValueError) as e:
         raise PretrainedError(f"Could not load the tokenizer of pretrained_model={name!r} ({first_line(e)}). "
                               f"{where_hint(source, e)}") from None

@@ -20,9 +20,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
+from safetensors import SafetensorError
 from torch import nn
 
 from utils.errors import KitError, MissingFileError
+from utils.hub_offline import cached_only
 
 KIT_CONFIG_FILENAME = "kit_config.json"  # in an export: config.json is the model's own (transformers reads it)
 _WHAT = {"lm": "causal language model head (AutoModelForCausalLM)",
@@ -66,14 +68,20 @@ def load_pretrained_model(name: str, task: str, label_names: Sequence[str] = (),
     options: from_pretrained's dtype and quantisation for a frozen base (utils.models.adapters.load_options)."""
     source = resolve_source(name)
     transformers = require_transformers()
+    local_only = cached_only_source(source)
     try:
         if task == "lm":
-            model = transformers.AutoModelForCausalLM.from_pretrained(source, **options)
+            model = transformers.AutoModelForCausalLM.from_pretrained(source, local_files_only=local_only, **options)
         else:
             # A checkpoint that is already a classifier with other labels gets a new head of the right size.
             model = transformers.AutoModelForSequenceClassification.from_pretrained(
                 source, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
-                label2id={label: i for i, label in enumerate(label_names)}, ignore_mismatched_sizes=True, **options)
+                label2id={label: i for i, label in enumerate(label_names)}, ignore_mismatched_sizes=True,
+                local_files_only=local_only, **options)
+    except SafetensorError as e:  # a weights file cut short (a copy to Drive that did not finish) or corrupted
+        weights = Path(source) / "model.safetensors" if Path(source).is_dir() else f"the weights of {name!r}"
+        raise PretrainedError(f"{weights} is damaged or incomplete ({first_line(e)}); copy the folder again or "
+                              "save the model again with save_pretrained") from None
     except (OSError, ValueError) as e:
         if isinstance(e, ValueError) and "Unrecognized configuration class" in str(e):  # a model without this head
             raise PretrainedError(f"pretrained_model={name!r} has no {_WHAT[task]} in transformers "
@@ -87,12 +95,18 @@ def load_pretrained_model(name: str, task: str, label_names: Sequence[str] = (),
     return (model if options else model.float()).train()
 
 
+def cached_only_source(source: str) -> bool:
+    """A folder loads as it is; a Hub name is checked first, so no network answers in seconds (utils.hub_offline)."""
+    return False if Path(source).is_dir() else cached_only(source, "pretrained_model")
+
+
 def save_for_transformers(model: nn.Module, tokenizer, folder: Path) -> None:
     """The model's config.json and weights and its tokenizer's files, as transformers' from_pretrained reads them."""
     hf = getattr(tokenizer, "hf", None)
     if hf is None:
         raise PretrainedError("this tokenizer was not loaded from the pretrained model (no transformers tokenizer "
-                              "to save); export from the result of train()")
+                              "to save); a run folder trained before the kit kept it there exports from the result "
+                              "of train() only: train again into a new output_dir, or export right after training")
     model.save_pretrained(folder)
     hf.save_pretrained(folder)
 

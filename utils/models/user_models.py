@@ -33,6 +33,7 @@ import sys
 import time
 import traceback
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,7 +153,13 @@ def parse_gist_ref(text: str) -> GistRef:
 
 
 def gist_base_url(base_url: Optional[str] = None) -> str:
-    return (base_url or os.environ.get(GIST_BASE_URL_ENV) or DEFAULT_GIST_BASE_URL).rstrip("/")
+    """Where Gists are fetched from: base_url, else KIT_GIST_BASE_URL, else gist.github.com."""
+    url = (base_url or os.environ.get(GIST_BASE_URL_ENV) or DEFAULT_GIST_BASE_URL).rstrip("/")
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        where = repr(base_url) if base_url else f"{GIST_BASE_URL_ENV}={url!r}"
+        raise UserModelError(f"{where} is not a web address; give one starting with https:// (or http://), or unset "
+                             f"{GIST_BASE_URL_ENV} for {DEFAULT_GIST_BASE_URL}")
+    return url
 
 
 def gist_raw_url(ref: GistRef, filename: str, base_url: Optional[str] = None) -> str:

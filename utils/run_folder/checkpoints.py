@@ -50,6 +50,9 @@ RESUME_FIELDS = (
     "model_size", "model_path", "gist_id", "pretrained_model", "max_seq_len", "dropout", "seed",
     "finetune_method", "lora_rank", "lora_alpha", "lora_dropout", "lora_target",
 )
+# Fields the optimizer and its schedule read: changed between runs, they take effect from the resume point (the
+# module sets them on the restored optimizer; the schedule and clipping are built from the config anew).
+OPTIMIZER_FIELDS = ("learning_rate", "weight_decay", "warmup_ratio", "gradient_clip_val")
 ON_CHANGE = ("refuse", "start_new")  # what a changed run does: the command line refuses, the notebook starts anew
 
 
@@ -87,27 +90,38 @@ def best_checkpoint(output_dir: str | Path) -> Optional[Path]:
     return min(scored)[2] if scored else None
 
 
-def plan_resume(config: WizardConfig, on_change: str = "refuse") -> Optional[ResumePoint]:
-    """The checkpoint this run continues from, or None to start fresh.
+ARCHIVE = "{archive}"  # in a move note: where the old run went, filled in by move_run_aside
 
-    A run this config cannot continue is refused (on_change="refuse") or moved to archive/ so a new
-    one starts (on_change="start_new"); with resume=False it is moved aside. Nothing is deleted.
+
+def plan_resume(config: WizardConfig, on_change: str = "refuse") -> tuple[Optional[ResumePoint], Optional[str]]:
+    """The checkpoint this run continues from (None: start fresh), and the note for moving the run in output_dir
+    to archive/ (None: nothing to move).
+
+    A run this config cannot continue is refused (on_change="refuse") or to be moved to archive/ so a new one
+    starts (on_change="start_new"); with resume=False it is to be moved aside. Nothing is moved here: the
+    caller moves it with move_run_aside once the new run's data and model are built, so a missing data file
+    leaves the old run where it was. Nothing is deleted.
     """
     out = Path(config.output_dir)
     if not config.resume:
-        if _run_entries(out):
-            print(f"resume=False: moved the previous run to {archive_run(out)}; starting fresh.")
-        return None
+        return None, (f"resume=False: moved the previous run to {ARCHIVE}; starting fresh." if _run_entries(out)
+                      else None)
     point = find_resume_point(out)
     if point is None:
         if _run_entries(out):  # a run killed before its first checkpoint: keep its files anyway
-            print(f"{out} holds files of a run without a checkpoint; moved them to {archive_run(out)}.")
-        return None
+            return None, f"{out} holds files of a run without a checkpoint; moved them to {ARCHIVE}."
+        return None, None
     changes = config_changes(out, config)
     if changes:
-        handle_changed_run(out, changes, on_change)
-        return None
-    return point
+        return None, changed_run_note(out, changes, on_change)
+    return point, None
+
+
+def move_run_aside(out: Path, note: str) -> Path:
+    """Move the run in out to archive/ and print the note saying where (see plan_resume)."""
+    target = archive_run(out)
+    print(note.replace(ARCHIVE, str(target)))
+    return target
 
 
 def describe_run_folder(config: WizardConfig) -> str:
@@ -147,13 +161,25 @@ def config_changes(out: Path, config: WizardConfig) -> list[str]:
             for name in RESUME_FIELDS if getattr(saved, name) != getattr(config, name)]
 
 
+def optimizer_changes(out: Path, config: WizardConfig, step: int) -> list[str]:
+    """One line per optimizer setting this config changes against the run saved in out, e.g.
+    "learning_rate 0.001 -> 1e-05 from step 78 on"."""
+    saved = WizardConfig.load(out / CONFIG_FILENAME)
+    return [f"{name} {getattr(saved, name)!r} -> {getattr(config, name)!r} from step {step} on"
+            for name in OPTIMIZER_FIELDS if getattr(saved, name) != getattr(config, name)]
+
+
 def handle_changed_run(out: Path, changes: list[str], on_change: str) -> None:
     """Refuse to touch a run this config cannot continue, or move it aside so a new one can start."""
+    move_run_aside(out, changed_run_note(out, changes, on_change))
+
+
+def changed_run_note(out: Path, changes: list[str], on_change: str) -> str:
+    """The note for moving a run this config cannot continue aside (on_change="start_new"); "refuse" raises."""
     what = "; ".join(changes)
     if on_change == "start_new":
-        print(f"The settings differ from the run in {out} ({what}): starting a new run. "
-              f"The old run was moved, untouched, to {archive_run(out)}.")
-        return
+        return (f"The settings differ from the run in {out} ({what}): starting a new run. "
+                f"The old run was moved, untouched, to {ARCHIVE}.")
     raise IncompatibleCheckpointError(
         f"{out} holds a checkpoint of a different run ({what}). It was not loaded and nothing in {out} was changed. "
         f"To keep it and start anew there, run again with --set resume=false (resume=False in Python), which moves "
@@ -194,13 +220,33 @@ def resume_problems(point: ResumePoint, module: torch.nn.Module, tokenizer_chang
     return problems
 
 
-def remove_checkpoints_after(out: Path, point: ResumePoint) -> None:
-    """Best-by-validation files an interrupted stretch saved after the resume point: the resumed run
-    trains those steps again and would otherwise leave them behind (or save `-v1` copies beside them)."""
-    for path in checkpoint_dir(out).glob("*.ckpt"):
-        if path != point.path and path.name != LAST_NAME and _step_in_name(path) > point.global_step:
+def remove_checkpoints_after(out: Path, point: ResumePoint) -> list[Path]:
+    """Best-by-validation files an interrupted stretch saved after the resume point: the resumed run trains
+    those steps again and would otherwise leave them behind. They are removed only while a best saved up to
+    the resume point is still there; otherwise (save_top_k=1 deleted it when the later one was saved) they are
+    the run's only best and are kept until the resumed run saves a better one. Returns the files kept."""
+    later = [path for path in checkpoint_dir(out).glob("*.ckpt")
+             if path != point.path and path.name != LAST_NAME and _step_in_name(path) > point.global_step]
+    earlier_best = [path for path in checkpoint_dir(out).glob("*.ckpt")
+                    if path.name != LAST_NAME and 0 <= _step_in_name(path) <= point.global_step]
+    if not earlier_best:
+        for path in later:
+            print(f"Kept {path.name}, saved after step {point.global_step} where this run resumes: it is the run's "
+                  "best checkpoint until the resumed run saves a better one.")
+        return later
+    for path in later:
+        path.unlink()
+        print(f"Removed {path.name}: saved after step {point.global_step}, where this run resumes.")
+    return []
+
+
+def remove_kept_checkpoints(kept: list[Path], best_now: Optional[str]) -> None:
+    """Once the resumed run has a best checkpoint of its own on disk, the ones kept at the resume go."""
+    if not best_now or not Path(best_now).exists():
+        return
+    for path in kept:
+        if path.exists() and path != Path(best_now):
             path.unlink()
-            print(f"Removed {path.name}: saved after step {point.global_step}, where this run resumes.")
 
 
 def archive_run(out: Path) -> Path:

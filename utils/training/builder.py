@@ -61,8 +61,9 @@ def check_training_windows(config: WizardConfig, num_train: int, num_tokens: int
         return
     fix = f"set max_seq_len <= {fits}" if fits >= 2 else "use more text"
     raise DataError(f"max_seq_len={config.max_seq_len} cuts the {num_tokens:,} tokens of the data into only "
-                    f"{num_train} training sequences of {config.max_seq_len + 1} tokens, fewer than one batch "
-                    f"(batch_size={config.batch_size}); {fix}, or lower batch_size.")
+                    f"{num_train} training sequences of {config.max_seq_len + 1} tokens (val_split={config.val_split:g} "
+                    f"holds out {config.val_split:.0%} of them for validation), fewer than one batch "
+                    f"(batch_size={config.batch_size}); {fix}, lower val_split, or lower batch_size.")
 
 
 def _largest_seq_len_for(batch_size: int, num_tokens: int, val_split: float) -> int:
@@ -185,7 +186,8 @@ def build_callbacks(config: WizardConfig, decision: PrecisionDecision, recorder:
                        agree_every=config.log_every_n_steps),  # processes vote when the recorder meets them too
         ModelCheckpoint(dirpath=checkpoint_dir(config.output_dir), filename="epoch{epoch:02d}-step{step}-val{val/loss:.4f}",
                         auto_insert_metric_name=False, monitor="val/loss", mode="min", save_top_k=config.save_top_k,
-                        save_last=False, every_n_epochs=config.checkpoint_every_n_epochs),
+                        save_last=False, every_n_epochs=config.checkpoint_every_n_epochs,
+                        enable_version_counter=False),  # a step trained again after a resume replaces its file
         RecordedProgressBar(recorder, refresh_rate=_refresh_rate()),
     ]
     if config.max_steps is not None:

@@ -28,7 +28,7 @@ from typing import Callable
 
 # Only the config here: torch and Lightning load after the settings are checked, so a typo in
 # --set is reported in a fraction of a second instead of after seconds of imports.
-from utils.config import SETTINGS, WizardConfig, apply_overrides
+from utils.config import SETTINGS, WizardConfig, apply_overrides, report_unused_settings
 from utils.errors import KitError
 
 COMMANDS = ("train", "estimate", "inspect", "export", "generate", "predict", "evaluate", "runs")
@@ -58,7 +58,13 @@ def main(argv: list[str] | None = None) -> int:
               f"(see {_prog()} --help)", file=sys.stderr)
         return 2
     args = PARSERS[command]().parse_args(argv)
-    return RUNNERS[command](args)
+    try:
+        return RUNNERS[command](args)
+    except KeyboardInterrupt:  # Ctrl-C outside training (imports, data, model): training's own stop says more
+        print(f"\nStopped (Ctrl-C) before {command} finished." + (
+            " Run the same command again to continue: a run resumes from its last checkpoint, when it saved one."
+            if command == "train" else ""), flush=True)
+        return 130
 
 
 def _prog(command: str = "") -> str:
@@ -177,13 +183,16 @@ def estimate_and_report(config: WizardConfig, device=None) -> None:
     device: detected when not given (tests inject a DeviceInfo with a small memory). Data caches and a
     copied model file go to a temporary folder, so an existing run in output_dir is never touched."""
     from utils.env import detect_device
+    from utils.training.builder import check_strategy
     from utils.training.estimate import estimate_config
     from utils.training.precision import resolve_precision
 
     config = config.validate()
+    report_unused_settings(config)
     if config.model_source == "pretrained" and not _print_fit_plan(config):
         return
     decision = resolve_precision(config.use_mixed_precision, config.precision, device or detect_device(config.devices))
+    check_strategy(config, decision.device.kind)  # what train() refuses is refused here too, not timed as if it ran
     print(f"Precision: {decision.precision} - {decision.reason}")
     with tempfile.TemporaryDirectory(prefix="kit-estimate-") as scratch:
         estimate = estimate_config(config.replace(output_dir=scratch), decision, refuse_oversize=True)

@@ -23,7 +23,7 @@ from torch import nn
 
 from utils.models.adapters import (check_adapters, describe_storage, describe_trainable, enable_checkpointing,
                                    uses_adapters)
-from utils.config import CONFIG_FILENAME, WizardConfig
+from utils.config import CONFIG_FILENAME, WizardConfig, report_unused_settings
 from utils.data import PreparedData, prepare_data
 from utils.data.tokenizers import load_tokenizer, tokenizer_fingerprint
 from utils.env import DeviceInfo, detect_device
@@ -40,11 +40,12 @@ from utils.training.callbacks.recorder import RunRecorder
 from utils.training.module import TransformerModule
 from utils.models.tasks import TASKS
 from utils.training.callbacks.last_checkpoint import TrainingStopped
-from utils.training.estimate import (Estimate, check_memory, estimate_run, format_bytes, format_duration,
-                                    measure_memory)
+from utils.training.estimate import (Estimate, check_memory, check_sequence_length, estimate_run, format_bytes,
+                                     format_duration, measure_memory)
 from utils.run_folder.checkpoints import (LOGS_DIRNAME, ON_CHANGE, TOKENIZER_DIRNAME, IncompatibleCheckpointError,
                                         ResumePoint, find_resume_point, handle_changed_run, last_checkpoint,
-                                        plan_resume, remove_checkpoints_after, resume_problems)
+                                        best_checkpoint, move_run_aside, optimizer_changes, plan_resume,
+                                        remove_checkpoints_after, remove_kept_checkpoints, resume_problems)
 from utils.training.distributed import Launch, check_ranks, plan_launch, quiet_unless_rank_zero
 from utils.run_folder.history import History, read_history
 from utils.run_folder.lock import RunLock
@@ -149,6 +150,7 @@ def train(config: Optional[WizardConfig] = None, model: Optional[nn.Module] = No
     raises IncompatibleCheckpointError; "start_new" (the notebook) moves it to output_dir/archive/.
     """
     config = (config or WizardConfig()).validate()
+    report_unused_settings(config)  # a data path given is refused; other settings the choices rule out get a note
     if on_change not in ON_CHANGE:
         raise ValueError(f"on_change={on_change!r}; choose one of {', '.join(map(repr, ON_CHANGE))}")
     # One decision for every process: each device of a multi-device run is checked to be the same GPU.
@@ -166,8 +168,9 @@ def train(config: Optional[WizardConfig] = None, model: Optional[nn.Module] = No
             removed = remove_temp_files(out)
             if removed:
                 print(f"Removed {len(removed)} temp file(s) left by an interrupted write in {out}.")
-            resume = plan_resume(config, on_change)  # before the slow steps: a refused checkpoint fails fast
-            run = _prepare(config, decision, model, resume, on_change, launch)
+            # Before the slow steps: a refused checkpoint fails fast. A run to move aside waits for the new inputs.
+            resume, move_note = plan_resume(config, on_change)
+            run = _prepare(config, decision, model, resume, on_change, launch, move_note)
             launch.release_others()
         else:  # rank zero has decided the resume and written the run's files: read, never move or write
             launch.wait_for_rank_zero()
@@ -192,11 +195,13 @@ class _Run:
     model_passed_in: bool
     launch: Launch
     estimate: Optional[Estimate] = None
+    kept_checkpoints: list = field(default_factory=list)  # removed once this run saves a best of its own
 
 
-def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run:
+def _prepare(config, decision, model, resume, on_change, launch: Launch, move_note: Optional[str] = None) -> _Run:
     """Data, model and loaders; then, before anything in output_dir is written, whether the resume fits.
-    Only global rank zero writes (the others read its caches and follow its resume decision)."""
+    Only global rank zero writes (the others read its caches and follow its resume decision). move_note: the
+    run in output_dir is moved to archive/ once data, model and batch have passed their checks."""
     out = Path(config.output_dir)
     pl.seed_everything(config.seed, workers=True, verbose=False)
     # The other processes start from rank zero's tokenizer: trained once, and its token cache is theirs too.
@@ -235,6 +240,7 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
     # measures for all: before the Trainer sets each process's device, every copy would land on the first GPU.
     memory = None
     if launch.is_zero:
+        check_sequence_length(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
         memory = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes,
                                 launch.world_size)
         memory = _checkpoint_if_needed(config, decision, model, task, data, memory)
@@ -254,6 +260,7 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
                                 len(train_loader), len(val_loader), steps_left, memory)
         print(estimate.describe())
     print(describe_speedups(config, decision))
+    kept = []  # best checkpoints saved after the resume point, kept as the run's only best (see checkpoints)
     if resume is not None:
         problems = resume_problems(resume, module, _tokenizer_change(out, data))
         if problems and not launch.is_zero:  # rank zero moved such a run aside before this process started
@@ -263,11 +270,15 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
             handle_changed_run(out, problems, on_change)
             resume = None
         elif launch.is_zero:
-            remove_checkpoints_after(out, resume)
+            kept = remove_checkpoints_after(out, resume)
+            for line in optimizer_changes(out, config, resume.global_step):  # before config.json is rewritten
+                print(line)
+    if launch.is_zero and move_note:
+        move_run_aside(out, move_note)
     if launch.is_zero:
         _save_run_files(out, config, data, user_files)
     return _Run(config, decision, data, model, module, train_loader, val_loader, resume, model_passed_in, launch,
-                estimate)
+                estimate, kept)
 
 
 def _checkpoint_if_needed(config, decision, model, task, data, memory):
@@ -302,6 +313,8 @@ def _fit(run: _Run, extra_callbacks: list[pl.Callback]) -> TrainingResult:
         started = time.perf_counter()
         with _stopped_at_once_is_reported(trainer):
             trainer.fit(run.module, run.train_loader, run.val_loader, ckpt_path=resume_from and str(resume_from))
+        if trainer.checkpoint_callback is not None:
+            remove_kept_checkpoints(run.kept_checkpoints, trainer.checkpoint_callback.best_model_path)
     if resume_from and recorder.start_step is None:
         print(f"Nothing to train: {resume_from} already reached max_epochs={config.max_epochs}"
               f"{'' if config.max_steps is None else f' or max_steps={config.max_steps}'}. "
@@ -334,7 +347,8 @@ def _result(run: _Run, trainer: pl.Trainer, recorder: RunRecorder, resume_from: 
     history = read_history(Path(config.output_dir) / LOGS_DIRNAME)
     return TrainingResult(
         config=config, output_dir=Path(config.output_dir),
-        best_checkpoint=Path(ckpt.best_model_path) if ckpt and ckpt.best_model_path else None,
+        best_checkpoint=(Path(ckpt.best_model_path) if ckpt and ckpt.best_model_path and
+                         Path(ckpt.best_model_path).exists() else best_checkpoint(Path(config.output_dir).resolve())),
         last_checkpoint=last_checkpoint(Path(config.output_dir).resolve()),
         train_loss=history.train[-1][1] if history.train else None,
         val_loss=history.val[-1][1] if history.val else None,
@@ -388,10 +402,12 @@ def _stopped_at_once_is_reported(trainer: pl.Trainer):
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, sigint)
         last = last_checkpoint(trainer.default_root_dir)
-        raise TrainingStopped(
+        stopped = TrainingStopped(
             f"Training stopped at once at step {trainer.global_step}, without a new checkpoint. "
             + (f"Run again with the same output_dir to continue from {last}." if last else "No checkpoint was saved.")
-        ) from None
+        )
+        print(str(stopped))  # raised in this except clause, it would pass the one above that prints it
+        raise stopped from None
 
 
 __all__ = ["TrainingResult", "train", "sample_text", "classify_texts"]

@@ -178,6 +178,35 @@ def measure_memory(config: WizardConfig, decision: PrecisionDecision, model: nn.
     return _memory_model(model, saved_1, saved_2, decision.device, shards)
 
 
+SHORT_SEQUENCE = 512  # check_sequence_length steps at this length first; longer runs are announced
+
+
+def check_sequence_length(config: WizardConfig, decision: PrecisionDecision, model: nn.Module, task,
+                          vocab_size: int, num_classes: int) -> None:
+    """Before measure_memory steps at max_seq_len (minutes for a very long one): one sequence of SHORT_SEQUENCE
+    tokens, scaled to max_seq_len, is a floor (activations grow at least linearly with the length, attention's
+    faster). A floor above the device's memory is refused at once; a long length that may fit is said first."""
+    T = config.max_seq_len
+    if T <= SHORT_SEQUENCE:
+        return
+    torch_device = torch.device(decision.device.kind)
+    with torch.random.fork_rng(devices=[torch_device] if torch_device.type == "cuda" else []):
+        work = copy.deepcopy(model).to(torch_device).train()
+        short = _Stepper(work, None, task, decision, vocab_size, num_classes, SHORT_SEQUENCE).saved_bytes(1)
+        parameters = sum(p.numel() for p in work.parameters())
+        del work
+    floor = parameters * BYTES_PER_PARAMETER + short * T // SHORT_SEQUENCE
+    capacity, name = device_capacity(decision.device)
+    if capacity is not None and floor > USABLE_FRACTION * capacity:
+        raise BatchTooLargeError(
+            f"max_seq_len={T} needs at least {_bytes(floor)} for one sequence, more than {name} ({_bytes(capacity)}, "
+            f"{USABLE_FRACTION:.0%} usable); lower max_seq_len (a {SHORT_SEQUENCE}-token sequence needs "
+            f"{_bytes(parameters * BYTES_PER_PARAMETER + short)}) or pick a smaller model.")
+    if T > 8 * SHORT_SEQUENCE:
+        print(f"Memory: measuring a training step of {T:,} tokens per sequence; sequences this long take a while "
+              "(attention grows with the square of the length).", flush=True)
+
+
 def check_memory(memory: MemoryModel, config: WizardConfig) -> None:
     """Raise BatchTooLargeError when the config's batch does not fit in the device's memory."""
     B, A = config.batch_size, config.gradient_accumulation_steps
@@ -280,6 +309,7 @@ def estimate_config(config: WizardConfig, decision: PrecisionDecision, refuse_ov
     torch.manual_seed(config.seed)
     model = build_model(config, data.tokenizer.vocab_size, data.num_classes, data.pad_id, decision=decision)
     task = build_task(config)
+    check_sequence_length(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
     memory = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
     if refuse_oversize:
         check_memory(memory, config)

@@ -81,6 +81,12 @@ class TransformerModule(pl.LightningModule):
         if self.trainable_only:
             checkpoint["state_dict"] = self.checkpoint_state_dict()
 
+    def on_train_start(self) -> None:
+        """After Lightning restored a checkpoint's optimizer and schedule: this run's learning rate and weight decay
+        take effect from here (the restored ones are the old run's; a fresh run sees no change)."""
+        for optimizer, config in zip(self.trainer.optimizers, self.trainer.lr_scheduler_configs):
+            apply_optimizer_settings(optimizer, config.scheduler, self.learning_rate, self.weight_decay)
+
     def configure_optimizers(self):
         total = self.total_steps
         groups = param_groups(self.model, self.weight_decay, self.decay_names, self.parameter_names)
@@ -99,6 +105,21 @@ class TransformerModule(pl.LightningModule):
         norm = clip_gradients(self.trainer, optimizer, gradient_clip_val or math.inf, gradient_clip_algorithm or "norm")
         if log_norm:
             self.grad_norm = norm
+
+def apply_optimizer_settings(optimizer, scheduler, learning_rate: float, weight_decay: float) -> None:
+    """Set the peak learning rate and the weight decay of configure_optimizers' groups on a restored optimizer and
+    its LambdaLR, keeping the schedule's position; equal values leave every number as restored."""
+    decay = optimizer.param_groups[0]  # param_groups(): the decayed group first, then the one without decay
+    if decay["weight_decay"] != weight_decay:
+        decay["weight_decay"] = weight_decay
+    if list(scheduler.base_lrs) == [learning_rate] * len(scheduler.base_lrs):
+        return
+    scheduler.base_lrs = [learning_rate] * len(optimizer.param_groups)
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["initial_lr"] = learning_rate
+        group["lr"] = learning_rate * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
 
 
 def clip_gradients(trainer, optimizer: torch.optim.Optimizer, clip_val: float,

@@ -58,7 +58,8 @@ class LastCheckpoint(pl.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self._due = time.monotonic() + self.every_seconds
         self._step_seen = trainer.global_step
-        self._epoch_saved = trainer.current_epoch
+        # A fresh run's first epoch is saved after its first step too; a resumed epoch was, before the resume.
+        self._epoch_saved = trainer.current_epoch if trainer.global_step > 0 else -1
         self._install_stop_handlers()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
