@@ -245,7 +245,10 @@ def _fit(run: _Run, extra_callbacks: list[pl.Callback]) -> TrainingResult:
             run.resume.state = {}  # release the memory map before Lightning loads the file itself
         started = time.perf_counter()
         with _stopped_at_once_is_reported(trainer):
-            trainer.fit(run.module, run.train_loader, run.val_loader, ckpt_path=resume_from and str(resume_from))
+            # weights_only=False: our own checkpoint holds the loops' and callbacks' state, not only tensors;
+            # said explicitly, Lightning logs no "`weights_only` was not set" line on every resume.
+            trainer.fit(run.module, run.train_loader, run.val_loader, ckpt_path=resume_from and str(resume_from),
+                        weights_only=False)
     if resume_from and recorder.start_step is None:
         print(f"Nothing to train: {resume_from} already reached max_epochs={config.max_epochs}"
               f"{'' if config.max_steps is None else f' or max_steps={config.max_steps}'}. "
