@@ -4,6 +4,7 @@ nbval checks that the notebooks run; this checks what they leave behind. The "di
 first Run all that stops after 3 steps and a second one with max_steps=6 in the same workspace.
 """
 
+import re
 from pathlib import Path
 
 import matplotlib
@@ -94,3 +95,31 @@ def test_run_all_with_a_classifier_reports_accuracy_and_labels(tmp_path, monkeyp
     assert sorted(p.name for p in (result.output_dir / "export").iterdir()) == \
         [".kit-export.json", "config.json", "labels.json", "model.safetensors", "tokenizer"]
     assert loaded.predict(["abc", "CAB"]) == result.predict(["abc", "CAB"]) == ["calm", "loud"]
+
+
+# Lines a default Run all may print on stderr, each with what the user does about it. Anything else on
+# stderr is noise (Colab shows stderr in red) and fails the test below.
+ALLOWED_STDERR: dict[str, str] = {}
+
+
+def stderr_lines(nb: nbformat.NotebookNode) -> list[str]:
+    return [line for cell in nb.cells for out in cell.get("outputs", [])
+            if out.get("output_type") == "stream" and out.get("name") == "stderr"
+            for line in out["text"].splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_a_default_run_all_and_its_rerun_print_nothing_on_stderr_a_user_cannot_act_on(tmp_path, monkeypatch):
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("KIT_WORKSPACE", str(tmp_path))
+    monkeypatch.setenv("KIT_NOTEBOOK_OVERRIDES", f"{TINY} max_steps=3")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    noise = []
+    for rerun in ("first", "resumed"):  # the rerun resumes (loads a checkpoint) and saves again
+        nb = nbformat.read(REPO / "notebooks" / "train.ipynb", as_version=4)
+        NotebookClient(nb, timeout=600, resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+        noise += [f"{rerun}: {line}" for line in stderr_lines(nb)
+                  if not any(re.search(pattern, line) for pattern in ALLOWED_STDERR)]
+        monkeypatch.setenv("KIT_NOTEBOOK_OVERRIDES", f"{TINY} max_steps=6")
+    assert noise == []
