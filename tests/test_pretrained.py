@@ -344,3 +344,33 @@ def test_the_wizard_asks_for_the_model_and_not_for_a_tokenizer(gpt2_folder):
     assert f"Trains the pretrained language model '{gpt2_folder}' (fine-tuned; counted when training loads it)" in plan
     assert "with the model's own tokenizer (320 token ids)" in plan
     assert vocab_size_for(config) == (320, "the pretrained model's own tokenizer")
+
+
+@requires_transformers
+def test_a_new_classifier_head_is_one_line_in_our_words_not_transformers_load_report(gpt2_folder, capfd):
+    import logging
+
+    from utils.pretrained import load_pretrained_model
+
+    class Records(logging.Handler):  # on transformers' own logger: whatever handlers it writes through
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    seen = Records()
+    logging.getLogger("transformers.modeling_utils").addHandler(seen)
+    try:
+        model = load_pretrained_model(str(gpt2_folder), "classification", ["calm", "loud"], pad_id=0)
+    finally:
+        logging.getLogger("transformers.modeling_utils").removeHandler(seen)
+    assert model.config.num_labels == 2
+    assert not [m for m in seen.messages if "LOAD REPORT" in m]
+    out, err = capfd.readouterr()
+    assert "LOAD REPORT" not in err
+    assert (f"Classifier head: score.weight not in {str(gpt2_folder)!r} (or sized for other labels), so it starts "
+            "untrained for your 2 labels; fine-tuning trains it.") in out
+    load_pretrained_model(str(gpt2_folder), "lm")  # a head that is there: no line
+    assert "Classifier head" not in capfd.readouterr().out
