@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import re
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Optional
 
 from utils.config import WANDB_MODES
@@ -106,6 +108,27 @@ def make_project_name(name: str) -> str:
     if not slug:
         raise WandbError(f"W&B project name {name!r} has no letters or digits; use something like 'my-transformer'")
     return slug
+
+
+WANDB_ID_FILENAME = "wandb_run_id.txt"  # in the run folder: the W&B run every rerun of that folder continues
+
+
+def wandb_run_id(output_dir, store: bool = True) -> str:
+    """The W&B run id of this run folder: the one stored there, else a new one, stored (atomically) for reruns.
+
+    A resumed run logs into the same W&B run instead of opening one per Run all; a run moved to archive/
+    takes its id along, so the new run in the folder gets a new one. store=False: the other processes of a
+    multi-device run, which log nothing to W&B, read but never write.
+    """
+    from utils.files import atomic_write_text
+
+    path = Path(output_dir) / WANDB_ID_FILENAME
+    if path.is_file() and (stored := path.read_text(encoding="utf-8").strip()):
+        return stored
+    run_id = uuid.uuid4().hex[:8]  # wandb's own ids are 8 characters of [a-z0-9]
+    if store:
+        atomic_write_text(path, run_id + "\n")
+    return run_id
 
 
 def make_run_name(model_type: str, now: Optional[datetime] = None) -> str:

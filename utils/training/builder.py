@@ -16,6 +16,7 @@ import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.plugins.precision import MixedPrecision
+from pytorch_lightning.utilities import rank_zero_only
 from torch import nn
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -33,7 +34,7 @@ from utils.training.health import TrainingHealthCallback
 from utils.training.module import TASKS, TransformerModule
 from utils.pretrained import load_pretrained_model
 from utils.wandb_helpers import (SYNC_HINT, build_wandb_config, make_project_name, make_run_name, model_type_of,
-                                 resolve_wandb_auth, resolve_wandb_init_timeout)
+                                 resolve_wandb_auth, resolve_wandb_init_timeout, wandb_run_id)
 from utils.user_models import (UserModelFiles, check_embedding_fits, check_model, keep_model_copy, load_user_model,
                                resolve_user_model_files)
 
@@ -244,12 +245,15 @@ def build_callbacks(config: WizardConfig, decision: PrecisionDecision, recorder:
 
 
 def build_loggers(config: WizardConfig, decision: PrecisionDecision | None = None, model: nn.Module | None = None,
-                  vocab_size: int | None = None) -> list:
-    """CSV logs always; a WandbLogger too unless wandb_mode is "disabled" (it needs decision, model, vocab_size)."""
+                  vocab_size: int | None = None, nothing_to_train: bool = False) -> list:
+    """CSV logs always; a WandbLogger too unless wandb_mode is "disabled" (it needs decision, model, vocab_size)
+    or nothing is left to train (a W&B run with no steps would only add an empty run to the project)."""
     # Rows are appended as the RunRecorder logs them (it does before every checkpoint), so the history
     # on disk reaches the last checkpoint whenever the process is killed (utils.training.history).
     loggers = [CSVLogger(save_dir=config.output_dir, name=LOGS_DIRNAME, flush_logs_every_n_steps=10**9)]
-    if config.wandb_mode != "disabled":
+    if config.wandb_mode != "disabled" and nothing_to_train:
+        print("W&B: nothing is left to train, so no W&B run is opened.")
+    elif config.wandb_mode != "disabled":
         if decision is None or model is None or vocab_size is None:
             raise ValueError(f"build_loggers needs decision, model and vocab_size when wandb_mode={config.wandb_mode!r}: "
                              "they fill the W&B run's config")
@@ -268,10 +272,19 @@ def build_wandb_logger(config: WizardConfig, decision: PrecisionDecision, model:
     run_args = dict(project=make_project_name(config.wandb_project),
                     name=config.wandb_run_name or make_run_name(model_type_of(model)),
                     save_dir=config.output_dir, log_model=False,
+                    # every rerun of this run folder continues one W&B run; only global rank zero logs to W&B
+                    id=wandb_run_id(config.output_dir, store=rank_zero_only.rank == 0),
                     config=build_wandb_config(config, model, decision, vocab_size))
     if auth.mode != "online":
-        return WandbLogger(mode=auth.mode, **run_args)
+        return _without_anonymous(WandbLogger(mode=auth.mode, **run_args))
     return _start_online_run(run_args)
+
+
+def _without_anonymous(logger: WandbLogger) -> WandbLogger:
+    # Lightning passes anonymous=None to wandb.init, and wandb 0.2x+ answers any value with "The anonymous
+    # setting has no effect" on stderr. Left out, wandb uses its default and says nothing.
+    logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 def _start_online_run(run_args: dict) -> WandbLogger:
@@ -283,8 +296,8 @@ def _start_online_run(run_args: dict) -> WandbLogger:
     import wandb
     from wandb.errors import CommError
 
-    logger = WandbLogger(mode="online", settings=wandb.Settings(init_timeout=resolve_wandb_init_timeout()),
-                         **run_args)
+    logger = _without_anonymous(WandbLogger(mode="online", settings=wandb.Settings(
+        init_timeout=resolve_wandb_init_timeout()), **run_args))
     started = time.monotonic()
     try:
         _ = logger.experiment  # wandb.init
@@ -293,7 +306,7 @@ def _start_online_run(run_args: dict) -> WandbLogger:
         server = wandb.setup().settings.base_url  # the address wandb used: WANDB_BASE_URL or its default
         print(f"W&B: could not start the run on the W&B server at {server} within {time.monotonic() - started:.0f} s "
               f"({reason}); logging this run offline instead; {SYNC_HINT}.")
-        return WandbLogger(mode="offline", **run_args)
+        return _without_anonymous(WandbLogger(mode="offline", **run_args))
     return logger
 
 

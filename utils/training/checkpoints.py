@@ -33,6 +33,7 @@ import torch
 from utils.config import CONFIG_FILENAME, ConfigError, WizardConfig
 from utils.errors import KitError
 from utils.export import LABELS_FILENAME
+from utils.wandb_helpers import WANDB_ID_FILENAME
 
 LAST_NAME = "last.ckpt"
 LOGS_DIRNAME = "logs"
@@ -40,7 +41,7 @@ TOKENIZER_DIRNAME = "tokenizer"
 ARCHIVE_DIRNAME = "archive"
 DAMAGED_DIRNAME = "damaged"
 RUN_ENTRIES = (CONFIG_FILENAME, TOKENIZER_DIRNAME, LABELS_FILENAME, "checkpoints", LOGS_DIRNAME, "user_model",
-               "export")  # one run's files
+               "export", WANDB_ID_FILENAME)  # one run's files
 
 # Fields that shape the model or the data: a checkpoint only resumes under the same values (of the fields
 # its choices use: a pretrained run reads no tokenizer setting, see Setting.when in utils/config.py).

@@ -234,7 +234,9 @@ def _fit(run: _Run, extra_callbacks: list[pl.Callback]) -> TrainingResult:
     recorder = RunRecorder(run.module.task.tokens_in, flush_every=config.log_every_n_steps,
                            precision=decision.precision)
     callbacks = build_callbacks(config, decision, recorder) + extra_callbacks
-    loggers = build_loggers(config, decision, run.model, run.data.tokenizer.vocab_size)  # an online W&B run starts here
+    nothing_to_train = run.resume is not None and run.resume.global_step >= run.module.total_steps
+    loggers = build_loggers(config, decision, run.model, run.data.tokenizer.vocab_size,  # an online W&B run starts here
+                            nothing_to_train=nothing_to_train)
     resume_from = run.resume.path if run.resume else None
     with finish_wandb_on_exit(loggers):  # a re-run in the notebook must not attach to this run
         trainer = build_trainer(config, decision, callbacks, loggers, run.model)
