@@ -76,7 +76,7 @@ def test_run_all_after_a_changed_setting_starts_anew_and_keeps_the_old_run(tmp_p
     assert (archived / "checkpoints" / "last.ckpt").read_bytes() == old_ckpt
     assert (archived / "export" / "model.safetensors").read_bytes() == old_export
     out = capsys.readouterr().out
-    assert "max_seq_len: 32 (checkpoint) vs 16 (now)" in out and f"moved, untouched, to {archived}" in out
+    assert "Sequence length: 32 (the old run) vs 16 (now)" in out and f"moved, untouched, to {archived}" in out
 
 
 @pytest.mark.slow
@@ -123,3 +123,16 @@ def test_a_default_run_all_and_its_rerun_print_nothing_on_stderr_a_user_cannot_a
                   if not any(re.search(pattern, line) for pattern in ALLOWED_STDERR)]
         monkeypatch.setenv("KIT_NOTEBOOK_OVERRIDES", f"{TINY} max_steps=6")
     assert noise == []
+
+
+@pytest.mark.slow
+def test_a_rerun_with_nothing_left_to_train_says_what_to_change_in_the_wizard(tmp_path, monkeypatch, capsys):
+    run_all(monkeypatch, tmp_path, f"{TINY} max_steps=3")
+    capsys.readouterr()
+    result = run_all(monkeypatch, tmp_path, f"{TINY} max_steps=3")["result"]
+    assert result.steps_run == 0
+    out = capsys.readouterr().out
+    assert (f"Nothing to train: the run in {tmp_path / 'runs' / 'default'} already reached Max steps = 3. To train it "
+            "further, raise Max steps in the wizard; to start a new run instead, choose a new Output folder there."
+            ) in out
+    assert "resume=False" not in out and "max_steps" not in out.split("Nothing to train")[1]

@@ -331,6 +331,14 @@ def where(name: str) -> str:
     return f"{SETTINGS[name].label} ({name})"
 
 
+def shown_value(name: str, value: Any) -> str:
+    """A value as the wizard shows it: a choice's label ('Characters', not 'char'), else the value itself."""
+    choices = SETTINGS[name].choices
+    if value in choices:
+        return choices[value].split(" — ")[0]
+    return "none" if value is None else repr(value) if isinstance(value, str) else str(value)
+
+
 def type_errors(config: WizardConfig) -> list[tuple[str, str]]:
     """(field, message) for each field whose value has the wrong type (the wizard shows them per field)."""
     hints = typing.get_type_hints(WizardConfig)

@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.trainer.states import TrainerStatus
 from torch import nn
 
-from utils.config import CONFIG_FILENAME, WizardConfig
+from utils.config import CONFIG_FILENAME, SETTINGS, WizardConfig
 from utils.data import PreparedData, prepare_data
 from utils.data.tokenizers import load_tokenizer, tokenizer_fingerprint
 from utils.env import DeviceInfo, detect_device
@@ -166,6 +166,7 @@ class _Run:
     model_passed_in: bool
     launch: Launch
     estimate: Optional[Estimate] = None
+    notebook: bool = False  # on_change="start_new": messages in the wizard's words
 
 
 def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run:
@@ -226,7 +227,7 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
     if launch.is_zero:
         _save_run_files(out, config, data, user_files)
     return _Run(config, decision, data, model, module, train_loader, val_loader, resume, model_passed_in, launch,
-                estimate)
+                estimate, notebook=on_change == "start_new")
 
 
 def _fit(run: _Run, extra_callbacks: list[pl.Callback]) -> TrainingResult:
@@ -234,7 +235,8 @@ def _fit(run: _Run, extra_callbacks: list[pl.Callback]) -> TrainingResult:
     recorder = RunRecorder(run.module.task.tokens_in, flush_every=config.log_every_n_steps,
                            precision=decision.precision)
     callbacks = build_callbacks(config, decision, recorder) + extra_callbacks
-    nothing_to_train = run.resume is not None and run.resume.global_step >= run.module.total_steps
+    resume_step = run.resume.global_step if run.resume else 0  # before fit: the resume point's state is released
+    nothing_to_train = run.resume is not None and resume_step >= run.module.total_steps
     loggers = build_loggers(config, decision, run.model, run.data.tokenizer.vocab_size,  # an online W&B run starts here
                             nothing_to_train=nothing_to_train)
     resume_from = run.resume.path if run.resume else None
@@ -252,10 +254,23 @@ def _fit(run: _Run, extra_callbacks: list[pl.Callback]) -> TrainingResult:
             trainer.fit(run.module, run.train_loader, run.val_loader, ckpt_path=resume_from and str(resume_from),
                         weights_only=False)
     if resume_from and recorder.start_step is None:
-        print(f"Nothing to train: {resume_from} already reached max_epochs={config.max_epochs}"
-              f"{'' if config.max_steps is None else f' or max_steps={config.max_steps}'}. "
-              "Raise them to train further, or set resume=False to start fresh.")
+        print(_nothing_to_train(config, resume_from, resume_step, run.notebook))
     return _result(run, trainer, recorder, resume_from, time.perf_counter() - started)
+
+
+def _nothing_to_train(config: WizardConfig, resume_from: Path, resume_step: int, notebook: bool) -> str:
+    """What to change when the run already reached its length: the wizard's words in the notebook (it has no
+    resume field), config names on the command line."""
+    if not notebook:
+        return (f"Nothing to train: {resume_from} already reached max_epochs={config.max_epochs}"
+                f"{'' if config.max_steps is None else f' or max_steps={config.max_steps}'}. "
+                "Raise them to train further, or set resume=False to start fresh.")
+    by_steps = config.max_steps is not None and resume_step >= config.max_steps
+    limit = "max_steps" if by_steps else "max_epochs"
+    label = SETTINGS[limit].label
+    return (f"Nothing to train: the run in {config.output_dir} already reached {label} = {getattr(config, limit)}. "
+            f"To train it further, raise {label} in the wizard; to start a new run instead, choose a new "
+            f"{SETTINGS['output_dir'].label} there.")
 
 
 def _result(run: _Run, trainer: pl.Trainer, recorder: RunRecorder, resume_from: Optional[Path],
