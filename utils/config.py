@@ -59,6 +59,8 @@ class Setting:
     # Whether the field matters for a config (e.g. the file path only for a file source); None: always.
     # An irrelevant field is hidden in the wizard, not validated and not saved.
     when: Optional[Callable[[Any], bool]] = None
+    also_accepted: tuple = ()  # values accepted besides the choices (an older spelling), listed in the message
+    aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)  # a common other name -> the value meant
 
     def relevant(self, config: Any) -> bool:
         return self.when is None or bool(self.when(config))
@@ -72,8 +74,10 @@ class Setting:
         if value is None:  # an Optional field's "no limit" (type_errors refuses None elsewhere)
             return None
         where = f"{self.label} ({name})"
-        if self.choices and value not in self.choices:
-            return f"{where} cannot be {value!r}; choose one of {', '.join(map(repr, self.choices))}"
+        if self.choices and value not in self.choices and value not in self.also_accepted:
+            meant = self.aliases.get(value.lower() if isinstance(value, str) else value)
+            return (f"{where} cannot be {value!r}; choose one of {', '.join(map(repr, [*self.choices, *self.also_accepted]))}"
+                    + (f" ({value!r} is spelled {meant!r} here)" if meant else ""))
         if self.required and not value.strip():
             return f"{where} is empty; {self.required}"
         finite = not isinstance(value, float) or math.isfinite(value)
@@ -187,6 +191,10 @@ class WizardConfig:
                                 choices={"auto": "Auto — fp16 on a T4 or V100, bf16 on Ampere and newer, fp32 on a CPU",
                                          "16-mixed": "fp16 mixed — T4, V100 and other pre-Ampere GPUs",
                                          "bf16-mixed": "bf16 mixed — A100, L4, H100 (Ampere or newer)"},
+                                also_accepted=("32-true",),  # = Mixed precision off (see __post_init__)
+                                aliases={"fp16": "16-mixed", "16": "16-mixed", "float16": "16-mixed",
+                                         "bf16": "bf16-mixed", "bfloat16": "bf16-mixed", "fp32": "32-true",
+                                         "32": "32-true", "float32": "32-true"},
                                 when=lambda c: c.use_mixed_precision)
     compile: bool = _precision(False, "Compile the model", "torch.compile the model: pays off in long runs on "
                                "Ampere or newer GPUs (A100, L4, H100); not on a CPU or a T4")

@@ -74,6 +74,8 @@ class TrainingResult(Predictor):
     estimate: Optional[Estimate] = field(default=None, repr=False)  # the pre-flight estimate printed at the start
     train_seconds: float = 0.0  # this call's training time, validation excluded
     fit_seconds: float = 0.0  # this call's wall time in trainer.fit, validation and checkpoints included
+    loss_scale: Optional[float] = None  # fp16: the GradScaler's scale after the last step; None without a scaler
+    skipped_steps: int = 0  # fp16: optimizer steps the GradScaler skipped (inf/NaN gradients), in the whole run
 
     def summary(self) -> str:
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
@@ -87,10 +89,27 @@ class TrainingResult(Predictor):
             f"throughput:       {self.tokens_per_sec:,.0f} tokens/s"
             + (f" (summed over {self.world_size} processes)" if self.world_size > 1 else ""),
             *self._timing_lines(),
+            *self._fp16_lines(),
             f"best checkpoint:  {self.best_checkpoint or 'none saved'}",
             f"last checkpoint:  {self.last_checkpoint or 'none saved'}",
         ]
         return "\n".join(lines)
+
+    def _fp16_lines(self) -> list[str]:
+        """The GradScaler's record (also in metrics.csv as amp/loss_scale, amp/skipped_steps) and what it means."""
+        if self.loss_scale is None:
+            return []
+        share = self.skipped_steps / max(1, self.global_step)
+        if self.skipped_steps == 0:
+            verdict = "healthy: no step overflowed"
+        elif share <= 0.05 or self.skipped_steps <= 3:
+            verdict = "healthy: a few skipped steps are normal while the GradScaler finds its scale"
+        else:
+            verdict = (f"watch it: {share:.0%} of steps overflowed; if the loss stalls, lower learning_rate or "
+                       "use precision='bf16-mixed' (Ampere or newer) or '32-true'")
+        return [f"loss scale:       {self.loss_scale:g} (fp16 GradScaler, after the last step)",
+                f"skipped steps:    {self.skipped_steps} of {self.global_step} (inf/NaN gradients; not applied)",
+                f"fp16 health:      {verdict}"]
 
     def _timing_lines(self) -> list[str]:
         if not self.steps_run:
@@ -293,6 +312,7 @@ def _result(run: _Run, trainer: pl.Trainer, recorder: RunRecorder, resume_from: 
         label_names=list(data.label_names), pad_id=data.pad_id, model_passed_in=run.model_passed_in,
         world_size=trainer.world_size, is_global_zero=trainer.is_global_zero, estimate=run.estimate,
         train_seconds=recorder.train_seconds - recorder.start_seconds, fit_seconds=fit_seconds,
+        loss_scale=history.loss_scale[-1][1] if history.loss_scale else None, skipped_steps=recorder.skipped_total,
     )
 
 

@@ -22,9 +22,10 @@ class History:
     train: list = field(default_factory=list)  # (step, train/loss)
     val: list = field(default_factory=list)  # (step, val/loss)
     val_accuracy: list = field(default_factory=list)  # (step, val/accuracy), classification only
+    loss_scale: list = field(default_factory=list)  # (step, amp/loss_scale), fp16 with a GradScaler only
 
 
-COLUMNS = {"train": "train/loss", "val": "val/loss", "val_accuracy": "val/accuracy"}
+COLUMNS = {"train": "train/loss", "val": "val/loss", "val_accuracy": "val/accuracy", "loss_scale": "amp/loss_scale"}
 
 
 def read_history(logs_dir: Path) -> History:
