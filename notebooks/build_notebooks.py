@@ -187,7 +187,7 @@ loads it back, as you would in a new session, and generates from the loaded mode
     ("code", '''\
 #@title Export the model
 export_dir = result.export()  # weights, config, tokenizer, class names and your model code, if any
-print(f"Exported to {export_dir}: {', '.join(sorted(p.name for p in export_dir.iterdir()))}")
+print(f"Exported to {export_dir}: {', '.join(sorted(p.name for p in export_dir.iterdir() if p.name[0] != '.'))}")
 '''),
     ("code", '''\
 #@title Load the export and generate

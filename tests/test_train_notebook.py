@@ -51,6 +51,7 @@ def test_run_all_trains_exports_and_a_second_run_all_resumes(tmp_path, monkeypat
     out = capsys.readouterr().out
     assert "Precision: 32-true - fp32: no CUDA GPU" in out
     assert f"Loaded GPT from {run_dir / 'export'}:" in out
+    assert f"Exported to {run_dir / 'export'}: config.json, model.safetensors, tokenizer\n" in out  # no hidden marker
 
     ns = run_all(monkeypatch, tmp_path, f"{TINY} max_steps=6")
     second = ns["result"]
