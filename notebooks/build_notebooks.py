@@ -271,6 +271,8 @@ def build(cells: list[tuple[str, str]], repo: str = REPO) -> nbformat.NotebookNo
     }
     for i, cell in enumerate(nb.cells):
         cell.id = f"cell-{i:02d}"  # fixed ids: random ones would make every rebuild a diff
+        if cell.cell_type == "code" and cell.source.startswith("#@title"):
+            cell.metadata["cellView"] = "form"  # Colab shows the form, the code only when asked
     return nb
 
 
