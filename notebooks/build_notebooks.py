@@ -155,6 +155,7 @@ config = workspace.place(wizard.config).replace(wandb_mode=wandb_auth.mode)
 config = apply_notebook_overrides(config)  # only when KIT_NOTEBOOK_OVERRIDES is set: the tests' tiny run
 result = train(config, on_change="start_new")  # a changed setting starts anew; the old run goes to archive/
 print(result.summary())
+print(result.notebook_next_step())
 '''),
     ("md", """\
 ## 6. Results
@@ -168,9 +169,11 @@ MAX_NEW_TOKENS = 200  #@param {type:"integer"}
 TEMPERATURE = 0.8  #@param {type:"number"}
 # A language model continues PROMPT; a classifier labels it.
 
+import matplotlib.pyplot as plt
 from utils.plots import plot_losses
 
 plot_losses(result)
+plt.show()  # the curves now, above the samples (a figure is otherwise shown when the cell ends)
 print(f"Throughput: {result.tokens_per_sec:,.0f} training tokens/s with {result.precision}")
 if result.config.task == "classification":
     print(f"{PROMPT!r} -> {result.predict([PROMPT])[0]}")

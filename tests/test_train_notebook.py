@@ -109,21 +109,49 @@ def stderr_lines(nb: nbformat.NotebookNode) -> list[str]:
             for line in out["text"].splitlines() if line.strip()]
 
 
-@pytest.mark.slow
-def test_a_default_run_all_and_its_rerun_print_nothing_on_stderr_a_user_cannot_act_on(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory) -> list[nbformat.NotebookNode]:
+    """train.ipynb executed by a kernel as Run all does, twice in one workspace: a first run and a rerun that
+    resumes (loads the checkpoint) and trains on."""
     from nbclient import NotebookClient
 
-    monkeypatch.setenv("KIT_WORKSPACE", str(tmp_path))
-    monkeypatch.setenv("KIT_NOTEBOOK_OVERRIDES", f"{TINY} max_steps=3")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    noise = []
-    for rerun in ("first", "resumed"):  # the rerun resumes (loads a checkpoint) and saves again
-        nb = nbformat.read(REPO / "notebooks" / "train.ipynb", as_version=4)
-        NotebookClient(nb, timeout=600, resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
-        noise += [f"{rerun}: {line}" for line in stderr_lines(nb)
-                  if not any(re.search(pattern, line) for pattern in ALLOWED_STDERR)]
-        monkeypatch.setenv("KIT_NOTEBOOK_OVERRIDES", f"{TINY} max_steps=6")
+    workspace = tmp_path_factory.mktemp("workspace")
+    runs = []
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("KIT_WORKSPACE", str(workspace))
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        for steps in (3, 6):
+            monkeypatch.setenv("KIT_NOTEBOOK_OVERRIDES", f"{TINY} max_steps={steps}")
+            nb = nbformat.read(REPO / "notebooks" / "train.ipynb", as_version=4)
+            NotebookClient(nb, timeout=600, resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+            runs.append(nb)
+    return runs
+
+
+@pytest.mark.slow
+def test_a_default_run_all_and_its_rerun_print_nothing_on_stderr_a_user_cannot_act_on(executed):
+    noise = [f"{run}: {line}" for run, nb in zip(("first", "resumed"), executed) for line in stderr_lines(nb)
+             if not any(re.search(pattern, line) for pattern in ALLOWED_STDERR)]
     assert noise == []
+
+
+def cell_titled(nb: nbformat.NotebookNode, title: str) -> nbformat.NotebookNode:
+    return next(cell for cell in nb.cells if cell.cell_type == "code" and cell.source.startswith(f"#@title {title}"))
+
+
+@pytest.mark.slow
+def test_the_results_cell_shows_the_curves_above_the_samples(executed):
+    outputs = cell_titled(executed[0], "Loss curves").outputs
+    kinds = ["plot" if "image/png" in out.get("data", {}) else "samples" if "--- sample" in out.get("text", "")
+             else "other" for out in outputs]
+    assert "plot" in kinds and "samples" in kinds and kinds.index("plot") < kinds.index("samples"), kinds
+
+
+@pytest.mark.slow
+def test_the_train_cell_ends_with_the_next_step(executed):
+    text = "".join(out.get("text", "") for out in cell_titled(executed[0], "Train").outputs
+                   if out.get("name") == "stdout")
+    assert text.strip().splitlines()[-1].startswith("Next: the Results cell plots the loss curves and samples text")
 
 
 @pytest.mark.slow

@@ -11,7 +11,8 @@ def plot_losses(result, ax=None):
     """Training loss per step and validation loss per validation of a TrainingResult."""
     if not result.train_history:  # a rerun of a finished run: say so, and let Run all go on to export
         print(f"No training steps in this call: the run in {result.output_dir} had already finished "
-              f"({result.global_step} steps). Raise max_epochs or max_steps to train on, or set resume=False.")
+              f"({result.global_step} steps). Raise Epochs or Max steps in the wizard to train on, or choose a new "
+              "Output folder to start a new run.")
         return None
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 4))
@@ -20,12 +21,27 @@ def plot_losses(result, ax=None):
     if result.val_history:
         val_steps, val_losses = zip(*result.val_history)
         ax.plot(val_steps, val_losses, "o-", label="validation")
-    c = result.config
-    model = Path(c.pretrained_model).name if c.model_source == "pretrained" else f"{c.model_template} ({c.model_size})"
-    ax.set(xlabel="optimizer step", ylabel="cross-entropy loss", title=f"{model}, {result.precision}")
+    ax.set(xlabel="optimizer step", ylabel="cross-entropy loss", title=loss_title(result))
     ax.grid(alpha=0.3)
     ax.legend()
     return ax
+
+
+PRECISION_WORDS = {"32-true": "fp32", "16-mixed": "fp16 mixed precision", "bf16-mixed": "bf16 mixed precision"}
+
+
+def loss_title(result) -> str:
+    """'Loss of GPT (tiny, 0.81M parameters) in fp32': the model as a reader knows it, and the precision in words."""
+    c = result.config
+    if c.model_source == "pretrained":
+        name, details = Path(c.pretrained_model).name, []
+    else:
+        name = type(result.model).__name__ if result.model is not None else c.model_template
+        details = [c.model_size] if c.model_source == "template" else []
+    if result.model is not None:
+        details.append(f"{sum(p.numel() for p in result.model.parameters()) / 1e6:.2f}M parameters")
+    shown = f"{name} ({', '.join(details)})" if details else name
+    return f"Loss of {shown} in {PRECISION_WORDS.get(result.precision, result.precision)}"
 
 
 def plot_benchmark(report):

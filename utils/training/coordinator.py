@@ -95,6 +95,13 @@ class TrainingResult(Predictor):
         ]
         return "\n".join(lines)
 
+    def notebook_next_step(self) -> str:
+        """The step a notebook user takes after the Train cell, in the notebook's words (the CLI prints its own)."""
+        use = "samples text from the model" if self.config.task == "lm" else "labels a text with the model"
+        return (f"Next: the Results cell plots the loss curves and {use}; Export writes it to "
+                f"{self.output_dir / 'export'} and loads it back. To train longer, raise Epochs in the wizard "
+                "and Run all again: training resumes from the last checkpoint.")
+
     def _fp16_lines(self) -> list[str]:
         """The GradScaler's record (also in metrics.csv as amp/loss_scale, amp/skipped_steps) and what it means."""
         if self.loss_scale is None:
