@@ -164,7 +164,7 @@ class WizardConfig:
     max_seq_len: int = _model(128, "Sequence length", "tokens per training sequence (the context length)",
                               ge=2, hint="a sequence needs an input and a target token")
     dropout: float = _model(0.0, "Dropout", "dropout probability in the template models", ge=0, lt=1,
-                            when=lambda c: c.model_source != "pretrained")  # a pretrained model keeps its own
+                            when=lambda c: c.model_source == "template")  # your own or a pretrained model: its own
     # --- optimisation
     batch_size: int = _optim(16, "Batch size", "sequences per optimizer micro-batch", ge=1)
     learning_rate: float = _optim(1e-3, "Learning rate", "peak AdamW learning rate", gt=0, le=1,
@@ -330,6 +330,9 @@ PRECISIONS = tuple(SETTINGS["precision"].choices)
 STRATEGIES = tuple(SETTINGS["strategy"].choices)
 WANDB_MODES = tuple(SETTINGS["wandb_mode"].choices)
 
+
+# Lightning's precision strings as a sentence says them (the summary's plot title, the wizard's model check).
+PRECISION_WORDS = {"32-true": "fp32", "16-mixed": "fp16 mixed precision", "bf16-mixed": "bf16 mixed precision"}
 
 TYPE_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from utils.config import PRECISION_WORDS
+
 
 def plot_losses(result, ax=None):
     """Training loss per step and validation loss per validation of a TrainingResult."""
@@ -25,9 +27,6 @@ def plot_losses(result, ax=None):
     ax.grid(alpha=0.3)
     ax.legend()
     return ax
-
-
-PRECISION_WORDS = {"32-true": "fp32", "16-mixed": "fp16 mixed precision", "bf16-mixed": "bf16 mixed precision"}
 
 
 def loss_title(result) -> str:
