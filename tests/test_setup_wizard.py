@@ -864,5 +864,8 @@ def test_a_new_output_folder_keeps_the_estimate_and_the_check(wizard_path, tmp_p
     estimate = wizard.notes["estimate"].value
     set_value(wizard, "output_dir", str(tmp_path / "elsewhere"))
     assert wizard.notes["estimate"].value == estimate and "Settings changed" not in wizard.notes["check"].value
+    set_value(wizard, "output_dir", "")  # a bad value on the way: compared without validating it
+    assert wizard.output.outputs == () and "output_dir" in wizard.errors
+    set_value(wizard, "output_dir", str(tmp_path / "elsewhere"))
     set_value(wizard, "batch_size", 8)
     assert "Settings changed since the last estimate" in wizard.notes["estimate"].value

@@ -17,6 +17,7 @@ instead of showing widgets. It never waits in either mode.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import importlib.util
 import os
@@ -557,7 +558,7 @@ class SetupWizard(LegacyWizardAPI):
 
 def _same_run(a: WizardConfig, b: WizardConfig) -> bool:
     """Equal but for where the run is saved: the Output folder changes neither the time nor the memory."""
-    return a.replace(output_dir=b.output_dir) == b
+    return dataclasses.replace(a, output_dir=b.output_dir) == b  # not config.replace: b may hold a bad value
 
 
 def _indicator_html(current: int, errors: dict[str, str]) -> str:
