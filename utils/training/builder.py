@@ -150,11 +150,14 @@ def adamw_options(device_kind: str) -> dict:
 FINE_TUNING_LR = 1e-4  # above this, fine-tuning a pretrained model gets a note (BERT and GPT-2 use 2e-5 to 1e-4)
 
 
-def fine_tuning_note(config: WizardConfig) -> str:
+def fine_tuning_note(config: WizardConfig, wizard_words: bool = False) -> str:
     """A note when a pretrained model is to be fine-tuned at a learning rate meant for training from scratch; ""
-    otherwise. A note, not a change: the config decides."""
+    otherwise. A note, not a change: the config decides. wizard_words: in the notebook's words."""
     if config.model_source != "pretrained" or config.learning_rate <= FINE_TUNING_LR:
         return ""
+    if wizard_words:
+        return (f"Note: a Learning rate of {config.learning_rate:g} is high for fine-tuning a pretrained model and "
+                f"may overwrite what it learnt; 2e-5 to {FINE_TUNING_LR:g} is usual (the wizard's Training step).")
     return (f"Note: learning_rate={config.learning_rate:g} is high for fine-tuning a pretrained model and may "
             f"overwrite what it learnt; 2e-5 to {FINE_TUNING_LR:g} is usual (e.g. --set learning_rate=5e-5).")
 

@@ -220,7 +220,7 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
         check_model(model, task, data.tokenizer.vocab_size, config.max_seq_len, data.num_classes,
                     source=f"the {type(model).__name__} passed to train()")
     print(f"Model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
-    note = fine_tuning_note(config)
+    note = fine_tuning_note(config, wizard_words=on_change == "start_new")  # start_new: the notebook
     if note:
         print(note)
     # Before any batch exists: a batch_size the device cannot hold is refused in seconds, with the batch that
