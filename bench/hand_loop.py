@@ -8,7 +8,6 @@ no Lightning, no callbacks, no logging, no loss read back. Used by bench/through
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from typing import Callable
 
 import pytorch_lightning as pl
@@ -17,7 +16,8 @@ import torch
 from utils.config import WizardConfig
 from utils.data import prepare_data
 from utils.training.builder import (adamw_options, apply_matmul_precision, build_data_spec, build_dataloaders,
-                                    build_model, build_task, total_steps)
+                                    total_steps)
+from utils.models.build import build_model, build_task
 from utils.training.module import param_groups, warmup_cosine
 from utils.training.precision import PrecisionDecision
 
@@ -41,9 +41,8 @@ def hand_loop_tokens_per_sec(config: WizardConfig, decision: PrecisionDecision, 
                                   betas=(0.9, 0.95), **adamw_options(decision.device.kind))
     total = total_steps(config, len(train_loader))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(int(config.warmup_ratio * total), total))
-    dtype = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(decision.precision)
-    scaler = torch.amp.GradScaler(device, enabled=dtype is torch.float16)
-    autocast = (lambda: torch.autocast(device, dtype=dtype)) if dtype else nullcontext
+    scaler = torch.amp.GradScaler(device, enabled=decision.uses_scaler)
+    autocast = decision.autocast
     model.train()
     tokens, t0, step = 0, None, 0
     for batch in train_loader:

@@ -36,7 +36,7 @@ import torch
 
 from utils.data.tokenizers import load_tokenizer
 from utils.files import TEMP_MARK
-from utils.training.history import read_history
+from utils.run_folder.history import read_history
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

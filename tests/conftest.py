@@ -163,9 +163,9 @@ def fit_classifier(config, data: ToyClassification, model=None):
     """
     from utils.env import DeviceInfo
     from utils.training.precision import resolve_precision
-    from utils.training.builder import (build_callbacks, build_dataloaders, build_loggers, build_model,
-                                        build_module, build_task, build_trainer)
-    from utils.training.callbacks import RunRecorder
+    from utils.training.builder import build_callbacks, build_dataloaders, build_loggers, build_module, build_trainer
+    from utils.models.build import build_model, build_task
+    from utils.training.callbacks.recorder import RunRecorder
 
     decision = resolve_precision(config.use_mixed_precision, config.precision, DeviceInfo("cpu", "CPU"))
     torch.manual_seed(config.seed)

@@ -12,8 +12,8 @@ from utils.export import load_exported
 from utils.training import train
 from utils.training.builder import (apply_matmul_precision, build_callbacks, build_loggers, build_module,
                                     build_trainer, describe_speedups)
-from utils.training.callbacks import RunRecorder
-from utils.training.module import LanguageModelTask
+from utils.training.callbacks.recorder import RunRecorder
+from utils.models.tasks import LanguageModelTask
 from utils.training.precision import resolve_precision
 
 # Device facts stand in for a GPU this machine does not have: the decisions read only these.

@@ -13,8 +13,8 @@ import torch
 
 from utils.env import DeviceInfo
 from utils.training import train
-from utils.training.checkpoint_io import TrainingStopped
-from utils.training.history import read_history
+from utils.run_folder.history import read_history
+from utils.training.callbacks.last_checkpoint import TrainingStopped
 
 CPU = DeviceInfo("cpu", "CPU")
 

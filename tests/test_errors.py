@@ -9,11 +9,11 @@ from utils.errors import KitError, MissingFileError
 from utils.export import ExportError
 from utils.inference import InferenceError
 from utils.training.precision import PrecisionError
-from utils.training.checkpoint_io import TrainingStopped
-from utils.training.checkpoints import IncompatibleCheckpointError
-from utils.training.health import Fp16HealthError, TrainingHealthError
-from utils.training.run_lock import RunFolderBusyError
-from utils.user_models import UserModelError
+from utils.training.callbacks.last_checkpoint import TrainingStopped
+from utils.run_folder.checkpoints import IncompatibleCheckpointError
+from utils.training.callbacks.health import Fp16HealthError, TrainingHealthError
+from utils.run_folder.lock import RunFolderBusyError
+from utils.models.user_models import UserModelError
 from utils.wandb_helpers import WandbError
 
 OLD_BASES = {

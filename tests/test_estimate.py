@@ -12,7 +12,8 @@ import torch
 from utils.config import WizardConfig
 from utils.env import DeviceInfo
 from utils.training import train
-from utils.training.builder import build_model, build_task, total_steps
+from utils.training.builder import total_steps
+from utils.models.build import build_model, build_task
 from utils.training.estimate import (COLAB_SESSION_SECONDS, BatchTooLargeError, Estimate, MemoryModel, _bytes,
                                      check_memory, count_validations, estimate_config, estimate_run)
 from utils.training.precision import resolve_precision

@@ -16,8 +16,8 @@ import torch
 from utils.config import WizardConfig
 from utils.env import DeviceInfo
 from utils.training import train
-from utils.training.callbacks import RunRecorder
-from utils.training.health import Fp16HealthError, TrainingHealthCallback, TrainingHealthError
+from utils.training.callbacks.recorder import RunRecorder
+from utils.training.callbacks.health import Fp16HealthError, TrainingHealthCallback, TrainingHealthError
 
 CPU = DeviceInfo("cpu", "CPU")
 

@@ -15,7 +15,7 @@ from utils.errors import KitError
 from utils.export import ExportedModel, load_exported
 from utils.inference import InferenceError, Predictor, classify_texts, encode_for_inference
 from utils.training import TrainingResult
-from utils.training.builder import build_model
+from utils.models.build import build_model
 
 TEXT = "def add(a, b):\n    return a + b\n"
 

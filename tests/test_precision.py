@@ -1,7 +1,10 @@
 """Precision is decided once, from injected device facts, with its reason; the legacy contract holds.
 (Loading amp_utils by file path on its own is tested in test_amp_utils.py.)"""
 
+from pathlib import Path
+
 import pytest
+import torch
 
 from utils.env import DeviceInfo
 from utils.training.amp_utils import PrecisionError, compute_effective_precision, resolve_precision
@@ -90,3 +93,56 @@ def test_tf32_is_decided_with_the_precision_and_said_in_fp32_reasons(device, tf3
     assert resolve_precision(True, "auto", device).tf32 is tf32
     fp32 = resolve_precision(False, "auto", device)
     assert fp32.tf32 is tf32 and fp32.reason.startswith("fp32 with TF32 matmuls" if tf32 else "fp32:")
+
+
+# ---------------------------------------------------------------------------- what follows from the decision
+@pytest.mark.parametrize("device, requested, autocast, scaler, base", [
+    (T4, "auto", torch.float16, True, torch.float16),
+    (A100, "auto", torch.bfloat16, False, torch.bfloat16),
+    (A100, "16-mixed", torch.float16, True, torch.float16),
+    (P100, "auto", None, False, torch.float32),
+    (CPU, "auto", None, False, torch.float32),
+    (CPU, "16-mixed", torch.float16, True, torch.float32),  # a CPU keeps a frozen base in fp32: CPU fp16 matmuls are slow
+    (CPU, "bf16-mixed", torch.bfloat16, False, torch.float32),
+])
+def test_the_decision_carries_autocast_scaler_and_storage_dtypes(device, requested, autocast, scaler, base):
+    decision = resolve_precision(True, requested, device)
+    assert decision.autocast_dtype is autocast
+    assert decision.uses_scaler is scaler
+    assert decision.weights_dtype is torch.float32  # trained weights stay fp32 under every precision
+    assert decision.base_dtype is base
+
+
+def test_lightning_args_keep_fp16_on_a_cpu_with_a_cpu_grad_scaler():
+    from pytorch_lightning.plugins.precision import MixedPrecision
+
+    args = resolve_precision(True, "16-mixed", CPU).lightning_args()
+    assert list(args) == ["plugins"]
+    (plugin,) = args["plugins"]
+    assert isinstance(plugin, MixedPrecision) and plugin.precision == "16-mixed" and plugin.device == "cpu"
+    assert isinstance(plugin.scaler, torch.amp.GradScaler) and plugin.scaler._device == "cpu"
+    assert resolve_precision(True, "auto", T4).lightning_args() == {"precision": "16-mixed"}
+    assert resolve_precision(True, "auto", A100).lightning_args("fsdp") == {"precision": "bf16-mixed"}
+    assert resolve_precision(False, "auto", CPU).lightning_args() == {"precision": "32-true"}
+
+
+def test_autocast_and_scaler_outside_lightning_follow_the_decision():
+    layer = torch.nn.Linear(4, 4)
+    with resolve_precision(True, "16-mixed", CPU).autocast():
+        assert layer(torch.ones(1, 4)).dtype is torch.float16
+    with resolve_precision(True, "bf16-mixed", CPU).autocast():
+        assert layer(torch.ones(1, 4)).dtype is torch.bfloat16
+    with resolve_precision(False, "auto", CPU).autocast():
+        assert layer(torch.ones(1, 4)).dtype is torch.float32
+    assert isinstance(resolve_precision(True, "16-mixed", CPU).make_scaler(), torch.amp.GradScaler)
+    assert resolve_precision(True, "bf16-mixed", CPU).make_scaler() is None
+
+
+def test_no_module_but_precision_derives_dtypes_from_the_precision_string():
+    """Builder, estimate, model check and the hand loop read the decision; none maps the string again."""
+    root = Path(__file__).resolve().parents[1]
+    readers = ["utils/training/builder.py", "utils/training/estimate.py", "utils/ui/model_check.py", "bench/hand_loop.py"]
+    for path in readers:
+        text = (root / path).read_text()
+        assert '"16-mixed"' not in text and "torch.float16" not in text and "GradScaler(" not in text.replace(
+            "GradScaler(device, enabled=decision.uses_scaler)", ""), path

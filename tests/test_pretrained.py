@@ -24,8 +24,8 @@ from tests.conftest import REPO_ROOT, corpus_start
 from utils.config import ConfigError, WizardConfig
 from utils.env import DeviceInfo
 from utils.errors import MissingFileError
-from utils.pretrained import PretrainedError
-from utils.training.checkpoint_io import TrainingStopped
+from utils.models.pretrained import PretrainedError
+from utils.training.callbacks.last_checkpoint import TrainingStopped
 
 requires_transformers = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
                                            reason="transformers is not installed (pip install transformers, see "
@@ -120,7 +120,7 @@ def test_gpt2_fine_tunes_resumes_at_its_step_and_exports_for_transformers_and_th
 
     from utils.export import load_exported
     from utils.plots import plot_losses
-    from utils.runs import load_run
+    from utils.run_folder.loading import load_run
     from utils.training import train
 
     config = WizardConfig(model_source="pretrained", pretrained_model=str(gpt2_folder), dataset_source="file",
@@ -173,7 +173,7 @@ def test_distilbert_classifier_fine_tunes_with_the_datas_labels_and_exports(tmp_
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from utils.export import load_exported
-    from utils.runs import load_run
+    from utils.run_folder.loading import load_run
     from utils.training import train
 
     config = WizardConfig(task="classification", model_source="pretrained", pretrained_model=str(distilbert_folder),
@@ -253,7 +253,7 @@ def test_fp16_with_a_grad_scaler_and_the_wizards_estimate_take_the_pretrained_pa
 
 @requires_transformers
 def test_the_model_is_loaded_in_fp32_and_training_mode(gpt2_folder):
-    from utils.pretrained import load_pretrained_model
+    from utils.models.pretrained import load_pretrained_model
 
     model = load_pretrained_model(str(gpt2_folder), "lm")
     assert all(m.training for m in model.modules())  # from_pretrained's eval mode would switch dropout off
@@ -275,7 +275,7 @@ def test_a_missing_local_folder_is_one_clear_error_before_anything_is_written(tm
 
 @requires_transformers
 def test_a_model_without_the_tasks_head_is_named_with_the_task(distilbert_folder):
-    from utils.pretrained import load_pretrained_model
+    from utils.models.pretrained import load_pretrained_model
 
     with pytest.raises(PretrainedError, match=r"has no causal language model head \(AutoModelForCausalLM\) in "
                                               r"transformers .*DistilBertConfig.*; pick a model made for task='lm'"):
@@ -310,7 +310,7 @@ def test_gpt2_small_at_the_default_batch_fits_a_t4(tmp_path):
     run on this CPU). About 4 GB: 2 GB of weights, gradients and AdamW state, 130 MB a sequence."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from utils.training.builder import build_task
+    from utils.models.build import build_task
     from utils.training.estimate import measure_memory
     from utils.training.precision import resolve_precision
 
@@ -351,7 +351,7 @@ def test_the_wizard_asks_for_the_model_and_not_for_a_tokenizer(gpt2_folder):
 def test_a_new_classifier_head_is_one_line_in_our_words_not_transformers_load_report(gpt2_folder, capfd):
     import logging
 
-    from utils.pretrained import load_pretrained_model
+    from utils.models.pretrained import load_pretrained_model
 
     class Records(logging.Handler):  # on transformers' own logger: whatever handlers it writes through
         def __init__(self):

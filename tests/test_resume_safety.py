@@ -23,8 +23,8 @@ from tests.conftest import REPO_ROOT, corpus_start
 from utils.config import WizardConfig
 from utils.env import DeviceInfo
 from utils.training import TrainingCoordinator, train
-from utils.training.checkpoints import IncompatibleCheckpointError
-from utils.training.run_lock import RunFolderBusyError
+from utils.run_folder.checkpoints import IncompatibleCheckpointError
+from utils.run_folder.lock import RunFolderBusyError
 
 CPU = DeviceInfo("cpu", "CPU")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
@@ -299,7 +299,7 @@ def test_history_spans_a_resume(tiny_config):
 HOLD_LOCK = """
 import importlib.util, sys, time
 sys.path.insert(0, sys.argv[1])
-spec = importlib.util.spec_from_file_location("run_lock", sys.argv[1] + "/utils/training/run_lock.py")
+spec = importlib.util.spec_from_file_location("run_lock", sys.argv[1] + "/utils/run_folder/lock.py")
 run_lock = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(run_lock)
 run_lock.RunLock(sys.argv[2]).acquire()

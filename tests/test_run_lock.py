@@ -16,10 +16,10 @@ import time
 import pytest
 
 from tests.conftest import REPO_ROOT
-from utils.training import run_lock
-from utils.training.run_lock import LOCK_FILENAME, RunFolderBusyError, RunLock
+from utils.run_folder import lock as run_lock
+from utils.run_folder.lock import LOCK_FILENAME, RunFolderBusyError, RunLock
 
-MODULE_PATH = str(REPO_ROOT / "utils/training/run_lock.py")
+MODULE_PATH = str(REPO_ROOT / "utils/run_folder/lock.py")
 LOAD_RUN_LOCK = """
 import importlib.util, pathlib, sys, time
 spec = importlib.util.spec_from_file_location("run_lock", sys.argv[1])

@@ -25,7 +25,7 @@ from utils.config import SETTINGS, field_errors
 from utils.config import WizardConfig as CoreWizardConfig
 from utils.env import DeviceInfo
 from utils.training.precision import PrecisionError, resolve_precision
-from utils.training.builder import build_model
+from utils.models.build import build_model
 from utils.ui.model_check import measure_model
 from utils.ui.presets import PRESETS
 from utils.ui.setup_wizard import STEPS, SetupWizard, WizardConfig, detect_interactive, validate_config

@@ -9,8 +9,8 @@ import torch
 
 from templates import TEMPLATES, build_template, list_templates
 from tests.conftest import classification_config, fit_classifier
-from utils.training.builder import build_model
-from utils.training.module import ClassificationTask
+from utils.models.build import build_model
+from utils.models.tasks import ClassificationTask
 
 
 def classifier(**overrides):

@@ -16,10 +16,11 @@ from utils.env import DeviceInfo
 from utils.training import TrainingCoordinator, TrainingResult, train
 from utils.training.__main__ import BUG_NOTE, main as cli_main
 from utils.training.precision import resolve_precision
-from utils.training.builder import build_callbacks, build_model, build_trainer
-from utils.training.callbacks import RunRecorder
-from utils.training.checkpoint_io import LastCheckpoint
-from utils.training.checkpoints import IncompatibleCheckpointError
+from utils.training.builder import build_callbacks, build_trainer
+from utils.models.build import build_model
+from utils.training.callbacks.recorder import RunRecorder
+from utils.training.callbacks.last_checkpoint import LastCheckpoint
+from utils.run_folder.checkpoints import IncompatibleCheckpointError
 from utils.training.module import param_groups, warmup_cosine
 
 CPU = DeviceInfo("cpu", "CPU")
@@ -305,7 +306,7 @@ def test_model_fields_reach_the_model(tiny_config):
 
 def test_a_model_passed_in_is_checked_before_training_and_cannot_be_exported(tiny_config):
     from tests.conftest import TinyLM
-    from utils.user_models import UserModelError
+    from utils.models.user_models import UserModelError
 
     class NoBackprop(torch.nn.Module):  # logits that do not depend on any parameter
         def __init__(self):

@@ -17,9 +17,10 @@ from torch import nn
 from utils.config import WizardConfig
 from utils.data import prepare_data
 from utils.training import train
-from utils.training.builder import build_data_spec, build_model
-from utils.training.module import ClassificationTask, LanguageModelTask
-from utils.user_models import (GIST_BASE_URL_ENV, GistRef, UserModelError, check_embedding_fits, check_model,
+from utils.training.builder import build_data_spec
+from utils.models.build import build_model
+from utils.models.tasks import ClassificationTask, LanguageModelTask
+from utils.models.user_models import (GIST_BASE_URL_ENV, GistRef, UserModelError, check_embedding_fits, check_model,
                                fetch_gist, gist_raw_url, parse_gist_ref)
 
 # A language model the way a visual builder exports one: build_model(config) plus a config.json.

@@ -9,7 +9,7 @@ folder/
     .kit-export.json    the marker saying the kit wrote this folder (and which kit version)
 A fine-tuned pretrained model (model_source "pretrained") is exported as transformers' save_pretrained
 writes it: config.json is then the model's own, model.safetensors and the tokenizer's files sit beside
-it, and the WizardConfig is kit_config.json (see utils.pretrained), so from_pretrained(folder) reads it too.
+it, and the WizardConfig is kit_config.json (see utils.models.pretrained), so from_pretrained(folder) reads it too.
 The folder needs nothing else from the training run: load_exported() rebuilds the model from the
 config, the tokenizer's vocabulary (and the labels, and user_model/model.py), then loads the weights.
 No torch pickle file is written or read here. An export replaces only a folder holding the marker
@@ -36,11 +36,12 @@ from utils.data import load_tokenizer
 from utils.errors import KitError, MissingFileError
 from utils.files import atomic_folder, atomic_write_text
 from utils.inference import Predictor
-from utils.pretrained import KIT_CONFIG_FILENAME, load_pretrained_model, save_for_transformers
-from utils.user_models import USER_MODEL_DIRNAME, copy_model_files, model_files_in
+from utils.models.build import build_model
+from utils.models.pretrained import KIT_CONFIG_FILENAME, load_pretrained_model, save_for_transformers
+from utils.models.user_models import USER_MODEL_DIRNAME, copy_model_files, model_files_in
+from utils.run_folder.checkpoints import LABELS_FILENAME
 
 WEIGHTS_FILENAME = "model.safetensors"
-LABELS_FILENAME = "labels.json"
 MARKER_FILENAME = ".kit-export.json"  # written last: only a folder holding it is replaced by a new export
 
 
@@ -127,8 +128,6 @@ def kit_version() -> str:
 
 def load_exported(folder: str | Path, device: str = "cpu") -> ExportedModel:
     """Rebuild the model from an export folder and load its weights."""
-    from utils.training.builder import build_model
-
     folder = Path(folder)
     if (folder / KIT_CONFIG_FILENAME).is_file():
         return _load_pretrained_export(folder, device)
@@ -156,7 +155,7 @@ def _load_pretrained_export(folder: Path, device: str) -> ExportedModel:
 
 
 def write_labels(folder: Path, label_names: list[str], pad_id: int) -> None:
-    """A classifier's class names and pad id, in an export and in the run folder (utils.runs reads them there)."""
+    """A classifier's class names and pad id, in an export and in the run folder (utils.run_folder.loading reads them there)."""
     labels = {"label_names": list(label_names), "pad_id": pad_id}
     atomic_write_text(Path(folder) / LABELS_FILENAME, json.dumps(labels, indent=2) + "\n")
 

@@ -2,23 +2,36 @@
 
 The key comes from the WANDB_API_KEY environment variable, else (on Colab) from the notebook's
 Secrets panel; without one the run logs offline and can be uploaded later with `wandb sync`.
-Nothing here calls wandb.login() or input(), and the key is never printed, returned or saved.
+build_wandb_logger starts the WandbLogger a training run logs to, falling back to offline when the
+server does not start the run in time. Nothing here calls wandb.login() or input(), and the key is
+never printed, returned or saved.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities import rank_zero_only
 
 from utils.config import WANDB_MODES
 from utils.env import in_colab
 from utils.errors import KitError
+from utils.run_folder.checkpoints import WANDB_ID_FILENAME
+
+if TYPE_CHECKING:  # annotations only
+    from torch import nn
+
+    from utils.config import WizardConfig
+    from utils.training.precision import PrecisionDecision
 
 API_KEY_VAR = "WANDB_API_KEY"
 INIT_TIMEOUT_VAR = "WANDB_INIT_TIMEOUT"  # wandb's own variable, but wandb reads it only once per process
@@ -110,7 +123,6 @@ def make_project_name(name: str) -> str:
     return slug
 
 
-WANDB_ID_FILENAME = "wandb_run_id.txt"  # in the run folder: the W&B run every rerun of that folder continues
 
 
 def wandb_run_id(output_dir, store: bool = True) -> str:
@@ -194,3 +206,63 @@ def _finish(loggers: list, exit_code: int) -> None:
 
     if wandb.run is not None:  # WandbLogger logs to the global run
         wandb.finish(exit_code=exit_code)
+
+
+# ---------------------------------------------------------------------------------------------- starting the run
+
+def build_wandb_logger(config: WizardConfig, decision: PrecisionDecision, model: nn.Module,
+                       vocab_size: int) -> WandbLogger:
+    """A WandbLogger that never prompts and never stops the training: online only with an API key and a W&B
+    server that starts the run within the init timeout, else offline (see utils.wandb_helpers)."""
+    auth = resolve_wandb_auth(config.wandb_mode)
+    print(auth.message)
+    _finish_stale_wandb_run()
+    Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+    run_args = dict(project=make_project_name(config.wandb_project),
+                    name=config.wandb_run_name or make_run_name(model_type_of(model)),
+                    save_dir=config.output_dir, log_model=False,
+                    # every rerun of this run folder continues one W&B run; only global rank zero logs to W&B
+                    id=wandb_run_id(config.output_dir, store=rank_zero_only.rank == 0),
+                    config=build_wandb_config(config, model, decision, vocab_size))
+    if auth.mode != "online":
+        return _without_anonymous(WandbLogger(mode=auth.mode, **run_args))
+    return _start_online_run(run_args)
+
+
+def _without_anonymous(logger: WandbLogger) -> WandbLogger:
+    # Lightning passes anonymous=None to wandb.init, and wandb 0.2x+ answers any value with "The anonymous
+    # setting has no effect" on stderr. Left out, wandb uses its default and says nothing.
+    logger._wandb_init.pop("anonymous", None)
+    return logger
+
+
+def _start_online_run(run_args: dict) -> WandbLogger:
+    """Start the online run now, where a failure can be caught, rather than lazily inside trainer.fit.
+
+    wandb raises CommError when the server refuses the connection, does not answer within init_timeout,
+    or rejects the request (a wrong key comes back as a plain CommError too); the run then logs offline.
+    """
+    import wandb
+    from wandb.errors import CommError
+
+    logger = _without_anonymous(WandbLogger(mode="online", settings=wandb.Settings(
+        init_timeout=resolve_wandb_init_timeout()), **run_args))
+    started = time.monotonic()
+    try:
+        _ = logger.experiment  # wandb.init
+    except CommError as e:  # wandb.run stays None: the run is never made global, so there is nothing to finish
+        reason = (str(e).strip() or type(e).__name__).splitlines()[0]  # wandb adds a hint on more lines
+        server = wandb.setup().settings.base_url  # the address wandb used: WANDB_BASE_URL or its default
+        print(f"W&B: could not start the run on the W&B server at {server} within {time.monotonic() - started:.0f} s "
+              f"({reason}); logging this run offline instead; {SYNC_HINT}.")
+        return _without_anonymous(WandbLogger(mode="offline", **run_args))
+    return logger
+
+
+def _finish_stale_wandb_run() -> None:
+    # WandbLogger would log into a run still open from an earlier notebook cell instead of starting one.
+    import wandb
+
+    if wandb.run is not None:
+        print(f"W&B: finishing the run {wandb.run.name!r} left open by an earlier cell before starting a new one.")
+        wandb.finish()

@@ -13,7 +13,7 @@ Padding (classification batches pad every text to max_seq_len):
   merges learnt from the data up to vocab_size (the BPE target).
 - pretrained: its own pad token when it has one; a tokenizer without one (GPT-2 style) gets
   "<pad>" added as a new id, and the vocabulary grows by one.
-- model (model_source="pretrained", see utils.pretrained): the pretrained model's own tokenizer, kind
+- model (model_source="pretrained", see utils.models.pretrained): the pretrained model's own tokenizer, kind
   "pretrained"; without a pad token it pads with its end-of-text token, so the model's embedding keeps
   its size.
 decode() drops pad ids.
@@ -32,6 +32,7 @@ import torch
 
 from utils.errors import KitError, MissingFileError
 from utils.files import atomic_write_text
+from utils.models.pretrained import PretrainedError, first_line, require_transformers, resolve_source, where_hint
 
 META_FILENAME = "tokenizer_meta.json"
 HF_FILENAME = "tokenizer.json"
@@ -220,8 +221,6 @@ def build_tokenizer(strategy: str, blocks: Callable[[], Iterable[str]] | str, *,
     if strategy == "pretrained":
         return load_pretrained(tokenizer_path, pad)
     if strategy == "model":  # model_source="pretrained": the model's own tokenizer, named by tokenizer_path
-        from utils.pretrained import load_model_tokenizer
-
         return load_model_tokenizer(tokenizer_path, classify=pad)
     raise TokenizerError(f"tokenizer_strategy={strategy!r} is unknown; choose 'char', 'byte', 'bpe' or 'pretrained'")
 
@@ -369,3 +368,38 @@ def _write_meta(folder: Path, meta: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / META_FILENAME).write_text(json.dumps(meta, ensure_ascii=False) + "\n", encoding="utf-8")
 
+
+# ---------------------------------------------------------------------------------------------- model_source="pretrained"
+
+class ModelTokenizer(LibraryTokenizer):
+    """A pretrained model's own tokenizer: the kit's LibraryTokenizer (kind "pretrained") on its fast backend,
+    keeping the transformers tokenizer so an export can save_pretrained it beside the model."""
+
+    def __init__(self, hf_tokenizer, classify: bool):
+        super().__init__(hf_tokenizer.backend_tokenizer, "pretrained", hf_tokenizer.pad_token_id,
+                         add_special_tokens=classify)
+        self.hf = hf_tokenizer
+
+
+def load_model_tokenizer(name: str, classify: bool) -> ModelTokenizer:
+    """The model's own tokenizer; without a pad token (GPT-2) it pads with its end-of-text token."""
+    source = resolve_source(name)
+    transformers = require_transformers()
+    try:
+        hf = transformers.AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise PretrainedError(f"Could not load the tokenizer of pretrained_model={name!r} ({first_line(e)}). "
+                              f"{where_hint(source)}") from None
+    if not getattr(hf, "is_fast", False):
+        raise PretrainedError(f"The tokenizer of {name!r} has no fast (tokenizers-library) version, which the kit "
+                              "encodes with; pick another model")
+    if hf.pad_token is None:
+        if hf.eos_token is None:
+            raise PretrainedError(f"The tokenizer of {name!r} has neither a pad nor an end-of-text token to pad "
+                                  "with; set its pad_token and save_pretrained it to a folder, then use that folder")
+        # Padding must be explicit (PITFALLS.md). Reusing eos keeps the embedding's size; the attention mask
+        # (and for a GPT-2 classifier, the last non-pad position) keeps padding out of what the model reads.
+        hf.pad_token = hf.eos_token
+        print(f"Tokenizer: {name!r} has no pad token; padding with its end-of-text token {hf.eos_token!r} "
+              f"(id {hf.pad_token_id})")
+    return ModelTokenizer(hf, classify)

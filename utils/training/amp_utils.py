@@ -6,7 +6,7 @@ Each name here delegates to the kit's one way of doing the thing:
   the one precision decision.
 - `AmpWandbCallback(enabled, precision)`: logs amp/enabled, amp/precision and amp/loss_scale to the
   active W&B run at each epoch end. The kit's own runs log AMP metrics per optimizer step through
-  utils.training.callbacks.RunRecorder instead.
+  utils.training.callbacks.recorder.RunRecorder instead.
 - `SkippedStepCounter`, `loss_scale(trainer)`: the GradScaler helpers that callback uses.
 - `TrainingCoordinator(config, device).train(model, use_amp=...)`: the reference kit's entry; it
   calls utils.training.train. `use_amp` switches mixed precision on or off for one call.

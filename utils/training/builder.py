@@ -6,7 +6,6 @@ import functools
 import logging
 import math
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -14,29 +13,23 @@ from typing import Optional
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger, WandbLogger
-from pytorch_lightning.plugins.precision import MixedPrecision
-from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
-from templates import build_template
 from utils.config import ConfigError, WizardConfig
 from utils.data import DATA_CACHE_DIR, DataSpec
 from utils.data.sources import DataError
 from utils.training.precision import PrecisionDecision
-from utils.training.callbacks import RecordedProgressBar, RunRecorder, ValidateAtMaxSteps
-from utils.training.checkpoint_io import AtomicCheckpointIO, LastCheckpoint
-from utils.training.checkpoints import LAST_NAME, LOGS_DIRNAME, checkpoint_dir
-from utils.training.health import TrainingHealthCallback
-from utils.training.module import TASKS, TransformerModule
-from utils.pretrained import load_pretrained_model
-from utils.wandb_helpers import (SYNC_HINT, build_wandb_config, make_project_name, make_run_name, model_type_of,
-                                 resolve_wandb_auth, resolve_wandb_init_timeout, wandb_run_id)
-from utils.user_models import (UserModelFiles, check_embedding_fits, check_model, keep_model_copy, load_user_model,
-                               resolve_user_model_files)
+from utils.training.callbacks.recorder import RecordedProgressBar, RunRecorder, ValidateAtMaxSteps
+from utils.training.callbacks.last_checkpoint import LastCheckpoint
+from utils.run_folder.checkpoint_io import AtomicCheckpointIO
+from utils.run_folder.checkpoints import LAST_NAME, LOGS_DIRNAME, checkpoint_dir
+from utils.training.callbacks.health import TrainingHealthCallback
+from utils.training.module import TransformerModule
+from utils.wandb_helpers import build_wandb_logger
 
 
 def build_data_spec(config: WizardConfig) -> DataSpec:
@@ -49,48 +42,6 @@ def build_data_spec(config: WizardConfig) -> DataSpec:
                     tokenizer_path=config.pretrained_model if pretrained else config.tokenizer_path,
                     vocab_size=config.vocab_size,
                     cache_dir=Path(config.output_dir) / DATA_CACHE_DIR)
-
-
-def model_config(config: WizardConfig, vocab_size: int, num_classes: int = 0, pad_id: int = 0) -> dict:
-    """The plain dict a template's build(config) or a user's build_model(config) receives."""
-    kit = {"vocab_size": vocab_size, "max_seq_len": config.max_seq_len, "size": config.model_size,
-           "dropout": config.dropout}
-    if config.task == "classification":
-        kit.update(num_classes=num_classes, pad_id=pad_id)
-    return kit
-
-
-def build_model(config: WizardConfig, vocab_size: int, num_classes: int = 0, pad_id: int = 0,
-                user_files: Optional[UserModelFiles] = None, label_names: Optional[list[str]] = None) -> nn.Module:
-    """The config's template, the user's model file or Gist, or a pretrained model, checked against the task
-    and tokenizer.
-
-    num_classes and pad_id come from the data (PreparedData) for task="classification", and label_names
-    (a pretrained classifier's id2label; "0", "1", ... when not given). user_files overrides where a user
-    model's code is read from (load_exported passes the export's copy).
-    """
-    if config.task == "classification" and num_classes < 2:
-        raise DataError(f"task='classification' needs at least 2 classes, but the data has {num_classes} "
-                         "label names; check label_column and the labels in the data.")
-    kit = model_config(config, vocab_size, num_classes, pad_id)
-    if config.model_source == "pretrained":
-        names = label_names or [str(i) for i in range(num_classes)]
-        model = load_pretrained_model(config.pretrained_model, config.task, names, pad_id)
-        check_model(model, build_task(config), vocab_size, config.max_seq_len, num_classes,
-                    source=f"the pretrained model {config.pretrained_model!r}")
-        return model
-    if config.model_source == "template":
-        model = build_template(config.model_template, kit)
-        check_embedding_fits(model, vocab_size)
-        return model
-    if user_files is None:  # the training core resolves and copies the files itself, after its resume checks
-        user_files = resolve_user_model_files(config.model_source, config.model_path, config.gist_id,
-                                              config.output_dir)
-        keep_model_copy(user_files, config.output_dir)
-    files = user_files
-    model = load_user_model(files, kit)
-    check_model(model, build_task(config), vocab_size, config.max_seq_len, num_classes, source=files.source)
-    return model
 
 
 def check_training_windows(config: WizardConfig, num_train: int, num_tokens: int,
@@ -123,11 +74,6 @@ def _largest_seq_len_for(batch_size: int, num_tokens: int, val_split: float) -> 
     while windows - round(windows * val_split) < batch_size:
         windows += 1
     return (num_tokens - 1) // windows
-
-
-def build_task(config: WizardConfig):
-    """What differs between language modelling and classification (see utils.training.module)."""
-    return TASKS[config.task]
 
 
 def build_module(config: WizardConfig, model: nn.Module, task, batches_per_epoch: int,
@@ -252,7 +198,7 @@ def build_loggers(config: WizardConfig, decision: PrecisionDecision | None = Non
     """CSV logs always; a WandbLogger too unless wandb_mode is "disabled" (it needs decision, model, vocab_size)
     or nothing is left to train (a W&B run with no steps would only add an empty run to the project)."""
     # Rows are appended as the RunRecorder logs them (it does before every checkpoint), so the history
-    # on disk reaches the last checkpoint whenever the process is killed (utils.training.history).
+    # on disk reaches the last checkpoint whenever the process is killed (utils.run_folder.history).
     loggers = [CSVLogger(save_dir=config.output_dir, name=LOGS_DIRNAME, flush_logs_every_n_steps=10**9)]
     if config.wandb_mode != "disabled" and nothing_to_train:
         print("W&B: nothing is left to train, so no W&B run is opened.")
@@ -262,64 +208,6 @@ def build_loggers(config: WizardConfig, decision: PrecisionDecision | None = Non
                              "they fill the W&B run's config")
         loggers.append(build_wandb_logger(config, decision, model, vocab_size))
     return loggers
-
-
-def build_wandb_logger(config: WizardConfig, decision: PrecisionDecision, model: nn.Module,
-                       vocab_size: int) -> WandbLogger:
-    """A WandbLogger that never prompts and never stops the training: online only with an API key and a W&B
-    server that starts the run within the init timeout, else offline (see utils.wandb_helpers)."""
-    auth = resolve_wandb_auth(config.wandb_mode)
-    print(auth.message)
-    _finish_stale_wandb_run()
-    Path(config.output_dir).mkdir(parents=True, exist_ok=True)
-    run_args = dict(project=make_project_name(config.wandb_project),
-                    name=config.wandb_run_name or make_run_name(model_type_of(model)),
-                    save_dir=config.output_dir, log_model=False,
-                    # every rerun of this run folder continues one W&B run; only global rank zero logs to W&B
-                    id=wandb_run_id(config.output_dir, store=rank_zero_only.rank == 0),
-                    config=build_wandb_config(config, model, decision, vocab_size))
-    if auth.mode != "online":
-        return _without_anonymous(WandbLogger(mode=auth.mode, **run_args))
-    return _start_online_run(run_args)
-
-
-def _without_anonymous(logger: WandbLogger) -> WandbLogger:
-    # Lightning passes anonymous=None to wandb.init, and wandb 0.2x+ answers any value with "The anonymous
-    # setting has no effect" on stderr. Left out, wandb uses its default and says nothing.
-    logger._wandb_init.pop("anonymous", None)
-    return logger
-
-
-def _start_online_run(run_args: dict) -> WandbLogger:
-    """Start the online run now, where a failure can be caught, rather than lazily inside trainer.fit.
-
-    wandb raises CommError when the server refuses the connection, does not answer within init_timeout,
-    or rejects the request (a wrong key comes back as a plain CommError too); the run then logs offline.
-    """
-    import wandb
-    from wandb.errors import CommError
-
-    logger = _without_anonymous(WandbLogger(mode="online", settings=wandb.Settings(
-        init_timeout=resolve_wandb_init_timeout()), **run_args))
-    started = time.monotonic()
-    try:
-        _ = logger.experiment  # wandb.init
-    except CommError as e:  # wandb.run stays None: the run is never made global, so there is nothing to finish
-        reason = (str(e).strip() or type(e).__name__).splitlines()[0]  # wandb adds a hint on more lines
-        server = wandb.setup().settings.base_url  # the address wandb used: WANDB_BASE_URL or its default
-        print(f"W&B: could not start the run on the W&B server at {server} within {time.monotonic() - started:.0f} s "
-              f"({reason}); logging this run offline instead; {SYNC_HINT}.")
-        return _without_anonymous(WandbLogger(mode="offline", **run_args))
-    return logger
-
-
-def _finish_stale_wandb_run() -> None:
-    # WandbLogger would log into a run still open from an earlier notebook cell instead of starting one.
-    import wandb
-
-    if wandb.run is not None:
-        print(f"W&B: finishing the run {wandb.run.name!r} left open by an earlier cell before starting a new one.")
-        wandb.finish()
 
 
 def devices_per_node(config: WizardConfig, device_kind: str) -> int:
@@ -405,11 +293,9 @@ def apply_matmul_precision(decision: PrecisionDecision) -> None:
 
 
 def _precision_args(decision: PrecisionDecision, strategy: str = "auto") -> dict:
-    plugins = [AtomicCheckpointIO()]  # checkpoints written beside their target and renamed: never torn
-    if decision.precision == "16-mixed" and decision.device.kind == "cpu" and strategy != "fsdp":
-        # Lightning would turn a plain "16-mixed" on CPU into bf16; the plugin keeps fp16 + GradScaler.
-        return {"plugins": plugins + [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]}
-    return {"precision": decision.precision, "plugins": plugins}
+    args = decision.lightning_args(strategy)
+    # checkpoints written beside their target and renamed: never torn
+    return {**args, "plugins": [AtomicCheckpointIO()] + args.get("plugins", [])}
 
 
 def _refresh_rate() -> int:

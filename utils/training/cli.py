@@ -238,7 +238,7 @@ def _checkpoint_argument(parser: argparse.ArgumentParser) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     def call():
-        from utils.runs import load_run
+        from utils.run_folder.loading import load_run
 
         run = load_run(args.run_dir, args.checkpoint)
         folder = run.export(args.to)
@@ -267,7 +267,7 @@ def run_predict(args: argparse.Namespace) -> int:
 def _load_for(args: argparse.Namespace, task: str, command: str, other: str):
     """The run's or export's model, when it was trained for the task this command needs."""
     from utils.inference import InferenceError
-    from utils.runs import load_predictor
+    from utils.run_folder.loading import load_predictor
 
     model = load_predictor(args.model, args.checkpoint, args.device)
     if model.config.task != task:
@@ -298,8 +298,8 @@ def _read_lines(path: str) -> list[str]:
 
 def _reported(call: Callable[[], object]) -> int:
     """Run a command's work: 0 when done; a KitError as one line (2); anything else is a bug (1)."""
-    from utils.training.checkpoint_io import TrainingStopped
-    from utils.user_models import UserModelError
+    from utils.training.callbacks.last_checkpoint import TrainingStopped
+    from utils.models.user_models import UserModelError
 
     try:
         call()

@@ -28,20 +28,22 @@ from utils.export import ExportError, export_model, write_labels
 from utils.files import atomic_folder, make_output_dir, remove_temp_files
 from utils.inference import Predictor, classify_texts, sample_text  # sample_text, classify_texts: see __all__
 from utils.training.precision import PrecisionDecision, resolve_precision
-from utils.training.builder import (build_callbacks, build_data_spec, build_dataloaders, build_loggers, build_model,
-                                    build_module, build_task, build_trainer, check_strategy, check_training_windows,
-                                    describe_batch, describe_speedups, devices_per_node, fine_tuning_note)
-from utils.training.callbacks import RunRecorder
-from utils.training.module import TASKS, TransformerModule
-from utils.training.checkpoint_io import TrainingStopped
+from utils.training.builder import (build_callbacks, build_data_spec, build_dataloaders, build_loggers, build_module,
+                                    build_trainer, check_strategy, check_training_windows, describe_batch,
+                                    describe_speedups, devices_per_node, fine_tuning_note)
+from utils.models.build import build_model, build_task
+from utils.training.callbacks.recorder import RunRecorder
+from utils.training.module import TransformerModule
+from utils.models.tasks import TASKS
+from utils.training.callbacks.last_checkpoint import TrainingStopped
 from utils.training.estimate import Estimate, check_memory, estimate_run, format_duration, measure_memory
-from utils.training.checkpoints import (LOGS_DIRNAME, ON_CHANGE, TOKENIZER_DIRNAME, IncompatibleCheckpointError,
+from utils.run_folder.checkpoints import (LOGS_DIRNAME, ON_CHANGE, TOKENIZER_DIRNAME, IncompatibleCheckpointError,
                                         ResumePoint, find_resume_point, handle_changed_run, last_checkpoint,
                                         plan_resume, remove_checkpoints_after, resume_problems)
 from utils.training.distributed import Launch, check_ranks, plan_launch, quiet_unless_rank_zero
-from utils.training.history import read_history
-from utils.training.run_lock import RunLock
-from utils.user_models import check_embedding_fits, check_model, keep_model_copy, resolve_user_model_files
+from utils.run_folder.history import read_history
+from utils.run_folder.lock import RunLock
+from utils.models.user_models import check_embedding_fits, check_model, keep_model_copy, resolve_user_model_files
 from utils.wandb_helpers import finish_wandb_on_exit
 
 
@@ -334,7 +336,7 @@ def _tokenizer_change(out: Path, data: PreparedData) -> Optional[str]:
 
 def _save_run_files(out: Path, config: WizardConfig, data: PreparedData, user_files) -> None:
     """config.json, tokenizer/, a classifier's labels.json and the model code copy, each written atomically;
-    a resume keeps its tokenizer. With them a finished run loads for inference (utils.runs.load_run)."""
+    a resume keeps its tokenizer. With them a finished run loads for inference (utils.run_folder.loading.load_run)."""
     config.save(out / CONFIG_FILENAME)
     if not (out / TOKENIZER_DIRNAME).exists():
         with atomic_folder(out / TOKENIZER_DIRNAME) as folder:

@@ -23,7 +23,6 @@ import copy
 import math
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Optional
 
@@ -217,7 +216,8 @@ def estimate_config(config: WizardConfig, decision: PrecisionDecision, refuse_ov
     the largest batch that fits (the command line's `estimate`: that batch can fill most of the memory).
     """
     from utils.data import prepare_data
-    from utils.training.builder import build_data_spec, build_dataloaders, build_model, build_task
+    from utils.training.builder import build_data_spec, build_dataloaders
+    from utils.models.build import build_model, build_task
 
     config = config.validate()
     data = prepare_data(build_data_spec(config))
@@ -270,9 +270,8 @@ class _Stepper:
         self.model, self.optimizer, self.task = model, optimizer, task
         self.kind = decision.device.kind
         self.vocab_size, self.num_classes, self.seq_len = vocab_size, num_classes, seq_len
-        dtype = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(decision.precision)
-        self.autocast = (lambda: torch.autocast(self.kind, dtype=dtype)) if dtype else nullcontext
-        self.scaler = torch.amp.GradScaler(self.kind) if decision.precision == "16-mixed" else None
+        self.autocast = decision.autocast
+        self.scaler = decision.make_scaler()
         self.params = {p.untyped_storage().data_ptr() for p in model.parameters()}
 
     def batch(self, size: int):

@@ -3,12 +3,20 @@ Lightning precision string, whether fp32 matmuls use TF32, and the reason, said 
 
     decision = resolve_precision(config.use_mixed_precision, config.precision, device)
     print(f"Precision: {decision.precision} - {decision.reason}")
+
+Everything that follows from the decision is read from it, never derived again elsewhere: the autocast
+dtype and context (autocast_dtype, autocast()), the GradScaler (uses_scaler, make_scaler()), the
+Trainer's precision arguments (lightning_args()), and what weights are stored in (weights_dtype for
+trained weights, base_dtype for a frozen pretrained base).
 """
 
-# No `from __future__ import annotations`: utils/training/amp_utils.py re-exports this module and may
-# itself be loaded by file path, where dataclasses with string annotations cannot find their module.
+from __future__ import annotations
+
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Optional
+
+import torch
 
 from utils.env import DeviceInfo, detect_device
 from utils.errors import KitError
@@ -26,6 +34,52 @@ class PrecisionDecision:
     reason: str  # one sentence a person reads: what was chosen and why
     device: DeviceInfo
     tf32: bool = False  # fp32 matmuls on TF32 tensor cores (Ampere and newer): ~8x the fp32 rate, 10-bit mantissa
+
+    @property
+    def autocast_dtype(self) -> Optional[torch.dtype]:
+        """The dtype autocast runs matmuls in; None for an fp32 run (no autocast)."""
+        return _AUTOCAST_DTYPES.get(self.precision)
+
+    @property
+    def uses_scaler(self) -> bool:
+        """fp16 needs a GradScaler (its range underflows small gradients); bf16 and fp32 do not."""
+        return self.precision == "16-mixed"
+
+    @property
+    def weights_dtype(self) -> torch.dtype:
+        """What trained weights (and their optimizer state) are stored in: fp32 under every precision;
+        autocast casts per operation, and fp16 weights would break the GradScaler's unscale."""
+        return torch.float32
+
+    @property
+    def base_dtype(self) -> torch.dtype:
+        """What a frozen pretrained base (adapters train beside it) is stored in: the autocast dtype on a
+        CUDA GPU, where it halves the memory and matmuls run in it anyway; fp32 on a CPU and in fp32 runs."""
+        if self.device.kind != "cuda" or self.autocast_dtype is None:
+            return torch.float32
+        return self.autocast_dtype
+
+    def autocast(self):
+        """The autocast context a forward pass runs under, outside Lightning (estimate, model check, bench)."""
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.kind, dtype=self.autocast_dtype)
+
+    def make_scaler(self) -> Optional[torch.amp.GradScaler]:
+        """A GradScaler for a hand-written step on this device, or None when the decision uses none."""
+        return torch.amp.GradScaler(self.device.kind) if self.uses_scaler else None
+
+    def lightning_args(self, strategy: str = "auto") -> dict:
+        """pl.Trainer's precision arguments: {"precision": ...}, or {"plugins": [...]} for fp16 on a CPU, where
+        Lightning would turn a plain "16-mixed" into bf16; the plugin keeps fp16 + a CPU GradScaler."""
+        if self.precision == "16-mixed" and self.device.kind == "cpu" and strategy != "fsdp":
+            from pytorch_lightning.plugins.precision import MixedPrecision  # Lightning only when a Trainer is built
+
+            return {"plugins": [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]}
+        return {"precision": self.precision}
+
+
+_AUTOCAST_DTYPES = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
 
 
 def resolve_precision(use_mixed_precision: bool, requested: str = "auto",

@@ -20,7 +20,8 @@ from utils.config import PRECISION_WORDS, WizardConfig
 from utils.data import DataSpec, open_source
 from utils.data.tokenizers import build_tokenizer
 from utils.training.precision import PrecisionDecision
-from utils.training.builder import build_data_spec, build_model, build_task
+from utils.training.builder import build_data_spec
+from utils.models.build import build_model, build_task
 from utils.training.estimate import BYTES_PER_PARAMETER, USABLE_FRACTION, device_capacity  # one memory model
 
 
@@ -150,9 +151,9 @@ def _saved_bytes(model, config, vocab, batch, decision, params, backward: bool) 
 
 
 def _autocast(decision: PrecisionDecision):
-    # CPU autocast runs both fp16 and bf16, so the activations are measured in the dtype training uses.
-    dtype = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(decision.precision)
-    return torch.autocast("cpu", dtype=dtype) if dtype else nullcontext()
+    # Measured on the CPU whatever the device: CPU autocast runs both fp16 and bf16, so the activations are
+    # measured in the dtype training uses.
+    return torch.autocast("cpu", dtype=decision.autocast_dtype) if decision.autocast_dtype else nullcontext()
 
 
 def describe_check(check: ModelCheck, config: WizardConfig, decision: PrecisionDecision) -> str:

@@ -35,7 +35,7 @@ from utils.config import EMBEDDED_CORPUS_WORDS, EMBEDDED_DATASETS, SETTINGS, Con
 from utils.env import DeviceInfo, detect_device, in_colab
 from utils.training.amp_utils import LegacyWizardAPI  # the reference kit's validate_config / presets
 from utils.training.precision import PrecisionError, resolve_precision
-from utils.training.checkpoints import describe_run_folder
+from utils.run_folder.checkpoints import describe_run_folder
 from utils.training.estimate import BatchTooLargeError, estimate_config
 from utils.ui.fields import (ERROR_COLOR, INPUT_WIDTH, LABEL_WIDTH, PATH_WIDTH, SUCCESS_COLOR, UPLOAD_LIMIT_TEXT, WARNING_COLOR,
                              WRAP, Field, build_field, save_upload, upload_problem, uploaded_files)

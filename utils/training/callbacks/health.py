@@ -13,7 +13,7 @@ from typing import Optional
 import pytorch_lightning as pl
 
 from utils.errors import KitError
-from utils.training.callbacks import RunRecorder
+from utils.training.callbacks.recorder import RunRecorder
 
 
 class TrainingHealthError(KitError, RuntimeError):

@@ -12,7 +12,7 @@ import torch
 from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm, convert_inf
 
-from utils.training.history import write_segment_start
+from utils.run_folder.history import write_segment_start
 
 
 @dataclass
@@ -33,7 +33,7 @@ class RunRecorder(pl.Callback):
     back in one transfer: no host sync per step. Listeners (the health check) see every flushed
     step in order. The counters live in every checkpoint, so a resumed run's throughput is the
     whole run's, and each stretch of training marks where it started in its log folder
-    (utils.training.history).
+    (utils.run_folder.history).
 
     With several processes each flush is also where they meet: the step values are averaged over
     them (each process's loss is the mean over its equal share of the batch, so the average is the

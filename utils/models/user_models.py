@@ -44,7 +44,7 @@ from torch import nn
 from utils import gist_ref
 from utils.errors import KitError
 from utils.files import atomic_copy, atomic_write_bytes, atomic_write_text, existing_path
-from utils.gist_ref import GistRef  # re-exported: importers of utils.user_models keep working
+from utils.gist_ref import GistRef  # re-exported: importers of utils.models.user_models keep working
 
 DEFAULT_GIST_BASE_URL = "https://gist.github.com"
 GIST_BASE_URL_ENV = "KIT_GIST_BASE_URL"
@@ -54,7 +54,7 @@ MODEL_FILENAME = "model.py"
 MODEL_CONFIG_FILENAME = "config.json"
 USER_MODEL_DIRNAME = "user_model"  # in output_dir and in an export folder
 SOURCE_FILENAME = "source.json"  # in output_dir/user_model: where the files came from
-KIT_DIR = Path(__file__).resolve().parent  # utils/: frames here are the kit's, not the user's
+KIT_DIR = Path(__file__).resolve().parent.parent  # utils/: frames here are the kit's, not the user's
 DATA_KEYS = ("vocab_size", "num_classes", "pad_id")  # follow the tokenizer and the labels, not config.json
 _DATA_SAYS = {"vocab_size": "the tokenizer's vocab_size is", "num_classes": "the data's number of labels is",
               "pad_id": "the tokenizer pads with id"}

@@ -28,7 +28,9 @@ from utils.data import load_tokenizer
 from utils.errors import KitError, MissingFileError
 from utils.export import MARKER_FILENAME, WEIGHTS_FILENAME, export_model, load_exported, read_labels
 from utils.inference import Predictor
-from utils.user_models import USER_MODEL_DIRNAME, model_files_in
+from utils.models.build import build_model
+from utils.models.user_models import USER_MODEL_DIRNAME, model_files_in
+from utils.run_folder.checkpoints import best_checkpoint, last_checkpoint
 
 CHECKPOINT_CHOICES = ("best", "last")
 MODEL_PREFIX = "model."  # the LightningModule keeps the model as .model: its keys in a checkpoint start so
@@ -61,8 +63,6 @@ class LoadedRun(Predictor):
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> LoadedRun:
     """The model of a run folder at its best checkpoint (the last when no best was saved) or its last one."""
-    from utils.training.builder import build_model  # loads Lightning: only when a model is built
-
     if checkpoint not in CHECKPOINT_CHOICES:
         raise RunFolderError(f"checkpoint={checkpoint!r}; choose one of {', '.join(map(repr, CHECKPOINT_CHOICES))}")
     folder = _run_folder(run_dir)
@@ -104,8 +104,6 @@ def _run_folder(run_dir: str | Path) -> Path:
 
 
 def _checkpoint_file(folder: Path, checkpoint: str) -> Path:
-    from utils.training.checkpoints import best_checkpoint, last_checkpoint
-
     path = (best_checkpoint(folder) if checkpoint == "best" else None) or last_checkpoint(folder)
     if path is None:
         raise RunFolderError(f"{folder} has no checkpoint in {folder / 'checkpoints'}: train it first, e.g. "

@@ -32,13 +32,13 @@ import torch
 
 from utils.config import CONFIG_FILENAME, SETTINGS, ConfigError, WizardConfig, shown_value
 from utils.errors import KitError
-from utils.export import LABELS_FILENAME
-from utils.wandb_helpers import WANDB_ID_FILENAME
 
 LAST_NAME = "last.ckpt"
+LABELS_FILENAME = "labels.json"  # classification: class names and pad id, in a run folder and in an export
 LOGS_DIRNAME = "logs"
 TOKENIZER_DIRNAME = "tokenizer"
 ARCHIVE_DIRNAME = "archive"
+WANDB_ID_FILENAME = "wandb_run_id.txt"  # the W&B run every rerun of this folder continues (utils.wandb_helpers)
 DAMAGED_DIRNAME = "damaged"
 RUN_ENTRIES = (CONFIG_FILENAME, TOKENIZER_DIRNAME, LABELS_FILENAME, "checkpoints", LOGS_DIRNAME, "user_model",
                "export", WANDB_ID_FILENAME)  # one run's files

@@ -24,7 +24,6 @@ from typing import Optional, Sequence
 
 from torch import nn
 
-from utils.data.tokenizers import LibraryTokenizer
 from utils.errors import KitError, MissingFileError
 
 KIT_CONFIG_FILENAME = "kit_config.json"  # in an export: config.json is the model's own (transformers reads it)
@@ -34,16 +33,6 @@ _WHAT = {"lm": "causal language model head (AutoModelForCausalLM)",
 
 class PretrainedError(KitError, ValueError):
     """A pretrained model or its tokenizer that cannot be loaded as configured; the message says what to do."""
-
-
-class ModelTokenizer(LibraryTokenizer):
-    """A pretrained model's own tokenizer: the kit's LibraryTokenizer (kind "pretrained") on its fast backend,
-    keeping the transformers tokenizer so an export can save_pretrained it beside the model."""
-
-    def __init__(self, hf_tokenizer, classify: bool):
-        super().__init__(hf_tokenizer.backend_tokenizer, "pretrained", hf_tokenizer.pad_token_id,
-                         add_special_tokens=classify)
-        self.hf = hf_tokenizer
 
 
 def require_transformers():
@@ -72,30 +61,6 @@ def resolve_source(name: str) -> str:
     return name
 
 
-def load_model_tokenizer(name: str, classify: bool) -> ModelTokenizer:
-    """The model's own tokenizer; without a pad token (GPT-2) it pads with its end-of-text token."""
-    source = resolve_source(name)
-    transformers = require_transformers()
-    try:
-        hf = transformers.AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as e:
-        raise PretrainedError(f"Could not load the tokenizer of pretrained_model={name!r} ({_first_line(e)}). "
-                              f"{_where_hint(source)}") from None
-    if not getattr(hf, "is_fast", False):
-        raise PretrainedError(f"The tokenizer of {name!r} has no fast (tokenizers-library) version, which the kit "
-                              "encodes with; pick another model")
-    if hf.pad_token is None:
-        if hf.eos_token is None:
-            raise PretrainedError(f"The tokenizer of {name!r} has neither a pad nor an end-of-text token to pad "
-                                  "with; set its pad_token and save_pretrained it to a folder, then use that folder")
-        # Padding must be explicit (PITFALLS.md). Reusing eos keeps the embedding's size; the attention mask
-        # (and for a GPT-2 classifier, the last non-pad position) keeps padding out of what the model reads.
-        hf.pad_token = hf.eos_token
-        print(f"Tokenizer: {name!r} has no pad token; padding with its end-of-text token {hf.eos_token!r} "
-              f"(id {hf.pad_token_id})")
-    return ModelTokenizer(hf, classify)
-
-
 def load_pretrained_model(name: str, task: str, label_names: Sequence[str] = (),
                           pad_id: Optional[int] = None) -> nn.Module:
     """AutoModelForCausalLM (task "lm") or AutoModelForSequenceClassification with a head for label_names,
@@ -119,9 +84,9 @@ def load_pretrained_model(name: str, task: str, label_names: Sequence[str] = (),
     except (OSError, ValueError) as e:
         if isinstance(e, ValueError) and "Unrecognized configuration class" in str(e):  # a model without this head
             raise PretrainedError(f"pretrained_model={name!r} has no {_WHAT[task]} in transformers "
-                                  f"({_first_line(e)}); pick a model made for task={task!r}") from None
-        raise PretrainedError(f"Could not load pretrained_model={name!r} ({_first_line(e)}). "
-                              f"{_where_hint(source)}") from None
+                                  f"({first_line(e)}); pick a model made for task={task!r}") from None
+        raise PretrainedError(f"Could not load pretrained_model={name!r} ({first_line(e)}). "
+                              f"{where_hint(source)}") from None
     if model.config.pad_token_id is None and pad_id is not None:
         model.config.pad_token_id = pad_id  # a GPT-2 classifier finds each text's last token by it
     # from_pretrained returns the model in eval mode; Lightning keeps each module's mode, so without train()
@@ -155,13 +120,13 @@ def save_for_transformers(model: nn.Module, tokenizer, folder: Path) -> None:
     hf.save_pretrained(folder)
 
 
-def _where_hint(source: str) -> str:
+def where_hint(source: str) -> str:
     if Path(source).is_dir():
         return f"{source} should hold what save_pretrained writes (config.json, the weights and the tokenizer files)."
     return ("A Hub name needs internet (as on Colab) and the exact model id from huggingface.co; offline, give a "
             "folder saved with save_pretrained.")
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__

@@ -1,8 +1,6 @@
-"""When and how last.ckpt is written, so a disconnect, a kill or a Stop costs minutes at most.
+"""When last.ckpt is written, so a disconnect, a kill or a Stop costs minutes at most (how it is
+written, never torn: utils.run_folder.checkpoint_io).
 
-- `AtomicCheckpointIO`: Lightning's CheckpointIO plugin, writing each checkpoint to a temp file in
-  its own folder, fsynced, then renamed over the target (utils.files). Lightning's default goes
-  through the system temp folder and a move, which on Google Drive is a copy a kill can tear.
 - `LastCheckpoint`: writes `last.ckpt` every `every_seconds` of training, after the first step of
   every new epoch, when training ends, and when the user presses Stop (SIGINT) or the process gets
   SIGTERM. It only writes right after an optimizer step and never on an epoch's last batch:
@@ -24,20 +22,12 @@ from typing import Any, Optional
 
 import pytorch_lightning as pl
 import torch
-from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from utils.errors import KitError
-from utils.files import atomic_writer
 
 
 class TrainingStopped(KitError, RuntimeError):
     """Training stopped on the user's Stop (SIGINT) or a SIGTERM; last.ckpt says where to continue."""
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
-        with atomic_writer(path) as f:
-            torch.save(checkpoint, f)
 
 
 class LastCheckpoint(pl.Callback):

@@ -1,0 +1,63 @@
+"""The model a config asks for: a template (templates/), the user's model file or Gist (user_models) or a
+pretrained Hugging Face model (pretrained), checked against the task and the tokenizer before training."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import nn
+
+from templates import build_template
+from utils.config import WizardConfig
+from utils.data.sources import DataError
+from utils.models.pretrained import load_pretrained_model
+from utils.models.tasks import TASKS
+from utils.models.user_models import (UserModelFiles, check_embedding_fits, check_model, keep_model_copy,
+                                      load_user_model, resolve_user_model_files)
+
+
+def model_config(config: WizardConfig, vocab_size: int, num_classes: int = 0, pad_id: int = 0) -> dict:
+    """The plain dict a template's build(config) or a user's build_model(config) receives."""
+    kit = {"vocab_size": vocab_size, "max_seq_len": config.max_seq_len, "size": config.model_size,
+           "dropout": config.dropout}
+    if config.task == "classification":
+        kit.update(num_classes=num_classes, pad_id=pad_id)
+    return kit
+
+
+def build_model(config: WizardConfig, vocab_size: int, num_classes: int = 0, pad_id: int = 0,
+                user_files: Optional[UserModelFiles] = None, label_names: Optional[list[str]] = None) -> nn.Module:
+    """The config's template, the user's model file or Gist, or a pretrained model, checked against the task
+    and tokenizer.
+
+    num_classes and pad_id come from the data (PreparedData) for task="classification", and label_names
+    (a pretrained classifier's id2label; "0", "1", ... when not given). user_files overrides where a user
+    model's code is read from (load_exported passes the export's copy).
+    """
+    if config.task == "classification" and num_classes < 2:
+        raise DataError(f"task='classification' needs at least 2 classes, but the data has {num_classes} "
+                         "label names; check label_column and the labels in the data.")
+    kit = model_config(config, vocab_size, num_classes, pad_id)
+    if config.model_source == "pretrained":
+        names = label_names or [str(i) for i in range(num_classes)]
+        model = load_pretrained_model(config.pretrained_model, config.task, names, pad_id)
+        check_model(model, build_task(config), vocab_size, config.max_seq_len, num_classes,
+                    source=f"the pretrained model {config.pretrained_model!r}")
+        return model
+    if config.model_source == "template":
+        model = build_template(config.model_template, kit)
+        check_embedding_fits(model, vocab_size)
+        return model
+    if user_files is None:  # the training core resolves and copies the files itself, after its resume checks
+        user_files = resolve_user_model_files(config.model_source, config.model_path, config.gist_id,
+                                              config.output_dir)
+        keep_model_copy(user_files, config.output_dir)
+    files = user_files
+    model = load_user_model(files, kit)
+    check_model(model, build_task(config), vocab_size, config.max_seq_len, num_classes, source=files.source)
+    return model
+
+
+def build_task(config: WizardConfig):
+    """What differs between language modelling and classification (see utils.models.tasks)."""
+    return TASKS[config.task]

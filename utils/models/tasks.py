@@ -1,0 +1,109 @@
+"""What differs between language modelling and classification, as small task objects.
+
+A task says how the kit calls a model and scores it: `logits(model, batch)`, `loss(model, batch) ->
+(loss, metrics)` (the LightningModule logs each metric as train/NAME and val/NAME), `tokens_in(batch)`,
+and a `dummy_batch` the model checks run before training.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utils.inference import classifier_logits, describe_call, model_logits
+
+
+class LanguageModelTask:
+    """Next-token prediction: the model maps ids (B, T) to logits (B, T, V); targets are pre-shifted."""
+
+    name = "lm"
+    output_meaning = "batch, sequence length, vocab_size: one score per vocabulary entry at every position"
+
+    def logits(self, model: nn.Module, batch) -> torch.Tensor:
+        x, _ = batch  # (B, T)
+        return model_logits(model, x)  # (B, T, V)
+
+    def describe_call(self, model: nn.Module) -> str:
+        """How the kit calls this model, for messages."""
+        return describe_call(model, with_mask=False)
+
+    def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        _, y = batch  # (B, T)
+        logits = self.logits(model, batch)  # (B, T, V)
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+        return loss, {}
+
+    def tokens_in(self, batch) -> int:
+        return batch[0].numel()
+
+    def dummy_batch(self, B: int, T: int, vocab_size: int, num_classes: int = 0) -> tuple[tuple, tuple]:
+        """A batch in the data's shape, with the largest id the tokenizer makes, and the logits shape expected."""
+        ids = _dummy_ids(B, T, vocab_size)
+        return (ids, torch.roll(ids, -1, dims=1)), (B, T, vocab_size)
+
+    def output_fits(self, shape: tuple, expected: tuple) -> bool:
+        # More scores than ids is fine (vocabularies padded to a multiple of 64 for speed, as nanoGPT
+        # does): those ids are never targets, so the loss is unaffected.
+        return len(shape) == 3 and shape[:2] == expected[:2] and shape[2] >= expected[2]
+
+    def describe_data(self, data) -> str:
+        return ""
+
+    def summary_lines(self, val_accuracy) -> list[str]:
+        return []
+
+    def chance_loss_outputs(self, vocab_size: int, num_classes: int) -> int:
+        """How many outputs an untrained model spreads its guess over (its loss is about ln of this)."""
+        return vocab_size
+
+
+class ClassificationTask:
+    """Text -> label: the model maps ids (B, T) and a padding mask (B, T) to logits (B, num_classes)."""
+
+    name = "classification"
+    output_meaning = "batch, num_classes: one score per class for each sequence"
+
+    def logits(self, model: nn.Module, batch) -> torch.Tensor:
+        input_ids, attention_mask, _ = batch  # (B, T) long, (B, T) bool, (B,) long
+        return classifier_logits(model, input_ids, attention_mask)  # (B, num_classes)
+
+    def describe_call(self, model: nn.Module) -> str:
+        return describe_call(model, with_mask=True)
+
+    def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        labels = batch[2]  # (B,)
+        logits = self.logits(model, batch).float()  # (B, num_classes)
+        accuracy = (logits.argmax(dim=-1) == labels).float().mean()
+        return F.cross_entropy(logits, labels), {"accuracy": accuracy}
+
+    def tokens_in(self, batch) -> torch.Tensor:
+        """Real tokens only: padding is not throughput. A tensor on the batch's device: counted without a sync."""
+        return batch[1].sum()
+
+    def dummy_batch(self, B: int, T: int, vocab_size: int, num_classes: int = 2) -> tuple[tuple, tuple]:
+        ids = _dummy_ids(B, T, vocab_size)
+        mask = torch.ones(B, T, dtype=torch.bool)
+        mask[1 % B, T // 2:] = False  # the second row is padded
+        return (ids, mask, torch.arange(B) % num_classes), (B, num_classes)
+
+    def output_fits(self, shape: tuple, expected: tuple) -> bool:
+        return shape == expected
+
+    def describe_data(self, data) -> str:
+        return f", {data.num_classes} classes"
+
+    def summary_lines(self, val_accuracy) -> list[str]:
+        return [f"val accuracy:     {'n/a' if val_accuracy is None else f'{val_accuracy:.4f}'}"]
+
+    def chance_loss_outputs(self, vocab_size: int, num_classes: int) -> int:
+        return num_classes
+
+
+def _dummy_ids(B: int, T: int, vocab_size: int) -> torch.Tensor:
+    ids = torch.randint(0, vocab_size, (B, T), generator=torch.Generator().manual_seed(0))  # (B, T)
+    ids[0, 0] = vocab_size - 1  # the largest id the tokenizer can produce
+    return ids
+
+
+TASKS = {task.name: task for task in (LanguageModelTask(), ClassificationTask())}
