@@ -50,6 +50,7 @@ def test_run_all_trains_exports_and_a_second_run_all_resumes(tmp_path, monkeypat
         ".kit-export.json", "config.json", "model.safetensors", "tokenizer"]
     out = capsys.readouterr().out
     assert "Precision: 32-true - fp32: no CUDA GPU" in out
+    assert "characters tokenizer with 103 ids" in out and "char tokenizer" not in out  # the wizard's word
     assert f"Loaded GPT from {run_dir / 'export'}:" in out
     assert f"Exported to {run_dir / 'export'}: config.json, model.safetensors, tokenizer\n" in out  # no hidden marker
 

@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.trainer.states import TrainerStatus
 from torch import nn
 
-from utils.config import CONFIG_FILENAME, SETTINGS, WizardConfig
+from utils.config import CONFIG_FILENAME, SETTINGS, WizardConfig, shown_value
 from utils.data import PreparedData, prepare_data
 from utils.data.tokenizers import load_tokenizer, tokenizer_fingerprint
 from utils.env import DeviceInfo, detect_device
@@ -205,7 +205,9 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
     # The other processes start from rank zero's tokenizer: trained once, and its token cache is theirs too.
     data = prepare_data(build_data_spec(config), None if launch.is_zero else load_tokenizer(out / TOKENIZER_DIRNAME))
     task = build_task(config)
-    print(f"Data: {data.source}, {data.num_tokens:,} tokens, {data.tokenizer.kind} tokenizer with "
+    kind = data.tokenizer.kind  # in the wizard's words ('characters', not 'char')
+    kind = shown_value("tokenizer_strategy", kind).lower() if kind in SETTINGS["tokenizer_strategy"].choices else kind
+    print(f"Data: {data.source}, {data.num_tokens:,} tokens, {kind} tokenizer with "
           f"{data.tokenizer.vocab_size} ids; {len(data.train):,} train / {len(data.val):,} val sequences"
           f"{task.describe_data(data)}")
     # A max_seq_len too long for the data is named before the model is built: a forward pass at that length
