@@ -1,14 +1,17 @@
-"""Throughput of the kit's train() against a hand-written PyTorch loop, and start-up time.
+"""Throughput of the kit's train() against two hand-written PyTorch loops, and start-up time.
 
     pip install -e .    # once: makes utils and templates importable
     python bench/throughput.py [--steps 200] [--rounds 3] [--size tiny] [--seq 128] [--batch 16] [--clock cpu]
 
-Both sides train the same model (same seed, same init), on the same batches, with the same
-precision, AdamW groups, warmup+cosine schedule and gradient clipping. The kit runs with its
-default callbacks on (progress bar, checkpointing, metric logging). Rounds alternate kit / loop
-so that background load hits both alike; each round times steps 6..N from the first batch's start
-to the last step's end, in wall time (--clock cpu: the process's CPU time, for a CPU run on a
-machine that other programs share). Prints tokens/s of each round, the medians and their ratio.
+Three sides per round, interleaved so that background load hits all alike:
+- the kit-shaped hand loop (bench/hand_loop.py): the kit's model, loader, AdamW options, schedule and
+  clipping without Lightning; kit / hand loop is what Lightning and the kit's callbacks cost;
+- the minimal loop (bench/minimal_loop.py): a nanoGPT-style loop written without the kit's builder
+  (its own GPT of the same shape and parameter count, batches cut by index from the token tensor);
+  it cannot move with the kit, so kit / minimal loop is the kit against a hand-written trainer;
+- the kit's train() with its default callbacks on (progress bar, checkpointing, metric logging).
+Each times steps 6..N in wall time (--clock cpu: the process's CPU time, for a CPU run on a machine
+that other programs share). Prints each round's tokens/s and ratios with the load average, then medians.
 
 Start-up: seconds from launching `python -c "<train one step with the kit>"` to its first
 optimizer step, against launching `python -c "import torch, pytorch_lightning"` (the floor).
@@ -17,6 +20,7 @@ optimizer step, against launching `python -c "import torch, pytorch_lightning"` 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -29,7 +33,9 @@ import pytorch_lightning as pl
 import torch
 
 from hand_loop import hand_loop_tokens_per_sec  # bench/ is on sys.path when a script in it runs
+from minimal_loop import minimal_tokens_per_sec
 from utils.config import WizardConfig
+from utils.data.text import embedded_path
 from utils.training import train
 from utils.training.precision import resolve_precision
 
@@ -67,6 +73,19 @@ def loop_tokens_per_sec(config: WizardConfig, clock: Callable[[], float] = time.
     """The same training written by hand (bench/hand_loop.py): no Lightning, no callbacks, no logging."""
     decision = resolve_precision(config.use_mixed_precision, config.precision)
     return hand_loop_tokens_per_sec(config, decision, SKIP, config.max_steps - SKIP, clock)
+
+
+def minimal_loop_tokens_per_sec(config: WizardConfig, clock: Callable[[], float] = time.perf_counter) -> float:
+    """The nanoGPT-style loop (bench/minimal_loop.py) on the same corpus, shape, batch and schedule."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tps, _ = minimal_tokens_per_sec(embedded_path(config.dataset_name), config.model_size, config.max_seq_len,
+                                    config.batch_size, config.learning_rate, config.warmup_ratio, SKIP,
+                                    config.max_steps - SKIP, clock, config.seed, device)
+    return tps
+
+
+def load() -> str:
+    return "load " + " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def startup_seconds(python_code: str) -> float:
@@ -119,24 +138,28 @@ def main() -> None:
     print(f"device: {decision.device.describe()}; precision {decision.precision}; torch {torch.__version__}, "
           f"lightning {pl.__version__}; model {args.size}, batch {args.batch} x {args.seq} tokens, "
           f"{args.steps} steps (first {SKIP} untimed); {args.clock} clock")
-    kit, loop = [], []
+    kit, loop, minimal = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             loop.append(loop_tokens_per_sec(config, clock))
+            minimal.append(minimal_loop_tokens_per_sec(config, clock))
             kit.append(kit_tokens_per_sec(config, Path(tmp) / f"kit{r}", clock))
-            print(f"round {r + 1}: hand loop {loop[-1]:,.0f} tok/s, kit {kit[-1]:,.0f} tok/s, "
-                  f"ratio {kit[-1] / loop[-1]:.3f}", flush=True)
-    print(f"median: hand loop {statistics.median(loop):,.0f} tok/s, kit {statistics.median(kit):,.0f} tok/s, "
-          f"kit/loop = {statistics.median(kit) / statistics.median(loop):.3f}")
+            print(f"round {r + 1}: hand loop {loop[-1]:,.0f}, minimal loop {minimal[-1]:,.0f}, kit {kit[-1]:,.0f} "
+                  f"tok/s; kit/hand {kit[-1] / loop[-1]:.3f}, kit/minimal {kit[-1] / minimal[-1]:.3f}; {load()}",
+                  flush=True)
+    k, h, m = (statistics.median(x) for x in (kit, loop, minimal))
+    print(f"median: hand loop {h:,.0f}, minimal loop {m:,.0f}, kit {k:,.0f} tok/s; "
+          f"kit/hand = {k / h:.3f}, kit/minimal = {k / m:.3f}; {load()}")
 
     floor, first = [], []
     for _ in range(args.startup_rounds):  # alternating, as the training rounds do
         floor.append(startup_seconds(IMPORT_CODE))
         first.append(startup_seconds(FIRST_STEP_CODE))
-        print(f"start-up round {len(first)}: import {floor[-1]:.2f} s, kit {first[-1]:.2f} s", flush=True)
+        print(f"start-up round {len(first)}: import {floor[-1]:.2f} s, kit {first[-1]:.2f} s; {load()}", flush=True)
     print(f"start-up: import torch+lightning {statistics.median(floor):.2f} s; kit to first optimizer step "
           f"{statistics.median(first):.2f} s (median of {args.startup_rounds}); "
-          f"overhead over the floor {statistics.median(first) - statistics.median(floor):.2f} s")
+          f"overhead over the floor {statistics.median(first) - statistics.median(floor):.2f} s, "
+          f"kit/floor = {statistics.median(first) / statistics.median(floor):.3f}")
 
 
 if __name__ == "__main__":

@@ -159,10 +159,12 @@ print(result.notebook_next_step())
 '''),
     ("md", """\
 ## 6. Results
-Training loss per step and validation loss per validation, the training throughput, and text
-sampled from the model after your prompt."""),
+One figure for the whole run, resumed stretches included: training and validation loss, the
+learning rate, the gradient norm before clipping (the clip value as a dashed line) and the
+throughput (with the peak memory on a GPU); it is also saved as `training.png` in the run's
+folder. Then text sampled from the model after your prompt."""),
     ("code", '''\
-#@title Loss curves, throughput and samples
+#@title Curves, throughput and samples
 PROMPT = "The "  #@param {type:"string"}
 NUM_SAMPLES = 2  #@param {type:"integer"}
 MAX_NEW_TOKENS = 200  #@param {type:"integer"}
@@ -170,9 +172,9 @@ TEMPERATURE = 0.8  #@param {type:"number"}
 # A language model continues PROMPT; a classifier labels it.
 
 import matplotlib.pyplot as plt
-from utils.plots import plot_losses
+from utils.plots import plot_training
 
-plot_losses(result)
+plot_training(result)
 plt.show()  # the curves now, above the samples (a figure is otherwise shown when the cell ends)
 print(f"Throughput: {result.tokens_per_sec:,.0f} training tokens/s with {result.precision}")
 if result.config.task == "classification":
@@ -182,7 +184,38 @@ else:
         print(f"--- sample {i + 1}:\\n{result.generate(PROMPT, MAX_NEW_TOKENS, TEMPERATURE, seed=i)}")
 '''),
     ("md", """\
-## 7. Export
+## 7. Evaluate and compare (optional)
+Score the model on a file it never saw: the same kinds of file as training (`.txt`, `.csv`,
+`.jsonl`, with the same columns). A language model gets its loss and perplexity; a classifier its
+accuracy, macro-F1, per-class scores and a confusion matrix. Left empty, the cell says so and
+Run all goes on. The second cell lists every run in this run's parent folder (archived ones
+included) with the settings in which they differ, and overlays their validation curves."""),
+    ("code", '''\
+#@title Evaluate on your own test file
+TEST_FILE = ""  #@param {type:"string"}
+# e.g. /content/drive/MyDrive/test.csv, or a file uploaded to /content
+
+if TEST_FILE:
+    evaluation = result.evaluate(TEST_FILE, figure=result.output_dir / "evaluation" / "confusion.png")
+    print(evaluation.describe())
+    if evaluation.figure:
+        from IPython.display import Image, display
+        display(Image(evaluation.figure))
+else:
+    print("No TEST_FILE given: nothing evaluated. Put the path of a held-out file above to score the model.")
+'''),
+    ("code", '''\
+#@title Compare runs
+from utils.run_list import list_runs, plot_runs
+
+runs = list_runs(result.output_dir.parent)
+print(runs.describe())
+if runs.runs:
+    from IPython.display import Image, display
+    display(Image(plot_runs(runs, result.output_dir.parent / "runs.png")))
+'''),
+    ("md", """\
+## 8. Export
 One folder with the weights (`model.safetensors`), the config (`config.json`), the tokenizer and,
 for a classifier or your own model, the class names and your model code: everything needed to
 rebuild and use the model, nothing from the training run. The second cell

@@ -1,5 +1,5 @@
-"""AmpWandbCallback's contract against stub trainers and a stub `wandb` module, loading amp_utils by
-file path, and the skipped-step detection against a real torch.amp.GradScaler.
+"""AmpWandbCallback's contract against stub trainers and a stub `wandb` module, and loading amp_utils by
+file path (the kit's own skipped-step detection, in the RunRecorder, is tested in test_fp16_scaler.py).
 
 The stub `wandb` stands in for a W&B run (none can start here without side effects); the stub
 trainers are what the contract promises to accept.
@@ -14,9 +14,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 
-from utils.training.amp_utils import AmpWandbCallback, SkippedStepCounter
+from utils.training.amp_utils import AmpWandbCallback
 
 ROOT = Path(__file__).resolve().parents[1]
 PRECISION_VARIANTS = ["16", "16-mixed", "16_true", "16-true", "bf16", "bf16-mixed", "32", "32-true"]
@@ -110,24 +109,3 @@ def test_amp_utils_loads_by_file_path_without_importing_wandb():
                          stdin=subprocess.DEVNULL, cwd="/")
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "16-mixed", "16", "False"]
-
-
-def test_skipped_step_counter_follows_grad_scaler_semantics():
-    """A real GradScaler: an inf gradient skips optimizer.step() and halves the scale; a finite one does neither."""
-    weight = torch.nn.Parameter(torch.ones(2))
-    optimizer = torch.optim.SGD([weight], lr=0.1)
-    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
-    counter = SkippedStepCounter()
-    for grad_value, expect_skip in [(1.0, False), (float("inf"), True), (float("nan"), True), (1.0, False)]:
-        optimizer.zero_grad()
-        (scaler.scale(weight.sum()) * grad_value).backward()
-        before = weight.detach().clone()
-        scaler.unscale_(optimizer)
-        counter.before_step(scaler.get_scale())
-        scaler.step(optimizer)
-        scaler.update()
-        assert counter.after_step(scaler.get_scale()) is expect_skip
-        assert torch.equal(weight.detach(), before) is expect_skip  # skipped: the weights did not move
-    assert (counter.total, counter.consecutive) == (2, 0)
-    assert scaler.get_scale() == 256.0
-    assert counter.after_step(scaler.get_scale()) is None  # no step since the last one

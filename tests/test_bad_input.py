@@ -138,6 +138,16 @@ def _batch_larger_than_memory(w):
              "The largest batch that fits is ", " keeps the effective batch."])
 
 
+def _chat_without_an_answer(w):
+    from tests.test_chat_data import save_model, write_jsonl
+
+    model = save_model(w["root"] / "chat-model")
+    data = write_jsonl(w["root"] / "questions.jsonl", [{"messages": [{"role": "user", "content": "hi?"}]}] * 3)
+    return (["--set", "model_source=pretrained", "--set", f"pretrained_model={model}", "--set", "dataset_source=file",
+             "--set", f"dataset_path={data}", "--set", f"output_dir={w['root'] / 'chat-run'}"],
+            f"{data} has no assistant turn in any of its 3 conversations (chat messages): there is no answer to learn")
+
+
 NO_TRANSFORMERS = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
                                      reason="transformers is not installed: the row builds a GPT-2 from a config")
 
@@ -146,6 +156,7 @@ NO_TRANSFORMERS = pytest.mark.skipif(importlib.util.find_spec("transformers") is
     _config_folder, _output_dir_is_a_file, _output_dir_in_proc, _config_not_utf8, _model_exits_on_import,
     _gist_trickles, _sequences_longer_than_the_data, _batch_larger_than_memory,
     pytest.param(_position_table_too_short, marks=NO_TRANSFORMERS), _pretrained_folder_missing,
+    pytest.param(_chat_without_an_answer, marks=NO_TRANSFORMERS),
 ], ids=lambda row: row.__name__.strip("_"))
 def test_bad_input_is_one_line_naming_it_with_exit_2_and_the_run_untouched(world, bad_input):
     before = snapshot(world["witness"])

@@ -137,6 +137,7 @@ def test_override_errors_name_the_problem():
 
 # ------------------------------------------------------------------ metadata: the one source of words and rules
 FIXED_CHOICES = {"task": ("lm", "classification"), "dataset_source": ("embedded", "file", "upload", "huggingface"),
+                 "train_on": ("responses", "all"),
                  "tokenizer_strategy": ("char", "byte", "bpe", "pretrained"),
                  "model_source": ("template", "file", "gist", "pretrained"),
                  "model_size": ("tiny", "small", "base"), "precision": ("auto", "16-mixed", "bf16-mixed"),
@@ -178,7 +179,7 @@ def test_names_types_and_defaults_are_unchanged():
     assert (c.task, c.dataset_source, c.tokenizer_strategy, c.vocab_size, c.model_template, c.max_steps,
             c.learning_rate, c.checkpoint_every_minutes, c.precision, c.wandb_mode, c.wandb_project) == \
         ("lm", "embedded", "char", 4096, "gpt", None, 1e-3, 5.0, "auto", "disabled", "colab-transformer-kit")
-    assert len(fields(WizardConfig)) == 45  # 44 + pretrained_model
+    assert len(fields(WizardConfig)) == 46  # 44 + pretrained_model + train_on
 
 
 def test_every_number_field_has_bounds_that_validation_enforces():

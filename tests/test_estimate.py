@@ -3,8 +3,9 @@
 A small device memory is injected with a DeviceInfo (total_memory_bytes) to test the batch that does not fit.
 """
 
+import gc
 import math
-import time
+import weakref
 
 import pytest
 import torch
@@ -28,9 +29,7 @@ def cpu_decision(device=CPU, mixed=False):
 
 def test_estimate_of_the_default_config_is_cheap_and_adds_up(tmp_path):
     config = WizardConfig(output_dir=str(tmp_path / "run"))
-    start = time.perf_counter()
-    estimate = estimate_config(config, cpu_decision())
-    assert time.perf_counter() - start < 10  # data prep included; the steps themselves take well under 2 s
+    estimate = estimate_config(config, cpu_decision())  # its cost is measured in bench/, not asserted here
     assert estimate.seconds_per_step > 0 and estimate.seconds_per_validation > 0
     batches = math.ceil(len(range(estimate.total_steps)) / config.max_epochs)  # one epoch's optimizer steps
     assert estimate.total_steps == total_steps(config, batches)
@@ -129,12 +128,92 @@ def test_train_refuses_a_batch_that_does_not_fit_before_writing_anything(tmp_pat
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["data_cache"]  # no config.json, tokenizer/, checkpoints
 
 
-def test_a_huge_batch_is_refused_in_seconds():
+def test_a_huge_batch_is_refused_with_the_batch_that_fits():
     memory = MemoryModel(fixed_bytes=10**6, per_sequence_bytes=10**5, capacity_bytes=16 * 2**30, capacity_name="RAM")
     config = WizardConfig(batch_size=1_000_000_000, gradient_accumulation_steps=1)
-    start = time.perf_counter()
     with pytest.raises(BatchTooLargeError, match=r"^batch_size=1000000000 needs about 90\.9 TB for training, more "
                                                  r"than RAM \(16\.0 GB, 90% usable\)\. The largest batch that fits is "
                                                  r"154608: batch_size=\d+ with gradient_accumulation_steps=\d+ keeps"):
         check_memory(memory, config)
-    assert time.perf_counter() - start < 1
+
+
+def watch_copies(model) -> list:
+    """Weak references to every copy of model that runs a forward pass, and to its parameters: deepcopy
+    carries the hook along (a plain function is copied by reference, so every copy appends to one list)."""
+    refs = []
+
+    def seen(module, args, kwargs):
+        if not any(ref() is module for ref in refs):
+            refs.append(weakref.ref(module))
+            refs.extend(weakref.ref(p) for p in module.parameters())
+
+    model.register_forward_pre_hook(seen, with_kwargs=True)
+    return refs
+
+
+def _live_tensors() -> set[int]:
+    return {id(o) for o in gc.get_objects() if issubclass(type(o), torch.Tensor)}  # type(): no __class__ lookups
+
+
+@pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
+def test_the_estimate_frees_what_it_allocated_without_the_garbage_collector(precision):
+    """On a GPU the copies must be gone before training starts: `del` and empty_cache() free only what no
+    reference cycle keeps (a lambda over its own stepper did, under mixed precision)."""
+    config = WizardConfig(**TINY)
+    torch.manual_seed(0)
+    model = build_model(config, 64, 0, 0)
+    decision = resolve_precision(True, precision, CPU)  # CPU autocast in fp16 (with a CPU GradScaler) or bf16
+    task = build_task(config)
+    estimate_run(config, decision, model, task, 64, 0, train_batches=10, val_batches=2)  # first-call caches
+    refs = watch_copies(model)
+    gc.collect()
+    before = _live_tensors()
+    gc.disable()  # only reference counting frees anything now, as it does at once on a GPU
+    try:
+        estimate_run(config, decision, model, task, 64, 0, train_batches=10, val_batches=2)
+        after = _live_tensors()
+        alive = [ref for ref in refs if ref() is not None]
+    finally:
+        gc.enable()
+    assert len(refs) >= 2 * (1 + len(list(model.parameters())))  # the memory copy and the timing copy
+    assert alive == [] and after - before == set()
+
+
+def test_fsdp_shards_the_memory_so_a_model_too_large_for_one_device_is_not_refused():
+    """Under strategy="fsdp" each of the 4 processes holds a quarter of the weights, gradients and AdamW state,
+    plus the block it gathers whole. The device's memory is injected (a GPU between what one shard and what the
+    whole model needs); the activations are measured on a CPU copy, so no GPU is touched."""
+    from utils.training.estimate import BYTES_PER_PARAMETER, largest_fsdp_unit, measure_memory
+
+    config = WizardConfig(**TINY, strategy="fsdp", devices=4)
+    model = build_model(config, 64, 0, 0)
+    parameters = sum(p.numel() for p in model.parameters())
+    state = parameters * BYTES_PER_PARAMETER
+
+    def measure(capacity: int):
+        gpu = DeviceInfo("cuda", "Injected GPU", (8, 0), capacity)
+        return measure_memory(config, resolve_precision(True, "auto", gpu), model, build_task(config), 64, 0,
+                              world_size=4)
+
+    probe = measure(10**12)
+    shard_need, whole_need = probe.bytes_at(8), probe.whole().bytes_at(8)
+    memory = measure(int((shard_need + whole_need) / 2 / 0.9))  # 90% of it usable: between the two
+    assert memory.shards == 4 and (memory.bytes_at(8), memory.whole().bytes_at(8)) == (shard_need, whole_need)
+    blocks = [sum(p.numel() for p in b.parameters()) for b in model.blocks]  # a template's FSDP units
+    assert largest_fsdp_unit(model) == max(blocks + [parameters - sum(blocks)])  # the rest: embeddings, head
+    assert whole_need - shard_need == state - math.ceil(state / 4) - 8 * largest_fsdp_unit(model) > 0
+    check_memory(memory, config)  # a quarter of the state fits
+    with pytest.raises(BatchTooLargeError):  # the whole model on one device, as it was counted before, does not
+        check_memory(memory.whole(), config)
+
+
+def test_the_estimate_says_compile_adds_time_it_does_not_count():
+    config = WizardConfig(**TINY, compile=True)
+    model = build_model(config, 64, 0, 0)
+    estimate = estimate_run(config, cpu_decision(), model, build_task(config), 64, 0, train_batches=10, val_batches=2)
+    assert estimate.describe().splitlines()[2] == (
+        "Compile: torch.compile is on, so the run's first steps also compile the model (often tens of seconds, "
+        "minutes for a large one); that time is not in the estimate above.")
+    plain = estimate_run(config.replace(compile=False), cpu_decision(), model, build_task(config), 64, 0,
+                         train_batches=10, val_batches=2)
+    assert len(plain.describe().splitlines()) == 2

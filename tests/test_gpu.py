@@ -14,7 +14,8 @@ import torch
 from tests.conftest import REPO_ROOT
 from utils.env import detect_device
 from utils.training import train
-from utils.training.amp_utils import loss_scale, resolve_precision
+from utils.training.amp_utils import loss_scale
+from utils.training.precision import resolve_precision
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -34,12 +35,16 @@ def test_detected_device_drives_the_auto_precision():
 
 
 def test_mixed_precision_training_runs_on_the_gpu_and_learns(tiny_config):
-    result = train(tiny_config.replace(max_steps=30, log_every_n_steps=1))
+    """The default run: a fused AdamW with clipping on, which Lightning's own clipping refuses under mixed
+    precision (the module unscales and clips itself, see utils.training.module.clip_gradients)."""
+    probe = StepProbe(head=False)
+    result = train(tiny_config.replace(max_steps=30, log_every_n_steps=1), extra_callbacks=[probe])
     assert result.precision == _expected_auto_precision()
+    assert probe.fused is True and tiny_config.gradient_clip_val > 0
     losses = [loss for _, loss in result.train_history]
     assert all(math.isfinite(v) for v in losses)
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.3
-    assert next(result.model.parameters()).device.type == "cuda"
+    assert next(result.model.parameters()).device.type == "cuda"  # moved back after Lightning's teardown
     with open(result.output_dir / "logs" / "version_0" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     scales = [float(r["amp/loss_scale"]) for r in rows if r.get("amp/loss_scale")]
@@ -59,14 +64,18 @@ class StepProbe(pl.Callback):
     """Observes a run without changing it: the scaler Lightning trains with, the dtype the model's
     head computes in under autocast, and the parameters after every optimizer step."""
 
-    def __init__(self):
+    def __init__(self, head: bool = True):
+        self.head = head  # watch the dtype of model.head's output (the tiny LM of conftest has one)
+        self.fused = None  # the AdamW kernel Lightning steps with
         self.scale_at_start = "not started"
         self.head_dtypes = set()
         self.params_after_step = []  # one list of CPU copies per optimizer step
 
     def on_train_start(self, trainer, pl_module):
         self.scale_at_start = loss_scale(trainer)  # None: no GradScaler
-        pl_module.model.head.register_forward_hook(lambda mod, args, out: self.head_dtypes.add(out.dtype))
+        self.fused = trainer.optimizers[0].defaults.get("fused")
+        if self.head:
+            pl_module.model.head.register_forward_hook(lambda mod, args, out: self.head_dtypes.add(out.dtype))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.params_after_step.append([p.detach().cpu().clone() for p in pl_module.parameters()])
@@ -81,6 +90,7 @@ def test_fp16_grad_scaler_on_cuda_skips_an_overflowed_step_and_halves_the_scale(
     config = tiny_config.replace(precision="16-mixed", max_steps=5)  # forced: any CUDA GPU runs fp16
     result = train(config, tiny_lm(inf_grad_calls={3}), extra_callbacks=[probe])
     assert result.precision == "16-mixed" and next(result.model.parameters()).device.type == "cuda"
+    assert probe.fused is True  # the fused kernel skips the overflowed step itself, told by the GradScaler
     assert probe.scale_at_start == 65536.0 and probe.head_dtypes == {torch.float16}
     steps = probe.params_after_step
     assert len(steps) == 5
@@ -151,3 +161,32 @@ def test_a_batch_too_large_for_the_gpu_is_answered_with_the_largest_that_fits(ti
     assert not (tmp_path / "refused" / "checkpoints").exists()
     result = train(config.replace(batch_size=suggested, gradient_accumulation_steps=accumulation, max_steps=1))
     assert result.global_step == 1 and torch.cuda.max_memory_allocated() < detect_device().total_memory_bytes
+
+
+FSDP_RESULT_CHECK = """
+import sys, torch
+from torch.distributed.fsdp import FullyShardedDataParallel
+from utils.config import WizardConfig
+from utils.training import train
+
+config = WizardConfig.load(sys.argv[1])
+result = train(config)
+model = result.model
+assert not any(isinstance(m, FullyShardedDataParallel) for m in model.modules()), "result.model is still wrapped"
+assert next(model.parameters()).device.type == "cuda", next(model.parameters()).device
+ckpt = torch.load(result.last_checkpoint, map_location="cpu", weights_only=False)
+saved = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+mine = {k: v.cpu() for k, v in model.state_dict().items()}
+assert set(saved) == set(mine) and all(torch.equal(saved[k], mine[k]) for k in mine), "weights differ"
+print("gathered", sum(v.numel() for v in mine.values()))
+"""
+
+
+def test_fsdp_gives_back_the_whole_trained_model_on_the_gpu(tiny_config, tmp_path):
+    """In its own process: Lightning's FSDP starts a process group that outlives the test."""
+    config_path = tmp_path / "config.json"
+    tiny_config.replace(strategy="fsdp", devices=1, max_steps=3).save(config_path)
+    proc = subprocess.run([sys.executable, "-c", FSDP_RESULT_CHECK, str(config_path)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "gathered" in proc.stdout

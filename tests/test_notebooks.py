@@ -92,7 +92,8 @@ def test_train_notebook_has_a_markdown_cell_per_stage_in_order():
     headings = [c.source.splitlines()[0] for c in read("train.ipynb").cells
                 if c.cell_type == "markdown" and c.source.startswith("## ")]
     assert headings == ["## 1. Setup", "## 2. Google Drive (optional)", "## 3. Weights & Biases (optional)",
-                        "## 4. Setup wizard", "## 5. Train", "## 6. Results", "## 7. Export"]
+                        "## 4. Setup wizard", "## 5. Train", "## 6. Results", "## 7. Evaluate and compare (optional)",
+                        "## 8. Export"]
 
 
 def test_train_notebook_follows_the_contracts():

@@ -22,7 +22,7 @@ from torch import nn
 from tests.conftest import REPO_ROOT, corpus_start
 from utils.config import WizardConfig
 from utils.env import DeviceInfo
-from utils.training import TrainingCoordinator, train
+from utils.training import train
 from utils.run_folder.checkpoints import IncompatibleCheckpointError
 from utils.run_folder.lock import RunFolderBusyError
 
@@ -96,7 +96,7 @@ def test_last_checkpoint_keeps_moving_after_validation_loss_stops_improving(tiny
                                  checkpoint_every_minutes=0, learning_rate=1e-4)
     vocab = len(set(text_file.read_text(encoding="utf-8")))
     watch = LastCheckpointAtEpochEnd()
-    result = TrainingCoordinator(config, device=CPU).train(WorseOnEveryValidation(vocab), extra_callbacks=[watch])
+    result = train(config, WorseOnEveryValidation(vocab), CPU, extra_callbacks=[watch])
 
     val_losses = [loss for _, loss in result.val_history]
     assert len(val_losses) == 3 and val_losses == sorted(val_losses) and len(set(val_losses)) == 3  # only worse

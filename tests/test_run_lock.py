@@ -1,6 +1,6 @@
 """RunLock: one run per output folder, refused while a live run holds it, taken over when its holder died.
 
-Other processes are real subprocesses. They load run_lock.py by file path (it imports only the standard
+Other processes are real subprocesses. They load utils/run_folder/lock.py by file path (it imports only the standard
 library), so each starts in a fraction of a second instead of importing Lightning through utils.training.
 """
 

@@ -274,6 +274,17 @@ def test_bf16_on_t4_is_an_inline_error_on_precision(wizard_path):
     assert wizard.config.precision == "16-mixed" and not wizard.next_button.disabled
 
 
+def test_check_model_shows_the_precision_error_of_an_impossible_saved_precision(wizard_path):
+    WizardConfig(use_mixed_precision=True, precision="bf16-mixed").save(wizard_path)  # saved on an A100, say
+    wizard = make_wizard(wizard_path, device=T4)
+    wizard.check_button.click()
+    assert wizard.output.outputs == () and "Internal error" not in wizard.message.value
+    with pytest.raises(PrecisionError) as raised:
+        resolve_precision(True, "bf16-mixed", T4)
+    assert html.escape(f"No model check: {raised.value}") in wizard.notes["check"].value
+    assert wizard.last_check is None
+
+
 def test_mixed_precision_switch_off_gives_fp32_and_hides_the_kind(wizard_path):
     wizard = make_wizard(wizard_path, device=T4)
     set_value(wizard, "precision", "16-mixed")

@@ -59,7 +59,14 @@ def test_run_all_trains_exports_and_a_second_run_all_resumes(tmp_path, monkeypat
     assert second.resumed_from == run_dir / "checkpoints" / "last.ckpt"
     assert (second.steps_run, second.global_step) == (3, 6)
     assert [step for step, _ in second.train_history] == [1, 2, 3, 4, 5, 6]  # the whole run's curve
-    assert f"Resuming from {run_dir / 'checkpoints' / 'last.ckpt'}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"Resuming from {run_dir / 'checkpoints' / 'last.ckpt'}" in out
+    assert "No TEST_FILE given: nothing evaluated." in out and "1 run under " in out
+    # The Results figure spans both stretches; kept as an artifact for a person to look at.
+    figure = run_dir / "training.png"
+    assert figure.read_bytes()[:4] == b"\x89PNG"
+    (REPO / "test-artifacts").mkdir(exist_ok=True)
+    (REPO / "test-artifacts" / "notebook-training.png").write_bytes(figure.read_bytes())
     # The reloaded export samples exactly what the trained model samples.
     assert ns["loaded"].generate("The ", max_new_tokens=50, seed=0) == second.generate("The ", 50, seed=0)
 

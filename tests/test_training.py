@@ -13,7 +13,7 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from tests.conftest import REPO_ROOT
 from utils.config import WizardConfig
 from utils.env import DeviceInfo
-from utils.training import TrainingCoordinator, TrainingResult, train
+from utils.training import TrainingResult, train
 from utils.training.__main__ import BUG_NOTE, main as cli_main
 from utils.training.precision import resolve_precision
 from utils.training.builder import build_callbacks, build_trainer
@@ -110,14 +110,6 @@ def test_start_fresh_moves_old_checkpoints_aside(tiny_config):
     assert len(archived) == 1 and archived[0].read_bytes() == old
     kept = archived[0].parents[1]  # the whole old run moves together: its config, tokenizer and logs too
     assert {p.name for p in kept.iterdir()} >= {"config.json", "tokenizer", "checkpoints", "logs"}
-
-
-def test_use_amp_argument_overrides_the_switch_for_one_call(tiny_config):
-    coordinator = TrainingCoordinator(tiny_config.replace(use_mixed_precision=True), device=DeviceInfo("cuda", "Tesla T4", (7, 5)))
-    assert coordinator.resolve_precision().precision == "16-mixed"
-    assert coordinator.resolve_precision(use_amp=False).precision == "32-true"
-    result = TrainingCoordinator(tiny_config.replace(max_steps=1), device=CPU).train(use_amp=False)
-    assert result.precision == "32-true" and "switched off" in result.precision_reason
 
 
 def test_config_fields_reach_the_trainer(tiny_config):

@@ -26,7 +26,7 @@ import pytest
 
 from utils.config import WizardConfig
 from utils.env import DeviceInfo
-from utils.training import TrainingCoordinator, train
+from utils.training import train
 from utils.training.precision import resolve_precision
 from utils.training.callbacks.health import Fp16HealthError
 from utils.wandb_helpers import (WandbAuth, build_wandb_config, make_project_name, make_run_name,
@@ -291,7 +291,7 @@ def test_offline_run_that_fails_health_is_finished_as_failed(tmp_path, tiny_lm):
     import wandb
 
     with pytest.raises(Fp16HealthError):
-        TrainingCoordinator(offline_config(tmp_path, max_steps=20), device=CPU).train(tiny_lm(nan_loss_calls={2}))
+        train(offline_config(tmp_path, max_steps=20), tiny_lm(nan_loss_calls={2}), CPU)
     assert wandb.run is None
     records = read_wandb_records(next((tmp_path / "run" / "wandb").glob("offline-run-*")))
     assert exit_code(records) == 1

@@ -125,6 +125,12 @@ class WizardConfig:
                               when=lambda c: c.dataset_source in ("file", "upload"))
     text_column: str = _data("text", "Text column", "the column holding the text in CSV, JSONL and Hugging Face data",
                              when=lambda c: c.dataset_source != "embedded")
+    train_on: str = _data("responses", "Train on", "chat/instruction data: the loss on the answers only, or on the "
+                          "whole text (plain text: always all of it)", choices={
+                              "responses": "Responses — the loss on the assistant's answers only",
+                              "all": "All — the loss on the whole conversation, prompts included"},
+                          when=lambda c: c.task == "lm" and c.model_source == "pretrained"
+                          and c.dataset_source != "embedded")  # chat data is read only for a pretrained model
     label_column: str = _data("label", "Label column", "the column holding the class label (classification only)",
                               when=lambda c: c.task == "classification" and c.dataset_source != "embedded")
     val_split: float = _data(0.1, "Validation split", "fraction of the data held out to measure validation loss",
@@ -322,12 +328,7 @@ class WizardConfig:
 
 SETTINGS: dict[str, Setting] = {f.name: f.metadata["setting"] for f in fields(WizardConfig)}
 TASKS = tuple(SETTINGS["task"].choices)
-DATASET_SOURCES = tuple(SETTINGS["dataset_source"].choices)
-TOKENIZER_STRATEGIES = tuple(SETTINGS["tokenizer_strategy"].choices)
-MODEL_SOURCES = tuple(SETTINGS["model_source"].choices)
-MODEL_SIZES = tuple(SETTINGS["model_size"].choices)
 PRECISIONS = tuple(SETTINGS["precision"].choices)
-STRATEGIES = tuple(SETTINGS["strategy"].choices)
 WANDB_MODES = tuple(SETTINGS["wandb_mode"].choices)
 
 
@@ -382,7 +383,6 @@ def field_errors(config: WizardConfig) -> list[tuple[str, str]]:
 # are in its Setting.
 
 def _data_errors(c: WizardConfig) -> list[tuple[str, str]]:
-    errors = []
     errors = []
     if c.dataset_source == "embedded" and c.dataset_name not in EMBEDDED_DATASETS:
         errors.append(("dataset_name", f"{where('dataset_name')} {c.dataset_name!r} is not a built-in corpus; "

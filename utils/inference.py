@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import torch
@@ -58,6 +59,14 @@ class Predictor:
         """{label name: probability} for each text (task "classification")."""
         probs = self._probabilities(texts)
         return [dict(zip(self.label_names, row)) for row in probs.tolist()]
+
+    def evaluate(self, data: str | Path, batch_size: int = 32, figure: Optional[str | Path] = None):
+        """Score the model on a .txt/.csv/.jsonl file it never saw (utils.evaluate): an Evaluation with loss and
+        perplexity (task "lm") or accuracy, macro-F1, per-class scores and the confusion matrix; figure: a PNG
+        path for the confusion matrix."""
+        from utils.evaluate import evaluate_predictor  # torchmetrics loads only when evaluating
+
+        return evaluate_predictor(self, data, batch_size, figure)
 
     def _probabilities(self, texts: str | list[str]) -> torch.Tensor:
         self._require("classification", "predict()")

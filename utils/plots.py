@@ -1,10 +1,12 @@
-"""Figures the notebooks show: loss curves of a training run, the AMP benchmark's bars."""
+"""Figures the notebooks show: a training run's curves (losses, learning rate, gradient norm, throughput),
+the AMP benchmark's bars."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from utils.config import PRECISION_WORDS
 
@@ -30,7 +32,12 @@ def plot_losses(result, ax=None):
 
 
 def loss_title(result) -> str:
-    """'Loss of GPT (tiny, 0.81M parameters) in fp32': the model as a reader knows it, and the precision in words."""
+    """'Loss of GPT (tiny, 0.81M parameters) in fp32'."""
+    return f"Loss of {run_words(result)}"
+
+
+def run_words(result) -> str:
+    """'GPT (tiny, 0.81M parameters) in fp32': the model as a reader knows it, and the precision in words."""
     c = result.config
     if c.model_source == "pretrained":
         name, details = Path(c.pretrained_model).name, []
@@ -40,7 +47,66 @@ def loss_title(result) -> str:
     if result.model is not None:
         details.append(f"{sum(p.numel() for p in result.model.parameters()) / 1e6:.2f}M parameters")
     shown = f"{name} ({', '.join(details)})" if details else name
-    return f"Loss of {shown} in {PRECISION_WORDS.get(result.precision, result.precision)}"
+    return f"{shown} in {PRECISION_WORDS.get(result.precision, result.precision)}"
+
+
+def plot_training(result, save_to: Path | str | None = "auto"):
+    """One figure for the whole run, resumed stretches included: train/validation loss, learning rate,
+    gradient norm before clipping (the clip value as a line) and throughput (with a GPU's peak memory).
+
+    save_to: a PNG path; "auto" writes output_dir/training.png beside the run, None writes nothing.
+    """
+    h = result.history
+    if h is None or not h.train:
+        return plot_losses(result)  # says why there is nothing to draw
+    fig, ((loss_ax, lr_ax), (norm_ax, speed_ax)) = plt.subplots(2, 2, figsize=(11, 6.5), sharex=True)
+    _series(loss_ax, h.train, "train", linewidth=1)
+    _series(loss_ax, h.val, "validation", fmt="o-")
+    extra = h.val_perplexity or h.val_macro_f1 or h.val_accuracy
+    if extra:
+        name = "perplexity" if h.val_perplexity else "macro-F1" if h.val_macro_f1 else "accuracy"
+        loss_ax.set_title(f"loss (last validation {name}: {extra[-1][1]:.4g})", fontsize=10)
+    else:
+        loss_ax.set_title("loss", fontsize=10)
+    _series(lr_ax, h.lr, "learning rate")
+    lr_ax.set_title("learning rate", fontsize=10)
+    _series(norm_ax, h.grad_norm, "before clipping", fmt="-")
+    clip = result.config.gradient_clip_val
+    if clip:
+        norm_ax.axhline(clip, color="tab:red", linestyle="--", linewidth=1, label=f"clip at {clip:g}")
+    norm_ax.set_title("gradient norm", fontsize=10)
+    if h.grad_norm and all(v > 0 for _, v in h.grad_norm):
+        norm_ax.set_yscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")  # "0.6", not "6 x 10^-1"
+        norm_ax.yaxis.set_major_formatter(plain)
+        low, high = norm_ax.get_ylim()
+        norm_ax.yaxis.set_minor_formatter(plain if high / low < 10 else NullFormatter())  # few decades: label more
+    _series(speed_ax, h.tokens_per_sec, "tokens/s", color="tab:green")
+    speed_ax.set_title("throughput" + (" and GPU peak memory" if h.gpu_peak_memory_gib else ""), fontsize=10)
+    if h.gpu_peak_memory_gib:
+        _series(speed_ax.twinx(), h.gpu_peak_memory_gib, "peak GiB", color="tab:purple", fmt="--")
+    for ax in (loss_ax, lr_ax, norm_ax, speed_ax):
+        for start in h.segment_starts[1:]:  # where a resumed stretch began
+            ax.axvline(start, color="gray", linestyle=":", linewidth=1)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    norm_ax.set_xlabel("optimizer step")
+    speed_ax.set_xlabel("optimizer step")
+    resumed = f" ({len(h.segment_starts)} stretches, dotted lines: resumed)" if len(h.segment_starts) > 1 else ""
+    fig.suptitle(f"{run_words(result)}, {result.global_step} steps{resumed}")
+    fig.tight_layout()
+    if save_to is not None:
+        path = Path(result.output_dir) / "training.png" if save_to == "auto" else Path(save_to)
+        fig.savefig(path, dpi=100)
+        print(f"Figure saved to {path}")
+    return fig
+
+
+def _series(ax, points, label, fmt="-", **style):
+    if points:
+        steps, values = zip(*points)
+        ax.plot(steps, values, fmt, label=label, markersize=3, **style)
 
 
 def plot_benchmark(report):

@@ -1,6 +1,8 @@
 """Datasets and tokenizers: turn the config's data choice into train/val datasets and a tokenizer.
 
-task "lm": items are (x, y), LongTensors of shape (T,) with y the next token of each x.
+task "lm": items are (x, y), LongTensors of shape (T,) with y the next token of each x. Chat and instruction
+rows for a pretrained model (utils.data.chat) give examples of their own length, y -100 where the loss does not
+count; their dataset's `collate` pads a batch.
 task "classification": items are (input_ids (T,) long, attention_mask (T,) bool, label () long),
 see utils.data.classification.
 """
@@ -13,6 +15,7 @@ from typing import Any, Union
 
 from torch.utils.data import Dataset
 
+from utils.data.chat import SHAPE_WORDS, ChatSource, open_chat, prepare_chat
 from utils.data.classification import encode_rows, split_rows
 from utils.data.sources import (CsvFile, DataError, HuggingFaceDataset, JsonlFile, RowSource, TextFile,
                                 check_file)
@@ -30,7 +33,8 @@ class PreparedData:
     num_tokens: int  # tokens in the whole corpus before the split (before truncation for classification)
     source: str  # where the text came from, for the log
     label_names: list[str] = field(default_factory=list)  # classification: class names, index = label id
-    pad_id: int = 0  # classification: id that pads sequences (masked out by attention_mask); unused by lm
+    pad_id: int = 0  # classification: id that pads sequences (masked out by attention_mask); chat: pads batches
+    chat: str = ""  # chat or instruction examples (utils.data.chat): their shape in words; "": token-stream windows
 
     @property
     def num_classes(self) -> int:
@@ -55,15 +59,18 @@ class DataSpec:
     tokenizer_path: str
     vocab_size: int  # bpe only
     cache_dir: Path  # encoded tokens, and a BPE trained on an embedded or Hub corpus
+    train_on: str = "responses"  # chat data: "responses" (loss on the answers) or "all"
 
     @property
     def classify(self) -> bool:
         return self.task == "classification"
 
 
-def open_source(spec: DataSpec) -> Union[TextFile, RowSource]:
-    """The data the spec names, checked (file, extension, columns) before any slow step."""
+def open_source(spec: DataSpec) -> Union[TextFile, RowSource, ChatSource]:
+    """The data the spec names, checked (file, extension, columns) before any slow step. For a pretrained
+    language model, rows whose first has a chat shape's keys (utils.data.chat) are chat data."""
     label_column = spec.label_column if spec.classify else None
+    pretrained = spec.tokenizer == "model"  # a pretrained model's own tokenizer formats chat rows (utils.data.chat)
     if spec.source == "embedded":
         return TextFile(embedded_path(spec.name), f"embedded corpus {spec.name!r}", spec.cache_dir)
     if spec.source in ("file", "upload"):
@@ -72,9 +79,12 @@ def open_source(spec: DataSpec) -> Union[TextFile, RowSource]:
         if suffix == ".txt":
             return TextFile(path, str(path))
         reader = CsvFile if suffix == ".csv" else JsonlFile
-        return reader(path, spec.text_column, label_column)
+        chat = None if spec.classify else open_chat(reader(path, None, None), spec.text_column, pretrained)
+        return chat or reader(path, spec.text_column, label_column)
     if spec.source == "huggingface":
-        return HuggingFaceDataset(spec.name, spec.subset, spec.text_column, label_column, spec.cache_dir)
+        chat = None if spec.classify else open_chat(HuggingFaceDataset(spec.name, spec.subset, None, None,
+                                                                       spec.cache_dir), spec.text_column, pretrained)
+        return chat or HuggingFaceDataset(spec.name, spec.subset, spec.text_column, label_column, spec.cache_dir)
     raise DataError(f"dataset_source={spec.source!r} is unknown; choose embedded, file, upload or huggingface")
 
 
@@ -91,6 +101,10 @@ def prepare_data(spec: DataSpec, tokenizer=None) -> PreparedData:
                                     tokenizer_path=spec.tokenizer_path,
                                     cache_file=source.bpe_cache_file(spec.vocab_size) if bpe else None,
                                     size_bytes=source.size_bytes)
+    if isinstance(source, ChatSource):
+        chat = prepare_chat(source, tokenizer, spec.max_seq_len, spec.val_split, spec.seed, spec.train_on)
+        return PreparedData(tokenizer, chat.train, chat.val, chat.num_tokens, chat.description,
+                            pad_id=chat.train.pad_id, chat=SHAPE_WORDS[source.shape])
     if spec.classify:
         rows = encode_rows(tokenizer, source.rows(), spec.max_seq_len, tokenizer.pad_id, source.class_names)
         split = split_rows(rows, spec.max_seq_len, spec.val_split, spec.seed)

@@ -277,12 +277,12 @@ class HuggingFaceDataset(RowSource):
         dataset = load_hf_dataset(name, config_name)
         self.check_columns(dataset.column_names, self.description)
         columns = [c for c in (text_column, label_column) if c is not None]
-        self.dataset = dataset.select_columns(columns)
+        self.dataset = dataset.select_columns(columns) if columns else dataset  # none named: every column (chat)
         self.size_bytes = self.dataset.data.nbytes  # Arrow buffers: bound the text's UTF-8 bytes
         feature = dataset.features.get(label_column) if label_column else None
         self.class_names = list(feature.names) if hasattr(feature, "names") else None  # a ClassLabel
         self._fingerprint = hashlib.sha256("\0".join(
-            (CACHE_VERSION, name, config_name, text_column, str(getattr(dataset, "_fingerprint", len(dataset))))
+            (CACHE_VERSION, name, config_name, text_column or "", str(getattr(dataset, "_fingerprint", len(dataset))))
         ).encode()).hexdigest()[:12]
 
     def records(self) -> Iterator[tuple[str, dict]]:

@@ -2,7 +2,8 @@
 
 A task says how the kit calls a model and scores it: `logits(model, batch)`, `loss(model, batch) ->
 (loss, metrics)` (the LightningModule logs each metric as train/NAME and val/NAME), `tokens_in(batch)`,
-and a `dummy_batch` the model checks run before training.
+a `dummy_batch` the model checks run before training, and `epoch_metrics` for validation metrics over the
+whole set (val/perplexity, val/macro_f1), which a per-batch average would get wrong.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import MeanMetric
 
 from utils.inference import classifier_logits, describe_call, model_logits
 
@@ -29,13 +31,28 @@ class LanguageModelTask:
         return describe_call(model, with_mask=False)
 
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.scored(model, batch)[:2]
+
+    def scored(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """(loss, per-batch metrics, logits)."""
         _, y = batch  # (B, T)
         logits = self.logits(model, batch)  # (B, T, V)
+        # The default ignore_index (-100) skips chat data's prompt and padding targets (utils.data.chat).
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
-        return loss, {}
+        return loss, {}, logits
 
-    def tokens_in(self, batch) -> int:
-        return batch[0].numel()
+    def epoch_metrics(self, num_outputs: int) -> dict:
+        """Validation metrics over the whole validation set (a per-batch average would be wrong for these)."""
+        return {"perplexity": Perplexity()}
+
+    def update_epoch_metrics(self, metrics: dict, loss: torch.Tensor, logits: torch.Tensor, batch) -> None:
+        metrics["perplexity"].update(loss, weight=batch[1].numel())
+
+    def tokens_in(self, batch) -> torch.Tensor:
+        """Tokens read up to each row's last counted target: all of a window of text; a padded chat batch without
+        the padding after its last answer. A tensor on the batch's device: counted without a sync."""
+        counted = batch[1] != -100  # (B, T)
+        return (counted.flip(-1).cumsum(-1) > 0).sum()
 
     def dummy_batch(self, B: int, T: int, vocab_size: int, num_classes: int = 0) -> tuple[tuple, tuple]:
         """A batch in the data's shape, with the largest id the tokenizer makes, and the logits shape expected."""
@@ -72,10 +89,21 @@ class ClassificationTask:
         return describe_call(model, with_mask=True)
 
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.scored(model, batch)[:2]
+
+    def scored(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         labels = batch[2]  # (B,)
         logits = self.logits(model, batch).float()  # (B, num_classes)
         accuracy = (logits.argmax(dim=-1) == labels).float().mean()
-        return F.cross_entropy(logits, labels), {"accuracy": accuracy}
+        return F.cross_entropy(logits, labels), {"accuracy": accuracy}, logits
+
+    def epoch_metrics(self, num_outputs: int) -> dict:
+        from torchmetrics.classification import MulticlassF1Score
+
+        return {"macro_f1": MulticlassF1Score(num_classes=num_outputs, average="macro", zero_division=0)}
+
+    def update_epoch_metrics(self, metrics: dict, loss: torch.Tensor, logits: torch.Tensor, batch) -> None:
+        metrics["macro_f1"].update(logits.argmax(dim=-1), batch[2])
 
     def tokens_in(self, batch) -> torch.Tensor:
         """Real tokens only: padding is not throughput. A tensor on the batch's device: counted without a sync."""
@@ -98,6 +126,13 @@ class ClassificationTask:
 
     def chance_loss_outputs(self, vocab_size: int, num_classes: int) -> int:
         return num_classes
+
+
+class Perplexity(MeanMetric):
+    """exp of the token-weighted mean loss over all batches: the validation set's perplexity."""
+
+    def compute(self) -> torch.Tensor:
+        return torch.exp(super().compute())
 
 
 def _dummy_ids(B: int, T: int, vocab_size: int) -> torch.Tensor:

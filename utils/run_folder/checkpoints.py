@@ -11,7 +11,7 @@ Layout of output_dir:
     user_model/               a copy of your model code (model_source file or gist)
     export/                   safetensors weights + config + tokenizer (see utils.export)
     archive/YYYYmmdd-HHMMSS/  earlier runs moved aside by resume=False or a changed config
-    .run.lock                 held by the run training here (see run_lock)
+    .run.lock                 held by the run training here (see utils.run_folder.lock)
 
 Whether a run can resume is decided before anything in output_dir is written: first from the saved
 config (plan_resume), then, once data and model are built, from the tokenizer and the tensor shapes

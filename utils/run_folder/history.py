@@ -22,18 +22,30 @@ class History:
     train: list = field(default_factory=list)  # (step, train/loss)
     val: list = field(default_factory=list)  # (step, val/loss)
     val_accuracy: list = field(default_factory=list)  # (step, val/accuracy), classification only
+    val_perplexity: list = field(default_factory=list)  # (step, val/perplexity), language models
+    val_macro_f1: list = field(default_factory=list)  # (step, val/macro_f1), classification only
+    lr: list = field(default_factory=list)  # (step, learning rate)
+    grad_norm: list = field(default_factory=list)  # (step, gradient norm before clipping), every log_every_n_steps
+    tokens_per_sec: list = field(default_factory=list)  # (step, training tokens/s since the previous flush)
+    gpu_peak_memory_gib: list = field(default_factory=list)  # (step, peak GPU memory so far), GPU runs only
+    segment_starts: list = field(default_factory=list)  # the step each resumed stretch of training started from
     loss_scale: list = field(default_factory=list)  # (step, amp/loss_scale), fp16 with a GradScaler only
 
 
-COLUMNS = {"train": "train/loss", "val": "val/loss", "val_accuracy": "val/accuracy", "loss_scale": "amp/loss_scale"}
+COLUMNS = {"train": "train/loss", "val": "val/loss", "val_accuracy": "val/accuracy",
+           "val_perplexity": "val/perplexity", "val_macro_f1": "val/macro_f1", "lr": "lr", "grad_norm": "grad_norm",
+           "tokens_per_sec": "tokens_per_sec", "gpu_peak_memory_gib": "gpu_peak_memory_gib",
+           "loss_scale": "amp/loss_scale"}
 
 
 def read_history(logs_dir: Path) -> History:
     series: dict[str, dict[int, float]] = {name: {} for name in COLUMNS}
+    starts: list[int] = []
     for version in sorted(Path(logs_dir).glob("version_*"), key=_version_number):
         segment = _segment(version)
         if "start_step" in segment:  # absent: a call that trained nothing (or an older kit's log)
             start = int(segment["start_step"])
+            starts = [s for s in starts if s < start] + [start]
             for values in series.values():  # what the earlier stretch logged past this one's start was redone
                 for step in [s for s in values if s > start]:
                     del values[step]
@@ -41,7 +53,7 @@ def read_history(logs_dir: Path) -> History:
             for name, column in COLUMNS.items():
                 if row.get(column):
                     series[name][int(row["step"])] = float(row[column])
-    return History(**{name: sorted(values.items()) for name, values in series.items()})
+    return History(**{name: sorted(values.items()) for name, values in series.items()}, segment_starts=starts)
 
 
 def write_segment_start(log_dir: str | Path, start_step: int) -> None:

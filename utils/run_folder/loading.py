@@ -55,10 +55,16 @@ class LoadedRun(Predictor):
     def output_dir(self) -> Path:
         return Path(self.config.output_dir)
 
-    def export(self, folder: Optional[str | Path] = None) -> Path:
-        """Write an export folder (default: the run's export/), as TrainingResult.export() does."""
-        return export_model(self.model, self.config, self.tokenizer, folder or self.output_dir / "export",
-                            self.label_names, self.pad_id)
+    def export(self, folder: Optional[str | Path] = None, push_to_hub: Optional[str] = None, public: bool = False,
+               onnx: bool = False) -> Path:
+        """Write an export folder (default: the run's export/), as TrainingResult.export() does (onnx, push_to_hub
+        too)."""
+        from utils.hub import find_token, finish_export
+
+        token = find_token() if push_to_hub else None  # before writing: a missing token costs no export
+        written = export_model(self.model, self.config, self.tokenizer, folder or self.output_dir / "export",
+                               self.label_names, self.pad_id)
+        return finish_export(self, written, self.output_dir, push_to_hub, public, onnx, token)
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> LoadedRun:

@@ -65,6 +65,19 @@ def _parse(raw: bytes) -> dict | None:
     return record if fields_ok else None
 
 
+def live_holder(output_dir: str | Path) -> dict | None:
+    """The lock record of the run training in output_dir now, or None (no lock, or one a dead run left)."""
+    try:
+        holder = _parse((Path(output_dir) / LOCK_FILENAME).read_bytes())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if holder is None:
+        return None
+    if holder["hostname"] != socket.gethostname():  # another machine's run: its heartbeat says whether it lives
+        return holder if time.time() - holder["heartbeat_at"] <= STALE_AFTER_S else None
+    return holder if _pid_alive(holder["pid"]) else None
+
+
 class RunLock:
     """Holds output_dir/.run.lock while a run trains: `with RunLock(d):` or acquire() ... release()."""
 

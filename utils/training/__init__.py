@@ -11,10 +11,10 @@ __all__ = ["TrainingCoordinator", "TrainingResult", "sample_text", "train"]
 def __getattr__(name: str):
     # Imported on first use: `python -m utils.training` imports this package first, and Lightning
     # takes seconds to load, so the command line checks its settings before paying for it.
-    if name == "TrainingCoordinator":  # the reference kit's entry, kept with the rest of its API
-        from utils.training import amp_utils
+    if name == "TrainingCoordinator":  # the reference kit's entry (utils.training.training_core)
+        from utils.training import training_core
 
-        return amp_utils.TrainingCoordinator
+        return training_core.TrainingCoordinator
     if name in __all__:
         from utils.training import coordinator
 

@@ -41,7 +41,7 @@ def build_data_spec(config: WizardConfig) -> DataSpec:
                     max_seq_len=config.max_seq_len, tokenizer="model" if pretrained else config.tokenizer_strategy,
                     tokenizer_path=config.pretrained_model if pretrained else config.tokenizer_path,
                     vocab_size=config.vocab_size,
-                    cache_dir=Path(config.output_dir) / DATA_CACHE_DIR)
+                    cache_dir=Path(config.output_dir) / DATA_CACHE_DIR, train_on=config.train_on)
 
 
 def check_training_windows(config: WizardConfig, num_train: int, num_tokens: int,
@@ -85,7 +85,8 @@ def build_module(config: WizardConfig, model: nn.Module, task, batches_per_epoch
         model.compile()
     return TransformerModule(model, task, learning_rate=config.learning_rate, weight_decay=config.weight_decay,
                              warmup_ratio=config.warmup_ratio, total_steps=total_steps(config, batches_per_epoch),
-                             adamw_options=adamw_options(decision.device.kind))
+                             adamw_options=adamw_options(decision.device.kind),
+                             grad_norm_every=config.log_every_n_steps)
 
 
 def adamw_options(device_kind: str) -> dict:
@@ -141,9 +142,10 @@ def build_dataloaders(config: WizardConfig, train_ds, val_ds, pin_memory: bool,
         # (Notebook 6 shows it as a red block under the wizard's review).
         warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
         train = StatefulDataLoader(train_ds, batch_size=config.batch_size, sampler=sampler, pin_memory=pin_memory,
-                                   drop_last=drop_last,
+                                   drop_last=drop_last, collate_fn=getattr(train_ds, "collate", None),
                                    generator=torch.Generator().manual_seed(config.seed))  # keeps the global RNG out
-    val = DataLoader(val_ds, batch_size=config.batch_size, shuffle=False, pin_memory=pin_memory)
+    val = DataLoader(val_ds, batch_size=config.batch_size, shuffle=False, pin_memory=pin_memory,
+                     collate_fn=getattr(val_ds, "collate", None))  # chat examples pad each batch (None: stack)
     return train, val
 
 
@@ -180,7 +182,8 @@ def build_callbacks(config: WizardConfig, decision: PrecisionDecision, recorder:
     callbacks: list[pl.Callback] = [
         recorder,  # first: a checkpoint's counters include the step it was written after
         TrainingHealthCallback(),  # checks what the recorder flushes, which it does before every checkpoint
-        LastCheckpoint(checkpoint_dir(config.output_dir) / LAST_NAME, every_seconds=60 * config.checkpoint_every_minutes),
+        LastCheckpoint(checkpoint_dir(config.output_dir) / LAST_NAME, every_seconds=60 * config.checkpoint_every_minutes,
+                       agree_every=config.log_every_n_steps),  # processes vote when the recorder meets them too
         ModelCheckpoint(dirpath=checkpoint_dir(config.output_dir), filename="epoch{epoch:02d}-step{step}-val{val/loss:.4f}",
                         auto_insert_metric_name=False, monitor="val/loss", mode="min", save_top_k=config.save_top_k,
                         save_last=False, every_n_epochs=config.checkpoint_every_n_epochs),

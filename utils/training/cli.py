@@ -1,10 +1,12 @@
-"""The command line for the whole life of a run: train, estimate, export, generate, predict.
+"""The command line for the whole life of a run: train, estimate, export, generate, predict, evaluate, runs.
 
     python -m utils.training [train] [--config FILE.json] [--set KEY=VALUE ...]
     python -m utils.training estimate [--config FILE.json] [--set KEY=VALUE ...]
-    python -m utils.training export RUN_DIR [--to DIR]
+    python -m utils.training export RUN_DIR [--to DIR] [--onnx] [--push-to-hub NAME [--public]]
     python -m utils.training generate RUN_DIR_OR_EXPORT [--prompt TEXT] [--max-new-tokens N] [--seed N]
     python -m utils.training predict RUN_DIR_OR_EXPORT (--text TEXT [--text TEXT ...] | --file FILE)
+    python -m utils.training evaluate RUN_DIR_OR_EXPORT --data FILE [--json FILE]
+    python -m utils.training runs PARENT_DIR [--plot [FILE]]
 
 `train` is the command when none is named. After `pip install -e .` the same commands run as
 `colab-kit COMMAND ...`. A problem the user can fix (a KitError) is printed as one line with exit
@@ -28,7 +30,7 @@ from typing import Callable
 from utils.config import SETTINGS, WizardConfig, apply_overrides
 from utils.errors import KitError
 
-COMMANDS = ("train", "estimate", "export", "generate", "predict")
+COMMANDS = ("train", "estimate", "export", "generate", "predict", "evaluate", "runs")
 ENTRY_POINT = "colab-kit"  # [project.scripts] in pyproject.toml
 HELP_COLUMN, HELP_WIDTH = 38, 110  # where a setting's help starts in --help, and where lines wrap
 BUG_NOTE = "This looks like a bug in the kit; please report it with the traceback above."
@@ -67,7 +69,7 @@ def _prog(command: str = "") -> str:
 
 def train_parser() -> argparse.ArgumentParser:
     commands = "\n".join("  " + line.replace("python -m utils.training", _prog()).strip()
-                         for line in __doc__.splitlines()[2:7])
+                         for line in __doc__.splitlines() if line.startswith("    python -m"))
     usage = (f"{_prog()} [train] [--config FILE] [--set KEY=VALUE ...] [--sample-tokens N]\n"
              f"       {_prog()} {{{','.join(COMMANDS[1:])}}} ...")
     parser = _Parser(prog=_prog(), usage=usage, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -196,6 +198,12 @@ def export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--to", metavar="DIR", help="where to write it (default: RUN_DIR/export); an earlier export "
                                                     "there is replaced, any other non-empty folder is refused")
     _checkpoint_argument(parser)
+    parser.add_argument("--onnx", action="store_true", help="also write model.onnx and check it with onnxruntime")
+    parser.add_argument("--push-to-hub", metavar="NAME",
+                        help="upload the folder with a model card to this Hugging Face repository (token: a Colab "
+                             "secret or environment variable HF_TOKEN)")
+    parser.add_argument("--public", action="store_true",
+                        help="with --push-to-hub: a public repository (default: private)")
     return parser
 
 
@@ -224,6 +232,32 @@ def predict_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def evaluate_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=_prog("evaluate"),
+                     description="Score a trained model on a file it never saw (.txt, .csv or .jsonl, read with the "
+                                 "run's text_column and label_column): loss and perplexity for a language model; "
+                                 "accuracy, macro-F1, per-class scores and a confusion matrix (table and PNG) for a "
+                                 "classifier.")
+    _model_argument(parser)
+    parser.add_argument("--data", required=True, metavar="FILE", help="the held-out file to score")
+    parser.add_argument("--json", metavar="FILE", help="also write the numbers to this JSON file")
+    parser.add_argument("--figure", metavar="FILE", help="a classifier's confusion matrix PNG (default: "
+                                                         "RUN_DIR_OR_EXPORT/evaluation/DATA-NAME.confusion.png)")
+    parser.add_argument("--batch-size", type=int, default=32, help="windows or texts per forward pass")
+    return parser
+
+
+def runs_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=_prog("runs"),
+                     description="List every run folder under PARENT_DIR (archive/ included): task, model, data, "
+                                 "steps, best validation, time trained, precision, state, and the settings in "
+                                 "which they differ; all read from the run folders themselves.")
+    parser.add_argument("parent", metavar="PARENT_DIR", help="a folder holding run folders (or one run folder)")
+    parser.add_argument("--plot", nargs="?", const="", metavar="FILE",
+                        help="overlay their validation curves in one PNG (default: PARENT_DIR/runs.png)")
+    return parser
+
+
 def _model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="RUN_DIR_OR_EXPORT",
                         help="a run folder (its best checkpoint) or an export folder")
@@ -240,8 +274,10 @@ def run_export(args: argparse.Namespace) -> int:
     def call():
         from utils.run_folder.loading import load_run
 
+        if args.public and not args.push_to_hub:
+            raise CommandLineError("--public only applies with --push-to-hub NAME")
         run = load_run(args.run_dir, args.checkpoint)
-        folder = run.export(args.to)
+        folder = run.export(args.to, args.push_to_hub, args.public, args.onnx)
         use = _prog("generate" if run.config.task == "lm" else "predict")
         print(f"Exported {run.checkpoint} to {folder}\n"
               f"Load it with utils.export.load_exported({str(folder)!r}), or run: {use} {folder} ...")
@@ -261,6 +297,35 @@ def run_predict(args: argparse.Namespace) -> int:
         model = _load_for(args, "classification", "predict", "generate")
         for label, text in zip(model.predict(texts), texts):
             print(f"{label}\t{text}")
+    return _reported(call)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    def call():
+        from utils.evaluate import evaluate_predictor
+        from utils.run_folder.loading import load_predictor
+
+        model = load_predictor(args.model, args.checkpoint, args.device)
+        figure = args.figure or Path(args.model) / "evaluation" / f"{Path(args.data).stem}.confusion.png"
+        evaluation = evaluate_predictor(model, args.data, args.batch_size,
+                                        figure if model.config.task == "classification" else None,
+                                        description=str(getattr(model, "checkpoint", None) or args.model))
+        print(evaluation.describe())
+        if evaluation.figure:
+            print(f"\nConfusion matrix figure: {evaluation.figure}")
+        if args.json:
+            print(f"Numbers written to {evaluation.save_json(args.json)}")
+    return _reported(call)
+
+
+def run_runs(args: argparse.Namespace) -> int:
+    def call():
+        from utils.run_list import list_runs, plot_runs
+
+        table = list_runs(args.parent)
+        print(table.describe())
+        if args.plot is not None:
+            print(f"\nValidation curves: {plot_runs(table, args.plot or Path(args.parent) / 'runs.png')}")
     return _reported(call)
 
 
@@ -323,6 +388,6 @@ def _print_error(error: KitError) -> int:
 
 
 PARSERS = {"train": train_parser, "estimate": estimate_parser, "export": export_parser,
-           "generate": generate_parser, "predict": predict_parser}
+           "generate": generate_parser, "predict": predict_parser, "evaluate": evaluate_parser, "runs": runs_parser}
 RUNNERS = {"train": run_train, "estimate": run_estimate, "export": run_export, "generate": run_generate,
-           "predict": run_predict}
+           "predict": run_predict, "evaluate": run_evaluate, "runs": run_runs}

@@ -8,6 +8,7 @@ files and prints; the others prepare after it, reading its caches (utils.trainin
 
 from __future__ import annotations
 
+import copy
 import signal
 import threading
 import time
@@ -26,6 +27,7 @@ from utils.data.tokenizers import load_tokenizer, tokenizer_fingerprint
 from utils.env import DeviceInfo, detect_device
 from utils.export import ExportError, export_model, write_labels
 from utils.files import atomic_folder, make_output_dir, remove_temp_files
+from utils.hub import find_token, finish_export
 from utils.inference import Predictor, classify_texts, sample_text  # sample_text, classify_texts: see __all__
 from utils.training.precision import PrecisionDecision, resolve_precision
 from utils.training.builder import (build_callbacks, build_data_spec, build_dataloaders, build_loggers, build_module,
@@ -41,7 +43,7 @@ from utils.run_folder.checkpoints import (LOGS_DIRNAME, ON_CHANGE, TOKENIZER_DIR
                                         ResumePoint, find_resume_point, handle_changed_run, last_checkpoint,
                                         plan_resume, remove_checkpoints_after, resume_problems)
 from utils.training.distributed import Launch, check_ranks, plan_launch, quiet_unless_rank_zero
-from utils.run_folder.history import read_history
+from utils.run_folder.history import History, read_history
 from utils.run_folder.lock import RunLock
 from utils.models.user_models import check_embedding_fits, check_model, keep_model_copy, resolve_user_model_files
 from utils.wandb_helpers import finish_wandb_on_exit
@@ -65,7 +67,8 @@ class TrainingResult(Predictor):
     resumed_from: Optional[Path]
     train_history: list = field(default_factory=list, repr=False)  # (step, loss)
     val_history: list = field(default_factory=list, repr=False)  # (step, loss)
-    model: Optional[nn.Module] = field(default=None, repr=False)
+    model: Optional[nn.Module] = field(default=None, repr=False)  # on the device it trained on; None in the
+    # other processes of an FSDP run (its weights are gathered whole on global rank zero only)
     tokenizer: Any = field(default=None, repr=False)
     val_accuracy: Optional[float] = None  # classification: last validation accuracy
     label_names: list = field(default_factory=list)  # classification: class names, index = label id
@@ -78,6 +81,7 @@ class TrainingResult(Predictor):
     fit_seconds: float = 0.0  # this call's wall time in trainer.fit, validation and checkpoints included
     loss_scale: Optional[float] = None  # fp16: the GradScaler's scale after the last step; None without a scaler
     skipped_steps: int = 0  # fp16: optimizer steps the GradScaler skipped (inf/NaN gradients), in the whole run
+    history: Optional[History] = field(default=None, repr=False)  # every logged series of the whole run (lr, ...)
 
     def summary(self) -> str:
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
@@ -88,6 +92,7 @@ class TrainingResult(Predictor):
             f"train loss:       {fmt(self.train_loss)}",
             f"val loss:         {fmt(self.val_loss)}",
             *TASKS[self.config.task].summary_lines(self.val_accuracy),
+            *self._whole_set_lines(),
             f"throughput:       {self.tokens_per_sec:,.0f} tokens/s"
             + (f" (summed over {self.world_size} processes)" if self.world_size > 1 else ""),
             *self._timing_lines(),
@@ -120,6 +125,14 @@ class TrainingResult(Predictor):
                 f"skipped steps:    {self.skipped_steps} of {self.global_step} (inf/NaN gradients; not applied)",
                 f"fp16 health:      {verdict}"]
 
+    def _whole_set_lines(self) -> list[str]:
+        """The last validation's perplexity (lm) or macro-F1 (classification), from the run's logs."""
+        h = self.history
+        if h is None:
+            return []
+        lines = [f"val perplexity:   {h.val_perplexity[-1][1]:.4g}"] if h.val_perplexity else []
+        return lines + ([f"val macro-F1:     {h.val_macro_f1[-1][1]:.4f}"] if h.val_macro_f1 else [])
+
     def _timing_lines(self) -> list[str]:
         if not self.steps_run:
             return []
@@ -128,10 +141,13 @@ class TrainingResult(Predictor):
             return [f"time:             {actual:.3g} s/step, {format_duration(self.fit_seconds)} in total"]
         return [f"time (estimated): {self.estimate.compare(actual, self.fit_seconds)}"]
 
-    def export(self, folder: Optional[str | Path] = None) -> Path:
+    def export(self, folder: Optional[str | Path] = None, push_to_hub: Optional[str] = None, public: bool = False,
+               onnx: bool = False) -> Path:
         """Write weights (safetensors), config, tokenizer, class names and user model code to folder
         (default: output_dir/export); utils.export.load_exported reads it back anywhere. In a multi-device
-        run only global rank zero writes; the other processes return the folder it writes."""
+        run only global rank zero writes; the other processes return the folder it writes.
+        onnx: also model.onnx, checked with onnxruntime; push_to_hub: upload the folder to that Hugging Face
+        repository (private unless public) with a model card (utils.hub)."""
         if self.model_passed_in:
             raise ExportError(
                 f"This {type(self.model).__name__} was passed to train(model=...), so an export folder could not "
@@ -139,7 +155,9 @@ class TrainingResult(Predictor):
                 "model_source='file' (the export then carries the code), or save result.model.state_dict() yourself.")
         if not self.is_global_zero:
             return Path(folder) if folder is not None else self.output_dir / "export"
-        return export_model(self.model, self.config, self.tokenizer, folder, self.label_names, self.pad_id)
+        token = find_token() if push_to_hub else None  # before writing: a missing token costs no export
+        written = export_model(self.model, self.config, self.tokenizer, folder, self.label_names, self.pad_id)
+        return finish_export(self, written, self.output_dir, push_to_hub, public, onnx, token)
 
 
 def train(config: Optional[WizardConfig] = None, model: Optional[nn.Module] = None,
@@ -212,7 +230,8 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
           f"{task.describe_data(data)}")
     # A max_seq_len too long for the data is named before the model is built: a forward pass at that length
     # (the memory check below) is slow.
-    check_training_windows(config, len(data.train), data.num_tokens, max_seq_len_only=True)
+    if not data.chat:  # chat examples are whole conversations, not windows of max_seq_len: any count fills batches
+        check_training_windows(config, len(data.train), data.num_tokens, max_seq_len_only=True)
     model_passed_in, user_files = model is not None, None
     if model is None:
         if config.model_source in ("file", "gist"):
@@ -232,14 +251,20 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
     # measures for all: before the Trainer sets each process's device, every copy would land on the first GPU.
     memory = None
     if launch.is_zero:
-        memory = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
+        memory = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes,
+                                launch.world_size)
         check_memory(memory, config)
-    check_training_windows(config, len(data.train), data.num_tokens)
+    if not data.chat:
+        check_training_windows(config, len(data.train), data.num_tokens)
     train_loader, val_loader = build_dataloaders(config, data.train, data.val, pin_memory=decision.device.kind == "cuda",
                                                  num_replicas=launch.world_size)
     module = build_module(config, model, task, len(train_loader), decision)
     estimate, steps_left = None, module.total_steps - (resume.global_step if resume else 0)
-    if launch.is_zero and steps_left > 0:  # rank zero's own device; nothing to time when nothing is left to train
+    if launch.is_zero and steps_left > 0 and not memory.whole().fits(1):  # FSDP: timing needs the whole model
+        print(f"Estimate: not timed: the whole model needs {memory.whole().bytes_at(1) / 2**30:.1f} GB at batch 1, "
+              f"more than one device holds; FSDP trains it in {memory.shards} shards of about "
+              f"{memory.bytes_at(config.batch_size) / 2**30:.1f} GB each at batch_size={config.batch_size}.")
+    elif launch.is_zero and steps_left > 0:  # rank zero's own device; nothing to time when nothing is left to train
         estimate = estimate_run(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes,
                                 len(train_loader), len(val_loader), steps_left, memory)
         print(estimate.describe())
@@ -270,6 +295,9 @@ def _fit(run: _Run, extra_callbacks: list[pl.Callback]) -> TrainingResult:
     loggers = build_loggers(config, decision, run.model, run.data.tokenizer.vocab_size,  # an online W&B run starts here
                             nothing_to_train=nothing_to_train)
     resume_from = run.resume.path if run.resume else None
+    # FSDP replaces the model's blocks by sharded units in place: a plain copy, made while it is still whole
+    # (on the CPU), receives the trained weights afterwards (see _trained_model).
+    plain = copy.deepcopy(run.model) if config.strategy == "fsdp" else None
     with finish_wandb_on_exit(loggers):  # a re-run in the notebook must not attach to this run
         trainer = build_trainer(config, decision, callbacks, loggers, run.model)
         check_ranks(run.launch, trainer)
@@ -285,7 +313,25 @@ def _fit(run: _Run, extra_callbacks: list[pl.Callback]) -> TrainingResult:
                         weights_only=False)
     if resume_from and recorder.start_step is None:
         print(_nothing_to_train(config, resume_from, resume_step, run.notebook))
+    run.model = _trained_model(trainer, run.model, plain)
     return _result(run, trainer, recorder, resume_from, time.perf_counter() - started)
+
+
+def _trained_model(trainer: pl.Trainer, model: nn.Module, plain: Optional[nn.Module]) -> Optional[nn.Module]:
+    """The model for sampling and export, on the device it trained on.
+
+    Lightning's teardown moves the LightningModule to the CPU after fit; it goes back, so the end-of-run sample
+    and generate() run where training did. Under FSDP each process holds shards: Lightning's full state dict
+    gathers them (a collective, whole on global rank zero only) into `plain`, a copy of the model as built.
+    """
+    device = trainer.strategy.root_device
+    if plain is None:
+        return model.to(device)
+    full = trainer.strategy.lightning_module_state_dict()  # FSDPStrategy's default state_dict_type is "full"
+    if not trainer.is_global_zero:
+        return None
+    plain.load_state_dict({key[len("model."):]: value for key, value in full.items() if key.startswith("model.")})
+    return plain.to(device)
 
 
 def _nothing_to_train(config: WizardConfig, resume_from: Path, resume_step: int, notebook: bool) -> str:
@@ -318,11 +364,12 @@ def _result(run: _Run, trainer: pl.Trainer, recorder: RunRecorder, resume_from: 
         steps_run=0 if recorder.start_step is None else trainer.global_step - recorder.start_step,
         tokens_per_sec=recorder.tokens_per_sec, precision=run.decision.precision,
         precision_reason=run.decision.reason, resumed_from=resume_from, train_history=history.train,
-        val_history=history.val, model=run.model.eval(), tokenizer=data.tokenizer,
+        val_history=history.val, model=run.model.eval() if run.model is not None else None,
+        tokenizer=data.tokenizer,
         val_accuracy=history.val_accuracy[-1][1] if history.val_accuracy else None,
         label_names=list(data.label_names), pad_id=data.pad_id, model_passed_in=run.model_passed_in,
         world_size=trainer.world_size, is_global_zero=trainer.is_global_zero, estimate=run.estimate,
-        train_seconds=recorder.train_seconds - recorder.start_seconds, fit_seconds=fit_seconds,
+        train_seconds=recorder.train_seconds - recorder.start_seconds, fit_seconds=fit_seconds, history=history,
         loss_scale=history.loss_scale[-1][1] if history.loss_scale else None, skipped_steps=recorder.skipped_total,
     )
 

@@ -15,6 +15,11 @@ train() first measures the memory model alone (measure_memory, two forward passe
 and refuses a batch that does not fit (check_memory raises BatchTooLargeError) before anything
 allocates a batch; then it calls estimate_run() on the model and loaders it has built, and prints
 the same lines.
+
+Under FSDP each device holds a shard: parameters, gradients and AdamW state divided by the number of
+processes, plus the unit FSDP gathers whole while it computes; the activations are measured on a CPU
+copy (the whole model need not fit one GPU). Every copy made here is freed when its function returns
+(no reference cycles), so the run's own allocations start from an empty device.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import copy
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -53,12 +58,22 @@ class BatchTooLargeError(KitError, ValueError):
 
 @dataclass(frozen=True)
 class MemoryModel:
-    """Training memory at batch b: fixed_bytes + per_sequence_bytes * b (weights, grads, AdamW; activations)."""
+    """Training memory at batch b on one device: fixed_bytes + per_sequence_bytes * b (weights, grads, AdamW;
+    activations). Under FSDP fixed_bytes is one process's shard; whole_fixed_bytes what one device would hold
+    with the whole model (None: the same)."""
 
     fixed_bytes: int
     per_sequence_bytes: int
     capacity_bytes: Optional[int]  # device memory (RAM on a CPU); None when unknown
     capacity_name: str
+    shards: int = 1  # processes the model's state is divided among (FSDP's world size; 1 otherwise)
+    whole_fixed_bytes: Optional[int] = None
+
+    def whole(self) -> "MemoryModel":
+        """The same model unsharded: what one device needs to hold all of it (the estimate's timing copy)."""
+        if self.whole_fixed_bytes is None:
+            return self
+        return MemoryModel(self.whole_fixed_bytes, self.per_sequence_bytes, self.capacity_bytes, self.capacity_name)
 
     def bytes_at(self, batch: int) -> int:
         return self.fixed_bytes + self.per_sequence_bytes * batch
@@ -91,6 +106,7 @@ class Estimate:
     config_batch_size: int
     suggested_batch_size: Optional[int] = None  # set when the config's batch does not fit
     suggested_accumulation: Optional[int] = None
+    notes: tuple[str, ...] = ()  # what the time above leaves out (compile time, FSDP's communication)
 
     @property
     def total_seconds(self) -> float:
@@ -112,7 +128,7 @@ class Estimate:
                      f"{self.batch_size} x {self.accumulation} accumulation, timed on {self.device}); "
                      f"{self.total_steps:,} steps + {self.validations} validation(s) = about "
                      f"{format_duration(self.total_seconds)}: {session}.")
-        return time_line + "\n" + self._memory_line()
+        return "\n".join([time_line, self._memory_line(), *self.notes])
 
     def _memory_line(self) -> str:
         how = "measured" if self.memory_measured else "estimated"
@@ -142,18 +158,21 @@ def memory_advice(memory: MemoryModel, batch: int, suggested: int, accumulation:
 
 
 def measure_memory(config: WizardConfig, decision: PrecisionDecision, model: nn.Module, task, vocab_size: int,
-                   num_classes: int) -> MemoryModel:
+                   num_classes: int, world_size: int = 1) -> MemoryModel:
     """The memory model of a copy of model on decision.device: two forward passes at batch 1 and 2, no batch
-    of the config's size is ever built, so a huge batch_size costs nothing here."""
-    torch_device = torch.device(decision.device.kind)
-    with torch.random.fork_rng(devices=[torch_device] if torch_device.type == "cuda" else []):
-        work = copy.deepcopy(model).to(torch_device).train()
-        memory = _memory_model(_Stepper(work, None, task, decision, vocab_size, num_classes, config.max_seq_len),
-                               decision.device)
-        del work
-        if torch_device.type == "cuda":
-            torch.cuda.empty_cache()
-    return memory
+    of the config's size is ever built, so a huge batch_size costs nothing here.
+
+    world_size: training processes. Under strategy="fsdp" each holds 1/world_size of the model's state, and
+    the passes run on a CPU copy in the run's autocast dtype (the activations have the same shapes and dtypes;
+    the whole model need not fit one GPU, which is what FSDP is for).
+    """
+    shards = world_size if config.strategy == "fsdp" else 1
+    kind = "cpu" if shards > 1 else decision.device.kind
+    with torch.random.fork_rng(devices=[torch.device(kind)] if kind == "cuda" else []):
+        saved_1, saved_2 = _saved_bytes(model, kind, task, decision, vocab_size, num_classes, config.max_seq_len)
+    if kind == "cuda":
+        torch.cuda.empty_cache()  # the copy is gone (see _saved_bytes); give its blocks back
+    return _memory_model(model, saved_1, saved_2, decision.device, shards)
 
 
 def check_memory(memory: MemoryModel, config: WizardConfig) -> None:
@@ -178,35 +197,68 @@ def estimate_run(config: WizardConfig, decision: PrecisionDecision, model: nn.Mo
     the caller has it already. A batch that does not fit is timed at the largest that does (the wizard
     shows that; train() and the `estimate` command refuse such a batch before calling this).
     """
-    from utils.training.builder import adamw_options, total_steps  # builder imports this module's users
+    from utils.training.builder import total_steps  # builder imports this module's users
 
     device = decision.device
-    torch_device = torch.device(device.kind)
     B, A = config.batch_size, config.gradient_accumulation_steps
-    with torch.random.fork_rng(devices=[torch_device] if device.kind == "cuda" else []):
-        work = copy.deepcopy(model).to(torch_device).train()
-        optimizer = torch.optim.AdamW(work.parameters(), lr=config.learning_rate, **adamw_options(device.kind))
-        step = _Stepper(work, optimizer, task, decision, vocab_size, num_classes, config.max_seq_len)
-        memory = memory or _memory_model(step, device)
-        batch, accumulation = _batch_that_fits(memory, B, A)
-        try:
-            fb, opt, peak = step.time(max(batch, 1), WARMUP_STEPS, TIMED_STEPS)
-        except torch.cuda.OutOfMemoryError:  # the memory model was too hopeful: halve until it runs
-            batch = max(1, batch // 2)
-            accumulation = math.ceil(B * A / batch)
-            torch.cuda.empty_cache()
-            fb, opt, peak = step.time(batch, WARMUP_STEPS, TIMED_STEPS)
-        val_seconds = step.time_forward(max(batch, 1)) * math.ceil(val_batches * B / max(batch, 1))
-        del work, optimizer, step
-        if device.kind == "cuda":
-            torch.cuda.empty_cache()
-    n_steps = steps if steps is not None else total_steps(config, train_batches)
+    memory = memory or measure_memory(config, decision, model, task, vocab_size, num_classes)
+    batch, accumulation = _batch_that_fits(memory, B, A)
     suggested = (batch, accumulation) if batch != B else (None, None)
-    return Estimate(device.describe(), decision.precision, max(batch, 1), accumulation,
-                    accumulation * (fb + PER_BATCH_OVERHEAD_S) + opt, n_steps,
-                    count_validations(config, train_batches, n_steps), val_seconds,
-                    peak if device.kind == "cuda" and batch == B else memory.bytes_at(B),
-                    device.kind == "cuda" and batch == B, memory, B, *suggested)
+    timed_batch, timed_accumulation = batch, accumulation
+    if memory.shards > 1:  # FSDP: one device times the whole model, at a batch that holds it whole
+        timed_batch, timed_accumulation = _batch_that_fits(memory.whole(), B, A)
+    timing = _time_steps(config, decision, model, task, vocab_size, num_classes, max(timed_batch, 1))
+    if timing is None:  # out of memory after all: the memory model was too hopeful. Halve, outside the
+        # except block, so the failed attempt's tensors (held by its traceback) are gone first.
+        timed_batch = max(1, timed_batch // 2)
+        timed_accumulation = math.ceil(B * A / timed_batch)
+        if memory.shards == 1:
+            batch, accumulation = timed_batch, timed_accumulation
+            suggested = (batch, accumulation) if batch != B else (None, None)
+        timing = _time_steps(config, decision, model, task, vocab_size, num_classes, timed_batch)
+    fb, opt, val_forward, peak = timing
+    timed_batch = max(timed_batch, 1)
+    n_steps = steps if steps is not None else total_steps(config, train_batches)
+    measured = device.kind == "cuda" and batch == B and memory.shards == 1
+    return Estimate(device.describe(), decision.precision, timed_batch, timed_accumulation,
+                    timed_accumulation * (fb + PER_BATCH_OVERHEAD_S) + opt, n_steps,
+                    count_validations(config, train_batches, n_steps),
+                    val_forward * math.ceil(val_batches * B / timed_batch),
+                    peak if measured else memory.bytes_at(B), measured, memory, B, *suggested,
+                    notes=_estimate_notes(config, memory))
+
+
+def _time_steps(config: WizardConfig, decision: PrecisionDecision, model: nn.Module, task, vocab_size: int,
+                num_classes: int, batch: int) -> Optional[tuple[float, float, float, int]]:
+    """(forward + backward s, optimizer step s, validation forward s, peak CUDA bytes) of a copy of model at
+    batch; None when the device ran out of memory. Everything it allocates is freed when it returns."""
+    from utils.training.builder import adamw_options  # builder imports this module's users
+
+    kind = decision.device.kind
+    with torch.random.fork_rng(devices=[torch.device(kind)] if kind == "cuda" else []):
+        work = copy.deepcopy(model).to(kind).train()
+        optimizer = torch.optim.AdamW(work.parameters(), lr=config.learning_rate, **adamw_options(kind))
+        step = _Stepper(work, optimizer, task, decision, vocab_size, num_classes, config.max_seq_len)
+        try:
+            fb, opt, peak = step.time(batch, WARMUP_STEPS, TIMED_STEPS)
+            timing = fb, opt, step.time_forward(batch), peak
+        except torch.cuda.OutOfMemoryError:
+            timing = None
+        del work, optimizer, step
+    if kind == "cuda":
+        torch.cuda.empty_cache()
+    return timing
+
+
+def _estimate_notes(config: WizardConfig, memory: MemoryModel) -> tuple[str, ...]:
+    notes = []
+    if config.compile:
+        notes.append("Compile: torch.compile is on, so the run's first steps also compile the model (often tens "
+                     "of seconds, minutes for a large one); that time is not in the estimate above.")
+    if memory.shards > 1:
+        notes.append(f"FSDP: timed on one device holding the whole model; the {memory.shards} processes' "
+                     "gathering and reducing of shards is not counted, and the memory above is one shard's.")
+    return tuple(notes)
 
 
 def estimate_config(config: WizardConfig, decision: PrecisionDecision, refuse_oversize: bool = False) -> Estimate:
@@ -264,13 +316,17 @@ def format_duration(seconds: float) -> str:
 
 
 class _Stepper:
-    """Forward, backward and AdamW steps of one model on dummy batches, as the training core runs them."""
+    """Forward, backward and AdamW steps of one model on dummy batches, as the training core runs them.
+
+    It holds no reference to itself (a lambda over self would be a cycle): dropping it frees its model's
+    memory at once, not when the garbage collector next runs.
+    """
 
     def __init__(self, model, optimizer, task, decision: PrecisionDecision, vocab_size, num_classes, seq_len):
         self.model, self.optimizer, self.task = model, optimizer, task
         self.kind = decision.device.kind
         self.vocab_size, self.num_classes, self.seq_len = vocab_size, num_classes, seq_len
-        self.autocast = decision.autocast
+        self.autocast = decision.autocast  # a method of the (frozen) decision: no reference back to the stepper
         self.scaler = decision.make_scaler()
         self.params = {p.untyped_storage().data_ptr() for p in model.parameters()}
 
@@ -281,15 +337,22 @@ class _Stepper:
     def saved_bytes(self, size: int) -> int:
         """Bytes of the tensors autograd keeps for backward at this batch (parameters excluded)."""
         storages: dict[int, int] = {}
+        kept: list[torch.Tensor] = []  # alive until the count is done, so no storage address is reused meanwhile
+        params = self.params
 
-        def pack(t: torch.Tensor) -> torch.Tensor:
+        def pack(t: torch.Tensor) -> None:
+            # Nothing goes into the graph (no backward runs here): a saved output tensor returned from pack
+            # would form a cycle with its own grad_fn, and the copy would outlive this call.
             ptr = t.untyped_storage().data_ptr()
-            if ptr not in self.params:
+            if ptr not in params:
                 storages[ptr] = t.untyped_storage().nbytes()
-            return t
+            kept.append(t)
 
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), self.autocast():
+        with torch.autograd.graph.saved_tensors_hooks(pack, _never_unpacked), self.autocast():
             self.task.loss(self.model, self.batch(size))
+        # The graph's saved slots hold `pack`, and so `kept`, whose tensors hold the graph: a cycle through
+        # autograd's C++ objects that the garbage collector cannot see. Emptying the list breaks it.
+        kept.clear()
         return sum(storages.values())
 
     def time(self, size: int, warmup: int, timed: int) -> tuple[float, float, int]:
@@ -334,12 +397,45 @@ class _Stepper:
         return time.perf_counter()
 
 
-def _memory_model(step: _Stepper, device: DeviceInfo) -> MemoryModel:
-    saved_1, saved_2 = step.saved_bytes(1), step.saved_bytes(2)
+def _saved_bytes(model: nn.Module, kind: str, task, decision: PrecisionDecision, vocab_size: int,
+                 num_classes: int, seq_len: int) -> tuple[int, int]:
+    """Activation bytes autograd keeps at batch 1 and 2, measured on a copy of model on `kind` (the decision's
+    device, or the CPU for an FSDP shard: the same autocast dtype, on this machine's memory)."""
+    if kind != decision.device.kind:
+        decision = replace(decision, device=DeviceInfo(kind, kind.upper()))
+    work = copy.deepcopy(model).to(kind).train()
+    step = _Stepper(work, None, task, decision, vocab_size, num_classes, seq_len)
+    return step.saved_bytes(1), step.saved_bytes(2)
+
+
+def _never_unpacked(packed: None) -> torch.Tensor:
+    raise RuntimeError("the memory measurement's forward pass has no backward")
+
+
+def _memory_model(model: nn.Module, saved_1: int, saved_2: int, device: DeviceInfo, shards: int = 1) -> MemoryModel:
     per_sequence = max(saved_2 - saved_1, 0)  # what grows with the batch; the rest (weight casts) does not
-    parameters = sum(p.numel() for p in step.model.parameters())
+    other = max(saved_1 - per_sequence, 0)
+    state = sum(p.numel() for p in model.parameters()) * BYTES_PER_PARAMETER
     capacity, name = device_capacity(device)
-    return MemoryModel(parameters * BYTES_PER_PARAMETER + max(saved_1 - per_sequence, 0), per_sequence, capacity, name)
+    if shards == 1:
+        return MemoryModel(state + other, per_sequence, capacity, name)
+    # One shard of the state, plus the unit FSDP gathers whole for its forward and backward: its fp32
+    # parameters and their gradient before the reduce-scatter (an overestimate under mixed precision).
+    gathered = 2 * 4 * largest_fsdp_unit(model)
+    return MemoryModel(math.ceil(state / shards) + gathered + other, per_sequence, capacity, name, shards,
+                       state + other)
+
+
+def largest_fsdp_unit(model: nn.Module) -> int:
+    """Parameters of the largest piece FSDP gathers at once: a template's Block or what is left outside the
+    blocks (embeddings, head); for another model, its largest top-level child, or the rest."""
+    from utils.training.builder import template_blocks  # the wrap policy's own choice of units
+
+    kinds = template_blocks(model)
+    units = [m for m in model.modules() if type(m) in kinds] if kinds else list(model.children())
+    sizes = [sum(p.numel() for p in unit.parameters()) for unit in units]
+    total = sum(p.numel() for p in model.parameters())
+    return max(sizes + [total - sum(sizes)])
 
 
 def _batch_that_fits(memory: MemoryModel, batch: int, accumulation: int) -> tuple[int, int]:

@@ -1,9 +1,13 @@
 """The one LightningModule: wraps any model, computes the loss, owns the optimizer and schedule.
 
 What differs between tasks is a small task object (utils.models.tasks): `logits(model, batch)`,
-`loss(model, batch) -> (loss, metrics)` (each metric is logged as train/NAME and val/NAME) and `tokens_in(batch)`.
+`loss(model, batch) -> (loss, metrics)` (each metric is logged as train/NAME and val/NAME), `tokens_in(batch)`,
+and `epoch_metrics` for validation metrics over the whole set (val/perplexity, val/macro_f1).
 
-Lightning owns autocast, the GradScaler, clipping order and accumulation; nothing here touches them.
+Lightning owns autocast, the GradScaler and accumulation. Clipping is the one step done here
+(configure_gradient_clipping): Lightning's own refuses a fused AdamW under mixed precision and FSDP's
+clipping by norm, so the module unscales, then clips, and Lightning steps (see clip_gradients). On logged
+steps the same hook keeps the gradient norm before clipping, on the device, for the logs.
 """
 
 from __future__ import annotations
@@ -20,8 +24,11 @@ from utils.inference import model_logits
 
 class TransformerModule(pl.LightningModule):
     def __init__(self, model: nn.Module, task, learning_rate: float, weight_decay: float, warmup_ratio: float,
-                 total_steps: int, adamw_options: Optional[dict] = None):
+                 total_steps: int, adamw_options: Optional[dict] = None, grad_norm_every: int = 0):
         super().__init__()
+        self.grad_norm_every = grad_norm_every  # optimizer steps between gradient norms (the logging interval)
+        self.grad_norm: Optional[torch.Tensor] = None  # the newest norm before clipping; the RunRecorder takes it
+        self._epoch_metrics: Optional[dict] = None  # the task's whole-validation-set metrics, made at first use
         self.total_steps = total_steps  # for the LR schedule
         self.adamw_options = adamw_options or {}  # fused=True on CUDA, foreach=True elsewhere (see build_module)
         self.model = model
@@ -29,6 +36,10 @@ class TransformerModule(pl.LightningModule):
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.warmup_ratio = warmup_ratio
+        # Decided now, from the shapes as built: FSDP turns every parameter into a 1-D shard before
+        # configure_optimizers runs, where an ndim rule would put every matrix in the no-decay group.
+        self.decay_names = decay_parameter_names(model)
+        self.parameter_names = {name for name, _ in model.named_parameters(remove_duplicate=False)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return model_logits(self.model, x)
@@ -41,30 +52,111 @@ class TransformerModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         # Averaged over the validation set by Lightning, for EarlyStopping, ModelCheckpoint and the bar;
         # the RunRecorder sends them to the loggers.
-        loss, metrics = self.task.loss(self.model, batch)
+        loss, metrics, logits = self.task.scored(self.model, batch)
         self.log("val/loss", loss, prog_bar=True, logger=False)
         for name, value in metrics.items():
             self.log(f"val/{name}", value, prog_bar=True, logger=False)
+        if self._epoch_metrics is None:
+            self._epoch_metrics = {k: m.to(loss.device) for k, m in self.task.epoch_metrics(logits.size(-1)).items()}
+        self.task.update_epoch_metrics(self._epoch_metrics, loss.detach(), logits.detach(), batch)
+
+    def on_validation_epoch_end(self) -> None:
+        for name, metric in (self._epoch_metrics or {}).items():
+            self.log(f"val/{name}", metric.compute(), logger=False)  # computed over every process's batches
+            metric.reset()
 
     def configure_optimizers(self):
         total = self.total_steps
-        optimizer = torch.optim.AdamW(param_groups(self.model, self.weight_decay), lr=self.learning_rate,
-                                      betas=(0.9, 0.95), **self.adamw_options)
+        groups = param_groups(self.model, self.weight_decay, self.decay_names, self.parameter_names)
+        optimizer = torch.optim.AdamW(groups, lr=self.learning_rate, betas=(0.9, 0.95), **self.adamw_options)
         schedule = warmup_cosine(int(self.warmup_ratio * total), total)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Called by Lightning after backward (and, for a non-fused optimizer, after its scaler.unscale_),
+        before the optimizer step. On logged steps the norm before clipping is kept on the device; the
+        RunRecorder reads it at its next flush, so no step waits for it."""
+        log_norm = bool(self.grad_norm_every) and (self.trainer.global_step + 1) % self.grad_norm_every == 0
+        if not (gradient_clip_val or log_norm):
+            return
+        norm = clip_gradients(self.trainer, optimizer, gradient_clip_val or math.inf, gradient_clip_algorithm or "norm")
+        if log_norm:
+            self.grad_norm = norm
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices of Linear-like layers only: never on norms, biases or embeddings."""
+
+def clip_gradients(trainer, optimizer: torch.optim.Optimizer, clip_val: float,
+                   algorithm: str = "norm") -> Optional[torch.Tensor]:
+    """Unscale if the GradScaler has not, then clip; Lightning's step follows. Returns the total gradient norm
+    before clipping, on the device (clip_val=inf measures it without clipping).
+
+    A fused AdamW unscales inside its own step, so Lightning's MixedPrecision skips scaler.unscale_ for it and
+    then refuses to clip (it would clip scaled gradients). Unscaling here first is what torch's AMP recipe
+    does: scaler.step then hands the fused kernel the inf check unscale_ recorded and no scale to divide by
+    again, so an overflowed step is still skipped and the update stays one fused kernel. bf16 has no scaler:
+    there is nothing to unscale and the gradients are clipped as they are. Under FSDP each process holds
+    shards, so the norm is the wrapped root's clip_grad_norm_ (over every shard); clip_grad_norm_ over one
+    process's shards would be wrong, which is why Lightning's FSDP plugin refuses it.
+    """
+    scaler = getattr(trainer.precision_plugin, "scaler", None)
+    if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
+        scaler.unscale_(optimizer)  # once per step: Lightning only calls unscale_ for non-fused optimizers
+    algorithm = getattr(algorithm, "value", algorithm).lower()  # Lightning passes a GradClipAlgorithmType
+    params = list(trainer.precision_plugin.main_params(optimizer))
+    if algorithm == "value" or (not math.isfinite(clip_val) and not _is_fsdp(trainer.strategy.model)):
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        if math.isfinite(clip_val):
+            torch.nn.utils.clip_grad_value_(params, clip_val)
+        return norm.detach()
+    if _is_fsdp(trainer.strategy.model):
+        return trainer.strategy.model.clip_grad_norm_(clip_val).detach()
+    return torch.nn.utils.clip_grad_norm_(params, clip_val).detach()
+
+
+def _is_fsdp(module) -> bool:
+    if not torch.distributed.is_available():  # some builds have no torch.distributed, hence no FSDP either
+        return False
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return isinstance(module, FullyShardedDataParallel)
+
+
+# Wrappers that insert themselves into parameter names: FSDP units, activation checkpointing, torch.compile().
+WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def unwrapped_name(name: str) -> str:
+    """A parameter's name as in the model before FSDP (or checkpointing, or compile) wrapped its modules."""
+    for prefix in WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def decay_parameter_names(model: nn.Module) -> set[str]:
+    """Names of the parameters that get weight decay: matrices of Linear-like layers, never norms, biases or
+    embeddings. Every name of a tied weight is decided alike (an embedding tied to the output head: no decay)."""
     no_decay = set()
     for module in model.modules():
         if isinstance(module, (nn.Embedding, nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d)) \
                 or "norm" in type(module).__name__.lower():
             no_decay.update(id(p) for p in module.parameters(recurse=False))
+    return {name for name, p in model.named_parameters(remove_duplicate=False) if id(p) not in no_decay and p.ndim >= 2}
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_names: Optional[set[str]] = None,
+                 known_names: Optional[set[str]] = None) -> list[dict]:
+    """AdamW's two groups. decay_names: decay_parameter_names of the model as built (before any wrapping);
+    known_names: every parameter name it had, so a parameter that appeared later is an error, not a guess."""
+    if decay_names is None:
+        decay_names = decay_parameter_names(model)
     decay, keep = [], []
-    for p in {id(p): p for p in model.parameters() if p.requires_grad}.values():  # tied weights once
-        (keep if id(p) in no_decay or p.ndim < 2 else decay).append(p)
+    for name, p in model.named_parameters():  # tied weights once
+        name = unwrapped_name(name)
+        if known_names is not None and name not in known_names:
+            raise RuntimeError(f"parameter {name!r} was not in the model when the LightningModule was built; "
+                               "weight decay was decided from the parameters it had then")
+        if p.requires_grad:
+            (decay if name in decay_names else keep).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
 
 

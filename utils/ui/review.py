@@ -34,6 +34,7 @@ class DataFacts:
     batches_per_epoch: int  # the training loader's length, as training will build it
     vocab_size: int
     label_names: tuple[str, ...] = ()
+    chat: str = ""  # chat data: its shape in words (PreparedData.chat)
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def plan_facts(config: WizardConfig, vocab_size: int, parameters: Optional[int])
         return PlanFacts(parameters, vocab_size, None, data)
     train_loader, _ = build_dataloaders(config, data.train, data.val, pin_memory=False)  # as training builds it
     facts = DataFacts(data.num_tokens, len(data.train), len(data.val), len(train_loader), data.tokenizer.vocab_size,
-                      tuple(data.label_names))
+                      tuple(data.label_names), data.chat)
     return PlanFacts(parameters, vocab_size, facts)
 
 
@@ -153,6 +154,11 @@ def _data_words(config: WizardConfig, facts: PlanFacts) -> str:
         return (f"{what}: {data.num_tokens:,} tokens in {data.train_items + data.val_items:,} texts, "
                 f"{data.train_items:,} for training and {data.val_items:,} held out for validation, "
                 f"{len(data.label_names)} labels ({labels}) from the column '{config.label_column}'")
+    if data.chat:
+        trained = "the answers" if config.train_on == "responses" else "the whole text"
+        return (f"{what}: {data.train_items + data.val_items:,} conversations ({data.chat}, {data.num_tokens:,} "
+                f"tokens), {data.train_items:,} for training and {data.val_items:,} held out for validation; "
+                f"the loss is on {trained}")
     return (f"{what}: {data.num_tokens:,} tokens, cut into {data.train_items:,} training sequences of "
             f"{config.max_seq_len} tokens and {data.val_items:,} held out for validation")
 

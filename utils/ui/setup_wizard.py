@@ -33,7 +33,6 @@ import torch
 from templates import TEMPLATES
 from utils.config import EMBEDDED_CORPUS_WORDS, EMBEDDED_DATASETS, SETTINGS, ConfigError, WizardConfig
 from utils.env import DeviceInfo, detect_device, in_colab
-from utils.training.amp_utils import LegacyWizardAPI  # the reference kit's validate_config / presets
 from utils.training.precision import PrecisionError, resolve_precision
 from utils.run_folder.checkpoints import describe_run_folder
 from utils.training.estimate import BatchTooLargeError, estimate_config
@@ -84,7 +83,7 @@ STEPS = (
           "text_column", "label_column", "val_split"),
     _step("tokenizer", "Tokenizer", "tokenizer_strategy", "vocab_size", "tokenizer_path"),
     _step("model", "Model", "model_source", "model_template", "model_size", "model_path", "gist_id", "pretrained_model",
-          "dropout"),
+          "train_on", "dropout"),  # train_on: chat data is read only for a pretrained model, chosen on this step
     _step("training", "Training", "batch_size", "max_seq_len", "learning_rate", "max_epochs",
           "gradient_accumulation_steps", "gradient_clip_val", "early_stopping_patience", "use_mixed_precision",
           "precision", "compile", "devices", "num_nodes", "strategy"),
@@ -109,7 +108,7 @@ def corpus_title(name: str) -> str:
     return EMBEDDED_DATASETS[name].split(" (")[0]
 
 
-class SetupWizard(LegacyWizardAPI):
+class SetupWizard:
     def __init__(self, config_path: str | os.PathLike = "runs/wizard_config.json", interactive: Optional[bool] = None,
                  preset: Optional[str] = None, device: Optional[DeviceInfo] = None,
                  run_root: Optional[str | os.PathLike] = None, device_count: Optional[int] = None):
@@ -176,6 +175,16 @@ class SetupWizard(LegacyWizardAPI):
         self._say(f"Applied preset {name!r}: {changes}." + (f" {hint}" if hint else ""),
                   kind="warning" if hint else "info")
         return self._config
+
+    # The reference kit's two methods, for code written against it.
+    def validate_config(self, config: WizardConfig) -> tuple[bool, list[str]]:
+        """(ok, the error messages): WizardConfig's own rules, nothing else."""
+        messages = [message for _, message in config.errors()]
+        return not messages, messages
+
+    def create_config_from_preset(self, name: str) -> WizardConfig:
+        """The defaults with the preset's fields changed (the wizard's own choices are not used)."""
+        return apply_preset(WizardConfig(), name)
 
     def describe(self) -> str:
         """Plain text for headless runs: why no widgets, where the config came from, what it is."""
@@ -319,6 +328,9 @@ class SetupWizard(LegacyWizardAPI):
 
     def _on_check(self, button) -> None:
         decision = self._decision(self._config)
+        if isinstance(decision, PrecisionError):  # a saved precision this device cannot run
+            self.notes["check"].value = _note(html.escape(f"No model check: {decision}"), ERROR_COLOR)
+            return
         self.notes["check"].value = _note("<i>Running a forward/backward pass on CPU...</i>")
         try:
             check = measure_model(self._config, decision)

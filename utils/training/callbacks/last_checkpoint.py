@@ -6,10 +6,13 @@ written, never torn: utils.run_folder.checkpoint_io).
   SIGTERM. It only writes right after an optimizer step and never on an epoch's last batch:
   Lightning 2.6 resumes a checkpoint taken there by skipping the next epoch, so such a save waits
   one step. The best-by-validation checkpoints are ModelCheckpoint's business, not this one's.
-  The global RNG state travels in the checkpoint, so dropout after a resume draws what it would
-  have drawn. With several processes every one must call save_checkpoint at the same step (it is a
-  collective; only global rank zero writes the file), so the clock and a stop signal are agreed on
-  each step: one process due or stopped means all save (and stop).
+  The global RNG state of every process (its CPU generator and its own GPU's) travels in the
+  checkpoint, so dropout after a resume draws what it would have drawn; a resume on another number
+  of processes restores what fits and says so in one line. With several processes every one must call
+  save_checkpoint at the same step (it is a collective; only global rank zero writes the file), so the
+  clock and a stop signal are agreed on: one process due or stopped means all save (and stop). They
+  meet for that every `agree_every` optimizer steps (the logging interval, when the RunRecorder meets
+  too), not every step: each meeting waits for the GPU.
 """
 
 from __future__ import annotations
@@ -35,9 +38,11 @@ class LastCheckpoint(pl.Callback):
 
     STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, path: str | Path, every_seconds: float):
+    def __init__(self, path: str | Path, every_seconds: float, agree_every: int = 1):
         self.path = Path(path)
         self.every_seconds = every_seconds
+        self.agree_every = max(1, agree_every)  # with several processes: optimizer steps between their votes
+        self._trainer: Optional[pl.Trainer] = None
         self.saved_step: Optional[int] = None  # global step of the last write by this run
         self.stop_signal: Optional[str] = None  # "SIGINT"/"SIGTERM" once the user or the host asked to stop
         self._rng_to_restore: Optional[dict] = None
@@ -47,6 +52,9 @@ class LastCheckpoint(pl.Callback):
         self._epoch_saved = 0
 
     # ------------------------------------------------------------------ when to write
+    def setup(self, trainer, pl_module, stage) -> None:
+        self._trainer = trainer  # state_dict gathers every process's random state through its strategy
+
     def on_train_start(self, trainer, pl_module) -> None:
         self._due = time.monotonic() + self.every_seconds
         self._step_seen = trainer.global_step
@@ -55,22 +63,30 @@ class LastCheckpoint(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._rng_to_restore is not None:  # first batch after a resume: continue the saved random stream
-            torch.set_rng_state(self._rng_to_restore["cpu"])
-            if self._rng_to_restore.get("cuda") is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(self._rng_to_restore["cuda"])
+            device = trainer.strategy.root_device
+            state, note = rng_to_restore(self._rng_to_restore, trainer.global_rank, trainer.world_size,
+                                         on_gpu=device.type == "cuda")
+            if state is not None:
+                torch.set_rng_state(state["cpu"])
+                if state.get("cuda") is not None and device.type == "cuda":
+                    torch.cuda.set_rng_state(state["cuda"], device)
+            if note and trainer.is_global_zero:
+                print(note)
             self._rng_to_restore = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         stepped, self._step_seen = trainer.global_step != self._step_seen, trainer.global_step
         if not stepped or batch_idx + 1 >= trainer.num_training_batches:
             return  # mid-accumulation, or an epoch's last batch (see the module docstring)
-        new_epoch = trainer.current_epoch > self._epoch_saved
-        due, stop = self._agree(trainer, time.monotonic() >= self._due, self.stop_signal is not None)
+        new_epoch = trainer.current_epoch > self._epoch_saved  # the same in every process: no vote needed
+        due, stop = False, False
+        if getattr(trainer, "world_size", 1) == 1 or trainer.global_step % self.agree_every == 0:
+            due, stop = self._agree(trainer, time.monotonic() >= self._due, self.stop_signal is not None)
         if stop and self.stop_signal is None:
             self.stop_signal = "a stop signal to another training process"
         if stop or new_epoch or due:
             self.save(trainer)
-        if self.stop_signal:
+        if stop:  # agreed: every process stops at this step
             raise TrainingStopped(
                 f"Training stopped ({self.stop_signal}) at step {trainer.global_step}; saved {self.path}. "
                 "Run again with the same output_dir (the Train cell, or the same command) to continue from there.")
@@ -103,11 +119,21 @@ class LastCheckpoint(pl.Callback):
 
     # ------------------------------------------------------------------ checkpoint contents
     def state_dict(self) -> dict[str, Any]:
-        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-        return {"rng": {"cpu": torch.get_rng_state(), "cuda": cuda}}
+        """Every process's random state, in rank order (a collective: every process saves at the same step)."""
+        trainer = self._trainer
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        cpu = torch.get_rng_state()
+        cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+        if trainer is None or getattr(trainer, "world_size", 1) == 1:
+            return {"rng_per_rank": [{"cpu": cpu, "cuda": cuda}]}
+        gather = lambda t: trainer.strategy.all_gather(t.to(device)).cpu()  # noqa: E731  (world_size, n) bytes
+        cpus = gather(cpu)
+        cudas = gather(cuda) if cuda is not None else [None] * len(cpus)
+        return {"rng_per_rank": [{"cpu": c.clone(), "cuda": None if g is None else g.clone()}
+                                 for c, g in zip(cpus, cudas)]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._rng_to_restore = state_dict.get("rng")
+        self._rng_to_restore = state_dict
 
     # ------------------------------------------------------------------ Stop and SIGTERM
     def _install_stop_handlers(self) -> None:
@@ -130,3 +156,32 @@ class LastCheckpoint(pl.Callback):
         self.stop_signal = name
         print(f"\n{name}: finishing the current step, then saving {self.path.name} and stopping "
               "(press Stop / Ctrl-C again to stop at once without saving).", flush=True)
+
+
+def rng_to_restore(saved: dict[str, Any], rank: int, world_size: int, on_gpu: bool) -> tuple[Optional[dict], str]:
+    """This process's random state from a LastCheckpoint state, and a line to say when it does not all fit.
+
+    Each process restores its own rank's state. Resumed on fewer processes, the ranks that remain take theirs;
+    on more, the new ranks keep their seeded state. Checkpoints written before per-rank states held one
+    process's CPU state and every visible GPU's state (get_rng_state_all); rank zero trained on the first GPU.
+    """
+    if "rng_per_rank" in saved:
+        states = saved["rng_per_rank"]
+    elif saved.get("rng") is not None:
+        old = saved["rng"]
+        cuda = old.get("cuda")
+        states = [{"cpu": old["cpu"], "cuda": cuda[0] if isinstance(cuda, (list, tuple)) and cuda else None}]
+    else:
+        return None, ""
+    state = states[rank] if rank < len(states) else None
+    problems = []
+    if len(states) != world_size:
+        kept = f"processes 0-{min(len(states), world_size) - 1}" if min(len(states), world_size) > 1 else "process 0"
+        problems.append(f"the checkpoint holds the random state of {len(states)} training process(es) and this run "
+                        f"has {world_size}: restored for {kept}")
+    if not on_gpu and any(s.get("cuda") is not None for s in states):
+        problems.append("its GPU random state is not restored on this CPU")
+    if not problems:
+        return state, ""
+    return state, ("Random state: " + "; ".join(problems)
+                   + ". Dropout and other random draws differ from the uninterrupted run from here on.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -20,7 +21,9 @@ class StepRecord:
     """One optimizer step, as the loggers receive it."""
 
     step: int  # global step after this optimizer step (1 for the first)
-    metrics: dict  # "train/loss" (mean over the step's micro-batches), "lr", and with fp16 "amp/loss_scale", "amp/skipped_steps"
+    metrics: dict  # "train/loss" (mean over the step's micro-batches), "lr", and with fp16 "amp/loss_scale",
+    # "amp/skipped_steps"; every log_every_n_steps "grad_norm" (before clipping); at each flush "tokens_per_sec"
+    # since the previous flush and, on a GPU, "gpu_peak_memory_gib"
     skipped: Optional[bool] = None  # fp16: the GradScaler skipped this step (inf/NaN gradients); None without a scaler
 
 
@@ -53,6 +56,7 @@ class RunRecorder(pl.Callback):
         self.last_loss: Optional[float] = None  # the newest flushed training loss (the progress bar shows it)
         self.start_step = None  # global step when this call's training started; None: it never started
         self.start_seconds = 0.0  # train_seconds when this call's training started (a resume loads earlier ones)
+        self.planned_steps: Optional[int] = None  # optimizer steps the run is set to take (max_steps, epochs)
         self._pending: list[tuple[int, dict, float, Optional[torch.Tensor]]] = []  # (step, device values, lr, skipped)
         self._sums: dict[str, torch.Tensor] = {}  # this step's micro-batch values so far
         self._micro = 0
@@ -60,6 +64,8 @@ class RunRecorder(pl.Callback):
         self._scale_before: Optional[torch.Tensor] = None
         self._step_seen = -1
         self._t0 = None
+        self._flushed_clock = 0.0  # training seconds at the previous flush, for tokens_per_sec between flushes
+        self._speed_tokens = 0  # tokens trained since then
 
     @property
     def tokens_per_sec(self) -> float:
@@ -68,7 +74,9 @@ class RunRecorder(pl.Callback):
     # ------------------------------------------------------------------ recording
     def on_train_start(self, trainer, pl_module) -> None:
         self.start_step = self._step_seen = trainer.global_step
-        self.start_seconds = self.train_seconds
+        planned = trainer.estimated_stepping_batches  # max_steps, or max_epochs of batches over the accumulation
+        self.planned_steps = int(planned) if math.isfinite(planned) else None
+        self.start_seconds = self._flushed_clock = self.train_seconds
         if trainer.is_global_zero and trainer.logger is not None and trainer.logger.log_dir:
             write_segment_start(trainer.logger.log_dir, trainer.global_step)
 
@@ -92,6 +100,8 @@ class RunRecorder(pl.Callback):
         if scale is not None and self._scale_before is not None:
             values["amp/loss_scale"] = scale
             skipped = scale < self._scale_before  # GradScaler.update halves the scale exactly on a skipped step
+        if getattr(pl_module, "grad_norm", None) is not None:  # the module took it before clipping, on the device
+            values["grad_norm"], pl_module.grad_norm = pl_module.grad_norm, None
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
         self._pending.append((trainer.global_step, values, lr, skipped))
         self._sums, self._micro, self._scale_before = {}, 0, None
@@ -106,6 +116,7 @@ class RunRecorder(pl.Callback):
         if isinstance(self._tokens_on_device, torch.Tensor):
             self._tokens_on_device = int(self._tokens_on_device)
         self.tokens += self._tokens_on_device
+        self._speed_tokens += self._tokens_on_device
         self._tokens_on_device = 0
         if not self._pending:
             return []
@@ -120,8 +131,8 @@ class RunRecorder(pl.Callback):
             table = trainer.strategy.reduce(table, reduce_op="mean")
         table = table.tolist()  # the one read-back: a sync every flush, not every step
         records = []
-        for (step, _, lr, _), row in zip(self._pending, table):
-            metrics = dict(zip(names, row[:-1]))
+        for (step, values, lr, _), row in zip(self._pending, table):
+            metrics = {name: value for name, value in zip(names, row[:-1]) if name in values}  # grad_norm: some steps
             skipped = None if row[-1] < 0 else bool(row[-1])
             if lr is not None:
                 metrics["lr"] = lr
@@ -130,6 +141,7 @@ class RunRecorder(pl.Callback):
                 metrics["amp/skipped_steps"] = float(self.skipped_total)
             records.append(StepRecord(step, metrics, skipped))
         self._pending = []
+        records[-1].metrics.update(self._speed(trainer))
         self.last_loss = records[-1].metrics.get("train/loss", self.last_loss)
         for listener in self.listeners:
             listener(trainer, records)
@@ -138,6 +150,18 @@ class RunRecorder(pl.Callback):
                 logger.log_metrics(record.metrics, step=record.step)
             logger.save()
         return records
+
+    def _speed(self, trainer) -> dict:
+        """Tokens/s since the previous flush (its read-back has just waited for the device, so the clock is
+        true) and a GPU's peak memory so far (a host-side counter: no sync)."""
+        clock = self.train_seconds + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
+        elapsed, self._flushed_clock = clock - self._flushed_clock, clock
+        speed = {"tokens_per_sec": self._speed_tokens / elapsed} if elapsed > 0 and self._speed_tokens else {}
+        self._speed_tokens = 0
+        device = getattr(getattr(trainer, "strategy", None), "root_device", None)
+        if device is not None and device.type == "cuda":
+            speed["gpu_peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        return speed
 
     # ------------------------------------------------------------------ when to flush
     def on_validation_start(self, trainer, pl_module) -> None:
@@ -173,7 +197,9 @@ class RunRecorder(pl.Callback):
     # ------------------------------------------------------------------ checkpoint contents
     def state_dict(self) -> dict:
         self._lap()
-        return {"tokens": self.tokens, "train_seconds": self.train_seconds, "skipped_total": self.skipped_total}
+        # planned_steps and precision let `runs` (utils.run_list) describe a run from its checkpoint alone.
+        return {"tokens": self.tokens, "train_seconds": self.train_seconds, "skipped_total": self.skipped_total,
+                "planned_steps": self.planned_steps, "precision": self.precision}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.tokens = state_dict.get("tokens", 0)

@@ -1,0 +1,231 @@
+"""Evaluate a trained model on a file it never saw: loss and perplexity, or accuracy, F1 and a confusion matrix.
+
+The file is read as training reads its data (a .txt, .csv or .jsonl file; the run's text_column and
+label_column) and encoded with the model's own tokenizer. A language model is scored on the file's
+non-overlapping windows of max_seq_len tokens, as its validation split was cut; a classifier on each
+row, truncated to max_seq_len. The metrics come from torchmetrics.
+
+    python -m utils.training evaluate runs/default --data held_out.txt [--checkpoint last] [--json m.json]
+    load_predictor("runs/reviews").evaluate("test.csv")     # an Evaluation; .describe() prints it
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from utils.data import DataSpec, open_source
+from utils.data.sources import DataError
+from utils.data.text import TokenWindows, encode_blocks
+from utils.files import atomic_write_text
+from utils.inference import classifier_logits, encode_for_inference, model_logits
+
+
+@dataclass
+class Evaluation:
+    """The numbers of one evaluation; to_json() writes them, describe() prints them."""
+
+    task: str
+    data: str  # the file evaluated
+    model: str  # the folder and checkpoint (or export) evaluated
+    loss: float  # mean cross-entropy (per token for a language model, per text for a classifier)
+    examples: int  # windows (lm) or texts (classification)
+    tokens: int  # tokens scored (lm: targets; classification: the texts' tokens after truncation)
+    perplexity: Optional[float] = None  # lm: exp(loss)
+    accuracy: Optional[float] = None
+    macro_f1: Optional[float] = None
+    label_names: list[str] = field(default_factory=list)
+    per_class: dict = field(default_factory=dict)  # label -> {"precision", "recall", "f1", "support"}
+    confusion: list = field(default_factory=list)  # confusion[true][predicted], counts
+    figure: Optional[str] = None  # the confusion matrix PNG, when one was written
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save_json(self, path: str | Path) -> Path:
+        path = Path(path).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    def describe(self) -> str:
+        head = [f"Evaluated {self.model} on {self.data}"]
+        if self.task == "lm":
+            return "\n".join(head + [f"windows:     {self.examples:,} of {self.tokens // max(self.examples, 1)} tokens "
+                                     f"({self.tokens:,} tokens scored)",
+                                     f"loss:        {self.loss:.4f}", f"perplexity:  {self.perplexity:.4f}"])
+        lines = head + [f"texts:       {self.examples:,} ({self.tokens:,} tokens)", f"loss:        {self.loss:.4f}",
+                        f"accuracy:    {self.accuracy:.4f}", f"macro F1:    {self.macro_f1:.4f}", ""]
+        return "\n".join(lines + per_class_table(self) + [""] + confusion_table(self))
+
+
+def per_class_table(ev: Evaluation) -> list[str]:
+    width = max(8, *(len(n) for n in ev.label_names))
+    rows = [f"{'class':<{width}}  precision  recall      f1  support"]
+    for name in ev.label_names:
+        c = ev.per_class[name]
+        rows.append(f"{name:<{width}}  {c['precision']:9.4f}  {c['recall']:6.4f}  {c['f1']:6.4f}  {c['support']:7d}")
+    return rows
+
+
+CORNER = "true \\ predicted"
+
+
+def confusion_table(ev: Evaluation) -> list[str]:
+    """Rows: the file's labels; columns: what the model predicted."""
+    first = max(len(CORNER), *(len(n) for n in ev.label_names))
+    cell = 2 + max(*(len(n) for n in ev.label_names), *(len(str(v)) for row in ev.confusion for v in row))
+    header = f"{CORNER:<{first}}" + "".join(f"{n:>{cell}}" for n in ev.label_names)
+    rows = [f"{name:<{first}}" + "".join(f"{v:>{cell}}" for v in row)
+            for name, row in zip(ev.label_names, ev.confusion)]
+    return ["Confusion matrix (rows: true label, columns: predicted)", header, *rows]
+
+
+def evaluate_predictor(predictor, data: str | Path, batch_size: int = 32, figure: Optional[str | Path] = None,
+                       description: str = "") -> Evaluation:
+    """Score a Predictor (a run, an export, a TrainingResult) on a data file; see the module docstring.
+    figure: where a classifier's confusion matrix PNG goes (None: no figure)."""
+    config = predictor.config
+    source = open_source(_spec(config, data))
+    model_name = description or str(getattr(predictor, "checkpoint", None) or getattr(predictor, "output_dir", "")
+                                    or "the model")
+    if config.task == "lm":
+        windows = file_windows(predictor.tokenizer, source, config.max_seq_len, data)
+        return evaluate_windows(predictor.model, windows, batch_size, str(data), model_name)
+    ev = _evaluate_rows(predictor, source, batch_size, str(data), model_name)
+    if figure is not None:
+        ev.figure = str(save_confusion_figure(ev, figure))
+    return ev
+
+
+def _spec(config, data: str | Path) -> DataSpec:
+    return DataSpec(task=config.task, source="file", name="", subset="", path=str(data),
+                    text_column=config.text_column, label_column=config.label_column, val_split=0.0, seed=0,
+                    max_seq_len=config.max_seq_len, tokenizer="", tokenizer_path="", vocab_size=0,
+                    cache_dir=Path("."))
+
+
+def file_windows(tokenizer, source, max_seq_len: int, data) -> TokenWindows:
+    """Every non-overlapping window of max_seq_len tokens in the file (split_windows cuts the run's data so)."""
+    tokens = encode_blocks(tokenizer, source.text_blocks(), source.size_bytes)
+    n = (len(tokens) - 1) // max_seq_len
+    if n < 1:
+        raise DataError(f"{data} holds {len(tokens)} tokens, fewer than one window of max_seq_len={max_seq_len} "
+                        "plus the token it predicts; evaluate on more text.")
+    return TokenWindows(tokens, max_seq_len, torch.arange(n) * max_seq_len)
+
+
+@torch.no_grad()
+def evaluate_windows(model: torch.nn.Module, windows: Dataset, batch_size: int = 32, data: str = "",
+                     model_name: str = "") -> Evaluation:
+    """A language model's mean next-token loss over (x, y) windows, summed per token: the validation's number."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
+    for x, y in DataLoader(windows, batch_size=batch_size):
+        logits = model_logits(model, x.to(device))  # (B, T, V)
+        total += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.to(device).reshape(-1),
+                                 reduction="sum").double()
+        count += y.numel()
+    model.train(was_training)
+    loss = float(total) / count
+    return Evaluation("lm", data, model_name, loss, len(windows), count, perplexity=math.exp(loss))
+
+
+def _evaluate_rows(predictor, source, batch_size: int, data: str, model_name: str) -> Evaluation:
+    names = list(predictor.label_names)
+    texts, labels = _labelled_rows(source, names, data)
+    tokens = sum(min(len(encode_for_inference(predictor.tokenizer, t)), predictor.config.max_seq_len) for t in texts)
+    logits = _classifier_logits(predictor, texts, batch_size)  # (N, K)
+    target = torch.tensor(labels)
+    return classification_metrics(logits, target, names, data, model_name, tokens)
+
+
+def _labelled_rows(source, names: list[str], data: str) -> tuple[list[str], list[int]]:
+    index = {name: i for i, name in enumerate(names)}
+    texts, labels, unseen = [], [], {}
+    for row in source.rows():
+        label = str(row.label)
+        if label not in index:
+            unseen.setdefault(label, row.where)
+            continue
+        texts.append(row.text)
+        labels.append(index[label])
+    if unseen:
+        shown = ", ".join(f"{label!r} ({where})" for label, where in list(unseen.items())[:5])
+        raise DataError(f"{data} has labels the model never saw: {shown}{' and more' if len(unseen) > 5 else ''}; "
+                        f"it knows {', '.join(map(repr, names))}. Fix or remove those rows.")
+    if not texts:
+        raise DataError(f"{data} has no labelled rows to evaluate.")
+    return texts, labels
+
+
+@torch.no_grad()
+def _classifier_logits(predictor, texts: list[str], batch_size: int) -> torch.Tensor:
+    model, tok, T, pad = predictor.model, predictor.tokenizer, predictor.config.max_seq_len, predictor.pad_id
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(texts), batch_size):
+        encoded = [encode_for_inference(tok, t)[:T] for t in texts[start:start + batch_size]]
+        width = max(1, *(len(ids) for ids in encoded))
+        ids = torch.full((len(encoded), width), pad, dtype=torch.long)  # (B, T)
+        mask = torch.zeros(len(encoded), width, dtype=torch.bool)  # (B, T)
+        for row, e in enumerate(encoded):
+            ids[row, :len(e)], mask[row, :len(e)] = torch.tensor(e, dtype=torch.long), True
+        out.append(classifier_logits(model, ids.to(device), mask.to(device)).float().cpu())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def classification_metrics(logits: torch.Tensor, target: torch.Tensor, names: list[str], data: str = "",
+                           model_name: str = "", tokens: int = 0) -> Evaluation:
+    """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix, from torchmetrics."""
+    from torchmetrics.functional.classification import (multiclass_accuracy, multiclass_confusion_matrix,
+                                                        multiclass_f1_score, multiclass_precision,
+                                                        multiclass_recall)
+
+    k, preds = len(names), logits.argmax(dim=-1)
+    kw = dict(num_classes=k, average="none", zero_division=0)
+    precision, recall, f1 = (fn(preds, target, **kw).tolist()
+                             for fn in (multiclass_precision, multiclass_recall, multiclass_f1_score))
+    confusion = multiclass_confusion_matrix(preds, target, num_classes=k).tolist()
+    per_class = {name: {"precision": precision[i], "recall": recall[i], "f1": f1[i], "support": sum(confusion[i])}
+                 for i, name in enumerate(names)}
+    return Evaluation(
+        "classification", data, model_name, float(F.cross_entropy(logits, target)), len(target), tokens,
+        accuracy=float(multiclass_accuracy(preds, target, num_classes=k, average="micro")),
+        macro_f1=float(multiclass_f1_score(preds, target, num_classes=k, average="macro", zero_division=0)),
+        label_names=list(names), per_class=per_class, confusion=confusion)
+
+
+def save_confusion_figure(ev: Evaluation, path: str | Path) -> Path:
+    """The confusion matrix as a PNG: counts in the cells, true labels down, predictions across."""
+    from matplotlib.figure import Figure  # no pyplot: the notebook's backend is left alone
+
+    k = len(ev.label_names)
+    fig = Figure(figsize=(min(2.5 + 0.7 * k, 10), min(2 + 0.7 * k, 10)))
+    ax = fig.subplots()
+    counts = torch.tensor(ev.confusion, dtype=torch.float)
+    ax.imshow(counts, cmap="Blues")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(ev.confusion[i][j]), ha="center", va="center",
+                    color="white" if counts[i, j] > counts.max() / 2 else "black")
+    ax.set(xticks=range(k), yticks=range(k), xticklabels=ev.label_names, yticklabels=ev.label_names,
+           xlabel="predicted", ylabel="true label",
+           title=f"accuracy {ev.accuracy:.3f}, macro F1 {ev.macro_f1:.3f}")
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
