@@ -149,7 +149,7 @@ def cell_titled(nb: nbformat.NotebookNode, title: str) -> nbformat.NotebookNode:
 
 @pytest.mark.slow
 def test_the_results_cell_shows_the_curves_above_the_samples(executed):
-    outputs = cell_titled(executed[0], "Loss curves").outputs
+    outputs = cell_titled(executed[0], "Curves, throughput and samples").outputs
     kinds = ["plot" if "image/png" in out.get("data", {}) else "samples" if "--- sample" in out.get("text", "")
              else "other" for out in outputs]
     assert "plot" in kinds and "samples" in kinds and kinds.index("plot") < kinds.index("samples"), kinds
