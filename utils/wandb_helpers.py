@@ -125,17 +125,18 @@ def make_project_name(name: str) -> str:
 
 
 
-def wandb_run_id(output_dir, store: bool = True) -> str:
+def wandb_run_id(output_dir, store: bool = True, fresh: bool = False) -> str:
     """The W&B run id of this run folder: the one stored there, else a new one, stored (atomically) for reruns.
 
     A resumed run logs into the same W&B run instead of opening one per Run all; a run moved to archive/
     takes its id along, so the new run in the folder gets a new one. store=False: the other processes of a
-    multi-device run, which log nothing to W&B, read but never write.
+    multi-device run, which log nothing to W&B, read but never write. fresh=True: a new id even when one is
+    stored (wandb keeps an id whose online start failed in use for the rest of the process).
     """
     from utils.files import atomic_write_text
 
     path = Path(output_dir) / WANDB_ID_FILENAME
-    if path.is_file() and (stored := path.read_text(encoding="utf-8").strip()):
+    if not fresh and path.is_file() and (stored := path.read_text(encoding="utf-8").strip()):
         return stored
     run_id = uuid.uuid4().hex[:8]  # wandb's own ids are 8 characters of [a-z0-9]
     if store:
@@ -255,6 +256,8 @@ def _start_online_run(run_args: dict) -> WandbLogger:
         server = wandb.setup().settings.base_url  # the address wandb used: WANDB_BASE_URL or its default
         print(f"W&B: could not start the run on the W&B server at {server} within {time.monotonic() - started:.0f} s "
               f"({reason}); logging this run offline instead; {SYNC_HINT}.")
+        # A new id, stored for the reruns: wandb keeps the failed one "in use" for the rest of this process.
+        run_args = {**run_args, "id": wandb_run_id(run_args["save_dir"], store=rank_zero_only.rank == 0, fresh=True)}
         return _without_anonymous(WandbLogger(mode="offline", **run_args))
     return logger
 
