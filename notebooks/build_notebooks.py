@@ -138,6 +138,24 @@ wizard = SetupWizard(config_path=workspace.config_path, run_root=workspace.root)
 wizard
 '''),
     ("md", """\
+### Inspect your model (optional)
+Ten checks of the wizard's model on a batch of your data, each with a verdict and a fix: shapes at
+several lengths, causality (a language model must not see later tokens), padding, the initial
+loss, gradient flow, activations, fp16 safety, overfitting one batch, memory, and attention
+heatmaps. Training runs the quick ones by itself (setting `inspect`)."""),
+    ("code", '''\
+#@title Inspect your model (optional)
+INSPECT_MODEL = False  #@param {type:"boolean"}
+
+from utils.inspection import inspect_model
+from utils.inspection.view import show_report
+
+if INSPECT_MODEL:  # the report and plots go to the run folder's inspect/
+    show_report(inspect_model(workspace.place(wizard.config)))
+else:
+    print("Tick INSPECT_MODEL and run this cell to check the model before training.")
+'''),
+    ("md", """\
 ## 5. Train
 Prints the precision it chose and why (fp16 + GradScaler on a T4, bf16 on an A100 or L4, fp32 on
 a CPU), the data and model sizes, then a progress bar. `checkpoints/last.ckpt` in the run's folder

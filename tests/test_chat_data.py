@@ -143,6 +143,23 @@ def test_a_template_that_writes_earlier_answers_differently_still_trains_each_an
     assert hf.decode([t for t, m in zip(encoding["input_ids"], marks) if m]) == "blue.<|im_end|>green.<|im_end|>"
 
 
+def test_a_template_that_drops_earlier_reasoning_trains_the_answer_it_keeps(tmp_path):
+    """Like Qwen3's: an earlier turn keeps only what follows "</think>"; the last keeps its reasoning."""
+    from utils.data.chat import render
+
+    template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+                "{% if m['role'] == 'assistant' and not loop.last %}{{ m['content'].split('</think>')[-1].lstrip('\\n') }}{% else %}{{ m['content'] }}{% endif %}"
+                "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>\nhmm\n</think>\n\nblue."},
+                {"role": "user", "content": "another?"}, {"role": "assistant", "content": "<think>ok</think>green."}]
+    text, spans = render(build_tokenizer(), messages, template)
+    assert "hmm" not in text
+    assert [text[s:e] for s, e in spans] == ["blue.<|im_end|>", "<think>ok</think>green.<|im_end|>"]
+    template_dropping_answers = template.replace("{{ m['content'].split('</think>')[-1].lstrip('\\n') }}", "...")
+    with pytest.raises(DataError, match="the chat template leaves out assistant message 2"):
+        render(build_tokenizer(), messages, template_dropping_answers)
+
+
 def test_a_token_that_straddles_the_start_of_an_answer_is_trained():
     from utils.data.chat import trained_tokens
 

@@ -179,7 +179,7 @@ def test_names_types_and_defaults_are_unchanged():
     assert (c.task, c.dataset_source, c.tokenizer_strategy, c.vocab_size, c.model_template, c.max_steps,
             c.learning_rate, c.checkpoint_every_minutes, c.precision, c.wandb_mode, c.wandb_project) == \
         ("lm", "embedded", "char", 4096, "gpt", None, 1e-3, 5.0, "auto", "disabled", "colab-transformer-kit")
-    assert len(fields(WizardConfig)) == 46  # 44 + pretrained_model + train_on
+    assert len(fields(WizardConfig)) == 47  # 44 + pretrained_model + train_on + inspect
 
 
 def test_every_number_field_has_bounds_that_validation_enforces():

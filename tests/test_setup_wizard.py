@@ -362,6 +362,60 @@ def test_model_step_counts_parameters_and_checks_forward_backward(wizard_path):
     assert "Settings changed since the last check" in wizard.notes["check"].value
 
 
+def test_model_step_inspects_the_model_with_check_lines_and_plots(wizard_path, tmp_path):
+    wizard = make_wizard(wizard_path, device=T4, run_root=tmp_path / "workspace")
+    go_to(wizard, "model")
+    assert wizard.inspect_button in wizard._step_boxes[2].children
+    wizard.inspect_button.click()  # on this machine's CPU; the precision is the T4's (fp16)
+    assert wizard.output.outputs == ()
+    config, report = wizard.last_inspection
+    assert config == wizard.config and report.exit_code == 0
+    note = wizard.notes["inspect"].value
+    for name in ("shapes", "causality", "gradient_flow", "fp16", "overfit_batch", "memory", "attention"):
+        assert f"<code>{name}</code> <b style='color:#2e7d32'>pass</b>" in note
+    assert "Precision: 16-mixed" in note and "Tesla T4 memory" in note
+    images = wizard.inspect_plots.children
+    assert [image.format for image in images] == ["png"] * 3 and all(i.value[:4] == b"\x89PNG" for i in images)
+    assert report.folder == tmp_path / "workspace" / "runs" / "default" / "inspect"
+    assert (report.folder / "report.json").exists()
+    set_value(wizard, "model_size", "small")
+    assert "Settings changed since the last inspection" in wizard.notes["inspect"].value
+    assert wizard.inspect_plots.children == ()
+
+
+def test_inspect_names_a_model_that_sees_the_future_and_the_precision_note_an_fp16_finding(wizard_path, tmp_path):
+    model = tmp_path / "leaky.py"  # attention without a causal mask, and a layer that overflows fp16
+    model.write_text("""
+import torch
+from torch import nn
+
+
+class Model(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.tok = nn.Embedding(config["vocab_size"], 16)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.norm = nn.LayerNorm(16)
+        self.head = nn.Linear(16, config["vocab_size"])
+
+    def forward(self, idx):
+        x = self.tok(idx)
+        x = x + self.attn(x, x, x, need_weights=False)[0] * 1e6
+        return self.head(self.norm(x))
+""")
+    wizard = make_wizard(wizard_path, device=T4, run_root=tmp_path / "workspace")
+    go_to(wizard, "model")
+    set_value(wizard, "model_source", "file")
+    set_value(wizard, "model_path", str(model))
+    wizard.inspect_button.click()
+    assert wizard.output.outputs == ()
+    note = wizard.notes["inspect"].value
+    assert "<code>causality</code> <b style='color:#c62828'>fail</b> causality fails at position 1" in note
+    assert "<code>fp16</code> <b style='color:#c62828'>fail</b> needs bf16" in note  # the T4 run uses fp16
+    go_to(wizard, "training")
+    assert "the fp16 check found: needs bf16" in wizard.notes["precision"].value
+
+
 def test_memory_estimate_grows_with_batch_and_reports_when_it_does_not_fit(wizard_path):
     small_gpu = DeviceInfo("cuda", "Small GPU", (6, 1), 64 * 2**20)  # fp32 (no tensor cores): a quick check
     config = WizardConfig(batch_size=64)

@@ -385,6 +385,12 @@ class Walk:
         self.expect(self.page.locator(".wizard-note-check")).to_contain_text("an untrained model should score",
                                                                               ignore_case=True)
         self.valid(3, "model", "dropout")
+        self.page.locator("button.wizard-inspect").click()  # ten checks of the small GPT on this CPU: tens of seconds
+        self.expect(self.page.locator(".wizard-note-inspect")).to_contain_text("passed", timeout=300_000)
+        self.expect(self.page.locator(".wizard-inspect-attention")).to_be_visible()  # the heatmaps, as an image
+        for part, name in ((".wizard-note-inspect", "step-3-model-inspect"),
+                           (".wizard-inspect-attention", "step-3-model-inspect-attention")):  # each scrolled to
+            self.page.locator(part).screenshot(path=str(self.shots / f"{name}.png"))
         self.next("training")
 
     def training(self) -> None:

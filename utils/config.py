@@ -171,6 +171,8 @@ class WizardConfig:
                               ge=2, hint="a sequence needs an input and a target token")
     dropout: float = _model(0.0, "Dropout", "dropout probability in the template models", ge=0, lt=1,
                             when=lambda c: c.model_source == "template")  # your own or a pretrained model: its own
+    inspect: bool = _model(True, "Inspect before training", "check shapes, causality, padding and gradient flow "
+                           "before training, and stop when one fails")
     # --- optimisation
     batch_size: int = _optim(16, "Batch size", "sequences per optimizer micro-batch", ge=1)
     learning_rate: float = _optim(1e-3, "Learning rate", "peak AdamW learning rate", gt=0, le=1,

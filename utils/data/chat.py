@@ -217,21 +217,28 @@ def render(hf, messages: list[dict], template: str, train_on: str = "responses")
             spans.append((start, end))
             cursor = end
             continue
-        content = message["content"]
-        if not content:  # an empty answer: nothing of it to find in the text
-            continue
-        at = upto.rfind(content, start, end)
-        tail = upto[at + len(content): end] if at >= 0 else ""
-        found = full.find(content, cursor)
-        if found < 0:
-            raise DataError(f"the chat template leaves out assistant message {i + 1} ({content[:40]!r}) when later "
-                            "messages follow, so its answer cannot be trained on; use train_on='all' or another "
-                            "model's template")
-        stop = found + len(content)
-        stop += len(tail) if full.startswith(tail, stop) else 0
-        spans.append((found, stop))
-        cursor = stop
+        span = _find_answer(full, upto[start:end], message["content"], cursor, i)
+        if span is not None:
+            spans.append(span)
+            cursor = span[1]
     return full, spans
+
+
+def _find_answer(full: str, turn: str, content: str, cursor: int, i: int) -> Optional[tuple[int, int]]:
+    """Where an answer the template writes differently in history sits in the whole text, after cursor: its content
+    (or, as reasoning models' templates keep only that of earlier turns (Qwen3), the part after "</think>"), and
+    the turn's end-of-turn text after it where that follows there too. None for an empty answer."""
+    if not content:
+        return None
+    for candidate in dict.fromkeys((content, content.split("</think>")[-1].lstrip("\n"))):
+        found = full.find(candidate, cursor) if candidate else -1
+        if found >= 0:
+            at = turn.rfind(candidate)
+            tail = turn[at + len(candidate):] if at >= 0 else ""
+            stop = found + len(candidate)
+            return found, stop + (len(tail) if full.startswith(tail, stop) else 0)
+    raise DataError(f"the chat template leaves out assistant message {i + 1} ({content[:40]!r}) when later messages "
+                    "follow, so its answer cannot be trained on; use train_on='all' or another model's template")
 
 
 def _apply(hf, messages: list[dict], template: str, generation_prompt: bool) -> str:

@@ -2,13 +2,14 @@
 
     python -m utils.training [train] [--config FILE.json] [--set KEY=VALUE ...]
     python -m utils.training estimate [--config FILE.json] [--set KEY=VALUE ...]
+    python -m utils.training inspect [--config FILE.json] [--set KEY=VALUE ...]
     python -m utils.training export RUN_DIR [--to DIR] [--onnx] [--push-to-hub NAME [--public]]
     python -m utils.training generate RUN_DIR_OR_EXPORT [--prompt TEXT] [--max-new-tokens N] [--seed N]
     python -m utils.training predict RUN_DIR_OR_EXPORT (--text TEXT [--text TEXT ...] | --file FILE)
     python -m utils.training evaluate RUN_DIR_OR_EXPORT --data FILE [--json FILE]
     python -m utils.training runs PARENT_DIR [--plot [FILE]]
 
-`train` is the command when none is named. After `pip install -e .` the same commands run as
+`train` is the command when none is named; `inspect` exits 4 when a check fails. After `pip install -e .` the same commands run as
 `colab-kit COMMAND ...`. A problem the user can fix (a KitError) is printed as one line with exit
 code 2; anything else is a bug and shows its traceback (exit code 1).
 """
@@ -30,7 +31,7 @@ from typing import Callable
 from utils.config import SETTINGS, WizardConfig, apply_overrides
 from utils.errors import KitError
 
-COMMANDS = ("train", "estimate", "export", "generate", "predict", "evaluate", "runs")
+COMMANDS = ("train", "estimate", "inspect", "export", "generate", "predict", "evaluate", "runs")
 ENTRY_POINT = "colab-kit"  # [project.scripts] in pyproject.toml
 HELP_COLUMN, HELP_WIDTH = 38, 110  # where a setting's help starts in --help, and where lines wrap
 BUG_NOTE = "This looks like a bug in the kit; please report it with the traceback above."
@@ -387,7 +388,34 @@ def _print_error(error: KitError) -> int:
     return 2
 
 
-PARSERS = {"train": train_parser, "estimate": estimate_parser, "export": export_parser,
+def inspect_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=_prog("inspect"), formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog=settings_help(),
+                     description="Check the config's model before training: shapes, causality, padding, initial_loss, "
+                                 "gradient_flow, activations, fp16, overfit_batch, memory, attention. Prints a line "
+                                 "per check; writes output_dir/inspect/report.json and plots. Exit code 0 when no "
+                                 "check fails, 4 when one does.")
+    _config_arguments(parser)
+    return parser
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    try:
+        config = _config(args)
+    except KitError as e:
+        return _print_error(e)
+    codes = []
+
+    def call():
+        from utils.inspection import inspect_model
+
+        report = inspect_model(config, on_check=lambda result: print(result.line(), flush=True))
+        print("\n".join(line for line in report.lines() if line not in {c.line() for c in report.checks}))
+        codes.append(report.exit_code)
+    return _reported(call) or codes[0]
+
+
+PARSERS = {"train": train_parser, "estimate": estimate_parser, "inspect": inspect_parser, "export": export_parser,
            "generate": generate_parser, "predict": predict_parser, "evaluate": evaluate_parser, "runs": runs_parser}
-RUNNERS = {"train": run_train, "estimate": run_estimate, "export": run_export, "generate": run_generate,
-           "predict": run_predict, "evaluate": run_evaluate, "runs": run_runs}
+RUNNERS = {"train": run_train, "estimate": run_estimate, "inspect": run_inspect, "export": run_export,
+           "generate": run_generate, "predict": run_predict, "evaluate": run_evaluate, "runs": run_runs}

@@ -243,6 +243,10 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
         check_model(model, task, data.tokenizer.vocab_size, config.max_seq_len, data.num_classes,
                     source=f"the {type(model).__name__} passed to train()")
     print(f"Model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    if config.inspect and launch.is_zero:  # a model that sees the future or leaves a layer unused stops here
+        from utils.inspection import preflight  # the inspection's modules load only when asked for
+
+        print(preflight(config, decision, model, task, data))
     note = fine_tuning_note(config, wizard_words=on_change == "start_new")  # start_new: the notebook
     if note:
         print(note)

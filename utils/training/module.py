@@ -102,14 +102,14 @@ def clip_gradients(trainer, optimizer: torch.optim.Optimizer, clip_val: float,
     if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
         scaler.unscale_(optimizer)  # once per step: Lightning only calls unscale_ for non-fused optimizers
     algorithm = getattr(algorithm, "value", algorithm).lower()  # Lightning passes a GradClipAlgorithmType
+    if algorithm == "norm" and _is_fsdp(trainer.strategy.model):  # an infinite clip_val measures, clips nothing
+        return trainer.strategy.model.clip_grad_norm_(clip_val).detach()
     params = list(trainer.precision_plugin.main_params(optimizer))
-    if algorithm == "value" or (not math.isfinite(clip_val) and not _is_fsdp(trainer.strategy.model)):
+    if algorithm == "value" or not math.isfinite(clip_val):
         norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
         if math.isfinite(clip_val):
             torch.nn.utils.clip_grad_value_(params, clip_val)
         return norm.detach()
-    if _is_fsdp(trainer.strategy.model):
-        return trainer.strategy.model.clip_grad_norm_(clip_val).detach()
     return torch.nn.utils.clip_grad_norm_(params, clip_val).detach()
 
 

@@ -83,7 +83,7 @@ STEPS = (
           "text_column", "label_column", "val_split"),
     _step("tokenizer", "Tokenizer", "tokenizer_strategy", "vocab_size", "tokenizer_path"),
     _step("model", "Model", "model_source", "model_template", "model_size", "model_path", "gist_id", "pretrained_model",
-          "train_on", "dropout"),  # train_on: chat data is read only for a pretrained model, chosen on this step
+          "train_on", "dropout", "inspect"),  # train_on: chat data is read only for a pretrained model, chosen on this step
     _step("training", "Training", "batch_size", "max_seq_len", "learning_rate", "max_epochs",
           "gradient_accumulation_steps", "gradient_clip_val", "early_stopping_patience", "use_mixed_precision",
           "precision", "compile", "devices", "num_nodes", "strategy"),
@@ -255,6 +255,9 @@ class SetupWizard:
         self.save_button = self._button("Save", "wizard-save", self._on_save, style="success")
         self.check_button = self._button("Check model", "wizard-check", self._on_check)
         self.estimate_button = self._button("Estimate time", "wizard-estimate", self._on_estimate)
+        self.inspect_button = self._button("Inspect model", "wizard-inspect", self._on_inspect)
+        self.inspect_plots = widgets.VBox()  # the inspection's pictures, as Image widgets
+        self.last_inspection = None  # (config it ran on, its InspectionReport)
         self.last_estimate = None  # (config the estimate ran on, its Estimate)
         self.upload = widgets.FileUpload(accept=".txt,.csv,.jsonl", multiple=False, description="Upload file")
         self.upload.add_class("wizard-upload")
@@ -265,7 +268,8 @@ class SetupWizard:
         self._message_text = ""  # what the message says, as plain text
         self.message.add_class("wizard-message")
         self.notes = {key: widgets.HTML(layout=widgets.Layout(width="100%"))
-                      for key in ("dataset", "tokenizer", "model", "check", "precision", "summary", "estimate")}
+                      for key in ("dataset", "tokenizer", "model", "check", "inspect", "precision", "summary",
+                                  "estimate")}
         for key, note in self.notes.items():
             note.add_class(f"wizard-note-{key}")
 
@@ -283,7 +287,8 @@ class SetupWizard:
             at = rows.index(self.fields["dataset_source"].row) + 1
             rows[at:at] = [self.upload, self.upload_limit, self.notes["dataset"]]
         extras = {"dataset": [], "tokenizer": [self.notes["tokenizer"]],
-                  "model": [self.notes["model"], self.check_button, self.notes["check"]],
+                  "model": [self.notes["model"], self.check_button, self.notes["check"], self.inspect_button,
+                            self.notes["inspect"], self.inspect_plots],
                   "training": [self.notes["precision"]],
                   "review": [self.notes["summary"], self.estimate_button, self.notes["estimate"]]}
         box = widgets.VBox(rows + extras[step.key])
@@ -340,6 +345,24 @@ class SetupWizard:
         self.last_check = (self._config, check)
         self.notes["check"].value = _note("<br>".join(map(html.escape, describe_check(check, self._config,
                                                                                        decision).splitlines())))
+
+    def _on_inspect(self, button) -> None:
+        """Every check of utils.inspection, its lines and plots shown here; on this machine's GPU or CPU."""
+        from utils.inspection import inspect_model
+        from utils.inspection.view import plot_images, report_html
+
+        self.notes["inspect"].value = _note("<i>Inspecting: building the model and a batch of the data, then "
+                                            "running ten checks...</i>")
+        self.inspect_plots.children = ()
+        run_on = "cuda" if self.device.kind == "cuda" and torch.cuda.is_available() else "cpu"
+        try:
+            report = inspect_model(self._placed(self._config), self.device, run_on=run_on)
+        except (ValueError, RuntimeError, OSError) as e:  # the data's or the model's own complaint: show it
+            self.notes["inspect"].value = _note(html.escape(f"Inspection failed: {e}"), ERROR_COLOR)
+            return
+        self.last_inspection = (self._config, report)
+        self.notes["inspect"].value = report_html(report)
+        self.inspect_plots.children = tuple(plot_images(report))
 
     def _on_estimate(self, button) -> None:
         """Time a few training steps of this config on this device (utils.training.estimate)."""
@@ -513,6 +536,10 @@ class SetupWizard:
         if self.last_check and not _same_run(self.last_check[0], candidate):
             self.notes["check"].value = _note("<i>Settings changed since the last check: press Check model "
                                                "again.</i>")
+        if self.last_inspection and self.last_inspection[0] != candidate:
+            self.notes["inspect"].value = _note("<i>Settings changed since the last inspection: press Inspect "
+                                                 "model again.</i>")
+            self.inspect_plots.children = ()
 
     def _plan_html(self, candidate: WizardConfig, vocab: Optional[int]) -> str:
         if self.errors:
@@ -565,7 +592,10 @@ class SetupWizard:
         decision = self._decision(config)
         if isinstance(decision, PrecisionError):
             return str(decision)
-        return f"{decision.precision}, {decision.reason}"  # the reason has its own parentheses
+        inspected = self.last_inspection and self.last_inspection[0] == config
+        fp16 = self.last_inspection[1].check("fp16") if inspected else None
+        found = f"; the fp16 check found: {fp16.message}" if fp16 and fp16.verdict in ("warn", "fail") else ""
+        return f"{decision.precision}, {decision.reason}{found}"  # the reason has its own parentheses
 
 
 def _same_run(a: WizardConfig, b: WizardConfig) -> bool:
