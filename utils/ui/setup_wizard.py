@@ -536,7 +536,7 @@ class SetupWizard:
         if self.last_check and not _same_run(self.last_check[0], candidate):
             self.notes["check"].value = _note("<i>Settings changed since the last check: press Check model "
                                                "again.</i>")
-        if self.last_inspection and self.last_inspection[0] != candidate:
+        if self.last_inspection and not _same_run(self.last_inspection[0], candidate):
             self.notes["inspect"].value = _note("<i>Settings changed since the last inspection: press Inspect "
                                                  "model again.</i>")
             self.inspect_plots.children = ()
