@@ -165,12 +165,13 @@ checkpoint left it. If you changed a setting the old run cannot continue with, a
 the old one is moved, untouched, to the folder's `archive/` (the wizard's review says which)."""),
     ("code", '''\
 #@title Train
-from utils.colab import apply_notebook_overrides
+from utils.colab import apply_notebook_overrides, install_for
 from utils.training import train
 
 wizard.save()  # with Drive on, the choices survive a disconnect and the rerun resumes the same run
 config = workspace.place(wizard.config).replace(wandb_mode=wandb_auth.mode)
 config = apply_notebook_overrides(config)  # only when KIT_NOTEBOOK_OVERRIDES is set: the tests' tiny run
+install_for(config)  # bitsandbytes when QLoRA is chosen (Colab lacks it); nothing otherwise
 result = train(config, on_change="start_new")  # a changed setting starts anew; the old run goes to archive/
 print(result.summary())
 print(result.notebook_next_step())
@@ -180,16 +181,18 @@ print(result.notebook_next_step())
 One figure for the whole run, resumed stretches included: training and validation loss, the
 learning rate, the gradient norm before clipping (the clip value as a dashed line) and the
 throughput (with the peak memory on a GPU); it is also saved as `training.png` in the run's
-folder. Then text sampled from the model after your prompt."""),
+folder. Then text sampled from the model after your prompt; a chat model answers it as a message,
+word by word."""),
     ("code", '''\
 #@title Curves, throughput and samples
 PROMPT = "The "  #@param {type:"string"}
 NUM_SAMPLES = 2  #@param {type:"integer"}
 MAX_NEW_TOKENS = 200  #@param {type:"integer"}
 TEMPERATURE = 0.8  #@param {type:"number"}
-# A language model continues PROMPT; a classifier labels it.
+# A language model continues PROMPT, a chat model answers it, a classifier labels it.
 
 import matplotlib.pyplot as plt
+from utils.inference import print_piece
 from utils.plots import plot_training
 
 plot_training(result)
@@ -197,6 +200,8 @@ plt.show()  # the curves now, above the samples (a figure is otherwise shown whe
 print(f"Throughput: {result.tokens_per_sec:,.0f} training tokens/s with {result.precision}")
 if result.config.task == "classification":
     print(f"{PROMPT!r} -> {result.predict([PROMPT])[0]}")
+elif result.is_chat_model:  # PROMPT is a user message; the answer is printed as it is sampled
+    result.chat(PROMPT, MAX_NEW_TOKENS, TEMPERATURE, stream=print_piece)
 else:
     for i in range(NUM_SAMPLES):
         print(f"--- sample {i + 1}:\\n{result.generate(PROMPT, MAX_NEW_TOKENS, TEMPERATURE, seed=i)}")
@@ -240,7 +245,8 @@ rebuild and use the model, nothing from the training run. The second cell
 loads it back, as you would in a new session, and generates from the loaded model."""),
     ("code", '''\
 #@title Export the model
-export_dir = result.export()  # weights, config, tokenizer, class names and your model code, if any
+# LoRA/QLoRA: the adapter merged into its base, a 16-bit model transformers loads alone (adapter/ beside)
+export_dir = result.export(merged=result.config.finetune_method != "full")
 print(f"Exported to {export_dir}: {', '.join(sorted(p.name for p in export_dir.iterdir() if p.name[0] != '.'))}")
 '''),
     ("code", '''\

@@ -130,6 +130,42 @@ def _pretrained_folder_missing(w):
             "No pretrained model folder at nope: pretrained_model needs a folder saved with save_pretrained")
 
 
+def _lora_on_a_model_file(w):
+    return (["--config", str(w["witness"] / "config.json"), "--set", "finetune_method=lora"],
+            "Fine-tuning method (finetune_method) 'lora' fine-tunes a pretrained model, but Model from is 'file'")
+
+
+def _llama_config_folder(w) -> Path:
+    """A tiny Llama's config.json alone: the LoRA checks read it, never weights."""
+    from transformers import LlamaConfig
+
+    folder = w["root"] / "llama-config"
+    LlamaConfig(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2).save_pretrained(folder)
+    return folder
+
+
+def _lora_target_matches_no_module(w):
+    return (["--config", str(w["witness"] / "config.json"), "--set", "model_source=pretrained",
+             "--set", f"pretrained_model={_llama_config_folder(w)}", "--set", "finetune_method=lora",
+             "--set", "lora_target=q_proj,qkv", "--set", f"output_dir={w['root'] / 'lora-run'}"],
+            "LoRA target modules (lora_target) 'qkv' match no module of LlamaForCausalLM; use 'all-linear' or names "
+            "among down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj")
+
+
+def _qlora_without_bitsandbytes(w):
+    # bitsandbytes is installed here: a package of that name first on PYTHONPATH that fails to import stands
+    # for a machine without it (Colab's default).
+    fake = w["root"] / "no-bitsandbytes" / "bitsandbytes"
+    fake.mkdir(parents=True, exist_ok=True)
+    (fake / "__init__.py").write_text("raise ImportError('bitsandbytes is absent (simulated)')\n", encoding="utf-8")
+    return (["--config", str(w["witness"] / "config.json"), "--set", "model_source=pretrained",
+             "--set", f"pretrained_model={_llama_config_folder(w)}", "--set", "finetune_method=qlora",
+             "--set", f"output_dir={w['root'] / 'qlora-run'}"],
+            "finetune_method='qlora' stores the model in 4 bits with the bitsandbytes library, which is not installed "
+            "here: pip install bitsandbytes", {"PYTHONPATH": f"{fake.parent}{os.pathsep}{REPO_ROOT}"})
+
+
 def _batch_larger_than_memory(w):
     # The issue's batch_size=1000000000 on the witness's own folder: refused by the memory model (two forward
     # passes at batch 1 and 2) before any batch is built, instead of after a minute in the allocator.
@@ -150,20 +186,24 @@ def _chat_without_an_answer(w):
 
 NO_TRANSFORMERS = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
                                      reason="transformers is not installed: the row builds a GPT-2 from a config")
+NO_PEFT = pytest.mark.skipif(importlib.util.find_spec("peft") is None or importlib.util.find_spec("transformers") is None,
+                             reason="peft or transformers is not installed: the row builds a LoRA model")
 
 
 @pytest.mark.parametrize("bad_input", [
     _config_folder, _output_dir_is_a_file, _output_dir_in_proc, _config_not_utf8, _model_exits_on_import,
     _gist_trickles, _sequences_longer_than_the_data, _batch_larger_than_memory,
     pytest.param(_position_table_too_short, marks=NO_TRANSFORMERS), _pretrained_folder_missing,
+    _lora_on_a_model_file, pytest.param(_lora_target_matches_no_module, marks=NO_PEFT),
+    pytest.param(_qlora_without_bitsandbytes, marks=NO_PEFT),
     pytest.param(_chat_without_an_answer, marks=NO_TRANSFORMERS),
 ], ids=lambda row: row.__name__.strip("_"))
 def test_bad_input_is_one_line_naming_it_with_exit_2_and_the_run_untouched(world, bad_input):
     before = snapshot(world["witness"])
     model_code = world["model"].read_bytes()
-    args, expected = bad_input(world)
+    args, expected, *env_changes = bad_input(world)  # a row may change the environment too
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", GIST_TIMEOUT_ENV: str(GIST_SECONDS),
-           GIST_BASE_URL_ENV: world["server"].url}
+           GIST_BASE_URL_ENV: world["server"].url, **(env_changes[0] if env_changes else {})}
     started = time.monotonic()
     try:
         proc = subprocess.run([sys.executable, "-m", "utils.training", "--sample-tokens", "0", *args], cwd=REPO_ROOT,
@@ -179,4 +219,5 @@ def test_bad_input_is_one_line_naming_it_with_exit_2_and_the_run_untouched(world
         assert part in rest, errors[0]
         rest = rest.split(part, 1)[1]
     assert snapshot(world["witness"]) == before
+    assert not any((world["root"] / name).exists() for name in ("lora-run", "qlora-run"))  # nothing written
     assert time.monotonic() - started < 120  # a slow server or a huge max_seq_len is refused, not waited on

@@ -112,3 +112,22 @@ def test_apply_notebook_overrides_changes_only_what_the_variable_names(capsys):
 def test_apply_notebook_overrides_rejects_unknown_fields():
     with pytest.raises(ConfigError, match="unknown field 'max_step'"):
         apply_notebook_overrides(WizardConfig(), env={"KIT_NOTEBOOK_OVERRIDES": "max_step=5"})
+
+
+def test_bitsandbytes_is_installed_only_when_qlora_is_chosen(monkeypatch, capsys):
+    from utils.config import WizardConfig
+
+    monkeypatch.setattr(colab, "in_colab", lambda: True)  # stands for a Colab runtime
+    installed = colab._installed_version
+    # bitsandbytes is installed here: absent, as on Colab, for this test
+    monkeypatch.setattr(colab, "_installed_version", lambda name: None if name == "bitsandbytes" else installed(name))
+    calls = []
+    pretrained = WizardConfig(model_source="pretrained", pretrained_model="gpt2")
+    assert colab.install_for(pretrained.replace(finetune_method="lora"), runner=calls.append) == []
+    assert colab.install_for(pretrained, runner=calls.append) == [] and calls == []
+    assert colab.install_for(pretrained.replace(finetune_method="qlora"), runner=calls.append) == ["bitsandbytes>=0.47"]
+    (cmd,) = calls
+    assert cmd[:4] == [sys.executable, "-m", "pip", "install"] and cmd[-1] == "bitsandbytes>=0.47"
+    assert "Installing bitsandbytes>=0.47 (never torch, numpy)" in capsys.readouterr().out
+    monkeypatch.setattr(colab, "in_colab", lambda: False)  # elsewhere the user installs what they need
+    assert colab.install_for(pretrained.replace(finetune_method="qlora"), runner=calls.append) == []

@@ -141,7 +141,9 @@ FIXED_CHOICES = {"task": ("lm", "classification"), "dataset_source": ("embedded"
                  "tokenizer_strategy": ("char", "byte", "bpe", "pretrained"),
                  "model_source": ("template", "file", "gist", "pretrained"),
                  "model_size": ("tiny", "small", "base"), "precision": ("auto", "16-mixed", "bf16-mixed"),
-                 "wandb_mode": ("disabled", "auto", "online", "offline"), "strategy": ("auto", "ddp", "fsdp")}
+                 "wandb_mode": ("disabled", "auto", "online", "offline"), "strategy": ("auto", "ddp", "fsdp"),
+                 "finetune_method": ("full", "lora", "qlora"), "gradient_checkpointing": ("auto", "true", "false")}
+PRETRAINED_ONLY = ("finetune_method", "gradient_checkpointing")
 GROUPS = ["Task and data", "Tokenizer", "Model", "Optimisation", "Precision", "Devices", "Output and checkpoints",
           "Logging"]
 
@@ -179,7 +181,8 @@ def test_names_types_and_defaults_are_unchanged():
     assert (c.task, c.dataset_source, c.tokenizer_strategy, c.vocab_size, c.model_template, c.max_steps,
             c.learning_rate, c.checkpoint_every_minutes, c.precision, c.wandb_mode, c.wandb_project) == \
         ("lm", "embedded", "char", 4096, "gpt", None, 1e-3, 5.0, "auto", "disabled", "colab-transformer-kit")
-    assert len(fields(WizardConfig)) == 47  # 44 + pretrained_model + train_on + inspect
+    assert len(fields(WizardConfig)) == 53  # 44 + pretrained_model + train_on + inspect + finetune_method, lora_* (4),
+    # gradient_checkpointing
 
 
 def test_every_number_field_has_bounds_that_validation_enforces():
@@ -210,7 +213,9 @@ def test_non_finite_floats_break_any_bound(value):
 def test_choices_accept_each_value_and_name_them_all_when_refused():
     for name, values in FIXED_CHOICES.items():
         for value in values:
-            assert name not in dict(field_errors(WizardConfig(**{name: value}))), (name, value)
+            # the fine-tuning settings are a pretrained model's
+            base = dict(model_source="pretrained", pretrained_model="gpt2") if name in PRETRAINED_ONLY else {}
+            assert name not in dict(field_errors(WizardConfig(**{**base, name: value}))), (name, value)
     assert dict(field_errors(WizardConfig(wandb_mode="cloud")))["wandb_mode"] == \
         "Weights & Biases (wandb_mode) cannot be 'cloud'; choose one of 'disabled', 'auto', 'online', 'offline'"
 

@@ -342,7 +342,11 @@ def test_the_wizard_asks_for_the_model_and_not_for_a_tokenizer(gpt2_folder):
     while wizard.step < 4:  # on to the review: its plan names the model and its own tokenizer
         wizard.next_button.click()
     plan = html.unescape(wizard.notes["summary"].value)
-    assert f"Trains the pretrained language model '{gpt2_folder}' (fine-tuned; counted when training loads it)" in plan
+    from transformers import AutoModelForCausalLM
+
+    n = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(gpt2_folder).parameters())  # counted from config
+    assert f"Trains the pretrained language model '{gpt2_folder}' (fine-tuned: {n:,} of {n:,} parameters (100.00%) " \
+           "trainable)" in plan
     assert "with the model's own tokenizer (320 token ids)" in plan
     assert vocab_size_for(config) == (320, "the pretrained model's own tokenizer")
 

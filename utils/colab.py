@@ -22,6 +22,7 @@ from utils.env import in_colab
 
 # Colab ships these, already imported by the runtime: reinstalling either breaks it until a restart.
 NEVER_INSTALL = ("torch", "numpy")
+QLORA_REQUIREMENT = "bitsandbytes>=0.47"  # 4-bit layers that train, on a GPU and on a CPU (for tests)
 DRIVE_MOUNTPOINT = "/content/drive"  # where Colab mounts Google Drive; tests point it elsewhere
 OVERRIDES_ENV = "KIT_NOTEBOOK_OVERRIDES"  # "key=value key=value": CI's tiny run; unset for users
 WORKSPACE_ENV = "KIT_WORKSPACE"  # folder for runs when Drive is off (default: the checkout)
@@ -96,16 +97,31 @@ def install_missing(requirements_path: str | os.PathLike,
     if not plan.install:
         print(f"Nothing to install; {', '.join(NEVER_INSTALL)} are left as installed.")
         return plan
-    print(f"Installing {', '.join(plan.install)} (never {', '.join(NEVER_INSTALL)})")
+    _pip_install(plan.install, runner)
+    return plan
+
+
+def install_for(config: WizardConfig, runner: Callable[[list[str]], object] = None) -> list[str]:
+    """What the chosen settings need beyond requirements.txt, on Colab: bitsandbytes for QLoRA (Colab lacks it),
+    and only then. The notebook's Train cell calls it; returns what was installed."""
+    if not (in_colab() and config.model_source == "pretrained" and config.finetune_method == "qlora"):
+        return []
+    plan = plan_installs([QLORA_REQUIREMENT])
+    if plan.install:
+        _pip_install(plan.install, runner or (lambda cmd: subprocess.run(cmd, check=True)))
+    return plan.install
+
+
+def _pip_install(lines: list[str], runner: Callable[[list[str]], object]) -> None:
+    print(f"Installing {', '.join(lines)} (never {', '.join(NEVER_INSTALL)})")
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
         # A constraint pins torch and numpy where they are: pip fails rather than replace them.
         f.write("".join(f"{n}=={v}\n" for n in NEVER_INSTALL if (v := _installed_version(n))))
     try:
         # No progress bars: Colab shows a subprocess's redraws as red lines of stderr nobody can act on.
-        runner([sys.executable, "-m", "pip", "install", "-q", "--progress-bar", "off", "-c", f.name, *plan.install])
+        runner([sys.executable, "-m", "pip", "install", "-q", "--progress-bar", "off", "-c", f.name, *lines])
     finally:
         os.unlink(f.name)
-    return plan
 
 
 # ---------------------------------------------------------------- Drive and the workspace

@@ -105,6 +105,10 @@ _data, _tokenizer, _model, _optim, _precision, _devices, _output, _logging = map
     "Logging"))
 
 
+def _uses_adapters(c) -> bool:
+    return c.model_source == "pretrained" and c.finetune_method in ("lora", "qlora")
+
+
 @dataclass
 class WizardConfig:
     # --- task and data
@@ -167,6 +171,27 @@ class WizardConfig:
     pretrained_model: str = _model("", "Pretrained model", "Hub name ('gpt2', 'distilbert-base-uncased') or "
                                    "save_pretrained folder; uses its own tokenizer, not the Tokenizer step",
                                    when=lambda c: c.model_source == "pretrained")
+    finetune_method: str = _model("full", "Fine-tuning method", "how a pretrained model's weights are trained",
+                                  choices={"full": "Full — every weight trains; needs the most memory",
+                                           "lora": "LoRA — small adapters train on a frozen 16-bit base",
+                                           "qlora": "QLoRA — adapters on a 4-bit base; the least memory"},
+                                  # shown for a pretrained model; set on another it is an error, not ignored
+                                  when=lambda c: c.model_source == "pretrained" or c.finetune_method != "full")
+    lora_rank: int = _model(16, "LoRA rank", "width of each adapter's low-rank update (more: more to learn, "
+                            "more memory)", ge=1, le=4096, hint="8 to 64 is usual", when=_uses_adapters)
+    lora_alpha: float = _model(0.0, "LoRA alpha", "scale of the adapters' update is alpha / rank; 0 means alpha = "
+                               "rank", ge=0, hint="0 means the rank", when=_uses_adapters)
+    lora_dropout: float = _model(0.0, "LoRA dropout", "dropout on the adapters' input while training", ge=0, lt=1,
+                                 when=_uses_adapters)
+    lora_target: str = _model("all-linear", "LoRA target modules", "'all-linear' (every linear layer of the "
+                              "transformer blocks, not the output head) or module names, e.g. 'q_proj,v_proj'",
+                              required="give 'all-linear' or module names", when=_uses_adapters)
+    gradient_checkpointing: str = _model("auto", "Gradient checkpointing", "recompute activations in the backward "
+                                         "pass: less memory, about a third more time", choices={
+                                             "auto": "Auto — on when the batch does not fit without it",
+                                             "true": "On — always", "false": "Off — never"},
+                                         when=lambda c: c.model_source == "pretrained"
+                                         or c.gradient_checkpointing != "auto")
     max_seq_len: int = _model(128, "Sequence length", "tokens per training sequence (the context length)",
                               ge=2, hint="a sequence needs an input and a target token")
     dropout: float = _model(0.0, "Dropout", "dropout probability in the template models", ge=0, lt=1,
@@ -331,6 +356,8 @@ class WizardConfig:
 SETTINGS: dict[str, Setting] = {f.name: f.metadata["setting"] for f in fields(WizardConfig)}
 TASKS = tuple(SETTINGS["task"].choices)
 PRECISIONS = tuple(SETTINGS["precision"].choices)
+STRATEGIES = tuple(SETTINGS["strategy"].choices)
+FINETUNE_METHODS = tuple(SETTINGS["finetune_method"].choices)
 WANDB_MODES = tuple(SETTINGS["wandb_mode"].choices)
 
 
@@ -432,6 +459,16 @@ def _model_errors(c: WizardConfig) -> list[tuple[str, str]]:
     if c.model_source == "pretrained" and not c.pretrained_model.strip():
         return [("pretrained_model", f"{where('pretrained_model')} is empty; give a Hugging Face model name such as "
                                      "'gpt2', or a folder saved with save_pretrained")]
+    if c.model_source != "pretrained" and c.finetune_method != "full":
+        return [("finetune_method", f"{where('finetune_method')} {c.finetune_method!r} fine-tunes a pretrained "
+                                    f"model, but Model from is {c.model_source!r}; set model_source='pretrained' "
+                                    "with a pretrained_model, or finetune_method='full'")]
+    if c.model_source != "pretrained" and c.gradient_checkpointing != "auto":
+        return [("gradient_checkpointing", f"{where('gradient_checkpointing')} {c.gradient_checkpointing!r} applies "
+                                           "to pretrained (Hugging Face) models only; leave it at 'auto'")]
+    if c.model_source == "pretrained" and c.finetune_method in ("lora", "qlora") and c.strategy == "fsdp":
+        return [("finetune_method", f"{where('finetune_method')} {c.finetune_method!r} trains small adapters that "
+                                    "one GPU holds; use strategy 'auto' or 'ddp' with it")]
     if c.model_source == "gist":
         try:
             parse_gist_ref(c.gist_id)

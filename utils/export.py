@@ -31,12 +31,15 @@ from typing import Any, Optional
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from utils.models.adapters import (MERGED_ADAPTER_DIRNAME, is_adapter_folder, load_adapter_export, merged_model,
+                            save_adapter, uses_adapters)
 from utils.config import CONFIG_FILENAME, WizardConfig
 from utils.data import load_tokenizer
 from utils.errors import KitError, MissingFileError
 from utils.files import atomic_folder, atomic_write_text
 from utils.inference import Predictor
 from utils.models.build import build_model
+from utils.data.tokenizers import load_model_tokenizer
 from utils.models.pretrained import KIT_CONFIG_FILENAME, load_pretrained_model, save_for_transformers
 from utils.models.user_models import USER_MODEL_DIRNAME, copy_model_files, model_files_in
 from utils.run_folder.checkpoints import LABELS_FILENAME
@@ -61,12 +64,14 @@ class ExportedModel(Predictor):
 
 
 def export_model(model: nn.Module, config: WizardConfig, tokenizer, folder: Optional[str | Path] = None,
-                 label_names: Optional[list[str]] = None, pad_id: int = 0) -> Path:
+                 label_names: Optional[list[str]] = None, pad_id: int = 0, merged: bool = False) -> Path:
     """Write weights, config, tokenizer (and labels, and the user's model code) to folder.
 
     folder defaults to output_dir/export. A user model's code is copied from output_dir/user_model,
     where training kept it. Written to a temporary sibling first: an export that fails half-way
-    leaves the previous one intact.
+    leaves the previous one intact. A LoRA/QLoRA model is written as its adapter in peft's format, or
+    with merged=True as the base with the adapter merged in, in 16 bits, which transformers loads alone
+    (the adapter then sits in adapter/).
     """
     if config.task == "classification" and not label_names:
         raise ExportError("exporting a classifier needs its label_names (result.label_names), "
@@ -75,7 +80,12 @@ def export_model(model: nn.Module, config: WizardConfig, tokenizer, folder: Opti
     _refuse_foreign_folder(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with atomic_folder(folder, replace=True) as tmp:  # a failed or killed export leaves the previous one intact
-        if config.model_source == "pretrained":
+        if uses_adapters(config):
+            _save_adapter_model(model, config, tokenizer, tmp, label_names, pad_id, merged)
+        elif merged:
+            raise ExportError(f"merged=True (--merged) merges LoRA adapters into their base, but this model was "
+                              f"trained with finetune_method={config.finetune_method!r}: export it without it")
+        elif config.model_source == "pretrained":
             save_for_transformers(model, tokenizer, tmp)
             config.save(tmp / KIT_CONFIG_FILENAME)
         else:
@@ -92,6 +102,29 @@ def export_model(model: nn.Module, config: WizardConfig, tokenizer, folder: Opti
         (tmp / MARKER_FILENAME).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
         _give_default_mode(tmp)
     return folder
+
+
+def _save_adapter_model(model, config, tokenizer, folder: Path, label_names, pad_id, merged: bool) -> None:
+    config.save(folder / KIT_CONFIG_FILENAME)
+    tokenizer = _with_transformers_tokenizer(tokenizer, config)
+    if not merged:
+        save_adapter(model, folder)
+        tokenizer.hf.save_pretrained(folder)
+        return
+    if config.finetune_method == "qlora":
+        print("Merging: the QLoRA adapter is merged into the base loaded again in 16 bits (4-bit weights cannot "
+              "hold the sum); the export is a 16-bit model.")
+    save_for_transformers(merged_model(model, config, label_names or (), pad_id if label_names else None),
+                          tokenizer, folder)
+    save_adapter(model, folder / MERGED_ADAPTER_DIRNAME)
+
+
+def _with_transformers_tokenizer(tokenizer, config: WizardConfig):
+    """A tokenizer transformers can save (with its chat template): the trained run's own, or for a run loaded
+    from its folder, the pretrained model's again."""
+    if getattr(tokenizer, "hf", None) is not None:
+        return tokenizer
+    return load_model_tokenizer(config.pretrained_model, classify=config.task == "classification")
 
 
 def _give_default_mode(folder: Path) -> None:
@@ -147,10 +180,14 @@ def load_exported(folder: str | Path, device: str = "cpu") -> ExportedModel:
 def _load_pretrained_export(folder: Path, device: str) -> ExportedModel:
     """A fine-tuned pretrained model's export: the model as transformers saved it, the kit's config and tokenizer."""
     config = WizardConfig.load(folder / KIT_CONFIG_FILENAME)
-    tokenizer = load_tokenizer(folder / "tokenizer")
+    # transformers' tokenizer files beside the model: the same vocabulary as tokenizer/, with the chat template
+    tokenizer = load_model_tokenizer(str(folder), classify=config.task == "classification")
     labels = read_labels(folder) if config.task == "classification" else {"label_names": [], "pad_id": 0}
     pad_id = labels["pad_id"] if config.task == "classification" else None  # the saved model config has its own
-    model = load_pretrained_model(str(folder), config.task, labels["label_names"], pad_id)
+    if is_adapter_folder(folder):  # the adapter alone: onto the base it was trained on
+        model = load_adapter_export(folder, config, labels["label_names"], pad_id)
+    else:
+        model = load_pretrained_model(str(folder), config.task, labels["label_names"], pad_id)
     return ExportedModel(model.to(device).eval(), tokenizer, config, labels["label_names"], labels["pad_id"])
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import inspect
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +49,22 @@ class Predictor:
         self._require("lm", "generate()")
         return sample_text(self.model, self.tokenizer, prompt, max_new_tokens, self.config.max_seq_len,
                            temperature, top_k, seed)
+
+    @property
+    def is_chat_model(self) -> bool:
+        """A language model whose own tokenizer has a chat template (an -Instruct or chat model)."""
+        hf = getattr(self.tokenizer, "hf", None)
+        return self.config.task == "lm" and bool(getattr(hf, "chat_template", None))
+
+    def chat(self, message: str, max_new_tokens: int = 200, temperature: float = 0.8, top_k: Optional[int] = 40,
+             seed: Optional[int] = None, stream: Optional[Callable[[str], Any]] = None) -> str:
+        """The model's answer to one user message, formatted with its tokenizer's chat template (task "lm" on a
+        pretrained chat model); it stops at the end-of-turn token. stream(piece) gets each new piece of text
+        as it is sampled (the notebook prints them), e.g. stream=print_piece."""
+        self._require("lm", "chat()")
+        hf = chat_tokenizer(self.tokenizer, self.config)
+        return chat_reply(self.model, hf, message, max_new_tokens, self.config.max_seq_len, temperature, top_k,
+                          seed, stream)
 
     def predict(self, texts: str | list[str]) -> list[str]:
         """The most likely label name for each text (task "classification")."""
@@ -102,6 +118,66 @@ def sample_text(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int, m
     out = generate(model, torch.tensor([ids], device=device), max_new_tokens, max_seq_len, temperature, top_k, gen)
     model.train(was_training)
     return tokenizer.decode(out[0].tolist())
+
+
+def print_piece(piece: str) -> None:
+    """A chat answer's stream target: each piece on the same line, shown at once."""
+    print(piece, end="", flush=True)
+
+
+def chat_tokenizer(tokenizer, config: WizardConfig):
+    """The transformers tokenizer whose chat template formats the message: the run's own, or the pretrained
+    model's (a run loaded from its folder keeps only the token vocabulary)."""
+    hf = getattr(tokenizer, "hf", None)
+    if hf is None and config.model_source == "pretrained":
+        from utils.data.tokenizers import load_model_tokenizer
+
+        hf = load_model_tokenizer(config.pretrained_model, classify=False).hf
+    if hf is None or not getattr(hf, "chat_template", None):
+        what = config.pretrained_model or "this model"
+        raise InferenceError(f"chat needs a tokenizer with a chat template, and {what!r} has none (a base model, "
+                             "not an -Instruct or chat one); continue text with generate(prompt) instead")
+    return hf
+
+
+@torch.no_grad()
+def chat_reply(model: nn.Module, hf_tokenizer, message: str, max_new_tokens: int, max_seq_len: int,
+               temperature: float = 0.8, top_k: Optional[int] = 40, seed: Optional[int] = None,
+               stream: Optional[Callable[[str], Any]] = None) -> str:
+    """Sample an answer after the chat-formatted message, one token at a time, until an end-of-turn token."""
+    text = hf_tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
+                                            add_generation_prompt=True)
+    ids = hf_tokenizer(text, add_special_tokens=False)["input_ids"]
+    stop = _stop_ids(model, hf_tokenizer)
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    was_training = model.training
+    model.eval()
+    idx, answer, shown = torch.tensor([ids], device=device), [], ""
+    for _ in range(max_new_tokens):
+        idx = generate(model, idx, 1, max_seq_len, temperature, top_k, gen)  # (1, T+1)
+        token = int(idx[0, -1])
+        if token in stop:
+            break
+        answer.append(token)
+        decoded = hf_tokenizer.decode(answer, skip_special_tokens=True)
+        if stream is not None and not decoded.endswith("\ufffd"):  # half a multi-byte character waits
+            stream(decoded[len(shown):])
+            shown = decoded
+    model.train(was_training)
+    reply = hf_tokenizer.decode(answer, skip_special_tokens=True)
+    if stream is not None and reply != shown:
+        stream(reply[len(shown):])
+    return reply
+
+
+def _stop_ids(model: nn.Module, hf_tokenizer) -> set[int]:
+    """End-of-turn ids: the tokenizer's eos and the model's generation config's (chat models list several)."""
+    ids = {hf_tokenizer.eos_token_id}
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
+    return {i for i in ids if i is not None}
 
 
 @torch.no_grad()

@@ -389,7 +389,7 @@ def load_model_tokenizer(name: str, classify: bool) -> ModelTokenizer:
         hf = transformers.AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as e:
         raise PretrainedError(f"Could not load the tokenizer of pretrained_model={name!r} ({first_line(e)}). "
-                              f"{where_hint(source)}") from None
+                              f"{where_hint(source, e)}") from None
     if not getattr(hf, "is_fast", False):
         raise PretrainedError(f"The tokenizer of {name!r} has no fast (tokenizers-library) version, which the kit "
                               "encodes with; pick another model")

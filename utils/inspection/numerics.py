@@ -113,7 +113,10 @@ def check_gradient_flow(s: Subject, probe: Probe, folder: Optional[Path] = None)
     """Every trainable parameter must get a nonzero gradient; norms far apart between layers warn."""
     norms = probe.grad_norms
     missing = [n for n, g in norms.items() if g is None]
-    zero = [n for n, g in norms.items() if g == 0.0]
+    # A LoRA adapter starts with B = 0 (peft's init, so training starts at the base model): A's gradient is
+    # zero until B moves. That is by design when B itself gets a gradient, which proves the branch is connected.
+    zero = [n for n, g in norms.items()
+            if g == 0.0 and not (".lora_A." in n and norms.get(n.replace(".lora_A.", ".lora_B.")))]
     plot = plots.gradient_plot(norms, folder / "gradient_flow.png") if folder else None
     per_layer: dict[str, float] = {}
     for name, g in norms.items():

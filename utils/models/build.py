@@ -10,6 +10,7 @@ from torch import nn
 from templates import build_template
 from utils.config import WizardConfig
 from utils.data.sources import DataError
+from utils.models.adapters import apply_adapters, enable_checkpointing, load_options, uses_adapters
 from utils.models.pretrained import load_pretrained_model
 from utils.models.tasks import TASKS
 from utils.models.user_models import (UserModelFiles, check_embedding_fits, check_model, keep_model_copy,
@@ -26,13 +27,16 @@ def model_config(config: WizardConfig, vocab_size: int, num_classes: int = 0, pa
 
 
 def build_model(config: WizardConfig, vocab_size: int, num_classes: int = 0, pad_id: int = 0,
-                user_files: Optional[UserModelFiles] = None, label_names: Optional[list[str]] = None) -> nn.Module:
+                user_files: Optional[UserModelFiles] = None, label_names: Optional[list[str]] = None,
+                decision=None) -> nn.Module:
     """The config's template, the user's model file or Gist, or a pretrained model, checked against the task
     and tokenizer.
 
     num_classes and pad_id come from the data (PreparedData) for task="classification", and label_names
     (a pretrained classifier's id2label; "0", "1", ... when not given). user_files overrides where a user
-    model's code is read from (load_exported passes the export's copy).
+    model's code is read from (load_exported passes the export's copy). decision: the run's PrecisionDecision,
+    which sets what a LoRA/QLoRA base is stored in and where it is quantised (None: fp32 on the CPU, for
+    inference).
     """
     if config.task == "classification" and num_classes < 2:
         raise DataError(f"task='classification' needs at least 2 classes, but the data has {num_classes} "
@@ -40,9 +44,14 @@ def build_model(config: WizardConfig, vocab_size: int, num_classes: int = 0, pad
     kit = model_config(config, vocab_size, num_classes, pad_id)
     if config.model_source == "pretrained":
         names = label_names or [str(i) for i in range(num_classes)]
-        model = load_pretrained_model(config.pretrained_model, config.task, names, pad_id)
+        model = load_pretrained_model(config.pretrained_model, config.task, names, pad_id,
+                                      **load_options(config, decision))
         check_model(model, build_task(config), vocab_size, config.max_seq_len, num_classes,
                     source=f"the pretrained model {config.pretrained_model!r}")
+        if uses_adapters(config):
+            model = apply_adapters(model, config)
+        if config.gradient_checkpointing == "true":
+            enable_checkpointing(model)
         return model
     if config.model_source == "template":
         model = build_template(config.model_template, kit)

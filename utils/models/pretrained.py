@@ -62,21 +62,22 @@ def resolve_source(name: str) -> str:
 
 
 def load_pretrained_model(name: str, task: str, label_names: Sequence[str] = (),
-                          pad_id: Optional[int] = None) -> nn.Module:
+                          pad_id: Optional[int] = None, **options) -> nn.Module:
     """AutoModelForCausalLM (task "lm") or AutoModelForSequenceClassification with a head for label_names,
-    in fp32: the precision decision's autocast works on fp32 weights, whatever dtype the checkpoint has."""
+    in fp32: the precision decision's autocast works on fp32 weights, whatever dtype the checkpoint has.
+    options: from_pretrained's dtype and quantisation for a frozen base (utils.models.adapters.load_options)."""
     source = resolve_source(name)
     transformers = require_transformers()
     try:
         if task == "lm":
-            model = transformers.AutoModelForCausalLM.from_pretrained(source)
+            model = transformers.AutoModelForCausalLM.from_pretrained(source, **options)
         else:
             # A checkpoint that is already a classifier with other labels gets a new head of the right size.
             with _without_load_report():  # a new head is expected here: said in one line below, not a table
                 model, info = transformers.AutoModelForSequenceClassification.from_pretrained(
                     source, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
                     label2id={label: i for i, label in enumerate(label_names)}, ignore_mismatched_sizes=True,
-                    output_loading_info=True)
+                    output_loading_info=True, **options)
             new_head = sorted(set(info.get("missing_keys", ())) | {key for key, *_ in info.get("mismatched_keys", ())})
             if new_head:
                 print(f"Classifier head: {', '.join(new_head)} not in {name!r} (or sized for other labels), so it "
@@ -86,12 +87,12 @@ def load_pretrained_model(name: str, task: str, label_names: Sequence[str] = (),
             raise PretrainedError(f"pretrained_model={name!r} has no {_WHAT[task]} in transformers "
                                   f"({first_line(e)}); pick a model made for task={task!r}") from None
         raise PretrainedError(f"Could not load pretrained_model={name!r} ({first_line(e)}). "
-                              f"{where_hint(source)}") from None
+                              f"{where_hint(source, e)}") from None
     if model.config.pad_token_id is None and pad_id is not None:
         model.config.pad_token_id = pad_id  # a GPT-2 classifier finds each text's last token by it
     # from_pretrained returns the model in eval mode; Lightning keeps each module's mode, so without train()
     # the fine-tuning would run with dropout off.
-    return model.float().train()
+    return (model if options else model.float()).train()
 
 
 class _DropLoadReport(logging.Filter):
@@ -120,7 +121,14 @@ def save_for_transformers(model: nn.Module, tokenizer, folder: Path) -> None:
     hf.save_pretrained(folder)
 
 
-def where_hint(source: str) -> str:
+GATED_HINT = ("It is gated: accept its license on its huggingface.co page, then add your access token as a Colab "
+              "secret named HF_TOKEN (key icon on the left, notebook access on) or set the HF_TOKEN environment "
+              "variable; huggingface_hub reads either, and the kit never prints it.")
+
+
+def where_hint(source: str, error: Optional[BaseException] = None) -> str:
+    if error is not None and any(word in str(error).lower() for word in ("gated", "401", "restricted")):
+        return GATED_HINT
     if Path(source).is_dir():
         return f"{source} should hold what save_pretrained writes (config.json, the weights and the tokenizer files)."
     return ("A Hub name needs internet (as on Colab) and the exact model id from huggingface.co; offline, give a "

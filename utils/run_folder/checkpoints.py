@@ -49,6 +49,7 @@ RESUME_FIELDS = (
     "task", "dataset_source", "dataset_name", "dataset_config", "dataset_path", "text_column", "label_column",
     "val_split", "tokenizer_strategy", "tokenizer_path", "vocab_size", "model_source", "model_template",
     "model_size", "model_path", "gist_id", "pretrained_model", "max_seq_len", "dropout", "seed",
+    "finetune_method", "lora_rank", "lora_alpha", "lora_dropout", "lora_target",
 )
 ON_CHANGE = ("refuse", "start_new")  # what a changed run does: the command line refuses, the notebook starts anew
 
@@ -192,7 +193,7 @@ def resume_problems(point: ResumePoint, module: torch.nn.Module, tokenizer_chang
     """Why this model (and tokenizer) cannot continue from point, checked before anything is written."""
     problems = [tokenizer_changed] if tokenizer_changed else []
     saved = {k: tuple(v.shape) for k, v in point.state.get("state_dict", {}).items()}
-    now = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    now = {k: tuple(v.shape) for k, v in module.checkpoint_state_dict().items()}
     differ = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
     if differ:
         k = differ[0]

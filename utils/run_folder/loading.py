@@ -56,14 +56,14 @@ class LoadedRun(Predictor):
         return Path(self.config.output_dir)
 
     def export(self, folder: Optional[str | Path] = None, push_to_hub: Optional[str] = None, public: bool = False,
-               onnx: bool = False) -> Path:
+               onnx: bool = False, merged: bool = False) -> Path:
         """Write an export folder (default: the run's export/), as TrainingResult.export() does (onnx, push_to_hub
         too)."""
         from utils.hub import find_token, finish_export
 
         token = find_token() if push_to_hub else None  # before writing: a missing token costs no export
         written = export_model(self.model, self.config, self.tokenizer, folder or self.output_dir / "export",
-                               self.label_names, self.pad_id)
+                               self.label_names, self.pad_id, merged)
         return finish_export(self, written, self.output_dir, push_to_hub, public, onnx, token)
 
 
@@ -137,6 +137,8 @@ def _load_weights(model: nn.Module, path: Path) -> None:
         missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as e:  # a tensor of another shape
         missing, unexpected = [str(e).strip().splitlines()[-1].strip()], []
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    missing = [k for k in missing if k not in frozen]  # a LoRA checkpoint holds the adapters; the base is reloaded
     if missing or unexpected:
         raise RunFolderError(f"{path} does not fit the model its {CONFIG_FILENAME} builds ({len(missing)} tensors "
                              f"missing, {len(unexpected)} unexpected, e.g. {(missing or unexpected)[0]}); was "

@@ -22,6 +22,7 @@ from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 from utils.config import ConfigError, WizardConfig
 from utils.data import DATA_CACHE_DIR, DataSpec
 from utils.data.sources import DataError
+from utils.models.adapters import uses_adapters
 from utils.training.precision import PrecisionDecision
 from utils.training.callbacks.recorder import RecordedProgressBar, RunRecorder, ValidateAtMaxSteps
 from utils.training.callbacks.last_checkpoint import LastCheckpoint
@@ -86,7 +87,8 @@ def build_module(config: WizardConfig, model: nn.Module, task, batches_per_epoch
     return TransformerModule(model, task, learning_rate=config.learning_rate, weight_decay=config.weight_decay,
                              warmup_ratio=config.warmup_ratio, total_steps=total_steps(config, batches_per_epoch),
                              adamw_options=adamw_options(decision.device.kind),
-                             grad_norm_every=config.log_every_n_steps)
+                             grad_norm_every=config.log_every_n_steps,
+                             trainable_only=uses_adapters(config))
 
 
 def adamw_options(device_kind: str) -> dict:

@@ -182,11 +182,29 @@ def estimate_and_report(config: WizardConfig, device=None) -> None:
     from utils.training.precision import resolve_precision
 
     config = config.validate()
+    if config.model_source == "pretrained" and not _print_fit_plan(config):
+        return
     decision = resolve_precision(config.use_mixed_precision, config.precision, device or detect_device(config.devices))
     print(f"Precision: {decision.precision} - {decision.reason}")
     with tempfile.TemporaryDirectory(prefix="kit-estimate-") as scratch:
         estimate = estimate_config(config.replace(output_dir=scratch), decision, refuse_oversize=True)
     print(estimate.describe())
+
+
+def _print_fit_plan(config: WizardConfig) -> bool:
+    """Where the pretrained model fits, from its config alone; False when the folder holds a config but no weights
+    to time (a published config.json is enough for the answer)."""
+    from utils.models.adapters import meta_model
+    from utils.training.fit_plan import describe_fit, shape_of
+
+    shape = shape_of(meta_model(config.pretrained_model, config.task))
+    print("\n".join(describe_fit(config.pretrained_model, shape, config.batch_size, config.max_seq_len,
+                                 config.lora_rank)))
+    folder = Path(config.pretrained_model).expanduser()
+    if folder.is_dir() and not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        print(f"{folder} holds no weights, so the steps were not timed; the answer above needs only config.json.")
+        return False
+    return True
 
 
 # ------------------------------------------------------------------------------------ export, generate, predict
@@ -198,6 +216,9 @@ def export_parser() -> argparse.ArgumentParser:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (the output_dir training wrote)")
     parser.add_argument("--to", metavar="DIR", help="where to write it (default: RUN_DIR/export); an earlier export "
                                                     "there is replaced, any other non-empty folder is refused")
+    parser.add_argument("--merged", action="store_true", help="LoRA/QLoRA runs: the base with the adapter merged "
+                                                              "in, 16-bit safetensors that transformers loads alone "
+                                                              "(default: the adapter, in peft's format)")
     _checkpoint_argument(parser)
     parser.add_argument("--onnx", action="store_true", help="also write model.onnx and check it with onnxruntime")
     parser.add_argument("--push-to-hub", metavar="NAME",
@@ -212,6 +233,8 @@ def generate_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=_prog("generate"), description="Sample text from a trained language model (task lm).")
     _model_argument(parser)
     parser.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    parser.add_argument("--chat", metavar="MESSAGE", help="a chat model's answer to this user message, formatted with "
+                                                         "its chat template (instead of --prompt)")
     parser.add_argument("--max-new-tokens", type=int, default=200,
                         help="tokens to sample after the prompt (default: %(default)s)")
     parser.add_argument("--temperature", type=float, default=0.8,
@@ -278,7 +301,7 @@ def run_export(args: argparse.Namespace) -> int:
         if args.public and not args.push_to_hub:
             raise CommandLineError("--public only applies with --push-to-hub NAME")
         run = load_run(args.run_dir, args.checkpoint)
-        folder = run.export(args.to, args.push_to_hub, args.public, args.onnx)
+        folder = run.export(args.to, args.push_to_hub, args.public, args.onnx, merged=args.merged)
         use = _prog("generate" if run.config.task == "lm" else "predict")
         print(f"Exported {run.checkpoint} to {folder}\n"
               f"Load it with utils.export.load_exported({str(folder)!r}), or run: {use} {folder} ...")
@@ -288,6 +311,13 @@ def run_export(args: argparse.Namespace) -> int:
 def run_generate(args: argparse.Namespace) -> int:
     def call():
         model = _load_for(args, "lm", "generate", "predict")
+        if args.chat is not None:
+            from utils.inference import print_piece
+
+            model.chat(args.chat, args.max_new_tokens, args.temperature, args.top_k or None, args.seed,
+                       stream=print_piece)
+            print()
+            return
         print(model.generate(args.prompt, args.max_new_tokens, args.temperature, args.top_k or None, args.seed))
     return _reported(call)
 

@@ -21,6 +21,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.trainer.states import TrainerStatus
 from torch import nn
 
+from utils.models.adapters import (check_adapters, describe_storage, describe_trainable, enable_checkpointing,
+                                   uses_adapters)
 from utils.config import CONFIG_FILENAME, SETTINGS, WizardConfig, shown_value
 from utils.data import PreparedData, prepare_data
 from utils.data.tokenizers import load_tokenizer, tokenizer_fingerprint
@@ -38,7 +40,8 @@ from utils.training.callbacks.recorder import RunRecorder
 from utils.training.module import TransformerModule
 from utils.models.tasks import TASKS
 from utils.training.callbacks.last_checkpoint import TrainingStopped
-from utils.training.estimate import Estimate, check_memory, estimate_run, format_duration, measure_memory
+from utils.training.estimate import (Estimate, check_memory, estimate_run, format_bytes, format_duration,
+                                    measure_memory)
 from utils.run_folder.checkpoints import (LOGS_DIRNAME, ON_CHANGE, TOKENIZER_DIRNAME, IncompatibleCheckpointError,
                                         ResumePoint, find_resume_point, handle_changed_run, last_checkpoint,
                                         plan_resume, remove_checkpoints_after, resume_problems)
@@ -142,12 +145,13 @@ class TrainingResult(Predictor):
         return [f"time (estimated): {self.estimate.compare(actual, self.fit_seconds)}"]
 
     def export(self, folder: Optional[str | Path] = None, push_to_hub: Optional[str] = None, public: bool = False,
-               onnx: bool = False) -> Path:
+               onnx: bool = False, merged: bool = False) -> Path:
         """Write weights (safetensors), config, tokenizer, class names and user model code to folder
         (default: output_dir/export); utils.export.load_exported reads it back anywhere. In a multi-device
         run only global rank zero writes; the other processes return the folder it writes.
         onnx: also model.onnx, checked with onnxruntime; push_to_hub: upload the folder to that Hugging Face
-        repository (private unless public) with a model card (utils.hub)."""
+        repository (private unless public) with a model card (utils.hub). A LoRA/QLoRA run exports its adapter
+        (peft's format), or with merged=True the base with it merged in, in 16 bits."""
         if self.model_passed_in:
             raise ExportError(
                 f"This {type(self.model).__name__} was passed to train(model=...), so an export folder could not "
@@ -156,7 +160,8 @@ class TrainingResult(Predictor):
         if not self.is_global_zero:
             return Path(folder) if folder is not None else self.output_dir / "export"
         token = find_token() if push_to_hub else None  # before writing: a missing token costs no export
-        written = export_model(self.model, self.config, self.tokenizer, folder, self.label_names, self.pad_id)
+        written = export_model(self.model, self.config, self.tokenizer, folder, self.label_names, self.pad_id,
+                               merged)
         return finish_export(self, written, self.output_dir, push_to_hub, public, onnx, token)
 
 
@@ -175,6 +180,7 @@ def train(config: Optional[WizardConfig] = None, model: Optional[nn.Module] = No
     # One decision for every process: each device of a multi-device run is checked to be the same GPU.
     decision = resolve_precision(config.use_mixed_precision, config.precision, device or detect_device(config.devices))
     check_strategy(config, decision.device.kind)
+    check_adapters(config)  # a missing bitsandbytes or a LoRA target that names no module: before anything is written
     per_node = devices_per_node(config, decision.device.kind)
     launch = plan_launch(per_node * config.num_nodes, decision.device.kind)
     out = Path(config.output_dir)
@@ -237,12 +243,15 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
         if config.model_source in ("file", "gist"):
             user_files = resolve_user_model_files(config.model_source, config.model_path, config.gist_id, out)
         model = build_model(config, data.tokenizer.vocab_size, data.num_classes, data.pad_id, user_files,
-                            data.label_names)
+                            data.label_names, decision=decision)
     else:  # the caller's own nn.Module: the same checks a model file gets, before any training
         check_embedding_fits(model, data.tokenizer.vocab_size)
         check_model(model, task, data.tokenizer.vocab_size, config.max_seq_len, data.num_classes,
                     source=f"the {type(model).__name__} passed to train()")
     print(f"Model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    if uses_adapters(config):
+        print(f"{describe_trainable(model)}; {config.finetune_method}, rank {config.lora_rank}")
+        print(describe_storage(config, decision))
     if config.inspect and launch.is_zero:  # a model that sees the future or leaves a layer unused stops here
         from utils.inspection import preflight  # the inspection's modules load only when asked for
 
@@ -257,6 +266,7 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
     if launch.is_zero:
         memory = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes,
                                 launch.world_size)
+        memory = _checkpoint_if_needed(config, decision, model, task, data, memory)
         check_memory(memory, config)
     if not data.chat:
         check_training_windows(config, len(data.train), data.num_tokens)
@@ -287,6 +297,18 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch) -> _Run
         _save_run_files(out, config, data, user_files)
     return _Run(config, decision, data, model, module, train_loader, val_loader, resume, model_passed_in, launch,
                 estimate, notebook=on_change == "start_new")
+
+
+def _checkpoint_if_needed(config, decision, model, task, data, memory):
+    """gradient_checkpointing="auto": on for a pretrained model whose batch does not fit without it."""
+    if config.model_source != "pretrained" or config.gradient_checkpointing != "auto" or memory.fits(config.batch_size):
+        return memory
+    enable_checkpointing(model)
+    checkpointed = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
+    print(f"Gradient checkpointing: on (auto), as batch_size={config.batch_size} needs about "
+          f"{format_bytes(memory.bytes_at(config.batch_size))} without it and "
+          f"{format_bytes(checkpointed.bytes_at(config.batch_size))} with it.")
+    return checkpointed
 
 
 def _fit(run: _Run, extra_callbacks: list[pl.Callback]) -> TrainingResult:

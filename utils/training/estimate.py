@@ -28,6 +28,7 @@ import copy
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Optional
 
@@ -236,15 +237,16 @@ def _time_steps(config: WizardConfig, decision: PrecisionDecision, model: nn.Mod
 
     kind = decision.device.kind
     with torch.random.fork_rng(devices=[torch.device(kind)] if kind == "cuda" else []):
-        work = copy.deepcopy(model).to(kind).train()
-        optimizer = torch.optim.AdamW(work.parameters(), lr=config.learning_rate, **adamw_options(kind))
-        step = _Stepper(work, optimizer, task, decision, vocab_size, num_classes, config.max_seq_len)
-        try:
-            fb, opt, peak = step.time(batch, WARMUP_STEPS, TIMED_STEPS)
-            timing = fb, opt, step.time_forward(batch), peak
-        except torch.cuda.OutOfMemoryError:
-            timing = None
-        del work, optimizer, step
+        with _working_model(model, kind) as work:
+            optimizer = torch.optim.AdamW([p for p in work.parameters() if p.requires_grad], lr=config.learning_rate,
+                                          **adamw_options(kind))
+            step = _Stepper(work, optimizer, task, decision, vocab_size, num_classes, config.max_seq_len)
+            try:
+                fb, opt, peak = step.time(batch, WARMUP_STEPS, TIMED_STEPS)
+                timing = fb, opt, step.time_forward(batch), peak
+            except torch.cuda.OutOfMemoryError:
+                timing = None
+            del work, optimizer, step
     if kind == "cuda":
         torch.cuda.empty_cache()
     return timing
@@ -274,7 +276,7 @@ def estimate_config(config: WizardConfig, decision: PrecisionDecision, refuse_ov
     config = config.validate()
     data = prepare_data(build_data_spec(config))
     torch.manual_seed(config.seed)
-    model = build_model(config, data.tokenizer.vocab_size, data.num_classes, data.pad_id)
+    model = build_model(config, data.tokenizer.vocab_size, data.num_classes, data.pad_id, decision=decision)
     task = build_task(config)
     memory = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
     if refuse_oversize:
@@ -403,9 +405,9 @@ def _saved_bytes(model: nn.Module, kind: str, task, decision: PrecisionDecision,
     device, or the CPU for an FSDP shard: the same autocast dtype, on this machine's memory)."""
     if kind != decision.device.kind:
         decision = replace(decision, device=DeviceInfo(kind, kind.upper()))
-    work = copy.deepcopy(model).to(kind).train()
-    step = _Stepper(work, None, task, decision, vocab_size, num_classes, seq_len)
-    return step.saved_bytes(1), step.saved_bytes(2)
+    with _working_model(model, kind) as work:
+        step = _Stepper(work, None, task, decision, vocab_size, num_classes, seq_len)
+        return step.saved_bytes(1), step.saved_bytes(2)
 
 
 def _never_unpacked(packed: None) -> torch.Tensor:
@@ -415,7 +417,7 @@ def _never_unpacked(packed: None) -> torch.Tensor:
 def _memory_model(model: nn.Module, saved_1: int, saved_2: int, device: DeviceInfo, shards: int = 1) -> MemoryModel:
     per_sequence = max(saved_2 - saved_1, 0)  # what grows with the batch; the rest (weight casts) does not
     other = max(saved_1 - per_sequence, 0)
-    state = sum(p.numel() for p in model.parameters()) * BYTES_PER_PARAMETER
+    state = parameter_bytes(model)
     capacity, name = device_capacity(device)
     if shards == 1:
         return MemoryModel(state + other, per_sequence, capacity, name)
@@ -424,6 +426,34 @@ def _memory_model(model: nn.Module, saved_1: int, saved_2: int, device: DeviceIn
     gathered = 2 * 4 * largest_fsdp_unit(model)
     return MemoryModel(math.ceil(state / shards) + gathered + other, per_sequence, capacity, name, shards,
                        state + other)
+
+
+def parameter_bytes(model: nn.Module) -> int:
+    """Trained parameters at BYTES_PER_PARAMETER; frozen ones (a LoRA base) as stored: 2 bytes in fp16, about
+    half a byte in 4 bits, with no gradient or optimizer state."""
+    params = {id(p): p for p in model.parameters()}.values()
+    trained = sum(p.numel() * BYTES_PER_PARAMETER for p in params if p.requires_grad)
+    return trained + sum(p.untyped_storage().nbytes() for p in params if not p.requires_grad)
+
+
+@contextmanager
+def _working_model(model: nn.Module, kind: str):
+    """A copy of model on the device to measure and time; a model with frozen weights (a LoRA or QLoRA base) is
+    used itself, since a copy would double the memory the base takes, and its trained tensors are put back."""
+    if all(p.requires_grad for p in model.parameters()):
+        yield copy.deepcopy(model).to(kind).train()
+        return
+    was_training = model.training
+    saved = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    try:
+        yield model.to(kind).train()
+    finally:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in saved:
+                    p.copy_(saved[name])
+                    p.grad = None
+        model.train(was_training)
 
 
 def largest_fsdp_unit(model: nn.Module) -> int:
@@ -456,3 +486,6 @@ def _bytes(n: int) -> str:
         if n >= size:
             return f"{n / size:.1f} {unit}"
     return f"{n} B"
+
+
+format_bytes = _bytes  # "1.5 GB": the coordinator's messages say sizes as the estimate does

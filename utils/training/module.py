@@ -24,8 +24,12 @@ from utils.inference import model_logits
 
 class TransformerModule(pl.LightningModule):
     def __init__(self, model: nn.Module, task, learning_rate: float, weight_decay: float, warmup_ratio: float,
-                 total_steps: int, adamw_options: Optional[dict] = None, grad_norm_every: int = 0):
+                 total_steps: int, adamw_options: Optional[dict] = None, grad_norm_every: int = 0, trainable_only: bool = False):
         super().__init__()
+        # A frozen base (LoRA, QLoRA) is reloaded from its pretrained weights, so a checkpoint holds only what
+        # trains: megabytes instead of gigabytes to write to Drive. Loading one then fills only those tensors.
+        self.trainable_only = trainable_only
+        self.strict_loading = not trainable_only
         self.grad_norm_every = grad_norm_every  # optimizer steps between gradient norms (the logging interval)
         self.grad_norm: Optional[torch.Tensor] = None  # the newest norm before clipping; the RunRecorder takes it
         self._epoch_metrics: Optional[dict] = None  # the task's whole-validation-set metrics, made at first use
@@ -64,6 +68,18 @@ class TransformerModule(pl.LightningModule):
         for name, metric in (self._epoch_metrics or {}).items():
             self.log(f"val/{name}", metric.compute(), logger=False)  # computed over every process's batches
             metric.reset()
+
+    def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors a checkpoint holds: all of them, or with a frozen base only the trained ones."""
+        state = self.state_dict()
+        if not self.trainable_only:
+            return state
+        keep = {name for name, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in state.items() if k in keep}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.trainable_only:
+            checkpoint["state_dict"] = self.checkpoint_state_dict()
 
     def configure_optimizers(self):
         total = self.total_steps

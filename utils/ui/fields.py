@@ -64,11 +64,13 @@ class Field:
 
 
 def build_field(name: str, options: Optional[Sequence[tuple[str, Any]]] = None, placeholder: str = "",
-                words: Optional[tuple[str, str]] = None, key: str = "") -> Field:
+                words: Optional[tuple[str, str]] = None, key: str = "",
+                suggestions: Optional[Sequence[str]] = None) -> Field:
     """A widget for the named field, chosen by the field's type, or a Dropdown of (label, value) options.
 
     Without options, a field with choices offers all of them, each under its label. words: (label, help)
     in place of the field's own, for a second widget of the same field; key: its CSS name (default: name).
+    suggestions: values a text field offers in a drop-down list while any other text is still accepted.
     The row is the input, its error message under it (wrapping, shown only when there is one), then its
     help line; the input keeps its width whatever the message's length.
     """
@@ -89,6 +91,9 @@ def build_field(name: str, options: Optional[Sequence[tuple[str, Any]]] = None, 
         widget = widgets.IntText(continuous_update=True, **common)
     elif base is float:
         widget = widgets.FloatText(continuous_update=True, **common)
+    elif suggestions:
+        widget = widgets.Combobox(options=list(suggestions), ensure_option=False, continuous_update=True,
+                                  placeholder=placeholder, **common)
     else:
         widget = widgets.Text(continuous_update=True, placeholder=placeholder, **common)
     widget.add_class(f"wizard-field-{key}")  # stable hooks for the browser test and for styling

@@ -133,9 +133,23 @@ def _model_words(config: WizardConfig, facts: PlanFacts) -> str:
         count = f" ({format_count(facts.parameters)} parameters)" if facts.parameters is not None else ""
         return f"the {size} '{config.model_template}' {kind} from templates/{count}"
     if config.model_source == "pretrained":
-        return f"the pretrained {kind} '{config.pretrained_model}' (fine-tuned; counted when training loads it)"
+        return f"the pretrained {kind} '{config.pretrained_model}' ({_fine_tuning_words(config)})"
     where = config.model_path if config.model_source == "file" else f"Gist {config.gist_id}"
     return f"your own {kind} from {where} (checked on a dummy batch and counted when training starts)"
+
+
+def _fine_tuning_words(config: WizardConfig) -> str:
+    """How a pretrained model trains and how much of it: counted from its config.json where that can be read."""
+    from utils.models.adapters import planned_counts, trainable_words
+    from utils.errors import KitError
+
+    method = SETTINGS["finetune_method"].choices[config.finetune_method].split(" — ")[0]
+    how = "fine-tuned" if config.finetune_method == "full" else f"fine-tuned with {method}, rank {config.lora_rank}"
+    try:
+        counts = planned_counts(config)
+    except (KitError, OSError, ValueError) as e:  # its config.json not readable here yet (offline, a typo)
+        return f"{how}; counted when training loads it ({' '.join(str(e).split())[:120]})"
+    return f"{how}: {trainable_words(*counts)} trainable"
 
 
 def _data_words(config: WizardConfig, facts: PlanFacts) -> str:

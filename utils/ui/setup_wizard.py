@@ -31,8 +31,10 @@ import ipywidgets as widgets
 import torch
 
 from templates import TEMPLATES
+from utils.models.adapters import CHAT_MODELS, METHOD_SENTENCES, planned_counts, recommend_method, suggested_models
 from utils.config import EMBEDDED_CORPUS_WORDS, EMBEDDED_DATASETS, SETTINGS, ConfigError, WizardConfig
 from utils.env import DeviceInfo, detect_device, in_colab
+from utils.errors import KitError
 from utils.training.precision import PrecisionError, resolve_precision
 from utils.run_folder.checkpoints import describe_run_folder
 from utils.training.estimate import BatchTooLargeError, estimate_config
@@ -83,7 +85,8 @@ STEPS = (
           "text_column", "label_column", "val_split"),
     _step("tokenizer", "Tokenizer", "tokenizer_strategy", "vocab_size", "tokenizer_path"),
     _step("model", "Model", "model_source", "model_template", "model_size", "model_path", "gist_id", "pretrained_model",
-          "train_on", "dropout", "inspect"),  # train_on: chat data is read only for a pretrained model, chosen on this step
+          "finetune_method", "lora_rank", "lora_alpha", "lora_dropout", "lora_target", "gradient_checkpointing",
+          "train_on", "dropout", "inspect"),  # train_on: chat data is read only for a pretrained model, chosen here
     _step("training", "Training", "batch_size", "max_seq_len", "learning_rate", "max_epochs",
           "gradient_accumulation_steps", "gradient_clip_val", "early_stopping_patience", "use_mixed_precision",
           "precision", "compile", "devices", "num_nodes", "strategy"),
@@ -213,7 +216,7 @@ class SetupWizard:
         for step in STEPS:
             for name, _ in step.fields:
                 self.fields[name] = build_field(name, self._options(name), PLACEHOLDERS.get(name, ""),
-                                                words=FIELD_WORDS.get(name))
+                                                words=FIELD_WORDS.get(name), suggestions=self._suggestions(name))
                 self.fields[name].input.observe(self._guard(self._on_field_change), names="value")
         # The built-in corpus from a menu; dataset_name's text box is for a Hugging Face name.
         # Short options (the menu is as wide as a text box): the title; what it holds goes in the help line.
@@ -231,6 +234,12 @@ class SetupWizard:
                                   layout=widgets.Layout(width="100%", max_width="1000px", border="1px solid #ccc",
                                                         padding="8px"))
         self._root.add_class("wizard")
+
+    def _suggestions(self, name: str) -> Optional[list[str]]:
+        """Open chat models that fine-tune on this device, offered in the pretrained model's field."""
+        if name != "pretrained_model":
+            return None
+        return suggested_models(self.device.total_memory_bytes, self.device.kind)
 
     def _options(self, name: str) -> Optional[list[tuple[str, str]]]:
         """(label, value) pairs where the wizard offers other than all of a field's choices, else None."""
@@ -563,7 +572,8 @@ class SetupWizard:
         if config.model_source == "pretrained":
             return (f"Fine-tunes {html.escape(config.pretrained_model or 'the model named above')} with its own "
                     "tokenizer: training loads it (from the Hugging Face Hub, or the folder) and checks it on a "
-                    "dummy batch first. Fine-tuning wants a small learning rate, 2e-5 to 1e-4.")
+                    "dummy batch first. Fine-tuning wants a small learning rate, 2e-5 to 1e-4.<br>"
+                    f"{html.escape(METHOD_SENTENCES[config.finetune_method])}{self._method_advice(config)}")
         if config.model_source != "template":
             where = config.model_path if config.model_source == "file" else config.gist_id
             return (f"Your model from {html.escape(where or 'the path above')}: training imports it and checks "
@@ -572,6 +582,22 @@ class SetupWizard:
         return (f"<b>{format_count(self._parameters(config, vocab))} parameters</b> ({config.model_template} "
                 f"{config.model_size}, vocabulary {vocab:,}, context {config.max_seq_len}). "
                 "Check model runs a forward/backward pass and estimates the memory at your batch size.")
+
+    def _method_advice(self, config: WizardConfig) -> str:
+        """The method recommended for this model on this device, when its size is known without a download."""
+        parameters = CHAT_MODELS.get(config.pretrained_model)
+        if parameters is None and config.pretrained_model and Path(config.pretrained_model).is_dir():
+            try:
+                parameters = planned_counts(config.replace(finetune_method="full"))[1]
+            except (KitError, OSError, ValueError):  # a folder without a readable config.json: no advice
+                return ""
+        if parameters is None:
+            return ""
+        memory = self.device.total_memory_bytes if self.device.kind == "cuda" else None
+        method = recommend_method(parameters, memory)
+        label = SETTINGS["finetune_method"].choices[method].split(" — ")[0]
+        return (f"<br><b>Recommended here: {label}</b> for {parameters / 1e9:.2f}B parameters on "
+                f"{html.escape(self.device.describe())}.")
 
     def _placed(self, config: WizardConfig) -> WizardConfig:
         if Path(config.output_dir).is_absolute():

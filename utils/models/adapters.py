@@ -1,0 +1,285 @@
+"""LoRA and QLoRA: fine-tune a pretrained model by training small adapters on its frozen base (peft).
+
+finetune_method "lora" keeps the base in the precision decision's base_dtype (fp16 on a T4, bf16 on
+Ampere and newer, fp32 on a CPU) and adds a low-rank update (rank lora_rank, scale lora_alpha / rank)
+to each targeted linear layer; "qlora" stores the base in 4 bits (nf4, double quantisation, with
+bitsandbytes) besides. Only the adapters (and a classifier's new head) train, in fp32, so gradients and
+AdamW state exist for them alone, and a checkpoint holds them alone (see TransformerModule).
+
+    model = load_pretrained_model(name, "lm", **load_options(config, decision))
+    model = apply_adapters(model, config)        # a peft PeftModel
+    print(describe_trainable(model))             # "Trainable: 1,081,344 of 495,114,112 parameters (0.22%)"
+
+Gradient checkpointing (enable_checkpointing) recomputes each block's activations in the backward pass;
+it uses non-reentrant checkpointing, which needs no input that requires grad, and turns the model's KV
+cache off, which training never reads.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from torch import nn
+
+from utils.errors import KitError
+
+ADAPTER_METHODS = ("lora", "qlora")
+HEADS = ("lm_head", "score", "classifier")  # output layers: not among all-linear's targets, never quantised
+METHOD_SENTENCES = {  # the wizard's one plain sentence per method
+    "full": "Full: every weight of the model trains. Best results, but weights, gradients and optimizer state "
+            "need about 16 bytes a parameter (a 1B model does not fit a T4).",
+    "lora": "LoRA: the model stays frozen in 16 bits and small adapter matrices train; about 2 bytes a "
+            "parameter, close to full fine-tuning in quality.",
+    "qlora": "QLoRA: as LoRA, with the frozen model stored in 4 bits; about half a byte a parameter, so 7B "
+             "models fit a free T4, a little slower.",
+}
+
+
+# Open, ungated chat models the wizard suggests, with their published parameter counts.
+CHAT_MODELS = {
+    "HuggingFaceTB/SmolLM2-360M-Instruct": 0.36e9, "Qwen/Qwen2.5-0.5B-Instruct": 0.49e9, "Qwen/Qwen3-0.6B": 0.60e9,
+    "Qwen/Qwen2.5-1.5B-Instruct": 1.54e9, "HuggingFaceTB/SmolLM2-1.7B-Instruct": 1.71e9, "Qwen/Qwen3-1.7B": 2.03e9,
+    "Qwen/Qwen2.5-3B-Instruct": 3.09e9, "Qwen/Qwen2.5-7B-Instruct": 7.62e9,
+}
+ROOM_FOR_ACTIVATIONS = 4 * 2**30  # a batch of 4 x 512 tokens with checkpointing, logits included (fit_plan)
+FULL_UP_TO = 300e6  # below this many parameters full fine-tuning is recommended where it fits (GPT-2 small)
+CPU_UP_TO = 0.6e9  # a CPU trains at most these for a test run
+
+
+def recommend_method(parameters: float, capacity: "float | None") -> str:
+    """The method the wizard and `estimate` suggest: full for a small model whose 16 bytes a parameter fit; LoRA
+    where the 16-bit base fits with room for activations; else QLoRA. capacity None: unknown, LoRA."""
+    if capacity is None:
+        return "lora"
+    usable = 0.9 * capacity - ROOM_FOR_ACTIVATIONS
+    if parameters < FULL_UP_TO and 16 * parameters <= usable:
+        return "full"
+    return "lora" if 2 * parameters <= usable else "qlora"
+
+
+def suggested_models(capacity: "float | None", device_kind: str) -> list[str]:
+    """The chat models that QLoRA fine-tunes on this device (at about 0.6 bytes a parameter plus activations);
+    on a CPU only the smallest."""
+    if device_kind != "cuda":
+        return [name for name, n in CHAT_MODELS.items() if n <= CPU_UP_TO]
+    return [name for name, n in CHAT_MODELS.items() if capacity is None
+            or 0.6 * n + ROOM_FOR_ACTIVATIONS <= 0.9 * capacity]
+
+
+class AdapterError(KitError, ValueError):
+    """LoRA/QLoRA settings that cannot be applied to this model or machine; the message says what to do."""
+
+
+def uses_adapters(config) -> bool:
+    return config.model_source == "pretrained" and config.finetune_method in ADAPTER_METHODS
+
+
+def require_bitsandbytes():
+    """The bitsandbytes module, or one line saying how to get it."""
+    try:
+        import bitsandbytes
+    except ImportError:
+        raise AdapterError("finetune_method='qlora' stores the model in 4 bits with the bitsandbytes library, which "
+                           "is not installed here: pip install bitsandbytes (the Colab setup cell installs it when "
+                           "QLoRA is chosen), or choose finetune_method='lora'") from None
+    return bitsandbytes
+
+
+def load_options(config, decision=None) -> dict[str, Any]:
+    """What load_pretrained_model passes to from_pretrained for this method: the base's dtype, and for QLoRA the
+    4-bit quantisation and the device it is quantised on (bitsandbytes quantises as the weights land there).
+    decision: the run's PrecisionDecision; None: fp32 on the CPU (inference)."""
+    if not uses_adapters(config):
+        return {}
+    import torch
+
+    base_dtype = decision.base_dtype if decision is not None else torch.float32
+    on_gpu = decision is not None and decision.device.kind == "cuda"
+    options: dict[str, Any] = {"dtype": base_dtype}
+    if config.finetune_method == "qlora":
+        require_bitsandbytes()
+        from transformers import BitsAndBytesConfig
+
+        options["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=base_dtype)
+        options["device_map"] = {"": torch.cuda.current_device()} if on_gpu else "cpu"
+    return options
+
+
+def describe_storage(config, decision) -> str:
+    """Where the base and the adapters live and why: said with the precision decision."""
+    if not uses_adapters(config):
+        return ""
+    base = "4-bit nf4 (double quantised)" if config.finetune_method == "qlora" else _dtype_name(decision.base_dtype)
+    why = ("the autocast dtype: it gets no gradients, so nothing is lost" if decision.device.kind == "cuda"
+           and decision.precision != "32-true" else "fp32, as this run computes in fp32")
+    if config.finetune_method == "qlora":
+        why = f"computing in {_dtype_name(decision.base_dtype)}, to fit the most model in memory"
+    return f"Weights: frozen base in {base} ({why}); adapters and their optimizer state in fp32."
+
+
+def check_adapters(config) -> None:
+    """Before anything is loaded or written: QLoRA's library is here, and each named LoRA target names a module of
+    the model (read from its config.json alone, built on the meta device: no weights are loaded)."""
+    if not uses_adapters(config):
+        return
+    if config.finetune_method == "qlora":
+        require_bitsandbytes()
+    if config.lora_target.strip() != "all-linear":
+        lora_targets(meta_model(config.pretrained_model, config.task), config.lora_target)
+
+
+def meta_model(name: str, task: str = "lm") -> nn.Module:
+    """The pretrained model's modules and parameter shapes from its config alone, without memory or weights."""
+    import torch
+
+    from utils.models.pretrained import PretrainedError, require_transformers, resolve_source
+
+    transformers = require_transformers()
+    try:
+        config = transformers.AutoConfig.from_pretrained(resolve_source(name))
+    except (OSError, ValueError) as e:
+        raise PretrainedError(f"Could not read the config of pretrained_model={name!r} ({str(e).strip()[:200]})") \
+            from None
+    auto = transformers.AutoModelForCausalLM if task == "lm" else transformers.AutoModelForSequenceClassification
+    with torch.device("meta"):
+        return auto.from_config(config)
+
+
+def lora_targets(model: nn.Module, target: str) -> Any:
+    """peft's target_modules for the lora_target setting: "all-linear", or the listed names, each of which must
+    name at least one module (peft matches a name against the end of each module's dotted path)."""
+    if target.strip() == "all-linear":
+        return "all-linear"
+    wanted = [name.strip() for name in target.split(",") if name.strip()]
+    names = [name for name, _ in model.named_modules()]
+    missing = [w for w in wanted if not any(n == w or n.endswith("." + w) for n in names)]
+    if missing or not wanted:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _is_linear(m)} - set(HEADS))
+        raise AdapterError(f"LoRA target modules (lora_target) {', '.join(map(repr, missing)) or repr(target)} "
+                           f"match no module of {type(model).__name__}; use 'all-linear' or names among "
+                           f"{', '.join(linear)}")
+    return wanted
+
+
+def apply_adapters(model: nn.Module, config) -> nn.Module:
+    """The model with LoRA adapters on its targeted layers and everything else frozen (peft's get_peft_model)."""
+    from peft import LoraConfig, get_peft_model
+
+    rank = config.lora_rank
+    lora = LoraConfig(r=rank, lora_alpha=config.lora_alpha or rank, lora_dropout=config.lora_dropout,
+                      target_modules=lora_targets(model, config.lora_target),
+                      task_type="CAUSAL_LM" if config.task == "lm" else "SEQ_CLS",
+                      fan_in_fan_out=any(type(m).__name__ == "Conv1D" for m in model.modules()))  # GPT-2's layers
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*fan_in_fan_out.*")
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(model, lora)
+    for p in peft_model.parameters():
+        if p.requires_grad and p.is_floating_point():
+            p.data = p.data.float()  # adapters (and a new classifier head) train in fp32 under any base dtype
+    for m in peft_model.modules():
+        if hasattr(m, "support_avx512bf16_for_cpu"):
+            # bitsandbytes repacks a CPU 4-bit weight in place for its first forward in eval mode (validation),
+            # and its training path cannot read it back: keep the format that trains.
+            m.support_avx512bf16_for_cpu = False
+    return peft_model
+
+
+def enable_checkpointing(model: nn.Module) -> None:
+    """Recompute activations in the backward pass (non-reentrant: frozen inputs need no requires_grad trick)."""
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)  # transformers 5 renamed it; Colab's 4.x has this
+        target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    target.config.use_cache = False
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters; a 4-bit weight counts as the parameters it stands for (peft's count)."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
+    params = {id(p): p for p in model.parameters()}.values()
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def describe_trainable(model: nn.Module) -> str:
+    return "Trainable: " + trainable_words(*count_parameters(model))
+
+
+def trainable_words(trainable: int, total: int) -> str:
+    return f"{trainable:,} of {total:,} parameters ({100 * trainable / max(total, 1):.2f}%)"
+
+
+_PLANNED: dict[tuple, tuple[int, int]] = {}
+
+
+def planned_counts(config) -> tuple[int, int]:
+    """(trainable, total) parameters of this config's model with its adapters, from the model's config.json alone
+    (built on the meta device: nothing downloaded but that file, no memory). Remembered per setting."""
+    key = (config.pretrained_model, config.task, config.finetune_method, config.lora_rank, config.lora_target)
+    if key not in _PLANNED:
+        model = meta_model(config.pretrained_model, config.task)
+        _PLANNED[key] = count_parameters(apply_adapters(model, config) if uses_adapters(config) else model)
+    return _PLANNED[key]
+
+
+def trainable_keys(module: nn.Module) -> set[str]:
+    """The state_dict keys of module's trainable parameters: what a checkpoint of an adapter run holds."""
+    return {name for name, p in module.named_parameters() if p.requires_grad}
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or type(module).__name__ in ("Conv1D", "Linear4bit")
+
+
+def _dtype_name(dtype) -> str:
+    return {"torch.float16": "fp16", "torch.bfloat16": "bf16", "torch.float32": "fp32"}.get(str(dtype), str(dtype))
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+ADAPTER_CONFIG_FILENAME = "adapter_config.json"  # peft's: a folder holding it is an adapter export
+MERGED_ADAPTER_DIRNAME = "adapter"  # a merged export keeps the adapter here: at the top, transformers would load it
+
+
+def is_adapter_folder(folder) -> bool:
+    from pathlib import Path
+
+    return (Path(folder) / ADAPTER_CONFIG_FILENAME).is_file()
+
+
+def save_adapter(model: nn.Module, folder) -> None:
+    """The adapter in peft's format: PeftModel.from_pretrained(base, folder) loads it onto the base."""
+    model.save_pretrained(folder)
+
+
+def merged_model(model: nn.Module, config, label_names=(), pad_id=None) -> nn.Module:
+    """The base with the adapters added into its weights, in 16 bits, as a plain transformers model (no peft).
+
+    The base is loaded again in 16 bits (the base's own dtype when it is 16-bit, else fp16) rather than merging
+    in place: the trained model stays as it is, and a QLoRA base's 4-bit weights could not hold the sum."""
+    import torch
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    from utils.models.pretrained import load_pretrained_model
+
+    saved = getattr(model.get_base_model().config, "dtype", None)
+    dtype = saved if saved in (torch.float16, torch.bfloat16) else torch.float16
+    base = load_pretrained_model(config.pretrained_model, config.task, label_names, pad_id, dtype=dtype)
+    fresh = apply_adapters(base, config)
+    set_peft_model_state_dict(fresh, get_peft_model_state_dict(model))
+    merged = fresh.merge_and_unload()
+    return merged.to(dtype).eval()
+
+
+def load_adapter_export(folder, config, label_names=(), pad_id=None) -> nn.Module:
+    """The base named by config.pretrained_model with the adapter saved in folder, for inference (fp32, CPU)."""
+    from peft import PeftModel
+
+    from utils.models.pretrained import load_pretrained_model
+
+    base = load_pretrained_model(config.pretrained_model, config.task, label_names, pad_id)
+    return PeftModel.from_pretrained(base, str(folder)).eval()
