@@ -104,8 +104,9 @@ def test_train_prints_the_estimate_after_the_model_and_the_summary_compares(tmp_
     result = train(WizardConfig(**TINY, max_steps=6, output_dir=str(tmp_path / "run")), device=CPU)
     out = capsys.readouterr().out.splitlines()
     model_line = next(i for i, line in enumerate(out) if line.startswith("Model: "))
-    assert out[model_line + 1].startswith("Estimate: ") and "6 steps + 1 validation(s)" in out[model_line + 1]
-    assert out[model_line + 2].startswith("Memory: about ")
+    assert out[model_line + 1].startswith("Inspection: ")  # train()'s pre-flight checks, then the estimate
+    assert out[model_line + 2].startswith("Estimate: ") and "6 steps + 1 validation(s)" in out[model_line + 2]
+    assert out[model_line + 3].startswith("Memory: about ")
     assert result.estimate.total_steps == 6
     line = next(line for line in result.summary().splitlines() if line.startswith("time (estimated): "))
     assert f"{result.estimate.seconds_per_step:.3g} s/step" in line

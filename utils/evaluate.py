@@ -25,7 +25,7 @@ from utils.data import DataSpec, open_source
 from utils.data.sources import DataError
 from utils.data.text import TokenWindows, encode_blocks
 from utils.files import atomic_write_text
-from utils.inference import classifier_logits, encode_for_inference, model_logits
+from utils.models.calling import classifier_logits, encode_for_inference, model_logits
 
 
 @dataclass

@@ -13,18 +13,16 @@ The training core and utils.export import this module; it imports neither, nor L
 
 from __future__ import annotations
 
-import functools
-import inspect
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from utils.config import WizardConfig
-from utils.data.tokenizers import TokenizerError
 from utils.errors import KitError
+from utils.models.calling import classifier_logits, encode_for_inference, model_logits  # noqa: F401  (re-exported)
 
 
 class InferenceError(KitError, ValueError):
@@ -91,20 +89,6 @@ class Predictor:
     def _require(self, task: str, what: str) -> None:
         if self.config.task != task:
             raise InferenceError(f"{what} needs task={task!r}; this model was trained for task={self.config.task!r}")
-
-
-def encode_for_inference(tokenizer, text: str) -> list[int]:
-    """Ids for a prompt or a text to classify. A char tokenizer knows only the training text's
-    characters: others are dropped, with a note, rather than failing a Run all on a default prompt."""
-    try:
-        return tokenizer.encode(text)
-    except TokenizerError:
-        known = getattr(tokenizer, "stoi", None)
-        if known is None:
-            raise
-        unknown = sorted({ch for ch in text if ch not in known})
-        print(f"Note: dropped characters the training text never had: {''.join(unknown)!r}")
-        return tokenizer.encode("".join(ch for ch in text if ch in known))
 
 
 def sample_text(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int, max_seq_len: int,
@@ -220,58 +204,3 @@ def classify_texts(model: nn.Module, tokenizer, texts: str | list[str], max_seq_
         probs.append(torch.softmax(logits.float(), dim=-1).cpu())
     model.train(was_training)
     return torch.cat(probs)
-
-
-def classifier_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """A classifier's logits (B, num_classes), the padding mask passed when its forward() has a parameter for it."""
-    return model_logits(model, input_ids, attention_mask)
-
-
-def model_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None):
-    """Call a model the way its forward() reads and return its logits.
-
-    The one place that adapts to forward signatures and outputs, for training and inference alike:
-    ids go by position (`forward(x)`, `forward(tokens)`), or as `input_ids=` when forward() names
-    that parameter or takes only keywords (Hugging Face models). A mask, when given, goes by name
-    only (`attention_mask` or `mask`, or `attention_mask` into **kwargs): a second positional
-    parameter may mean something else (nanoGPT's `targets`). A Hugging Face output object (`.logits`)
-    or a dict with "logits" is unwrapped; anything else comes back as it is, for the model check to name.
-    """
-    ids_name, mask_name = _forward_parameters(type(model))
-    kwargs = {} if attention_mask is None or mask_name is None else {mask_name: attention_mask}
-    output = model(**{ids_name: input_ids}, **kwargs) if ids_name else model(input_ids, **kwargs)
-    return unwrap_logits(output)
-
-
-def unwrap_logits(output):
-    """The logits tensor of a model's output: the tensor itself, output.logits, or output["logits"]."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, Mapping) and isinstance(output.get("logits"), torch.Tensor):
-        return output["logits"]  # a dict, or a Hugging Face ModelOutput (a dict too)
-    logits = getattr(output, "logits", None)
-    return logits if isinstance(logits, torch.Tensor) else output
-
-
-def describe_call(model: nn.Module, with_mask: bool) -> str:
-    """How model_logits calls this model, for messages: e.g. `model(input_ids=ids, attention_mask=mask)`."""
-    ids_name, mask_name = _forward_parameters(type(model))
-    args = [f"{ids_name}=input_ids" if ids_name else "input_ids"]
-    if with_mask and mask_name:
-        args.append(f"{mask_name}=attention_mask")
-    return f"model({', '.join(args)})"
-
-
-@functools.lru_cache(maxsize=None)
-def _forward_parameters(model_type: type) -> tuple[Optional[str], Optional[str]]:
-    """(keyword for the ids or None to pass them by position, keyword for the mask or None to leave it out)."""
-    params = list(inspect.signature(model_type.forward).parameters.values())
-    params = params[1:] if params and params[0].name == "self" else params
-    positional = [p for p in params if p.kind in (inspect.Parameter.POSITIONAL_ONLY,
-                                                  inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                                  inspect.Parameter.VAR_POSITIONAL)]
-    names = {p.name for p in params if p.kind is not inspect.Parameter.POSITIONAL_ONLY}
-    var_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-    ids_name = "input_ids" if "input_ids" in names or (not positional and var_keyword) else None
-    mask_name = next((n for n in ("attention_mask", "mask") if n in names), "attention_mask" if var_keyword else None)
-    return ids_name, mask_name

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from utils.errors import KitError
-from utils.inference import model_logits
+from utils.models.calling import encode_for_inference, model_logits
 
 ONNX_FILENAME = "model.onnx"
 TOLERANCE = 1e-4  # largest absolute difference of fp32 logits accepted between onnxruntime and PyTorch
@@ -95,8 +95,6 @@ def export_onnx(predictor, folder: str | Path) -> OnnxCheck:
 def sample_batch(predictor, classify: bool) -> tuple[torch.Tensor, ...]:
     """Two rows of real token ids (the tokenizer's own encoding of a text, then ids across its vocabulary),
     max_seq_len or 64 long, whichever is shorter; a classifier's second row is half padding."""
-    from utils.inference import encode_for_inference
-
     T = min(predictor.config.max_seq_len, 64)
     vocab = predictor.tokenizer.vocab_size
     text = encode_for_inference(predictor.tokenizer, "The quick brown fox jumps over the lazy dog. " * 8)

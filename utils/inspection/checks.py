@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from utils.inference import describe_call
+from utils.models.calling import describe_call
 from utils.inspection.report import CheckResult
 from utils.inspection.subject import Subject
 from utils.env import DeviceInfo

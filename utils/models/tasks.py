@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 
-from utils.inference import classifier_logits, describe_call, model_logits
+from utils.models.calling import classifier_logits, describe_call, model_logits
 
 
 class LanguageModelTask:

@@ -46,7 +46,9 @@ BYTES_PER_PARAMETER = 16
 # CUDA context, allocator fragmentation and workspace buffers take roughly a tenth of a GPU.
 USABLE_FRACTION = 0.9
 COLAB_SESSION_SECONDS = 12 * 3600  # the free tier's documented maximum runtime; often less when idle or busy
-WARMUP_STEPS, TIMED_STEPS = 2, 3
+# One warm-up step pays the first call's one-time costs (allocations, lazy kernel loading); a second one
+# measured no different from the timed steps on a CPU, and the estimate runs before every training.
+WARMUP_STEPS, TIMED_STEPS = 1, 3
 # Lightning's own work per training batch (hooks, logging, progress bar) that the bare steps above
 # leave out. bench/estimate_accuracy.py found it lost in the noise on a CPU (estimates within 8%
 # without it); a GPU run of tiny models may need it.
@@ -382,11 +384,11 @@ class _Stepper:
         return fb / timed, opt / timed, peak
 
     def time_forward(self, size: int) -> float:
-        """Seconds of one validation batch: a forward pass without gradients (the second of two)."""
+        """Seconds of one validation batch: a forward pass without gradients, after the training steps have
+        warmed the same kernels up."""
         batch = self.batch(size)
         self.model.eval()
         with torch.no_grad(), self.autocast():
-            self.task.loss(self.model, batch)
             t0 = self._now()
             self.task.loss(self.model, batch)
             seconds = self._now() - t0

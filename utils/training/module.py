@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from utils.inference import model_logits
+from utils.models.calling import model_logits
 
 
 class TransformerModule(pl.LightningModule):
