@@ -174,6 +174,7 @@ config = apply_notebook_overrides(config)  # only when KIT_NOTEBOOK_OVERRIDES is
 install_for(config)  # bitsandbytes when QLoRA is chosen (Colab lacks it); nothing otherwise
 result = train(config, on_change="start_new")  # a changed setting starts anew; the old run goes to archive/
 print(result.summary())
+print(result.notebook_next_step())
 '''),
     ("md", """\
 ## 6. Results
@@ -190,10 +191,12 @@ MAX_NEW_TOKENS = 200  #@param {type:"integer"}
 TEMPERATURE = 0.8  #@param {type:"number"}
 # A language model continues PROMPT, a chat model answers it, a classifier labels it.
 
+import matplotlib.pyplot as plt
 from utils.inference import print_piece
 from utils.plots import plot_training
 
 plot_training(result)
+plt.show()  # the curves now, above the samples (a figure is otherwise shown when the cell ends)
 print(f"Throughput: {result.tokens_per_sec:,.0f} training tokens/s with {result.precision}")
 if result.config.task == "classification":
     print(f"{PROMPT!r} -> {result.predict([PROMPT])[0]}")
@@ -244,7 +247,7 @@ loads it back, as you would in a new session, and generates from the loaded mode
 #@title Export the model
 # LoRA/QLoRA: the adapter merged into its base, a 16-bit model transformers loads alone (adapter/ beside)
 export_dir = result.export(merged=result.config.finetune_method != "full")
-print(f"Exported to {export_dir}: {', '.join(sorted(p.name for p in export_dir.iterdir()))}")
+print(f"Exported to {export_dir}: {', '.join(sorted(p.name for p in export_dir.iterdir() if p.name[0] != '.'))}")
 '''),
     ("code", '''\
 #@title Load the export and generate
@@ -328,6 +331,8 @@ def build(cells: list[tuple[str, str]], repo: str = REPO) -> nbformat.NotebookNo
     }
     for i, cell in enumerate(nb.cells):
         cell.id = f"cell-{i:02d}"  # fixed ids: random ones would make every rebuild a diff
+        if cell.cell_type == "code" and cell.source.startswith("#@title"):
+            cell.metadata["cellView"] = "form"  # Colab shows the form, the code only when asked
     return nb
 
 

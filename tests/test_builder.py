@@ -6,6 +6,7 @@ import functools
 import pytest
 import torch
 
+from utils.config import WizardConfig
 from utils.env import DeviceInfo
 from utils.export import load_exported
 from utils.training import train
@@ -106,3 +107,13 @@ def test_compile_trains_and_saves_what_a_plain_run_saves(tiny_config, tmp_path, 
     resumed = train(base.replace(output_dir=str(tmp_path / "compiled"), max_steps=5), device=CPU)
     assert (resumed.resumed_from, resumed.global_step, resumed.steps_run) == (compiled.last_checkpoint, 5, 2)
     assert len(compiled_graphs) == graphs  # the resumed run was not compiled
+
+
+def test_the_fine_tuning_note_speaks_the_notebooks_words_there():
+    from utils.training.builder import fine_tuning_note
+
+    config = WizardConfig(model_source="pretrained", pretrained_model="gpt2", learning_rate=1e-3)
+    assert fine_tuning_note(config).startswith("Note: learning_rate=0.001 is high")  # the command line's
+    notebook = fine_tuning_note(config, wizard_words=True)
+    assert notebook.startswith("Note: a Learning rate of 0.001 is high") and "--set" not in notebook
+    assert fine_tuning_note(config.replace(learning_rate=5e-5), wizard_words=True) == ""

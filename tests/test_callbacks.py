@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import collections
+import os
+import re
+import signal
 
 import pytorch_lightning as pl
+import pytest
 import torch
 
 from utils.env import DeviceInfo
 from utils.training import train
 from utils.run_folder.history import read_history
+from utils.training.callbacks.last_checkpoint import TrainingStopped
 
 CPU = DeviceInfo("cpu", "CPU")
 
@@ -74,3 +79,28 @@ def test_the_loss_is_read_back_once_per_logging_interval(tiny_config):
     assert result.global_step == 20
     assert dict(Traced.reads) == {5: 1, 10: 1, 15: 1, 20: 1}  # one read per flush, none in between
     assert [step for step, _ in read_history(result.output_dir / "logs").train] == list(range(1, 21))
+
+
+class _StopAtStep(pl.Callback):
+    """Presses Stop (SIGINT to this process) after optimizer step `step`, as Ctrl-C or Colab's Stop does."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_the_progress_bar_of_a_run_resumed_mid_epoch_reads_epoch_and_its_length(tiny_config, capsys):
+    with pytest.raises(TrainingStopped):
+        train(tiny_config, device=CPU, extra_callbacks=[_StopAtStep(3)])
+    capsys.readouterr()
+    result = train(tiny_config, device=CPU)  # resumes at step 3, in the middle of epoch 0
+    assert result.resumed_from is not None and result.global_step == 8
+    out = capsys.readouterr().out
+    batches = len(result.train_history) and re.search(r"Epoch 0: .*?\d+/(\d+)", out)
+    assert batches, out[-2000:]
+    assert "Training:" not in out and "/?" not in out.split("Validation")[0]
+    # However rarely the bar redraws (piped output: every 100 batches), it ends where the run stopped.
+    assert f"8/{batches.group(1)}" in out

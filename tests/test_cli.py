@@ -9,9 +9,12 @@ import subprocess
 import sys
 from dataclasses import fields
 
+import pytest
+
 from tests.conftest import REPO_ROOT
 from utils.config import SETTINGS, WizardConfig, apply_overrides
 from utils.training.__main__ import main, set_text
+from utils.training.cli import HELP_WIDTH
 
 HEAVY = ("torch", "lightning", "pytorch_lightning")
 
@@ -93,3 +96,17 @@ def test_importing_the_training_package_loads_lightning_only_when_used():
     proc = _python("-c", code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["False", "True", "True"]
+
+
+def test_every_commands_help_shows_its_defaults_and_fits_the_help_width(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")  # argparse wraps its own text to the terminal; ours is wrapped at HELP_WIDTH
+    for command in ("train", "estimate", "export", "generate", "predict"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        too_long = [line for line in text.splitlines() if len(line) > HELP_WIDTH]
+        assert too_long == [], f"{command} --help has lines past {HELP_WIDTH} characters"
+        if command == "generate":
+            for default in ("(default: 200)", "(default: 0.8)", "(default: 40)", "(default: a newline)",
+                            "(default: none, a new sample each time)", "(default: cpu)"):
+                assert default in " ".join(text.split()), default

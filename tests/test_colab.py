@@ -66,6 +66,7 @@ def test_install_missing_runs_pip_once_with_torch_and_numpy_pinned(tmp_path, cap
     assert plan.install == ["kit-test-missing-distribution>=1.0"]
     (cmd, constraints), = calls
     assert cmd[:4] == [sys.executable, "-m", "pip", "install"]
+    assert cmd[cmd.index("--progress-bar") + 1] == "off"  # no bars redrawn as red stderr lines in the setup cell
     assert cmd[-1] == "kit-test-missing-distribution>=1.0" and not any("torch" in c or "numpy" in c for c in cmd)
     assert f"torch=={colab._installed_version('torch')}" in constraints.splitlines()
     assert f"numpy=={colab._installed_version('numpy')}" in constraints.splitlines()

@@ -55,7 +55,8 @@ def test_validate_lists_every_bad_field_with_value_and_rule():
     ("gradient_accumulation_steps", 0, "Accumulation steps (gradient_accumulation_steps) must be >= 1, not 0"),
     ("gradient_clip_val", -1.0, "Gradient clipping (gradient_clip_val) must be >= 0, not -1.0"),
     ("precision", "fp16", "Mixed precision kind (precision) cannot be 'fp16'; choose one of 'auto', '16-mixed', "
-                          "'bf16-mixed'"),
+                          "'bf16-mixed', '32-true' ('fp16' is spelled '16-mixed' here)"),
+    ("precision", "BF16", "('BF16' is spelled 'bf16-mixed' here)"),
     ("model_size", "huge", "Model size (model_size) cannot be 'huge'"),
     ("max_steps", 0, "Max steps (max_steps) must be >= 1, not 0 (or null for no limit)"),
     ("dataset_source", "web", "Data source (dataset_source) cannot be 'web'"),

@@ -124,6 +124,14 @@ def test_export_folder_layout(round_trip):
     assert "d_model" in (round_trip["user_lm"][2] / "user_model" / "config.json").read_text()
 
 
+def test_every_exported_file_gets_the_mode_a_plain_write_gives(round_trip):
+    umask = os.umask(0)
+    os.umask(umask)
+    for _, _, folder in round_trip.values():  # safetensors writes its weights 0600 by itself
+        modes = {str(p.relative_to(folder)): oct(p.stat().st_mode & 0o777) for p in folder.rglob("*") if p.is_file()}
+        assert set(modes.values()) == {oct(0o666 & ~umask)}, modes
+
+
 def test_task_specific_methods_refuse_the_other_task(round_trip):
     lm = load_exported(round_trip["gpt"][2])
     with pytest.raises(ValueError, match=r"predict\(\) needs task='classification'; this model was trained for task='lm'"):

@@ -70,6 +70,16 @@ def test_overflowing_step_is_skipped_and_the_scale_backs_off(tiny_config):
     assert rec.steps[2]["scale_before"] == 65536.0 and rec.steps[2]["scale_after"] == 32768.0
     assert rec.steps[4]["scale_after"] == 32768.0  # no further backoff once gradients are finite
     assert math.isfinite(result.train_loss)
+    assert (result.loss_scale, result.skipped_steps) == (32768.0, 1)
+    summary = result.summary().splitlines()
+    assert "loss scale:       32768 (fp16 GradScaler, after the last step)" in summary
+    assert "skipped steps:    1 of 5 (inf/NaN gradients; not applied)" in summary
+    assert "fp16 health:      healthy: a few skipped steps are normal while the GradScaler finds its scale" in summary
+
+
+def test_an_fp32_summary_has_no_scaler_lines(tiny_config):
+    summary = train(tiny_config.replace(max_steps=2), device=CPU).summary()
+    assert "loss scale" not in summary and "skipped steps" not in summary and "fp16 health" not in summary
 
 
 def test_clipping_sees_unscaled_gradients(tiny_config):

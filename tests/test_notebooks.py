@@ -148,3 +148,9 @@ def test_publish_stamps_one_address_into_the_builder_the_badge_and_both_notebook
         assert "__REPO__" not in nb.cells[2].source
     with pytest.raises(ValueError, match="owner/name"):
         builder.publish("not a repo", root=tmp_path)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_titled_cell_opens_as_a_form_in_colab(name):
+    titled = [cell for cell in code_cells(name) if cell.source.startswith("#@title")]
+    assert titled and all(cell.metadata.get("cellView") == "form" for cell in titled)

@@ -28,7 +28,16 @@ def test_plot_losses_draws_train_and_validation_curves():
     train, val = ax.get_lines()
     assert list(train.get_xdata()) == [1, 2, 3, 4] and list(train.get_ydata()) == [4.0, 3.5, 3.2, 3.0]
     assert list(val.get_xdata()) == [2, 4] and list(val.get_ydata()) == [3.6, 3.1]
-    assert ax.get_title() == "gpt (tiny), 16-mixed"
+    assert ax.get_title() == "Loss of gpt (tiny) in fp16 mixed precision"
+    plt.close("all")
+
+
+def test_the_loss_plot_title_names_the_trained_model_and_its_size_in_words():
+    from torch import nn
+
+    trained = result([(1, 4.0)], [])
+    trained.model, trained.precision = nn.Linear(1000, 1000), "32-true"  # 1,001,000 parameters
+    assert plot_losses(trained).get_title() == "Loss of Linear (tiny, 1.00M parameters) in fp32"
     plt.close("all")
 
 

@@ -145,7 +145,8 @@ def test_gpt2_fine_tunes_resumes_at_its_step_and_exports_for_transformers_and_th
         assert torch.equal(resumed, trained), name
 
     folder = second.export()
-    assert plot_losses(second).get_title() == f"{gpt2_folder.name}, 32-true"  # named after the model, not a template
+    title = plot_losses(second).get_title()  # named after the model, not a template
+    assert title.startswith(f"Loss of {gpt2_folder.name} (") and title.endswith("M parameters) in fp32")
     assert {"config.json", "model.safetensors", "tokenizer.json", "kit_config.json", "tokenizer",
             ".kit-export.json"} <= {p.name for p in folder.iterdir()}
     kit = load_exported(folder)
@@ -373,3 +374,33 @@ def test_a_fine_tuned_run_folder_exports_from_the_command_line_and_load_run(tmp_
         hf_tokenizer = AutoTokenizer.from_pretrained(folder)
         assert hf_tokenizer.pad_token == EOS and hf_tokenizer.eos_token == EOS
         assert AutoModelForCausalLM.from_pretrained(folder).config.vocab_size == len(hf_tokenizer)
+
+
+@requires_transformers
+def test_a_new_classifier_head_is_one_line_in_our_words_not_transformers_load_report(gpt2_folder, capfd):
+    import logging
+
+    from utils.models.pretrained import load_pretrained_model
+
+    class Records(logging.Handler):  # on transformers' own logger: whatever handlers it writes through
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    seen = Records()
+    logging.getLogger("transformers.modeling_utils").addHandler(seen)
+    try:
+        model = load_pretrained_model(str(gpt2_folder), "classification", ["calm", "loud"], pad_id=0)
+    finally:
+        logging.getLogger("transformers.modeling_utils").removeHandler(seen)
+    assert model.config.num_labels == 2
+    assert not [m for m in seen.messages if "LOAD REPORT" in m]
+    out, err = capfd.readouterr()
+    assert "LOAD REPORT" not in err
+    assert (f"Classifier head: score.weight not in {str(gpt2_folder)!r} (or sized for other labels), so it starts "
+            "untrained for your 2 labels; fine-tuning trains it.") in out
+    load_pretrained_model(str(gpt2_folder), "lm")  # a head that is there: no line
+    assert "Classifier head" not in capfd.readouterr().out

@@ -318,7 +318,7 @@ def test_changed_config_is_refused_or_archived(tiny_config, capsys):
     second = train(changed, device=CPU, on_change="start_new")
     printed = capsys.readouterr().out
     archive = only_archive(out)
-    assert f"The settings differ from the run in {out} (dropout: 0.0 (checkpoint) vs 0.1 (now)): starting a new run. " \
+    assert f"The settings differ from the run in {out} (Dropout: 0.0 (the old run) vs 0.1 (now)): starting a new run. " \
            f"The old run was moved, untouched, to {archive}." in printed
     assert snapshot(archive) == before  # the old run, whole and byte for byte
     assert second.resumed_from is None and (second.global_step, second.steps_run) == (2, 2)

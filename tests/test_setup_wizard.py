@@ -181,7 +181,9 @@ def test_hidden_fields_follow_the_choices(wizard_path):
     assert wizard.fields["dataset_path"].row.layout.display == "none"
     assert wizard.upload.layout.display == "none"
     set_value(wizard, "dataset_source", "upload")
-    assert wizard.fields["dataset_path"].row.layout.display is None
+    # Nothing uploaded yet: the button says what to do, not a File path error to fix by typing.
+    assert wizard.fields["dataset_path"].row.layout.display == "none"
+    assert "Press <b>Upload file</b>" in wizard.notes["dataset"].value and wizard.next_button.disabled
     assert wizard.upload.layout.display is None
     assert wizard.fields["vocab_size"].row.layout.display == "none"
     set_value(wizard, "dataset_source", "embedded")
@@ -212,7 +214,7 @@ def test_classification_and_your_own_model_are_choices_with_the_configs_messages
     set_value(wizard, "model_template", "classifier")
     assert "model_template" not in wizard.errors
     wizard.check_button.click()  # the classifier runs on a dummy (ids, mask, labels) batch
-    assert "(untrained: about ln 2 = 0.69)" in wizard.notes["check"].value, wizard.notes["check"].value
+    assert "should score a loss of about 0.7 (it guesses among 2 outputs)" in wizard.notes["check"].value
     assert wizard.fields["model_path"].row.layout.display == "none"
     set_value(wizard, "model_source", "file")
     assert wizard.fields["model_path"].row.layout.display is None
@@ -255,9 +257,9 @@ def test_training_step_shows_resolved_precision_and_reason(wizard_path, device, 
     wizard = make_wizard(wizard_path, device=device)
     decision = resolve_precision(True, "auto", device)
     assert decision.precision == precision
-    assert f"{precision} ({html.escape(decision.reason)})" in wizard.notes["precision"].value
+    assert f"{precision}, {html.escape(decision.reason)}" in wizard.notes["precision"].value
     go_to(wizard, "review")
-    assert f"Precision: {precision} ({html.escape(decision.reason)})." in wizard.notes["summary"].value
+    assert f"Precision: {precision}, {html.escape(decision.reason)}." in wizard.notes["summary"].value
 
 
 def test_bf16_on_t4_is_an_inline_error_on_precision(wizard_path):
@@ -287,7 +289,7 @@ def test_mixed_precision_switch_off_gives_fp32_and_hides_the_kind(wizard_path):
     wizard = make_wizard(wizard_path, device=T4)
     set_value(wizard, "precision", "16-mixed")
     set_value(wizard, "use_mixed_precision", False)
-    assert "32-true (fp32: mixed precision is switched off" in wizard.notes["precision"].value
+    assert "32-true, fp32: mixed precision is switched off" in wizard.notes["precision"].value
     assert wizard.fields["precision"].row.layout.display == "none"  # nothing to choose with the switch off
     assert shown_error(wizard, "precision") == "" and wizard.config.use_mixed_precision is False
 
@@ -347,8 +349,11 @@ def test_model_step_counts_parameters_and_checks_forward_backward(wizard_path):
     wizard.check_button.click()
     assert wizard.output.outputs == ()
     note = wizard.notes["check"].value
-    assert "Forward/backward on a 2 x 128 dummy batch" in note
-    assert "batch_size=16, max_seq_len=128 (16-mixed)" in note
+    loss = wizard.last_check[1].loss
+    assert (f"An untrained model should score a loss of about {math.log(EMBEDDED_CHAR_VOCAB):.1f} (it guesses among "
+            f"{EMBEDDED_CHAR_VOCAB} outputs); yours: {loss:.2f} — as expected.") in html.unescape(note)
+    assert "Training memory at Batch size 16 and Sequence length 128, in fp16 mixed precision: about " in note
+    assert "batch_size=" not in note and "ln " not in note
     assert "fits in Tesla T4 memory (16.0 GB, 90% usable)" in note
     _, check = wizard.last_check
     assert check.parameters == params and check.weights_bytes == 16 * params
@@ -521,10 +526,11 @@ def test_hugging_face_is_offered_only_with_the_datasets_library(wizard_path):
     options = [value for _, value in wizard.fields["dataset_source"].input.options]
     if importlib.util.find_spec("datasets") is None:
         assert options == ["embedded", "file", "upload"]
-        assert "install datasets to use this" in wizard.notes["dataset"].value
+        assert "pip install datasets" in wizard.fields["dataset_source"].help.value  # where the choice is made
+        assert wizard.notes["dataset"].value == ""  # not a note on every view of the step
     else:  # CI installs it for the Hugging Face data tests
         assert options == ["embedded", "file", "upload", "huggingface"]
-        assert "install datasets" not in wizard.notes["dataset"].value
+        assert "install datasets" not in wizard.fields["dataset_source"].help.value + wizard.notes["dataset"].value
     wizard_path.write_text(json.dumps({"dataset_source": "huggingface", "dataset_name": "imdb"}))
     reloaded = make_wizard(wizard_path)  # a config saved where datasets was installed is kept as it is
     assert reloaded.config.dataset_source == "huggingface"
@@ -603,7 +609,7 @@ def test_headless_returns_saved_preset_or_default_and_prints_instead_of_widgets(
     headless.show()
     printed = capsys.readouterr().out
     assert printed.startswith("Setup wizard not shown (interactive=False was passed). Started from preset 'tiny'.")
-    assert "Precision: 32-true (fp32: no CUDA GPU (CPU)" in printed and "  max_epochs = 3" in printed
+    assert "Precision: 32-true, fp32: no CUDA GPU (CPU)" in printed and "  max_epochs = 3" in printed
     WizardConfig(batch_size=4).save(wizard_path)
     assert SetupWizard(config_path=wizard_path, interactive=False, preset="tiny").config.batch_size == 4
 
@@ -716,7 +722,7 @@ def test_built_in_corpus_is_a_menu_and_the_text_box_is_for_a_hub_name(wizard_pat
     corpus, name = wizard.corpus, wizard.fields["dataset_name"]
     assert corpus.row.layout.display is None and name.row.layout.display == "none"
     assert corpus.input.description == "Built-in corpus" and "wizard-field-embedded_corpus" in corpus.input._dom_classes
-    assert corpus.input.options[0][1] == "python_reference" and corpus.input.label.startswith("python_reference — ")
+    assert corpus.input.options[0][1] == "python_reference" and corpus.input.label == "Python Language Reference"
     if "huggingface" in [v for _, v in wizard.fields["dataset_source"].input.options]:
         set_value(wizard, "dataset_source", "huggingface")
         assert corpus.row.layout.display == "none" and name.row.layout.display is None
@@ -773,12 +779,12 @@ def test_review_plan_for_a_language_model(wizard_path, tmp_path):
     data, steps = _prepared_sizes(wizard.config.replace(output_dir=str(tmp_path / "runs" / "default")))
     assert steps == 510  # 5 epochs of 102 batches of 32: half the 1,020 steps the default batch of 16 takes
     assert ("Trains the tiny 'gpt' language model from templates/ (822.9K parameters) on the built-in corpus "
-            "'python_reference' (Python Language Reference") in plan
+            "Python Language Reference (465 KB of English technical prose): ") in plan
     assert (f": {data.num_tokens:,} tokens, cut into {len(data.train):,} training sequences of 128 tokens and "
             f"{len(data.val):,} held out for validation, with the characters tokenizer ({EMBEDDED_CHAR_VOCAB} token "
             "ids).") in plan
     assert "Each optimizer step sees 32 sequences (batch 32 x 1 accumulation); 5 epochs = 510 optimizer steps." in plan
-    assert "Precision: 32-true (fp32: no CUDA GPU" in plan
+    assert "Precision: 32-true, fp32: no CUDA GPU" in plan
     assert f"Starts a new run in {tmp_path / 'runs' / 'default'}." in plan
     assert "Settings that differ from the defaults</b><br>Batch size: 32 (default: 16)" in plan
 
@@ -804,8 +810,127 @@ def test_review_plan_for_a_classifier(wizard_path, tmp_path):
             f"{len(data.val)} held out for validation, 2 labels (neg, pos) from the column 'label'") in plan
     assert f"Each optimizer step sees 32 texts (batch 16 x 2 accumulation); 5 epochs = {steps:,} optimizer steps." \
         in plan
-    assert "Precision: 16-mixed (" in plan
+    assert "Precision: 16-mixed, " in plan
     for line in ("Task: Text classification (default: Language model)", "Data source: A file (default: Built-in "
                  "corpus)", f"File path: {str(csv)!r} (default: '')", "Template: 'classifier' (default: 'gpt')",
                  "Sequence length: 32 (default: 128)", "Accumulation steps: 2 (default: 1)"):
         assert line in plan, line
+
+
+# ------------------------------------------------------------------ what users hit (issue 20, item 22)
+def _paren_depth(text: str) -> int:
+    depth = deepest = 0
+    for char in text:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def test_the_plan_never_nests_parentheses(wizard_path, tmp_path):
+    wizard = SetupWizard(config_path=wizard_path, interactive=True, device=CPU, run_root=tmp_path)
+    plan = _plan(wizard).split("Settings that differ")[0]
+    assert "Python Language Reference" in plan and _paren_depth(plan) == 1, plan
+    wizard._go(0)
+    set_value(wizard, "dataset_source", "file")
+    set_value(wizard, "dataset_path", str(tmp_path / "not-there.txt"))  # the plan's note holds the OS's words
+    wizard.errors.clear()
+    plan = html.unescape(wizard._plan_html(wizard._candidate(), 100))
+    assert "size not counted yet" in plan and _paren_depth(plan.split("Settings that differ")[0]) == 1, plan
+
+
+def test_the_corpus_menu_shows_a_title_that_fits_and_its_help_says_the_rest(wizard_path):
+    wizard = make_wizard(wizard_path)
+    assert [label for label, _ in wizard.corpus.input.options] == ["Python Language Reference"]
+    assert "465 KB of English technical prose" in wizard.corpus.help.value
+
+
+def test_the_upload_button_sits_under_the_data_source(wizard_path):
+    wizard = make_wizard(wizard_path)
+    rows = list(wizard._step_boxes[0].children)
+    source = rows.index(wizard.fields["dataset_source"].row)
+    assert rows[source + 1] is wizard.upload and rows[source + 2] is wizard.upload_limit
+
+
+def test_a_file_path_error_does_not_stay_red_once_upload_is_chosen(wizard_path):
+    wizard = make_wizard(wizard_path)
+    set_value(wizard, "dataset_source", "file")
+    set_value(wizard, "dataset_path", "")
+    assert wizard.fields["dataset_path"].error.layout.display is None  # red under the field
+    set_value(wizard, "dataset_source", "upload")
+    assert wizard.fields["dataset_path"].row.layout.display == "none"
+    assert "Press <b>Upload file</b>" in wizard.notes["dataset"].value and wizard.next_button.disabled
+
+
+@pytest.mark.parametrize("source, value", [("file", "my_model.py"), ("gist", "https://gist.github.com/u/abc")])
+def test_dropout_shows_for_templates_only(wizard_path, source, value):
+    wizard = make_wizard(wizard_path)
+    go_to(wizard, "model")
+    assert wizard.fields["dropout"].row.layout.display is None
+    set_value(wizard, "model_source", source)
+    set_value(wizard, "model_path" if source == "file" else "gist_id", value)
+    assert wizard.fields["dropout"].row.layout.display == "none"
+
+
+def test_check_model_is_disabled_while_the_model_step_is_blocked(wizard_path):
+    wizard = make_wizard(wizard_path)
+    go_to(wizard, "model")
+    assert not wizard.check_button.disabled
+    set_value(wizard, "dropout", 1.5)
+    assert wizard.next_button.disabled and wizard.check_button.disabled
+    set_value(wizard, "dropout", 0.1)
+    assert not wizard.check_button.disabled
+
+
+def test_check_model_says_when_the_untrained_loss_is_off(wizard_path):
+    from utils.ui.model_check import ModelCheck, describe_check
+
+    wizard = make_wizard(wizard_path, device=T4)
+    check = ModelCheck(parameters=10, vocab_size=256, loss=9.0, seconds=0.1, weights_bytes=160, activation_bytes=10,
+                       capacity_bytes=None, capacity_name="nothing")
+    text = describe_check(check, wizard.config, resolve_precision(True, "auto", T4))
+    assert "should score a loss of about 5.5 (it guesses among 256 outputs); yours: 9.00 — higher than expected" in text
+
+
+def test_the_preset_menu_says_what_each_preset_is_for(wizard_path):
+    wizard = make_wizard(wizard_path)
+    labels = dict((value, label) for label, value in wizard.preset_menu.options)
+    assert labels["tiny"].startswith("tiny — CPU-friendly") and labels["t4"].startswith("t4 — Colab's free T4 GPU")
+
+
+def test_a_gpu_preset_on_a_cpu_says_so_in_words(wizard_path):
+    from utils.ui.fields import WARNING_COLOR
+
+    wizard = make_wizard(wizard_path, device=CPU)
+    wizard.preset_menu.value = "t4"
+    message = html.unescape(wizard.message.value)
+    assert "Mixed precision on, Mixed precision kind Auto" in message and "True" not in message
+    assert "'t4' is sized for a GPU, and this runtime has none (CPU)" in message and WARNING_COLOR in message
+    on_gpu = make_wizard(wizard_path, device=T4)
+    on_gpu.preset_menu.value = "t4"
+    assert "sized for a GPU" not in on_gpu.message.value
+
+
+def test_the_start_message_is_gone_after_the_first_step(wizard_path):
+    wizard = make_wizard(wizard_path)
+    assert "Started from the defaults." in wizard.message.value
+    wizard.next_button.click()
+    assert wizard.message.value == ""
+
+
+def test_a_new_output_folder_keeps_the_estimate_and_the_check(wizard_path, tmp_path):
+    wizard = SetupWizard(config_path=wizard_path, interactive=True, device=CPU, run_root=tmp_path)
+    go_to(wizard, "training")
+    set_value(wizard, "max_epochs", 1)
+    set_value(wizard, "batch_size", 4)
+    wizard._go(2)  # the model step
+    wizard.check_button.click()
+    go_to(wizard, "review")
+    wizard.estimate_button.click()
+    estimate = wizard.notes["estimate"].value
+    set_value(wizard, "output_dir", str(tmp_path / "elsewhere"))
+    assert wizard.notes["estimate"].value == estimate and "Settings changed" not in wizard.notes["check"].value
+    set_value(wizard, "output_dir", "")  # a bad value on the way: compared without validating it
+    assert wizard.output.outputs == () and "output_dir" in wizard.errors
+    set_value(wizard, "output_dir", str(tmp_path / "elsewhere"))
+    set_value(wizard, "batch_size", 8)
+    assert "Settings changed since the last estimate" in wizard.notes["estimate"].value

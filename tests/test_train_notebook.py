@@ -4,6 +4,7 @@ nbval checks that the notebooks run; this checks what they leave behind. The "di
 first Run all that stops after 3 steps and a second one with max_steps=6 in the same workspace.
 """
 
+import re
 from pathlib import Path
 
 import matplotlib
@@ -49,7 +50,9 @@ def test_run_all_trains_exports_and_a_second_run_all_resumes(tmp_path, monkeypat
         ".kit-export.json", "config.json", "model.safetensors", "tokenizer"]
     out = capsys.readouterr().out
     assert "Precision: 32-true - fp32: no CUDA GPU" in out
+    assert "characters tokenizer with 103 ids" in out and "char tokenizer" not in out  # the wizard's word
     assert f"Loaded GPT from {run_dir / 'export'}:" in out
+    assert f"Exported to {run_dir / 'export'}: config.json, model.safetensors, tokenizer\n" in out  # no hidden marker
 
     ns = run_all(monkeypatch, tmp_path, f"{TINY} max_steps=6")
     second = ns["result"]
@@ -82,7 +85,7 @@ def test_run_all_after_a_changed_setting_starts_anew_and_keeps_the_old_run(tmp_p
     assert (archived / "checkpoints" / "last.ckpt").read_bytes() == old_ckpt
     assert (archived / "export" / "model.safetensors").read_bytes() == old_export
     out = capsys.readouterr().out
-    assert "max_seq_len: 32 (checkpoint) vs 16 (now)" in out and f"moved, untouched, to {archived}" in out
+    assert "Sequence length: 32 (the old run) vs 16 (now)" in out and f"moved, untouched, to {archived}" in out
 
 
 @pytest.mark.slow
@@ -101,3 +104,72 @@ def test_run_all_with_a_classifier_reports_accuracy_and_labels(tmp_path, monkeyp
     assert sorted(p.name for p in (result.output_dir / "export").iterdir()) == \
         [".kit-export.json", "config.json", "labels.json", "model.safetensors", "tokenizer"]
     assert loaded.predict(["abc", "CAB"]) == result.predict(["abc", "CAB"]) == ["calm", "loud"]
+
+
+# Lines a default Run all may print on stderr, each with what the user does about it. Anything else on
+# stderr is noise (Colab shows stderr in red) and fails the test below.
+ALLOWED_STDERR: dict[str, str] = {}
+
+
+def stderr_lines(nb: nbformat.NotebookNode) -> list[str]:
+    return [line for cell in nb.cells for out in cell.get("outputs", [])
+            if out.get("output_type") == "stream" and out.get("name") == "stderr"
+            for line in out["text"].splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory) -> list[nbformat.NotebookNode]:
+    """train.ipynb executed by a kernel as Run all does, twice in one workspace: a first run and a rerun that
+    resumes (loads the checkpoint) and trains on."""
+    from nbclient import NotebookClient
+
+    workspace = tmp_path_factory.mktemp("workspace")
+    runs = []
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("KIT_WORKSPACE", str(workspace))
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        for steps in (3, 6):
+            monkeypatch.setenv("KIT_NOTEBOOK_OVERRIDES", f"{TINY} max_steps={steps}")
+            nb = nbformat.read(REPO / "notebooks" / "train.ipynb", as_version=4)
+            NotebookClient(nb, timeout=600, resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+            runs.append(nb)
+    return runs
+
+
+@pytest.mark.slow
+def test_a_default_run_all_and_its_rerun_print_nothing_on_stderr_a_user_cannot_act_on(executed):
+    noise = [f"{run}: {line}" for run, nb in zip(("first", "resumed"), executed) for line in stderr_lines(nb)
+             if not any(re.search(pattern, line) for pattern in ALLOWED_STDERR)]
+    assert noise == []
+
+
+def cell_titled(nb: nbformat.NotebookNode, title: str) -> nbformat.NotebookNode:
+    return next(cell for cell in nb.cells if cell.cell_type == "code" and cell.source.startswith(f"#@title {title}"))
+
+
+@pytest.mark.slow
+def test_the_results_cell_shows_the_curves_above_the_samples(executed):
+    outputs = cell_titled(executed[0], "Curves, throughput and samples").outputs
+    kinds = ["plot" if "image/png" in out.get("data", {}) else "samples" if "--- sample" in out.get("text", "")
+             else "other" for out in outputs]
+    assert "plot" in kinds and "samples" in kinds and kinds.index("plot") < kinds.index("samples"), kinds
+
+
+@pytest.mark.slow
+def test_the_train_cell_ends_with_the_next_step(executed):
+    text = "".join(out.get("text", "") for out in cell_titled(executed[0], "Train").outputs
+                   if out.get("name") == "stdout")
+    assert text.strip().splitlines()[-1].startswith("Next: the Results cell plots the loss curves and samples text")
+
+
+@pytest.mark.slow
+def test_a_rerun_with_nothing_left_to_train_says_what_to_change_in_the_wizard(tmp_path, monkeypatch, capsys):
+    run_all(monkeypatch, tmp_path, f"{TINY} max_steps=3")
+    capsys.readouterr()
+    result = run_all(monkeypatch, tmp_path, f"{TINY} max_steps=3")["result"]
+    assert result.steps_run == 0
+    out = capsys.readouterr().out
+    assert (f"Nothing to train: the run in {tmp_path / 'runs' / 'default'} already reached Max steps = 3. To train it "
+            "further, raise Max steps in the wizard; to start a new run instead, choose a new Output folder there."
+            ) in out
+    assert "resume=False" not in out and "max_steps" not in out.split("Nothing to train")[1]

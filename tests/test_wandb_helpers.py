@@ -309,6 +309,21 @@ def test_a_run_left_open_by_an_earlier_cell_is_finished_not_reused(tmp_path, tin
     assert len(ours) == 1 and not ours[0].name.endswith(stale.id)
 
 
+def test_reruns_of_a_run_folder_continue_one_wandb_run_and_open_none_when_nothing_is_left(tmp_path, tiny_lm, capfd):
+    train(offline_config(tmp_path, max_steps=2), model=tiny_lm(), device=CPU)
+    train(offline_config(tmp_path, max_steps=4), model=tiny_lm(), device=CPU)  # resumes at step 2
+    err = capfd.readouterr().err
+    assert "anonymous setting" not in err  # wandb's warning about the anonymous=None Lightning passes
+    train(offline_config(tmp_path, max_steps=4), model=tiny_lm(), device=CPU)  # nothing left: no W&B run
+    assert "W&B: nothing is left to train, so no W&B run is opened." in capfd.readouterr().out
+    run_id = (tmp_path / "run" / "wandb_run_id.txt").read_text().strip()
+    runs = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(f"-{run_id}" in run.name for run in runs)  # offline-run-<time>-<id>[-1]
+    steps = [r["trainer/global_step"] for run in runs for r in history_rows(read_wandb_records(run))
+             if "train/loss" in r]
+    assert steps == [1, 2, 3, 4]  # one W&B run id, continued where the checkpoint was
+
+
 def run_cli(tmp_path, env_changes: dict, *overrides: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(HOME=str(tmp_path / "home"), WANDB_CONFIG_DIR=str(tmp_path / "wandb-home" / "config"),

@@ -118,7 +118,8 @@ def _pip_install(lines: list[str], runner: Callable[[list[str]], object]) -> Non
         # A constraint pins torch and numpy where they are: pip fails rather than replace them.
         f.write("".join(f"{n}=={v}\n" for n in NEVER_INSTALL if (v := _installed_version(n))))
     try:
-        runner([sys.executable, "-m", "pip", "install", "-q", "-c", f.name, *lines])
+        # No progress bars: Colab shows a subprocess's redraws as red lines of stderr nobody can act on.
+        runner([sys.executable, "-m", "pip", "install", "-q", "--progress-bar", "off", "-c", f.name, *lines])
     finally:
         os.unlink(f.name)
 

@@ -60,6 +60,8 @@ class Setting:
     # An irrelevant field is hidden in the wizard, not validated and not saved.
     when: Optional[Callable[[Any], bool]] = None
     used_when: str = ""  # why a field `when` rules out is not used, for the note a value given there gets
+    also_accepted: tuple = ()  # values accepted besides the choices (an older spelling), listed in the message
+    aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)  # a common other name -> the value meant
 
     def relevant(self, config: Any) -> bool:
         return self.when is None or bool(self.when(config))
@@ -73,8 +75,10 @@ class Setting:
         if value is None:  # an Optional field's "no limit" (type_errors refuses None elsewhere)
             return None
         where = f"{self.label} ({name})"
-        if self.choices and value not in self.choices:
-            return f"{where} cannot be {value!r}; choose one of {', '.join(map(repr, self.choices))}"
+        if self.choices and value not in self.choices and value not in self.also_accepted:
+            meant = self.aliases.get(value.lower() if isinstance(value, str) else value)
+            return (f"{where} cannot be {value!r}; choose one of {', '.join(map(repr, [*self.choices, *self.also_accepted]))}"
+                    + (f" ({value!r} is spelled {meant!r} here)" if meant else ""))
         if self.required and not value.strip():
             return f"{where} is empty; {self.required}"
         finite = not isinstance(value, float) or math.isfinite(value)
@@ -212,8 +216,9 @@ class WizardConfig:
     max_seq_len: int = _model(128, "Sequence length", "tokens per training sequence (the context length)",
                               ge=2, hint="a sequence needs an input and a target token")
     dropout: float = _model(0.0, "Dropout", "dropout probability in the template models", ge=0, lt=1,
-                            when=lambda c: c.model_source != "pretrained",
-                            used_when="a pretrained model keeps its own")
+                            when=lambda c: c.model_source == "template",
+                            used_when="only the template models have a dropout setting; your own or a pretrained "
+                                      "model keeps its own")
     inspect: bool = _model(True, "Inspect before training", "check shapes, causality, padding and gradient flow "
                            "before training, and stop when one fails")
     # --- optimisation
@@ -242,6 +247,10 @@ class WizardConfig:
                                 choices={"auto": "Auto — fp16 on a T4 or V100, bf16 on Ampere and newer, fp32 on a CPU",
                                          "16-mixed": "fp16 mixed — T4, V100 and other pre-Ampere GPUs",
                                          "bf16-mixed": "bf16 mixed — A100, L4, H100 (Ampere or newer)"},
+                                also_accepted=("32-true",),  # = Mixed precision off (see __post_init__)
+                                aliases={"fp16": "16-mixed", "16": "16-mixed", "float16": "16-mixed",
+                                         "bf16": "bf16-mixed", "bfloat16": "bf16-mixed", "fp32": "32-true",
+                                         "32": "32-true", "float32": "32-true"},
                                 when=lambda c: c.use_mixed_precision,
                                 used_when="Mixed precision (use_mixed_precision) is off")
     compile: bool = _precision(False, "Compile the model", "torch.compile the model: pays off in long runs on "
@@ -378,12 +387,23 @@ FINETUNE_METHODS = tuple(SETTINGS["finetune_method"].choices)
 WANDB_MODES = tuple(SETTINGS["wandb_mode"].choices)
 
 
+# Lightning's precision strings as a sentence says them (the summary's plot title, the wizard's model check).
+PRECISION_WORDS = {"32-true": "fp32", "16-mixed": "fp16 mixed precision", "bf16-mixed": "bf16 mixed precision"}
+
 TYPE_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
 
 
 def where(name: str) -> str:
     """How a message names a field: its on-screen label first, then the config name, e.g. 'Batch size (batch_size)'."""
     return f"{SETTINGS[name].label} ({name})"
+
+
+def shown_value(name: str, value: Any) -> str:
+    """A value as the wizard shows it: a choice's label ('Characters', not 'char'), else the value itself."""
+    choices = SETTINGS[name].choices
+    if value in choices:
+        return choices[value].split(" — ")[0]
+    return "none" if value is None else repr(value) if isinstance(value, str) else str(value)
 
 
 def type_errors(config: WizardConfig) -> list[tuple[str, str]]:

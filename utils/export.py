@@ -23,6 +23,7 @@ No torch pickle file is written or read here. An export replaces only a folder h
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -99,6 +100,7 @@ def export_model(model: nn.Module, config: WizardConfig, tokenizer, folder: Opti
                                                                  "trained_from": trained.source})
         marker = {"written_by": "colab-transformer-kit", "kit_version": kit_version()}
         (tmp / MARKER_FILENAME).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+        _give_default_mode(tmp)
     return folder
 
 
@@ -123,6 +125,16 @@ def _with_transformers_tokenizer(tokenizer, config: WizardConfig):
     if getattr(tokenizer, "hf", None) is not None:
         return tokenizer
     return load_model_tokenizer(config.pretrained_model, classify=config.task == "classification")
+
+
+def _give_default_mode(folder: Path) -> None:
+    """Every file as a plain write would make it (0644 under the usual umask): safetensors writes its weights
+    0600, and a copied or shared export would then hold one file only its owner can read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
 
 
 def _refuse_foreign_folder(folder: Path) -> None:

@@ -8,12 +8,15 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
+from utils.config import PRECISION_WORDS
+
 
 def plot_losses(result, ax=None):
     """Training loss per step and validation loss per validation of a TrainingResult."""
     if not result.train_history:  # a rerun of a finished run: say so, and let Run all go on to export
         print(f"No training steps in this call: the run in {result.output_dir} had already finished "
-              f"({result.global_step} steps). Raise max_epochs or max_steps to train on, or set resume=False.")
+              f"({result.global_step} steps). Raise Epochs or Max steps in the wizard to train on, or choose a new "
+              "Output folder to start a new run.")
         return None
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 4))
@@ -22,11 +25,29 @@ def plot_losses(result, ax=None):
     if result.val_history:
         val_steps, val_losses = zip(*result.val_history)
         ax.plot(val_steps, val_losses, "o-", label="validation")
-    ax.set(xlabel="optimizer step", ylabel="cross-entropy loss",
-           title=f"{_model_name(result.config)}, {result.precision}")
+    ax.set(xlabel="optimizer step", ylabel="cross-entropy loss", title=loss_title(result))
     ax.grid(alpha=0.3)
     ax.legend()
     return ax
+
+
+def loss_title(result) -> str:
+    """'Loss of GPT (tiny, 0.81M parameters) in fp32'."""
+    return f"Loss of {run_words(result)}"
+
+
+def run_words(result) -> str:
+    """'GPT (tiny, 0.81M parameters) in fp32': the model as a reader knows it, and the precision in words."""
+    c = result.config
+    if c.model_source == "pretrained":
+        name, details = Path(c.pretrained_model).name, []
+    else:
+        name = type(result.model).__name__ if result.model is not None else c.model_template
+        details = [c.model_size] if c.model_source == "template" else []
+    if result.model is not None:
+        details.append(f"{sum(p.numel() for p in result.model.parameters()) / 1e6:.2f}M parameters")
+    shown = f"{name} ({', '.join(details)})" if details else name
+    return f"{shown} in {PRECISION_WORDS.get(result.precision, result.precision)}"
 
 
 def plot_training(result, save_to: Path | str | None = "auto"):
@@ -73,7 +94,7 @@ def plot_training(result, save_to: Path | str | None = "auto"):
     norm_ax.set_xlabel("optimizer step")
     speed_ax.set_xlabel("optimizer step")
     resumed = f" ({len(h.segment_starts)} stretches, dotted lines: resumed)" if len(h.segment_starts) > 1 else ""
-    fig.suptitle(f"{_model_name(result.config)}, {result.precision}, {result.global_step} steps{resumed}")
+    fig.suptitle(f"{run_words(result)}, {result.global_step} steps{resumed}")
     fig.tight_layout()
     if save_to is not None:
         path = Path(result.output_dir) / "training.png" if save_to == "auto" else Path(save_to)
@@ -86,10 +107,6 @@ def _series(ax, points, label, fmt="-", **style):
     if points:
         steps, values = zip(*points)
         ax.plot(steps, values, fmt, label=label, markersize=3, **style)
-
-
-def _model_name(c) -> str:
-    return Path(c.pretrained_model).name if c.model_source == "pretrained" else f"{c.model_template} ({c.model_size})"
 
 
 def plot_benchmark(report):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,10 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities import rank_zero_only
 
 from utils.config import WANDB_MODES
 from utils.env import in_colab
 from utils.errors import KitError
+from utils.run_folder.checkpoints import WANDB_ID_FILENAME
 
 if TYPE_CHECKING:  # annotations only
     from torch import nn
@@ -120,6 +123,27 @@ def make_project_name(name: str) -> str:
     return slug
 
 
+
+
+def wandb_run_id(output_dir, store: bool = True, fresh: bool = False) -> str:
+    """The W&B run id of this run folder: the one stored there, else a new one, stored (atomically) for reruns.
+
+    A resumed run logs into the same W&B run instead of opening one per Run all; a run moved to archive/
+    takes its id along, so the new run in the folder gets a new one. store=False: the other processes of a
+    multi-device run, which log nothing to W&B, read but never write. fresh=True: a new id even when one is
+    stored (wandb keeps an id whose online start failed in use for the rest of the process).
+    """
+    from utils.files import atomic_write_text
+
+    path = Path(output_dir) / WANDB_ID_FILENAME
+    if not fresh and path.is_file() and (stored := path.read_text(encoding="utf-8").strip()):
+        return stored
+    run_id = uuid.uuid4().hex[:8]  # wandb's own ids are 8 characters of [a-z0-9]
+    if store:
+        atomic_write_text(path, run_id + "\n")
+    return run_id
+
+
 def make_run_name(model_type: str, now: Optional[datetime] = None) -> str:
     """{model_type}_{YYYYMMDD_HHMMSS}, e.g. gpt_20260315_142501."""
     return f"{model_type}_{(now or datetime.now()).strftime('%Y%m%d_%H%M%S')}"
@@ -198,10 +222,19 @@ def build_wandb_logger(config: WizardConfig, decision: PrecisionDecision, model:
     run_args = dict(project=make_project_name(config.wandb_project),
                     name=config.wandb_run_name or make_run_name(model_type_of(model)),
                     save_dir=config.output_dir, log_model=False,
+                    # every rerun of this run folder continues one W&B run; only global rank zero logs to W&B
+                    id=wandb_run_id(config.output_dir, store=rank_zero_only.rank == 0),
                     config=build_wandb_config(config, model, decision, vocab_size))
     if auth.mode != "online":
-        return WandbLogger(mode=auth.mode, **run_args)
+        return _without_anonymous(WandbLogger(mode=auth.mode, **run_args))
     return _start_online_run(run_args)
+
+
+def _without_anonymous(logger: WandbLogger) -> WandbLogger:
+    # Lightning passes anonymous=None to wandb.init, and wandb 0.2x+ answers any value with "The anonymous
+    # setting has no effect" on stderr. Left out, wandb uses its default and says nothing.
+    logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 def _start_online_run(run_args: dict) -> WandbLogger:
@@ -213,8 +246,8 @@ def _start_online_run(run_args: dict) -> WandbLogger:
     import wandb
     from wandb.errors import CommError
 
-    logger = WandbLogger(mode="online", settings=wandb.Settings(init_timeout=resolve_wandb_init_timeout()),
-                         **run_args)
+    logger = _without_anonymous(WandbLogger(mode="online", settings=wandb.Settings(
+        init_timeout=resolve_wandb_init_timeout()), **run_args))
     started = time.monotonic()
     try:
         _ = logger.experiment  # wandb.init
@@ -223,7 +256,9 @@ def _start_online_run(run_args: dict) -> WandbLogger:
         server = wandb.setup().settings.base_url  # the address wandb used: WANDB_BASE_URL or its default
         print(f"W&B: could not start the run on the W&B server at {server} within {time.monotonic() - started:.0f} s "
               f"({reason}); logging this run offline instead; {SYNC_HINT}.")
-        return WandbLogger(mode="offline", **run_args)
+        # A new id, stored for the reruns: wandb keeps the failed one "in use" for the rest of this process.
+        run_args = {**run_args, "id": wandb_run_id(run_args["save_dir"], store=rank_zero_only.rank == 0, fresh=True)}
+        return _without_anonymous(WandbLogger(mode="offline", **run_args))
     return logger
 
 

@@ -17,6 +17,8 @@ transformers is optional for the kit (Colab has it); this path alone needs it.
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -74,10 +76,15 @@ def load_pretrained_model(name: str, task: str, label_names: Sequence[str] = (),
             model = transformers.AutoModelForCausalLM.from_pretrained(source, local_files_only=local_only, **options)
         else:
             # A checkpoint that is already a classifier with other labels gets a new head of the right size.
-            model = transformers.AutoModelForSequenceClassification.from_pretrained(
-                source, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
-                label2id={label: i for i, label in enumerate(label_names)}, ignore_mismatched_sizes=True,
-                local_files_only=local_only, **options)
+            with _without_load_report():  # a new head is expected here: said in one line below, not a table
+                model, info = transformers.AutoModelForSequenceClassification.from_pretrained(
+                    source, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
+                    label2id={label: i for i, label in enumerate(label_names)}, ignore_mismatched_sizes=True,
+                    output_loading_info=True, local_files_only=local_only, **options)
+            new_head = sorted(set(info.get("missing_keys", ())) | {key for key, *_ in info.get("mismatched_keys", ())})
+            if new_head:
+                print(f"Classifier head: {', '.join(new_head)} not in {name!r} (or sized for other labels), so it "
+                      f"starts untrained for your {len(label_names)} labels; fine-tuning trains it.")
     except SafetensorError as e:  # a weights file cut short (a copy to Drive that did not finish) or corrupted
         weights = Path(source) / "model.safetensors" if Path(source).is_dir() else f"the weights of {name!r}"
         raise PretrainedError(f"{weights} is damaged or incomplete ({first_line(e)}); copy the folder again or "
@@ -98,6 +105,22 @@ def load_pretrained_model(name: str, task: str, label_names: Sequence[str] = (),
 def cached_only_source(source: str) -> bool:
     """A folder loads as it is; a Hub name is checked first, so no network answers in seconds (utils.hub_offline)."""
     return False if Path(source).is_dir() else cached_only(source, "pretrained_model")
+
+
+class _DropLoadReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+
+@contextmanager
+def _without_load_report():
+    """Hide transformers' LOAD REPORT table (a warning of transformers.modeling_utils) for one load, and only it."""
+    log, drop = logging.getLogger("transformers.modeling_utils"), _DropLoadReport()
+    log.addFilter(drop)
+    try:
+        yield
+    finally:
+        log.removeFilter(drop)
 
 
 def save_for_transformers(model: nn.Module, tokenizer, folder: Path) -> None:

@@ -30,7 +30,7 @@ from typing import Optional
 
 import torch
 
-from utils.config import CONFIG_FILENAME, ConfigError, WizardConfig
+from utils.config import CONFIG_FILENAME, SETTINGS, ConfigError, WizardConfig, shown_value
 from utils.errors import KitError
 
 LAST_NAME = "last.ckpt"
@@ -38,9 +38,10 @@ LABELS_FILENAME = "labels.json"  # classification: class names and pad id, in a 
 LOGS_DIRNAME = "logs"
 TOKENIZER_DIRNAME = "tokenizer"
 ARCHIVE_DIRNAME = "archive"
+WANDB_ID_FILENAME = "wandb_run_id.txt"  # the W&B run every rerun of this folder continues (utils.wandb_helpers)
 DAMAGED_DIRNAME = "damaged"
 RUN_ENTRIES = (CONFIG_FILENAME, TOKENIZER_DIRNAME, LABELS_FILENAME, "checkpoints", LOGS_DIRNAME, "user_model",
-               "export")  # one run's files
+               "export", WANDB_ID_FILENAME)  # one run's files
 
 # Fields that shape the model or the data: a checkpoint only resumes under the same values (of the fields
 # its choices use: a pretrained run reads no tokenizer setting, see Setting.when in utils/config.py).
@@ -111,7 +112,7 @@ def plan_resume(config: WizardConfig, on_change: str = "refuse") -> tuple[Option
         if _run_entries(out):  # a run killed before its first checkpoint: keep its files anyway
             return None, f"{out} holds files of a run without a checkpoint; moved them to {ARCHIVE}."
         return None, None
-    changes = config_changes(out, config)
+    changes = config_changes(out, config, wizard_words=on_change == "start_new")  # start_new: the notebook
     if changes:
         return None, changed_run_note(out, changes, on_change)
     return point, None
@@ -136,7 +137,7 @@ def describe_run_folder(config: WizardConfig) -> str:
         return f"Starts a new run in {out}."
     if not config.resume:
         return f"Starts a new run in {out}; the run there now is moved, untouched, to {out / ARCHIVE_DIRNAME}/ (resume is off)."
-    changes = config_changes(out, config)
+    changes = config_changes(out, config, wizard_words=True)
     if changes:
         return (f"Starts a new run in {out}: these settings differ from the run there ({'; '.join(changes)}), "
                 f"which is moved, untouched, to {out / ARCHIVE_DIRNAME}/.")
@@ -150,15 +151,22 @@ def _age(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{minutes:.0f} min" if minutes < 90 else f"{minutes / 60:.1f} h"
 
 
-def config_changes(out: Path, config: WizardConfig) -> list[str]:
-    """How config differs from the run saved in out, in the fields a checkpoint depends on."""
+def config_changes(out: Path, config: WizardConfig, wizard_words: bool = False) -> list[str]:
+    """How config differs from the run saved in out, in the fields a checkpoint depends on.
+
+    wizard_words: name each field and value as the wizard shows them ("Tokenizer: Characters (the old run) vs
+    BPE (now)") for the notebook; otherwise as config names and values, for the command line.
+    """
     try:
         saved = WizardConfig.load(out / CONFIG_FILENAME)
     except (FileNotFoundError, ConfigError) as e:
         return [f"its {CONFIG_FILENAME} cannot be read ({' '.join(str(e).split())})"]
     saved, config = saved.relevant(), config.relevant()  # a field the choices do not use is not saved either
-    return [f"{name}: {getattr(saved, name)!r} (checkpoint) vs {getattr(config, name)!r} (now)"
-            for name in RESUME_FIELDS if getattr(saved, name) != getattr(config, name)]
+    names = [name for name in RESUME_FIELDS if getattr(saved, name) != getattr(config, name)]
+    if wizard_words:
+        return [f"{SETTINGS[name].label}: {shown_value(name, getattr(saved, name))} (the old run) vs "
+                f"{shown_value(name, getattr(config, name))} (now)" for name in names]
+    return [f"{name}: {getattr(saved, name)!r} (checkpoint) vs {getattr(config, name)!r} (now)" for name in names]
 
 
 def optimizer_changes(out: Path, config: WizardConfig, step: int) -> list[str]:

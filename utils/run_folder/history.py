@@ -29,11 +29,13 @@ class History:
     tokens_per_sec: list = field(default_factory=list)  # (step, training tokens/s since the previous flush)
     gpu_peak_memory_gib: list = field(default_factory=list)  # (step, peak GPU memory so far), GPU runs only
     segment_starts: list = field(default_factory=list)  # the step each resumed stretch of training started from
+    loss_scale: list = field(default_factory=list)  # (step, amp/loss_scale), fp16 with a GradScaler only
 
 
 COLUMNS = {"train": "train/loss", "val": "val/loss", "val_accuracy": "val/accuracy",
            "val_perplexity": "val/perplexity", "val_macro_f1": "val/macro_f1", "lr": "lr", "grad_norm": "grad_norm",
-           "tokens_per_sec": "tokens_per_sec", "gpu_peak_memory_gib": "gpu_peak_memory_gib"}
+           "tokens_per_sec": "tokens_per_sec", "gpu_peak_memory_gib": "gpu_peak_memory_gib",
+           "loss_scale": "amp/loss_scale"}
 
 
 def read_history(logs_dir: Path) -> History:

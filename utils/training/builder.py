@@ -100,11 +100,14 @@ def adamw_options(device_kind: str) -> dict:
 FINE_TUNING_LR = 1e-4  # above this, fine-tuning a pretrained model gets a note (BERT and GPT-2 use 2e-5 to 1e-4)
 
 
-def fine_tuning_note(config: WizardConfig) -> str:
+def fine_tuning_note(config: WizardConfig, wizard_words: bool = False) -> str:
     """A note when a pretrained model is to be fine-tuned at a learning rate meant for training from scratch; ""
-    otherwise. A note, not a change: the config decides."""
+    otherwise. A note, not a change: the config decides. wizard_words: in the notebook's words."""
     if config.model_source != "pretrained" or config.learning_rate <= FINE_TUNING_LR:
         return ""
+    if wizard_words:
+        return (f"Note: a Learning rate of {config.learning_rate:g} is high for fine-tuning a pretrained model and "
+                f"may overwrite what it learnt; 2e-5 to {FINE_TUNING_LR:g} is usual (the wizard's Training step).")
     return (f"Note: learning_rate={config.learning_rate:g} is high for fine-tuning a pretrained model and may "
             f"overwrite what it learnt; 2e-5 to {FINE_TUNING_LR:g} is usual (e.g. --set learning_rate=5e-5).")
 
@@ -198,12 +201,15 @@ def build_callbacks(config: WizardConfig, decision: PrecisionDecision, recorder:
 
 
 def build_loggers(config: WizardConfig, decision: PrecisionDecision | None = None, model: nn.Module | None = None,
-                  vocab_size: int | None = None) -> list:
-    """CSV logs always; a WandbLogger too unless wandb_mode is "disabled" (it needs decision, model, vocab_size)."""
+                  vocab_size: int | None = None, nothing_to_train: bool = False) -> list:
+    """CSV logs always; a WandbLogger too unless wandb_mode is "disabled" (it needs decision, model, vocab_size)
+    or nothing is left to train (a W&B run with no steps would only add an empty run to the project)."""
     # Rows are appended as the RunRecorder logs them (it does before every checkpoint), so the history
     # on disk reaches the last checkpoint whenever the process is killed (utils.run_folder.history).
     loggers = [CSVLogger(save_dir=config.output_dir, name=LOGS_DIRNAME, flush_logs_every_n_steps=10**9)]
-    if config.wandb_mode != "disabled":
+    if config.wandb_mode != "disabled" and nothing_to_train:
+        print("W&B: nothing is left to train, so no W&B run is opened.")
+    elif config.wandb_mode != "disabled":
         if decision is None or model is None or vocab_size is None:
             raise ValueError(f"build_loggers needs decision, model and vocab_size when wandb_mode={config.wandb_mode!r}: "
                              "they fill the W&B run's config")

@@ -91,9 +91,10 @@ def train_parser() -> argparse.ArgumentParser:
 def estimate_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=_prog("estimate"), formatter_class=argparse.RawDescriptionHelpFormatter,
                      epilog=settings_help(),
-                     description="Time a few real optimizer steps and print how long the run would take and the "
-                                 "memory it needs, without training; a batch_size that does not fit is refused as "
-                                 "train refuses it, naming the batch that fits. Nothing is written into output_dir.")
+                     description=textwrap.fill(
+                         "Time a few real optimizer steps and print how long the run would take and the memory it "
+                         "needs, without training; a batch_size that does not fit is refused as train refuses it, "
+                         "naming the batch that fits. Nothing is written into output_dir.", HELP_WIDTH))
     _config_arguments(parser)
     return parser
 
@@ -243,10 +244,13 @@ def generate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     parser.add_argument("--chat", metavar="MESSAGE", help="a chat model's answer to this user message, formatted with "
                                                          "its chat template (instead of --prompt)")
-    parser.add_argument("--max-new-tokens", type=int, default=200, help="tokens to sample after the prompt")
-    parser.add_argument("--temperature", type=float, default=0.8, help="above 0; lower is more predictable")
-    parser.add_argument("--top-k", type=int, default=40, help="sample from the k likeliest tokens (0: from all)")
-    parser.add_argument("--seed", type=int, help="makes the sample repeatable")
+    parser.add_argument("--max-new-tokens", type=int, default=200,
+                        help="tokens to sample after the prompt (default: %(default)s)")
+    parser.add_argument("--temperature", type=float, default=0.8,
+                        help="above 0; lower is more predictable (default: %(default)s)")
+    parser.add_argument("--top-k", type=int, default=40,
+                        help="sample from the k likeliest tokens, 0: from all (default: %(default)s)")
+    parser.add_argument("--seed", type=int, help="makes the sample repeatable (default: none, a new sample each time)")
     return parser
 
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from utils.models.adapters import (check_adapters, describe_storage, describe_trainable, enable_checkpointing,
                                    uses_adapters)
-from utils.config import CONFIG_FILENAME, WizardConfig, report_unused_settings
+from utils.config import CONFIG_FILENAME, SETTINGS, WizardConfig, report_unused_settings, shown_value
 from utils.data import PreparedData, prepare_data
 from utils.data.tokenizers import load_tokenizer, tokenizer_fingerprint
 from utils.env import DeviceInfo, detect_device
@@ -83,6 +83,8 @@ class TrainingResult(Predictor):
     estimate: Optional[Estimate] = field(default=None, repr=False)  # the pre-flight estimate printed at the start
     train_seconds: float = 0.0  # this call's training time, validation excluded
     fit_seconds: float = 0.0  # this call's wall time in trainer.fit, validation and checkpoints included
+    loss_scale: Optional[float] = None  # fp16: the GradScaler's scale after the last step; None without a scaler
+    skipped_steps: int = 0  # fp16: optimizer steps the GradScaler skipped (inf/NaN gradients), in the whole run
     history: Optional[History] = field(default=None, repr=False)  # every logged series of the whole run (lr, ...)
 
     def summary(self) -> str:
@@ -98,10 +100,34 @@ class TrainingResult(Predictor):
             f"throughput:       {self.tokens_per_sec:,.0f} tokens/s"
             + (f" (summed over {self.world_size} processes)" if self.world_size > 1 else ""),
             *self._timing_lines(),
+            *self._fp16_lines(),
             f"best checkpoint:  {self.best_checkpoint or 'none saved'}",
             f"last checkpoint:  {self.last_checkpoint or 'none saved'}",
         ]
         return "\n".join(lines)
+
+    def notebook_next_step(self) -> str:
+        """The step a notebook user takes after the Train cell, in the notebook's words (the CLI prints its own)."""
+        use = "samples text from the model" if self.config.task == "lm" else "labels a text with the model"
+        return (f"Next: the Results cell plots the loss curves and {use}; Export writes it to "
+                f"{self.output_dir / 'export'} and loads it back. To train longer, raise Epochs in the wizard "
+                "and Run all again: training resumes from the last checkpoint.")
+
+    def _fp16_lines(self) -> list[str]:
+        """The GradScaler's record (also in metrics.csv as amp/loss_scale, amp/skipped_steps) and what it means."""
+        if self.loss_scale is None:
+            return []
+        share = self.skipped_steps / max(1, self.global_step)
+        if self.skipped_steps == 0:
+            verdict = "healthy: no step overflowed"
+        elif share <= 0.05 or self.skipped_steps <= 3:
+            verdict = "healthy: a few skipped steps are normal while the GradScaler finds its scale"
+        else:
+            verdict = (f"watch it: {share:.0%} of steps overflowed; if the loss stalls, lower learning_rate or "
+                       "use precision='bf16-mixed' (Ampere or newer) or '32-true'")
+        return [f"loss scale:       {self.loss_scale:g} (fp16 GradScaler, after the last step)",
+                f"skipped steps:    {self.skipped_steps} of {self.global_step} (inf/NaN gradients; not applied)",
+                f"fp16 health:      {verdict}"]
 
     def _whole_set_lines(self) -> list[str]:
         """The last validation's perplexity (lm) or macro-F1 (classification), from the run's logs."""
@@ -196,6 +222,7 @@ class _Run:
     launch: Launch
     estimate: Optional[Estimate] = None
     kept_checkpoints: list = field(default_factory=list)  # removed once this run saves a best of its own
+    notebook: bool = False  # on_change="start_new": messages in the wizard's words
 
 
 def _prepare(config, decision, model, resume, on_change, launch: Launch, move_note: Optional[str] = None) -> _Run:
@@ -207,7 +234,9 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch, move_no
     # The other processes start from rank zero's tokenizer: trained once, and its token cache is theirs too.
     data = prepare_data(build_data_spec(config), None if launch.is_zero else load_tokenizer(out / TOKENIZER_DIRNAME))
     task = build_task(config)
-    print(f"Data: {data.source}, {data.num_tokens:,} tokens, {data.tokenizer.kind} tokenizer with "
+    kind = data.tokenizer.kind  # in the wizard's words ('characters', not 'char')
+    kind = shown_value("tokenizer_strategy", kind).lower() if kind in SETTINGS["tokenizer_strategy"].choices else kind
+    print(f"Data: {data.source}, {data.num_tokens:,} tokens, {kind} tokenizer with "
           f"{data.tokenizer.vocab_size} ids; {len(data.train):,} train / {len(data.val):,} val sequences"
           f"{task.describe_data(data)}")
     # A max_seq_len too long for the data is named before the model is built: a forward pass at that length
@@ -232,7 +261,7 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch, move_no
         from utils.inspection import preflight  # the inspection's modules load only when asked for
 
         print(preflight(config, decision, model, task, data))
-    note = fine_tuning_note(config)
+    note = fine_tuning_note(config, wizard_words=on_change == "start_new")  # start_new: the notebook
     if note:
         print(note)
     # Before any batch exists: a batch_size the device cannot hold is refused in seconds, with the batch that
@@ -278,7 +307,7 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch, move_no
     if launch.is_zero:
         _save_run_files(out, config, data, user_files)
     return _Run(config, decision, data, model, module, train_loader, val_loader, resume, model_passed_in, launch,
-                estimate, kept)
+                estimate, kept, notebook=on_change == "start_new")
 
 
 def _checkpoint_if_needed(config, decision, model, task, data, memory):
@@ -298,7 +327,10 @@ def _fit(run: _Run, extra_callbacks: list[pl.Callback]) -> TrainingResult:
     recorder = RunRecorder(run.module.task.tokens_in, flush_every=config.log_every_n_steps,
                            precision=decision.precision)
     callbacks = build_callbacks(config, decision, recorder) + extra_callbacks
-    loggers = build_loggers(config, decision, run.model, run.data.tokenizer.vocab_size)  # an online W&B run starts here
+    resume_step = run.resume.global_step if run.resume else 0  # before fit: the resume point's state is released
+    nothing_to_train = run.resume is not None and resume_step >= run.module.total_steps
+    loggers = build_loggers(config, decision, run.model, run.data.tokenizer.vocab_size,  # an online W&B run starts here
+                            nothing_to_train=nothing_to_train)
     resume_from = run.resume.path if run.resume else None
     # FSDP replaces the model's blocks by sharded units in place: a plain copy, made while it is still whole
     # (on the CPU), receives the trained weights afterwards (see _trained_model).
@@ -315,10 +347,12 @@ def _fit(run: _Run, extra_callbacks: list[pl.Callback]) -> TrainingResult:
             trainer.fit(run.module, run.train_loader, run.val_loader, ckpt_path=resume_from and str(resume_from))
         if trainer.checkpoint_callback is not None:
             remove_kept_checkpoints(run.kept_checkpoints, trainer.checkpoint_callback.best_model_path)
+            # weights_only=False: our own checkpoint holds the loops' and callbacks' state, not only tensors;
+            # said explicitly, Lightning logs no "`weights_only` was not set" line on every resume.
+            trainer.fit(run.module, run.train_loader, run.val_loader, ckpt_path=resume_from and str(resume_from),
+                        weights_only=False)
     if resume_from and recorder.start_step is None:
-        print(f"Nothing to train: {resume_from} already reached max_epochs={config.max_epochs}"
-              f"{'' if config.max_steps is None else f' or max_steps={config.max_steps}'}. "
-              "Raise them to train further, or set resume=False to start fresh.")
+        print(_nothing_to_train(config, resume_from, resume_step, run.notebook))
     run.model = _trained_model(trainer, run.model, plain)
     return _result(run, trainer, recorder, resume_from, time.perf_counter() - started)
 
@@ -338,6 +372,21 @@ def _trained_model(trainer: pl.Trainer, model: nn.Module, plain: Optional[nn.Mod
         return None
     plain.load_state_dict({key[len("model."):]: value for key, value in full.items() if key.startswith("model.")})
     return plain.to(device)
+
+
+def _nothing_to_train(config: WizardConfig, resume_from: Path, resume_step: int, notebook: bool) -> str:
+    """What to change when the run already reached its length: the wizard's words in the notebook (it has no
+    resume field), config names on the command line."""
+    if not notebook:
+        return (f"Nothing to train: {resume_from} already reached max_epochs={config.max_epochs}"
+                f"{'' if config.max_steps is None else f' or max_steps={config.max_steps}'}. "
+                "Raise them to train further, or set resume=False to start fresh.")
+    by_steps = config.max_steps is not None and resume_step >= config.max_steps
+    limit = "max_steps" if by_steps else "max_epochs"
+    label = SETTINGS[limit].label
+    return (f"Nothing to train: the run in {config.output_dir} already reached {label} = {getattr(config, limit)}. "
+            f"To train it further, raise {label} in the wizard; to start a new run instead, choose a new "
+            f"{SETTINGS['output_dir'].label} there.")
 
 
 def _result(run: _Run, trainer: pl.Trainer, recorder: RunRecorder, resume_from: Optional[Path],
@@ -362,6 +411,7 @@ def _result(run: _Run, trainer: pl.Trainer, recorder: RunRecorder, resume_from: 
         label_names=list(data.label_names), pad_id=data.pad_id, model_passed_in=run.model_passed_in,
         world_size=trainer.world_size, is_global_zero=trainer.is_global_zero, estimate=run.estimate,
         train_seconds=recorder.train_seconds - recorder.start_seconds, fit_seconds=fit_seconds, history=history,
+        loss_scale=history.loss_scale[-1][1] if history.loss_scale else None, skipped_steps=recorder.skipped_total,
     )
 
 

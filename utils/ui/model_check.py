@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from utils.config import WizardConfig
+from utils.config import PRECISION_WORDS, WizardConfig
 from utils.data import DataSpec, open_source
 from utils.data.tokenizers import build_tokenizer
 from utils.training.precision import PrecisionDecision
@@ -157,14 +157,23 @@ def _autocast(decision: PrecisionDecision):
 
 
 def describe_check(check: ModelCheck, config: WizardConfig, decision: PrecisionDecision) -> str:
-    """Plain lines for the wizard: what ran, what it needs, whether that fits."""
+    """Plain lines for the wizard, in its words: what an untrained model should score and what this one did,
+    what training needs in memory, whether that fits."""
     outputs = build_task(config).chance_loss_outputs(check.vocab_size, ASSUMED_CLASSES)
+    expected = math.log(outputs)  # a model that has learnt nothing guesses uniformly among its outputs
+    if abs(check.loss - expected) <= LOSS_TOLERANCE * expected:
+        verdict = "as expected"
+    else:
+        verdict = (f"{'higher' if check.loss > expected else 'lower'} than expected: check how the model sets up its "
+                   "weights")
+    precision = PRECISION_WORDS.get(decision.precision, decision.precision)
     lines = [
-        f"Forward/backward on a 2 x {config.max_seq_len} dummy batch: loss {check.loss:.2f} "
-        f"(untrained: about ln {outputs} = {math.log(outputs):.2f}), {check.seconds:.2f} s on CPU.",
-        f"Training memory at batch_size={config.batch_size}, max_seq_len={config.max_seq_len} ({decision.precision}): "
-        f"about {format_bytes(check.total_bytes)} = {format_bytes(check.weights_bytes)} weights, gradients and "
-        f"AdamW + {format_bytes(check.activation_bytes)} activations.",
+        f"An untrained model should score a loss of about {expected:.1f} (it guesses among {outputs:,} outputs); "
+        f"yours: {check.loss:.2f} — {verdict}. One training step on 2 dummy sequences took {check.seconds:.2f} s "
+        "on the CPU.",
+        f"Training memory at Batch size {config.batch_size} and Sequence length {config.max_seq_len}, in {precision}: "
+        f"about {format_bytes(check.total_bytes)} = {format_bytes(check.weights_bytes)} for the weights, gradients "
+        f"and AdamW + {format_bytes(check.activation_bytes)} for activations.",
     ]
     if check.fits is None:
         lines.append(f"Not compared with {check.capacity_name}.")
@@ -172,8 +181,12 @@ def describe_check(check: ModelCheck, config: WizardConfig, decision: PrecisionD
         verdict = "fits" if check.fits else "does NOT fit"
         lines.append(f"That {verdict} in {check.capacity_name} ({format_bytes(check.capacity_bytes)}, "
                      f"{USABLE_FRACTION:.0%} usable)." + ("" if check.fits else
-                                                          " Lower batch_size or max_seq_len, or pick a smaller model."))
+                                                          " Lower Batch size or Sequence length, or pick a smaller "
+                                                          "Model size."))
     return "\n".join(lines)
+
+
+LOSS_TOLERANCE = 0.15  # an untrained model's loss within 15% of ln(outputs) reads "as expected"
 
 
 def format_bytes(n: int) -> str:

@@ -22,6 +22,21 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# What each preset is for, as the wizard's preset menu shows it.
+PRESET_WORDS = {"tiny": "CPU-friendly: about 0.8M parameters, minutes on a laptop",
+                "small": "for a GPU: about 11M parameters, longer context",
+                "t4": "Colab's free T4 GPU: small model, bigger batch, fp16"}
+GPU_PRESETS = ("small", "t4")  # sized for a GPU: on a CPU they train, but slowly
+
+
+def preset_hint(name: str, device) -> str:
+    """A line for a GPU preset applied where there is no GPU ("" otherwise). device: utils.env.DeviceInfo."""
+    if name not in GPU_PRESETS or device.kind == "cuda":
+        return ""
+    return (f"Note: {name!r} is sized for a GPU, and this runtime has none ({device.describe()}): training will be "
+            "slow. On Colab pick Runtime > Change runtime type > T4 GPU, or use the 'tiny' preset here.")
+
+
 def apply_preset(config: WizardConfig, name: str) -> WizardConfig:
     """A validated copy of config with the preset's fields changed."""
     if name not in PRESETS:

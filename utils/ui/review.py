@@ -110,12 +110,12 @@ def changed_settings(config: WizardConfig) -> list[str]:
     """'Label: value (default: value)' for every relevant setting that differs from its default."""
     defaults = WizardConfig()
     relevant = config.relevant_names()
-    return [f"{SETTINGS[f.name].label}: {_value_words(f.name, getattr(config, f.name))} "
-            f"(default: {_value_words(f.name, getattr(defaults, f.name))})"
+    return [f"{SETTINGS[f.name].label}: {value_words(f.name, getattr(config, f.name))} "
+            f"(default: {value_words(f.name, getattr(defaults, f.name))})"
             for f in fields(WizardConfig) if f.name in relevant and getattr(config, f.name) != getattr(defaults, f.name)]
 
 
-def _value_words(name: str, value) -> str:
+def value_words(name: str, value) -> str:
     choices = SETTINGS[name].choices
     if value in choices:
         return choices[value].split(" — ")[0]
@@ -154,15 +154,15 @@ def _fine_tuning_words(config: WizardConfig) -> str:
 
 def _data_words(config: WizardConfig, facts: PlanFacts) -> str:
     if config.dataset_source == "embedded":
-        what = f"the built-in corpus '{config.dataset_name}' ({EMBEDDED_DATASETS[config.dataset_name]})"
+        what = f"the built-in corpus {EMBEDDED_DATASETS[config.dataset_name]}"  # its own parentheses: no more
     elif config.dataset_source == "huggingface":
         subset = f" ({config.dataset_config})" if config.dataset_config else ""
         what = f"the Hugging Face dataset '{config.dataset_name}'{subset}"
     else:
         what = f"{os.path.basename(config.dataset_path)}"
     data = facts.data
-    if data is None:
-        return f"{what} (size not counted yet: {facts.data_note})"
+    if data is None:  # the note can hold parentheses (an error's own): a dash, not another level
+        return f"{what} — size not counted yet: {facts.data_note} —"
     if config.task == "classification":
         labels = ", ".join(data.label_names[:6]) + (", ..." if len(data.label_names) > 6 else "")
         return (f"{what}: {data.num_tokens:,} tokens in {data.train_items + data.val_items:,} texts, "

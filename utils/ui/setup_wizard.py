@@ -17,6 +17,7 @@ instead of showing widgets. It never waits in either mode.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import importlib.util
 import os
@@ -37,12 +38,12 @@ from utils.errors import KitError
 from utils.training.precision import PrecisionError, resolve_precision
 from utils.run_folder.checkpoints import describe_run_folder
 from utils.training.estimate import BatchTooLargeError, estimate_config
-from utils.ui.fields import (ERROR_COLOR, INPUT_WIDTH, LABEL_WIDTH, SUCCESS_COLOR, UPLOAD_LIMIT_TEXT, WARNING_COLOR,
+from utils.ui.fields import (ERROR_COLOR, INPUT_WIDTH, LABEL_WIDTH, PATH_WIDTH, SUCCESS_COLOR, UPLOAD_LIMIT_TEXT, WARNING_COLOR,
                              WRAP, Field, build_field, save_upload, upload_problem, uploaded_files)
 from utils.ui.model_check import (measure_model, count_parameters, describe_check, format_count,
                                   vocab_size_for)
-from utils.ui.presets import PRESETS, apply_preset
-from utils.ui.review import changed_settings, describe_plan, plan_facts
+from utils.ui.presets import PRESET_WORDS, PRESETS, apply_preset, preset_hint
+from utils.ui.review import changed_settings, describe_plan, plan_facts, value_words
 
 __all__ = ["SetupWizard", "WizardConfig", "validate_config", "detect_interactive", "PRESETS"]
 
@@ -98,6 +99,16 @@ MULTI_DEVICE_FIELDS = ("devices", "num_nodes", "strategy")  # shown only where m
 PLACEHOLDERS = {"dataset_path": "/content/drive/MyDrive/data/train.txt", "tokenizer_path": "path/to/tokenizer",
                 "model_path": "/content/drive/MyDrive/models/model.py", "gist_id": "https://gist.github.com/you/ID"}
 HF_AVAILABLE = importlib.util.find_spec("datasets") is not None
+# Where the wizard's words differ from the config's own (SETTINGS): said once, in the help line of the
+# field it is about, not as a note on every view of the step.
+FIELD_WORDS = {} if HF_AVAILABLE else {"dataset_source": (
+    SETTINGS["dataset_source"].label, SETTINGS["dataset_source"].help + " (Hugging Face datasets need the datasets "
+                                                                         "library: pip install datasets)")}
+
+
+def corpus_title(name: str) -> str:
+    """A built-in corpus as its menu shows it: 'Python Language Reference', without the size and kind."""
+    return EMBEDDED_DATASETS[name].split(" (")[0]
 
 
 class SetupWizard:
@@ -162,8 +173,10 @@ class SetupWizard:
         """Change the current config by a preset's fields and show the result in the widgets."""
         self._config = apply_preset(self._config, name)
         self._set_widgets(self._config)
-        changes = ", ".join(f"{SETTINGS[k].label} {v}" for k, v in PRESETS[name].items())
-        self._say(f"Applied preset {name!r}: {changes}.")
+        changes = ", ".join(f"{SETTINGS[k].label} {value_words(k, v)}" for k, v in PRESETS[name].items())
+        hint = preset_hint(name, self.device)
+        self._say(f"Applied preset {name!r}: {changes}." + (f" {hint}" if hint else ""),
+                  kind="warning" if hint else "info")
         return self._config
 
     # The reference kit's two methods, for code written against it.
@@ -203,12 +216,14 @@ class SetupWizard:
         for step in STEPS:
             for name, _ in step.fields:
                 self.fields[name] = build_field(name, self._options(name), PLACEHOLDERS.get(name, ""),
-                                                suggestions=self._suggestions(name))
+                                                words=FIELD_WORDS.get(name), suggestions=self._suggestions(name))
                 self.fields[name].input.observe(self._guard(self._on_field_change), names="value")
         # The built-in corpus from a menu; dataset_name's text box is for a Hugging Face name.
-        self.corpus = build_field("dataset_name", [(f"{name} — {words}", name) for name, words in
-                                                   EMBEDDED_DATASETS.items()], words=EMBEDDED_CORPUS_WORDS,
-                                  key="embedded_corpus")
+        # Short options (the menu is as wide as a text box): the title; what it holds goes in the help line.
+        label, corpus_help = EMBEDDED_CORPUS_WORDS
+        corpus_help += "".join(f". {words}" for words in EMBEDDED_DATASETS.values())
+        self.corpus = build_field("dataset_name", [(corpus_title(name), name) for name in EMBEDDED_DATASETS],
+                                  words=(label, corpus_help), key="embedded_corpus")
         self.corpus.input.observe(self._guard(self._on_field_change), names="value")
         self._build_controls()
         self._step_boxes = [self._step_box(step) for step in STEPS]
@@ -237,9 +252,10 @@ class SetupWizard:
 
     def _build_controls(self) -> None:
         self._title = widgets.HTML("<b>Setup wizard</b>: choose data, tokenizer, model and training, then Save.")
-        self.preset_menu = widgets.Dropdown(options=[("choose a preset", "")] + [(n, n) for n in PRESETS],
+        self.preset_menu = widgets.Dropdown(options=[("choose a preset", "")] + [(f"{n} — {PRESET_WORDS[n]}", n)
+                                                                                 for n in PRESETS],
                                             description="Preset", style={"description_width": LABEL_WIDTH},
-                                            layout=widgets.Layout(width=INPUT_WIDTH))
+                                            layout=widgets.Layout(width=PATH_WIDTH, max_width="100%"))
         self.preset_menu.add_class("wizard-preset")
         self.preset_menu.observe(self._guard(self._on_preset), names="value")
         self.indicator = widgets.HTML()
@@ -258,6 +274,7 @@ class SetupWizard:
         self.upload_limit = widgets.HTML(_note(html.escape(UPLOAD_LIMIT_TEXT)))
         self.upload_limit.add_class("wizard-upload-limit")
         self.message = widgets.HTML()
+        self._message_text = ""  # what the message says, as plain text
         self.message.add_class("wizard-message")
         self.notes = {key: widgets.HTML(layout=widgets.Layout(width="100%"))
                       for key in ("dataset", "tokenizer", "model", "check", "inspect", "precision", "summary",
@@ -275,7 +292,10 @@ class SetupWizard:
         rows = [self.fields[name].row for name, _ in step.fields]
         if step.key == "dataset":
             rows.insert(rows.index(self.fields["dataset_name"].row), self.corpus.row)
-        extras = {"dataset": [self.upload, self.upload_limit, self.notes["dataset"]], "tokenizer": [self.notes["tokenizer"]],
+            # The Upload button where the choice was made, not below the fields that follow it.
+            at = rows.index(self.fields["dataset_source"].row) + 1
+            rows[at:at] = [self.upload, self.upload_limit, self.notes["dataset"]]
+        extras = {"dataset": [], "tokenizer": [self.notes["tokenizer"]],
                   "model": [self.notes["model"], self.check_button, self.notes["check"], self.inspect_button,
                             self.notes["inspect"], self.inspect_plots],
                   "training": [self.notes["precision"]],
@@ -453,6 +473,7 @@ class SetupWizard:
             self._say(" ".join(orphans), kind="error")
         self.upload.layout.display = None if candidate.dataset_source == "upload" else "none"
         self.upload_limit.layout.display = self.upload.layout.display
+        self._show_upload_state(candidate)
         if not self.errors:
             self._config = candidate
         if self._saved is not None and self._config != self._saved:
@@ -462,11 +483,22 @@ class SetupWizard:
         self._update_notes(candidate)
         self._update_navigation()
 
+    def _show_upload_state(self, candidate: WizardConfig) -> None:
+        """With Upload chosen and nothing uploaded yet, the empty File path is not an error to fix by typing:
+        its field waits hidden and the note under the button says what to do (Next stays disabled)."""
+        waiting = candidate.dataset_source == "upload" and not candidate.dataset_path.strip()
+        if waiting:
+            self.fields["dataset_path"].set_visible(False)
+        self.notes["dataset"].value = _note("Press <b>Upload file</b> to choose a .txt, .csv or .jsonl file; Next "
+                                            "waits for it.", WARNING_COLOR) if waiting else ""
+
     def _step_errors(self, index: int) -> dict[str, str]:
         names = {name for name, _ in STEPS[index].fields}
         return {k: v for k, v in self.errors.items() if k in names}
 
     def _go(self, index: int) -> None:
+        if self.message.value and self._message_text == self.start_message:
+            self._say("")  # "Started from the defaults." was news on the first step, not under every one
         self.step = max(0, min(index, len(STEPS) - 1))
         self._body.children = [self._step_boxes[self.step]]
         self._update_notes(self._candidate())  # the review's plan is worked out when it is shown
@@ -485,13 +517,13 @@ class SetupWizard:
     def _say(self, text: str, kind: str = "info") -> None:
         """The message under the buttons: info in green, a warning in amber, an error in red."""
         color = {"info": SUCCESS_COLOR, "warning": WARNING_COLOR, "error": ERROR_COLOR}[kind]
+        self._message_text = text
         self.message.value = _note(html.escape(text), color) if text else ""
 
     # ------------------------------------------------------------------ notes beside the fields
     def _update_notes(self, candidate: WizardConfig) -> None:
         """Notes on what the fields on screen now choose; a step with an error says to fix it first."""
         bad_step = {step.key for index, step in enumerate(STEPS) if self._step_errors(index)}
-        self.notes["dataset"].value = _dataset_note()
         if "dataset" in bad_step or "tokenizer" in bad_step:
             vocab = None
             self.notes["tokenizer"].value = _note("<i>Fix the fields marked above to see how many token ids the "
@@ -499,20 +531,21 @@ class SetupWizard:
         else:
             vocab, origin = vocab_size_for(candidate)
             self.notes["tokenizer"].value = _note(f"The model will see {vocab:,} token ids ({html.escape(origin)}).")
+        blocked = vocab is None or "model" in bad_step
         self.notes["model"].value = _note("<i>Fix the fields marked on this and the earlier steps to see the "
-                                          "model's size.</i>") if vocab is None or "model" in bad_step else \
-            _note(self._model_note(candidate, vocab))
+                                          "model's size.</i>") if blocked else _note(self._model_note(candidate, vocab))
+        self.check_button.disabled = blocked or candidate.model_source != "template"
         self.notes["precision"].value = "" if "precision" in self.errors else \
             _note(f"<b>Precision on this device:</b> {html.escape(self._precision_text(candidate))}")
         if self.step == len(STEPS) - 1:  # the plan may prepare the data: only while the review is shown
             self.notes["summary"].value = self._plan_html(candidate, vocab)
-        if self.last_estimate and self.last_estimate[0] != candidate:
+        if self.last_estimate and not _same_run(self.last_estimate[0], candidate):
             self.notes["estimate"].value = _note("<i>Settings changed since the last estimate: press Estimate time "
                                                   "again.</i>")
-        if self.last_check and self.last_check[0] != candidate:
+        if self.last_check and not _same_run(self.last_check[0], candidate):
             self.notes["check"].value = _note("<i>Settings changed since the last check: press Check model "
                                                "again.</i>")
-        if self.last_inspection and self.last_inspection[0] != candidate:
+        if self.last_inspection and not _same_run(self.last_inspection[0], candidate):
             self.notes["inspect"].value = _note("<i>Settings changed since the last inspection: press Inspect "
                                                  "model again.</i>")
             self.inspect_plots.children = ()
@@ -536,7 +569,6 @@ class SetupWizard:
         return self._param_counts[key]
 
     def _model_note(self, config: WizardConfig, vocab: int) -> str:
-        self.check_button.disabled = config.model_source != "template"
         if config.model_source == "pretrained":
             return (f"Fine-tunes {html.escape(config.pretrained_model or 'the model named above')} with its own "
                     "tokenizer: training loads it (from the Hugging Face Hub, or the folder) and checks it on a "
@@ -589,13 +621,12 @@ class SetupWizard:
         inspected = self.last_inspection and self.last_inspection[0] == config
         fp16 = self.last_inspection[1].check("fp16") if inspected else None
         found = f"; the fp16 check found: {fp16.message}" if fp16 and fp16.verdict in ("warn", "fail") else ""
-        return f"{decision.precision} ({decision.reason}){found}"
+        return f"{decision.precision}, {decision.reason}{found}"  # the reason has its own parentheses
 
 
-def _dataset_note() -> str:
-    if HF_AVAILABLE:
-        return "Hugging Face datasets: choose the Data source 'Hugging Face' and give the dataset's name."
-    return "Hugging Face datasets: install datasets to use this (<code>pip install datasets</code>)."
+def _same_run(a: WizardConfig, b: WizardConfig) -> bool:
+    """Equal but for where the run is saved: the Output folder changes neither the time nor the memory."""
+    return dataclasses.replace(a, output_dir=b.output_dir) == b  # not config.replace: b may hold a bad value
 
 
 def _indicator_html(current: int, errors: dict[str, str]) -> str:

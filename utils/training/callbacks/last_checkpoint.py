@@ -111,7 +111,9 @@ class LastCheckpoint(pl.Callback):
         self._restore_stop_handlers()
 
     def save(self, trainer: pl.Trainer) -> None:
-        trainer.save_checkpoint(self.path)
+        # The full state (optimizer, loops, callbacks) is what a resume needs; said explicitly, Lightning
+        # logs no "`weights_only` was not set" line after every save.
+        trainer.save_checkpoint(self.path, weights_only=False)
         self.saved_step = trainer.global_step
         self._epoch_saved = trainer.current_epoch
         self._due = time.monotonic() + self.every_seconds

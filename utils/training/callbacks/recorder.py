@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -10,6 +11,7 @@ from typing import Callable, Optional
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm, convert_inf
 
 from utils.run_folder.history import write_segment_start
 
@@ -238,6 +240,32 @@ class RecordedProgressBar(TQDMProgressBar):
     def __init__(self, recorder: RunRecorder, refresh_rate: int):
         super().__init__(refresh_rate=refresh_rate)
         self.recorder = recorder
+        self._batches_done = 0  # in the current epoch; the bar may show fewer between refreshes
+
+    @property
+    def train_description(self) -> str:
+        # The bar is created as training starts and, piped to a log, prints its first line then: say the epoch.
+        return f"Epoch {self.trainer.current_epoch}"
+
+    def init_train_tqdm(self) -> Tqdm:
+        # Lightning's bar, made with the epoch's length: a run resumed mid-epoch gets no on_train_epoch_start
+        # from Lightning, and its bar would read "Training: 100/?".
+        return Tqdm(desc=self.train_description, total=convert_inf(self.total_train_batches),
+                    position=2 * self.process_position, disable=self.is_disabled, leave=True, dynamic_ncols=True,
+                    file=sys.stdout, smoothing=0, bar_format=self.BAR_FORMAT)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._batches_done = batch_idx + 1
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # An epoch cut short (max_steps, Stop) ends between refreshes: piped to a log, a whole short run
+        # would otherwise read "0/175". Show where it got to.
+        bar = self.train_progress_bar
+        if bar is not None and not bar.disable and bar.n != self._batches_done:
+            bar.n = self._batches_done
+            bar.refresh()
+        super().on_train_epoch_end(trainer, pl_module)
 
     def get_metrics(self, trainer, pl_module) -> dict:
         metrics = super().get_metrics(trainer, pl_module)
