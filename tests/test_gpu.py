@@ -254,7 +254,7 @@ def test_adapter_training_peak_memory_is_within_2x_of_the_memory_model(method, l
 
     config = WizardConfig(model_source="pretrained", pretrained_model=str(llama_medium_folder), finetune_method=method,
                           lora_rank=8, dataset_source="file",
-                          dataset_path=str(corpus_start(tmp_path / "data", 120_000)),  # ~150 windows of 256
+                          dataset_path=str(corpus_start(tmp_path / "data", 120_000)),  # ~300 windows of 256
                           output_dir=str(tmp_path / "run"), max_seq_len=256, batch_size=8, max_epochs=1, max_steps=4,
                           learning_rate=1e-3, warmup_ratio=0.0, log_every_n_steps=1, val_split=0.05,
                           checkpoint_every_minutes=0, weight_decay=0.0)
