@@ -2,6 +2,8 @@
 have none); run `python -m pytest -m gpu` on a GPU machine (Colab, or a lent one)."""
 
 import csv
+import gc
+import importlib.util
 import json
 import math
 import subprocess
@@ -11,7 +13,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, corpus_start
 from utils.env import detect_device
 from utils.training import train
 from utils.training.amp_utils import loss_scale
@@ -190,3 +192,89 @@ def test_fsdp_gives_back_the_whole_trained_model_on_the_gpu(tiny_config, tmp_pat
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "gathered" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def llama_medium_folder(tmp_path_factory):
+    """A config-built LlamaForCausalLM (tests.test_adapters' tokenizer), sized so its weights and activations are
+    hundreds of MB: a tiny one's few KB would be lost in the fixed costs the memory model does not count (the
+    cuBLAS workspace, tens of MB on a recent GPU), and the comparison below would test those instead."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.test_adapters import _tokenizer
+
+    folder = tmp_path_factory.mktemp("llama-medium")
+    tokenizer = _tokenizer()
+    torch.manual_seed(0)
+    # ~45M parameters: 4 blocks of hidden 1024 with grouped-query attention and a SwiGLU of 2816.
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=1024, intermediate_size=2816,
+                                 num_hidden_layers=4, num_attention_heads=16, num_key_value_heads=4,
+                                 max_position_embeddings=512, eos_token_id=0, bos_token_id=0,
+                                 pad_token_id=0)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+class PeakProbe(pl.Callback):
+    """The CUDA allocator's peak over the training steps only: reset when training starts, so the pre-flight
+    measurement and estimate (which run on the same GPU first) are not counted."""
+
+    def __init__(self):
+        self.peak = None
+
+    def on_train_start(self, trainer, pl_module):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+    def on_train_end(self, trainer, pl_module):
+        torch.cuda.synchronize()
+        self.peak = torch.cuda.max_memory_allocated()
+
+
+_needs_peft = pytest.mark.skipif(importlib.util.find_spec("peft") is None,
+                                 reason="peft is not installed (requirements-test.txt): LoRA is built with it")
+_needs_bitsandbytes = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None,
+                                         reason="bitsandbytes is not installed: QLoRA's 4-bit base needs it")
+
+
+@_needs_peft
+@pytest.mark.parametrize("method", ["lora", pytest.param("qlora", marks=_needs_bitsandbytes)])
+def test_adapter_training_peak_memory_is_within_2x_of_the_memory_model(method, llama_medium_folder, tmp_path):
+    """The memory model train() checks the batch against (fixed_bytes + per_sequence_bytes * batch: a 16-bit or
+    4-bit frozen base as stored, 16 B per trained adapter parameter, and what autograd saves for backward) is
+    compared with torch.cuda.max_memory_allocated over a few real LoRA / QLoRA steps at that batch.
+
+    Factor 2 either way, because the model counts what autograd keeps, not every byte the allocator hands out:
+    above it, backward's transient activation gradients, the cuBLAS workspace, the 4-bit layers' dequantised
+    weight (briefly, per layer) and the allocator's 512-byte rounding; below it, saved tensors that share a
+    storage with one counted once, or freed early in backward. Beyond a factor 2 the refusal of a batch (or the
+    advice on the batch that fits) would be wrong by more than a doubling or halving of batch_size: a real error.
+    """
+    from utils.config import WizardConfig
+
+    config = WizardConfig(model_source="pretrained", pretrained_model=str(llama_medium_folder), finetune_method=method,
+                          lora_rank=8, dataset_source="file",
+                          dataset_path=str(corpus_start(tmp_path / "data", 120_000)),  # ~300 windows of 256
+                          output_dir=str(tmp_path / "run"), max_seq_len=256, batch_size=8, max_epochs=1, max_steps=4,
+                          learning_rate=1e-3, warmup_ratio=0.0, log_every_n_steps=1, val_split=0.05,
+                          checkpoint_every_minutes=0, weight_decay=0.0)
+    gc.collect()
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated()  # what earlier tests left on the GPU; not this run's
+    probe = PeakProbe()
+    result = train(config, extra_callbacks=[probe])
+    assert result.global_step == 4 and all(math.isfinite(loss) for _, loss in result.train_history)
+    assert next(p for p in result.model.parameters() if p.requires_grad).device.type == "cuda"
+    if method == "qlora":
+        import bitsandbytes as bnb
+
+        assert any(isinstance(m, bnb.nn.Linear4bit) for m in result.model.modules())
+    memory = result.estimate.memory  # the MemoryModel train() refused or accepted the batch with
+    assert memory.shards == 1
+    predicted = memory.bytes_at(config.batch_size)
+    measured = probe.peak - before
+    assert predicted > 64 * 2**20, predicted  # the model's own bytes dominate the fixed costs (see the fixture)
+    assert 0.5 * predicted <= measured <= 2 * predicted, (
+        f"{method}: measured peak {measured / 2**20:.1f} MiB, memory model {predicted / 2**20:.1f} MiB "
+        f"(fixed {memory.fixed_bytes / 2**20:.1f} MiB + {memory.per_sequence_bytes / 2**20:.2f} MiB x "
+        f"{config.batch_size})")
