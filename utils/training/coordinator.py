@@ -257,6 +257,8 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch, move_no
     if uses_adapters(config):
         print(f"{describe_trainable(model)}; {config.finetune_method}, rank {config.lora_rank}")
         print(describe_storage(config, decision))
+    if launch.is_zero:  # a max_seq_len no device could hold is refused before any pass at that length
+        check_sequence_length(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
     if config.inspect and launch.is_zero:  # a model that sees the future or leaves a layer unused stops here
         from utils.inspection import preflight  # the inspection's modules load only when asked for
 
@@ -269,7 +271,6 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch, move_no
     # measures for all: before the Trainer sets each process's device, every copy would land on the first GPU.
     memory = None
     if launch.is_zero:
-        check_sequence_length(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
         memory = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes,
                                 launch.world_size)
         memory = _checkpoint_if_needed(config, decision, model, task, data, memory)
