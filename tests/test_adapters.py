@@ -331,6 +331,8 @@ def test_a_gated_model_without_a_token_says_how_to_add_one(monkeypatch):
                       "https://huggingface.co/meta-llama/Llama-3.2-1B.\n401 Client Error.")
 
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refused)
+    # The Hub counts as reachable (no network here): its answer is the refusal above.
+    monkeypatch.setattr("utils.data.tokenizers.cached_only_source", lambda source: False)
     with pytest.raises(PretrainedError, match=r"You are trying to access a gated repo\.\). It is gated: accept its "
                                               r"license .* Colab secret named HF_TOKEN .* never prints it\.$"):
         load_model_tokenizer("meta-llama/Llama-3.2-1B", classify=False)

@@ -95,7 +95,7 @@ def test_processes_vote_once_per_logging_interval(tmp_path):
     strategy = FakeStrategy()
     saves = []
     trainer = types.SimpleNamespace(world_size=2, global_step=0, current_epoch=0, num_training_batches=100,
-                                    strategy=strategy, save_checkpoint=lambda path: saves.append(trainer.global_step))
+                                    strategy=strategy, save_checkpoint=lambda path, **options: saves.append(trainer.global_step))
     last = LastCheckpoint(tmp_path / "last.ckpt", every_seconds=0.0, agree_every=5)  # due at every vote
     last._step_seen = 0
     for step in range(1, 21):

@@ -345,13 +345,12 @@ def _fit(run: _Run, extra_callbacks: list[pl.Callback]) -> TrainingResult:
             run.resume.state = {}  # release the memory map before Lightning loads the file itself
         started = time.perf_counter()
         with _stopped_at_once_is_reported(trainer):
-            trainer.fit(run.module, run.train_loader, run.val_loader, ckpt_path=resume_from and str(resume_from))
-        if trainer.checkpoint_callback is not None:
-            remove_kept_checkpoints(run.kept_checkpoints, trainer.checkpoint_callback.best_model_path)
             # weights_only=False: our own checkpoint holds the loops' and callbacks' state, not only tensors;
             # said explicitly, Lightning logs no "`weights_only` was not set" line on every resume.
             trainer.fit(run.module, run.train_loader, run.val_loader, ckpt_path=resume_from and str(resume_from),
                         weights_only=False)
+        if trainer.checkpoint_callback is not None:
+            remove_kept_checkpoints(run.kept_checkpoints, trainer.checkpoint_callback.best_model_path)
     if resume_from and recorder.start_step is None:
         print(_nothing_to_train(config, resume_from, resume_step, run.notebook))
     run.model = _trained_model(trainer, run.model, plain)
