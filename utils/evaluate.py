@@ -25,7 +25,7 @@ from utils.data import DataSpec, open_source
 from utils.data.sources import DataError
 from utils.data.text import TokenWindows, encode_blocks
 from utils.files import atomic_write_text
-from utils.models.calling import classifier_logits, encode_for_inference, model_logits
+from utils.models.calling import encode_for_inference, model_logits, texts_to_logits
 
 
 @dataclass
@@ -144,7 +144,8 @@ def _evaluate_rows(predictor, source, batch_size: int, data: str, model_name: st
     names = list(predictor.label_names)
     texts, labels = _labelled_rows(source, names, data)
     tokens = sum(min(len(encode_for_inference(predictor.tokenizer, t)), predictor.config.max_seq_len) for t in texts)
-    logits = _classifier_logits(predictor, texts, batch_size)  # (N, K)
+    logits = texts_to_logits(predictor.model, predictor.tokenizer, texts, predictor.config.max_seq_len,
+                             predictor.pad_id, batch_size)  # (N, K)
     target = torch.tensor(labels)
     return classification_metrics(logits, target, names, data, model_name, tokens)
 
@@ -166,25 +167,6 @@ def _labelled_rows(source, names: list[str], data: str) -> tuple[list[str], list
     if not texts:
         raise DataError(f"{data} has no labelled rows to evaluate.")
     return texts, labels
-
-
-@torch.no_grad()
-def _classifier_logits(predictor, texts: list[str], batch_size: int) -> torch.Tensor:
-    model, tok, T, pad = predictor.model, predictor.tokenizer, predictor.config.max_seq_len, predictor.pad_id
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = []
-    for start in range(0, len(texts), batch_size):
-        encoded = [encode_for_inference(tok, t)[:T] for t in texts[start:start + batch_size]]
-        width = max(1, *(len(ids) for ids in encoded))
-        ids = torch.full((len(encoded), width), pad, dtype=torch.long)  # (B, T)
-        mask = torch.zeros(len(encoded), width, dtype=torch.bool)  # (B, T)
-        for row, e in enumerate(encoded):
-            ids[row, :len(e)], mask[row, :len(e)] = torch.tensor(e, dtype=torch.long), True
-        out.append(classifier_logits(model, ids.to(device), mask.to(device)).float().cpu())
-    model.train(was_training)
-    return torch.cat(out)
 
 
 def classification_metrics(logits: torch.Tensor, target: torch.Tensor, names: list[str], data: str = "",

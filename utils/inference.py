@@ -22,7 +22,8 @@ from torch import nn
 
 from utils.config import WizardConfig
 from utils.errors import KitError
-from utils.models.calling import classifier_logits, encode_for_inference, model_logits  # noqa: F401  (re-exported)
+from utils.models.calling import (classifier_logits, encode_for_inference, model_logits,  # noqa: F401  (re-exported)
+                                  texts_to_logits)
 
 
 class InferenceError(KitError, ValueError):
@@ -188,19 +189,4 @@ def classify_texts(model: nn.Module, tokenizer, texts: str | list[str], max_seq_
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts:
         raise InferenceError("no texts to classify; pass a string or a list of strings")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    probs = []
-    for start in range(0, len(texts), batch_size):
-        encoded = [encode_for_inference(tokenizer, t)[:max_seq_len] for t in texts[start:start + batch_size]]
-        T = max(1, *(len(ids) for ids in encoded))  # an empty text is one all-padding row
-        input_ids = torch.full((len(encoded), T), pad_id, dtype=torch.long)  # (B, T)
-        mask = torch.zeros(len(encoded), T, dtype=torch.bool)  # (B, T), True = real token
-        for row, ids in enumerate(encoded):
-            input_ids[row, :len(ids)] = torch.tensor(ids)
-            mask[row, :len(ids)] = True
-        logits = classifier_logits(model, input_ids.to(device), mask.to(device))  # (B, num_classes)
-        probs.append(torch.softmax(logits.float(), dim=-1).cpu())
-    model.train(was_training)
-    return torch.cat(probs)
+    return torch.softmax(texts_to_logits(model, tokenizer, texts, max_seq_len, pad_id, batch_size), dim=-1)
