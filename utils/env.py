@@ -62,3 +62,22 @@ def in_colab() -> bool:
         return importlib.util.find_spec("google.colab") is not None
     except ModuleNotFoundError:  # no "google" namespace package at all
         return False
+
+
+def read_colab_secret(name: str) -> tuple[Optional[str], str]:
+    """(value, "") from Colab's Secrets panel, or (None, why not) in words a person can act on. Older Colab
+    releases lack some of the error classes; each is caught by name where it exists."""
+    try:
+        from google.colab import userdata
+    except ImportError:
+        return None, f"no {name} in the environment and this Colab has no Secrets API"
+    reasons = {"SecretNotFoundError": f"no {name} secret in Colab (add it in the key-icon Secrets panel)",
+               "NotebookAccessError": f"this notebook has no access to the {name} secret (switch on "
+                                      "'Notebook access' for it in the Secrets panel)",
+               "TimeoutException": "reading Colab secrets timed out (they can only be read from the Colab UI)"}
+    known = tuple(cls for cls in (getattr(userdata, n, None) for n in reasons) if isinstance(cls, type))
+    try:
+        value = userdata.get(name)
+    except known as e:
+        return None, next(why for n, why in reasons.items() if type(e).__name__ == n)
+    return (value.strip(), "") if value and value.strip() else (None, f"the {name} secret in Colab is empty")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from utils.config import CONFIG_FILENAME
-from utils.env import in_colab
+from utils.env import in_colab, read_colab_secret
 from utils.errors import KitError
 from utils.files import atomic_write_text
 from utils.models.pretrained import KIT_CONFIG_FILENAME
@@ -42,27 +42,10 @@ def find_token() -> str:
         return token
     why = f"no {TOKEN_VAR} in the environment"
     if in_colab():
-        token, why = _colab_secret(TOKEN_VAR)
+        token, why = read_colab_secret(TOKEN_VAR)
         if token:
             return token
     raise HubError(f"No Hugging Face token ({why}): {HOW_TO_ADD}.")
-
-
-def _colab_secret(name: str) -> tuple[Optional[str], str]:
-    """(value, "") or (None, why not); the same guarded read as the W&B key (utils.wandb_helpers)."""
-    try:
-        from google.colab import userdata
-    except ImportError:
-        return None, f"no {name} in the environment and this Colab has no Secrets API"
-    reasons = {"SecretNotFoundError": f"no {name} secret in Colab",
-               "NotebookAccessError": f"this notebook has no access to the {name} secret",
-               "TimeoutException": "reading Colab secrets timed out"}
-    known = tuple(cls for cls in (getattr(userdata, n, None) for n in reasons) if isinstance(cls, type))
-    try:
-        value = userdata.get(name)
-    except known as e:
-        return None, next(why for n, why in reasons.items() if type(e).__name__ == n)
-    return (value.strip(), "") if value and value.strip() else (None, f"the {name} secret in Colab is empty")
 
 
 def push_to_hub_folder(export_dir: str | Path, repo_name: str, public: bool = False,

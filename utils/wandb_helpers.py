@@ -23,7 +23,7 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from utils.config import WANDB_MODES
-from utils.env import in_colab
+from utils.env import in_colab, read_colab_secret
 from utils.errors import KitError
 from utils.run_folder.checkpoints import WANDB_ID_FILENAME
 
@@ -78,25 +78,10 @@ def _find_api_key() -> tuple[Optional[str], str]:
         return "environment", ""
     if not in_colab():
         return None, "no WANDB_API_KEY in the environment"
-    try:
-        from google.colab import userdata
-    except ImportError:
-        return None, "no WANDB_API_KEY in the environment and this Colab has no Secrets API"
-    # Older Colab releases lack some of these classes; each is caught by name where it exists.
-    reasons = {
-        "SecretNotFoundError": "no WANDB_API_KEY secret in Colab (add it in the key-icon Secrets panel)",
-        "NotebookAccessError": "this notebook has no access to the WANDB_API_KEY secret (switch on "
-                               "'Notebook access' for it in the Secrets panel)",
-        "TimeoutException": "reading Colab secrets timed out (they can only be read from the Colab UI)",
-    }
-    known = tuple(cls for cls in (getattr(userdata, name, None) for name in reasons) if isinstance(cls, type))
-    try:
-        key = userdata.get(API_KEY_VAR)
-    except known as e:
-        return None, next(why for name, why in reasons.items() if type(e).__name__ == name)
-    if not key or not key.strip():
-        return None, "the WANDB_API_KEY secret in Colab is empty"
-    os.environ[API_KEY_VAR] = key.strip()
+    key, why = read_colab_secret(API_KEY_VAR)
+    if key is None:
+        return None, why
+    os.environ[API_KEY_VAR] = key
     return "colab-secrets", ""
 
 
