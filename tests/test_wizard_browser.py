@@ -10,15 +10,22 @@ on the last step) is disabled, then fixes it and goes on; it saves and checks th
 window is 900 px wide, and at every stop each visible message must be fully visible: not clipped,
 inside the window and inside the cell's output area. Screenshots of every step, invalid and valid, go
 to test-artifacts/wizard/<frontend>/step-<n>-<key>[-invalid].png.
+
+Then train.ipynb as shipped gets Run all from the frontend's menu (CI's tiny run, set by
+KIT_NOTEBOOK_OVERRIDES): every cell runs without a word on stderr, and the Results figure is shown
+whole inside the column at a size whose text reads. The Results cell's outputs go to
+test-artifacts/wizard/<frontend>/run-all-results.png, for a person to look at.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -50,7 +57,7 @@ class Frontend:
 
     name: str  # also the screenshots' folder
     ipywidgets_major: int
-    notebook_url: str  # path of the notebook page, after the server's base URL
+    notebook_page: str  # a notebook's page is this, then the notebook's path under the server's root
     output_area: str  # CSS class of a cell's output area, the box every message must fit in
     cell_outputs: str  # the first cell's outputs, for screenshots
 
@@ -71,8 +78,8 @@ class Frontend:
 
 
 FRONTENDS = {
-    "lab": Frontend("lab", 8, "/lab/tree/wizard.ipynb", "jp-OutputArea-output", ".jp-Cell .jp-Cell-outputArea"),
-    "classic": Frontend("classic", 7, "/notebooks/wizard.ipynb", "output_subarea", ".cell .output_wrapper .output"),
+    "lab": Frontend("lab", 8, "/lab/tree/", "jp-OutputArea-output", ".jp-Cell .jp-Cell-outputArea"),
+    "classic": Frontend("classic", 7, "/notebooks/", "output_subarea", ".cell .output_wrapper .output"),
 }
 
 
@@ -132,11 +139,10 @@ def _server_command(frontend: Frontend, port: int, token: str, root: Path) -> li
             "--allow-root"]
 
 
-@pytest.fixture(params=list(FRONTENDS))
-def jupyter(request, tmp_path):
-    """A Jupyter server of our own (port, token, root dir, config dirs) for the frontend; stopped by its pid."""
-    frontend = FRONTENDS[request.param]
-    _require(frontend)
+@contextlib.contextmanager
+def _serve(frontend: Frontend, tmp_path: Path, kernel_env: dict[str, str] | None = None):
+    """A Jupyter server of our own (port, token, root dir, config dirs) for the frontend; stopped by its pid.
+    kernel_env: more environment for the server and so for the kernels it starts."""
     root, settings = tmp_path / "root", tmp_path / "lab-settings"
     root.mkdir()
     notification = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
@@ -147,7 +153,8 @@ def jupyter(request, tmp_path):
            # No user config or data (~/.jupyter, ~/.local/share/jupyter) changes the page.
            "JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "JUPYTER_DATA_DIR": str(tmp_path / "data"),
            "JUPYTERLAB_SETTINGS_DIR": str(settings), "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
-           "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")}
+           "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), **(kernel_env or {})}
+    env.pop("MPLBACKEND", None)  # a user's kernel draws inline, as Jupyter sets it up
     log = tmp_path / "jupyter.log"
     with open(log, "w") as log_file:
         # Its own session, so the kernels it starts can be stopped with it.
@@ -156,9 +163,18 @@ def jupyter(request, tmp_path):
     try:
         base = f"http://127.0.0.1:{port}"
         _wait_for_server(f"{base}/api/status?token={token}", proc, log)
-        yield {"frontend": frontend, "url": f"{base}{frontend.notebook_url}?token={token}", "root": root}
+        yield {"frontend": frontend, "root": root,
+               "url": lambda notebook: f"{base}{frontend.notebook_page}{notebook}?token={token}"}
     finally:
         _stop(proc)
+
+
+@pytest.fixture(params=list(FRONTENDS))
+def jupyter(request, tmp_path):
+    frontend = FRONTENDS[request.param]
+    _require(frontend)
+    with _serve(frontend, tmp_path) as server:
+        yield server
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -205,7 +221,7 @@ def test_click_through_wizard_and_save(jupyter):
             page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
             page.set_default_timeout(30_000)
             expect.set_options(timeout=30_000)
-            page.goto(jupyter["url"])
+            page.goto(jupyter["url"]("wizard.ipynb"))
             walk = Walk(page, expect, frontend, shots)
             try:
                 (_open_lab if frontend.name == "lab" else _open_classic)(page)
@@ -467,3 +483,107 @@ class Walk:
         self.expect(self.page.locator("button.wizard-next")).to_be_enabled()
         self.page.locator("button.wizard-next").click()
         self.expect(self.page.locator(f".wizard-step-{step_key}")).to_be_visible()
+
+
+# ---------------------------------------------------------------------- train.ipynb, Run all
+# The notebook test's tiny run (tests/test_train_notebook.py), set as CI sets it: the notebook runs as shipped.
+TINY_RUN = "model_size=tiny max_seq_len=32 batch_size=8 val_split=0.02 log_every_n_steps=1 max_steps=3"
+RESULTS_TITLE = "#@title Curves, throughput and samples"
+STDERR_OUTPUTS = {"lab": '[data-mime-type="application/vnd.jupyter.stderr"]',
+                  "classic": ".output_stderr, .output_error"}
+CODE_CELL = {"lab": ".jp-CodeCell", "classic": ".cell.code_cell"}
+
+# The figure as shown: its PNG's size, its box on the page, and the box of the output area it sits in.
+FIGURE_BOX_JS = """
+([img, outputArea]) => {
+  const r = img.getBoundingClientRect(), area = img.closest('.' + outputArea);
+  const a = area ? area.getBoundingClientRect() : null;
+  return {natural: [img.naturalWidth, img.naturalHeight], shown: [r.width, r.height],
+          x: [r.left, r.right], area: a ? [a.left, a.right] : null, window: document.documentElement.clientWidth};
+}
+"""
+
+
+@pytest.fixture(params=list(FRONTENDS))
+def run_all_server(request, tmp_path):
+    """A server whose kernels run train.ipynb's tiny CI run into a workspace of their own; the notebook sits in a
+    folder laid out like the checkout (utils/ and templates/ linked to this one), so its Setup cell finds the kit
+    as it does in a local Jupyter, and the server's autosave never writes to the repository's copy."""
+    frontend = FRONTENDS[request.param]
+    _require(frontend)
+    kernel_env = {"KIT_WORKSPACE": str(tmp_path / "workspace"), "KIT_NOTEBOOK_OVERRIDES": TINY_RUN,
+                  "OMP_NUM_THREADS": "1"}
+    with _serve(frontend, tmp_path, kernel_env) as server:
+        root = server["root"]
+        (root / "notebooks").mkdir()
+        shutil.copy(REPO / "notebooks" / "train.ipynb", root / "notebooks" / "train.ipynb")
+        for package in ("utils", "templates"):
+            (root / package).symlink_to(REPO / package, target_is_directory=True)
+        yield server
+
+
+def test_run_all_shows_the_results_figure(run_all_server):
+    """Run all of train.ipynb as shipped, by the frontend's menu, at 900 px: no cell writes to stderr, and the
+    Results cell shows its figure whole, inside the notebook's column, at a size whose text can be read. The
+    cell's outputs are kept as test-artifacts/wizard/<frontend>/run-all-results.png for a person to look at."""
+    from playwright.sync_api import expect, sync_playwright
+
+    frontend = run_all_server["frontend"]
+    shots = ARTIFACTS / frontend.name
+    shots.mkdir(parents=True, exist_ok=True)
+    (shots / "run-all-results.png").unlink(missing_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport=WINDOW)
+            page.set_default_timeout(30_000)
+            page.goto(run_all_server["url"]("notebooks/train.ipynb"))
+            try:
+                (_run_all_lab if frontend.name == "lab" else _run_all_classic)(page)
+                # The last cell loads the export and samples from it: Run all got to the end.
+                expect(page.get_by_text("Loaded GPT from")).to_be_visible(timeout=480_000)
+                stderr = page.locator(STDERR_OUTPUTS[frontend.name]).all_inner_texts()
+                assert stderr == [], "cells wrote to stderr:\n" + "\n---\n".join(stderr)
+                cell = page.locator(CODE_CELL[frontend.name]).filter(has_text=RESULTS_TITLE)
+                figure = cell.locator("img").first
+                figure.scroll_into_view_if_needed()
+                expect(figure).to_be_visible()
+                page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=figure.element_handle())
+                box = page.evaluate(FIGURE_BOX_JS, [figure.element_handle(), frontend.output_area])
+                cell.locator(frontend.cell_outputs.split()[-1]).first.screenshot(
+                    path=str(shots / "run-all-results.png"))
+            except Exception:
+                page.screenshot(path=str(shots / "run-all-failure.png"), full_page=True)
+                raise
+        finally:
+            browser.close()
+    print(frontend.name, box)
+    (natural_w, natural_h), (shown_w, shown_h) = box["natural"], box["shown"]
+    assert box["area"], f"the figure is not inside a .{frontend.output_area}"
+    assert box["x"][0] >= box["area"][0] - 1 and box["x"][1] <= box["area"][1] + 1, \
+        f"the figure (x {box['x']}) is wider than the output area (x {box['area']})"
+    assert box["x"][1] <= box["window"] + 1, f"the figure (x {box['x']}) runs past the {box['window']} px window"
+    assert abs(shown_w / natural_w - shown_h / natural_h) < 0.02, f"the figure is distorted: {box}"
+    # Readable: a 10 pt label (matplotlib's default size, the panels' titles) is at least 10 px tall on the page.
+    from utils.plots import TRAINING_FIGSIZE
+
+    px_per_point = shown_w / (TRAINING_FIGSIZE[0] * 72)
+    assert 10 * px_per_point >= 10, (f"the figure is shown {shown_w:.0f} px wide for its {TRAINING_FIGSIZE[0]} in: "
+                                    f"its 10 pt labels are {10 * px_per_point:.1f} px tall")
+
+
+def _run_all_lab(page) -> None:
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=60_000)
+    open_tab = page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab.lm-mod-current")
+    if open_tab.count():
+        open_tab.click()  # the file browser closed, as at the wizard's walk
+    page.locator(".lm-MenuBar-item", has_text="Run").first.click()
+    page.locator(".lm-Menu-item", has_text="Run All Cells").first.click()
+
+
+def _run_all_classic(page) -> None:
+    page.wait_for_selector("#notebook .cell", timeout=60_000)
+    page.wait_for_selector("#kernel_indicator_icon.kernel_idle_icon", timeout=60_000)
+    page.locator("#celllink").click()  # the Cell menu
+    page.locator("#run_all_cells").click()

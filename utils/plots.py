@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-from matplotlib.ticker import FuncFormatter, NullFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from utils.config import PRECISION_WORDS
 
@@ -50,6 +50,11 @@ def run_words(result) -> str:
     return f"{shown} in {PRECISION_WORDS.get(result.precision, result.precision)}"
 
 
+# Inches (800 px at 100 dpi). The narrowest notebook column it meets, classic Notebook 6 in a 900 px window
+# (~600 px), shrinks it so that 10 pt text is still 10 px tall; in JupyterLab and Colab it is larger.
+TRAINING_FIGSIZE = (8, 5.5)
+
+
 def plot_training(result, save_to: Path | str | None = "auto"):
     """One figure for the whole run, resumed stretches included: train/validation loss, learning rate,
     gradient norm before clipping (the clip value as a line) and throughput (with a GPU's peak memory).
@@ -59,7 +64,7 @@ def plot_training(result, save_to: Path | str | None = "auto"):
     h = result.history
     if h is None or not h.train:
         return plot_losses(result)  # says why there is nothing to draw
-    fig, ((loss_ax, lr_ax), (norm_ax, speed_ax)) = plt.subplots(2, 2, figsize=(11, 6.5), sharex=True)
+    fig, ((loss_ax, lr_ax), (norm_ax, speed_ax)) = plt.subplots(2, 2, figsize=TRAINING_FIGSIZE, sharex=True)
     _series(loss_ax, h.train, "train", linewidth=1)
     _series(loss_ax, h.val, "validation", fmt="o-")
     extra = h.val_perplexity or h.val_macro_f1 or h.val_accuracy
@@ -89,6 +94,7 @@ def plot_training(result, save_to: Path | str | None = "auto"):
         for start in h.segment_starts[1:]:  # where a resumed stretch began
             ax.axvline(start, color="gray", linestyle=":", linewidth=1)
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole: no "1.25"
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     norm_ax.set_xlabel("optimizer step")
