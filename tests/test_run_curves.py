@@ -85,7 +85,7 @@ def test_the_results_figure_spans_resumed_stretches(tiny_config):
     assert list(clip_line.get_ydata()) == [0.5, 0.5]
     assert [list(line.get_xdata()) for line in lr_ax.get_lines() if line.get_linestyle() == ":"] == [[4, 4]]
     assert len(lr_ax.get_lines()[0].get_xdata()) == 8 and speed_ax.get_lines()[0].get_label() == "tokens/s"
-    assert fig.get_size_inches().tolist() == [11, 6.5]  # Colab's output width at dpi 100: ~1100 px
+    # Its size is checked where it matters, on the page: tests/test_wizard_browser.py's Run all in both frontends.
     assert (result.output_dir / "training.png").read_bytes()[:4] == b"\x89PNG"
     artifacts = REPO_ROOT / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
