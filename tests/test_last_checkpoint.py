@@ -94,7 +94,7 @@ class FakeStrategy:
 def test_processes_vote_once_per_logging_interval(tmp_path):
     strategy = FakeStrategy()
     saves = []
-    trainer = types.SimpleNamespace(world_size=2, global_step=0, current_epoch=0, num_training_batches=100,
+    trainer = types.SimpleNamespace(world_size=2, global_step=0, current_epoch=0, num_training_batches=100, max_steps=-1,
                                     strategy=strategy, save_checkpoint=lambda path, **options: saves.append(trainer.global_step))
     last = LastCheckpoint(tmp_path / "last.ckpt", every_seconds=0.0, agree_every=5)  # due at every vote
     last._step_seen = 0
@@ -103,3 +103,40 @@ def test_processes_vote_once_per_logging_interval(tmp_path):
         last.on_train_batch_end(trainer, None, {}, None, batch_idx=step - 1)
     assert strategy.reduces == [5, 10, 15, 20]  # one collective (and host sync) per interval, not per step
     assert saves == [5, 10, 15, 20]
+
+
+class _Witness(torch.nn.Module):
+    """A tiny language model that notes, at each training step, the batch it got and a random draw (as dropout
+    makes one): two runs that note the same list read the same data in the same order with the same randomness."""
+
+    def __init__(self, seen: list):
+        super().__init__()
+        self.emb = torch.nn.Embedding(128, 8)
+        self.head = torch.nn.Linear(8, 128)
+        self.seen = seen
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.seen.append((idx.tolist(), torch.rand(()).item()))
+        return self.head(self.emb(idx))
+
+
+def test_raising_max_steps_after_a_stop_inside_the_epoch_continues_that_epoch(tiny_config, tmp_path):
+    """The notebook's "raise Max steps to train further": a run of 3 steps, then the same run raised to 6, reads the
+    batches and draws the random numbers an uninterrupted 6-step run does, in one epoch (Lightning alone closes the
+    epoch at the stop, and the rerun started the next one; with max_epochs=1 it trained nothing)."""
+    config = tiny_config.replace(max_epochs=1, dropout=0.1)
+    whole: list = []
+    train(config.replace(max_steps=6, output_dir=str(tmp_path / "whole")), model=_Witness(whole), device=CPU)
+    stretches: list = []
+    first = train(config.replace(max_steps=3, output_dir=str(tmp_path / "raised")), model=_Witness(stretches),
+                  device=CPU)
+    assert first.val_loss is not None  # the stop still validates
+    ckpt = torch.load(first.last_checkpoint, map_location="cpu", weights_only=False)
+    assert (ckpt["epoch"], ckpt["global_step"]) == (0, 3)
+    second = train(config.replace(max_steps=6, output_dir=str(tmp_path / "raised")), model=_Witness(stretches),
+                   device=CPU)
+    assert (second.resumed_from, second.steps_run, second.global_step) == (first.last_checkpoint, 3, 6)
+    assert len(whole) == 6 and stretches == whole
+    assert second.best_checkpoint is not None and second.best_checkpoint.exists()
+

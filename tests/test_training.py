@@ -52,7 +52,7 @@ def test_tiny_run_learns_and_saves_everything(tiny_config):
 
 
 def test_second_run_resumes_from_the_saved_step(tiny_config):
-    config = tiny_config.replace(max_epochs=3)  # a max_steps stop closes its epoch; the next run starts another
+    config = tiny_config.replace(max_epochs=3)
     first = train(config.replace(max_steps=6), device=CPU)
     second = train(config.replace(max_steps=10), device=CPU)
     assert second.resumed_from == first.last_checkpoint
@@ -65,11 +65,13 @@ def test_second_run_resumes_from_the_saved_step(tiny_config):
 
 
 def test_a_finished_run_says_there_is_nothing_to_train(tiny_config, capsys):
-    first = train(tiny_config.replace(max_steps=3), device=CPU)  # max_epochs=1: the stop closes the only epoch
-    again = train(tiny_config.replace(max_steps=5), device=CPU)
+    first = train(tiny_config.replace(max_steps=3), device=CPU)
+    again = train(tiny_config.replace(max_steps=3), device=CPU)
     assert (again.global_step, again.steps_run) == (3, 0)
-    assert f"Nothing to train: {first.last_checkpoint} already reached max_epochs=1 or max_steps=5" \
+    assert f"Nothing to train: {first.last_checkpoint} already reached max_epochs=1 or max_steps=3" \
         in capsys.readouterr().out
+    raised = train(tiny_config.replace(max_steps=5), device=CPU)  # the epoch is not over: raising max_steps trains
+    assert (raised.global_step, raised.steps_run) == (5, 2)
 
 
 def test_resume_restores_the_grad_scaler_state(tiny_config):

@@ -13,10 +13,18 @@ written, never torn: utils.run_folder.checkpoint_io).
   clock and a stop signal are agreed on: one process due or stopped means all save (and stop). They
   meet for that every `agree_every` optimizer steps (the logging interval, when the RunRecorder meets
   too), not every step: each meeting waits for the GPU.
+- A run that ends at `max_steps` inside an epoch: Lightning closes the epoch when training stops, and
+  resumed from a checkpoint written then it starts the next epoch, skipping the rest of this one (with
+  one epoch, "raise Max steps to train further" would train nothing). So the position in the epoch
+  (the loops' state, the data loader's place in the epoch's order) and the random state are taken
+  right after that last step, and the save when training ends (after the final validation, so the
+  best-checkpoint record includes it) carries those: raising `max_steps` continues the same epoch with
+  the batches and the random draws an uninterrupted longer run would have had there.
 """
 
 from __future__ import annotations
 
+import copy
 import signal
 import threading
 import time
@@ -50,6 +58,8 @@ class LastCheckpoint(pl.Callback):
         self._due = 0.0
         self._step_seen = -1
         self._epoch_saved = 0
+        self._stopped_mid_epoch: Optional[dict] = None  # see the module docstring: max_steps inside an epoch
+        self._saving = False
 
     # ------------------------------------------------------------------ when to write
     def setup(self, trainer, pl_module, stage) -> None:
@@ -60,6 +70,7 @@ class LastCheckpoint(pl.Callback):
         self._step_seen = trainer.global_step
         # A fresh run's first epoch is saved after its first step too; a resumed epoch was, before the resume.
         self._epoch_saved = trainer.current_epoch if trainer.global_step > 0 else -1
+        self._stopped_mid_epoch = None
         self._install_stop_handlers()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -79,6 +90,9 @@ class LastCheckpoint(pl.Callback):
         stepped, self._step_seen = trainer.global_step != self._step_seen, trainer.global_step
         if not stepped or batch_idx + 1 >= trainer.num_training_batches:
             return  # mid-accumulation, or an epoch's last batch (see the module docstring)
+        if 0 < trainer.max_steps <= trainer.global_step:  # the run ends after this step, inside the epoch
+            self._stopped_mid_epoch = {"fit_loop": copy.deepcopy(trainer.fit_loop.state_dict()),
+                                       "epoch": trainer.current_epoch, "rng": _local_rng(trainer)}
         new_epoch = trainer.current_epoch > self._epoch_saved  # the same in every process: no vote needed
         due, stop = False, False
         if getattr(trainer, "world_size", 1) == 1 or trainer.global_step % self.agree_every == 0:
@@ -102,7 +116,9 @@ class LastCheckpoint(pl.Callback):
         return due_any, stop_any
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self.saved_step != trainer.global_step:
+        # After a max_steps stop inside an epoch, also when that step was saved already: this save holds the
+        # final validation's best-checkpoint record too.
+        if self.saved_step != trainer.global_step or self._stopped_mid_epoch is not None:
             self.save(trainer)
         self._restore_stop_handlers()
 
@@ -113,20 +129,29 @@ class LastCheckpoint(pl.Callback):
     def save(self, trainer: pl.Trainer) -> None:
         # The full state (optimizer, loops, callbacks) is what a resume needs; said explicitly, Lightning
         # logs no "`weights_only` was not set" line after every save.
-        trainer.save_checkpoint(self.path, weights_only=False)
+        self._saving = True  # on_save_checkpoint: this save, not ModelCheckpoint's
+        try:
+            trainer.save_checkpoint(self.path, weights_only=False)
+        finally:
+            self._saving = False
         self.saved_step = trainer.global_step
         self._epoch_saved = trainer.current_epoch
         self._due = time.monotonic() + self.every_seconds
 
     # ------------------------------------------------------------------ checkpoint contents
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        if self._saving and self._stopped_mid_epoch is not None:  # the save at the end of a max_steps run
+            checkpoint["loops"]["fit_loop"] = self._stopped_mid_epoch["fit_loop"]
+            checkpoint["epoch"] = self._stopped_mid_epoch["epoch"]
+
     def state_dict(self) -> dict[str, Any]:
         """Every process's random state, in rank order (a collective: every process saves at the same step)."""
         trainer = self._trainer
-        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
-        cpu = torch.get_rng_state()
-        cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+        saved = self._stopped_mid_epoch if self._saving and self._stopped_mid_epoch is not None else None
+        cpu, cuda = saved["rng"] if saved else _local_rng(trainer)
         if trainer is None or getattr(trainer, "world_size", 1) == 1:
             return {"rng_per_rank": [{"cpu": cpu, "cuda": cuda}]}
+        device = trainer.strategy.root_device
         gather = lambda t: trainer.strategy.all_gather(t.to(device)).cpu()  # noqa: E731  (world_size, n) bytes
         cpus = gather(cpu)
         cudas = gather(cuda) if cuda is not None else [None] * len(cpus)
@@ -157,6 +182,12 @@ class LastCheckpoint(pl.Callback):
         self.stop_signal = name
         print(f"\n{name}: finishing the current step, then saving {self.path.name} and stopping "
               "(press Stop / Ctrl-C again to stop at once without saving).", flush=True)
+
+
+def _local_rng(trainer: Optional[pl.Trainer]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """This process's (CPU, own GPU or None) random state."""
+    device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
 
 def rng_to_restore(saved: dict[str, Any], rank: int, world_size: int, on_gpu: bool) -> tuple[Optional[dict], str]:
