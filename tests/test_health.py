@@ -76,6 +76,17 @@ def test_consecutive_overflows_stop_training_with_a_diagnosis(tmp_path, tiny_lm)
     assert [float(r["amp/skipped_steps"]) for r in rows] == [0, 0] + list(range(1, 10))
 
 
+def test_in_the_notebook_the_advice_names_settings_as_the_wizard_does(tmp_path, tiny_lm):
+    """The notebook's train (on_change="start_new") has no config names on screen: the advice uses the wizard's."""
+    with pytest.raises(Fp16HealthError) as info:
+        train(tiny_config(tmp_path, max_steps=30), tiny_lm(inf_grad_calls=range(3, 31)), device=CPU,
+              on_change="start_new")
+    message = str(info.value)
+    assert "lower Learning rate (now " in message and "Mixed precision kind = bf16 mixed" in message
+    assert "Mixed precision off" in message
+    assert not any(name in message for name in ("learning_rate", "precision=", "32-true", "log_every_n_steps"))
+
+
 def test_loss_scale_collapsing_below_one_stops_training(tmp_path, tiny_lm):
     # Never 10 skips in a row (step 10 is healthy), but 17 halvings take 2**16 to 0.5 at step 18.
     skips = [*range(1, 10), *range(11, 40)]

@@ -179,12 +179,14 @@ class ResumableSampler(StatefulDistributedSampler):
         self.epoch = state_dict.get("epoch", self.epoch)
 
 
-def build_callbacks(config: WizardConfig, decision: PrecisionDecision, recorder: RunRecorder) -> list[pl.Callback]:
+def build_callbacks(config: WizardConfig, decision: PrecisionDecision, recorder: RunRecorder,
+                    wizard_words: bool = False) -> list[pl.Callback]:
     """last.ckpt on a time schedule (LastCheckpoint) and the best by validation loss (ModelCheckpoint) are
-    separate: Lightning's save_last only moves "last" when a new best is saved."""
+    separate: Lightning's save_last only moves "last" when a new best is saved. wizard_words: messages name
+    settings as the wizard shows them (the notebook)."""
     callbacks: list[pl.Callback] = [
         recorder,  # first: a checkpoint's counters include the step it was written after
-        TrainingHealthCallback(),  # checks what the recorder flushes, which it does before every checkpoint
+        TrainingHealthCallback(wizard_words=wizard_words),  # checks what the recorder flushes (before every checkpoint)
         LastCheckpoint(checkpoint_dir(config.output_dir) / LAST_NAME, every_seconds=60 * config.checkpoint_every_minutes,
                        agree_every=config.log_every_n_steps),  # processes vote when the recorder meets them too
         ModelCheckpoint(dirpath=checkpoint_dir(config.output_dir), filename="epoch{epoch:02d}-step{step}-val{val/loss:.4f}",

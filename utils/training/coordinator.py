@@ -327,7 +327,7 @@ def _fit(run: _Run, extra_callbacks: list[pl.Callback]) -> TrainingResult:
     config, decision = run.config, run.decision
     recorder = RunRecorder(run.module.task.tokens_in, flush_every=config.log_every_n_steps,
                            precision=decision.precision)
-    callbacks = build_callbacks(config, decision, recorder) + extra_callbacks
+    callbacks = build_callbacks(config, decision, recorder, wizard_words=run.notebook) + extra_callbacks
     resume_step = run.resume.global_step if run.resume else 0  # before fit: the resume point's state is released
     nothing_to_train = run.resume is not None and resume_step >= run.module.total_steps
     loggers = build_loggers(config, decision, run.model, run.data.tokenizer.vocab_size,  # an online W&B run starts here

@@ -12,6 +12,7 @@ from typing import Optional
 
 import pytorch_lightning as pl
 
+from utils.config import SETTINGS
 from utils.errors import KitError
 from utils.training.callbacks.recorder import RunRecorder
 
@@ -36,9 +37,11 @@ class TrainingHealthCallback(pl.Callback):
     min_loss_scale: a scale below this means gradients overflow fp16 even unscaled.
     max_nonfinite_losses: NaN/inf losses in a row before stopping; 1 stops at the first, since
         without a GradScaler to skip it, one NaN step turns every weight into NaN.
+    wizard_words: the advice names settings as the wizard shows them (the notebook), not by config name.
     """
 
-    def __init__(self, max_consecutive_skips: int = 10, min_loss_scale: float = 1.0, max_nonfinite_losses: int = 1):
+    def __init__(self, max_consecutive_skips: int = 10, min_loss_scale: float = 1.0, max_nonfinite_losses: int = 1,
+                 wizard_words: bool = False):
         if max_consecutive_skips < 1 or max_nonfinite_losses < 1 or not min_loss_scale > 0:
             raise ValueError("max_consecutive_skips and max_nonfinite_losses must be >= 1 and min_loss_scale > 0, got "
                              f"{max_consecutive_skips}, {max_nonfinite_losses} and {min_loss_scale}")
@@ -49,6 +52,7 @@ class TrainingHealthCallback(pl.Callback):
         self.skipped_total = 0  # the recorder's count, as of the newest step checked
         self.nonfinite_losses = 0  # in a row
         self.last_loss: Optional[float] = None
+        self.wizard_words = wizard_words
 
     def setup(self, trainer, pl_module, stage) -> None:
         for callback in trainer.callbacks:
@@ -85,16 +89,25 @@ class TrainingHealthCallback(pl.Callback):
             facts = [f"loss scale {scale:g}", f"{self.consecutive_skips} skipped steps in a row",
                      f"{self.skipped_total} skipped in total"] + facts
         lr = _learning_rate(trainer)
-        lower_lr = f"lower learning_rate (now {lr:.2e})" if lr is not None else "lower learning_rate"
-        advice = (f"Try: {lower_lr}; precision='bf16-mixed' on a GPU that has native bf16 (Ampere or newer, "
-                  "e.g. A100, L4); or precision='32-true'." if fp16 else
-                  f"Try: {lower_lr}, a smaller gradient_clip_val, or check the data for empty or very short texts.")
+        say = _wizard_words if self.wizard_words else _config_words
+        lower_lr = f"lower {say['lr']}" + (f" (now {lr:.2e})" if lr is not None else "")
+        advice = (f"Try: {lower_lr}; {say['bf16']} on a GPU that has native bf16 (Ampere or newer, "
+                  f"e.g. A100, L4); or {say['fp32']}." if fp16 else
+                  f"Try: {lower_lr}, a smaller {say['clip']}, or check the data for empty or very short texts.")
         late = "" if step == trainer.global_step else \
-            f" (found at step {trainer.global_step}: steps are checked every log_every_n_steps)"
+            f" (found at step {trainer.global_step}: steps are checked every {say['log_every']})"
         message = (f"Training stopped at optimizer step {step}{late} (epoch {trainer.current_epoch}): {what} "
                    f"({', '.join(facts)}). The weights from here on are not worth keeping, so no checkpoint was "
                    f"saved from this state. {advice}")
         return (Fp16HealthError if fp16 else TrainingHealthError)(message)
+
+
+_config_words = {"lr": "learning_rate", "bf16": "precision='bf16-mixed'", "fp32": "precision='32-true'",
+                 "clip": "gradient_clip_val", "log_every": "log_every_n_steps"}
+_wizard_words = {"lr": SETTINGS["learning_rate"].label,
+                 "bf16": f"{SETTINGS['precision'].label} = {SETTINGS['precision'].choices['bf16-mixed'].split(' — ')[0]}",
+                 "fp32": f"{SETTINGS['use_mixed_precision'].label} off",
+                 "clip": SETTINGS["gradient_clip_val"].label, "log_every": f"'{SETTINGS['log_every_n_steps'].label}'"}
 
 
 def _learning_rate(trainer) -> Optional[float]:
