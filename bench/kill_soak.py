@@ -2,7 +2,7 @@
 
     pip install -e .    # once: makes utils importable
     python bench/kill_soak.py [--kills 20] [--seed 0] [--interval-minutes 0.05] [--max-steps 450]
-                              [--output-root DIR] [--keep]
+                              [--output-root DIR] [--keep] [--lora]
 
 Each training is a one-thread `python -m utils.training` process. A baseline trains uninterrupted; then
 the same config in another folder is killed --kills times, about half at a random moment after launch
@@ -15,6 +15,10 @@ traceback, training without "Resuming from" while a checkpoint exists, or from a
 steps lost per kill at most one checkpoint interval of steps (at the faster of the baseline's and the killed
 run's speed) plus one; no *.kit-tmp file left after the final run; per-step training losses equal to the
 baseline's (within 1e-6).
+
+--lora soaks a LoRA fine-tune instead: a small Llama built from a config and saved in the soak's folder
+(bench/lora.py's, nothing downloaded) gets rank-4 adapters with dropout 0.1; its checkpoints hold the
+adapters only, and the same goals hold.
 """
 
 from __future__ import annotations
@@ -46,6 +50,9 @@ LOSS_TOLERANCE = 1e-6
 def start(out: Path, args, log: Path) -> subprocess.Popen:
     settings = dict(max_seq_len=64, batch_size=16, max_steps=args.max_steps, dropout=0.1, log_every_n_steps=1,
                     checkpoint_every_minutes=args.interval_minutes, output_dir=out)  # dropout: RNG must resume too
+    if args.lora:
+        settings.update(model_source="pretrained", pretrained_model=args.lora, finetune_method="lora", lora_rank=4,
+                        lora_dropout=0.1)
     cmd = [sys.executable, "-m", "utils.training", "--sample-tokens", "0",
            *[a for key, value in settings.items() for a in ("--set", f"{key}={value}")]]
     return subprocess.Popen(cmd, cwd=REPO_ROOT, env=ENV, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
@@ -192,8 +199,14 @@ def main() -> int:
     p.add_argument("--max-steps", type=int, default=450)
     p.add_argument("--output-root", type=Path, help="where the run folders go (default: /dev/shm)")
     p.add_argument("--keep", action="store_true", help="keep the run folders (always kept on FAIL)")
+    p.add_argument("--lora", action="store_true", help="a LoRA fine-tune of a small Llama instead of the default GPT")
     args = p.parse_args()
     root = Path(tempfile.mkdtemp(prefix="kill_soak_", dir=args.output_root or "/dev/shm"))
+    if args.lora:
+        from lora import build_model  # bench/lora.py, beside this script
+
+        args.lora = root / "llama"
+        build_model(args.lora, hidden=64, layers=2)
     tmp_dev, root_dev = os.stat(tempfile.gettempdir()).st_dev, os.stat(root).st_dev
     print(f"temp folder {tempfile.gettempdir()} (st_dev {tmp_dev}), run folders {root} (st_dev {root_dev})"
           + ("  WARNING: the same filesystem" if tmp_dev == root_dev else ""))
