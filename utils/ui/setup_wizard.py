@@ -17,12 +17,9 @@ instead of showing widgets. It never waits in either mode.
 
 from __future__ import annotations
 
-import dataclasses
 import html
-import importlib.util
 import os
 import traceback
-from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
 from typing import Callable, Optional
@@ -31,19 +28,19 @@ import ipywidgets as widgets
 import torch
 
 from templates import TEMPLATES
-from utils.models.adapters import CHAT_MODELS, METHOD_SENTENCES, planned_counts, recommend_method, suggested_models
 from utils.config import EMBEDDED_CORPUS_WORDS, EMBEDDED_DATASETS, SETTINGS, ConfigError, WizardConfig
 from utils.env import DeviceInfo, detect_device, in_colab
-from utils.errors import KitError
-from utils.training.precision import PrecisionError, resolve_precision
-from utils.run_folder.checkpoints import describe_run_folder
+from utils.models.adapters import suggested_models
 from utils.training.estimate import BatchTooLargeError, estimate_config
-from utils.ui.fields import (ERROR_COLOR, INPUT_WIDTH, LABEL_WIDTH, PATH_WIDTH, SUCCESS_COLOR, UPLOAD_LIMIT_TEXT, WARNING_COLOR,
-                             WRAP, Field, build_field, save_upload, upload_problem, uploaded_files)
-from utils.ui.model_check import (measure_model, count_parameters, describe_check, format_count,
-                                  vocab_size_for)
+from utils.training.precision import PrecisionError, resolve_precision
+from utils.ui.fields import (ERROR_COLOR, LABEL_WIDTH, PATH_WIDTH, SUCCESS_COLOR, UPLOAD_LIMIT_TEXT, WARNING_COLOR,
+                             Field, build_field, save_upload, upload_problem, uploaded_files)
+from utils.ui.model_check import count_parameters, describe_check, measure_model, vocab_size_for
+from utils.ui.notes import model_note, note, plan_html, precision_text, same_run
 from utils.ui.presets import PRESET_WORDS, PRESETS, apply_preset, preset_hint
-from utils.ui.review import changed_settings, describe_plan, plan_facts, value_words
+from utils.ui.review import value_words
+from utils.ui.steps import (FIELD_WORDS, HF_AVAILABLE, MULTI_DEVICE_FIELDS, PLACEHOLDERS, STEPS, Step, corpus_title,
+                            indicator_html)
 
 __all__ = ["SetupWizard", "WizardConfig", "validate_config", "detect_interactive", "PRESETS"]
 
@@ -67,48 +64,6 @@ def detect_interactive() -> tuple[bool, str]:
     if not getattr(kernel, "_allow_stdin", True):
         return False, "the notebook is executed by a client that cannot prompt (nbclient, nbval or papermill)"
     return True, "running in a Jupyter kernel with a frontend"
-
-
-@dataclass(frozen=True)
-class Step:
-    key: str  # short name, used in CSS classes and screenshot names
-    title: str
-    fields: tuple[tuple[str, str], ...]  # (WizardConfig field, its label from the field's metadata)
-
-
-def _step(key: str, title: str, *names: str) -> Step:
-    return Step(key, title, tuple((name, SETTINGS[name].label) for name in names))
-
-
-STEPS = (
-    _step("dataset", "Dataset", "task", "dataset_source", "dataset_name", "dataset_config", "dataset_path",
-          "text_column", "label_column", "val_split"),
-    _step("tokenizer", "Tokenizer", "tokenizer_strategy", "vocab_size", "tokenizer_path"),
-    _step("model", "Model", "model_source", "model_template", "model_size", "model_path", "gist_id", "pretrained_model",
-          "finetune_method", "lora_rank", "lora_alpha", "lora_dropout", "lora_target", "gradient_checkpointing",
-          "train_on", "dropout", "inspect"),  # train_on: chat data is read only for a pretrained model, chosen here
-    _step("training", "Training", "batch_size", "max_seq_len", "learning_rate", "max_epochs",
-          "gradient_accumulation_steps", "gradient_clip_val", "early_stopping_patience", "use_mixed_precision",
-          "precision", "compile", "devices", "num_nodes", "strategy"),
-    _step("review", "Review & save", "output_dir"),
-)
-
-MULTI_DEVICE_FIELDS = ("devices", "num_nodes", "strategy")  # shown only where more than one GPU is visible
-# Which fields matter for which choices is the config's rule (each Setting's `when`): the wizard shows
-# just those, and its one addition is that the built-in corpus is picked from a menu, not typed.
-PLACEHOLDERS = {"dataset_path": "/content/drive/MyDrive/data/train.txt", "tokenizer_path": "path/to/tokenizer",
-                "model_path": "/content/drive/MyDrive/models/model.py", "gist_id": "https://gist.github.com/you/ID"}
-HF_AVAILABLE = importlib.util.find_spec("datasets") is not None
-# Where the wizard's words differ from the config's own (SETTINGS): said once, in the help line of the
-# field it is about, not as a note on every view of the step.
-FIELD_WORDS = {} if HF_AVAILABLE else {"dataset_source": (
-    SETTINGS["dataset_source"].label, SETTINGS["dataset_source"].help + " (Hugging Face datasets need the datasets "
-                                                                         "library: pip install datasets)")}
-
-
-def corpus_title(name: str) -> str:
-    """A built-in corpus as its menu shows it: 'Python Language Reference', without the size and kind."""
-    return EMBEDDED_DATASETS[name].split(" (")[0]
 
 
 class SetupWizard:
@@ -271,7 +226,7 @@ class SetupWizard:
         self.upload = widgets.FileUpload(accept=".txt,.csv,.jsonl", multiple=False, description="Upload file")
         self.upload.add_class("wizard-upload")
         self.upload.observe(self._guard(self._on_upload), names="value")
-        self.upload_limit = widgets.HTML(_note(html.escape(UPLOAD_LIMIT_TEXT)))
+        self.upload_limit = widgets.HTML(note(html.escape(UPLOAD_LIMIT_TEXT)))
         self.upload_limit.add_class("wizard-upload-limit")
         self.message = widgets.HTML()
         self._message_text = ""  # what the message says, as plain text
@@ -279,8 +234,8 @@ class SetupWizard:
         self.notes = {key: widgets.HTML(layout=widgets.Layout(width="100%"))
                       for key in ("dataset", "tokenizer", "model", "check", "inspect", "precision", "summary",
                                   "estimate")}
-        for key, note in self.notes.items():
-            note.add_class(f"wizard-note-{key}")
+        for key, widget in self.notes.items():
+            widget.add_class(f"wizard-note-{key}")
 
     def _button(self, text: str, css: str, handler: Callable, style: str = "") -> widgets.Button:
         button = widgets.Button(description=text, button_style=style)
@@ -343,16 +298,16 @@ class SetupWizard:
     def _on_check(self, button) -> None:
         decision = self._decision(self._config)
         if isinstance(decision, PrecisionError):  # a saved precision this device cannot run
-            self.notes["check"].value = _note(html.escape(f"No model check: {decision}"), ERROR_COLOR)
+            self.notes["check"].value = note(html.escape(f"No model check: {decision}"), ERROR_COLOR)
             return
-        self.notes["check"].value = _note("<i>Running a forward/backward pass on CPU...</i>")
+        self.notes["check"].value = note("<i>Running a forward/backward pass on CPU...</i>")
         try:
             check = measure_model(self._config, decision)
         except (ValueError, RuntimeError) as e:  # the model's own complaint (shapes, memory): show it
-            self.notes["check"].value = _note(html.escape(f"Model check failed: {e}"), ERROR_COLOR)
+            self.notes["check"].value = note(html.escape(f"Model check failed: {e}"), ERROR_COLOR)
             return
         self.last_check = (self._config, check)
-        self.notes["check"].value = _note("<br>".join(map(html.escape, describe_check(check, self._config,
+        self.notes["check"].value = note("<br>".join(map(html.escape, describe_check(check, self._config,
                                                                                        decision).splitlines())))
 
     def _on_inspect(self, button) -> None:
@@ -360,14 +315,14 @@ class SetupWizard:
         from utils.inspection import inspect_model
         from utils.inspection.view import plot_images, report_html
 
-        self.notes["inspect"].value = _note("<i>Inspecting: building the model and a batch of the data, then "
+        self.notes["inspect"].value = note("<i>Inspecting: building the model and a batch of the data, then "
                                             "running ten checks...</i>")
         self.inspect_plots.children = ()
         run_on = "cuda" if self.device.kind == "cuda" and torch.cuda.is_available() else "cpu"
         try:
             report = inspect_model(self._placed(self._config), self.device, run_on=run_on)
         except (ValueError, RuntimeError, OSError) as e:  # the data's or the model's own complaint: show it
-            self.notes["inspect"].value = _note(html.escape(f"Inspection failed: {e}"), ERROR_COLOR)
+            self.notes["inspect"].value = note(html.escape(f"Inspection failed: {e}"), ERROR_COLOR)
             return
         self.last_inspection = (self._config, report)
         self.notes["inspect"].value = report_html(report)
@@ -377,21 +332,21 @@ class SetupWizard:
         """Time a few training steps of this config on this device (utils.training.estimate)."""
         decision = self._decision(self._config)
         if isinstance(decision, PrecisionError):
-            self.notes["estimate"].value = _note(html.escape(f"No estimate: {decision}"), ERROR_COLOR)
+            self.notes["estimate"].value = note(html.escape(f"No estimate: {decision}"), ERROR_COLOR)
             return
-        self.notes["estimate"].value = _note("<i>Preparing the data and timing a few training steps...</i>")
+        self.notes["estimate"].value = note("<i>Preparing the data and timing a few training steps...</i>")
         try:
             # A batch too large for the device is refused with the batch that fits, as training refuses it:
             # timing even the largest that fits could fill a Colab CPU runtime's memory and end the session.
             estimate = estimate_config(self._placed(self._config), decision, refuse_oversize=True)
         except BatchTooLargeError as e:
-            self.notes["estimate"].value = _note(html.escape(f"No estimate: {e}"), ERROR_COLOR)
+            self.notes["estimate"].value = note(html.escape(f"No estimate: {e}"), ERROR_COLOR)
             return
         except (ValueError, RuntimeError, OSError) as e:  # the data or the model's own complaint: show it
-            self.notes["estimate"].value = _note(html.escape(f"Estimate failed: {e}"), ERROR_COLOR)
+            self.notes["estimate"].value = note(html.escape(f"Estimate failed: {e}"), ERROR_COLOR)
             return
         self.last_estimate = (self._config, estimate)
-        self.notes["estimate"].value = _note("<br>".join(map(html.escape, estimate.describe().splitlines())))
+        self.notes["estimate"].value = note("<br>".join(map(html.escape, estimate.describe().splitlines())))
 
     def _on_upload(self, change) -> None:
         files = uploaded_files(change["new"])
@@ -489,7 +444,7 @@ class SetupWizard:
         waiting = candidate.dataset_source == "upload" and not candidate.dataset_path.strip()
         if waiting:
             self.fields["dataset_path"].set_visible(False)
-        self.notes["dataset"].value = _note("Press <b>Upload file</b> to choose a .txt, .csv or .jsonl file; Next "
+        self.notes["dataset"].value = note("Press <b>Upload file</b> to choose a .txt, .csv or .jsonl file; Next "
                                             "waits for it.", WARNING_COLOR) if waiting else ""
 
     def _step_errors(self, index: int) -> dict[str, str]:
@@ -512,13 +467,13 @@ class SetupWizard:
         self.save_button.layout.display = None if last else "none"
         # Errors in fields without a widget (or on an earlier step) would be lost by saving.
         self.save_button.disabled = bool(self.errors)
-        self.indicator.value = _indicator_html(self.step, self.errors)
+        self.indicator.value = indicator_html(self.step, self.errors)
 
     def _say(self, text: str, kind: str = "info") -> None:
         """The message under the buttons: info in green, a warning in amber, an error in red."""
         color = {"info": SUCCESS_COLOR, "warning": WARNING_COLOR, "error": ERROR_COLOR}[kind]
         self._message_text = text
-        self.message.value = _note(html.escape(text), color) if text else ""
+        self.message.value = note(html.escape(text), color) if text else ""
 
     # ------------------------------------------------------------------ notes beside the fields
     def _update_notes(self, candidate: WizardConfig) -> None:
@@ -526,78 +481,49 @@ class SetupWizard:
         bad_step = {step.key for index, step in enumerate(STEPS) if self._step_errors(index)}
         if "dataset" in bad_step or "tokenizer" in bad_step:
             vocab = None
-            self.notes["tokenizer"].value = _note("<i>Fix the fields marked above to see how many token ids the "
+            self.notes["tokenizer"].value = note("<i>Fix the fields marked above to see how many token ids the "
                                                   "model will see.</i>")
         else:
             vocab, origin = vocab_size_for(candidate)
-            self.notes["tokenizer"].value = _note(f"The model will see {vocab:,} token ids ({html.escape(origin)}).")
+            self.notes["tokenizer"].value = note(f"The model will see {vocab:,} token ids ({html.escape(origin)}).")
         blocked = vocab is None or "model" in bad_step
-        self.notes["model"].value = _note("<i>Fix the fields marked on this and the earlier steps to see the "
-                                          "model's size.</i>") if blocked else _note(self._model_note(candidate, vocab))
+        self.notes["model"].value = note("<i>Fix the fields marked on this and the earlier steps to see the "
+                                          "model's size.</i>") if blocked else note(self._model_note(candidate, vocab))
         self.check_button.disabled = blocked or candidate.model_source != "template"
         self.notes["precision"].value = "" if "precision" in self.errors else \
-            _note(f"<b>Precision on this device:</b> {html.escape(self._precision_text(candidate))}")
+            note(f"<b>Precision on this device:</b> {html.escape(self._precision_text(candidate))}")
         if self.step == len(STEPS) - 1:  # the plan may prepare the data: only while the review is shown
             self.notes["summary"].value = self._plan_html(candidate, vocab)
-        if self.last_estimate and not _same_run(self.last_estimate[0], candidate):
-            self.notes["estimate"].value = _note("<i>Settings changed since the last estimate: press Estimate time "
+        if self.last_estimate and not same_run(self.last_estimate[0], candidate):
+            self.notes["estimate"].value = note("<i>Settings changed since the last estimate: press Estimate time "
                                                   "again.</i>")
-        if self.last_check and not _same_run(self.last_check[0], candidate):
-            self.notes["check"].value = _note("<i>Settings changed since the last check: press Check model "
+        if self.last_check and not same_run(self.last_check[0], candidate):
+            self.notes["check"].value = note("<i>Settings changed since the last check: press Check model "
                                                "again.</i>")
-        if self.last_inspection and not _same_run(self.last_inspection[0], candidate):
-            self.notes["inspect"].value = _note("<i>Settings changed since the last inspection: press Inspect "
+        if self.last_inspection and not same_run(self.last_inspection[0], candidate):
+            self.notes["inspect"].value = note("<i>Settings changed since the last inspection: press Inspect "
                                                  "model again.</i>")
             self.inspect_plots.children = ()
 
     def _plan_html(self, candidate: WizardConfig, vocab: Optional[int]) -> str:
-        if self.errors:
-            return _note(f"<b>{len(self.errors)} setting(s) still need fixing</b> before there is a plan to "
-                         f"save: {html.escape('; '.join(self.errors.values()))}", ERROR_COLOR)
-        placed = self._placed(candidate)
-        parameters = self._parameters(candidate, vocab) if candidate.model_source == "template" else None
-        plan = describe_plan(candidate, plan_facts(placed, vocab, parameters), self._precision_text(candidate),
-                             describe_run_folder(placed))
-        changes = "<br>".join(map(html.escape, changed_settings(candidate))) or "none: every setting is at its default"
-        return (_note(f"<b>The plan.</b> {html.escape(plan)}") +
-                _note(f"<b>Settings that differ from the defaults</b><br>{changes}"))
+        parameters = self._parameters(candidate, vocab) if not self.errors and candidate.model_source == "template" \
+            else None
+        return plan_html(self.errors, candidate, self._placed(candidate), vocab, parameters,
+                         self._precision_text(candidate))
+
+    def _model_note(self, config: WizardConfig, vocab: int) -> str:
+        parameters = self._parameters(config, vocab) if config.model_source == "template" else None
+        return model_note(config, vocab, parameters, self.device)
+
+    def _precision_text(self, config: WizardConfig) -> str:
+        inspected = self.last_inspection and self.last_inspection[0] == config
+        return precision_text(self._decision(config), self.last_inspection[1].check("fp16") if inspected else None)
 
     def _parameters(self, config: WizardConfig, vocab: int) -> int:
         key = (config.model_template, config.model_size, config.max_seq_len, vocab, config.task)
         if key not in self._param_counts:
             self._param_counts[key] = count_parameters(config, vocab)
         return self._param_counts[key]
-
-    def _model_note(self, config: WizardConfig, vocab: int) -> str:
-        if config.model_source == "pretrained":
-            return (f"Fine-tunes {html.escape(config.pretrained_model or 'the model named above')} with its own "
-                    "tokenizer: training loads it (from the Hugging Face Hub, or the folder) and checks it on a "
-                    "dummy batch first. Fine-tuning wants a small learning rate, 2e-5 to 1e-4.<br>"
-                    f"{html.escape(METHOD_SENTENCES[config.finetune_method])}{self._method_advice(config)}")
-        if config.model_source != "template":
-            where = config.model_path if config.model_source == "file" else config.gist_id
-            return (f"Your model from {html.escape(where or 'the path above')}: training imports it and checks "
-                    "it on a dummy batch first, reporting any problem with your own traceback. The wizard "
-                    "counts and checks template models only.")
-        return (f"<b>{format_count(self._parameters(config, vocab))} parameters</b> ({config.model_template} "
-                f"{config.model_size}, vocabulary {vocab:,}, context {config.max_seq_len}). "
-                "Check model runs a forward/backward pass and estimates the memory at your batch size.")
-
-    def _method_advice(self, config: WizardConfig) -> str:
-        """The method recommended for this model on this device, when its size is known without a download."""
-        parameters = CHAT_MODELS.get(config.pretrained_model)
-        if parameters is None and config.pretrained_model and Path(config.pretrained_model).is_dir():
-            try:
-                parameters = planned_counts(config.replace(finetune_method="full"))[1]
-            except (KitError, OSError, ValueError):  # a folder without a readable config.json: no advice
-                return ""
-        if parameters is None:
-            return ""
-        memory = self.device.total_memory_bytes if self.device.kind == "cuda" else None
-        method = recommend_method(parameters, memory)
-        label = SETTINGS["finetune_method"].choices[method].split(" — ")[0]
-        return (f"<br><b>Recommended here: {label}</b> for {parameters / 1e9:.2f}B parameters on "
-                f"{html.escape(self.device.describe())}.")
 
     def _placed(self, config: WizardConfig) -> WizardConfig:
         if Path(config.output_dir).is_absolute():
@@ -613,32 +539,3 @@ class SetupWizard:
             except PrecisionError as e:
                 self._decisions[key] = e
         return self._decisions[key]
-
-    def _precision_text(self, config: WizardConfig) -> str:
-        decision = self._decision(config)
-        if isinstance(decision, PrecisionError):
-            return str(decision)
-        inspected = self.last_inspection and self.last_inspection[0] == config
-        fp16 = self.last_inspection[1].check("fp16") if inspected else None
-        found = f"; the fp16 check found: {fp16.message}" if fp16 and fp16.verdict in ("warn", "fail") else ""
-        return f"{decision.precision}, {decision.reason}{found}"  # the reason has its own parentheses
-
-
-def _same_run(a: WizardConfig, b: WizardConfig) -> bool:
-    """Equal but for where the run is saved: the Output folder changes neither the time nor the memory."""
-    return dataclasses.replace(a, output_dir=b.output_dir) == b  # not config.replace: b may hold a bad value
-
-
-def _indicator_html(current: int, errors: dict[str, str]) -> str:
-    parts = []
-    for i, step in enumerate(STEPS):
-        text = f"{i + 1}. {html.escape(step.title)}"
-        if any(name in errors for name, _ in step.fields):
-            text += " (!)"
-        parts.append(f"<b><u>{text}</u></b>" if i == current else f'<span style="color:#666">{text}</span>')
-    return " &rsaquo; ".join(parts)
-
-
-def _note(inner_html: str, color: str = "inherit") -> str:
-    # The HTML widget's own line height is a form row's (28px); wrapped notes read better tighter.
-    return f'<div style="line-height:1.4; margin:4px 0; color:{color}; {WRAP}">{inner_html}</div>'
