@@ -25,7 +25,7 @@ from utils.data import DataSpec, open_source
 from utils.data.sources import DataError
 from utils.data.text import TokenWindows, encode_blocks
 from utils.files import atomic_write_text
-from utils.models.calling import encode_for_inference, model_logits, texts_to_logits
+from utils.models.calling import encode_for_inference, ids_to_logits, model_logits
 
 
 @dataclass
@@ -143,11 +143,10 @@ def evaluate_windows(model: torch.nn.Module, windows: Dataset, batch_size: int =
 def _evaluate_rows(predictor, source, batch_size: int, data: str, model_name: str) -> Evaluation:
     names = list(predictor.label_names)
     texts, labels = _labelled_rows(source, names, data)
-    tokens = sum(min(len(encode_for_inference(predictor.tokenizer, t)), predictor.config.max_seq_len) for t in texts)
-    logits = texts_to_logits(predictor.model, predictor.tokenizer, texts, predictor.config.max_seq_len,
-                             predictor.pad_id, batch_size)  # (N, K)
+    encoded = [encode_for_inference(predictor.tokenizer, t)[:predictor.config.max_seq_len] for t in texts]
+    logits = ids_to_logits(predictor.model, encoded, predictor.pad_id, batch_size)  # (N, K)
     target = torch.tensor(labels)
-    return classification_metrics(logits, target, names, data, model_name, tokens)
+    return classification_metrics(logits, target, names, data, model_name, sum(map(len, encoded)))
 
 
 def _labelled_rows(source, names: list[str], data: str) -> tuple[list[str], list[int]]:

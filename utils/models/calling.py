@@ -87,18 +87,24 @@ def _forward_parameters(model_type: type) -> tuple[Optional[str], Optional[str]]
 @torch.no_grad()
 def texts_to_logits(model: nn.Module, tokenizer, texts: list[str], max_seq_len: int, pad_id: int,
                     batch_size: int = 64) -> torch.Tensor:
-    """A classifier's logits (N, num_classes) on the CPU in fp32: each text encoded, cut to max_seq_len and
-    right-padded with pad_id (masked out), batch_size texts at a time, the model in eval mode meanwhile."""
+    """A classifier's logits (N, num_classes) on the CPU in fp32: each text encoded and cut to max_seq_len."""
+    encoded = [encode_for_inference(tokenizer, t)[:max_seq_len] for t in texts]
+    return ids_to_logits(model, encoded, pad_id, batch_size)
+
+
+def ids_to_logits(model: nn.Module, encoded: list[list[int]], pad_id: int, batch_size: int = 64) -> torch.Tensor:
+    """A classifier's logits (N, num_classes) on the CPU in fp32 for texts already encoded (and cut): right-padded
+    with pad_id (masked out), batch_size texts at a time, the model in eval mode meanwhile."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     out = []
-    for start in range(0, len(texts), batch_size):
-        encoded = [encode_for_inference(tokenizer, t)[:max_seq_len] for t in texts[start:start + batch_size]]
-        T = max(1, *(len(ids) for ids in encoded))  # an empty text is one all-padding row
-        input_ids = torch.full((len(encoded), T), pad_id, dtype=torch.long)  # (B, T)
-        mask = torch.zeros(len(encoded), T, dtype=torch.bool)  # (B, T), True = real token
-        for row, ids in enumerate(encoded):
+    for start in range(0, len(encoded), batch_size):
+        batch = encoded[start:start + batch_size]
+        T = max(1, *(len(ids) for ids in batch))  # an empty text is one all-padding row
+        input_ids = torch.full((len(batch), T), pad_id, dtype=torch.long)  # (B, T)
+        mask = torch.zeros(len(batch), T, dtype=torch.bool)  # (B, T), True = real token
+        for row, ids in enumerate(batch):
             input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
             mask[row, :len(ids)] = True
         out.append(classifier_logits(model, input_ids.to(device), mask.to(device)).float().cpu())  # (B, K)
