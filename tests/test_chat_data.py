@@ -188,10 +188,47 @@ def test_conversations_encoded_in_several_batches_are_all_kept_in_order(tmp_path
     rows = [messages_row(f"name colour {i}.", f"colour {i}.") for i in range(7)]
     one = prepare_data(spec(write_jsonl(tmp_path / "c.jsonl", rows), model_folder, tmp_path))
     monkeypatch.setattr(chat, "ENCODE_BATCH", 2)  # our own constant, made small: 4 batches of at most 2
-    several = prepare_data(spec(tmp_path / "c.jsonl", model_folder, tmp_path))
+    several = prepare_data(spec(tmp_path / "c.jsonl", model_folder, tmp_path, cache_dir=tmp_path / "new"))  # encoded
     assert len(several.train) + len(several.val) == 7 and "conversations kept" not in several.source
     assert torch.equal(several.train.encoded.ids, one.train.encoded.ids)
     assert torch.equal(several.train.encoded.trained, one.train.encoded.trained)
+
+
+def test_a_rerun_reads_the_encoded_examples_from_the_cache_and_prints_the_same(tmp_path, model_folder, monkeypatch,
+                                                                              capsys):
+    """A rerun after a disconnect: the same data, tokenizer and settings are not encoded again."""
+    import utils.data.chat as chat
+
+    rows = [messages_row(f"name colour {i}.", f"colour {i}.") for i in range(6)]
+    path = write_jsonl(tmp_path / "c.jsonl", rows)
+    first = prepare_data(spec(path, model_folder, tmp_path))
+    printed = capsys.readouterr().out
+    monkeypatch.setattr(chat, "encode_chat", lambda *a, **k: pytest.fail("encoded again"))
+    again = prepare_data(spec(path, model_folder, tmp_path))
+    (cached,) = (tmp_path / "cache").glob("c.chat-*.pt")
+    assert capsys.readouterr().out == f"Data: chat examples from cache {cached}\n" + printed
+    for part in ("ids", "trained", "bounds"):
+        assert torch.equal(getattr(again.train.encoded, part), getattr(first.train.encoded, part))
+    assert torch.equal(again.train.indices, first.train.indices) and again.source == first.source
+    # Another train_on, max_seq_len or file content is another cache entry, encoded anew.
+    monkeypatch.undo()
+    prepare_data(spec(path, model_folder, tmp_path, train_on="all"))
+    prepare_data(spec(path, model_folder, tmp_path, max_seq_len=32))
+    write_jsonl(path, rows[:4])
+    prepare_data(spec(path, model_folder, tmp_path))
+    assert "from cache" not in capsys.readouterr().out
+    assert len(list((tmp_path / "cache").glob("c.chat-*.pt"))) == 4
+
+
+def test_a_damaged_chat_cache_is_encoded_again(tmp_path, model_folder, capsys):
+    path = write_jsonl(tmp_path / "c.jsonl", [messages_row()] * 4)
+    first = prepare_data(spec(path, model_folder, tmp_path))
+    (cached,) = (tmp_path / "cache").glob("c.chat-*.pt")
+    cached.write_bytes(cached.read_bytes()[:100])  # torn, as no atomic write leaves it: a copy cut short
+    capsys.readouterr()
+    again = prepare_data(spec(path, model_folder, tmp_path))
+    assert f"Data: the chat cache {cached} does not load" in capsys.readouterr().out
+    assert torch.equal(again.train.encoded.ids, first.train.encoded.ids)
 
 
 def test_a_batch_is_padded_to_its_longest_example_with_the_pad_id_and_minus_100(tmp_path, model_folder):

@@ -102,7 +102,8 @@ def prepare_data(spec: DataSpec, tokenizer=None) -> PreparedData:
                                     cache_file=source.bpe_cache_file(spec.vocab_size) if bpe else None,
                                     size_bytes=source.size_bytes)
     if isinstance(source, ChatSource):
-        chat = prepare_chat(source, tokenizer, spec.max_seq_len, spec.val_split, spec.seed, spec.train_on)
+        chat = prepare_chat(source, tokenizer, spec.max_seq_len, spec.val_split, spec.seed, spec.train_on,
+                            spec.cache_dir)
         return PreparedData(tokenizer, chat.train, chat.val, chat.num_tokens, chat.description,
                             pad_id=chat.train.pad_id, chat=SHAPE_WORDS[source.shape])
     if spec.classify:

@@ -22,18 +22,26 @@ the model learns to stop); the system and user turns and the template's headers 
 Items are the kit's (x, y) for task "lm": y is the next token of each x, and -100 (F.cross_entropy's
 ignore_index) where that next token is not trained on. A batch is padded to its longest example (x with
 the pad id, y with -100), see ChatExamples.collate.
+
+The encoded examples are cached in the run's data_cache/ (chat_cache_file names the data, the tokenizer,
+its chat template, train_on and max_seq_len), so a rerun after a disconnect does not encode them again.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import pickle
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
 from torch.utils.data import Dataset
 
-from utils.data.sources import DataError, RowSource
+from utils.data.sources import CACHE_VERSION, DataError, RowSource
+from utils.files import atomic_writer
 
 IGNORE_INDEX = -100  # F.cross_entropy skips these targets
 ENCODE_BATCH = 256  # conversations tokenized together (the fast tokenizer runs a batch in parallel)
@@ -86,6 +94,14 @@ class ChatSource:
         self.rows, self.shape = rows, shape
         self.description = rows.description
         self.size_bytes = rows.size_bytes
+
+    @property
+    def fingerprint(self) -> str:
+        return self.rows.fingerprint
+
+    @property
+    def cache_name(self) -> str:
+        return self.rows.cache_name
 
     def conversations(self) -> Iterator[tuple[str, list[dict]]]:
         """(where, messages) for every row, in order; a row that is not in the shape is an error naming it."""
@@ -421,10 +437,43 @@ def split_chat(encoded: Encoded, val_split: float, seed: int, pad_id: int) -> tu
     return ChatExamples(encoded, order[n_val:], pad_id), ChatExamples(encoded, order[:n_val], pad_id)
 
 
-def prepare_chat(source: ChatSource, tokenizer, max_seq_len: int, val_split: float, seed: int,
-                 train_on: str) -> ChatData:
-    """Chat rows to train/val examples; prints the counts and a sample with the trained part marked, once."""
+def chat_cache_file(cache_dir: Path, source: ChatSource, tokenizer, max_seq_len: int, train_on: str) -> Path:
+    """Where the encoded examples of this data, tokenizer (its vocabulary and chat template), train_on and
+    max_seq_len are cached: any of them changed, another name."""
+    hf = tokenizer.hf
+    key = "\0".join((CACHE_VERSION, hf.backend_tokenizer.to_str(), chat_template(hf), train_on, str(max_seq_len)))
+    return cache_dir / f"{source.cache_name}.chat-{source.fingerprint}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
+
+
+def encode_chat_cached(source: ChatSource, tokenizer, max_seq_len: int, train_on: str,
+                       cache_file: Optional[Path]) -> tuple[Encoded, ChatCounts, str]:
+    """encode_chat's answer, read from cache_file when an earlier run wrote it, else encoded and written there."""
+    if cache_file is not None and cache_file.is_file():
+        try:
+            saved = torch.load(cache_file, map_location="cpu", weights_only=True)  # tensors, ints and strings only
+            encoded = Encoded(saved["ids"], saved["trained"], saved["bounds"])
+            print(f"Data: chat examples from cache {cache_file}")
+            return encoded, ChatCounts(**saved["counts"]), saved["sample"]
+        except (RuntimeError, EOFError, OSError, KeyError, TypeError, pickle.UnpicklingError) as e:
+            print(f"Data: the chat cache {cache_file} does not load ({str(e).splitlines()[0]}); encoding again")
     encoded, counts, sample = encode_chat(source, tokenizer, max_seq_len, train_on)
+    if cache_file is not None:
+        try:
+            with atomic_writer(cache_file) as f:
+                torch.save({"ids": encoded.ids, "trained": encoded.trained, "bounds": encoded.bounds,
+                            "counts": dataclasses.asdict(counts), "sample": sample}, f)
+        except OSError as e:
+            print(f"Data: could not cache the chat examples at {cache_file} ({e.strerror or e}); the next run "
+                  "encodes them again")
+    return encoded, counts, sample
+
+
+def prepare_chat(source: ChatSource, tokenizer, max_seq_len: int, val_split: float, seed: int,
+                 train_on: str, cache_dir: Optional[Path] = None) -> ChatData:
+    """Chat rows to train/val examples (encoded once, then from cache_dir); prints the counts and a sample with the
+    trained part marked, once."""
+    cache_file = chat_cache_file(cache_dir, source, tokenizer, max_seq_len, train_on) if cache_dir else None
+    encoded, counts, sample = encode_chat_cached(source, tokenizer, max_seq_len, train_on, cache_file)
     pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     train, val = split_chat(encoded, val_split, seed, pad_id)
     kept = len(encoded.bounds) - 1

@@ -131,7 +131,7 @@ class RowSource:
     # CSV and JSONL files; the Hugging Face source overrides these three
     @functools.cached_property
     def fingerprint(self) -> str:
-        return file_fingerprint(self.path, self.text_column)
+        return file_fingerprint(self.path, self.text_column or "")  # None: chat rows, read whole
 
     @property
     def cache_name(self) -> str:
