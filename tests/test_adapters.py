@@ -288,6 +288,7 @@ def test_the_wizard_offers_the_method_recommends_one_and_its_plan_counts_the_tra
     import html
 
     from utils.models.adapters import CHAT_MODELS
+    from utils.ui.notes import method_advice
     from utils.ui.setup_wizard import SetupWizard
 
     t4 = DeviceInfo("cuda", "Tesla T4", (7, 5), 15 * 2**30)
@@ -308,7 +309,7 @@ def test_the_wizard_offers_the_method_recommends_one_and_its_plan_counts_the_tra
     assert "QLoRA: as LoRA, with the frozen model stored in 4 bits" in note
     assert "Recommended here: Full</b> for 0.00B parameters on Tesla T4" in note  # tiny: all of it trains
     # A suggested Hub model's size is known without a download (typing its name here would look it up online)
-    seven = wizard._method_advice(wizard.config.replace(pretrained_model="Qwen/Qwen2.5-7B-Instruct"))
+    seven = method_advice(wizard.config.replace(pretrained_model="Qwen/Qwen2.5-7B-Instruct"), wizard.device)
     assert "Recommended here: QLoRA</b> for 7.62B parameters on Tesla T4" in seven
 
     wizard.fields["finetune_method"].input.value = "lora"
