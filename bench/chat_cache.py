@@ -3,12 +3,11 @@
     pip install -e .    # once: makes utils importable
     python bench/chat_cache.py [--conversations 5000] [--rounds 3]
 
-A rerun after a disconnect prepares the same data again before it resumes. This writes --conversations
-chat rows (the messages shape: a question of 20 words and an answer of 100, cut from the embedded corpus) to a
-JSONL file and
-prepares them with bench/lora.py's byte-level BPE tokenizer (no chat template: the kit's plain one): once into
-an empty data_cache/ (encoded and written), then again (read back). Each round uses a new cache folder.
-Prints the seconds of each and the ratio, with the load average.
+A rerun after a disconnect prepares the same data again before it resumes. This writes --conversations chat
+rows (the messages shape: a question of 20 words and an answer of 100, cut from the embedded corpus) to a JSONL
+file and prepares them with bench/lora.py's byte-level BPE tokenizer (no chat template: the kit's plain one):
+once into an empty data_cache/ (encoded and written), then again (read back). Each round uses a new cache
+folder. Prints the seconds of each and the ratio, with the load average.
 """
 
 from __future__ import annotations
