@@ -114,6 +114,15 @@ def test_classifier_confusion_matrix_and_f1_on_a_file_with_a_known_answer(traine
     assert (exported / "evaluation" / "test.confusion.png").is_file()  # the figure's default place
 
 
+def test_scoring_a_classifier_keeps_no_autograd_graph(trained):
+    """evaluate scores every text of a file: a graph kept per batch would hold all their activations."""
+    from utils.models.calling import ids_to_logits
+
+    result = trained["classifier"]
+    logits = ids_to_logits(result.model, [[1, 2, 3], [4]], pad_id=0)
+    assert logits.shape == (2, 2) and not logits.requires_grad
+
+
 def test_a_label_the_model_never_saw_is_one_line_exit_2(trained, tmp_path, capsys):
     data = tmp_path / "test.jsonl"
     data.write_text("".join(json.dumps({"review": t, "sentiment": s}) + "\n"

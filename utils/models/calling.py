@@ -84,7 +84,6 @@ def _forward_parameters(model_type: type) -> tuple[Optional[str], Optional[str]]
     return ids_name, mask_name
 
 
-@torch.no_grad()
 def texts_to_logits(model: nn.Module, tokenizer, texts: list[str], max_seq_len: int, pad_id: int,
                     batch_size: int = 64) -> torch.Tensor:
     """A classifier's logits (N, num_classes) on the CPU in fp32: each text encoded and cut to max_seq_len."""
@@ -92,6 +91,7 @@ def texts_to_logits(model: nn.Module, tokenizer, texts: list[str], max_seq_len: 
     return ids_to_logits(model, encoded, pad_id, batch_size)
 
 
+@torch.no_grad()
 def ids_to_logits(model: nn.Module, encoded: list[list[int]], pad_id: int, batch_size: int = 64) -> torch.Tensor:
     """A classifier's logits (N, num_classes) on the CPU in fp32 for texts already encoded (and cut): right-padded
     with pad_id (masked out), batch_size texts at a time, the model in eval mode meanwhile."""
