@@ -569,7 +569,7 @@ def test_run_all_shows_the_results_figure(run_all_server):
 
     px_per_point = shown_w / (TRAINING_FIGSIZE[0] * 72)
     assert 10 * px_per_point >= 10, (f"the figure is shown {shown_w:.0f} px wide for its {TRAINING_FIGSIZE[0]} in: "
-                                    f"its 10 pt labels are {10 * px_per_point:.1f} px tall")
+                                     f"its 10 pt labels are {10 * px_per_point:.1f} px tall")
 
 
 def _run_all_lab(page) -> None:

@@ -308,7 +308,7 @@ class SetupWizard:
             return
         self.last_check = (self._config, check)
         self.notes["check"].value = note("<br>".join(map(html.escape, describe_check(check, self._config,
-                                                                                       decision).splitlines())))
+                                                                                     decision).splitlines())))
 
     def _on_inspect(self, button) -> None:
         """Every check of utils.inspection, its lines and plots shown here; on this machine's GPU or CPU."""
@@ -316,7 +316,7 @@ class SetupWizard:
         from utils.inspection.view import plot_images, report_html
 
         self.notes["inspect"].value = note("<i>Inspecting: building the model and a batch of the data, then "
-                                            "running ten checks...</i>")
+                                           "running ten checks...</i>")
         self.inspect_plots.children = ()
         run_on = "cuda" if self.device.kind == "cuda" and torch.cuda.is_available() else "cpu"
         try:
@@ -445,7 +445,7 @@ class SetupWizard:
         if waiting:
             self.fields["dataset_path"].set_visible(False)
         self.notes["dataset"].value = note("Press <b>Upload file</b> to choose a .txt, .csv or .jsonl file; Next "
-                                            "waits for it.", WARNING_COLOR) if waiting else ""
+                                           "waits for it.", WARNING_COLOR) if waiting else ""
 
     def _step_errors(self, index: int) -> dict[str, str]:
         names = {name for name, _ in STEPS[index].fields}
@@ -482,13 +482,13 @@ class SetupWizard:
         if "dataset" in bad_step or "tokenizer" in bad_step:
             vocab = None
             self.notes["tokenizer"].value = note("<i>Fix the fields marked above to see how many token ids the "
-                                                  "model will see.</i>")
+                                                 "model will see.</i>")
         else:
             vocab, origin = vocab_size_for(candidate)
             self.notes["tokenizer"].value = note(f"The model will see {vocab:,} token ids ({html.escape(origin)}).")
         blocked = vocab is None or "model" in bad_step
         self.notes["model"].value = note("<i>Fix the fields marked on this and the earlier steps to see the "
-                                          "model's size.</i>") if blocked else note(self._model_note(candidate, vocab))
+                                         "model's size.</i>") if blocked else note(self._model_note(candidate, vocab))
         self.check_button.disabled = blocked or candidate.model_source != "template"
         self.notes["precision"].value = "" if "precision" in self.errors else \
             note(f"<b>Precision on this device:</b> {html.escape(self._precision_text(candidate))}")
@@ -496,13 +496,13 @@ class SetupWizard:
             self.notes["summary"].value = self._plan_html(candidate, vocab)
         if self.last_estimate and not same_run(self.last_estimate[0], candidate):
             self.notes["estimate"].value = note("<i>Settings changed since the last estimate: press Estimate time "
-                                                  "again.</i>")
+                                                "again.</i>")
         if self.last_check and not same_run(self.last_check[0], candidate):
             self.notes["check"].value = note("<i>Settings changed since the last check: press Check model "
-                                               "again.</i>")
+                                             "again.</i>")
         if self.last_inspection and not same_run(self.last_inspection[0], candidate):
             self.notes["inspect"].value = note("<i>Settings changed since the last inspection: press Inspect "
-                                                 "model again.</i>")
+                                               "model again.</i>")
             self.inspect_plots.children = ()
 
     def _plan_html(self, candidate: WizardConfig, vocab: Optional[int]) -> str:
