@@ -40,10 +40,12 @@ from typing import Any, Iterator, Optional
 import torch
 from torch.utils.data import Dataset
 
-from utils.data.sources import CACHE_VERSION, DataError, RowSource
+from utils.data.sources import DataError, RowSource
+from utils.data.tokenizers import tokenizer_fingerprint
 from utils.files import atomic_writer
 
 IGNORE_INDEX = -100  # F.cross_entropy skips these targets
+CHAT_CACHE_VERSION = "1"  # part of every chat cache key: bump when what encode_chat returns changes
 ENCODE_BATCH = 256  # conversations tokenized together (the fast tokenizer runs a batch in parallel)
 PAD_MULTIPLE = 8  # batches are padded to a multiple of this: tensor cores want it, and fewer shapes recompile
 SAMPLE_CHARS = 1500  # the printed sample of a formatted example is cut here
@@ -438,11 +440,11 @@ def split_chat(encoded: Encoded, val_split: float, seed: int, pad_id: int) -> tu
 
 
 def chat_cache_file(cache_dir: Path, source: ChatSource, tokenizer, max_seq_len: int, train_on: str) -> Path:
-    """Where the encoded examples of this data, tokenizer (its vocabulary and chat template), train_on and
-    max_seq_len are cached: any of them changed, another name."""
-    hf = tokenizer.hf
-    key = "\0".join((CACHE_VERSION, hf.backend_tokenizer.to_str(), chat_template(hf), train_on, str(max_seq_len)))
-    return cache_dir / f"{source.cache_name}.chat-{source.fingerprint}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
+    """Where the encoded examples of this data, tokenizer (as the token cache fingerprints it, plus its chat
+    template), train_on and max_seq_len are cached: any of them changed, another name."""
+    key = "\0".join((CHAT_CACHE_VERSION, chat_template(tokenizer.hf), train_on, str(max_seq_len)))
+    return cache_dir / (f"{source.cache_name}.chat-{source.fingerprint}-{tokenizer_fingerprint(tokenizer)}-"
+                        f"{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt")
 
 
 def encode_chat_cached(source: ChatSource, tokenizer, max_seq_len: int, train_on: str,
