@@ -50,9 +50,9 @@ LOSS_TOLERANCE = 1e-6
 def start(out: Path, args, log: Path) -> subprocess.Popen:
     settings = dict(max_seq_len=64, batch_size=16, max_steps=args.max_steps, dropout=0.1, log_every_n_steps=1,
                     checkpoint_every_minutes=args.interval_minutes, output_dir=out)  # dropout: RNG must resume too
-    if args.lora:
-        settings.update(model_source="pretrained", pretrained_model=args.lora, finetune_method="lora", lora_rank=4,
-                        lora_dropout=0.1)
+    if args.lora_model:
+        settings.update(model_source="pretrained", pretrained_model=args.lora_model, finetune_method="lora",
+                        lora_rank=4, lora_dropout=0.1)
     cmd = [sys.executable, "-m", "utils.training", "--sample-tokens", "0",
            *[a for key, value in settings.items() for a in ("--set", f"{key}={value}")]]
     return subprocess.Popen(cmd, cwd=REPO_ROOT, env=ENV, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
@@ -202,11 +202,11 @@ def main() -> int:
     p.add_argument("--lora", action="store_true", help="a LoRA fine-tune of a small Llama instead of the default GPT")
     args = p.parse_args()
     root = Path(tempfile.mkdtemp(prefix="kill_soak_", dir=args.output_root or "/dev/shm"))
+    args.lora_model = root / "llama" if args.lora else None
     if args.lora:
         from lora import build_model  # bench/lora.py, beside this script
 
-        args.lora = root / "llama"
-        build_model(args.lora, hidden=64, layers=2)
+        build_model(args.lora_model, hidden=64, layers=2)
     tmp_dev, root_dev = os.stat(tempfile.gettempdir()).st_dev, os.stat(root).st_dev
     print(f"temp folder {tempfile.gettempdir()} (st_dev {tmp_dev}), run folders {root} (st_dev {root_dev})"
           + ("  WARNING: the same filesystem" if tmp_dev == root_dev else ""))
