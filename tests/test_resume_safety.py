@@ -5,6 +5,7 @@ overwritten; results after a resume describe the whole run; a busy folder is ref
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -396,20 +397,33 @@ def cli(data: Path, out: Path, **extra) -> list[str]:
     return args
 
 
-def test_sigint_saves_last_checkpoint_and_exits_130(tmp_path, small_text):
-    out, log = tmp_path / "run", tmp_path / "log.txt"
+@contextlib.contextmanager
+def cli_process(args: list[str], log: Path):
+    """The command line running with its output in log; killed if it still runs when the block ends."""
     with log.open("wb") as sink:
-        proc = subprocess.Popen(cli(small_text, out), cwd=REPO_ROOT, env=ENV, stdout=sink, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(args, cwd=REPO_ROOT, env=ENV, stdout=sink, stderr=subprocess.STDOUT)
         try:
-            metrics, deadline = out / "logs" / "version_0" / "metrics.csv", time.monotonic() + 60
-            while not metrics.exists() and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert metrics.exists() and proc.poll() is None, log.read_text()[-3000:]
-            proc.send_signal(signal.SIGINT)
-            code = proc.wait(timeout=60)
+            yield proc
         finally:
             if proc.poll() is None:
                 proc.kill()
+                proc.wait()
+
+
+def wait_until_training(proc, out: Path, log: Path, seconds: float) -> None:
+    """Until the run has logged a training step (its metrics file exists), while it still runs."""
+    metrics, deadline = out / "logs" / "version_0" / "metrics.csv", time.monotonic() + seconds
+    while not metrics.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert metrics.exists() and proc.poll() is None, log.read_text()[-3000:]
+
+
+def test_sigint_saves_last_checkpoint_and_exits_130(tmp_path, small_text):
+    out, log = tmp_path / "run", tmp_path / "log.txt"
+    with cli_process(cli(small_text, out), log) as proc:
+        wait_until_training(proc, out, log, seconds=60)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
     text = log.read_text()
     assert code == 130, text[-3000:]
     last = out / "checkpoints" / "last.ckpt"
@@ -468,16 +482,10 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path, small_text):
     """It used to print a 33-frame KeyboardInterrupt traceback."""
     out, log = tmp_path / "run", tmp_path / "log.txt"
     model = slow_model(tmp_path / "model", build_seconds=60, step_seconds=0)
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(cli(small_text, out, model_source="file", model_path=model), cwd=REPO_ROOT, env=ENV,
-                                stdout=sink, stderr=subprocess.STDOUT)
-        try:
-            wait_for(proc, log, "building the model")
-            proc.send_signal(signal.SIGINT)
-            code = proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    with cli_process(cli(small_text, out, model_source="file", model_path=model), log) as proc:
+        wait_for(proc, log, "building the model")
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
     text = log.read_text()
     assert code == 130, text[-3000:]
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
@@ -490,24 +498,15 @@ def test_a_second_ctrl_c_stops_at_once_and_says_so(tmp_path, small_text):
     """It used to exit 130 without a word: the message was raised inside `except SystemExit`, past its printer."""
     out, log = tmp_path / "run", tmp_path / "log.txt"
     model = slow_model(tmp_path / "model", build_seconds=0, step_seconds=3.0)
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(cli(small_text, out, model_source="file", model_path=model), cwd=REPO_ROOT, env=ENV,
-                                stdout=sink, stderr=subprocess.STDOUT)
-        try:
-            metrics, deadline = out / "logs" / "version_0" / "metrics.csv", time.monotonic() + 120
-            while not metrics.exists() and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert metrics.exists() and proc.poll() is None, log.read_text()[-3000:]
-            forwards = log.read_text().count("forward")
-            while log.read_text().count("forward") == forwards and proc.poll() is None:
-                time.sleep(0.01)  # a training step has just begun: its forward pass sleeps for 3 s now
-            proc.send_signal(signal.SIGINT)
-            wait_for(proc, log, "SIGINT: finishing the current step")
-            proc.send_signal(signal.SIGINT)  # within the same step
-            code = proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    with cli_process(cli(small_text, out, model_source="file", model_path=model), log) as proc:
+        wait_until_training(proc, out, log, seconds=120)
+        forwards = log.read_text().count("forward")
+        while log.read_text().count("forward") == forwards and proc.poll() is None:
+            time.sleep(0.01)  # a training step has just begun: its forward pass sleeps for 3 s now
+        proc.send_signal(signal.SIGINT)
+        wait_for(proc, log, "SIGINT: finishing the current step")
+        proc.send_signal(signal.SIGINT)  # within the same step
+        code = proc.wait(timeout=60)
     text = log.read_text()
     assert code == 130, text[-3000:]
     last = out / "checkpoints" / "last.ckpt"  # the first step's save (every epoch's first step is saved)
