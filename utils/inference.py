@@ -22,8 +22,7 @@ from torch import nn
 
 from utils.config import WizardConfig
 from utils.errors import KitError
-from utils.models.calling import (classifier_logits, encode_for_inference, model_logits,  # noqa: F401  (re-exported)
-                                  texts_to_logits)
+from utils.models.calling import encode_for_inference, model_logits, texts_to_logits
 
 
 class InferenceError(KitError, ValueError):

@@ -51,7 +51,7 @@ class OnnxCheck:
 
 
 class _Logits(nn.Module):
-    """The kit's call of the model (utils.inference.model_logits) as a graph with named tensor inputs."""
+    """The kit's call of the model (utils.models.calling.model_logits) as a graph with named tensor inputs."""
 
     def __init__(self, model: nn.Module, with_mask: bool):
         super().__init__()

@@ -14,7 +14,6 @@ from typing import Optional
 import torch
 from torch import nn
 
-from templates import build_template
 from utils.config import WizardConfig
 from utils.data import DataError, TokenizerError, prepare_data
 from utils.models.build import build_model, build_task, model_config
