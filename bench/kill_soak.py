@@ -2,7 +2,7 @@
 
     pip install -e .    # once: makes utils importable
     python bench/kill_soak.py [--kills 20] [--seed 0] [--interval-minutes 0.05] [--max-steps 450]
-                              [--output-root DIR] [--keep] [--lora]
+                              [--output-root DIR] [--keep] [--lora [--chat N]]
 
 Each training is a one-thread `python -m utils.training` process. A baseline trains uninterrupted; then
 the same config in another folder is killed --kills times, about half at a random moment after launch
@@ -18,7 +18,8 @@ baseline's (within 1e-6).
 
 --lora soaks a LoRA fine-tune instead: a small Llama built from a config and saved in the soak's folder
 (bench/lora.py's, nothing downloaded) gets rank-4 adapters with dropout 0.1; its checkpoints hold the
-adapters only, and the same goals hold.
+adapters only, and the same goals hold. --chat N (with --lora) trains it on N chat conversations
+(bench/chat_cache.py's), encoded by the first run and read from data_cache/ by every rerun.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def start(out: Path, args, log: Path) -> subprocess.Popen:
     if args.lora_model:
         settings.update(model_source="pretrained", pretrained_model=args.lora_model, finetune_method="lora",
                         lora_rank=4, lora_dropout=0.1)
+    if args.chat_data:
+        settings.update(dataset_source="file", dataset_path=args.chat_data)
     cmd = [sys.executable, "-m", "utils.training", "--sample-tokens", "0",
            *[a for key, value in settings.items() for a in ("--set", f"{key}={value}")]]
     return subprocess.Popen(cmd, cwd=REPO_ROOT, env=ENV, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
@@ -200,13 +203,20 @@ def main() -> int:
     p.add_argument("--output-root", type=Path, help="where the run folders go (default: /dev/shm)")
     p.add_argument("--keep", action="store_true", help="keep the run folders (always kept on FAIL)")
     p.add_argument("--lora", action="store_true", help="a LoRA fine-tune of a small Llama instead of the default GPT")
+    p.add_argument("--chat", type=int, default=0, metavar="N",
+                   help="with --lora: train on N chat conversations (bench/chat_cache.py's) instead of the corpus")
     args = p.parse_args()
     root = Path(tempfile.mkdtemp(prefix="kill_soak_", dir=args.output_root or "/dev/shm"))
     args.lora_model = root / "llama" if args.lora else None
+    args.chat_data = root / "chat.jsonl" if args.lora and args.chat else None
     if args.lora:
         from lora import build_model  # bench/lora.py, beside this script
 
         build_model(args.lora_model, hidden=64, layers=2)
+    if args.chat_data:
+        from chat_cache import write_rows  # bench/chat_cache.py, beside this script
+
+        write_rows(args.chat_data, args.chat)
     tmp_dev, root_dev = os.stat(tempfile.gettempdir()).st_dev, os.stat(root).st_dev
     print(f"temp folder {tempfile.gettempdir()} (st_dev {tmp_dev}), run folders {root} (st_dev {root_dev})"
           + ("  WARNING: the same filesystem" if tmp_dev == root_dev else ""))
