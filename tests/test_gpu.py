@@ -14,6 +14,8 @@ import pytorch_lightning as pl
 import torch
 
 from tests.conftest import REPO_ROOT, corpus_start
+from tests.test_adapters import llama_folder  # noqa: F401  (module-scoped fixtures: tiny config-built models)
+from tests.test_pretrained import distilbert_folder  # noqa: F401
 from utils.env import detect_device
 from utils.training import train
 from utils.training.amp_utils import loss_scale
@@ -161,8 +163,14 @@ def test_a_batch_too_large_for_the_gpu_is_answered_with_the_largest_that_fits(ti
         train(config.replace(dataset_source="file", dataset_path=str(tmp_path / "corpus-x6.txt"),
                              output_dir=str(tmp_path / "refused")))
     assert not (tmp_path / "refused" / "checkpoints").exists()
-    result = train(config.replace(batch_size=suggested, gradient_accumulation_steps=accumulation, max_steps=1))
-    assert result.global_step == 1 and torch.cuda.max_memory_allocated() < detect_device().total_memory_bytes
+    probe = PeakProbe()
+    result = train(config.replace(batch_size=suggested, gradient_accumulation_steps=accumulation, max_steps=1),
+                   extra_callbacks=[probe])
+    assert result.global_step == 1
+    # The largest batch that fits uses the GPU: its peak is near what the memory model said for it, neither far
+    # above (an OOM waiting for a longer sequence) nor far below (a batch much smaller than the GPU holds).
+    predicted = result.estimate.memory.bytes_at(suggested)
+    assert 0.5 * predicted <= probe.peak <= 1.5 * predicted, (probe.peak, predicted)
 
 
 FSDP_RESULT_CHECK = """
@@ -278,3 +286,79 @@ def test_adapter_training_peak_memory_is_within_2x_of_the_memory_model(method, l
         f"{method}: measured peak {measured / 2**20:.1f} MiB, memory model {predicted / 2**20:.1f} MiB "
         f"(fixed {memory.fixed_bytes / 2**20:.1f} MiB + {memory.per_sequence_bytes / 2**20:.2f} MiB x "
         f"{config.batch_size})")
+
+
+# ------------------------------------------------------------------ the fine-tuning paths, in each mixed precision
+# Explicit precisions, so that the first GPU the project is lent runs the T4's fp16 + GradScaler path too (any CUDA
+# GPU runs fp16 autocast); bf16 needs Ampere or newer.
+_needs_ampere = pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability()[0] < 8,
+                                   reason="bf16 needs an Ampere or newer GPU (compute capability >= 8.0)")
+PRECISIONS = ["16-mixed", pytest.param("bf16-mixed", marks=_needs_ampere)]
+
+
+def _tiny_llama_config(tmp_path, folder, precision, **changes):
+    from tests.test_adapters import _config
+
+    return _config(tmp_path, folder, precision=precision, **changes)
+
+
+@_needs_peft
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_lora_on_a_16bit_base_passes_the_preflight_trains_resumes_exactly_and_exports(precision, llama_folder,
+                                                                                     tmp_path, capsys):
+    from tests.test_pretrained import StopDuringStep
+    from utils.training.callbacks.last_checkpoint import TrainingStopped
+
+    config = _tiny_llama_config(tmp_path, llama_folder, precision, max_steps=6, lora_dropout=0.1)
+    with pytest.raises(TrainingStopped, match=r"at step 3"):
+        train(config, extra_callbacks=[StopDuringStep(3)])
+    out = capsys.readouterr().out
+    assert "Inspection: shapes, causality, gradient_flow passed" in out  # the default pre-flight, on the GPU
+    dtype = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}[precision]
+    resumed = train(config)
+    base = [p for p in resumed.model.parameters() if not p.requires_grad]
+    assert base and all(p.dtype == dtype and p.device.type == "cuda" for p in base)
+    assert all(p.dtype == torch.float32 for p in resumed.model.parameters() if p.requires_grad)
+    assert (resumed.global_step, resumed.steps_run) == (6, 3)
+    straight = train(config.replace(output_dir=str(tmp_path / "straight")))
+    assert resumed.train_history == straight.train_history
+    assert all(math.isfinite(loss) for _, loss in straight.train_history)
+    assert len(resumed.chat("What is a list?", max_new_tokens=4, seed=0)) > 0
+    merged = resumed.export(tmp_path / "merged", merged=True)
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(merged)
+    assert not any("lora" in n for n, _ in plain.named_parameters())
+
+
+@_needs_peft
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_a_lora_classifier_trains_predicts_and_evaluates_on_the_gpu(precision, distilbert_folder, tmp_path):
+    """The fp32 head (peft's modules_to_save) on a 16-bit base: predict and evaluate run outside autocast."""
+    from tests.test_gpu_path import _classifier_config
+
+    config = _classifier_config(tmp_path, distilbert_folder, precision=precision, max_steps=4)
+    result = train(config)
+    assert result.global_step == 4 and result.precision == precision
+    probabilities = result.predict_proba(["quiet soft slow", "LOUD HARSH"])
+    assert len(probabilities) == 2 and all(abs(sum(p.values()) - 1) < 1e-3 for p in probabilities)
+    rows = tmp_path / "heldout.csv"
+    rows.write_text("review,sentiment\nquiet soft slow,calm\nLOUD HARSH,loud\n", encoding="utf-8")
+    evaluation = result.evaluate(rows)
+    assert evaluation.examples == 2 and math.isfinite(evaluation.loss)
+
+
+@_needs_peft
+@_needs_bitsandbytes
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_qlora_with_gradient_checkpointing_trains_on_the_gpu(precision, llama_folder, tmp_path):
+    import bitsandbytes as bnb
+
+    config = _tiny_llama_config(tmp_path, llama_folder, precision, finetune_method="qlora",
+                                gradient_checkpointing="true", max_steps=4)
+    result = train(config)
+    layers = [m for m in result.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and all(m.weight.device.type == "cuda" for m in layers)
+    assert any(getattr(m, "gradient_checkpointing", False) for m in result.model.modules())
+    losses = [loss for _, loss in result.train_history]
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)

@@ -101,12 +101,13 @@ def precision_line(decision: PrecisionDecision, report: InspectionReport) -> str
 
 
 def preflight(config: WizardConfig, decision: PrecisionDecision, model, task, data) -> str:
-    """train()'s cheap checks (PREFLIGHT) on its model and the first rows of its data (a PreparedData).
+    """train()'s cheap checks (PREFLIGHT) on its model, where it is, and the first rows of its data (a PreparedData),
+    in the run's autocast.
     Returns the line train() prints; raises ModelInspectionError naming each failed check and its fix."""
     started = time.perf_counter()
-    batch = first_rows(data.train, next(model.parameters()).device)
-    subject = Subject(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes, data.pad_id, batch,
+    subject = Subject(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes, data.pad_id, (),
                       "the training data", data.tokenizer)
+    subject.batch = first_rows(data.train, subject.device)  # where train() placed the model
     with torch.random.fork_rng(devices=[]):
         results = list(run_checks(subject, PREFLIGHT, cheap=True))
     failed = [r for r in results if r.verdict == "fail"]

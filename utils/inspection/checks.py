@@ -1,7 +1,8 @@
 """The checks that read the model's outputs: shapes, causality, padding, initial_loss, overfit_batch, memory.
 
-Each takes a Subject (utils.inspection.subject) and returns a CheckResult. They run in eval mode and fp32
-unless they say otherwise, and leave the model's weights, gradients and mode as they found them.
+Each takes a Subject (utils.inspection.subject) and returns a CheckResult. They run in eval mode, on the
+device the model is on and under the run's autocast unless they say otherwise, and leave the model's
+weights, gradients and mode as they found them.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def evaluating(model):
 
 
 def _logits(s: Subject, batch: tuple) -> torch.Tensor:
-    with torch.no_grad(), evaluating(s.model):
+    with torch.no_grad(), evaluating(s.model), s.autocast():
         return s.task.logits(s.model, batch)
 
 

@@ -16,7 +16,8 @@ from torch import nn
 
 from utils.config import WizardConfig
 from utils.data import DataError, TokenizerError, prepare_data
-from utils.models.build import build_model, build_task, model_config
+from utils.models.adapters import count_parameters
+from utils.models.build import build_model, build_task, model_config, place_model
 from utils.models.user_models import check_embedding_fits, load_user_model, resolve_user_model_files
 from utils.training.builder import build_data_spec
 from utils.training.precision import PrecisionDecision
@@ -29,7 +30,7 @@ ASSUMED_CLASSES = 2  # a classifier's head when the data (and so its labels) can
 class Subject:
     config: WizardConfig
     decision: PrecisionDecision
-    model: nn.Module  # on the decision's device
+    model: nn.Module  # where the checks run: the run's device, or run_on
     task: object  # utils.models.tasks' task object: how the kit calls the model and computes the loss
     vocab_size: int
     num_classes: int
@@ -38,7 +39,6 @@ class Subject:
     batch_source: str  # where the batch came from, for the report
     tokenizer: object = None  # None when the data could not be read
     max_len: int = 0  # the longest sequence the other checks use: max_seq_len, or less when shapes found less
-    run_on: str = ""  # the torch device type the checks run on; "" for the decision's device
 
     def __post_init__(self) -> None:
         self.max_len = self.max_len or self.config.max_seq_len
@@ -50,7 +50,12 @@ class Subject:
 
     @property
     def device(self) -> torch.device:
-        return torch.device(self.run_on or self.decision.device.kind)
+        """Where the model is: every batch of the checks is made there (never the decision's device as such)."""
+        return next(self.model.parameters()).device
+
+    def autocast(self):
+        """The run's autocast, on the device the model is on: the checks see what training computes."""
+        return self.decision.autocast(self.device.type)
 
     @property
     def is_lm(self) -> bool:
@@ -67,7 +72,7 @@ class Subject:
         return ids[:, :-1].to(self.device), mask.to(self.device), labels.to(self.device)
 
     def describe(self) -> str:
-        count = sum(p.numel() for p in self.model.parameters())
+        count = count_parameters(self.model)[1]
         source = {"template": f"template {self.config.model_template!r}", "file": self.config.model_path,
                   "gist": f"Gist {self.config.gist_id}", "pretrained": self.config.pretrained_model}
         return (f"{type(self.model).__name__}, {count / 1e6:.2f}M parameters "
@@ -75,7 +80,8 @@ class Subject:
 
 
 def build_subject(config: WizardConfig, decision: PrecisionDecision, run_on: str = "") -> Subject:
-    """The config's model and a batch of its data, on the configured device (or run_on); seeded by config.seed."""
+    """The config's model and a batch of its data, on the run's device (or run_on: "cpu" for the wizard on a
+    machine without that GPU); seeded by config.seed."""
     data, why = _read_data(config)
     if data is not None:
         vocab, classes, pad_id = data.tokenizer.vocab_size, data.num_classes, data.pad_id
@@ -85,10 +91,11 @@ def build_subject(config: WizardConfig, decision: PrecisionDecision, run_on: str
         vocab, _ = vocab_size_for(config)
         classes, pad_id = (ASSUMED_CLASSES if config.task == "classification" else 0), 0
     torch.manual_seed(config.seed)
-    model = build_inspected_model(config, vocab, classes, pad_id, data.label_names if data else None)
+    device = torch.device(run_on) if run_on else decision.torch_device()
+    model = build_inspected_model(config, vocab, classes, pad_id, data.label_names if data else None, decision,
+                                  device)
     subject = Subject(config, decision, model, build_task(config), vocab, classes, pad_id, (), "",
-                      data.tokenizer if data else None, run_on=run_on)
-    subject.model = model.to(subject.device)
+                      data.tokenizer if data else None)
     if data is not None and len(data.train):
         subject.batch = first_rows(data.train, subject.device)
         subject.batch_source = f"{len(subject.batch[0])} sequences of {data.source}"
@@ -107,12 +114,15 @@ def first_rows(dataset, device: torch.device, n: int = SAMPLE_ROWS) -> tuple:
 
 
 def build_inspected_model(config: WizardConfig, vocab_size: int, num_classes: int, pad_id: int,
-                          label_names: Optional[list[str]] = None) -> nn.Module:
-    """As training builds it, except that a user model is only built (the checks then say what is wrong)."""
+                          label_names: Optional[list[str]] = None, decision: Optional[PrecisionDecision] = None,
+                          device: Optional[torch.device] = None) -> nn.Module:
+    """As training builds it (a base stored as the decision says, placed on device), except that a user model is
+    only built (the checks then say what is wrong)."""
     if config.model_source in ("template", "pretrained"):
-        return build_model(config, vocab_size, num_classes, pad_id, label_names=label_names)
+        return build_model(config, vocab_size, num_classes, pad_id, label_names=label_names, decision=decision,
+                           device=device)
     files = resolve_user_model_files(config.model_source, config.model_path, config.gist_id, config.output_dir)
-    model = load_user_model(files, model_config(config, vocab_size, num_classes, pad_id))
+    model = place_model(load_user_model(files, model_config(config, vocab_size, num_classes, pad_id)), device)
     check_embedding_fits(model, vocab_size)  # an id past the embedding would crash every check alike
     return model
 

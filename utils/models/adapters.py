@@ -17,10 +17,11 @@ cache off, which training never reads.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from utils.errors import KitError
 
@@ -86,25 +87,29 @@ def require_bitsandbytes():
     return bitsandbytes
 
 
-def load_options(config, decision=None) -> dict[str, Any]:
+def load_options(config, decision=None, device=None) -> dict[str, Any]:
     """What load_pretrained_model passes to from_pretrained for this method: the base's dtype, and for QLoRA the
     4-bit quantisation and the device it is quantised on (bitsandbytes quantises as the weights land there).
-    decision: the run's PrecisionDecision; None: fp32 on the CPU (inference)."""
+    decision: the run's PrecisionDecision; None: fp32 on the CPU (inference). device: the torch device this
+    process trains on (each process of a multi-GPU run its own; Lightning sets it only when fit starts, so
+    torch.cuda.current_device() would put every process's copy on GPU 0)."""
     if not uses_adapters(config):
         return {}
     import torch
 
     base_dtype = decision.base_dtype if decision is not None else torch.float32
-    on_gpu = decision is not None and decision.device.kind == "cuda"
     options: dict[str, Any] = {"dtype": base_dtype}
     if config.finetune_method == "qlora":
         require_bitsandbytes()
         from transformers import BitsAndBytesConfig
 
+        # The output layers stay unquantised: a classifier's head trains (modules_to_save), and a 4-bit head with
+        # a bias (BERT's) is what bitsandbytes cannot train.
         options["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=base_dtype)
-        options["device_map"] = {"": torch.cuda.current_device()} if on_gpu else "cpu"
+            bnb_4bit_compute_dtype=base_dtype, llm_int8_skip_modules=list(HEADS))
+        on_gpu = device is not None and torch.device(device).type == "cuda"
+        options["device_map"] = {"": torch.device(device).index or 0} if on_gpu else "cpu"
     return options
 
 
@@ -169,10 +174,15 @@ def apply_adapters(model: nn.Module, config) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
     rank = config.lora_rank
+    # A classifier's head trains whole (peft's modules_to_save), and so does any layer whose name ends like a
+    # head's (DistilBERT's new pre_classifier): peft matches modules_to_save by that ending, and refuses a layer
+    # that is both an adapter target and saved whole.
+    heads = {"exclude_modules": rf".*(?:{'|'.join(HEADS)})"} if config.task == "classification" else {}
     lora = LoraConfig(r=rank, lora_alpha=config.lora_alpha or rank, lora_dropout=config.lora_dropout,
                       target_modules=lora_targets(model, config.lora_target),
                       task_type="CAUSAL_LM" if config.task == "lm" else "SEQ_CLS",
-                      fan_in_fan_out=any(type(m).__name__ == "Conv1D" for m in model.modules()))  # GPT-2's layers
+                      fan_in_fan_out=any(type(m).__name__ == "Conv1D" for m in model.modules()),  # GPT-2's layers
+                      **heads)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*fan_in_fan_out.*")
         warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -181,11 +191,23 @@ def apply_adapters(model: nn.Module, config) -> nn.Module:
         if p.requires_grad and p.is_floating_point():
             p.data = p.data.float()  # adapters (and a new classifier head) train in fp32 under any base dtype
     for m in peft_model.modules():
+        if type(m).__name__ == "ModulesToSaveWrapper":  # a classifier's head: fp32 on a 16-bit base
+            m.register_forward_pre_hook(_inputs_to_weight_dtype)
+    for m in peft_model.modules():
         if hasattr(m, "support_avx512bf16_for_cpu"):
             # bitsandbytes repacks a CPU 4-bit weight in place for its first forward in eval mode (validation),
             # and its training path cannot read it back: keep the format that trains.
             m.support_avx512bf16_for_cpu = False
     return peft_model
+
+
+def _inputs_to_weight_dtype(module: nn.Module, args: tuple) -> tuple:
+    """A forward outside autocast (checks, predict, evaluate, export) hands the fp32 head the 16-bit base's hidden
+    states; cast them to the head's dtype, as autocast would have chosen the matmul's dtype itself."""
+    weight = next(module.modules_to_save.parameters(), None)  # the copies that train, not the frozen original
+    if weight is None:
+        return args
+    return tuple(a.to(weight.dtype) if isinstance(a, Tensor) and a.is_floating_point() else a for a in args)
 
 
 def enable_checkpointing(model: nn.Module) -> None:
@@ -198,11 +220,18 @@ def enable_checkpointing(model: nn.Module) -> None:
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameters; a 4-bit weight counts as the parameters it stands for (peft's count)."""
-    if hasattr(model, "get_nb_trainable_parameters"):
-        return model.get_nb_trainable_parameters()
+    """(trainable, total) parameters as the model defines them: a 4-bit weight counts the values it stands for,
+    not its packed storage (two to a byte), and a tied weight once."""
     params = {id(p): p for p in model.parameters()}.values()
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+    return (sum(parameter_count(p) for p in params if p.requires_grad),
+            sum(parameter_count(p) for p in params))
+
+
+def parameter_count(p: Tensor) -> int:
+    """The values a parameter stands for: a bitsandbytes 4-bit weight keeps its shape in its quant_state."""
+    state = getattr(p, "quant_state", None)
+    shape = getattr(state, "shape", None)
+    return math.prod(shape) if shape is not None else p.numel()
 
 
 def describe_trainable(model: nn.Module) -> str:

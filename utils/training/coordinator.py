@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.trainer.states import TrainerStatus
 from torch import nn
 
-from utils.models.adapters import (check_adapters, describe_storage, describe_trainable, enable_checkpointing,
-                                   uses_adapters)
+from utils.models.adapters import (check_adapters, count_parameters, describe_storage, describe_trainable,
+                                   enable_checkpointing, uses_adapters)
 from utils.config import CONFIG_FILENAME, SETTINGS, WizardConfig, report_unused_settings, shown_value
 from utils.data import PreparedData, prepare_data
 from utils.data.tokenizers import load_tokenizer, tokenizer_fingerprint
@@ -35,7 +36,7 @@ from utils.training.precision import PrecisionDecision, resolve_precision
 from utils.training.builder import (build_callbacks, build_data_spec, build_dataloaders, build_loggers, build_module,
                                     build_trainer, check_strategy, check_training_windows, describe_batch,
                                     describe_speedups, devices_per_node, fine_tuning_note)
-from utils.models.build import build_model, build_task
+from utils.models.build import build_model, build_task, place_model
 from utils.training.callbacks.recorder import RunRecorder
 from utils.training.module import TransformerModule
 from utils.models.tasks import TASKS
@@ -244,16 +245,20 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch, move_no
     if not data.chat:  # chat examples are whole conversations, not windows of max_seq_len: any count fills batches
         check_training_windows(config, len(data.train), data.num_tokens, max_seq_len_only=True)
     model_passed_in, user_files = model is not None, None
+    # Placed where this process trains before anything runs it: every check, measurement and estimate below then
+    # runs the model where it is, on batches made there. FSDP shards a model that is still on the CPU.
+    device = torch.device("cpu") if config.strategy == "fsdp" else decision.torch_device(launch.local_rank)
     if model is None:
         if config.model_source in ("file", "gist"):
             user_files = resolve_user_model_files(config.model_source, config.model_path, config.gist_id, out)
         model = build_model(config, data.tokenizer.vocab_size, data.num_classes, data.pad_id, user_files,
-                            data.label_names, decision=decision)
+                            data.label_names, decision=decision, device=device)
     else:  # the caller's own nn.Module: the same checks a model file gets, before any training
         check_embedding_fits(model, data.tokenizer.vocab_size)
+        model = place_model(model, device)
         check_model(model, task, data.tokenizer.vocab_size, config.max_seq_len, data.num_classes,
                     source=f"the {type(model).__name__} passed to train()")
-    print(f"Model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    print(f"Model: {type(model).__name__}, {count_parameters(model)[1] / 1e6:.2f}M parameters")
     if uses_adapters(config):
         print(f"{describe_trainable(model)}; {config.finetune_method}, rank {config.lora_rank}")
         print(describe_storage(config, decision))

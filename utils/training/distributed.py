@@ -41,6 +41,7 @@ class Launch:
     world_size: int  # processes in all: devices per machine x num_nodes
     is_zero: bool  # global rank zero: the process that locks the folder and writes the run's files
     external: bool  # started by torchrun or SLURM: all processes at once, rank zero prepares first
+    local_rank: int = 0  # this process's place on its machine: the GPU its model is placed on
 
     def wait_for_rank_zero(self) -> None:
         """Other ranks: block until rank zero has prepared the data (torchrun / SLURM only)."""
@@ -61,7 +62,7 @@ def plan_launch(world_size: int, device_kind: str) -> Launch:
     env = _external_environment()
     if env is None:  # the user's own process, or one Lightning's launcher started with LOCAL_RANK
         node, local = int(os.environ.get("NODE_RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
-        return Launch(world_size, node == 0 and local == 0, False)
+        return Launch(world_size, node == 0 and local == 0, False, local)
     if env.world_size() != world_size:
         raise LaunchError(f"the launcher started {env.world_size()} processes, but devices x num_nodes is "
                           f"{world_size}; start one process per device (torchrun --nproc_per_node=DEVICES "
@@ -73,7 +74,7 @@ def plan_launch(world_size: int, device_kind: str) -> Launch:
             torch.cuda.set_device(env.local_rank())
         torch.distributed.init_process_group(backend, rank=env.global_rank(), world_size=world_size,
                                              timeout=PREPARE_TIMEOUT)
-    return Launch(world_size, env.global_rank() == 0, True)
+    return Launch(world_size, env.global_rank() == 0, True, env.local_rank())
 
 
 def _external_environment():

@@ -59,11 +59,20 @@ class PrecisionDecision:
             return torch.float32
         return self.autocast_dtype
 
-    def autocast(self):
-        """The autocast context a forward pass runs under, outside Lightning (estimate, model check, bench)."""
+    def autocast(self, device_type: Optional[str] = None):
+        """The autocast context a forward pass runs under, outside Lightning (checks, estimate, bench).
+        device_type: where the model is, when that is not the decision's device (an FSDP run's model stays on
+        the CPU until Lightning shards it; a wizard on a laptop checks a T4 run's model on its CPU)."""
         if self.autocast_dtype is None:
             return nullcontext()
-        return torch.autocast(self.device.kind, dtype=self.autocast_dtype)
+        return torch.autocast(device_type or self.device.kind, dtype=self.autocast_dtype)
+
+    def torch_device(self, local_rank: int = 0) -> torch.device:
+        """Where one training process's model lives: its own GPU (local_rank: the process's place on its
+        machine; Lightning sets each process's device only when fit starts), else the decision's device."""
+        if self.device.kind == "cuda":
+            return torch.device("cuda", local_rank)
+        return torch.device(self.device.kind)
 
     def make_scaler(self) -> Optional[torch.amp.GradScaler]:
         """A GradScaler for a hand-written step on this device, or None when the decision uses none."""
