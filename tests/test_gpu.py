@@ -296,10 +296,10 @@ _needs_ampere = pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_
 PRECISIONS = ["16-mixed", pytest.param("bf16-mixed", marks=_needs_ampere)]
 
 
-def _tiny_llama_config(tmp_path, folder, precision, **changes):
+def _tiny_llama_config(tmp_path, folder, precision, method="lora", **changes):
     from tests.test_adapters import _config
 
-    return _config(tmp_path, folder, precision=precision, **changes)
+    return _config(tmp_path, folder, method, precision=precision, **changes)
 
 
 @_needs_peft
@@ -354,8 +354,8 @@ def test_a_lora_classifier_trains_predicts_and_evaluates_on_the_gpu(precision, d
 def test_qlora_with_gradient_checkpointing_trains_on_the_gpu(precision, llama_folder, tmp_path):
     import bitsandbytes as bnb
 
-    config = _tiny_llama_config(tmp_path, llama_folder, precision, finetune_method="qlora",
-                                gradient_checkpointing="true", max_steps=4)
+    config = _tiny_llama_config(tmp_path, llama_folder, precision, "qlora", gradient_checkpointing="true",
+                                max_steps=4)
     result = train(config)
     layers = [m for m in result.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert layers and all(m.weight.device.type == "cuda" for m in layers)
