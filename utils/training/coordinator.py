@@ -273,7 +273,7 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch, move_no
         print(note)
     # Before any batch exists: a batch_size the device cannot hold is refused in seconds, with the batch that
     # fits, instead of failing in the allocator minutes later. Then the data must fill one batch. Rank zero
-    # measures for all: before the Trainer sets each process's device, every copy would land on the first GPU.
+    # measures for all: every process holds the same model on a GPU of the same kind (utils.env.detect_device).
     memory = None
     if launch.is_zero:
         memory = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes,
