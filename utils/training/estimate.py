@@ -24,12 +24,11 @@ copy (the whole model need not fit one GPU). Every copy made here is freed when 
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -38,13 +37,10 @@ from torch import nn
 from utils.config import WizardConfig
 from utils.env import DeviceInfo
 from utils.errors import KitError
+from utils.training.memory import (BYTES_PER_PARAMETER, USABLE_FRACTION, format_bytes, logit_backward_bytes,
+                                   parameter_bytes, storage_key)
 from utils.training.precision import PrecisionDecision
 
-# fp32 weights, their gradients and AdamW's two moments; Lightning keeps fp32 master weights
-# under mixed precision too, so this holds for every precision.
-BYTES_PER_PARAMETER = 16
-# CUDA context, allocator fragmentation and workspace buffers take roughly a tenth of a GPU.
-USABLE_FRACTION = 0.9
 COLAB_SESSION_SECONDS = 12 * 3600  # the free tier's documented maximum runtime; often less when idle or busy
 # One warm-up step pays the first call's one-time costs (allocations, lazy kernel loading); a second one
 # measured no different from the timed steps on a CPU, and the estimate runs before every training.
@@ -162,19 +158,18 @@ def memory_advice(memory: MemoryModel, batch: int, suggested: int, accumulation:
 
 def measure_memory(config: WizardConfig, decision: PrecisionDecision, model: nn.Module, task, vocab_size: int,
                    num_classes: int, world_size: int = 1) -> MemoryModel:
-    """The memory model of a copy of model on decision.device: two forward passes at batch 1 and 2, no batch
-    of the config's size is ever built, so a huge batch_size costs nothing here.
+    """The memory model of model where it is (train() places it on the training device first): two forward
+    passes at batch 1 and 2 in the run's autocast dtype, their saved tensors counted (see _Stepper.peak_bytes);
+    no batch of the config's size is ever built, so a huge batch_size costs nothing here, and no copy is made.
+    The capacity compared against is decision.device's.
 
-    world_size: training processes. Under strategy="fsdp" each holds 1/world_size of the model's state, and
-    the passes run on a CPU copy in the run's autocast dtype (the activations have the same shapes and dtypes;
-    the whole model need not fit one GPU, which is what FSDP is for).
+    world_size: training processes. Under strategy="fsdp" each holds 1/world_size of the model's state.
     """
     shards = world_size if config.strategy == "fsdp" else 1
-    kind = "cpu" if shards > 1 else decision.device.kind
-    with torch.random.fork_rng(devices=[torch.device(kind)] if kind == "cuda" else []):
-        saved_1, saved_2 = _saved_bytes(model, kind, task, decision, vocab_size, num_classes, config.max_seq_len)
-    if kind == "cuda":
-        torch.cuda.empty_cache()  # the copy is gone (see _saved_bytes); give its blocks back
+    with _measuring(model):
+        step = _Stepper(model, None, task, decision, vocab_size, num_classes, config.max_seq_len)
+        saved_1, saved_2 = step.peak_bytes(1), step.peak_bytes(2)
+        del step
     return _memory_model(model, saved_1, saved_2, decision.device, shards)
 
 
@@ -185,23 +180,22 @@ def check_sequence_length(config: WizardConfig, decision: PrecisionDecision, mod
                           vocab_size: int, num_classes: int) -> None:
     """Before measure_memory steps at max_seq_len (minutes for a very long one): one sequence of SHORT_SEQUENCE
     tokens, scaled to max_seq_len, is a floor (activations grow at least linearly with the length, attention's
-    faster). A floor above the device's memory is refused at once; a long length that may fit is said first."""
+    faster), above the parameters at what they cost (utils.training.memory: a frozen base at its storage). A floor
+    above the device's memory is refused at once; a long length that may fit is said first. Measured on the model
+    itself, where it is, in the run's autocast dtype: nothing is copied."""
     T = config.max_seq_len
     if T <= SHORT_SEQUENCE:
         return
-    torch_device = torch.device(decision.device.kind)
-    with torch.random.fork_rng(devices=[torch_device] if torch_device.type == "cuda" else []):
-        work = copy.deepcopy(model).to(torch_device).train()
-        short = _Stepper(work, None, task, decision, vocab_size, num_classes, SHORT_SEQUENCE).saved_bytes(1)
-        parameters = sum(p.numel() for p in work.parameters())
-        del work
-    floor = parameters * BYTES_PER_PARAMETER + short * T // SHORT_SEQUENCE
+    with _measuring(model):
+        short = _Stepper(model, None, task, decision, vocab_size, num_classes, SHORT_SEQUENCE).peak_bytes(1)
+    weights = parameter_bytes(model)
+    floor = weights + short * T // SHORT_SEQUENCE
     capacity, name = device_capacity(decision.device)
     if capacity is not None and floor > USABLE_FRACTION * capacity:
         raise BatchTooLargeError(
             f"max_seq_len={T} needs at least {_bytes(floor)} for one sequence, more than {name} ({_bytes(capacity)}, "
             f"{USABLE_FRACTION:.0%} usable); lower max_seq_len (a {SHORT_SEQUENCE}-token sequence needs "
-            f"{_bytes(parameters * BYTES_PER_PARAMETER + short)}) or pick a smaller model.")
+            f"{_bytes(weights + short)}) or pick a smaller model.")
     if T > 8 * SHORT_SEQUENCE:
         print(f"Memory: measuring a training step of {T:,} tokens per sequence; sequences this long take a while "
               "(attention grows with the square of the length).", flush=True)
@@ -221,13 +215,17 @@ def check_memory(memory: MemoryModel, config: WizardConfig) -> None:
 
 def estimate_run(config: WizardConfig, decision: PrecisionDecision, model: nn.Module, task, vocab_size: int,
                  num_classes: int, train_batches: int, val_batches: int,
-                 steps: Optional[int] = None, memory: Optional[MemoryModel] = None) -> Estimate:
+                 steps: Optional[int] = None, memory: Optional[MemoryModel] = None,
+                 refuse_oversize: bool = False) -> Estimate:
     """Time a few optimizer steps of a copy of model on decision.device at the config's batch; see the module doc.
 
     train_batches, val_batches: batches per epoch of this process's loaders. steps: the run's optimizer
     steps (default: training.builder.total_steps for train_batches). memory: measure_memory's answer, when
     the caller has it already. A batch that does not fit is timed at the largest that does (the wizard
-    shows that; train() and the `estimate` command refuse such a batch before calling this).
+    shows that; train() and the `estimate` command refuse such a batch before calling this). refuse_oversize:
+    a config's batch that runs out of memory when timed (the memory model was too hopeful) raises
+    BatchTooLargeError naming the batch that trained, instead of an estimate for it: train() never starts at a
+    batch the estimate saw fail.
     """
     from utils.training.builder import total_steps  # builder imports this module's users
 
@@ -239,15 +237,24 @@ def estimate_run(config: WizardConfig, decision: PrecisionDecision, model: nn.Mo
     timed_batch, timed_accumulation = batch, accumulation
     if memory.shards > 1:  # FSDP: one device times the whole model, at a batch that holds it whole
         timed_batch, timed_accumulation = _batch_that_fits(memory.whole(), B, A)
-    timing = _time_steps(config, decision, model, task, vocab_size, num_classes, max(timed_batch, 1))
-    if timing is None:  # out of memory after all: the memory model was too hopeful. Halve, outside the
+    timed_batch = max(timed_batch, 1)
+    timing = _time_steps(config, decision, model, task, vocab_size, num_classes, timed_batch)
+    while timing is None:  # out of memory after all: the memory model was too hopeful. Halve, outside the
         # except block, so the failed attempt's tensors (held by its traceback) are gone first.
+        if timed_batch == 1:
+            raise BatchTooLargeError(f"batch_size=1 ran out of {device.describe()} memory in a timed training step; "
+                                     "pick a smaller model_size or max_seq_len (or finetune_method='qlora').")
         timed_batch = max(1, timed_batch // 2)
         timed_accumulation = math.ceil(B * A / timed_batch)
         if memory.shards == 1:
             batch, accumulation = timed_batch, timed_accumulation
             suggested = (batch, accumulation) if batch != B else (None, None)
         timing = _time_steps(config, decision, model, task, vocab_size, num_classes, timed_batch)
+    if refuse_oversize and suggested[0] is not None:
+        raise BatchTooLargeError(
+            f"batch_size={B} ran out of {device.describe()} memory in a timed training step (the memory model "
+            f"expected about {_bytes(memory.bytes_at(B))}); batch_size={batch} with gradient_accumulation_steps="
+            f"{accumulation} trained there and keeps the effective batch.")
     fb, opt, val_forward, peak = timing
     timed_batch = max(timed_batch, 1)
     n_steps = steps if steps is not None else total_steps(config, train_batches)
@@ -262,24 +269,22 @@ def estimate_run(config: WizardConfig, decision: PrecisionDecision, model: nn.Mo
 
 def _time_steps(config: WizardConfig, decision: PrecisionDecision, model: nn.Module, task, vocab_size: int,
                 num_classes: int, batch: int) -> Optional[tuple[float, float, float, int]]:
-    """(forward + backward s, optimizer step s, validation forward s, peak CUDA bytes) of a copy of model at
-    batch; None when the device ran out of memory. Everything it allocates is freed when it returns."""
+    """(forward + backward s, optimizer step s, validation forward s, peak CUDA bytes) of model at batch, where
+    it is; None when the device ran out of memory. Its trained weights are put back and everything it allocates
+    is freed when it returns."""
     from utils.training.builder import adamw_options  # builder imports this module's users
 
-    kind = decision.device.kind
-    with torch.random.fork_rng(devices=[torch.device(kind)] if kind == "cuda" else []):
-        with _working_model(model, kind) as work:
-            optimizer = torch.optim.AdamW([p for p in work.parameters() if p.requires_grad], lr=config.learning_rate,
-                                          **adamw_options(kind))
-            step = _Stepper(work, optimizer, task, decision, vocab_size, num_classes, config.max_seq_len)
-            try:
-                fb, opt, peak = step.time(batch, WARMUP_STEPS, TIMED_STEPS)
-                timing = fb, opt, step.time_forward(batch), peak
-            except torch.cuda.OutOfMemoryError:
-                timing = None
-            del work, optimizer, step
-    if kind == "cuda":
-        torch.cuda.empty_cache()
+    kind = _device_of(model).type
+    with _trained_weights_restored(model) as work:
+        optimizer = torch.optim.AdamW([p for p in work.parameters() if p.requires_grad], lr=config.learning_rate,
+                                      **adamw_options(kind))
+        step = _Stepper(work, optimizer, task, decision, vocab_size, num_classes, config.max_seq_len)
+        try:
+            fb, opt, peak = step.time(batch, WARMUP_STEPS, TIMED_STEPS)
+            timing = fb, opt, step.time_forward(batch), peak
+        except torch.cuda.OutOfMemoryError:
+            timing = None
+        del work, optimizer, step
     return timing
 
 
@@ -315,7 +320,7 @@ def estimate_config(config: WizardConfig, decision: PrecisionDecision, refuse_ov
         check_memory(memory, config)
     train_loader, val_loader = build_dataloaders(config, data.train, data.val, pin_memory=False)  # for their lengths
     return estimate_run(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes,
-                        len(train_loader), len(val_loader), memory=memory)
+                        len(train_loader), len(val_loader), memory=memory, refuse_oversize=refuse_oversize)
 
 
 def count_validations(config: WizardConfig, train_batches: int, steps: int) -> int:
@@ -350,7 +355,9 @@ def format_duration(seconds: float) -> str:
 
 
 class _Stepper:
-    """Forward, backward and AdamW steps of one model on dummy batches, as the training core runs them.
+    """Forward, backward and AdamW steps of one model, where it is, on dummy batches, as the training core runs
+    them: under autocast on the model's own device type in the run's autocast dtype (CPU autocast runs fp16 and
+    bf16 too), while decision.device says what the run's memory is compared against.
 
     It holds no reference to itself (a lambda over self would be a cycle): dropping it frees its model's
     memory at once, not when the garbage collector next runs.
@@ -358,42 +365,55 @@ class _Stepper:
 
     def __init__(self, model, optimizer, task, decision: PrecisionDecision, vocab_size, num_classes, seq_len):
         self.model, self.optimizer, self.task = model, optimizer, task
-        self.kind = decision.device.kind
+        self.device = _device_of(model)
+        self.kind = self.device.type
         self.vocab_size, self.num_classes, self.seq_len = vocab_size, num_classes, seq_len
-        self.autocast = decision.autocast  # a method of the (frozen) decision: no reference back to the stepper
-        self.scaler = decision.make_scaler()
-        self.params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self.dtype = decision.autocast_dtype
+        self.scaler = torch.amp.GradScaler(self.kind) if decision.uses_scaler and self.kind != "meta" else None
+        self.params = {storage_key(p) for p in model.parameters()}
+
+    def autocast(self):
+        # The meta device (shapes only: the paper model and tests) has no autocast; its model runs in its own dtypes.
+        if self.dtype is None or self.kind == "meta":
+            return nullcontext()
+        return torch.autocast(self.kind, dtype=self.dtype)
 
     def batch(self, size: int):
         batch, _ = self.task.dummy_batch(size, self.seq_len, self.vocab_size, self.num_classes)
-        return tuple(t.to(self.kind) for t in batch)
+        return tuple(t.to(self.device) for t in batch)
 
-    def saved_bytes(self, size: int) -> int:
-        """Bytes of the tensors autograd keeps for backward at this batch (parameters excluded)."""
+    def peak_bytes(self, size: int) -> int:
+        """Bytes a training step at this batch holds at its peak beyond the parameters: the tensors autograd keeps
+        for backward (counted as the forward saves them), plus the larger of what the backward adds at once: the
+        loss's gradient of its fp32 logits (utils.training.memory), or under gradient checkpointing one block's
+        activations while it is recomputed (its first block runs whole here, so that they are seen)."""
         storages: dict[int, int] = {}
-        kept: list[torch.Tensor] = []  # alive until the count is done, so no storage address is reused meanwhile
-        params = self.params
+        kept: list[torch.Tensor] = []  # alive until the count is done, so no storage is freed and reused meanwhile
+        params, block = self.params, _RecomputedBlock(self.model)
 
         def pack(t: torch.Tensor) -> None:
             # Nothing goes into the graph (no backward runs here): a saved output tensor returned from pack
             # would form a cycle with its own grad_fn, and the copy would outlive this call.
-            ptr = t.untyped_storage().data_ptr()
-            if ptr not in params:
-                storages[ptr] = t.untyped_storage().nbytes()
+            key = storage_key(t)
+            if key not in params and key not in storages:
+                storages[key] = t.untyped_storage().nbytes()
+                block.saw(key)
             kept.append(t)
 
-        with torch.autograd.graph.saved_tensors_hooks(pack, _never_unpacked), self.autocast():
-            self.task.loss(self.model, self.batch(size))
+        with block.seen(), torch.autograd.graph.saved_tensors_hooks(pack, _never_unpacked), self.autocast():
+            logits = self.task.scored(self.model, self.batch(size))[2].numel()
         # The graph's saved slots hold `pack`, and so `kept`, whose tensors hold the graph: a cycle through
         # autograd's C++ objects that the garbage collector cannot see. Emptying the list breaks it.
         kept.clear()
-        return sum(storages.values())
+        recomputed = sum(storages[key] for key in block.keys)
+        kept_bytes = sum(storages.values()) - recomputed + block.input_bytes  # checkpointed: its input alone
+        return kept_bytes + max(recomputed, logit_backward_bytes(logits))
 
     def time(self, size: int, warmup: int, timed: int) -> tuple[float, float, int]:
         """Mean seconds of forward + backward and of the optimizer step over `timed` steps, and peak CUDA bytes."""
         batch = self.batch(size)
         if self.kind == "cuda":
-            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.reset_peak_memory_stats(self.device)
         fb = opt = 0.0
         for i in range(warmup + timed):
             t0 = self._now()
@@ -410,7 +430,7 @@ class _Stepper:
             t2 = self._now()
             if i >= warmup:
                 fb, opt = fb + t1 - t0, opt + t2 - t1
-        peak = torch.cuda.max_memory_allocated() if self.kind == "cuda" else 0
+        peak = torch.cuda.max_memory_allocated(self.device) if self.kind == "cuda" else 0
         return fb / timed, opt / timed, peak
 
     def time_forward(self, size: int) -> float:
@@ -427,19 +447,103 @@ class _Stepper:
 
     def _now(self) -> float:
         if self.kind == "cuda":
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
 
-def _saved_bytes(model: nn.Module, kind: str, task, decision: PrecisionDecision, vocab_size: int,
-                 num_classes: int, seq_len: int) -> tuple[int, int]:
-    """Activation bytes autograd keeps at batch 1 and 2, measured on a copy of model on `kind` (the decision's
-    device, or the CPU for an FSDP shard: the same autocast dtype, on this machine's memory)."""
-    if kind != decision.device.kind:
-        decision = replace(decision, device=DeviceInfo(kind, kind.upper()))
-    with _working_model(model, kind) as work:
-        step = _Stepper(work, None, task, decision, vocab_size, num_classes, seq_len)
-        return step.saved_bytes(1), step.saved_bytes(2)
+class _RecomputedBlock:
+    """Under gradient checkpointing the forward keeps each block's input only, and the backward brings one
+    block's activations back while it recomputes them. The first checkpointed block runs whole during the
+    measurement (its flag off, put back after), so that its saved tensors, the recomputed ones, are seen.
+    A model without checkpointing has no such block: nothing is changed or counted."""
+
+    def __init__(self, model: nn.Module):
+        self.block = _first_checkpointed_block(model)
+        self.keys: set[int] = set()
+        self.input_bytes = 0
+        self.inside = False
+
+    def saw(self, key: int) -> None:
+        if self.inside:
+            self.keys.add(key)
+
+    @contextmanager
+    def seen(self):
+        if self.block is None:
+            yield
+            return
+
+        def enter(module, args, kwargs):
+            hidden = args[0] if args and torch.is_tensor(args[0]) else kwargs.get("hidden_states")
+            self.input_bytes = hidden.untyped_storage().nbytes() if torch.is_tensor(hidden) else 0
+            self.inside = True
+
+        def leave(module, args, kwargs, output):
+            self.inside = False
+
+        hooks = [self.block.register_forward_pre_hook(enter, with_kwargs=True),
+                 self.block.register_forward_hook(leave, with_kwargs=True)]
+        self.block.gradient_checkpointing = False
+        try:
+            yield
+        finally:
+            self.block.gradient_checkpointing = True
+            for hook in hooks:
+                hook.remove()
+
+
+def _first_checkpointed_block(model: nn.Module) -> Optional[nn.Module]:
+    """transformers' GradientCheckpointingLayer blocks carry gradient_checkpointing=True once it is enabled (their
+    model does too): the first flagged module that holds no flagged module of its own."""
+    flagged = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    leaves = [m for m in flagged if not any(o is not m and getattr(o, "gradient_checkpointing", False) is True
+                                            for o in m.modules())]
+    return leaves[0] if len(leaves) > 1 else None  # one flag on the whole model: no block to run whole
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@contextmanager
+def _measuring(model: nn.Module):
+    """model in training mode for a measuring forward pass, with the random state forked (dropout draws) and its
+    buffers (a BatchNorm's running statistics) put back afterwards: saved-tensor hooks change no weights, so the
+    model itself is measured, never a copy of it."""
+    device = _device_of(model)
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    was_training = model.training
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            yield model.train()
+    finally:
+        model.train(was_training)
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                if name in buffers:
+                    b.copy_(buffers[name])
+        del buffers
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the measurement's activations are gone; give their blocks back
+
+
+@contextmanager
+def _trained_weights_restored(model: nn.Module):
+    """model itself for the timed AdamW steps, its trained tensors saved on the CPU first and put back afterwards.
+    The steps change those tensors; a deepcopy of the model would hold every weight twice on the device (a full
+    fine-tune of a 1B model: 5 GB more than the run needs, so the estimate could run out of memory where the run
+    fits), and for a LoRA base it would copy gigabytes of frozen weights that no step changes. The CPU copy holds
+    only what trains: the adapters, or for a full fine-tune the weights once, in host RAM."""
+    saved = {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
+    try:
+        with _measuring(model):
+            yield model
+    finally:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in saved:
+                    p.copy_(saved[name])
+                    p.grad = None
 
 
 def _never_unpacked(packed: None) -> torch.Tensor:
@@ -458,34 +562,6 @@ def _memory_model(model: nn.Module, saved_1: int, saved_2: int, device: DeviceIn
     gathered = 2 * 4 * largest_fsdp_unit(model)
     return MemoryModel(math.ceil(state / shards) + gathered + other, per_sequence, capacity, name, shards,
                        state + other)
-
-
-def parameter_bytes(model: nn.Module) -> int:
-    """Trained parameters at BYTES_PER_PARAMETER; frozen ones (a LoRA base) as stored: 2 bytes in fp16, about
-    half a byte in 4 bits, with no gradient or optimizer state."""
-    params = {id(p): p for p in model.parameters()}.values()
-    trained = sum(p.numel() * BYTES_PER_PARAMETER for p in params if p.requires_grad)
-    return trained + sum(p.untyped_storage().nbytes() for p in params if not p.requires_grad)
-
-
-@contextmanager
-def _working_model(model: nn.Module, kind: str):
-    """A copy of model on the device to measure and time; a model with frozen weights (a LoRA or QLoRA base) is
-    used itself, since a copy would double the memory the base takes, and its trained tensors are put back."""
-    if all(p.requires_grad for p in model.parameters()):
-        yield copy.deepcopy(model).to(kind).train()
-        return
-    was_training = model.training
-    saved = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
-    try:
-        yield model.to(kind).train()
-    finally:
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if name in saved:
-                    p.copy_(saved[name])
-                    p.grad = None
-        model.train(was_training)
 
 
 def largest_fsdp_unit(model: nn.Module) -> int:
@@ -513,11 +589,4 @@ def _batch_that_fits(memory: MemoryModel, batch: int, accumulation: int) -> tupl
     return divisor, math.ceil(effective / divisor)
 
 
-def _bytes(n: int) -> str:
-    for unit, size in (("TB", 2**40), ("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
-
-
-format_bytes = _bytes  # "1.5 GB": the coordinator's messages say sizes as the estimate does
+_bytes = format_bytes  # the name this module's messages and its tests use
