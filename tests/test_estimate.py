@@ -10,6 +10,7 @@ import weakref
 import pytest
 import torch
 
+from tests.conftest import REPO_ROOT
 from utils.config import WizardConfig
 from utils.env import DeviceInfo
 from utils.training import train
@@ -233,3 +234,128 @@ def test_a_sequence_length_that_cannot_fit_is_refused_before_the_slow_measuremen
         train(config, device=small)
     assert "Memory: measuring" not in capsys.readouterr().out
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# ------------------------------------------------------------------ one counting (issue 28, items 3, 8 and 12)
+
+T4 = DeviceInfo("cuda", "Tesla T4", (7, 5), 15 << 30)  # injected: the capacity and precision a T4 run gets
+
+
+def test_a_1b_lora_at_1024_tokens_is_not_refused_on_a_t4(monkeypatch):
+    """Llama-3.2-1B's published config with LoRA adapters, built on the meta device (shapes, no memory, no weights)
+    in the base dtype a T4 run stores it in. The old check counted the frozen base at 16 B a parameter (19.8 GB:
+    refused) and deep-copied it to cuda. transformers' check for packed sequences reads a tensor's value, which a
+    meta tensor has not: it is stubbed (as no sequences are packed here), nothing of the kit's."""
+    import transformers.masking_utils
+
+    from utils.models.adapters import apply_adapters, meta_model
+    from utils.training.estimate import check_sequence_length
+    from utils.training.fit_plan import plan, shape_of
+    from utils.training.memory import parameter_bytes
+
+    monkeypatch.setattr(transformers.masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
+    decision = resolve_precision(True, "auto", T4)
+    base = meta_model(str(REPO_ROOT / "tests/fixtures/hf_configs/llama-3.2-1b")).to(decision.base_dtype)
+    paper = plan(shape_of(base), "lora", 1, 1024)
+    config = WizardConfig(model_source="pretrained", pretrained_model="x", finetune_method="lora", max_seq_len=1024)
+    with torch.device("meta"):
+        model = apply_adapters(base, config)
+    # The frozen base at its 2 bytes, the adapters at 16: the figure the paper model gives for the same config.
+    assert parameter_bytes(model) == paper.weight_bytes + paper.adapter_bytes
+    assert parameter_bytes(model) < 2.7e9
+    check_sequence_length(config, decision, model, build_task(config), 128256, 0)  # not refused
+
+
+def test_the_memory_checks_measure_the_model_itself_never_a_copy(monkeypatch):
+    """A full fine-tune (every weight trains): check_sequence_length, measure_memory and the timed estimate used to
+    deep-copy the whole model; a copy of a multi-GB model is what ran the device (or host) out of memory."""
+    import copy
+
+    from utils.training.estimate import check_sequence_length, measure_memory
+
+    deepcopy = copy.deepcopy
+
+    def refuse(obj, *args, **kwargs):  # a config's replace() deep-copies its fields: only a module is refused
+        if isinstance(obj, torch.nn.Module):
+            raise AssertionError(f"copy.deepcopy({type(obj).__name__}) was called")
+        return deepcopy(obj, *args, **kwargs)
+
+    config = WizardConfig(**{**TINY, "max_seq_len": 600})
+    torch.manual_seed(0)
+    model = build_model(config, 64, 0, 0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    task = build_task(config)
+    monkeypatch.setattr(copy, "deepcopy", refuse)
+    short = config.replace(max_seq_len=32)
+    check_sequence_length(config, cpu_decision(), model, task, 64, 0)
+    measure_memory(config, cpu_decision(), model, task, 64, 0)
+    estimate_run(short, cpu_decision(), model, task, 64, 0, train_batches=4, val_batches=1)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the timed steps put them back
+
+
+def test_the_loss_backward_on_the_logits_is_counted():
+    """A 32,000-word vocabulary on a small model: the logits dominate. The loss keeps fp32 log-probabilities (4 B a
+    logit, a saved tensor) and its backward holds two fp32 gradients of them at once (8 B more): the old count saw
+    the 4 B alone, a third of what the GPU needs."""
+    from utils.training.estimate import measure_memory
+    from utils.training.memory import LOGIT_BYTES
+
+    config = WizardConfig(**{**TINY, "max_seq_len": 64})
+    model = build_model(config, 32000, 0, 0)
+    memory = measure_memory(config, cpu_decision(), model, build_task(config), 32000, 0)
+    logits = 64 * 32000
+    assert LOGIT_BYTES == 12
+    assert memory.per_sequence_bytes >= LOGIT_BYTES * logits
+    assert memory.per_sequence_bytes < (LOGIT_BYTES + 4) * logits  # the rest: the small model's own activations
+
+
+def test_gradient_checkpointing_counts_the_block_recomputed_in_the_backward():
+    """A small Llama (4 blocks, a wide MLP, a small vocabulary so that the logits do not hide it) with LoRA. Under
+    checkpointing the forward keeps each block's input only, but the backward brings one block's activations back:
+    the old count left that block out (a quarter of the blocks' activations here)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from utils.models.adapters import apply_adapters, enable_checkpointing
+    from utils.training.estimate import measure_memory
+
+    config = WizardConfig(model_source="pretrained", pretrained_model="x", finetune_method="lora", max_seq_len=64)
+    torch.manual_seed(0)
+    model = apply_adapters(LlamaForCausalLM(LlamaConfig(
+        vocab_size=256, hidden_size=128, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4)), config)
+    task, decision = build_task(config), cpu_decision()
+    whole = measure_memory(config, decision, model, task, 256, 0).per_sequence_bytes
+    enable_checkpointing(model)
+    checkpointed = measure_memory(config, decision, model, task, 256, 0).per_sequence_bytes
+    assert whole / 4 < checkpointed < whole / 2  # one block alive again, not four
+    assert all(m.gradient_checkpointing for m in model.base_model.model.model.layers)  # the flag is put back
+
+
+class _OutOfMemoryAbove:
+    """A task whose training step raises CUDA's out-of-memory error above a batch size: it stands in for a GPU
+    (none here) whose allocator fails where the memory model expected a batch to fit."""
+
+    def __init__(self, task, limit: int):
+        self.task, self.limit = task, limit
+
+    def __getattr__(self, name):
+        return getattr(self.task, name)
+
+    def loss(self, model, batch):
+        if batch[0].shape[0] > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.task.loss(model, batch)
+
+
+def test_train_s_estimate_refuses_a_batch_its_timed_step_ran_out_of_memory_at():
+    """The memory model said batch 16 fits, the timed step ran out of memory: train() (refuse_oversize=True) must
+    not start at batch 16, but say which batch trained."""
+    config = WizardConfig(**{**TINY, "batch_size": 16})
+    model = build_model(config, 64, 0, 0)
+    roomy = MemoryModel(fixed_bytes=10**6, per_sequence_bytes=10**3, capacity_bytes=2**40, capacity_name="RAM")
+    task = _OutOfMemoryAbove(build_task(config), limit=4)
+    with pytest.raises(BatchTooLargeError, match=r"^batch_size=16 ran out of CPU memory in a timed training step .*; "
+                                                 r"batch_size=4 with gradient_accumulation_steps=4 trained there"):
+        estimate_run(config, cpu_decision(), model, task, 64, 0, train_batches=10, val_batches=2, memory=roomy,
+                     refuse_oversize=True)
+    shown = estimate_run(config, cpu_decision(), model, task, 64, 0, train_batches=10, val_batches=2, memory=roomy)
+    assert (shown.suggested_batch_size, shown.suggested_accumulation) == (4, 4)  # the wizard shows what fits

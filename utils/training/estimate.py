@@ -305,15 +305,10 @@ def estimate_config(config: WizardConfig, decision: PrecisionDecision, refuse_ov
     refuse_oversize: raise BatchTooLargeError for a batch that does not fit, as train() does, instead of timing
     the largest batch that fits (the command line's `estimate`: that batch can fill most of the memory).
     """
-    from utils.data import prepare_data
-    from utils.training.builder import build_data_spec, build_dataloaders
-    from utils.models.build import build_model, build_task
+    from utils.training.builder import build_dataloaders
 
     config = config.validate()
-    data = prepare_data(build_data_spec(config))
-    torch.manual_seed(config.seed)
-    model = build_model(config, data.tokenizer.vocab_size, data.num_classes, data.pad_id, decision=decision)
-    task = build_task(config)
+    data, model, task = _built(config, decision)
     check_sequence_length(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
     memory = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
     if refuse_oversize:
@@ -321,6 +316,31 @@ def estimate_config(config: WizardConfig, decision: PrecisionDecision, refuse_ov
     train_loader, val_loader = build_dataloaders(config, data.train, data.val, pin_memory=False)  # for their lengths
     return estimate_run(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes,
                         len(train_loader), len(val_loader), memory=memory, refuse_oversize=refuse_oversize)
+
+
+def memory_on(config: WizardConfig, decision: PrecisionDecision) -> MemoryModel:
+    """The memory config's run needs on decision.device (`estimate --gpu`: a GPU this machine need not have),
+    measured here: the data prepared and the model built as train() builds them, left on this machine's CPU,
+    its forward passes counted in the GPU's autocast dtype (CPU autocast runs fp16 and bf16). Raises
+    BatchTooLargeError, naming the batch that fits, where train() on that GPU would."""
+    config = config.validate()
+    data, model, task = _built(config, decision)
+    check_sequence_length(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
+    memory = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
+    check_memory(memory, config)
+    return memory
+
+
+def _built(config: WizardConfig, decision: PrecisionDecision):
+    """(data, model, task) as train() prepares them, the model where build_model leaves it."""
+    from utils.data import prepare_data
+    from utils.training.builder import build_data_spec
+    from utils.models.build import build_model, build_task
+
+    data = prepare_data(build_data_spec(config))
+    torch.manual_seed(config.seed)
+    model = build_model(config, data.tokenizer.vocab_size, data.num_classes, data.pad_id, decision=decision)
+    return data, model, build_task(config)
 
 
 def count_validations(config: WizardConfig, train_batches: int, steps: int) -> int:
