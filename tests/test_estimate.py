@@ -359,3 +359,21 @@ def test_train_s_estimate_refuses_a_batch_its_timed_step_ran_out_of_memory_at():
                      refuse_oversize=True)
     shown = estimate_run(config, cpu_decision(), model, task, 64, 0, train_batches=10, val_batches=2, memory=roomy)
     assert (shown.suggested_batch_size, shown.suggested_accumulation) == (4, 4)  # the wizard shows what fits
+
+
+def test_estimate_gpu_measures_a_template_here_in_that_gpu_s_precision(tmp_path, capsys):
+    """`estimate --gpu t4` on this CPU: the template is built and measured here under fp16 autocast (a T4's
+    precision), against a T4's 15 GB; a batch that does not fit is one line naming the batch that does (exit 2)."""
+    from utils.training.cli import main
+
+    settings = ["--set", "model_size=tiny", "--set", "max_seq_len=64", "--set", f"output_dir={tmp_path / 'run'}"]
+    assert main(["estimate", "--gpu", "t4", *settings]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("Precision on Tesla T4 (compute capability 7.5): 16-mixed")
+    assert out[1].startswith("Fits: about ") and out[1].endswith(
+        "at batch_size=16 x 64 tokens (measured on this machine in 16-mixed), within Tesla T4 (15.0 GB, 90% usable).")
+    assert main(["estimate", "--gpu", "t4", *settings, "--set", "batch_size=100000"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: batch_size=100000 needs about ")
+    assert "more than Tesla T4 memory (15.0 GB, 90% usable). The largest batch that fits is " in err[0]
+    assert not (tmp_path / "run").exists()  # nothing written into output_dir
