@@ -377,3 +377,37 @@ def test_estimate_gpu_measures_a_template_here_in_that_gpu_s_precision(tmp_path,
     assert len(err) == 1 and err[0].startswith("error: batch_size=100000 needs about ")
     assert "more than Tesla T4 memory (15.0 GB, 90% usable). The largest batch that fits is " in err[0]
     assert not (tmp_path / "run").exists()  # nothing written into output_dir
+
+
+def test_estimate_gpu_measures_a_lora_whose_weights_are_here_without_copying_it(tmp_path, capsys, monkeypatch):
+    """A tiny Llama with its weights in a folder, LoRA: `estimate --gpu t4` builds it as a T4 run would (the base in
+    fp16) and measures it on this CPU under fp16 autocast, without a copy of the model."""
+    import copy
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.conftest import corpus_start
+    from tests.test_adapters import _tokenizer
+    from utils.training.cli import main
+
+    folder = tmp_path / "llama"
+    tokenizer = _tokenizer()
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                 eos_token_id=0, bos_token_id=0, pad_token_id=0)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    deepcopy = copy.deepcopy
+
+    def refuse(obj, *args, **kwargs):  # a config's replace() deep-copies its fields: only a module is refused
+        if isinstance(obj, torch.nn.Module):
+            raise AssertionError(f"copy.deepcopy({type(obj).__name__}) was called")
+        return deepcopy(obj, *args, **kwargs)
+
+    monkeypatch.setattr(copy, "deepcopy", refuse)
+    settings = {"model_source": "pretrained", "pretrained_model": str(folder), "finetune_method": "lora",
+                "dataset_source": "file", "dataset_path": str(corpus_start(tmp_path / "data", 8_000)),
+                "max_seq_len": 32, "batch_size": 4, "output_dir": str(tmp_path / "run")}
+    assert main(["estimate", "--gpu", "t4", *[a for k, v in settings.items() for a in ("--set", f"{k}={v}")]]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith("Fits: about ") and "(measured on this machine in 16-mixed)" in out[-1]
