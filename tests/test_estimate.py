@@ -185,7 +185,7 @@ def test_the_estimate_frees_what_it_allocated_without_the_garbage_collector(prec
 def test_fsdp_shards_the_memory_so_a_model_too_large_for_one_device_is_not_refused():
     """Under strategy="fsdp" each of the 4 processes holds a quarter of the weights, gradients and AdamW state,
     plus the block it gathers whole. The device's memory is injected (a GPU between what one shard and what the
-    whole model needs); the activations are measured on a CPU copy, so no GPU is touched."""
+    whole model needs); the activations are measured on the model where it is (this CPU), so no GPU is touched."""
     from utils.training.estimate import BYTES_PER_PARAMETER, largest_fsdp_unit, measure_memory
 
     config = WizardConfig(**TINY, strategy="fsdp", devices=4)

@@ -89,7 +89,7 @@ def test_the_paper_model_agrees_with_the_measured_one_within_a_factor_of_two(tmp
     memory = measure_memory(config, resolve_precision(True, "16-mixed", DeviceInfo("cpu", "CPU")), model,
                             build_task(config), 2048, 0)
     paper = plan(shape, "lora", 1, 64)
-    per_sequence = paper.activation_bytes + paper.logit_bytes + paper.backward_bytes  # the loss's backward: both count it
+    per_sequence = paper.activation_bytes + paper.logit_bytes + paper.backward_bytes  # both count the loss's backward
     assert 0.5 < memory.per_sequence_bytes / per_sequence < 2.0
 
 
@@ -114,7 +114,7 @@ def test_estimate_gpu_t4_says_a_1b_lora_fits_at_1024_tokens(capsys):
     assert out[0].startswith("Precision on Tesla T4 (compute capability 7.5): 16-mixed")
     assert out[1].startswith(f"Fits: {CONFIGS / 'llama-3.2-1b'} (lora, batch 2 x 1024 tokens) needs about ")
     assert out[1].endswith("within Tesla T4 (15.0 GB, 90% usable).")
-    assert 2.2 < _gb(out[1], "weights") < 2.4  # 1.24B parameters at 2 bytes (2.3 GiB): the frozen base has no optimizer state
+    assert 2.2 < _gb(out[1], "weights") < 2.4  # 1.24B parameters at 2 bytes (2.3 GiB): a frozen base has no AdamW state
 
 
 def test_estimate_gpu_t4_from_config_only_folders_a_7b_qlora_fits_and_a_full_fine_tune_does_not(capsys):
@@ -142,7 +142,8 @@ def test_estimate_gpu_names_the_batch_that_fits():
                           batch_size=16, gradient_accumulation_steps=2)
     with pytest.raises(BatchTooLargeError) as refused:
         gpu_verdict("1b", shape, config, resolve_precision(True, "auto", GPUS["t4"]))
-    fitting = max(b for b in range(1, 16) if plan(shape, "lora", b, 1024, checkpointing=True).fits(GPUS["t4"].total_memory_bytes))
+    t4 = GPUS["t4"].total_memory_bytes
+    fitting = max(b for b in range(1, 16) if plan(shape, "lora", b, 1024, checkpointing=True).fits(t4))
     assert str(refused.value).endswith(f"batch_size={fitting} with gradient_accumulation_steps={-(-32 // fitting)} "
                                        "keeps the effective batch and fits "
                                        f"({_bytes_of(plan(shape, 'lora', fitting, 1024, checkpointing=True))}).")

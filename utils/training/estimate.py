@@ -308,6 +308,8 @@ def estimate_config(config: WizardConfig, decision: PrecisionDecision, refuse_ov
 
     config = config.validate()
     data, model, task = _built(config, decision)
+    if device_of(model).type != decision.device.kind:  # where train() puts it before its checks (a QLoRA base is
+        model = model.to(decision.device.kind)         # quantised there already): timed where the run trains
     check_sequence_length(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
     memory = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
     if refuse_oversize:
