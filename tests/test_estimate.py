@@ -411,3 +411,27 @@ def test_estimate_gpu_measures_a_lora_whose_weights_are_here_without_copying_it(
     assert main(["estimate", "--gpu", "t4", *[a for k, v in settings.items() for a in ("--set", f"{k}={v}")]]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[-1].startswith("Fits: about ") and "(measured on this machine in 16-mixed)" in out[-1]
+
+
+class _OutOfMemoryAboveModel(torch.nn.Module):
+    """A model whose training forward raises CUDA's out-of-memory error above a batch size: it stands in for a GPU
+    (none here) whose allocator fails where the memory model expected the batch to fit."""
+
+    def __init__(self, inner: torch.nn.Module, limit: int):
+        super().__init__()
+        self.inner, self.limit = inner, limit
+
+    def forward(self, x):
+        if x.shape[0] > self.limit and torch.is_grad_enabled():
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.inner(x)
+
+
+def test_train_stops_before_starting_when_the_estimate_s_timed_step_ran_out_of_memory(tmp_path):
+    config = WizardConfig(**{**TINY, "batch_size": 16}, max_steps=2, inspect=False, output_dir=str(tmp_path / "run"))
+    torch.manual_seed(0)
+    model = _OutOfMemoryAboveModel(build_model(config, 256, 0, 0), limit=4)  # room for the tokenizer's ids
+    with pytest.raises(BatchTooLargeError, match=r"^batch_size=16 ran out of CPU memory in a timed training step .*; "
+                                                 r"batch_size=4 with gradient_accumulation_steps=4 trained there"):
+        train(config, model=model, device=CPU)
+    assert not (tmp_path / "run" / "checkpoints").exists()
