@@ -16,7 +16,9 @@ for that), so neither validation nor a checkpoint falls in the timed stretch.
 
 Prints one table: tokens/s of kit and loop and their ratio, the kit's model FLOPs utilisation (MFU)
 against the GPU's datasheet peak for the dtype its matmuls run in, and the peak memory
-(torch.cuda.max_memory_allocated, reset before each run); then the mixed / fp32 speed-up per size.
+(torch.cuda.max_memory_allocated, reset before each run) next to the kit's own answer for the same run
+(the memory model train() checked the batch with, utils.training.memory's counting: "model GiB"); then
+the mixed / fp32 speed-up per size.
 A batch that runs out of memory is halved (and said so) for every run of that size. The kit's own
 output goes to a log file per run (outside Colab its progress bar then refreshes as when piped).
 The defaults are sized for about 5 minutes on a T4 (an estimate from its peaks: base in fp32 dominates).
@@ -148,6 +150,7 @@ def bench_config(template: str, size: str, seq_len: int, batch: int, precision: 
 class Measurement:
     tokens_per_sec: float
     peak_bytes: Optional[int]  # torch.cuda.max_memory_allocated over the run; None off CUDA
+    answer_bytes: Optional[int] = None  # the kit's memory model at the run's batch (train()'s pre-flight answer)
 
 
 def _sync(device: str) -> None:
@@ -197,7 +200,7 @@ def measure_kit(config: WizardConfig, device: DeviceInfo, warmup: int, steps: in
     log = out.parent / f"{out.name}.log"  # the kit's own output
     try:
         with open(log, "w") as f, redirect_stdout(f):
-            train(config, device=device, extra_callbacks=[clock])
+            result = train(config, device=device, extra_callbacks=[clock])
         if clock.t1 is None:
             raise RuntimeError(f"the kit stopped before optimizer step {warmup + steps}")
     except torch.cuda.OutOfMemoryError:
@@ -207,7 +210,8 @@ def measure_kit(config: WizardConfig, device: DeviceInfo, warmup: int, steps: in
               file=sys.stderr)
         raise
     shutil.rmtree(out)  # checkpoints of a base model: a GB each
-    return Measurement(clock.tokens / (clock.t1 - clock.t0), _peak_bytes(kind))
+    answer = result.estimate.memory.bytes_at(config.batch_size) if result.estimate else None
+    return Measurement(clock.tokens / (clock.t1 - clock.t0), _peak_bytes(kind), answer)
 
 
 def measure_loop(config: WizardConfig, decision: PrecisionDecision, warmup: int, steps: int) -> Measurement:
@@ -234,6 +238,7 @@ class Row:
     peak_bytes_kit: Optional[int]
     peak_bytes_loop: Optional[int]
     flops_per_token: float
+    memory_model_bytes: Optional[int] = None  # what the kit's memory model said the run needs (same batch)
 
 
 def measure_size(args, device: DeviceInfo, decisions: list[PrecisionDecision], template: str, size: str,
@@ -268,7 +273,7 @@ def measure_precision(args, device, decision, template, size, seq_len, batch, da
     peak = peak_tflops(device.name, matmul_dtype(decision.precision)) if device.kind == "cuda" else None
     return Row(device.name, template, size, seq_len, batch, decision.precision, kit_tps, loop_tps,
                kit_tps / loop_tps, _mfu(kit_tps, flops, peak), _mfu(loop_tps, flops, peak), _max_peak(kit),
-               _max_peak(loop), flops)
+               _max_peak(loop), flops, max((m.answer_bytes for m in kit if m.answer_bytes), default=None))
 
 
 def _mfu(tokens_per_sec: float, flops_per_token: float, peak_tflops: Optional[float]) -> Optional[float]:
@@ -297,10 +302,11 @@ def print_table(rows: list[Row]) -> None:
     gib = lambda b: "n/a" if b is None else f"{b / 2**30:.2f}"  # noqa: E731
     pct = lambda f: "n/a" if f is None else f"{100 * f:.1f}%"  # noqa: E731
     header = ["device", "template", "size", "batch x seq", "precision", "tok/s kit", "tok/s loop", "kit/loop",
-              "MFU kit", "peak GiB kit", "peak GiB loop"]
+              "MFU kit", "peak GiB kit", "model GiB", "peak GiB loop"]
     table = [header] + [[r.device, r.template, r.size, f"{r.batch} x {r.seq_len}", r.precision,
                          f"{r.tokens_per_sec_kit:,.0f}", f"{r.tokens_per_sec_loop:,.0f}", f"{r.kit_over_loop:.3f}",
-                         pct(r.mfu_kit), gib(r.peak_bytes_kit), gib(r.peak_bytes_loop)] for r in rows]
+                         pct(r.mfu_kit), gib(r.peak_bytes_kit), gib(r.memory_model_bytes), gib(r.peak_bytes_loop)]
+                        for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     print()
     for line in table:

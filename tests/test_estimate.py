@@ -10,6 +10,7 @@ import weakref
 import pytest
 import torch
 
+from tests.conftest import REPO_ROOT
 from utils.config import WizardConfig
 from utils.env import DeviceInfo
 from utils.training import train
@@ -158,8 +159,8 @@ def _live_tensors() -> set[int]:
 
 @pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
 def test_the_estimate_frees_what_it_allocated_without_the_garbage_collector(precision):
-    """On a GPU the copies must be gone before training starts: `del` and empty_cache() free only what no
-    reference cycle keeps (a lambda over its own stepper did, under mixed precision)."""
+    """On a GPU what the estimate allocates must be gone before training starts: `del` and empty_cache() free only
+    what no reference cycle keeps (a lambda over its own stepper did, under mixed precision)."""
     config = WizardConfig(**TINY)
     torch.manual_seed(0)
     model = build_model(config, 64, 0, 0)
@@ -176,14 +177,15 @@ def test_the_estimate_frees_what_it_allocated_without_the_garbage_collector(prec
         alive = [ref for ref in refs if ref() is not None]
     finally:
         gc.enable()
-    assert len(refs) >= 2 * (1 + len(list(model.parameters())))  # the memory copy and the timing copy
-    assert alive == [] and after - before == set()
+    # Only the model itself ran (no copy of it is made any more: issue 28 item 3), and nothing it allocated lives on.
+    assert len(refs) == len(alive) == 1 + len(list(model.parameters()))
+    assert after - before == set()
 
 
 def test_fsdp_shards_the_memory_so_a_model_too_large_for_one_device_is_not_refused():
     """Under strategy="fsdp" each of the 4 processes holds a quarter of the weights, gradients and AdamW state,
     plus the block it gathers whole. The device's memory is injected (a GPU between what one shard and what the
-    whole model needs); the activations are measured on a CPU copy, so no GPU is touched."""
+    whole model needs); the activations are measured on the model where it is (this CPU), so no GPU is touched."""
     from utils.training.estimate import BYTES_PER_PARAMETER, largest_fsdp_unit, measure_memory
 
     config = WizardConfig(**TINY, strategy="fsdp", devices=4)
@@ -231,4 +233,205 @@ def test_a_sequence_length_that_cannot_fit_is_refused_before_the_slow_measuremen
                                                  r"CPU memory \(256.0 MB, 90% usable\); lower max_seq_len"):
         train(config, device=small)
     assert "Memory: measuring" not in capsys.readouterr().out
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# ------------------------------------------------------------------ one counting (issue 28, items 3, 8 and 12)
+
+T4 = DeviceInfo("cuda", "Tesla T4", (7, 5), 15 << 30)  # injected: the capacity and precision a T4 run gets
+
+
+def test_a_1b_lora_at_1024_tokens_is_not_refused_on_a_t4(monkeypatch):
+    """Llama-3.2-1B's published config with LoRA adapters, built on the meta device (shapes, no memory, no weights)
+    in the base dtype a T4 run stores it in. The old check counted the frozen base at 16 B a parameter (19.8 GB:
+    refused) and deep-copied it to cuda. transformers' check for packed sequences reads a tensor's value, which a
+    meta tensor has not: it is stubbed (as no sequences are packed here), nothing of the kit's."""
+    import transformers.masking_utils
+
+    from utils.models.adapters import apply_adapters, meta_model
+    from utils.training.estimate import check_sequence_length
+    from utils.training.fit_plan import plan, shape_of
+    from utils.training.memory import parameter_bytes
+
+    monkeypatch.setattr(transformers.masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
+    decision = resolve_precision(True, "auto", T4)
+    base = meta_model(str(REPO_ROOT / "tests/fixtures/hf_configs/llama-3.2-1b")).to(decision.base_dtype)
+    paper = plan(shape_of(base), "lora", 1, 1024)
+    config = WizardConfig(model_source="pretrained", pretrained_model="x", finetune_method="lora", max_seq_len=1024)
+    with torch.device("meta"):
+        model = apply_adapters(base, config)
+    # The frozen base at its 2 bytes, the adapters at 16: the figure the paper model gives for the same config.
+    assert parameter_bytes(model) == paper.weight_bytes + paper.adapter_bytes
+    assert parameter_bytes(model) < 2.7e9
+    check_sequence_length(config, decision, model, build_task(config), 128256, 0)  # not refused
+
+
+def test_the_memory_checks_measure_the_model_itself_never_a_copy(monkeypatch):
+    """A full fine-tune (every weight trains): check_sequence_length, measure_memory and the timed estimate used to
+    deep-copy the whole model; a copy of a multi-GB model is what ran the device (or host) out of memory."""
+    import copy
+
+    from utils.training.estimate import check_sequence_length, measure_memory
+
+    deepcopy = copy.deepcopy
+
+    def refuse(obj, *args, **kwargs):  # a config's replace() deep-copies its fields: only a module is refused
+        if isinstance(obj, torch.nn.Module):
+            raise AssertionError(f"copy.deepcopy({type(obj).__name__}) was called")
+        return deepcopy(obj, *args, **kwargs)
+
+    config = WizardConfig(**{**TINY, "max_seq_len": 600})
+    torch.manual_seed(0)
+    model = build_model(config, 64, 0, 0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    task = build_task(config)
+    monkeypatch.setattr(copy, "deepcopy", refuse)
+    short = config.replace(max_seq_len=32)
+    check_sequence_length(config, cpu_decision(), model, task, 64, 0)
+    measure_memory(config, cpu_decision(), model, task, 64, 0)
+    estimate_run(short, cpu_decision(), model, task, 64, 0, train_batches=4, val_batches=1)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the timed steps put them back
+
+
+def test_the_loss_backward_on_the_logits_is_counted():
+    """A 32,000-word vocabulary on a small model: the logits dominate. The loss keeps fp32 log-probabilities (4 B a
+    logit, a saved tensor) and its backward holds two fp32 gradients of them at once (8 B more): the old count saw
+    the 4 B alone, a third of what the GPU needs."""
+    from utils.training.estimate import measure_memory
+    from utils.training.memory import LOGIT_BYTES
+
+    config = WizardConfig(**{**TINY, "max_seq_len": 64})
+    model = build_model(config, 32000, 0, 0)
+    memory = measure_memory(config, cpu_decision(), model, build_task(config), 32000, 0)
+    logits = 64 * 32000
+    assert LOGIT_BYTES == 12
+    assert memory.per_sequence_bytes >= LOGIT_BYTES * logits
+    assert memory.per_sequence_bytes < (LOGIT_BYTES + 4) * logits  # the rest: the small model's own activations
+
+
+def test_gradient_checkpointing_counts_the_block_recomputed_in_the_backward():
+    """A small Llama (4 blocks, a wide MLP, a small vocabulary so that the logits do not hide it) with LoRA. Under
+    checkpointing the forward keeps each block's input only, but the backward brings one block's activations back:
+    the old count left that block out (a quarter of the blocks' activations here)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from utils.models.adapters import apply_adapters, enable_checkpointing
+    from utils.training.estimate import measure_memory
+
+    config = WizardConfig(model_source="pretrained", pretrained_model="x", finetune_method="lora", max_seq_len=64)
+    torch.manual_seed(0)
+    model = apply_adapters(LlamaForCausalLM(LlamaConfig(
+        vocab_size=256, hidden_size=128, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4)), config)
+    task, decision = build_task(config), cpu_decision()
+    whole = measure_memory(config, decision, model, task, 256, 0).per_sequence_bytes
+    enable_checkpointing(model)
+    checkpointed = measure_memory(config, decision, model, task, 256, 0).per_sequence_bytes
+    assert whole / 4 < checkpointed < whole / 2  # one block alive again, not four
+    assert all(m.gradient_checkpointing for m in model.base_model.model.model.layers)  # the flag is put back
+
+
+class _OutOfMemoryAbove:
+    """A task whose training step raises CUDA's out-of-memory error above a batch size: it stands in for a GPU
+    (none here) whose allocator fails where the memory model expected a batch to fit."""
+
+    def __init__(self, task, limit: int):
+        self.task, self.limit = task, limit
+
+    def __getattr__(self, name):
+        return getattr(self.task, name)
+
+    def loss(self, model, batch):
+        if batch[0].shape[0] > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.task.loss(model, batch)
+
+
+def test_train_s_estimate_refuses_a_batch_its_timed_step_ran_out_of_memory_at():
+    """The memory model said batch 16 fits, the timed step ran out of memory: train() (refuse_oversize=True) must
+    not start at batch 16, but say which batch trained."""
+    config = WizardConfig(**{**TINY, "batch_size": 16})
+    model = build_model(config, 64, 0, 0)
+    roomy = MemoryModel(fixed_bytes=10**6, per_sequence_bytes=10**3, capacity_bytes=2**40, capacity_name="RAM")
+    task = _OutOfMemoryAbove(build_task(config), limit=4)
+    with pytest.raises(BatchTooLargeError, match=r"^batch_size=16 ran out of CPU memory in a timed training step .*; "
+                                                 r"batch_size=4 with gradient_accumulation_steps=4 trained there"):
+        estimate_run(config, cpu_decision(), model, task, 64, 0, train_batches=10, val_batches=2, memory=roomy,
+                     refuse_oversize=True)
+    shown = estimate_run(config, cpu_decision(), model, task, 64, 0, train_batches=10, val_batches=2, memory=roomy)
+    assert (shown.suggested_batch_size, shown.suggested_accumulation) == (4, 4)  # the wizard shows what fits
+
+
+def test_estimate_gpu_measures_a_template_here_in_that_gpu_s_precision(tmp_path, capsys):
+    """`estimate --gpu t4` on this CPU: the template is built and measured here under fp16 autocast (a T4's
+    precision), against a T4's 15 GB; a batch that does not fit is one line naming the batch that does (exit 2)."""
+    from utils.training.cli import main
+
+    settings = ["--set", "model_size=tiny", "--set", "max_seq_len=64", "--set", f"output_dir={tmp_path / 'run'}"]
+    assert main(["estimate", "--gpu", "t4", *settings]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("Precision on Tesla T4 (compute capability 7.5): 16-mixed")
+    assert out[1].startswith("Fits: about ") and out[1].endswith(
+        "at batch_size=16 x 64 tokens (measured on this machine in 16-mixed), within Tesla T4 (15.0 GB, 90% usable).")
+    assert main(["estimate", "--gpu", "t4", *settings, "--set", "batch_size=100000"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: batch_size=100000 needs about ")
+    assert "more than Tesla T4 memory (15.0 GB, 90% usable). The largest batch that fits is " in err[0]
+    assert not (tmp_path / "run").exists()  # nothing written into output_dir
+
+
+def test_estimate_gpu_measures_a_lora_whose_weights_are_here_without_copying_it(tmp_path, capsys, monkeypatch):
+    """A tiny Llama with its weights in a folder, LoRA: `estimate --gpu t4` builds it as a T4 run would (the base in
+    fp16) and measures it on this CPU under fp16 autocast, without a copy of the model."""
+    import copy
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.conftest import corpus_start
+    from tests.test_adapters import _tokenizer
+    from utils.training.cli import main
+
+    folder = tmp_path / "llama"
+    tokenizer = _tokenizer()
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                 eos_token_id=0, bos_token_id=0, pad_token_id=0)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    deepcopy = copy.deepcopy
+
+    def refuse(obj, *args, **kwargs):  # a config's replace() deep-copies its fields: only a module is refused
+        if isinstance(obj, torch.nn.Module):
+            raise AssertionError(f"copy.deepcopy({type(obj).__name__}) was called")
+        return deepcopy(obj, *args, **kwargs)
+
+    monkeypatch.setattr(copy, "deepcopy", refuse)
+    settings = {"model_source": "pretrained", "pretrained_model": str(folder), "finetune_method": "lora",
+                "dataset_source": "file", "dataset_path": str(corpus_start(tmp_path / "data", 8_000)),
+                "max_seq_len": 32, "batch_size": 4, "output_dir": str(tmp_path / "run")}
+    assert main(["estimate", "--gpu", "t4", *[a for k, v in settings.items() for a in ("--set", f"{k}={v}")]]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith("Fits: about ") and "(measured on this machine in 16-mixed)" in out[-1]
+
+
+class _OutOfMemoryAboveModel(torch.nn.Module):
+    """A model whose training forward raises CUDA's out-of-memory error above a batch size: it stands in for a GPU
+    (none here) whose allocator fails where the memory model expected the batch to fit."""
+
+    def __init__(self, inner: torch.nn.Module, limit: int):
+        super().__init__()
+        self.inner, self.limit = inner, limit
+
+    def forward(self, x):
+        if x.shape[0] > self.limit and torch.is_grad_enabled():
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.inner(x)
+
+
+def test_train_stops_before_starting_when_the_estimate_s_timed_step_ran_out_of_memory(tmp_path):
+    config = WizardConfig(**{**TINY, "batch_size": 16}, max_steps=2, inspect=False, output_dir=str(tmp_path / "run"))
+    torch.manual_seed(0)
+    model = _OutOfMemoryAboveModel(build_model(config, 256, 0, 0), limit=4)  # room for the tokenizer's ids
+    with pytest.raises(BatchTooLargeError, match=r"^batch_size=16 ran out of CPU memory in a timed training step .*; "
+                                                 r"batch_size=4 with gradient_accumulation_steps=4 trained there"):
+        train(config, model=model, device=CPU)
     assert not (tmp_path / "run" / "checkpoints").exists()

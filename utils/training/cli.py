@@ -1,7 +1,7 @@
 """The command line for the whole life of a run: train, estimate, export, generate, predict, evaluate, runs.
 
     python -m utils.training [train] [--config FILE.json] [--set KEY=VALUE ...]
-    python -m utils.training estimate [--config FILE.json] [--set KEY=VALUE ...]
+    python -m utils.training estimate [--gpu t4|l4|a100|h100] [--config FILE.json] [--set KEY=VALUE ...]
     python -m utils.training inspect [--config FILE.json] [--set KEY=VALUE ...]
     python -m utils.training export RUN_DIR [--to DIR] [--onnx] [--push-to-hub NAME [--public]]
     python -m utils.training generate RUN_DIR_OR_EXPORT [--prompt TEXT] [--max-new-tokens N] [--seed N]
@@ -31,6 +31,7 @@ from typing import Callable
 from utils.config import SETTINGS, WizardConfig, apply_overrides, report_unused_settings
 from utils.errors import KitError
 
+GPU_CHOICES = ("t4", "l4", "a100", "h100")  # utils.training.fit_plan.GPUS, named here without importing torch
 COMMANDS = ("train", "estimate", "inspect", "export", "generate", "predict", "evaluate", "runs")
 ENTRY_POINT = "colab-kit"  # [project.scripts] in pyproject.toml
 HELP_COLUMN, HELP_WIDTH = 38, 110  # where a setting's help starts in --help, and where lines wrap
@@ -94,7 +95,12 @@ def estimate_parser() -> argparse.ArgumentParser:
                      description=textwrap.fill(
                          "Time a few real optimizer steps and print how long the run would take and the memory it "
                          "needs, without training; a batch_size that does not fit is refused as train refuses it, "
-                         "naming the batch that fits. Nothing is written into output_dir.", HELP_WIDTH))
+                         "naming the batch that fits. Nothing is written into output_dir. With --gpu: whether the "
+                         "run fits that GPU, from any machine (a laptop, a CPU runtime): one line, exit code 0 when "
+                         "it fits and 2, naming the batch or method that fits, when it does not; a pretrained model "
+                         "is answered from its config alone, other models are measured on this CPU in that GPU's "
+                         "precision.", HELP_WIDTH))
+    parser.add_argument("--gpu", choices=GPU_CHOICES, help="answer for this GPU instead of timing on this machine")
     _config_arguments(parser)
     return parser
 
@@ -176,10 +182,10 @@ def run_estimate(args: argparse.Namespace) -> int:
         config = _config(args)
     except KitError as e:
         return _print_error(e)
-    return _reported(lambda: estimate_and_report(config))
+    return _reported(lambda: estimate_and_report(config, gpu=args.gpu))
 
 
-def estimate_and_report(config: WizardConfig, device=None) -> None:
+def estimate_and_report(config: WizardConfig, device=None, gpu: str | None = None) -> None:
     """Print the precision decision and the estimate; a batch that does not fit raises train()'s error.
     device: detected when not given (tests inject a DeviceInfo with a small memory). Data caches and a
     copied model file go to a temporary folder, so an existing run in output_dir is never touched."""
@@ -190,6 +196,8 @@ def estimate_and_report(config: WizardConfig, device=None) -> None:
 
     config = config.validate()
     report_unused_settings(config)
+    if gpu:
+        return report_gpu_verdict(config, gpu)
     if config.model_source == "pretrained" and not _print_fit_plan(config):
         return
     decision = resolve_precision(config.use_mixed_precision, config.precision, device or detect_device(config.devices))
@@ -198,6 +206,37 @@ def estimate_and_report(config: WizardConfig, device=None) -> None:
     with tempfile.TemporaryDirectory(prefix="kit-estimate-") as scratch:
         estimate = estimate_config(config.replace(output_dir=scratch), decision, refuse_oversize=True)
     print(estimate.describe())
+
+
+def report_gpu_verdict(config: WizardConfig, gpu: str) -> None:
+    """`estimate --gpu`: the precision that GPU would get and one line on whether the run fits it; a run that does
+    not fit raises BatchTooLargeError naming what fits (exit code 2). A pretrained model whose weights are not here,
+    or a QLoRA one (4-bit needs the GPU), is answered from its config on the meta device (fit_plan); any other
+    model is built here and measured on this CPU in the GPU's autocast dtype."""
+    from utils.models.adapters import meta_model
+    from utils.training.estimate import format_bytes, memory_on
+    from utils.training.fit_plan import GPUS, gpu_verdict, shape_of
+    from utils.training.memory import USABLE_FRACTION
+    from utils.training.precision import resolve_precision
+
+    decision = resolve_precision(config.use_mixed_precision, config.precision, GPUS[gpu])
+    print(f"Precision on {decision.device.describe()}: {decision.precision} - {decision.reason}")
+    if config.model_source == "pretrained" and (config.finetune_method == "qlora" or not _weights_here(config)):
+        shape = shape_of(meta_model(config.pretrained_model, config.task))
+        print(gpu_verdict(config.pretrained_model, shape, config, decision))
+        return
+    with tempfile.TemporaryDirectory(prefix="kit-estimate-") as scratch:
+        memory = memory_on(config.replace(output_dir=scratch), decision)
+    B, name = config.batch_size, decision.device.name
+    print(f"Fits: about {format_bytes(memory.bytes_at(B))} at batch_size={B} x {config.max_seq_len} tokens (measured "
+          f"on this machine in {decision.precision}), within {name} ({format_bytes(memory.capacity_bytes)}, "
+          f"{USABLE_FRACTION:.0%} usable).")
+
+
+def _weights_here(config: WizardConfig) -> bool:
+    """A local folder with weight files (a Hub name is answered from its config: nothing is downloaded to answer)."""
+    folder = Path(config.pretrained_model).expanduser()
+    return folder.is_dir() and (any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")))
 
 
 def _print_fit_plan(config: WizardConfig) -> bool:

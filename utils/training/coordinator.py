@@ -292,7 +292,7 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch, move_no
               f"{memory.bytes_at(config.batch_size) / 2**30:.1f} GB each at batch_size={config.batch_size}.")
     elif launch.is_zero and steps_left > 0:  # rank zero's own device; nothing to time when nothing is left to train
         estimate = estimate_run(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes,
-                                len(train_loader), len(val_loader), steps_left, memory)
+                                len(train_loader), len(val_loader), steps_left, memory, refuse_oversize=True)
         print(estimate.describe())
     print(describe_speedups(config, decision))
     kept = []  # best checkpoints saved after the resume point, kept as the run's only best (see checkpoints)

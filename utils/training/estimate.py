@@ -1,8 +1,8 @@
 """Pre-flight estimate: time a few real optimizer steps before training and say how long the run takes.
 
-A copy of the model trains 2 warm-up and 3 timed steps (forward, backward, AdamW step, in the run's
-precision) on a dummy batch of the run's shape, on the device the run uses; the global RNG is
-restored afterwards, so the run itself is unchanged. From that: seconds per optimizer step
+The model itself, where train() placed it, trains 1 warm-up and 3 timed steps (forward, backward, AdamW step,
+in the run's precision) on a dummy batch of the run's shape; its trained tensors and the global RNG are put
+back afterwards, so the run itself is unchanged (utils.training.stepper). From that: seconds per optimizer step
 (gradient accumulation included), the run's total time (training.total_steps optimizer steps plus
 validation, timed as forward passes), the memory it needs against the device's, and whether it fits
 in one Colab session. A batch that does not fit is answered with the largest that does and the
@@ -11,25 +11,23 @@ gradient accumulation that keeps the effective batch.
     estimate = estimate_config(config, decision)   # builds data and model (the wizard, bench/)
     print(estimate.describe())
 
-train() first measures the memory model alone (measure_memory, two forward passes at batch 1 and 2)
-and refuses a batch that does not fit (check_memory raises BatchTooLargeError) before anything
-allocates a batch; then it calls estimate_run() on the model and loaders it has built, and prints
-the same lines.
+train() first measures the memory model alone (measure_memory, two forward passes at batch 1 and 2, counted
+by utils.training.memory's rules, the ones fit_plan's paper model uses too) and refuses a batch that does not
+fit (check_memory raises BatchTooLargeError) before anything allocates a batch; then it calls estimate_run()
+on the model and loaders it has built, and prints the same lines; a batch whose timed step runs out of memory
+is refused there too. memory_on() answers for a GPU this machine need not have (`estimate --gpu`).
 
 Under FSDP each device holds a shard: parameters, gradients and AdamW state divided by the number of
-processes, plus the unit FSDP gathers whole while it computes; the activations are measured on a CPU
-copy (the whole model need not fit one GPU). Every copy made here is freed when its function returns
-(no reference cycles), so the run's own allocations start from an empty device.
+processes, plus the unit FSDP gathers whole while it computes. Nothing here copies the model, and what it
+allocates is freed when its function returns (no reference cycles), so the run's own allocations start from
+an empty device.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import os
-import time
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -38,13 +36,10 @@ from torch import nn
 from utils.config import WizardConfig
 from utils.env import DeviceInfo
 from utils.errors import KitError
+from utils.training.memory import BYTES_PER_PARAMETER, USABLE_FRACTION, format_bytes, parameter_bytes
 from utils.training.precision import PrecisionDecision
+from utils.training.stepper import Stepper, device_of, measuring, trained_weights_restored
 
-# fp32 weights, their gradients and AdamW's two moments; Lightning keeps fp32 master weights
-# under mixed precision too, so this holds for every precision.
-BYTES_PER_PARAMETER = 16
-# CUDA context, allocator fragmentation and workspace buffers take roughly a tenth of a GPU.
-USABLE_FRACTION = 0.9
 COLAB_SESSION_SECONDS = 12 * 3600  # the free tier's documented maximum runtime; often less when idle or busy
 # One warm-up step pays the first call's one-time costs (allocations, lazy kernel loading); a second one
 # measured no different from the timed steps on a CPU, and the estimate runs before every training.
@@ -162,19 +157,18 @@ def memory_advice(memory: MemoryModel, batch: int, suggested: int, accumulation:
 
 def measure_memory(config: WizardConfig, decision: PrecisionDecision, model: nn.Module, task, vocab_size: int,
                    num_classes: int, world_size: int = 1) -> MemoryModel:
-    """The memory model of a copy of model on decision.device: two forward passes at batch 1 and 2, no batch
-    of the config's size is ever built, so a huge batch_size costs nothing here.
+    """The memory model of model where it is (train() places it on the training device first): two forward
+    passes at batch 1 and 2 in the run's autocast dtype, their saved tensors counted (see Stepper.peak_bytes);
+    no batch of the config's size is ever built, so a huge batch_size costs nothing here, and no copy is made.
+    The capacity compared against is decision.device's.
 
-    world_size: training processes. Under strategy="fsdp" each holds 1/world_size of the model's state, and
-    the passes run on a CPU copy in the run's autocast dtype (the activations have the same shapes and dtypes;
-    the whole model need not fit one GPU, which is what FSDP is for).
+    world_size: training processes. Under strategy="fsdp" each holds 1/world_size of the model's state.
     """
     shards = world_size if config.strategy == "fsdp" else 1
-    kind = "cpu" if shards > 1 else decision.device.kind
-    with torch.random.fork_rng(devices=[torch.device(kind)] if kind == "cuda" else []):
-        saved_1, saved_2 = _saved_bytes(model, kind, task, decision, vocab_size, num_classes, config.max_seq_len)
-    if kind == "cuda":
-        torch.cuda.empty_cache()  # the copy is gone (see _saved_bytes); give its blocks back
+    with measuring(model):
+        step = Stepper(model, None, task, decision, vocab_size, num_classes, config.max_seq_len)
+        saved_1, saved_2 = step.peak_bytes(1), step.peak_bytes(2)
+        del step
     return _memory_model(model, saved_1, saved_2, decision.device, shards)
 
 
@@ -185,23 +179,22 @@ def check_sequence_length(config: WizardConfig, decision: PrecisionDecision, mod
                           vocab_size: int, num_classes: int) -> None:
     """Before measure_memory steps at max_seq_len (minutes for a very long one): one sequence of SHORT_SEQUENCE
     tokens, scaled to max_seq_len, is a floor (activations grow at least linearly with the length, attention's
-    faster). A floor above the device's memory is refused at once; a long length that may fit is said first."""
+    faster), above the parameters at what they cost (utils.training.memory: a frozen base at its storage). A floor
+    above the device's memory is refused at once; a long length that may fit is said first. Measured on the model
+    itself, where it is, in the run's autocast dtype: nothing is copied."""
     T = config.max_seq_len
     if T <= SHORT_SEQUENCE:
         return
-    torch_device = torch.device(decision.device.kind)
-    with torch.random.fork_rng(devices=[torch_device] if torch_device.type == "cuda" else []):
-        work = copy.deepcopy(model).to(torch_device).train()
-        short = _Stepper(work, None, task, decision, vocab_size, num_classes, SHORT_SEQUENCE).saved_bytes(1)
-        parameters = sum(p.numel() for p in work.parameters())
-        del work
-    floor = parameters * BYTES_PER_PARAMETER + short * T // SHORT_SEQUENCE
+    with measuring(model):
+        short = Stepper(model, None, task, decision, vocab_size, num_classes, SHORT_SEQUENCE).peak_bytes(1)
+    weights = parameter_bytes(model)
+    floor = weights + short * T // SHORT_SEQUENCE
     capacity, name = device_capacity(decision.device)
     if capacity is not None and floor > USABLE_FRACTION * capacity:
         raise BatchTooLargeError(
             f"max_seq_len={T} needs at least {_bytes(floor)} for one sequence, more than {name} ({_bytes(capacity)}, "
             f"{USABLE_FRACTION:.0%} usable); lower max_seq_len (a {SHORT_SEQUENCE}-token sequence needs "
-            f"{_bytes(parameters * BYTES_PER_PARAMETER + short)}) or pick a smaller model.")
+            f"{_bytes(weights + short)}) or pick a smaller model.")
     if T > 8 * SHORT_SEQUENCE:
         print(f"Memory: measuring a training step of {T:,} tokens per sequence; sequences this long take a while "
               "(attention grows with the square of the length).", flush=True)
@@ -221,13 +214,17 @@ def check_memory(memory: MemoryModel, config: WizardConfig) -> None:
 
 def estimate_run(config: WizardConfig, decision: PrecisionDecision, model: nn.Module, task, vocab_size: int,
                  num_classes: int, train_batches: int, val_batches: int,
-                 steps: Optional[int] = None, memory: Optional[MemoryModel] = None) -> Estimate:
+                 steps: Optional[int] = None, memory: Optional[MemoryModel] = None,
+                 refuse_oversize: bool = False) -> Estimate:
     """Time a few optimizer steps of a copy of model on decision.device at the config's batch; see the module doc.
 
     train_batches, val_batches: batches per epoch of this process's loaders. steps: the run's optimizer
     steps (default: training.builder.total_steps for train_batches). memory: measure_memory's answer, when
     the caller has it already. A batch that does not fit is timed at the largest that does (the wizard
-    shows that; train() and the `estimate` command refuse such a batch before calling this).
+    shows that; train() and the `estimate` command refuse such a batch before calling this). refuse_oversize:
+    a config's batch that runs out of memory when timed (the memory model was too hopeful) raises
+    BatchTooLargeError naming the batch that trained, instead of an estimate for it: train() never starts at a
+    batch the estimate saw fail.
     """
     from utils.training.builder import total_steps  # builder imports this module's users
 
@@ -239,15 +236,24 @@ def estimate_run(config: WizardConfig, decision: PrecisionDecision, model: nn.Mo
     timed_batch, timed_accumulation = batch, accumulation
     if memory.shards > 1:  # FSDP: one device times the whole model, at a batch that holds it whole
         timed_batch, timed_accumulation = _batch_that_fits(memory.whole(), B, A)
-    timing = _time_steps(config, decision, model, task, vocab_size, num_classes, max(timed_batch, 1))
-    if timing is None:  # out of memory after all: the memory model was too hopeful. Halve, outside the
+    timed_batch = max(timed_batch, 1)
+    timing = _time_steps(config, decision, model, task, vocab_size, num_classes, timed_batch)
+    while timing is None:  # out of memory after all: the memory model was too hopeful. Halve, outside the
         # except block, so the failed attempt's tensors (held by its traceback) are gone first.
+        if timed_batch == 1:
+            raise BatchTooLargeError(f"batch_size=1 ran out of {device.describe()} memory in a timed training step; "
+                                     "pick a smaller model_size or max_seq_len (or finetune_method='qlora').")
         timed_batch = max(1, timed_batch // 2)
         timed_accumulation = math.ceil(B * A / timed_batch)
         if memory.shards == 1:
             batch, accumulation = timed_batch, timed_accumulation
             suggested = (batch, accumulation) if batch != B else (None, None)
         timing = _time_steps(config, decision, model, task, vocab_size, num_classes, timed_batch)
+    if refuse_oversize and suggested[0] is not None:
+        raise BatchTooLargeError(
+            f"batch_size={B} ran out of {device.describe()} memory in a timed training step (the memory model "
+            f"expected about {_bytes(memory.bytes_at(B))}); batch_size={batch} with gradient_accumulation_steps="
+            f"{accumulation} trained there and keeps the effective batch.")
     fb, opt, val_forward, peak = timing
     timed_batch = max(timed_batch, 1)
     n_steps = steps if steps is not None else total_steps(config, train_batches)
@@ -262,24 +268,22 @@ def estimate_run(config: WizardConfig, decision: PrecisionDecision, model: nn.Mo
 
 def _time_steps(config: WizardConfig, decision: PrecisionDecision, model: nn.Module, task, vocab_size: int,
                 num_classes: int, batch: int) -> Optional[tuple[float, float, float, int]]:
-    """(forward + backward s, optimizer step s, validation forward s, peak CUDA bytes) of a copy of model at
-    batch; None when the device ran out of memory. Everything it allocates is freed when it returns."""
+    """(forward + backward s, optimizer step s, validation forward s, peak CUDA bytes) of model at batch, where
+    it is; None when the device ran out of memory. Its trained weights are put back and everything it allocates
+    is freed when it returns."""
     from utils.training.builder import adamw_options  # builder imports this module's users
 
-    kind = decision.device.kind
-    with torch.random.fork_rng(devices=[torch.device(kind)] if kind == "cuda" else []):
-        with _working_model(model, kind) as work:
-            optimizer = torch.optim.AdamW([p for p in work.parameters() if p.requires_grad], lr=config.learning_rate,
-                                          **adamw_options(kind))
-            step = _Stepper(work, optimizer, task, decision, vocab_size, num_classes, config.max_seq_len)
-            try:
-                fb, opt, peak = step.time(batch, WARMUP_STEPS, TIMED_STEPS)
-                timing = fb, opt, step.time_forward(batch), peak
-            except torch.cuda.OutOfMemoryError:
-                timing = None
-            del work, optimizer, step
-    if kind == "cuda":
-        torch.cuda.empty_cache()
+    kind = device_of(model).type
+    with trained_weights_restored(model) as work:
+        optimizer = torch.optim.AdamW([p for p in work.parameters() if p.requires_grad], lr=config.learning_rate,
+                                      **adamw_options(kind))
+        step = Stepper(work, optimizer, task, decision, vocab_size, num_classes, config.max_seq_len)
+        try:
+            fb, opt, peak = step.time(batch, WARMUP_STEPS, TIMED_STEPS)
+            timing = fb, opt, step.time_forward(batch), peak
+        except torch.cuda.OutOfMemoryError:
+            timing = None
+        del work, optimizer, step
     return timing
 
 
@@ -300,22 +304,44 @@ def estimate_config(config: WizardConfig, decision: PrecisionDecision, refuse_ov
     refuse_oversize: raise BatchTooLargeError for a batch that does not fit, as train() does, instead of timing
     the largest batch that fits (the command line's `estimate`: that batch can fill most of the memory).
     """
-    from utils.data import prepare_data
-    from utils.training.builder import build_data_spec, build_dataloaders
-    from utils.models.build import build_model, build_task
+    from utils.training.builder import build_dataloaders
 
     config = config.validate()
-    data = prepare_data(build_data_spec(config))
-    torch.manual_seed(config.seed)
-    model = build_model(config, data.tokenizer.vocab_size, data.num_classes, data.pad_id, decision=decision)
-    task = build_task(config)
+    data, model, task = _built(config, decision)
+    if device_of(model).type != decision.device.kind:  # where train() puts it before its checks (a QLoRA base is
+        model = model.to(decision.device.kind)         # quantised there already): timed where the run trains
     check_sequence_length(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
     memory = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
     if refuse_oversize:
         check_memory(memory, config)
     train_loader, val_loader = build_dataloaders(config, data.train, data.val, pin_memory=False)  # for their lengths
     return estimate_run(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes,
-                        len(train_loader), len(val_loader), memory=memory)
+                        len(train_loader), len(val_loader), memory=memory, refuse_oversize=refuse_oversize)
+
+
+def memory_on(config: WizardConfig, decision: PrecisionDecision) -> MemoryModel:
+    """The memory config's run needs on decision.device (`estimate --gpu`: a GPU this machine need not have),
+    measured here: the data prepared and the model built as train() builds them, left on this machine's CPU,
+    its forward passes counted in the GPU's autocast dtype (CPU autocast runs fp16 and bf16). Raises
+    BatchTooLargeError, naming the batch that fits, where train() on that GPU would."""
+    config = config.validate()
+    data, model, task = _built(config, decision)
+    check_sequence_length(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
+    memory = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
+    check_memory(memory, config)
+    return memory
+
+
+def _built(config: WizardConfig, decision: PrecisionDecision):
+    """(data, model, task) as train() prepares them, the model where build_model leaves it."""
+    from utils.data import prepare_data
+    from utils.training.builder import build_data_spec
+    from utils.models.build import build_model, build_task
+
+    data = prepare_data(build_data_spec(config))
+    torch.manual_seed(config.seed)
+    model = build_model(config, data.tokenizer.vocab_size, data.num_classes, data.pad_id, decision=decision)
+    return data, model, build_task(config)
 
 
 def count_validations(config: WizardConfig, train_batches: int, steps: int) -> int:
@@ -349,103 +375,6 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600:.0f} h {seconds % 3600 // 60:02.0f} min"
 
 
-class _Stepper:
-    """Forward, backward and AdamW steps of one model on dummy batches, as the training core runs them.
-
-    It holds no reference to itself (a lambda over self would be a cycle): dropping it frees its model's
-    memory at once, not when the garbage collector next runs.
-    """
-
-    def __init__(self, model, optimizer, task, decision: PrecisionDecision, vocab_size, num_classes, seq_len):
-        self.model, self.optimizer, self.task = model, optimizer, task
-        self.kind = decision.device.kind
-        self.vocab_size, self.num_classes, self.seq_len = vocab_size, num_classes, seq_len
-        self.autocast = decision.autocast  # a method of the (frozen) decision: no reference back to the stepper
-        self.scaler = decision.make_scaler()
-        self.params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-
-    def batch(self, size: int):
-        batch, _ = self.task.dummy_batch(size, self.seq_len, self.vocab_size, self.num_classes)
-        return tuple(t.to(self.kind) for t in batch)
-
-    def saved_bytes(self, size: int) -> int:
-        """Bytes of the tensors autograd keeps for backward at this batch (parameters excluded)."""
-        storages: dict[int, int] = {}
-        kept: list[torch.Tensor] = []  # alive until the count is done, so no storage address is reused meanwhile
-        params = self.params
-
-        def pack(t: torch.Tensor) -> None:
-            # Nothing goes into the graph (no backward runs here): a saved output tensor returned from pack
-            # would form a cycle with its own grad_fn, and the copy would outlive this call.
-            ptr = t.untyped_storage().data_ptr()
-            if ptr not in params:
-                storages[ptr] = t.untyped_storage().nbytes()
-            kept.append(t)
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, _never_unpacked), self.autocast():
-            self.task.loss(self.model, self.batch(size))
-        # The graph's saved slots hold `pack`, and so `kept`, whose tensors hold the graph: a cycle through
-        # autograd's C++ objects that the garbage collector cannot see. Emptying the list breaks it.
-        kept.clear()
-        return sum(storages.values())
-
-    def time(self, size: int, warmup: int, timed: int) -> tuple[float, float, int]:
-        """Mean seconds of forward + backward and of the optimizer step over `timed` steps, and peak CUDA bytes."""
-        batch = self.batch(size)
-        if self.kind == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        fb = opt = 0.0
-        for i in range(warmup + timed):
-            t0 = self._now()
-            with self.autocast():
-                loss, _ = self.task.loss(self.model, batch)
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
-            t1 = self._now()
-            if self.scaler:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            t2 = self._now()
-            if i >= warmup:
-                fb, opt = fb + t1 - t0, opt + t2 - t1
-        peak = torch.cuda.max_memory_allocated() if self.kind == "cuda" else 0
-        return fb / timed, opt / timed, peak
-
-    def time_forward(self, size: int) -> float:
-        """Seconds of one validation batch: a forward pass without gradients, after the training steps have
-        warmed the same kernels up."""
-        batch = self.batch(size)
-        self.model.eval()
-        with torch.no_grad(), self.autocast():
-            t0 = self._now()
-            self.task.loss(self.model, batch)
-            seconds = self._now() - t0
-        self.model.train()
-        return seconds
-
-    def _now(self) -> float:
-        if self.kind == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
-
-def _saved_bytes(model: nn.Module, kind: str, task, decision: PrecisionDecision, vocab_size: int,
-                 num_classes: int, seq_len: int) -> tuple[int, int]:
-    """Activation bytes autograd keeps at batch 1 and 2, measured on a copy of model on `kind` (the decision's
-    device, or the CPU for an FSDP shard: the same autocast dtype, on this machine's memory)."""
-    if kind != decision.device.kind:
-        decision = replace(decision, device=DeviceInfo(kind, kind.upper()))
-    with _working_model(model, kind) as work:
-        step = _Stepper(work, None, task, decision, vocab_size, num_classes, seq_len)
-        return step.saved_bytes(1), step.saved_bytes(2)
-
-
-def _never_unpacked(packed: None) -> torch.Tensor:
-    raise RuntimeError("the memory measurement's forward pass has no backward")
-
-
 def _memory_model(model: nn.Module, saved_1: int, saved_2: int, device: DeviceInfo, shards: int = 1) -> MemoryModel:
     per_sequence = max(saved_2 - saved_1, 0)  # what grows with the batch; the rest (weight casts) does not
     other = max(saved_1 - per_sequence, 0)
@@ -458,34 +387,6 @@ def _memory_model(model: nn.Module, saved_1: int, saved_2: int, device: DeviceIn
     gathered = 2 * 4 * largest_fsdp_unit(model)
     return MemoryModel(math.ceil(state / shards) + gathered + other, per_sequence, capacity, name, shards,
                        state + other)
-
-
-def parameter_bytes(model: nn.Module) -> int:
-    """Trained parameters at BYTES_PER_PARAMETER; frozen ones (a LoRA base) as stored: 2 bytes in fp16, about
-    half a byte in 4 bits, with no gradient or optimizer state."""
-    params = {id(p): p for p in model.parameters()}.values()
-    trained = sum(p.numel() * BYTES_PER_PARAMETER for p in params if p.requires_grad)
-    return trained + sum(p.untyped_storage().nbytes() for p in params if not p.requires_grad)
-
-
-@contextmanager
-def _working_model(model: nn.Module, kind: str):
-    """A copy of model on the device to measure and time; a model with frozen weights (a LoRA or QLoRA base) is
-    used itself, since a copy would double the memory the base takes, and its trained tensors are put back."""
-    if all(p.requires_grad for p in model.parameters()):
-        yield copy.deepcopy(model).to(kind).train()
-        return
-    was_training = model.training
-    saved = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
-    try:
-        yield model.to(kind).train()
-    finally:
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if name in saved:
-                    p.copy_(saved[name])
-                    p.grad = None
-        model.train(was_training)
 
 
 def largest_fsdp_unit(model: nn.Module) -> int:
@@ -513,11 +414,4 @@ def _batch_that_fits(memory: MemoryModel, batch: int, accumulation: int) -> tupl
     return divisor, math.ceil(effective / divisor)
 
 
-def _bytes(n: int) -> str:
-    for unit, size in (("TB", 2**40), ("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
-
-
-format_bytes = _bytes  # "1.5 GB": the coordinator's messages say sizes as the estimate does
+_bytes = format_bytes  # the name this module's messages and its tests use
