@@ -307,9 +307,7 @@ def estimate_config(config: WizardConfig, decision: PrecisionDecision, refuse_ov
     from utils.training.builder import build_dataloaders
 
     config = config.validate()
-    data, model, task = _built(config, decision)
-    if device_of(model).type != decision.device.kind:  # where train() puts it before its checks (a QLoRA base is
-        model = model.to(decision.device.kind)         # quantised there already): timed where the run trains
+    data, model, task = _built(config, decision, decision.torch_device())  # timed where the run trains
     check_sequence_length(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
     memory = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
     if refuse_oversize:
@@ -332,15 +330,16 @@ def memory_on(config: WizardConfig, decision: PrecisionDecision) -> MemoryModel:
     return memory
 
 
-def _built(config: WizardConfig, decision: PrecisionDecision):
-    """(data, model, task) as train() prepares them, the model where build_model leaves it."""
+def _built(config: WizardConfig, decision: PrecisionDecision, device: Optional[torch.device] = None):
+    """(data, model, task) as train() prepares them, the model placed on device (None: the CPU)."""
     from utils.data import prepare_data
     from utils.training.builder import build_data_spec
     from utils.models.build import build_model, build_task
 
     data = prepare_data(build_data_spec(config))
     torch.manual_seed(config.seed)
-    model = build_model(config, data.tokenizer.vocab_size, data.num_classes, data.pad_id, decision=decision)
+    model = build_model(config, data.tokenizer.vocab_size, data.num_classes, data.pad_id, decision=decision,
+                        device=device)
     return data, model, build_task(config)
 
 
