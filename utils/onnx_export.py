@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,18 +116,17 @@ def cpu_fp32_copy(model: nn.Module) -> nn.Module:
 
 @contextmanager
 def _captured_output():
-    """stdout and stderr of this process (Python's and the C++ exporter's) into a temporary file while inside."""
+    """Everything this process prints while inside, Python's (sys.stdout, sys.stderr, which a notebook replaces)
+    and the C++ exporter's (file descriptors 1 and 2), into a temporary file that is then dropped."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
-    with tempfile.TemporaryFile() as sink:
+    with tempfile.TemporaryFile("w+") as sink, redirect_stdout(sink), redirect_stderr(sink):
         os.dup2(sink.fileno(), 1)
         os.dup2(sink.fileno(), 2)
         try:
-            yield sink
+            yield
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
             for fd in saved:

@@ -264,7 +264,9 @@ def load_adapter_export(folder, config, label_names=(), pad_id=None, device="cpu
     from utils.models.pretrained import load_pretrained_model
 
     base = load_pretrained_model(config.pretrained_model, config.task, label_names, pad_id, **stored_dtype_on(device))
-    return PeftModel.from_pretrained(base, str(folder)).eval()
+    with warnings.catch_warnings():  # peft reads transformers 5's renamed is_gradient_checkpointing: not the user's
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+        return PeftModel.from_pretrained(base, str(folder)).eval()
 
 
 def stored_dtype_on(device) -> dict[str, Any]:
