@@ -156,3 +156,49 @@ def test_a_merged_export_loads_in_its_stored_dtype_on_the_best_device(tmp_path, 
         with pytest.raises(Asked):
             load_exported(export)
     assert asked == [("auto", {"": "cuda"})] * 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_the_merge_adds_there_and_the_export_loads_and_generates_there(tmp_path, bf16_run):
+    """The run's model on the GPU (as training leaves it): the updates are added there, the export is the CPU
+    merge's (bf16 rounding of the same fp32 sums), and load_exported puts it back on the GPU in bf16."""
+    from utils.export import load_exported
+    from utils.models.merge import save_merged
+
+    cpu = tmp_path / "cpu"
+    cpu.mkdir()
+    save_merged(bf16_run.model, bf16_run.config.pretrained_model, cpu)
+    gpu = tmp_path / "gpu"
+    gpu.mkdir()
+    on_gpu = copy.deepcopy(bf16_run.model).cuda()
+    report = save_merged(on_gpu, bf16_run.config.pretrained_model, gpu)
+    assert report.device.type == "cuda" and report.dtype == torch.bfloat16
+    a, b = _tensors(cpu), _tensors(gpu)
+    assert set(a) == set(b)
+    for key in a:  # the same sums; a GPU matmul may round B @ A's last bit differently
+        assert torch.allclose(a[key].float(), b[key].float(), rtol=1e-2, atol=1e-3), key
+
+    folder = bf16_run.export(tmp_path / "merged", merged=True)
+    loaded = load_exported(folder)
+    parameter = next(loaded.model.parameters())
+    assert parameter.device.type == "cuda" and parameter.dtype == torch.bfloat16
+    assert loaded.generate("The ", max_new_tokens=8, seed=0) == loaded.generate("The ", max_new_tokens=8, seed=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_the_onnx_export_allocates_nothing_there(tmp_path, bf16_folder):
+    """Issue 28.9 for real: the fp32 copy for ONNX is made on the CPU, so the GPU's peak stays the model."""
+    pytest.importorskip("onnxruntime")
+    from tests.test_inference import pretrained_predictor
+    from transformers import AutoModelForCausalLM
+
+    from utils.onnx_export import export_onnx
+
+    model = AutoModelForCausalLM.from_pretrained(bf16_folder, dtype=torch.bfloat16).cuda()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    export_onnx(pretrained_predictor(bf16_folder, model), tmp_path)
+    assert torch.cuda.max_memory_allocated() == before

@@ -200,15 +200,15 @@ def sample_tokens(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, max_
     if temperature <= 0:
         raise InferenceError(f"temperature={temperature} must be > 0")
     next_logits = KVCacheStep(model, max_seq_len) if uses_kv_cache(model) else WindowStep(model, max_seq_len)
-    with torch.no_grad():
-        for _ in range(max_new_tokens):
+    for _ in range(max_new_tokens):
+        with torch.no_grad():  # per step: a no_grad held across the yield would leak into the caller's code
             logits = next_logits(idx).float() / temperature  # (B, V)
             if top_k is not None:
                 kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
                 logits = logits.masked_fill(logits < kth, float("-inf"))
             token = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)  # (B, 1)
-            idx = torch.cat([idx, token], dim=1)  # (B, T+1)
-            yield token
+        idx = torch.cat([idx, token], dim=1)  # (B, T+1)
+        yield token
 
 
 def uses_kv_cache(model: nn.Module) -> bool:
