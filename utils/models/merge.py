@@ -99,8 +99,8 @@ _HEADS = ("lm_head", "score", "classifier")
 def _merge_weight(weight: torch.Tensor, layer: nn.Module, adapter: str) -> torch.Tensor:
     """weight + the layer's update, added in fp32 on the adapters' device and stored back in weight's dtype (what
     peft's merge_and_unload computes)."""
-    delta = layer.get_delta_weight(adapter)  # (out, in) in the weight's layout (GPT-2's Conv1D: transposed)
-    summed = weight.to(delta.device).float() + delta.float()  # move first, then widen: one tensor on the GPU
+    summed = layer.get_delta_weight(adapter).float()  # (out, in) in the weight's layout (GPT-2's Conv1D: transposed)
+    summed += weight.to(summed.device)  # moved in its own dtype, widened in the sum: no fp32 copy of it
     return summed.to(weight.dtype).to("cpu")
 
 
