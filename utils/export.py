@@ -165,7 +165,8 @@ def kit_version() -> str:
 def load_exported(folder: str | Path, device: Optional[str] = None) -> ExportedModel:
     """Rebuild the model from an export folder and load its weights onto device (default: the GPU when there is
     one, else the CPU). A fine-tuned pretrained model keeps the dtype it was saved in (a merged export of a bf16
-    model computes in bf16, on the CPU too: PyTorch runs 16-bit layers there, at half the memory of fp32)."""
+    model computes in bf16, on the CPU too: PyTorch runs 16-bit layers there at half the memory of fp32, which is
+    what decides whether a 7B model loads at all; a CPU without bf16 instructions runs them 1.5-2x slower)."""
     folder = Path(folder)
     device = device or best_device()
     if (folder / KIT_CONFIG_FILENAME).is_file():
