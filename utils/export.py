@@ -31,8 +31,8 @@ from typing import Any, Optional
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from utils.models.adapters import (MERGED_ADAPTER_DIRNAME, is_adapter_folder, load_adapter_export, merged_model,
-                            save_adapter, uses_adapters)
+from utils.models.adapters import (MERGED_ADAPTER_DIRNAME, is_adapter_folder, load_adapter_export, save_adapter,
+                                   stored_dtype_on, uses_adapters)
 from utils.config import CONFIG_FILENAME, WizardConfig
 from utils.data import load_tokenizer
 from utils.errors import KitError, MissingFileError
@@ -70,8 +70,8 @@ def export_model(model: nn.Module, config: WizardConfig, tokenizer, folder: Opti
     folder defaults to output_dir/export. A user model's code is copied from output_dir/user_model,
     where training kept it. Written to a temporary sibling first: an export that fails half-way
     leaves the previous one intact. A LoRA/QLoRA model is written as its adapter in peft's format, or
-    with merged=True as the base with the adapter merged in, in 16 bits, which transformers loads alone
-    (the adapter then sits in adapter/).
+    with merged=True as the base with the adapter merged in, in the dtype the base is stored in (utils.models.merge),
+    which transformers loads alone (the adapter then sits in adapter/).
     """
     if config.task == "classification" and not label_names:
         raise ExportError("exporting a classifier needs its label_names (result.label_names), "
@@ -81,7 +81,7 @@ def export_model(model: nn.Module, config: WizardConfig, tokenizer, folder: Opti
     folder.parent.mkdir(parents=True, exist_ok=True)
     with atomic_folder(folder, replace=True) as tmp:  # a failed or killed export leaves the previous one intact
         if uses_adapters(config):
-            _save_adapter_model(model, config, tokenizer, tmp, label_names, pad_id, merged)
+            _save_adapter_model(model, config, tokenizer, tmp, merged)
         elif merged:
             raise ExportError(f"merged=True (--merged) merges LoRA adapters into their base, but this model was "
                               f"trained with finetune_method={config.finetune_method!r}: export it without it")
@@ -104,19 +104,19 @@ def export_model(model: nn.Module, config: WizardConfig, tokenizer, folder: Opti
     return folder
 
 
-def _save_adapter_model(model, config, tokenizer, folder: Path, label_names, pad_id, merged: bool) -> None:
+def _save_adapter_model(model, config, tokenizer, folder: Path, merged: bool) -> None:
+    from utils.models.merge import save_merged
+
     config.save(folder / KIT_CONFIG_FILENAME)
     tokenizer = _with_transformers_tokenizer(tokenizer, config)
     if not merged:
         save_adapter(model, folder)
         tokenizer.hf.save_pretrained(folder)
         return
-    if config.finetune_method == "qlora":
-        print("Merging: the QLoRA adapter is merged into the base loaded again in 16 bits (4-bit weights cannot "
-              "hold the sum); the export is a 16-bit model.")
-    save_for_transformers(merged_model(model, config, label_names or (), pad_id if label_names else None),
-                          tokenizer, folder)
+    report = save_merged(model, config.pretrained_model, folder)  # shard by shard: no second copy of the base
+    tokenizer.hf.save_pretrained(folder)
     save_adapter(model, folder / MERGED_ADAPTER_DIRNAME)
+    print(report.describe())
 
 
 def _with_transformers_tokenizer(tokenizer, config: WizardConfig):
@@ -162,9 +162,13 @@ def kit_version() -> str:
         return "unknown"
 
 
-def load_exported(folder: str | Path, device: str = "cpu") -> ExportedModel:
-    """Rebuild the model from an export folder and load its weights."""
+def load_exported(folder: str | Path, device: Optional[str] = None) -> ExportedModel:
+    """Rebuild the model from an export folder and load its weights onto device (default: the GPU when there is
+    one, else the CPU). A fine-tuned pretrained model keeps the dtype it was saved in (a merged export of a bf16
+    model computes in bf16, on the CPU too: PyTorch runs 16-bit layers there at half the memory of fp32, which is
+    what decides whether a 7B model loads at all; a CPU without bf16 instructions runs them 1.5-2x slower)."""
     folder = Path(folder)
+    device = device or best_device()
     if (folder / KIT_CONFIG_FILENAME).is_file():
         return _load_pretrained_export(folder, device)
     weights = folder / WEIGHTS_FILENAME
@@ -180,6 +184,12 @@ def load_exported(folder: str | Path, device: str = "cpu") -> ExportedModel:
     return ExportedModel(model.to(device).eval(), tokenizer, config, labels["label_names"], labels["pad_id"])
 
 
+def best_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _load_pretrained_export(folder: Path, device: str) -> ExportedModel:
     """A fine-tuned pretrained model's export: the model as transformers saved it, the kit's config and tokenizer."""
     config = WizardConfig.load(folder / KIT_CONFIG_FILENAME)
@@ -188,10 +198,11 @@ def _load_pretrained_export(folder: Path, device: str) -> ExportedModel:
     labels = read_labels(folder) if config.task == "classification" else {"label_names": [], "pad_id": 0}
     pad_id = labels["pad_id"] if config.task == "classification" else None  # the saved model config has its own
     if is_adapter_folder(folder):  # the adapter alone: onto the base it was trained on
-        model = load_adapter_export(folder, config, labels["label_names"], pad_id)
+        model = load_adapter_export(folder, config, labels["label_names"], pad_id, device)
     else:
-        model = load_pretrained_model(str(folder), config.task, labels["label_names"], pad_id)
-    return ExportedModel(model.to(device).eval(), tokenizer, config, labels["label_names"], labels["pad_id"])
+        model = load_pretrained_model(str(folder), config.task, labels["label_names"], pad_id,
+                                      **stored_dtype_on(device))
+    return ExportedModel(model.eval(), tokenizer, config, labels["label_names"], labels["pad_id"])
 
 
 def write_labels(folder: Path, label_names: list[str], pad_id: int) -> None:

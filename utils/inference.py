@@ -13,8 +13,9 @@ The training core and utils.export import this module; it imports neither, nor L
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -137,10 +138,10 @@ def chat_reply(model: nn.Module, hf_tokenizer, message: str, max_new_tokens: int
     gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     was_training = model.training
     model.eval()
-    idx, answer, shown = torch.tensor([ids], device=device), [], ""
-    for _ in range(max_new_tokens):
-        idx = generate(model, idx, 1, max_seq_len, temperature, top_k, gen)  # (1, T+1)
-        token = int(idx[0, -1])
+    answer, shown = [], ""
+    for new in sample_tokens(model, torch.tensor([ids], device=device), max_new_tokens, max_seq_len, temperature,
+                             top_k, gen):  # (1, 1) each
+        token = int(new[0, 0])
         if token in stop:
             break
         answer.append(token)
@@ -156,12 +157,30 @@ def chat_reply(model: nn.Module, hf_tokenizer, message: str, max_new_tokens: int
 
 
 def _stop_ids(model: nn.Module, hf_tokenizer) -> set[int]:
-    """End-of-turn ids: the tokenizer's eos and the model's generation config's (chat models list several)."""
-    ids = {hf_tokenizer.eos_token_id}
+    """End-of-turn ids: the tokenizer's eos, the model's generation config's (chat models list several) and the
+    special token the chat template closes an answer with (Qwen's <|im_end|>, Llama 3's <|eot_id|>)."""
+    ids = {hf_tokenizer.eos_token_id, template_end_id(hf_tokenizer)}
     config = getattr(model, "generation_config", None)
     eos = getattr(config, "eos_token_id", None)
     ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
     return {i for i in ids if i is not None}
+
+
+def template_end_id(hf_tokenizer) -> Optional[int]:
+    """The special token the chat template writes right after an assistant's answer, or None when it writes
+    plain text there (or cannot format an answer alone)."""
+    from jinja2 import TemplateError
+
+    marker = "\u2063answer\u2063"  # text no template adds itself
+    chat = [{"role": "user", "content": "?"}, {"role": "assistant", "content": marker}]
+    try:
+        text = hf_tokenizer.apply_chat_template(chat, tokenize=False)
+    except (TemplateError, ValueError, TypeError):  # a template that insists on other turns
+        return None
+    after = text.split(marker, 1)[1] if marker in text else ""
+    first = hf_tokenizer(after, add_special_tokens=False)["input_ids"][:1]
+    special = set(hf_tokenizer.all_special_ids) | set(getattr(hf_tokenizer, "added_tokens_decoder", {}))
+    return first[0] if first and first[0] in special else None
 
 
 @torch.no_grad()
@@ -169,16 +188,67 @@ def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, max_seq_l
              temperature: float = 0.8, top_k: Optional[int] = 40,
              generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Sample max_new_tokens after idx (B, T) from any model mapping (B, T) ids to (B, T, V) logits."""
+    new = list(sample_tokens(model, idx, max_new_tokens, max_seq_len, temperature, top_k, generator))
+    return torch.cat([idx, *new], dim=1)  # (B, T + max_new_tokens)
+
+
+def sample_tokens(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, max_seq_len: int,
+                  temperature: float = 0.8, top_k: Optional[int] = 40,
+                  generator: Optional[torch.Generator] = None) -> Iterator[torch.Tensor]:
+    """Each sampled token (B, 1) in turn, conditioned on at most max_seq_len tokens before it. A transformers
+    language model keeps its KV cache (each step runs the new token alone); any other model reads its window."""
     if temperature <= 0:
         raise InferenceError(f"temperature={temperature} must be > 0")
+    next_logits = KVCacheStep(model, max_seq_len) if uses_kv_cache(model) else WindowStep(model, max_seq_len)
     for _ in range(max_new_tokens):
-        logits = model_logits(model, idx[:, -max_seq_len:])[:, -1, :].float() / temperature  # (B, V)
-        if top_k is not None:
-            kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = F.softmax(logits, dim=-1)
-        idx = torch.cat([idx, torch.multinomial(probs, 1, generator=generator)], dim=1)  # (B, T+1)
-    return idx
+        with torch.no_grad():  # per step: a no_grad held across the yield would leak into the caller's code
+            logits = next_logits(idx).float() / temperature  # (B, V)
+            if top_k is not None:
+                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            token = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)  # (B, 1)
+        idx = torch.cat([idx, token], dim=1)  # (B, T+1)
+        yield token
+
+
+def uses_kv_cache(model: nn.Module) -> bool:
+    """A transformers model that generates (peft's wrapper looked through): its forward keeps a KV cache."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    can_generate = getattr(base, "can_generate", None)
+    return callable(can_generate) and type(base).__module__.startswith("transformers.") and can_generate()
+
+
+class WindowStep:
+    """The next-token logits (B, V) from the whole window: the last max_seq_len tokens, run again each step."""
+
+    def __init__(self, model: nn.Module, max_seq_len: int):
+        self.model, self.max_seq_len = model, max_seq_len
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        return model_logits(self.model, idx[:, -self.max_seq_len:])[:, -1, :]
+
+
+class KVCacheStep:
+    """The next-token logits (B, V) from the tokens the cache has not seen yet. The cached context is
+    idx[:, start:seen]; when it would pass max_seq_len, it starts again from the last max_seq_len // 2 tokens, so it
+    never grows past what was trained and is rebuilt once per max_seq_len // 2 tokens, not every step."""
+
+    def __init__(self, model: nn.Module, max_seq_len: int):
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        # transformers 5 calls the argument `cache`; 4.x (Colab's) `past_key_values`
+        self.argument = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+        self.model, self.max_seq_len, self.cache, self.start, self.seen = model, max_seq_len, None, 0, 0
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        total = idx.size(1)
+        if self.cache is None or total - self.start > self.max_seq_len:
+            keep = self.max_seq_len if self.cache is None else max(1, self.max_seq_len // 2)
+            self.cache, self.start = None, max(0, total - keep)
+            self.seen = self.start
+        out = self.model(input_ids=idx[:, self.seen:], use_cache=True, **{self.argument: self.cache})
+        self.cache = out["cache"] if "cache" in out else out["past_key_values"]
+        self.seen = total
+        return out.logits[:, -1, :]
 
 
 @torch.no_grad()

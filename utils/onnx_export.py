@@ -13,9 +13,13 @@ packages (requirements-test.txt installs them).
 from __future__ import annotations
 
 import copy
+import os
 import re
+import sys
+import tempfile
 import time
 import warnings
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,21 +79,58 @@ def export_onnx(predictor, folder: str | Path) -> OnnxCheck:
     """Write folder/model.onnx from a Predictor (a run, an export, a TrainingResult) and check it."""
     ort = require_onnx()
     classify = predictor.config.task == "classification"
-    model = copy.deepcopy(predictor.model).float().cpu().eval()  # fp32 on the CPU: what the check compares
-    graph = _Logits(model, classify).eval()
+    graph = _Logits(cpu_fp32_copy(predictor.model), classify).eval()  # fp32 on the CPU: what the check compares
     inputs = sample_batch(predictor, classify)
     names = ["input_ids", "attention_mask"][:len(inputs)]
     axes = {name: {0: "batch", 1: "sequence"} for name in names}
     axes["logits"] = {0: "batch", 1: "sequence"} if not classify else {0: "batch"}
     path = Path(folder) / ONNX_FILENAME
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _captured_output():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes are not the user's to act on
         try:
             torch.onnx.export(graph, inputs, str(path), input_names=names, output_names=["logits"],
                               dynamic_axes=axes, opset_version=OPSET, dynamo=False)
-        except (torch.onnx.errors.OnnxExporterError, RuntimeError) as e:
+        except (torch.onnx.errors.OnnxExporterError, RuntimeError, AssertionError) as e:
+            # the exporter prints the whole TorchScript graph (megabytes) before some of these: kept off the screen
+            path.unlink(missing_ok=True)
             raise OnnxExportError(_export_failure(e)) from None
     return check_onnx(ort, path, graph, inputs)
+
+
+def cpu_fp32_copy(model: nn.Module) -> nn.Module:
+    """A copy of model in fp32 on the CPU, each tensor moved to the CPU first and widened there: nothing is copied
+    on the GPU, where a model that trained may have no room for a second copy (let alone an fp32 one). A
+    transformers model computes its attention in plain operations in the copy ("eager"): the exporter cannot
+    convert the fused kernel's grouped-query form (Llama 3, Qwen2, Mistral, SmolLM2 share key/value heads)."""
+    memo = {}
+    for tensor in [*model.parameters(), *model.buffers()]:
+        moved = tensor.detach().to("cpu")
+        moved = moved.float() if moved.is_floating_point() else moved
+        memo[id(tensor)] = nn.Parameter(moved, requires_grad=False) if isinstance(tensor, nn.Parameter) else moved
+    copied = copy.deepcopy(model, memo)
+    base = copied.get_base_model() if hasattr(copied, "get_base_model") else copied
+    if hasattr(base, "set_attn_implementation"):
+        base.set_attn_implementation("eager")
+    return copied.eval()
+
+
+@contextmanager
+def _captured_output():
+    """Everything this process prints while inside, Python's (sys.stdout, sys.stderr, which a notebook replaces)
+    and the C++ exporter's (file descriptors 1 and 2), into a temporary file that is then dropped."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile("w+") as sink, redirect_stdout(sink), redirect_stderr(sink):
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
 
 
 def sample_batch(predictor, classify: bool) -> tuple[torch.Tensor, ...]:

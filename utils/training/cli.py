@@ -172,9 +172,36 @@ def _report(result, sample_tokens: int) -> None:
     task, folder = result.config.task, result.output_dir
     print("\n" + result.summary())
     print(f"config:           {folder / 'config.json'}")
-    if task == "lm":
+    prompt = _chat_prompt(result) if task == "lm" and result.is_chat_model else None
+    if prompt is not None:  # a chat model trained on chat data: its reply to a question from the data, as it comes
+        from utils.inference import print_piece
+
+        print(f"\nSample: the reply to the data's first user message, {_shortened(prompt)!r}\n", flush=True)
+        result.chat(prompt, sample_tokens, seed=result.config.seed, stream=print_piece)
+        print()
+    elif task == "lm":
         print("\nSample:\n" + result.generate(max_new_tokens=sample_tokens, seed=result.config.seed))
     print(f"\nNext: {_prog('generate' if task == 'lm' else 'predict')} {folder} ... or {_prog('export')} {folder}")
+
+
+def _chat_prompt(result) -> str | None:
+    """The first user message of the run's chat data (None when the data is plain text, not chat rows)."""
+    from utils.data import open_source
+    from utils.data.chat import ChatSource
+    from utils.training.builder import build_data_spec
+
+    source = open_source(build_data_spec(result.config))
+    if not isinstance(source, ChatSource):
+        return None
+    for _, messages in source.conversations():
+        user = next((m["content"] for m in messages if m["role"] == "user"), None)
+        if user:
+            return user
+    return None
+
+
+def _shortened(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def run_estimate(args: argparse.Namespace) -> int:
