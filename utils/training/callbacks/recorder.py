@@ -56,6 +56,7 @@ class RunRecorder(pl.Callback):
         self.last_loss: Optional[float] = None  # the newest flushed training loss (the progress bar shows it)
         self.start_step = None  # global step when this call's training started; None: it never started
         self.start_seconds = 0.0  # train_seconds when this call's training started (a resume loads earlier ones)
+        self.start_tokens = 0  # tokens when this call's training started
         self.planned_steps: Optional[int] = None  # optimizer steps the run is set to take (max_steps, epochs)
         self._pending: list[tuple[int, dict, float, Optional[torch.Tensor]]] = []  # (step, device values, lr, skipped)
         self._sums: dict[str, torch.Tensor] = {}  # this step's micro-batch values so far
@@ -69,7 +70,18 @@ class RunRecorder(pl.Callback):
 
     @property
     def tokens_per_sec(self) -> float:
+        """The whole run's throughput, resumed stretches included."""
         return self.tokens / self.train_seconds if self.train_seconds > 0 else 0.0
+
+    @property
+    def seconds_this_call(self) -> float:
+        """Training seconds of the steps this process ran (a resume loads the earlier ones into train_seconds)."""
+        return self.train_seconds - self.start_seconds
+
+    @property
+    def tokens_per_sec_this_call(self) -> float:
+        seconds = self.seconds_this_call
+        return (self.tokens - self.start_tokens) / seconds if seconds > 0 else 0.0
 
     # ------------------------------------------------------------------ recording
     def on_train_start(self, trainer, pl_module) -> None:
@@ -77,11 +89,16 @@ class RunRecorder(pl.Callback):
         planned = trainer.estimated_stepping_batches  # max_steps, or max_epochs of batches over the accumulation
         self.planned_steps = int(planned) if math.isfinite(planned) else None
         self.start_seconds = self._flushed_clock = self.train_seconds
+        self.start_tokens = self.tokens
+        # The clock starts here: a run resumed mid-epoch gets no on_train_epoch_start from Lightning, and
+        # its steps until the epoch ends were once timed as 0 s.
+        self._t0 = time.perf_counter()
         if trainer.is_global_zero and trainer.logger is not None and trainer.logger.log_dir:
             write_segment_start(trainer.logger.log_dir, trainer.global_step)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._t0 = time.perf_counter()
+        if self._t0 is None:  # running since on_train_start in the first epoch
+            self._t0 = time.perf_counter()
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         self._scale_before = _scale_tensor(trainer)
