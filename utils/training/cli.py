@@ -4,7 +4,7 @@
     python -m utils.training estimate [--config FILE.json] [--set KEY=VALUE ...]
     python -m utils.training inspect [--config FILE.json] [--set KEY=VALUE ...]
     python -m utils.training export RUN_DIR [--to DIR] [--merged] [--onnx] [--push-to-hub NAME [--public]]
-    python -m utils.training generate RUN_DIR_OR_EXPORT [--prompt TEXT | --chat MESSAGE] [--max-new-tokens N] [--seed N]
+    python -m utils.training generate RUN_DIR_OR_EXPORT [--prompt TEXT | --chat MESSAGE] [--max-new-tokens N]
     python -m utils.training predict RUN_DIR_OR_EXPORT (--text TEXT [--text TEXT ...] | --file FILE)
     python -m utils.training evaluate RUN_DIR_OR_EXPORT --data FILE [--exact-match] [--json FILE]
     python -m utils.training runs PARENT_DIR [--plot [FILE]]
