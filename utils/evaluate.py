@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -205,15 +206,17 @@ def greedy_exact_match(model: torch.nn.Module, hf, source: ChatSource) -> tuple[
     it (transformers' generate, which keeps the model's key/value cache), cut at the template's end of turn and
     compared, surrounding whitespace aside, with the file's. Conversations that open with their only answer are
     left out: there is no prompt to answer."""
-    from utils.inference import _stop_ids
-
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     end = end_of_turn(hf)
-    stops = sorted(_stop_ids(model, hf) | set(hf.convert_tokens_to_ids([end]) if end in hf.get_vocab() else []))
+    stops = _stop_ids(model, hf, end)
     hits = answered = 0
+    shown_at = time.monotonic()
     for _, messages in source.conversations():
+        if time.monotonic() - shown_at >= PROGRESS_SECONDS:  # a long file: show it is moving
+            print(f"Exact match: {answered:,} answers generated, {hits:,} equal so far", flush=True)
+            shown_at = time.monotonic()
         last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=0)
         if last == 0:
             continue
@@ -231,6 +234,17 @@ def greedy_exact_match(model: torch.nn.Module, hf, source: ChatSource) -> tuple[
     return hits, answered
 
 
+def _stop_ids(model: torch.nn.Module, hf, end: str) -> list[int]:
+    """Where a greedy answer stops: the tokenizer's eos, the generation config's (chat models list several), and the
+    template's end-of-turn text when it is one token."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = {hf.eos_token_id, *(eos if isinstance(eos, (list, tuple)) else [eos])}
+    if end in hf.get_vocab():
+        ids.add(hf.convert_tokens_to_ids(end))
+    return sorted(i for i in ids if i is not None)
+
+
+PROGRESS_SECONDS = 10.0  # exact match: a progress line at least this often
 ANSWER_PROBE = "\u2042answer\u2042"  # a text no template writes itself, to find what follows an answer
 
 
