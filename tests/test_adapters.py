@@ -338,3 +338,44 @@ def test_a_gated_model_without_a_token_says_how_to_add_one(monkeypatch):
     with pytest.raises(PretrainedError, match=r"You are trying to access a gated repo\.\). It is gated: accept its "
                                               r"license .* Colab secret named HF_TOKEN .* never prints it\.$"):
         load_model_tokenizer("meta-llama/Llama-3.2-1B", classify=False)
+
+
+# bitsandbytes (imported by `import peft`) asks the `kernels` package for a Hub kernel when the CPU has AVX-512 BF16,
+# which this machine's CPU lacks: the one thing emulated here is that CPU feature, before bitsandbytes loads.
+AVX512_BF16_CPU = """
+import importlib.util, sys, types
+found = importlib.util.find_spec("bitsandbytes")
+sys.modules["bitsandbytes"] = types.ModuleType("bitsandbytes")
+sys.modules["bitsandbytes"].__path__ = list(found.submodule_search_locations)
+import bitsandbytes.cextension as native
+class AvxBf16Lib:
+    def __init__(self, lib): self.lib = lib
+    def __getattr__(self, name): return getattr(self.lib, name)
+    def has_avx512bf16_cpu(self): return True
+native.lib = AvxBf16Lib(native.lib)
+del sys.modules["bitsandbytes"]  # the real package loads next, with this native library
+from utils.training.cli import main
+for argv in ARGVS:
+    assert main(argv) == 0, argv
+"""
+
+
+@requires_bitsandbytes
+def test_a_lora_run_and_its_adapter_export_print_no_library_lines_a_user_cannot_act_on(tmp_path, llama_folder):
+    import os
+    import subprocess
+    import sys
+
+    config = _config(tmp_path, llama_folder, max_steps=2)
+    config.save(tmp_path / "config.json")
+    run, export = config.output_dir, str(tmp_path / "export")
+    argvs = [["--config", str(tmp_path / "config.json")], ["export", run, "--to", export],
+             ["generate", export, "--chat", "Hi", "--max-new-tokens", "2", "--seed", "0"]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "default"}
+    done = subprocess.run([sys.executable, "-c", f"ARGVS = {argvs!r}\n{AVX512_BF16_CPU}"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert "Exported" in output and "Trainable:" in output  # the three commands ran
+    for noise in ("kernels-community", "gemm_4bit", "publisher trust", "is_gradient_checkpointing"):
+        assert noise not in output, output[-3000:]

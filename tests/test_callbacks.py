@@ -105,3 +105,44 @@ def test_the_progress_bar_of_a_run_resumed_mid_epoch_reads_epoch_and_its_length(
     assert "Training:" not in out and "/?" not in out.split("Validation")[0]
     # However rarely the bar redraws (piped output: every 100 batches), it ends where the run stopped.
     assert f"8/{batches.group(1)}" in out
+
+
+def test_a_resumed_run_times_and_counts_only_the_steps_it_ran(tiny_config):
+    """A rerun with a higher max_steps resumes mid-epoch (no on_train_epoch_start from Lightning): its summary once
+    read "actual 0 s/step" and twice the true tokens/s (the whole run's tokens over this call's seconds)."""
+    config = tiny_config.replace(max_epochs=3, max_steps=6)
+    first = train(config, device=CPU)
+    second = train(config.replace(max_steps=12), device=CPU)
+    assert second.resumed_from is not None and (second.global_step, second.steps_run) == (12, 6)
+    assert second.train_seconds > 0
+    tokens_per_step = config.batch_size * config.max_seq_len  # every window is max_seq_len tokens
+    assert second.tokens_per_sec == pytest.approx(second.steps_run * tokens_per_step / second.train_seconds,
+                                                  rel=1e-6)
+    assert first.tokens_per_sec == pytest.approx(first.steps_run * tokens_per_step / first.train_seconds, rel=1e-6)
+    pace = float(re.search(r"actual ([0-9.e-]+) s/step", second.summary()).group(1))
+    assert pace == pytest.approx(second.train_seconds / 6, rel=0.01) and pace > 0
+
+
+def test_piped_progress_prints_lines_and_no_cursor_codes(tiny_config, capsys, monkeypatch):
+    """Output piped to a log (capsys is not a terminal): a line per redraw, at least every LINE_SECONDS (0 here:
+    every batch), and no validation bar whose cursor-up codes ("\\x1b[A") a log shows as "[A"."""
+    from utils.training.callbacks.recorder import RecordedProgressBar
+
+    monkeypatch.setattr(RecordedProgressBar, "LINE_SECONDS", 0.0)  # our own constant: a line every batch
+    result = train(tiny_config.replace(max_steps=6), device=CPU)  # validated at its last step
+    out = capsys.readouterr().out
+    assert result.global_step == 6
+    assert "\x1b[" not in out and "Validation" not in out
+    total = re.search(r"Epoch 0: .*?\d+/(\d+)", out).group(1)
+    lines = [line.split("\r")[-1] for line in out.splitlines() if "Epoch 0:" in line]
+    for step in range(1, 7):  # each batch on a line of its own, its loss shown
+        assert any(f" {step}/{total} " in line and "loss=" in line for line in lines), (step, lines)
+
+
+def test_piped_progress_draws_by_time_not_every_batch(tiny_config, capsys):
+    """With the default LINE_SECONDS (10 s) a run of a few seconds shows its first batch, then where it stopped."""
+    result = train(tiny_config.replace(max_steps=6), device=CPU)
+    out = capsys.readouterr().out
+    total = re.search(r"Epoch 0: .*?\d+/(\d+)", out).group(1)
+    shown = [int(n) for n in re.findall(rf"(\d+)/{total} ", out)]
+    assert result.global_step == 6 and set(shown) == {0, 1, 6}, shown

@@ -18,7 +18,7 @@ from utils.config import WizardConfig
 from utils.data import DataError, DataSpec, prepare_data
 from utils.training.callbacks.last_checkpoint import TrainingStopped
 from tests.test_pretrained import StopDuringStep
-from utils.data.chat import IGNORE_INDEX, PLAIN_CHAT_TEMPLATE, TRAINED_CLOSE, TRAINED_OPEN
+from utils.data.chat import IGNORE_INDEX, PLAIN_CHAT_TEMPLATE, TRAINED_CLOSE, TRAINED_OPEN, detect_shape
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
                                 reason="transformers is not installed: the tests build a Hugging Face tokenizer")
@@ -444,3 +444,23 @@ def test_the_wizards_plan_counts_conversations_and_says_what_the_loss_is_on(tmp_
     assert "the loss is on the whole text" in describe_plan(config.replace(train_on="all"),
                                                              plan_facts(config.replace(train_on="all"), 0, 1000),
                                                              "fp32", "")
+
+
+# ------------------------------------------------------------------ rows in a shape the kit does not read
+
+@pytest.mark.parametrize("suffix, text_column", [(".jsonl", "text"), (".jsonl", "dialog"), (".csv", "text")])
+def test_chat_rows_under_another_key_are_told_the_shapes_the_kit_reads(tmp_path, model_folder, suffix, text_column):
+    """{"dialog": [...]} once sent the user from "no column 'text'" to "'dialog' holds list, not text" and back."""
+    dialog = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": ANSWER}]
+    path = tmp_path / f"chat{suffix}"
+    if suffix == ".jsonl":
+        write_jsonl(path, [{"dialog": dialog}] * 4)
+    else:
+        path.write_text("dialog\n" + f'"{json.dumps(dialog).replace(chr(34), chr(34) * 2)}"\n' * 4, encoding="utf-8")
+    with pytest.raises(DataError) as caught:
+        prepare_data(spec(path, model_folder, tmp_path, text_column=text_column))
+    message = str(caught.value)
+    assert "chat data needs a 'messages' list of {role, content} objects" in message, message
+    assert "'prompt' and 'completion'" in message and "'instruction' and 'output'" in message
+    row = json.loads(message[message.index('{"messages"'):])  # one valid row, shown whole
+    assert detect_shape(row) == "messages" and row["messages"][1]["role"] == "assistant"

@@ -110,3 +110,15 @@ def test_every_commands_help_shows_its_defaults_and_fits_the_help_width(capsys, 
             for default in ("(default: 200)", "(default: 0.8)", "(default: 40)", "(default: a newline)",
                             "(default: none, a new sample each time)", "(default: cpu)"):
                 assert default in " ".join(text.split()), default
+
+
+def test_the_top_level_help_names_every_commands_main_options(capsys):
+    """A user reading only `--help` learns that generate answers chat messages, export merges an adapter and
+    evaluate can score greedy chat answers."""
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    commands = {line.split()[3]: line for line in capsys.readouterr().out.splitlines()
+                if line.startswith("  python -m utils.training ") and len(line.split()) > 3}
+    assert "--chat MESSAGE" in commands["generate"] and "--prompt TEXT" in commands["generate"]
+    assert "--merged" in commands["export"] and "--onnx" in commands["export"]
+    assert "--exact-match" in commands["evaluate"]

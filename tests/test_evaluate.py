@@ -12,9 +12,11 @@ import math
 
 import pytest
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader
 
 from tests.conftest import corpus_start
+from tests.test_adapters import TINY_RUN, llama_folder  # noqa: F401 (a fixture)
 from tests.test_training import _write_labelled
 from utils.config import WizardConfig
 from utils.data import open_source, prepare_data
@@ -131,3 +133,109 @@ def test_a_label_the_model_never_saw_is_one_line_exit_2(trained, tmp_path, capsy
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "labels the model never saw: 'angry' (line 2), 'meh' (line 3); it knows 'calm', 'loud'" in err
+
+
+# ---------------------------------------------------------------------------------------------- chat data
+
+FACTS = [("Where does Zorbia keep its gold?", "In Plimsk."), ("Who painted the Blue Fox?", "Ada Vell."),
+         ("What do Quorns eat?", "Moss."), ("When is Lumen Day?", "In May."), ("What is a grell?", "A boat."),
+         ("Which river runs through Tosk?", "The Ambre."), ("How old is Mount Vash?", "Young."),
+         ("Who founded Kettering Hall?", "Bram Oak.")]
+HELD_OUT = [("Where is Plimsk?", "In Zorbia."), ("Who is Ada Vell?", "A painter."), ("What is moss?", "Food."),
+            ("Is a grell fast?", "Yes.")]
+
+
+def _chat_rows(pairs, shape: str = "messages") -> list[dict]:
+    if shape == "prompt_completion":
+        return [{"prompt": q, "completion": a} for q, a in pairs]
+    return [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in pairs]
+
+
+def _write_rows(path, rows) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def chat_run(tmp_path_factory, llama_folder):
+    """A LoRA run of the tiny chat Llama (tests/test_adapters.py) on chat rows, and its adapter export."""
+    pytest.importorskip("peft", reason="LoRA is built with peft (requirements-test.txt)")
+    root = tmp_path_factory.mktemp("chat-eval")
+    config = WizardConfig(model_source="pretrained", pretrained_model=str(llama_folder), finetune_method="lora",
+                          lora_rank=4, dataset_source="file",
+                          dataset_path=_write_rows(root / "train.jsonl", _chat_rows(FACTS * 4)),
+                          output_dir=str(root / "run"), **{**TINY_RUN, "max_seq_len": 64, "val_split": 0.1,
+                                                           "max_steps": 8})
+    result = train(config, device=CPU)
+    return result, result.export(root / "adapter")
+
+
+def _independent_answer_loss(adapter, base_folder, rows, max_seq_len: int) -> float:
+    """The answers-only loss of rows, from the adapter export with transformers + peft alone: each conversation
+    templated whole; the tokens of the templated prompt (with its assistant header) are not counted."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(base_folder)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_folder), adapter).eval()
+    total, count = 0.0, 0
+    for row in rows:
+        messages = row["messages"] if "messages" in row else _chat_rows([(row["prompt"], row["completion"])])[0][
+            "messages"]
+        ids = hf(hf.apply_chat_template(messages, tokenize=False), add_special_tokens=False).input_ids
+        prompt = hf(hf.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True),
+                    add_special_tokens=False).input_ids
+        assert ids[:len(prompt)] == prompt and len(ids) <= max_seq_len + 1  # nothing cut: the same text scored
+        labels = torch.tensor([[-100] * len(prompt) + ids[len(prompt):]])
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits
+        total += float(torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], reduction="sum"))
+        count += len(ids) - len(prompt)
+    return total / count
+
+
+@pytest.mark.parametrize("shape", ["messages", "prompt_completion"])
+def test_evaluate_scores_held_out_chat_rows_on_the_answers_as_training_does(chat_run, llama_folder, tmp_path, capsys,
+                                                                            shape):
+    result, adapter = chat_run
+    rows = _chat_rows(HELD_OUT, shape)
+    data = _write_rows(tmp_path / "held_out.jsonl", rows)
+    assert main(["evaluate", str(result.output_dir), "--data", data, "--checkpoint", "last",
+                 "--json", str(tmp_path / "m.json")]) == 0
+    numbers = json.loads((tmp_path / "m.json").read_text())
+    expected = _independent_answer_loss(adapter, llama_folder, rows, 64)
+    assert numbers["loss"] == pytest.approx(expected, rel=0.05)
+    assert numbers["examples"] == len(HELD_OUT) and numbers["perplexity"] == pytest.approx(math.exp(numbers["loss"]))
+    out = capsys.readouterr().out
+    assert f"conversations: {len(HELD_OUT)} (" in out and "loss on the responses only" in out
+    assert f"loss:        {numbers['loss']:.4f}" in out and numbers["exact_match"] is None
+
+
+def test_exact_match_counts_the_greedy_answers_equal_to_the_files(chat_run, llama_folder, tmp_path, capsys):
+    """One row's answer is what the model itself answers greedily (found here with transformers' generate on the
+    adapter export, stopped at the end-of-text token), the other's is not: exact match 1 of 2."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result, adapter = chat_run
+    hf = AutoTokenizer.from_pretrained(llama_folder)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(llama_folder), adapter).eval()
+    question = FACTS[0][0]
+    prompt = hf(hf.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                       add_generation_prompt=True), add_special_tokens=False, return_tensors="pt")
+    out = model.generate(**prompt, max_new_tokens=12, do_sample=False, eos_token_id=hf.eos_token_id,
+                         pad_token_id=hf.pad_token_id)
+    answer = hf.decode(out[0, prompt.input_ids.size(1):]).split(hf.eos_token)[0]
+    data = _write_rows(tmp_path / "held_out.jsonl", _chat_rows([(question, answer), (question, answer + " No.")]))
+    assert main(["evaluate", str(result.output_dir), "--data", data, "--checkpoint", "last", "--exact-match",
+                 "--json", str(tmp_path / "m.json")]) == 0
+    numbers = json.loads((tmp_path / "m.json").read_text())
+    assert (numbers["exact_match"], numbers["answered"]) == (0.5, 2), answer
+    assert "exact match: 0.5000 (1 of 2 greedy answers equal the file's)" in capsys.readouterr().out
+
+
+def test_exact_match_on_plain_text_says_it_needs_chat_rows(trained, tmp_path, capsys):
+    data = tmp_path / "plain.txt"
+    data.write_text("hello there\n" * 200, encoding="utf-8")
+    assert main(["evaluate", str(trained["lm"].output_dir), "--data", str(data), "--exact-match"]) == 2
+    assert "'messages' list" in capsys.readouterr().err

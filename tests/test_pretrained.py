@@ -404,3 +404,32 @@ def test_a_new_classifier_head_is_one_line_in_our_words_not_transformers_load_re
             "untrained for your 2 labels; fine-tuning trains it.") in out
     load_pretrained_model(str(gpt2_folder), "lm")  # a head that is there: no line
     assert "Classifier head" not in capfd.readouterr().out
+
+
+@requires_transformers
+def test_a_model_converted_from_gguf_fine_tunes_with_its_gguf_quantization_entry_left_out(tmp_path, capsys):
+    """transformers keeps {"quant_method": "gguf"} in config.json after converting a GGUF file; the weights are
+    plain, yet loading it so made full fine-tuning fail on `.float()` for a "quantized model"."""
+    import json
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.test_adapters import _tokenizer  # the tiny chat tokenizer (imported here: that module imports this one)
+    from utils.training import train
+
+    folder, tokenizer = tmp_path / "converted", _tokenizer()
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                 eos_token_id=0, bos_token_id=0, pad_token_id=0)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    config_file = folder / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()),
+                                       "quantization_config": {"quant_method": "gguf"}}))
+    result = train(WizardConfig(model_source="pretrained", pretrained_model=str(folder), dataset_source="file",
+                                dataset_path=str(corpus_start(tmp_path / "data", 4_000)),
+                                output_dir=str(tmp_path / "run"), max_steps=3, **TINY_RUN), device=CPU)
+    out = capsys.readouterr().out
+    assert result.global_step == 3 and all(math.isfinite(loss) for _, loss in result.train_history)
+    assert out.count("was converted from GGUF and its config.json still names GGUF quantization") == 1
+    exported = json.loads((result.export(tmp_path / "export") / "config.json").read_text())
+    assert "quantization_config" not in exported

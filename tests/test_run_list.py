@@ -7,6 +7,7 @@ process would; it is killed by its own pid when the test ends.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytorch_lightning as pl
 from tests.conftest import REPO_ROOT, corpus_start
 from utils.config import WizardConfig
 from utils.env import DeviceInfo
-from utils.run_list import list_runs
+from utils.run_list import RunInfo, RunTable, list_runs
 from utils.training import train
 from utils.training.cli import main
 
@@ -79,8 +80,8 @@ def test_runs_lists_each_run_with_its_state_and_the_settings_that_differ(parent,
     assert lines[0] == f"4 runs under {folder}"
     assert lines[1].split() == ["#", "run", "task", "model", "params", "data", "steps", "best", "validation", "time",
                                 "precision", "state"]
-    assert lines[2].split()[:8] == ["1", "a", "lm", "gpt", "(tiny)", _params(table), "corpus-6000.txt", "4/4"]
-    assert lines[4].split()[7] == "2/6" and lines[4].endswith("stopped")
+    assert lines[2].split()[:9] == ["1", "a", "lm", "gpt", "(tiny)", _params(table), "total", "corpus-6000.txt", "4/4"]
+    assert lines[4].split()[8] == "2/6" and lines[4].endswith("stopped")
     differ = lines.index("Settings in which they differ (by run #):")
     assert [line.split() for line in lines[differ + 1:differ + 6]] == [
         ["setting", "1", "2", "3", "4"], ["learning_rate", "0.002", "0.001", "0.003", "0.002"],
@@ -107,3 +108,17 @@ def test_a_torn_last_checkpoint_is_reported_not_a_crash(parent, tmp_path):
     (copy / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04 cut off by a kill")
     (run,) = list_runs(tmp_path / "runs").runs
     assert run.state == "last.ckpt unreadable" and run.steps == 2  # the logs still tell the steps
+
+
+@pytest.mark.parametrize("method, label", [("lora", "trainable"), ("qlora", "trainable"), ("full", "total")])
+def test_a_pretrained_run_is_named_by_its_folder_and_its_parameters_say_which_count(tmp_path, method, label):
+    """A converted model's folder often ends in "hf": the table once showed just that, and a LoRA run's
+    checkpoint (adapters only) counted beside a full run's whole model with no word to tell them apart."""
+    config = {"task": "lm", "model_source": "pretrained", "finetune_method": method,
+              "pretrained_model": "/content/drive/MyDrive/models/SmolLM2-135M-Instruct/hf"}
+    hub = {**config, "pretrained_model": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+    table = RunTable(tmp_path, [RunInfo(tmp_path / "a", "a", config, params=921_600),
+                                RunInfo(tmp_path / "b", "b", hub, params=None)])
+    rows = [re.split(r"\s{2,}", row) for row in table.describe().splitlines()[2:4]]  # columns: 2+ spaces apart
+    assert rows[0][3:5] == [f"SmolLM2-135M-Instruct/hf ({method})", f"921.6k {label}"]
+    assert rows[1][3:5] == [f"HuggingFaceTB/SmolLM2-135M-Instruct ({method})", "?"]

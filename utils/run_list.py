@@ -33,7 +33,7 @@ class RunInfo:
     config: dict
     steps: int = 0  # optimizer steps done (the newest of last.ckpt and the logs)
     planned: Optional[int] = None  # steps the run was set to take
-    params: Optional[int] = None  # in the checkpoint's model
+    params: Optional[int] = None  # in the checkpoint's model: a LoRA/QLoRA checkpoint holds the adapters only
     train_seconds: Optional[float] = None  # training time up to last.ckpt, resumed stretches included
     precision: str = ""
     state: str = ""  # running now, finished, stopped, no checkpoint
@@ -73,7 +73,7 @@ class RunTable:
                     "or logs/).")
         header = ("#", "run", "task", "model", "params", "data", "steps", "best validation", "time", "precision",
                   "state")
-        rows = [(str(i), r.name, r.config.get("task", "?"), model_text(r.config), count_text(r.params),
+        rows = [(str(i), r.name, r.config.get("task", "?"), model_text(r.config), params_text(r),
                  data_text(r.config), f"{r.steps}/{r.planned if r.planned is not None else '?'}", r.best_text(),
                  _duration(r.train_seconds), r.precision or "?", r.state) for i, r in enumerate(self.runs, 1)]
         count = f"{len(self.runs)} run{'s' if len(self.runs) != 1 else ''}"
@@ -172,12 +172,31 @@ def _state(info: RunInfo, has_checkpoint: bool, holder: Optional[dict]) -> str:
 def model_text(config: dict) -> str:
     source = config.get("model_source")
     if source == "pretrained":
-        return Path(config.get("pretrained_model", "")).name or "pretrained"
+        return f"{pretrained_name(config.get('pretrained_model', ''))} ({config.get('finetune_method', 'full')})"
     if source == "file":
         return Path(config.get("model_path", "")).name or "model file"
     if source == "gist":
         return f"gist {config.get('gist_id', '')[:8]}"
     return f"{config.get('model_template', '?')} ({config.get('model_size', '?')})"
+
+
+def pretrained_name(name: str) -> str:
+    """A Hub name as it is ("owner/model"); a folder by its last two parts, as a converted model's last one is often
+    a generic "hf" or "model"."""
+    if not name:
+        return "pretrained"
+    if not name.startswith((".", "/", "~")) and name.rstrip("/").count("/") <= 1 and not Path(name).is_dir():
+        return name
+    return "/".join(Path(name).expanduser().parts[-2:])
+
+
+def params_text(run: RunInfo) -> str:
+    """The checkpoint's parameter count, labelled: an adapter run's checkpoint counts what it trains, others all."""
+    if run.params is None:
+        return "?"
+    adapters = run.config.get("model_source") == "pretrained" and run.config.get("finetune_method") in ("lora",
+                                                                                                        "qlora")
+    return f"{count_text(run.params)} {'trainable' if adapters else 'total'}"
 
 
 def data_text(config: dict) -> str:

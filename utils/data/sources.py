@@ -28,6 +28,18 @@ HF_BATCH_ROWS = 1000
 CACHE_VERSION = "1"  # part of every BPE cache key: bump when training changes
 
 
+# Rows that hold a list (a conversation under another key, e.g. "dialog") are most likely chat data in a
+# shape the kit does not know: say which shapes it reads instead of sending the user to text_column.
+CHAT_ROWS_HINT = ("chat data needs a 'messages' list of {role, content} objects (or 'prompt' and 'completion', or "
+                  "'instruction' and 'output') and model_source='pretrained', e.g. one row: "
+                  '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}')
+
+
+def holds_a_list(record: dict) -> bool:
+    """A row with a list among its values (or a CSV cell of JSON list text): a conversation, not a text."""
+    return any(isinstance(v, list) or (isinstance(v, str) and v.lstrip().startswith("[{")) for v in record.values())
+
+
 class DataError(KitError, ValueError):
     """Data that cannot be used as configured; the message names it and the fix."""
 
@@ -140,9 +152,13 @@ class RowSource:
     def bpe_cache_file(self, vocab_size: int) -> Path:
         return self.path.with_name(f"{self.path.name}.bpe-{vocab_size}-{self.fingerprint}.json")
 
-    def check_columns(self, columns: list[str], what: str) -> None:
+    def check_columns(self, columns: list[str], what: str, first: Optional[dict] = None) -> None:
+        """first: the first row, when known; one holding a list is named as chat data in a shape not read."""
         for field, column in (("text_column", self.text_column), ("label_column", self.label_column)):
             if column is not None and column not in columns:
+                if field == "text_column" and first is not None and holds_a_list(first):
+                    raise DataError(f"{what} has no column {column!r} (text_column) and holds lists "
+                                    f"({', '.join(map(str, columns))}): {CHAT_ROWS_HINT}")
                 raise DataError(f"{what} has no column {column!r} ({field}); its columns are: "
                                 f"{', '.join(map(str, columns)) or '(none)'}. Set {field} to one of them.")
 
@@ -175,6 +191,9 @@ class RowSource:
     def _text(self, value: Any, where: str) -> str:
         if value is None:
             return ""
+        if isinstance(value, (list, dict)):
+            raise DataError(f"{self.description} {where}: column {self.text_column!r} holds a "
+                            f"{type(value).__name__}, not text (text_column); {CHAT_ROWS_HINT}")
         if not isinstance(value, str):
             raise DataError(f"{self.description} {where}: column {self.text_column!r} holds "
                             f"{type(value).__name__} {str(value)[:40]!r}, not text; check text_column.")
@@ -204,7 +223,7 @@ class CsvFile(RowSource):
             header = self._read(lambda: next(csv.reader(f), None), f)
         if not header:
             raise DataError(f"Dataset file {path} is empty; a CSV needs a header row naming its columns.")
-        self.check_columns(header, str(path))
+        self.check_columns(header, str(path), next(self.records(), (None, None))[1])
 
     def _open(self):
         return open(self.path, encoding="utf-8-sig", newline="")
@@ -236,7 +255,7 @@ class JsonlFile(RowSource):
         first = next(self.records(), None)
         if first is None:
             raise DataError(f"Dataset file {path} is empty; it needs one JSON object per line.")
-        self.check_columns(list(first[1]), f"{path} ({first[0]})")
+        self.check_columns(list(first[1]), f"{path} ({first[0]})", first[1])
 
     def records(self) -> Iterator[tuple[str, dict]]:
         with open(self.path, encoding="utf-8-sig") as f:

@@ -18,6 +18,7 @@ transformers is optional for the kit (Colab has it); this path alone needs it.
 from __future__ import annotations
 
 import logging
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Sequence
@@ -35,6 +36,35 @@ _WHAT = {"lm": "causal language model head (AutoModelForCausalLM)",
 
 class PretrainedError(KitError, ValueError):
     """A pretrained model or its tokenizer that cannot be loaded as configured; the message says what to do."""
+
+
+# Lines from libraries that a user cannot act on. `import peft` imports bitsandbytes, which on a CPU with AVX-512
+# BF16 asks the `kernels` package for a Hub kernel for 4-bit matmuls on the CPU (the kit's QLoRA runs on the GPU),
+# and logs both steps of that failing offline; peft reads transformers' deprecated is_gradient_checkpointing on
+# every PeftModel it makes. Exactly these messages go, nothing else of those loggers or of FutureWarning.
+_UNACTIONABLE_LOGS = {"kernels._internals.hf_hub": "Skipping publisher trust check",
+                      "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward"}
+
+
+class _DropStartingWith(logging.Filter):
+    def __init__(self, start: str):
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.start)
+
+
+def quiet_library_noise() -> None:
+    """Drop the unactionable library lines above; safe to call again (the filter is added once per logger)."""
+    for name, start in _UNACTIONABLE_LOGS.items():
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropStartingWith) for f in log.filters):
+            log.addFilter(_DropStartingWith(start))
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
+quiet_library_noise()  # at import: utils.data.tokenizers and utils.models.build import this module before peft
 
 
 def require_transformers():
@@ -71,16 +101,20 @@ def load_pretrained_model(name: str, task: str, label_names: Sequence[str] = (),
     source = resolve_source(name)
     transformers = require_transformers()
     local_only = cached_only_source(source)
+    quiet_library_noise()  # again: a notebook cell's warnings.catch_warnings may have reset the filters
+    labels = {} if task == "lm" else dict(num_labels=len(label_names), id2label=dict(enumerate(label_names)),
+                                          label2id={label: i for i, label in enumerate(label_names)})
     try:
+        labels = _without_gguf_quantization(transformers, source, name, local_only, labels)
         if task == "lm":
-            model = transformers.AutoModelForCausalLM.from_pretrained(source, local_files_only=local_only, **options)
+            model = transformers.AutoModelForCausalLM.from_pretrained(source, local_files_only=local_only, **labels,
+                                                                      **options)
         else:
             # A checkpoint that is already a classifier with other labels gets a new head of the right size.
             with _without_load_report():  # a new head is expected here: said in one line below, not a table
                 model, info = transformers.AutoModelForSequenceClassification.from_pretrained(
-                    source, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
-                    label2id={label: i for i, label in enumerate(label_names)}, ignore_mismatched_sizes=True,
-                    output_loading_info=True, local_files_only=local_only, **options)
+                    source, ignore_mismatched_sizes=True, output_loading_info=True, local_files_only=local_only,
+                    **labels, **options)
             new_head = sorted(set(info.get("missing_keys", ())) | {key for key, *_ in info.get("mismatched_keys", ())})
             if new_head:
                 print(f"Classifier head: {', '.join(new_head)} not in {name!r} (or sized for other labels), so it "
@@ -100,6 +134,25 @@ def load_pretrained_model(name: str, task: str, label_names: Sequence[str] = (),
     # from_pretrained returns the model in eval mode; Lightning keeps each module's mode, so without train()
     # the fine-tuning would run with dropout off.
     return (model if options else model.float()).train()
+
+
+def _without_gguf_quantization(transformers, source: str, name: str, local_only: bool, labels: dict) -> dict:
+    """from_pretrained's config arguments: labels as they are, or, for a model whose config.json keeps the GGUF
+    quantization_config transformers writes when it converts a GGUF file, the config without it (labels set on
+    it). Its weights are plain tensors once converted, but transformers would treat the model as quantized and
+    refuse to train it ("`.float()` is not supported for quantized model")."""
+    config = transformers.AutoConfig.from_pretrained(source, local_files_only=local_only)
+    quantization = getattr(config, "quantization_config", None)
+    method = quantization.get("quant_method") if isinstance(quantization, dict) else getattr(quantization,
+                                                                                             "quant_method", None)
+    if method != "gguf":
+        return labels
+    del config.quantization_config
+    for key, value in labels.items():
+        setattr(config, key, value)
+    print(f"Model: {name!r} was converted from GGUF and its config.json still names GGUF quantization; its weights "
+          "are plain tensors, so that entry is left out and the model trains as any other (exports leave it out too)")
+    return {"config": config}
 
 
 def cached_only_source(source: str) -> bool:

@@ -3,10 +3,10 @@
     python -m utils.training [train] [--config FILE.json] [--set KEY=VALUE ...]
     python -m utils.training estimate [--gpu t4|l4|a100|h100] [--config FILE.json] [--set KEY=VALUE ...]
     python -m utils.training inspect [--config FILE.json] [--set KEY=VALUE ...]
-    python -m utils.training export RUN_DIR [--to DIR] [--onnx] [--push-to-hub NAME [--public]]
-    python -m utils.training generate RUN_DIR_OR_EXPORT [--prompt TEXT] [--max-new-tokens N] [--seed N]
+    python -m utils.training export RUN_DIR [--to DIR] [--merged] [--onnx] [--push-to-hub NAME [--public]]
+    python -m utils.training generate RUN_DIR_OR_EXPORT [--prompt TEXT | --chat MESSAGE] [--max-new-tokens N]
     python -m utils.training predict RUN_DIR_OR_EXPORT (--text TEXT [--text TEXT ...] | --file FILE)
-    python -m utils.training evaluate RUN_DIR_OR_EXPORT --data FILE [--json FILE]
+    python -m utils.training evaluate RUN_DIR_OR_EXPORT --data FILE [--exact-match] [--json FILE]
     python -m utils.training runs PARENT_DIR [--plot [FILE]]
 
 `train` is the command when none is named; `inspect` exits 4 when a check fails. After `pip install -e .` the same commands run as
@@ -336,13 +336,18 @@ def evaluate_parser() -> argparse.ArgumentParser:
                      description="Score a trained model on a file it never saw (.txt, .csv or .jsonl, read with the "
                                  "run's text_column and label_column): loss and perplexity for a language model; "
                                  "accuracy, macro-F1, per-class scores and a confusion matrix (table and PNG) for a "
-                                 "classifier.")
+                                 "classifier. Chat rows (messages, prompt/completion, instruction/output) of a "
+                                 "pretrained run are formatted with its chat template and scored as training scores "
+                                 "them (train_on: the answers only, or everything).")
     _model_argument(parser)
     parser.add_argument("--data", required=True, metavar="FILE", help="the held-out file to score")
     parser.add_argument("--json", metavar="FILE", help="also write the numbers to this JSON file")
     parser.add_argument("--figure", metavar="FILE", help="a classifier's confusion matrix PNG (default: "
                                                          "RUN_DIR_OR_EXPORT/evaluation/DATA-NAME.confusion.png)")
     parser.add_argument("--batch-size", type=int, default=32, help="windows or texts per forward pass")
+    parser.add_argument("--exact-match", action="store_true",
+                        help="chat data: also generate each conversation's last answer greedily and report the "
+                             "share equal to the file's")
     return parser
 
 
@@ -415,7 +420,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         figure = args.figure or Path(args.model) / "evaluation" / f"{Path(args.data).stem}.confusion.png"
         evaluation = evaluate_predictor(model, args.data, args.batch_size,
                                         figure if model.config.task == "classification" else None,
-                                        description=str(getattr(model, "checkpoint", None) or args.model))
+                                        description=str(getattr(model, "checkpoint", None) or args.model),
+                                        exact_match=args.exact_match)
         print(evaluation.describe())
         if evaluation.figure:
             print(f"\nConfusion matrix figure: {evaluation.figure}")

@@ -408,14 +408,14 @@ def _result(run: _Run, trainer: pl.Trainer, recorder: RunRecorder, resume_from: 
         val_loss=history.val[-1][1] if history.val else None,
         global_step=trainer.global_step,
         steps_run=0 if recorder.start_step is None else trainer.global_step - recorder.start_step,
-        tokens_per_sec=recorder.tokens_per_sec, precision=run.decision.precision,
+        tokens_per_sec=recorder.tokens_per_sec_this_call, precision=run.decision.precision,
         precision_reason=run.decision.reason, resumed_from=resume_from, train_history=history.train,
         val_history=history.val, model=run.model.eval() if run.model is not None else None,
         tokenizer=data.tokenizer,
         val_accuracy=history.val_accuracy[-1][1] if history.val_accuracy else None,
         label_names=list(data.label_names), pad_id=data.pad_id, model_passed_in=run.model_passed_in,
         world_size=trainer.world_size, is_global_zero=trainer.is_global_zero, estimate=run.estimate,
-        train_seconds=recorder.train_seconds - recorder.start_seconds, fit_seconds=fit_seconds, history=history,
+        train_seconds=recorder.seconds_this_call, fit_seconds=fit_seconds, history=history,
         loss_scale=history.loss_scale[-1][1] if history.loss_scale else None, skipped_steps=recorder.skipped_total,
     )
 

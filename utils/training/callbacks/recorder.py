@@ -56,6 +56,7 @@ class RunRecorder(pl.Callback):
         self.last_loss: Optional[float] = None  # the newest flushed training loss (the progress bar shows it)
         self.start_step = None  # global step when this call's training started; None: it never started
         self.start_seconds = 0.0  # train_seconds when this call's training started (a resume loads earlier ones)
+        self.start_tokens = 0  # tokens when this call's training started
         self.planned_steps: Optional[int] = None  # optimizer steps the run is set to take (max_steps, epochs)
         self._pending: list[tuple[int, dict, float, Optional[torch.Tensor]]] = []  # (step, device values, lr, skipped)
         self._sums: dict[str, torch.Tensor] = {}  # this step's micro-batch values so far
@@ -69,7 +70,18 @@ class RunRecorder(pl.Callback):
 
     @property
     def tokens_per_sec(self) -> float:
+        """The whole run's throughput, resumed stretches included."""
         return self.tokens / self.train_seconds if self.train_seconds > 0 else 0.0
+
+    @property
+    def seconds_this_call(self) -> float:
+        """Training seconds of the steps this process ran (a resume loads the earlier ones into train_seconds)."""
+        return self.train_seconds - self.start_seconds
+
+    @property
+    def tokens_per_sec_this_call(self) -> float:
+        seconds = self.seconds_this_call
+        return (self.tokens - self.start_tokens) / seconds if seconds > 0 else 0.0
 
     # ------------------------------------------------------------------ recording
     def on_train_start(self, trainer, pl_module) -> None:
@@ -77,11 +89,16 @@ class RunRecorder(pl.Callback):
         planned = trainer.estimated_stepping_batches  # max_steps, or max_epochs of batches over the accumulation
         self.planned_steps = int(planned) if math.isfinite(planned) else None
         self.start_seconds = self._flushed_clock = self.train_seconds
+        self.start_tokens = self.tokens
+        # The clock starts here: a run resumed mid-epoch gets no on_train_epoch_start from Lightning, and
+        # its steps until the epoch ends were once timed as 0 s.
+        self._t0 = time.perf_counter()
         if trainer.is_global_zero and trainer.logger is not None and trainer.logger.log_dir:
             write_segment_start(trainer.logger.log_dir, trainer.global_step)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._t0 = time.perf_counter()
+        if self._t0 is None:  # running since on_train_start in the first epoch
+            self._t0 = time.perf_counter()
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         self._scale_before = _scale_tensor(trainer)
@@ -235,12 +252,26 @@ def _scale_tensor(trainer) -> Optional[torch.Tensor]:
 
 
 class RecordedProgressBar(TQDMProgressBar):
-    """Lightning's bar, showing the recorder's newest flushed loss instead of reading the loss every step."""
+    """Lightning's bar, showing the recorder's newest flushed loss instead of reading the loss every step.
+
+    Piped to a log (not a terminal, not a notebook) the bar is drawn by time, not every refresh_rate batches
+    (fast steps would fill the log, slow ones leave it silent for minutes, which looks like a hang): after an
+    epoch's first batch, then every LINE_SECONDS, and where the epoch ends, each drawing a line of its own.
+    The validation bars are not drawn there: they sit on the line below and move the cursor back up with
+    escape codes ("\x1b[A") that a log shows as they are.
+    """
+
+    LINE_SECONDS = 10.0  # piped: a progress line at least this often
 
     def __init__(self, recorder: RunRecorder, refresh_rate: int):
         super().__init__(refresh_rate=refresh_rate)
         self.recorder = recorder
         self._batches_done = 0  # in the current epoch; the bar may show fewer between refreshes
+        self.piped = not (sys.stdout.isatty() or _in_a_kernel())
+        if self.piped:
+            self._refresh_rate = sys.maxsize  # Lightning's refresh then comes at the epoch's last batch only
+        self._line_at = time.monotonic()  # when the last piped line ended
+        self._line_n: Optional[int] = None  # the bar's count on that line
 
     @property
     def train_description(self) -> str:
@@ -254,9 +285,32 @@ class RecordedProgressBar(TQDMProgressBar):
                     position=2 * self.process_position, disable=self.is_disabled, leave=True, dynamic_ncols=True,
                     file=sys.stdout, smoothing=0, bar_format=self.BAR_FORMAT)
 
+    def init_sanity_tqdm(self) -> Tqdm:
+        return self._quiet_when_piped(super().init_sanity_tqdm)
+
+    def init_validation_tqdm(self) -> Tqdm:
+        return self._quiet_when_piped(super().init_validation_tqdm)
+
+    def _quiet_when_piped(self, make: Callable[[], Tqdm]) -> Tqdm:
+        if not self.piped:
+            return make()
+        return Tqdm(disable=True, file=sys.stdout)  # made disabled: an enabled tqdm draws itself when created
+
+    def on_train_epoch_start(self, trainer, *args) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self._end_line()
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._batches_done = batch_idx + 1
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        bar = self.train_progress_bar
+        if not self.piped or bar is None or bar.disable:
+            return
+        if bar.n != self._batches_done and (bar.n == 0 or time.monotonic() - self._line_at >= self.LINE_SECONDS):
+            bar.n = self._batches_done
+            bar.set_postfix(self.get_metrics(trainer, pl_module))  # redraws the bar
+        if bar.n != self._line_n:  # redrawn, here or by Lightning's refresh_rate
+            self._end_line()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         # An epoch cut short (max_steps, Stop) ends between refreshes: piped to a log, a whole short run
@@ -266,12 +320,34 @@ class RecordedProgressBar(TQDMProgressBar):
             bar.n = self._batches_done
             bar.refresh()
         super().on_train_epoch_end(trainer, pl_module)
+        self._end_line()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)  # redraws the training bar with the validation loss
+        if not trainer.sanity_checking:
+            self._end_line()
+
+    def _end_line(self) -> None:
+        """Piped: end the bar's line, so the log holds one line per redraw instead of carriage returns."""
+        bar = self.train_progress_bar if self._train_progress_bar is not None else None
+        if not self.piped or bar is None or bar.disable:
+            return
+        bar.fp.write("\n")
+        bar.fp.flush()
+        self._line_n, self._line_at = bar.n, time.monotonic()
 
     def get_metrics(self, trainer, pl_module) -> dict:
         metrics = super().get_metrics(trainer, pl_module)
         if self.recorder.last_loss is not None:
             metrics["loss"] = f"{self.recorder.last_loss:.3f}"
         return metrics
+
+
+def _in_a_kernel() -> bool:
+    """Running in a Jupyter/Colab kernel (the bar draws in the browser), not merely with ipykernel imported."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return getattr(shell, "kernel", None) is not None
 
 
 class ValidateAtMaxSteps(pl.Callback):
