@@ -43,9 +43,10 @@ def write_chats(folder: Path) -> Path:
 
 
 def lora_config(tmp_path: Path, folder: Path, **changes) -> WizardConfig:
-    """A LoRA run on the real model: short sequences, 9 conversations to train on, 3 held out."""
+    """A LoRA run on the real model: 9 conversations to train on (3 batches), 3 held out. max_seq_len 64 holds the
+    longest conversation (~50 tokens with the template's system turn) and keeps the pre-flight timing short."""
     base = dict(model_source="pretrained", pretrained_model=str(folder), finetune_method="lora", lora_rank=8,
-                dataset_source="file", dataset_path=str(write_chats(tmp_path / "data")), max_seq_len=128,
+                dataset_source="file", dataset_path=str(write_chats(tmp_path / "data")), max_seq_len=64,
                 batch_size=3, val_split=0.25, max_steps=3, max_epochs=20, learning_rate=2e-4, warmup_ratio=0.0,
                 log_every_n_steps=1, checkpoint_every_minutes=0, output_dir=str(tmp_path / "run"))
     return WizardConfig(**{**base, **changes})
@@ -105,10 +106,11 @@ def chat_ids(folder: Path, question: str) -> torch.Tensor:
                                          return_tensors="pt", return_dict=True)["input_ids"]
 
 
-def is_sentence(text: str) -> bool:
-    """Plain English words ending in a full stop: what a working chat model answers to these questions."""
-    words = text.strip().rstrip(".").split()
-    return text.strip().endswith(".") and 2 <= len(words) and all(w.strip(",'-").isalpha() for w in words)
+def is_english(text: str) -> bool:
+    """Several words, nearly all of them letters only: what a working chat model answers to these questions
+    (a broken one, e.g. with the wrong head, gives fragments of tokens, another script, or nothing)."""
+    words = [w.strip(".,;:!?'\"()") for w in text.split()]
+    return len(words) >= 3 and sum(w.isalpha() or w.isdigit() for w in words) >= 0.9 * len(words)
 
 
 @pytest.mark.slow
@@ -136,11 +138,12 @@ def test_a_lora_run_on_tied_embeddings_loads_from_its_folder_and_chats_before_an
     assert base.lm_head.weight is base.model.embed_tokens.weight  # still tied after loading
     ids = chat_ids(smollm2_folder, "What colour is grass?")
     assert torch.equal(logits_of(run.model, ids), logits_of(result.model, ids))  # the trained adapters, exactly
+    question, answer = "What is frozen water called?", "Frozen water is called ice."  # a training conversation
     with run.model.disable_adapter():  # before: the base model alone
-        before = ask(run, "What is the capital of Italy?")
-    after = ask(run, "What is the capital of Italy?")
-    assert is_sentence(before) and "Rome" in before, before
-    assert is_sentence(after) and "Rome" in after, after
+        before = ask(run, question)
+    after = ask(run, question)
+    assert is_english(before) and before != answer, before  # the base answers in its own words
+    assert after == answer  # after 6 steps it answers as the data does
 
 
 @pytest.mark.slow
@@ -151,44 +154,85 @@ def test_generate_and_evaluate_on_the_command_line_read_the_lora_run_folder(lora
     assert main(["generate", str(result.output_dir), "--chat", "How many legs does a spider have?", "--top-k", "1",
                  "--max-new-tokens", "20", "--seed", "0"]) == 0
     answer = capsys.readouterr().out.strip().splitlines()[-1]
-    assert is_sentence(answer) and "eight" in answer.lower(), answer
+    assert is_english(answer) and ("eight" in answer or "8" in answer), answer
+    text = tmp_path / "held_out.txt"  # plain text: scored in windows of max_seq_len tokens
+    text.write_text(" ".join(f"{q} {a}" for q, a in CHATS * 2) + "\n", encoding="utf-8")
     scores = tmp_path / "eval.json"
-    assert main(["evaluate", str(result.output_dir), "--data", result.config.dataset_path,
-                 "--json", str(scores)]) == 0
+    assert main(["evaluate", str(result.output_dir), "--data", str(text), "--json", str(scores)]) == 0
     ev = json.loads(scores.read_text())
-    assert ev["task"] == "lm" and ev["tokens"] > 0 and 0 < ev["loss"] < 5, ev
+    assert ev["task"] == "lm" and ev["examples"] >= 2 and ev["tokens"] == 64 * ev["examples"], ev
+    assert 0 < ev["loss"] < 6 and math.isclose(ev["perplexity"], math.exp(ev["loss"]), rel_tol=1e-9), ev
     assert f"loss:        {ev['loss']:.4f}" in capsys.readouterr().out
 
 
 @pytest.mark.slow
-def test_the_merged_export_of_a_tied_lora_run_reproduces_the_adapted_models_logits(lora_run, smollm2_folder, tmp_path):
+@pytest.mark.xfail(strict=True, reason="issue 29 item 2 (evaluate): utils/evaluate.py _spec opens the file with "
+                                       "tokenizer='' so a chat JSONL is refused as if the run were not pretrained; "
+                                       "it should score the run's chat examples (answers only) instead")
+def test_evaluate_scores_a_chat_file_on_a_chat_run(lora_run, tmp_path):
+    from utils.training.cli import main
+
+    result, _ = lora_run
+    scores = tmp_path / "eval.json"
+    assert main(["evaluate", str(result.output_dir), "--data", result.config.dataset_path, "--json",
+                 str(scores)]) == 0
+    assert json.loads(scores.read_text())["loss"] > 0
+
+
+@pytest.fixture(scope="module")
+def merged_logits(lora_run, smollm2_folder, tmp_path_factory):
+    """Logits of one chat prompt: the adapted model, its merged export, and the base alone."""
     from utils.export import load_exported
 
     result, _ = lora_run
     ids = chat_ids(smollm2_folder, "Which season comes after winter?")
-    adapted = logits_of(result.model, ids)
+    merged = load_exported(result.export(tmp_path_factory.mktemp("export") / "merged", merged=True)).model
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    assert merged.lm_head.weight is merged.model.embed_tokens.weight  # tied as the base was
+    with result.model.disable_adapter():
+        base = logits_of(result.model, ids)
+    return ids, logits_of(result.model, ids), logits_of(merged, ids), base
+
+
+@pytest.mark.slow
+def test_the_exports_of_a_tied_lora_run_reproduce_the_adapted_model(lora_run, merged_logits, tmp_path):
+    from utils.export import load_exported
+
+    result, _ = lora_run
+    ids, adapted, merged, base = merged_logits
     adapter = load_exported(result.export(tmp_path / "adapter"))  # peft's format on the reloaded fp32 base
     assert torch.allclose(logits_of(adapter.model, ids), adapted, atol=1e-4, rtol=0)
-    merged = load_exported(result.export(tmp_path / "merged", merged=True))
-    plain = merged.model
-    assert not any("lora" in n for n, _ in plain.named_parameters())
-    assert plain.lm_head.weight is plain.model.embed_tokens.weight  # the merged model is tied as the base was
-    got = logits_of(plain, ids)
-    # the merge is written in 16 bits (fp16 here: the base is fp32): a rounding of each weight, no more
-    assert (got - adapted).abs().max() < 0.25 and torch.equal(got.argmax(-1), adapted.argmax(-1))
+    # merged (written in 16 bits): the same next token everywhere, and most of what the adapters changed
+    assert torch.equal(merged.argmax(-1), adapted.argmax(-1))
+    assert (merged - adapted).abs().mean() < 0.5 * (base - adapted).abs().mean()
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 29 item 1 (merge): utils/models/adapters.py merged_model adds the "
+                                       "adapters into a base reloaded in fp16, so a delta below half an fp16 step of "
+                                       "its weight rounds away; summing in fp32 and rounding once keeps it")
+def test_the_merged_export_is_as_close_to_the_adapted_model_as_one_16_bit_rounding(lora_run, merged_logits):
+    import copy
+
+    result, _ = lora_run
+    ids, adapted, merged, _ = merged_logits
+    once = copy.deepcopy(result.model).merge_and_unload().half().float()  # fp32 sum, rounded once to fp16
+    assert (merged - adapted).abs().mean() <= 1.5 * (logits_of(once, ids) - adapted).abs().mean()
 
 
 @pytest.mark.slow
 def test_a_stopped_lora_run_on_the_real_model_resumes_to_the_same_losses(lora_run, tmp_path, smollm2_folder):
+    """Stop pressed during step 2 (mid-epoch), then the same config again: the losses of an uninterrupted run.
+    (A rerun with a higher max_steps would change the cosine schedule's length, and so every step's rate.)"""
     from tests.test_pretrained import StopDuringStep
     from utils.training.callbacks.last_checkpoint import TrainingStopped
 
     straight, _ = lora_run
-    config = lora_config(tmp_path, smollm2_folder, max_steps=6, inspect=True)
-    with pytest.raises(TrainingStopped, match=r"at step 3"):
-        trained(config.replace(max_steps=3), extra_callbacks=[StopDuringStep(3)])
+    config = lora_config(tmp_path, smollm2_folder, max_steps=6, inspect=False)  # inspection forks the RNG: no effect
+    with pytest.raises(TrainingStopped, match=r"at step 2"):
+        trained(config, extra_callbacks=[StopDuringStep(2)])
     resumed, _ = trained(config)
-    assert resumed.resumed_from is not None and (resumed.global_step, resumed.steps_run) == (6, 3)
+    assert resumed.resumed_from is not None and (resumed.global_step, resumed.steps_run) == (6, 4)
     assert resumed.train_history == straight.train_history
 
 
@@ -196,17 +240,19 @@ def test_a_stopped_lora_run_on_the_real_model_resumes_to_the_same_losses(lora_ru
 def test_full_fine_tuning_of_the_real_model_learns_keeps_the_tie_and_its_folder_loads(tmp_path, smollm2_folder):
     from utils.run_folder.loading import load_run
 
-    config = lora_config(tmp_path, smollm2_folder, finetune_method="full", learning_rate=5e-5, max_steps=6)
+    # 3 conversations to train on: one batch, seen again at each step; one best checkpoint, at the end
+    config = lora_config(tmp_path, smollm2_folder, finetune_method="full", learning_rate=5e-5, val_split=0.75,
+                         max_steps=3, checkpoint_every_n_epochs=3)
     result, out = trained(config)
     assert "Note: learning_rate" not in out
     losses = [loss for _, loss in result.train_history]
-    assert len(losses) == 6 and all(map(math.isfinite, losses)) and sum(losses[3:]) < sum(losses[:3]) - 0.1, losses
+    assert len(losses) == 3 and all(map(math.isfinite, losses)) and losses[0] > losses[1] > losses[2], losses
     assert result.model.lm_head.weight is result.model.model.embed_tokens.weight  # trained as one tensor
     run = load_run(result.output_dir, checkpoint="last")
     assert run.model.lm_head.weight is run.model.model.embed_tokens.weight
     ids = chat_ids(smollm2_folder, "What do bees make?")
     assert torch.equal(logits_of(run.model, ids), logits_of(result.model, ids))
-    assert is_sentence(ask(run, "What do bees make?"))
+    assert is_english(ask(run, "What do bees make?"))
 
 
 @pytest.fixture(scope="module")
@@ -253,6 +299,6 @@ def test_the_batch_line_counts_the_real_tokens_of_chat_data_not_the_padding(prep
     mean = round(3 * sum(lengths) / len(lengths))
     assert describe_batch(config, 1, data) == (
         f"Batch: 3 sequences per device x 1 device(s) x 1 machine(s) x 1 accumulation = 3 sequences "
-        f"(about {mean:,} real tokens on average, at most 384) per optimizer step")
-    assert mean < 384 / 2  # these short conversations: what the old line's 384 counted was mostly padding
-    assert describe_batch(config, 1).endswith("(384 tokens) per optimizer step")  # token windows: all real
+        f"(about {mean:,} real tokens on average, at most 192) per optimizer step")
+    assert mean < 192 * 0.8  # these short conversations: what the old line's 384 counted was mostly padding
+    assert describe_batch(config, 1).endswith("(192 tokens) per optimizer step")  # token windows: all real
