@@ -5,7 +5,7 @@ nothing comes from a model hub). Chat data is a dozen conversations written here
 One LoRA run (6 steps, module-scoped) serves most tests; a stopped-and-resumed pair and a full fine-tuning run are
 their own. On one thread most of each train() call is its pre-flight timing and memory checks, not its steps:
 
-    OMP_NUM_THREADS=1 python -m pytest tests/test_real_model.py      # ~2.5 min of CPU; -m "not slow": seconds
+    OMP_NUM_THREADS=1 python -m pytest tests/test_real_model.py      # ~3 min on one thread; -m "not slow": ~20 s
 """
 
 from __future__ import annotations
