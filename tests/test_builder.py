@@ -117,3 +117,21 @@ def test_the_fine_tuning_note_speaks_the_notebooks_words_there():
     notebook = fine_tuning_note(config, wizard_words=True)
     assert notebook.startswith("Note: a Learning rate of 0.001 is high") and "--set" not in notebook
     assert fine_tuning_note(config.replace(learning_rate=5e-5), wizard_words=True) == ""
+
+
+def test_the_usual_lora_rate_draws_no_note_and_full_fine_tuning_at_it_still_does():
+    """LoRA/QLoRA's usual rates (1e-4 to 2e-4) are above full fine-tuning's (2e-5 to 1e-4): each method has its
+    own range, and the note names the right one."""
+    from utils.training.builder import fine_tuning_note
+
+    full = WizardConfig(model_source="pretrained", pretrained_model="gpt2", learning_rate=2e-4)
+    assert fine_tuning_note(full) == ("Note: learning_rate=0.0002 is high for fine-tuning a pretrained model and may "
+                                      "overwrite what it learnt; 2e-5 to 1e-4 is usual (e.g. --set "
+                                      "learning_rate=5e-5).")
+    for method in ("lora", "qlora"):
+        assert fine_tuning_note(full.replace(finetune_method=method)) == ""
+        assert fine_tuning_note(full.replace(finetune_method=method), wizard_words=True) == ""
+    high = full.replace(finetune_method="lora", learning_rate=1e-3)
+    assert fine_tuning_note(high) == ("Note: learning_rate=0.001 is high for LoRA adapters and may make the loss "
+                                      "diverge; 1e-4 to 2e-4 is usual (e.g. --set learning_rate=2e-4).")
+    assert fine_tuning_note(high, wizard_words=True).startswith("Note: a Learning rate of 0.001 is high for LoRA")

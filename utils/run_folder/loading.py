@@ -137,8 +137,10 @@ def _load_weights(model: nn.Module, path: Path) -> None:
         missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as e:  # a tensor of another shape
         missing, unexpected = [str(e).strip().splitlines()[-1].strip()], []
-    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
-    missing = [k for k in missing if k not in frozen]  # a LoRA checkpoint holds the adapters; the base is reloaded
+    # A LoRA checkpoint holds the adapters; the base is reloaded. remove_duplicate=False: a weight tied to another
+    # (lm_head to embed_tokens in most chat models) is a state_dict key of its own but named_parameters() lists it once.
+    frozen = {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    missing = [k for k in missing if k not in frozen]
     if missing or unexpected:
         raise RunFolderError(f"{path} does not fit the model its {CONFIG_FILENAME} builds ({len(missing)} tensors "
                              f"missing, {len(unexpected)} unexpected, e.g. {(missing or unexpected)[0]}); was "

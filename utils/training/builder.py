@@ -20,7 +20,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
 from utils.config import ConfigError, WizardConfig
-from utils.data import DATA_CACHE_DIR, DataSpec
+from utils.data import DATA_CACHE_DIR, DataSpec, PreparedData
 from utils.data.sources import DataError
 from utils.models.adapters import uses_adapters
 from utils.training.precision import PrecisionDecision
@@ -98,18 +98,30 @@ def adamw_options(device_kind: str) -> dict:
 
 
 FINE_TUNING_LR = 1e-4  # above this, fine-tuning a pretrained model gets a note (BERT and GPT-2 use 2e-5 to 1e-4)
+# LoRA/QLoRA adapters start at zero and train only a small update on a frozen base: their usual rates are higher
+# (the LoRA and QLoRA papers' 1e-4 to 2e-4; the README's LoRA example uses 2e-4).
+ADAPTER_LR_RANGE = (1e-4, 2e-4)
 
 
 def fine_tuning_note(config: WizardConfig, wizard_words: bool = False) -> str:
-    """A note when a pretrained model is to be fine-tuned at a learning rate meant for training from scratch; ""
-    otherwise. A note, not a change: the config decides. wizard_words: in the notebook's words."""
-    if config.model_source != "pretrained" or config.learning_rate <= FINE_TUNING_LR:
+    """A note when a pretrained model is to be fine-tuned at a learning rate above the usual range for its method
+    (full fine-tuning, or LoRA/QLoRA adapters); "" otherwise. A note, not a change: the config decides.
+    wizard_words: in the notebook's words."""
+    adapters = uses_adapters(config)
+    low, high = ADAPTER_LR_RANGE if adapters else (2e-5, FINE_TUNING_LR)
+    if config.model_source != "pretrained" or config.learning_rate <= high:
         return ""
+    risk = ("for LoRA adapters and may make the loss diverge" if adapters else
+            "for fine-tuning a pretrained model and may overwrite what it learnt")
+    usual = f"{_short(low)} to {_short(high)} is usual"
     if wizard_words:
-        return (f"Note: a Learning rate of {config.learning_rate:g} is high for fine-tuning a pretrained model and "
-                f"may overwrite what it learnt; 2e-5 to {FINE_TUNING_LR:g} is usual (the wizard's Training step).")
-    return (f"Note: learning_rate={config.learning_rate:g} is high for fine-tuning a pretrained model and may "
-            f"overwrite what it learnt; 2e-5 to {FINE_TUNING_LR:g} is usual (e.g. --set learning_rate=5e-5).")
+        return f"Note: a Learning rate of {config.learning_rate:g} is high {risk}; {usual} (the wizard's Training step)."
+    return (f"Note: learning_rate={config.learning_rate:g} is high {risk}; {usual} "
+            f"(e.g. --set learning_rate={_short(high if adapters else 5e-5)}).")
+
+
+def _short(rate: float) -> str:
+    return f"{rate:.0e}".replace("e-0", "e-")  # 2e-5, as people write learning rates
 
 
 def describe_speedups(config: WizardConfig, decision: PrecisionDecision) -> str:
@@ -226,12 +238,23 @@ def devices_per_node(config: WizardConfig, device_kind: str) -> int:
     return max(1, torch.cuda.device_count()) if device_kind == "cuda" else 1
 
 
-def describe_batch(config: WizardConfig, per_node: int) -> str:
-    """The effective batch: what one optimizer step averages its gradient over."""
+def describe_batch(config: WizardConfig, per_node: int, data: Optional[PreparedData] = None) -> str:
+    """The effective batch: what one optimizer step averages its gradient over. Token windows are max_seq_len
+    real tokens each; chat examples (data given) are shorter and padded, so their mean real length is said."""
     total = config.batch_size * per_node * config.num_nodes * config.gradient_accumulation_steps
+    tokens = f"{total * config.max_seq_len:,} tokens"
+    if data is not None and data.chat:
+        real = round(total * mean_example_tokens(data.train))
+        tokens = f"about {real:,} real tokens on average, at most {total * config.max_seq_len:,}"
     return (f"Batch: {config.batch_size} sequences per device x {per_node} device(s) x {config.num_nodes} "
             f"machine(s) x {config.gradient_accumulation_steps} accumulation = {total:,} sequences "
-            f"({total * config.max_seq_len:,} tokens) per optimizer step")
+            f"({tokens}) per optimizer step")
+
+
+def mean_example_tokens(examples) -> float:
+    """The mean input length of chat examples (utils.data.chat.ChatExamples), from their bounds: no pass over them."""
+    bounds, picked = examples.encoded.bounds, examples.indices.long()
+    return float((bounds[picked + 1] - bounds[picked] - 1).double().mean())  # an input is its tokens less the last
 
 
 FSDP_MIN_PARAMS = 1_000_000  # a user model's submodules with this many parameters become FSDP units
