@@ -189,9 +189,6 @@ def test_generate_and_evaluate_on_the_command_line_read_the_lora_run_folder(lora
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 29 item 2 (evaluate): utils/evaluate.py _spec opens the file with "
-                                       "tokenizer='' so a chat JSONL is refused as if the run were not pretrained; "
-                                       "it should score the run's chat examples (answers only) instead")
 def test_evaluate_scores_a_chat_file_on_a_chat_run(lora_run, tmp_path):
     from utils.training.cli import main
 
@@ -231,9 +228,6 @@ def test_the_exports_of_a_tied_lora_run_reproduce_the_adapted_model(lora_run, me
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 29 item 1 (merge): utils/models/adapters.py merged_model adds the "
-                                       "adapters into a base reloaded in fp16, so a delta below half an fp16 step of "
-                                       "its weight rounds away; summing in fp32 and rounding once keeps it")
 def test_the_merged_export_is_as_close_to_the_adapted_model_as_one_16_bit_rounding(lora_run, merged_logits):
     import copy
 

@@ -203,7 +203,7 @@ def train(config: Optional[WizardConfig] = None, model: Optional[nn.Module] = No
             launch.wait_for_rank_zero()
             resume = find_resume_point(out) if config.resume else None
             run = _prepare(config, decision, model, resume, on_change, launch)
-        print(describe_batch(config, per_node))
+        print(describe_batch(config, per_node, run.data))
         return _fit(run, extra_callbacks or [])
 
 
