@@ -52,6 +52,21 @@ def qwen2_folder(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def qwen3_folder(tmp_path_factory):
+    """A tiny Qwen3 (q/k norms) whose head size (16) is not hidden / heads (8), as in Qwen3-0.6B."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    folder = tmp_path_factory.mktemp("qwen3")
+    tokenizer = _tokenizer()
+    torch.manual_seed(0)
+    Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=64,
+                                 tie_word_embeddings=True, eos_token_id=0, bos_token_id=0)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def _read_back(path, n_positions=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -148,6 +163,16 @@ def test_a_file_that_fails_its_check_never_replaces_the_earlier_export(tmp_path,
         gguf_export.export_gguf(predictor, tmp_path / "out", "f16")
     assert check.path.read_bytes() == before
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["Modelfile", "model-f16.gguf"]  # no temp file
+
+
+def test_a_full_fine_tune_of_qwen3_with_its_own_head_size_exports_f16(tmp_path, qwen3_folder):
+    from utils.gguf_export import export_gguf
+
+    check = export_gguf(_full_predictor(tmp_path, qwen3_folder), tmp_path / "out", "f16")
+    meta = _metadata(check.path)
+    assert meta["general.architecture"] == "qwen3" and meta["qwen3.attention.key_length"] == 16
+    assert "blk.0.attn_q_norm.weight" in _tensor_types(check.path)
+    assert check.greedy_matching == check.greedy_total == 24 and check.max_abs_diff <= 0.02 * check.max_abs_logit
 
 
 def test_lossy_quants_report_agreement_without_claiming_parity(tmp_path, llama_folder):

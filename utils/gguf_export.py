@@ -76,7 +76,7 @@ class GgufCheck:
     max_abs_logit: float  # largest |logit| of the model in memory: the scale of the difference
     greedy_matching: int  # greedy continuation tokens equal to the model's, over all prompts
     greedy_total: int
-    token_ids: int  # length of the chat prompt both tokenizers encoded identically
+    token_ids: int  # ids of the check prompts, which both tokenizers encoded identically
     chat_template: bool  # the model has a chat template, and the file carries it unchanged
     near_ties: int = 0  # differing greedy picks where the model's top two were within the logit difference
     modelfile: Optional[Path] = None
@@ -90,16 +90,16 @@ class GgufCheck:
                       f"(largest logit {self.max_abs_logit:.2f})")
         elif self.quant == "q8_0":
             logits = (f"logits differ by up to {self.max_abs_diff:.2e} (largest logit {self.max_abs_logit:.2f}; "
-                      "q8_0 is checked on its greedy answers)")
+                      "q8_0 is checked on its greedy picks)")
         else:
             logits = (f"logits within {self.max_abs_diff:.2e} of the model's (largest logit {self.max_abs_logit:.2f},"
                       f" tolerance {TOLERANCE:g} of it)")
-        ties = f" (the other {self.near_ties} near-ties)" if self.near_ties else ""
+        ties = f" (the {self.near_ties} others near-ties)" if self.near_ties > 1 else \
+            " (the other a near-tie)" if self.near_ties else ""
         template = "the chat template embedded unchanged" if self.chat_template else "no chat template (base model)"
         return (f"GGUF: {self.path} ({self.quant}, {_size(self.size_bytes)}); read back by transformers on "
                 f"{self.prompts} {what}: {logits}, greedy picks agree on {self.greedy_matching}/{self.greedy_total} "
-                f"tokens{ties}; the tokenizer encodes a chat-formatted prompt to the same "
-                f"{self.token_ids} ids; {template}")
+                f"tokens{ties}; its tokenizer encodes them to the same {self.token_ids} ids; {template}")
 
     def next_steps(self) -> str:
         lines = [f"Ollama:    cd {self.path.parent} && ollama create {self.ollama_name} -f Modelfile && "
@@ -240,12 +240,33 @@ def write_gguf(gguf, path: Path, model, hf, arch: str, pre: str, quant: str, nam
     _add_hyper_parameters(writer, model.config, arch)
     vocab_size = model.get_input_embeddings().weight.shape[0]
     _add_tokenizer(gguf, writer, hf, pre, vocab_size)
-    for gguf_name, array, qtype in _tensors(gguf, model, arch, quant):
-        writer.add_tensor(gguf_name, array, raw_dtype=qtype)
+    # Two passes, one tensor in memory at a time: the header lists every tensor's shape and type, then each is
+    # converted and written (the writer's add_tensor would hold the whole converted model until the end).
+    for gguf_name, data in _weights(gguf, model, arch):
+        qtype = _tensor_type(gguf, gguf_name, data.shape, quant)
+        block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+        shape = tuple(data.shape)
+        stored = shape if qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16) \
+            else gguf.quant_shape_to_byte_shape(shape, qtype)
+        writer.add_tensor_info(gguf_name, stored, _NUMPY.get(qtype.name, np.uint8), data.numel() // block * type_size,
+                               raw_dtype=qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
+    writer.write_ti_data_to_file()
+    for gguf_name, data in _weights(gguf, model, arch):
+        writer.write_tensor_data(_converted(gguf, data.numpy(), _tensor_type(gguf, gguf_name, data.shape, quant)))
     writer.close()
+
+
+_NUMPY = {"F32": np.float32, "F16": np.float16}
+
+
+def _converted(gguf, array: np.ndarray, qtype) -> np.ndarray:
+    if qtype == gguf.GGMLQuantizationType.F32:
+        return array
+    if qtype == gguf.GGMLQuantizationType.F16:
+        return array.astype(np.float16)
+    return gguf.quants.quantize(array, qtype)
 
 
 def _file_type(gguf, quant: str):
@@ -279,10 +300,10 @@ def _add_hyper_parameters(writer, c, arch: str) -> None:
         writer.add_value_length(head_dim)
 
 
-def _tensors(gguf, model, arch: str, quant: str):
-    """(gguf name, data, GGML type) for each weight, in llama.cpp's layout: q/k projections of the Llama family
+def _weights(gguf, model, arch: str):
+    """(gguf name, fp32 CPU tensor) for each weight, in llama.cpp's layout: q/k projections of the Llama family
     permuted for its rotary embedding (llama.cpp's LlamaModel.permute; transformers' loader reverses it), GPT-2's
-    Conv1D weights transposed to (out, in), a tied output layer not written twice."""
+    Conv1D weights transposed to (out, in), a tied output layer not written twice. One tensor widened at a time."""
     c = model.config
     blocks = c.n_layer if arch == "GPT2" else c.num_hidden_layers
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch], blocks)
@@ -295,21 +316,14 @@ def _tensors(gguf, model, arch: str, quant: str):
         if gguf_name is None:
             raise GgufExportError(f"GGUF export has no llama.cpp name for the tensor {hf_name!r} of this "
                                   f"{c.model_type} model; it cannot be written without it")
-        data = tensor.detach().float()
+        data = tensor.detach().to("cpu", torch.float32)
         if arch == "LLAMA" and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
             data = _permute(data, c.num_attention_heads, c.num_attention_heads)
         elif arch == "LLAMA" and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
             data = _permute(data, c.num_attention_heads, c.num_key_value_heads)
         elif arch == "GPT2" and hf_name.endswith((".c_attn.weight", ".c_proj.weight", ".c_fc.weight")):
             data = data.T
-        array = data.contiguous().numpy()
-        qtype = _tensor_type(gguf, gguf_name, array, quant)
-        if qtype == gguf.GGMLQuantizationType.F32:
-            yield gguf_name, array, qtype
-        elif qtype == gguf.GGMLQuantizationType.F16:
-            yield gguf_name, array.astype(np.float16), qtype
-        else:
-            yield gguf_name, gguf.quants.quantize(array, qtype), qtype
+        yield gguf_name, data.contiguous()
 
 
 def _permute(weights: torch.Tensor, n_head: int, n_head_kv: int) -> torch.Tensor:
@@ -320,18 +334,18 @@ def _permute(weights: torch.Tensor, n_head: int, n_head_kv: int) -> torch.Tensor
             .swapaxes(1, 2).reshape(weights.shape))
 
 
-def _tensor_type(gguf, name: str, array: np.ndarray, quant: str):
+def _tensor_type(gguf, name: str, shape, quant: str):
     """As llama.cpp writes them: 1-D tensors (norms, biases) and position embeddings in f32; with q4_0/q5_1 the
     embedding and output layers in q8_0 (llama-quantize keeps these wider too); a row whose length is not a
     multiple of the block size in f16."""
     types = gguf.GGMLQuantizationType
-    if array.ndim <= 1 or name == "position_embd.weight":
+    if len(shape) <= 1 or name == "position_embd.weight":
         return types.F32
     qtype = types[quant.upper()]
     if quant in LOSSY and name in ("token_embd.weight", "output.weight"):
         qtype = types.Q8_0
     block = gguf.GGML_QUANT_SIZES[qtype][0]
-    return qtype if array.shape[-1] % block == 0 else types.F16
+    return qtype if shape[-1] % block == 0 else types.F16
 
 
 def _add_tokenizer(gguf, writer, hf, pre: str, vocab_size: int) -> None:
@@ -482,8 +496,13 @@ def _reference_outputs(model, hf) -> dict:
     ids = [hf(t, add_special_tokens=False)["input_ids"] for t in texts]
     greedy = [_greedy(model, row) for row in ids]
     # transformers' GGUF reader maps GPT-2's context_length to n_ctx, not to n_positions (the position table's
-    # size), so it builds a 1024-row table; tell it the size the file's own position_embd tensor has.
-    options = {"n_positions": model.config.n_positions} if model.config.model_type == "gpt2" else {}
+    # size), and reads no head size for Qwen3 (attention.key_length, which llama.cpp reads): tell it the sizes the
+    # file's own tensors have.
+    c, options = model.config, {}
+    if c.model_type == "gpt2":
+        options = {"n_positions": c.n_positions}
+    elif c.model_type == "qwen3":
+        options = {"head_dim": c.head_dim}
     return {"texts": texts, "ids": ids, "greedy": greedy, "reader_options": options,
             "logits": [_logits(model, row + g) for row, g in zip(ids, greedy)]}
 
@@ -520,8 +539,8 @@ def check_gguf(path: Path, reference: dict, hf, quant: str) -> GgufCheck:
     diff, scale, matching, total, near_ties = _compare(loaded, reference)
     del loaded
     read_tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    text, ids = reference["texts"][0], reference["ids"][0]
-    read_ids = read_tokenizer(text, add_special_tokens=False)["input_ids"]
+    read_ids = [read_tokenizer(text, add_special_tokens=False)["input_ids"] for text in reference["texts"]]
+    ids = reference["ids"]
     field_ = GGUFReader(str(path)).get_field("tokenizer.chat_template")
     embedded = field_.contents() if field_ is not None else None
     template = getattr(hf, "chat_template", None)
@@ -531,11 +550,11 @@ def check_gguf(path: Path, reference: dict, hf, quant: str) -> GgufCheck:
     if quant not in LOSSY and matching + near_ties != total:
         problems.append(f"the greedy picks agree on only {matching}/{total} tokens, and not only at near-ties")
     if read_ids != ids:
-        problems.append(f"its tokenizer encodes the chat prompt to other ids ({len(read_ids)} against {len(ids)})")
+        problems.append("its tokenizer encodes the check prompts to other ids than the model's tokenizer")
     if embedded != template:
         problems.append("its embedded chat template differs from the model's")
     if problems:
         raise GgufExportError(f"The GGUF file read back does not match the model: {'; '.join(problems)}. It was not "
                               "kept; please report this model")
-    return GgufCheck(path, quant, path.stat().st_size, len(reference["ids"]), diff, scale, matching, total, len(ids),
+    return GgufCheck(path, quant, path.stat().st_size, len(ids), diff, scale, matching, total, sum(map(len, ids)),
                      bool(template), near_ties=near_ties)
