@@ -130,6 +130,13 @@ def test_a_lora_run_exports_f16_and_q8_0_that_answer_like_the_adapted_model(tmp_
         line = check.describe()
         assert line.startswith(f"GGUF: {path} ({quant}, ") and "greedy picks agree on 24/24 tokens;" in line
         assert "the chat template embedded unchanged" in line
+    if arch == "llama":  # the command line, on the run folder training wrote
+        from utils.training.cli import main
+
+        assert main(["export", str(tmp_path / "run"), "--gguf", "--quant", "q8_0", "--to", str(tmp_path / "cli")]) == 0
+        out = capsys.readouterr().out
+        assert f"GGUF: {tmp_path / 'cli' / 'model-q8_0.gguf'} (q8_0, " in out and "ollama create" in out
+        assert (tmp_path / "cli" / "Modelfile").is_file()
     modelfile = (tmp_path / f"gguf-{arch}" / "Modelfile").read_text()
     assert "FROM ./model-q8_0.gguf\n" in modelfile and f'PARAMETER stop "{EOS}"' in modelfile
     assert "ollama create" in check.next_steps() and f"llama-cli -m {path} -cnv" in check.next_steps()
@@ -278,3 +285,12 @@ def test_the_real_chat_model_fine_tuned_with_lora_reads_back_with_the_same_greed
         assert tokenizer.chat_template == hf.chat_template
         assert _metadata(check.path)["tokenizer.ggml.pre"] == "smollm"
     assert 'SYSTEM """You are a helpful AI assistant named SmolLM' in (tmp_path / "gguf" / "Modelfile").read_text()
+
+
+def test_only_the_command_line_imports_the_gguf_export():
+    """A leaf: training, data, models and inspection never load it (nor the optional gguf package)."""
+    from tests.test_imports import imports_of, kit_modules
+
+    modules = kit_modules()
+    assert sorted(name for name, path in modules.items()
+                  if "utils.gguf_export" in imports_of(path, modules)) == ["utils.training.cli"]
