@@ -162,7 +162,8 @@ def test_a_file_that_fails_its_check_never_replaces_the_earlier_export(tmp_path,
             if name.endswith(("q_proj.weight", "k_proj.weight")):
                 p.mul_(40)
     check = gguf_export.export_gguf(predictor, tmp_path / "out", "f16")
-    assert 0 <= check.max_abs_diff <= gguf_export.TOLERANCE * check.max_abs_logit and check.greedy_matching == check.greedy_total == 24
+    assert 0 <= check.max_abs_diff <= gguf_export.TOLERANCE * check.max_abs_logit
+    assert check.greedy_matching == check.greedy_total == 24
     before = check.path.read_bytes()
     # Without llama.cpp's q/k permutation the rotary embedding reads the wrong halves: the read-back model differs.
     monkeypatch.setattr(gguf_export, "_permute", lambda w, n_head, n_kv: w)

@@ -202,7 +202,8 @@ def pre_tokenizer_name(hf) -> str:
     model = json.loads(hf.backend_tokenizer.to_str())["model"]
     if model.get("type") != "BPE" or model.get("byte_fallback"):
         raise GgufExportError("GGUF export writes byte-level BPE tokenizers; this model's is a SentencePiece-style "
-                              f"{model.get('type')} tokenizer: use llama.cpp's convert_hf_to_gguf.py on a merged export")
+                              f"{model.get('type')} tokenizer: use llama.cpp's convert_hf_to_gguf.py on a merged "
+                              "export")
     digest = sha256(str(hf.encode(CHKTXT)).encode()).hexdigest()
     if digest not in PRE_TOKENIZER_HASHES:
         raise GgufExportError(f"The tokenizer's pre-tokenizer is not one llama.cpp knows (hash {digest[:12]}...): "
@@ -481,10 +482,15 @@ def check_prompts(hf) -> list[str]:
 
 @torch.no_grad()
 def _greedy(model, ids: list[int]) -> list[int]:
-    idx = torch.tensor([ids])
-    for _ in range(GREEDY_TOKENS):
-        idx = torch.cat([idx, model(idx).logits[:, -1:].argmax(-1)], dim=1)
-    return idx[0, len(ids):].tolist()
+    """GREEDY_TOKENS tokens picked greedily after ids, end-of-text or not (generate's KV cache: about one forward
+    pass of the prompt, not one per token)."""
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(do_sample=False, max_new_tokens=GREEDY_TOKENS, min_new_tokens=GREEDY_TOKENS,
+                              eos_token_id=None, pad_token_id=0)
+    out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                         generation_config=config)
+    return out[0, len(ids):].tolist()
 
 
 @torch.no_grad()
@@ -520,7 +526,8 @@ def _compare(loaded, reference: dict) -> tuple[float, float, int, int, int]:
         diffs.append(float((got - expected).abs().max()))
         scales.append(float(expected.abs().max()))
         steps = slice(len(row) - 1, len(row) - 1 + len(greedy))
-        picks.append((expected[steps], got[steps].argmax(-1), torch.tensor(greedy)))
+        # the model's own picks from these logits (the same computation as the file's: no cache-path rounding)
+        picks.append((expected[steps], got[steps].argmax(-1), expected[steps].argmax(-1)))
     diff = max(diffs)
     matching = near_ties = 0
     for expected, chosen, greedy in picks:
