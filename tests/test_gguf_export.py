@@ -295,3 +295,14 @@ def test_only_the_command_line_imports_the_gguf_export():
     modules = kit_modules()
     assert sorted(name for name, path in modules.items()
                   if "utils.gguf_export" in imports_of(path, modules)) == ["utils.training.cli"]
+
+
+def test_a_missing_gguf_package_is_one_line_with_the_pip_command(tmp_path, llama_folder, monkeypatch):
+    import sys
+
+    from utils.gguf_export import GgufExportError, export_gguf
+
+    monkeypatch.setitem(sys.modules, "gguf", None)  # the optional package not installed (import raises ImportError)
+    with pytest.raises(GgufExportError, match=r"needs the optional package gguf .*: pip install gguf$"):
+        export_gguf(_full_predictor(tmp_path, llama_folder))
+    assert not (tmp_path / "run").exists()
