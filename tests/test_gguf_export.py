@@ -201,7 +201,7 @@ def _tensor_types(path) -> dict:
 
 
 def test_the_modelfile_translates_chatml_with_its_default_system_prompt(tmp_path):
-    from utils.gguf_export import end_of_turn_token, modelfile_text
+    from utils.gguf_modelfile import end_of_turn_token, modelfile_text
 
     hf = _tokenizer()
     hf.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
@@ -266,9 +266,23 @@ def test_an_unknown_pre_tokenizer_is_refused_not_guessed(tmp_path, llama_folder,
     assert not (tmp_path / "run").exists()
 
 
+@torch.no_grad()
+def _greedy_with_gaps(model, ids: list[int], n: int = 8) -> tuple[list[int], list[float]]:
+    """Greedy tokens after ids, and at each the gap between the model's top two logits."""
+    idx, tokens, gaps = torch.tensor([ids]), [], []
+    for _ in range(n):
+        top = model(idx).logits[0, -1].float().topk(2)
+        tokens.append(int(top.indices[0]))
+        gaps.append(float(top.values[0] - top.values[1]))
+        idx = torch.cat([idx, top.indices[:1].view(1, 1)], dim=1)
+    return tokens, gaps
+
+
 @pytest.mark.slow
 def test_the_real_chat_model_fine_tuned_with_lora_reads_back_with_the_same_greedy_answers(tmp_path, request):
-    """SmolLM2-135M-Instruct (a Llama with llama.cpp's own "smollm" pre-tokenizer hash), LoRA for a few steps."""
+    """SmolLM2-135M-Instruct (a Llama with llama.cpp's own "smollm" pre-tokenizer hash), LoRA for a few steps. f16
+    answers exactly as the adapted model; q8_0 too, up to a token where the adapted model itself was undecided
+    (measured here: the 8th token of one answer, its top two 0.014 logits apart, "specified" against "two")."""
     try:
         folder = request.getfixturevalue("smollm2_folder")
     except pytest.FixtureLookupError:
@@ -278,11 +292,16 @@ def test_the_real_chat_model_fine_tuned_with_lora_reads_back_with_the_same_greed
     result = _trained(tmp_path, folder)
     hf = result.tokenizer.hf
     adapted = result.model.float().eval()
-    for quant in ("q8_0", "f16"):
+    expected = {m: _greedy_with_gaps(adapted, _chat_ids(hf, m)) for m in MESSAGES}
+    for quant in ("f16", "q8_0"):
         check = export_gguf(result, tmp_path / "gguf", quant)
+        print(check.describe())
         model, tokenizer = _read_back(check.path)
         for message in MESSAGES:
-            assert _greedy_answer(model, _chat_ids(hf, message)) == _greedy_answer(adapted, _chat_ids(hf, message))
+            got = _greedy_answer(model, _chat_ids(hf, message))
+            tokens, gaps = expected[message]
+            first = next((i for i, (a, b) in enumerate(zip(got, tokens)) if a != b), None)
+            assert first is None or (quant == "q8_0" and gaps[first] < 0.1), (quant, message, got, tokens, gaps)
         assert tokenizer.chat_template == hf.chat_template
         assert _metadata(check.path)["tokenizer.ggml.pre"] == "smollm"
     assert 'SYSTEM """You are a helpful AI assistant named SmolLM' in (tmp_path / "gguf" / "Modelfile").read_text()
@@ -295,6 +314,8 @@ def test_only_the_command_line_imports_the_gguf_export():
     modules = kit_modules()
     assert sorted(name for name, path in modules.items()
                   if "utils.gguf_export" in imports_of(path, modules)) == ["utils.training.cli"]
+    assert sorted(name for name, path in modules.items()
+                  if "utils.gguf_modelfile" in imports_of(path, modules)) == ["utils.gguf_export"]
 
 
 def test_a_missing_gguf_package_is_one_line_with_the_pip_command(tmp_path, llama_folder, monkeypatch):
