@@ -4,6 +4,7 @@
     python -m utils.training estimate [--gpu t4|l4|a100|h100] [--config FILE.json] [--set KEY=VALUE ...]
     python -m utils.training inspect [--config FILE.json] [--set KEY=VALUE ...]
     python -m utils.training export RUN_DIR [--to DIR] [--merged] [--onnx] [--push-to-hub NAME [--public]]
+    python -m utils.training export RUN_DIR --gguf [--quant f16|bf16|q8_0|q4_0|q5_1] [--to DIR]
     python -m utils.training generate RUN_DIR_OR_EXPORT [--prompt TEXT | --chat MESSAGE] [--max-new-tokens N]
     python -m utils.training predict RUN_DIR_OR_EXPORT (--text TEXT [--text TEXT ...] | --file FILE)
     python -m utils.training evaluate RUN_DIR_OR_EXPORT --data FILE [--exact-match] [--json FILE]
@@ -301,6 +302,11 @@ def export_parser() -> argparse.ArgumentParser:
                              "secret or environment variable HF_TOKEN)")
     parser.add_argument("--public", action="store_true",
                         help="with --push-to-hub: a public repository (default: private)")
+    parser.add_argument("--gguf", action="store_true",
+                        help="instead: one .gguf file for llama.cpp, Ollama and LM Studio, with an Ollama Modelfile, "
+                             "checked read back (in --to DIR, default RUN_DIR/gguf; needs pip install gguf)")
+    parser.add_argument("--quant", metavar="TYPE", help="with --gguf: f16 (default), bf16, q8_0, q4_0 or q5_1 "
+                                                        "(k-quants such as Q4_K_M: llama-quantize the f16 file)")
     return parser
 
 
@@ -380,12 +386,25 @@ def run_export(args: argparse.Namespace) -> int:
 
         if args.public and not args.push_to_hub:
             raise CommandLineError("--public only applies with --push-to-hub NAME")
+        if args.gguf or args.quant:
+            return _export_gguf(args, load_run)
         run = load_run(args.run_dir, args.checkpoint)
         folder = run.export(args.to, args.push_to_hub, args.public, args.onnx, merged=args.merged)
         use = _prog("generate" if run.config.task == "lm" else "predict")
         print(f"Exported {run.checkpoint} to {folder}\n"
               f"Load it with utils.export.load_exported({str(folder)!r}), or run: {use} {folder} ...")
     return _reported(call)
+
+
+def _export_gguf(args: argparse.Namespace, load_run) -> None:
+    from utils.gguf_export import check_quant, export_gguf
+
+    if not args.gguf or args.onnx or args.push_to_hub or args.merged:
+        raise CommandLineError("--gguf writes the .gguf file alone and --quant applies only with it; run --onnx, "
+                               "--merged or --push-to-hub as a separate export")
+    quant = check_quant(args.quant or "f16")  # before the run loads: a k-quant is refused at once
+    check = export_gguf(load_run(args.run_dir, args.checkpoint), args.to, quant)
+    print(f"{check.describe()}\n{check.next_steps()}")
 
 
 def run_generate(args: argparse.Namespace) -> int:
