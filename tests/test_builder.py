@@ -135,3 +135,16 @@ def test_the_usual_lora_rate_draws_no_note_and_full_fine_tuning_at_it_still_does
     assert fine_tuning_note(high) == ("Note: learning_rate=0.001 is high for LoRA adapters and may make the loss "
                                       "diverge; 1e-4 to 2e-4 is usual (e.g. --set learning_rate=2e-4).")
     assert fine_tuning_note(high, wizard_words=True).startswith("Note: a Learning rate of 0.001 is high for LoRA")
+
+
+def test_the_wizards_model_note_gives_the_learning_rates_of_the_chosen_method():
+    """The wizard's Model step said "2e-5 to 1e-4" for LoRA too, where 2e-4 is the usual adapter rate."""
+    from utils.env import DeviceInfo
+    from utils.ui.notes import model_note
+
+    full = WizardConfig(model_source="pretrained", pretrained_model="gpt2")
+    cpu = DeviceInfo("cpu", "CPU")
+    assert "Fine-tuning wants a small learning rate, 2e-5 to 1e-4." in model_note(full, 50257, None, cpu)
+    for method in ("lora", "qlora"):
+        note = model_note(full.replace(finetune_method=method), 50257, None, cpu)
+        assert "Adapters train at a learning rate of 1e-4 to 2e-4." in note and "2e-5" not in note

@@ -108,7 +108,7 @@ def test_every_commands_help_shows_its_defaults_and_fits_the_help_width(capsys, 
         assert too_long == [], f"{command} --help has lines past {HELP_WIDTH} characters"
         if command == "generate":
             for default in ("(default: 200)", "(default: 0.8)", "(default: 40)", "(default: a newline)",
-                            "(default: none, a new sample each time)", "(default: cpu)"):
+                            "(default: none, a new sample each time)", "(default: the GPU when there is one)"):
                 assert default in " ".join(text.split()), default
 
 
@@ -117,8 +117,10 @@ def test_the_top_level_help_names_every_commands_main_options(capsys):
     evaluate can score greedy chat answers."""
     with pytest.raises(SystemExit):
         main(["--help"])
-    commands = {line.split()[3]: line for line in capsys.readouterr().out.splitlines()
-                if line.startswith("  python -m utils.training ") and len(line.split()) > 3}
+    commands: dict[str, str] = {}  # a command's usage lines, joined (export has two: a folder, and --gguf)
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith("  python -m utils.training ") and len(line.split()) > 3:
+            commands[line.split()[3]] = commands.get(line.split()[3], "") + line
     assert "--chat MESSAGE" in commands["generate"] and "--prompt TEXT" in commands["generate"]
-    assert "--merged" in commands["export"] and "--onnx" in commands["export"]
+    assert "--merged" in commands["export"] and "--onnx" in commands["export"] and "--gguf" in commands["export"]
     assert "--exact-match" in commands["evaluate"]

@@ -206,3 +206,25 @@ def test_qlora_on_a_classifier_with_a_biased_head_leaves_the_head_unquantised_an
     assert f"Model: PeftModelForSequenceClassification, {count / 1e6:.2f}M parameters" in out
     assert f"of {count:,} parameters" in out  # the Trainable: line counts the same model
     assert json.loads((tmp_path / "run" / "config.json").read_text())["finetune_method"] == "qlora"
+
+
+@needs_peft
+def test_a_lora_run_folder_loads_its_base_in_the_dtype_it_is_stored_in(tmp_path, llama_folder):
+    """load_run (generate, predict, export of a run folder) built a LoRA run's base in fp32: 30 GB of host RAM for
+    a 7B model stored in bf16. It loads as stored, on the GPU when there is one (here the CPU)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from utils.run_folder.loading import load_run
+    from utils.training import train
+
+    stored = tmp_path / "bf16-base"
+    AutoModelForCausalLM.from_pretrained(llama_folder).to(torch.bfloat16).save_pretrained(stored)
+    AutoTokenizer.from_pretrained(llama_folder).save_pretrained(stored)
+    result = train(_config(tmp_path, stored, max_steps=2), device=DeviceInfo("cpu", "CPU"))
+    run = load_run(result.output_dir, checkpoint="last")
+    named = dict(run.model.named_parameters())
+    assert all(p.dtype == torch.bfloat16 for n, p in named.items() if "lora_" not in n)
+    assert all(p.dtype == torch.float32 for n, p in named.items() if "lora_" in n)  # the trained adapters, as saved
+    saved = torch.load(result.last_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    assert all(torch.equal(named[k[len("model."):]], v) for k, v in saved.items())
+    assert {p.device.type for p in named.values()} == {"cpu"}

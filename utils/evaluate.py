@@ -173,7 +173,7 @@ def evaluate_chat(predictor, source: ChatSource, batch_size: int, data: str, mod
                   exact_match: bool = False) -> Evaluation:
     """The loss over the tokens training counts (encode_chat marks them, with the run's train_on), and with
     exact_match the share of greedy last answers equal to the file's."""
-    from utils.inference import chat_tokenizer
+    from utils.data.tokenizers import chat_tokenizer
 
     config = predictor.config
     tokenizer = _chat_encoder(predictor.tokenizer, chat_tokenizer(predictor.tokenizer, config))

@@ -5,7 +5,7 @@
 
 For a fine-tuned pretrained language model (model_source "pretrained", task "lm") of the Llama family (Llama,
 SmolLM2, Mistral), Qwen2/Qwen3 or GPT-2, with a byte-level BPE tokenizer. A LoRA/QLoRA run is merged into its
-base first (utils.models.adapters.merged_model). The file carries the hyper-parameters, the tokenizer (vocabulary,
+base first (utils.models.merge.save_merged). The file carries the hyper-parameters, the tokenizer (vocabulary,
 merges, token types, BOS/EOS/PAD and the end-of-turn token) and the chat template. Weights are written with the
 gguf package's own numpy quantisers: f16, bf16, q8_0, q4_0, q5_1 (1-D tensors stay f32; with q4_0/q5_1 the
 embedding and output layers are q8_0). K-quants need llama.cpp's llama-quantize. The file is written beside its
@@ -21,6 +21,7 @@ import gc
 import json
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
@@ -137,9 +138,10 @@ def export_gguf(predictor, folder: str | Path | None = None, quant: str = "f16")
     folder = Path(folder) if folder is not None else Path(config.output_dir) / "gguf"
     target = folder / f"model-{quant}.gguf"
 
-    model = _model_to_write(predictor, config)
-    reference = _reference_outputs(model, hf)
     folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".merged-", dir=folder) as scratch:  # gone when read back
+        model = _model_to_write(predictor, config, Path(scratch))
+    reference = _reference_outputs(model, hf)
     tmp = temp_path_for(target)
     try:
         write_gguf(gguf, tmp, model, hf, arch, pre, quant, name=Path(config.pretrained_model).name)
@@ -222,16 +224,20 @@ def _hf_tokenizer(predictor):
     return hf
 
 
-def _model_to_write(predictor, config):
+def _model_to_write(predictor, config, scratch: Path):
     """The fine-tuned model as a plain transformers model on the CPU in fp32: a LoRA/QLoRA run merged into its base
-    (in the base's 16-bit dtype, then widened), a full fine-tune copied (the run's own model is left as it is)."""
-    from utils.models.adapters import merged_model, uses_adapters
+    by the merged export's own merge (into the base's stored weights, written to scratch and read back), a full
+    fine-tune copied (the run's own model is left as it is)."""
+    from utils.models.adapters import uses_adapters
 
-    if uses_adapters(config):
-        model = merged_model(predictor.model, config)
-    else:
-        model = copy.deepcopy(predictor.model)
-    return model.float().cpu().eval()
+    if not uses_adapters(config):
+        return copy.deepcopy(predictor.model).float().cpu().eval()
+    from transformers import AutoModelForCausalLM
+
+    from utils.models.merge import save_merged
+
+    save_merged(predictor.model, config.pretrained_model, scratch)
+    return AutoModelForCausalLM.from_pretrained(scratch, dtype=torch.float32).eval()
 
 
 # ---------------------------------------------------------------------------------------------- writing

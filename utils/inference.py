@@ -23,6 +23,7 @@ from torch import nn
 
 from utils.config import WizardConfig
 from utils.errors import KitError
+from utils.data.tokenizers import chat_tokenizer
 from utils.models.calling import encode_for_inference, model_logits, texts_to_logits
 
 
@@ -108,21 +109,6 @@ def sample_text(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int, m
 def print_piece(piece: str) -> None:
     """A chat answer's stream target: each piece on the same line, shown at once."""
     print(piece, end="", flush=True)
-
-
-def chat_tokenizer(tokenizer, config: WizardConfig):
-    """The transformers tokenizer whose chat template formats the message: the run's own, or the pretrained
-    model's (a run loaded from its folder keeps only the token vocabulary)."""
-    hf = getattr(tokenizer, "hf", None)
-    if hf is None and config.model_source == "pretrained":
-        from utils.data.tokenizers import load_model_tokenizer
-
-        hf = load_model_tokenizer(config.pretrained_model, classify=False).hf
-    if hf is None or not getattr(hf, "chat_template", None):
-        what = config.pretrained_model or "this model"
-        raise InferenceError(f"chat needs a tokenizer with a chat template, and {what!r} has none (a base model, "
-                             "not an -Instruct or chat one); continue text with generate(prompt) instead")
-    return hf
 
 
 @torch.no_grad()

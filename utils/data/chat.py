@@ -326,6 +326,26 @@ class ChatExamples(Dataset):
         y = torch.where(self.encoded.trained[s + 1: e], ids[1:], IGNORE_INDEX)  # the one shift, as in TokenWindows
         return ids[:-1], y
 
+    def lengths(self) -> torch.Tensor:
+        """Each example's input length (its tokens less the last), from the bounds: no pass over the tokens."""
+        picked = self.indices.long()
+        return self.encoded.bounds[picked + 1] - self.encoded.bounds[picked] - 1
+
+    def padded_length(self, batch_size: int, samples: int = 256) -> int:
+        """The mean length collate pads a shuffled batch of batch_size examples to (seeded samples): the shape of
+        the run's steps, which an estimate timed at max_seq_len would overstate several times over."""
+        lengths = self.lengths()
+        if len(lengths) == 0:
+            return PAD_MULTIPLE
+        rows = torch.randint(len(lengths), (samples, batch_size), generator=torch.Generator().manual_seed(0))
+        padded = -(-lengths[rows].amax(dim=1) // PAD_MULTIPLE) * PAD_MULTIPLE  # (samples,)
+        return int(padded.double().mean().round())
+
+    def longest_padded(self) -> int:
+        """The longest batch collate can make: the longest example, rounded up as it pads."""
+        longest = int(self.lengths().max()) if len(self.indices) else 1
+        return -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE
+
     def collate(self, items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded to the longest (rounded up to PAD_MULTIPLE): x with the pad id, y with -100. A causal model
         never attends forward, so real tokens never see the padding after them and no attention mask is needed."""

@@ -422,3 +422,16 @@ def load_model_tokenizer(name: str, classify: bool) -> ModelTokenizer:
         print(f"Tokenizer: {name!r} has no pad token; padding with its end-of-text token {hf.eos_token!r} "
               f"(id {hf.pad_token_id})")
     return ModelTokenizer(hf, classify)
+
+
+def chat_tokenizer(tokenizer, config):
+    """The transformers tokenizer whose chat template formats the message: the run's own, or the pretrained
+    model's (a run loaded from its folder keeps only the token vocabulary)."""
+    hf = getattr(tokenizer, "hf", None)
+    if hf is None and config.model_source == "pretrained":
+        hf = load_model_tokenizer(config.pretrained_model, classify=False).hf
+    if hf is None or not getattr(hf, "chat_template", None):
+        what = config.pretrained_model or "this model"
+        raise TokenizerError(f"chat needs a tokenizer with a chat template, and {what!r} has none (a base model, "
+                             "not an -Instruct or chat one); continue text with generate(prompt) instead")
+    return hf

@@ -90,7 +90,8 @@ def require_bitsandbytes():
 def load_options(config, decision=None, device=None) -> dict[str, Any]:
     """What load_pretrained_model passes to from_pretrained for this method: the base's dtype, and for QLoRA the
     4-bit quantisation and the device it is quantised on (bitsandbytes quantises as the weights land there).
-    decision: the run's PrecisionDecision; None: fp32 on the CPU (inference). device: the torch device this
+    decision: the run's PrecisionDecision; None: inference, a LoRA base in its stored dtype (a 7B bf16 base in 15 GB,
+    not 30 in fp32), a QLoRA base in 4 bits computing in fp32. device: the torch device this
     process trains on (each process of a multi-GPU run its own; Lightning sets it only when fit starts, so
     torch.cuda.current_device() would put every process's copy on GPU 0)."""
     if not uses_adapters(config):
@@ -98,6 +99,8 @@ def load_options(config, decision=None, device=None) -> dict[str, Any]:
     import torch
 
     base_dtype = decision.base_dtype if decision is not None else torch.float32
+    if decision is None and config.finetune_method == "lora":  # inference: the base as stored, where it runs
+        return stored_dtype_on(device or "cpu")
     options: dict[str, Any] = {"dtype": base_dtype}
     if config.finetune_method == "qlora":
         require_bitsandbytes()

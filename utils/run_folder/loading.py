@@ -26,7 +26,7 @@ from torch import nn
 from utils.config import CONFIG_FILENAME, WizardConfig
 from utils.data import load_tokenizer
 from utils.errors import KitError, MissingFileError
-from utils.export import MARKER_FILENAME, WEIGHTS_FILENAME, export_model, load_exported, read_labels
+from utils.export import MARKER_FILENAME, WEIGHTS_FILENAME, best_device, export_model, load_exported, read_labels
 from utils.inference import Predictor
 from utils.models.build import build_model
 from utils.models.user_models import USER_MODEL_DIRNAME, model_files_in
@@ -67,8 +67,9 @@ class LoadedRun(Predictor):
         return finish_export(self, written, self.output_dir, push_to_hub, public, onnx, token)
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> LoadedRun:
-    """The model of a run folder at its best checkpoint (the last when no best was saved) or its last one."""
+def load_run(run_dir: str | Path, checkpoint: str = "best", device: Optional[str] = None) -> LoadedRun:
+    """The model of a run folder at its best checkpoint (the last when no best was saved) or its last one, on device
+    (default: the GPU when there is one, else the CPU); a LoRA base in the dtype it is stored in."""
     if checkpoint not in CHECKPOINT_CHOICES:
         raise RunFolderError(f"checkpoint={checkpoint!r}; choose one of {', '.join(map(repr, CHECKPOINT_CHOICES))}")
     folder = _run_folder(run_dir)
@@ -81,13 +82,14 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu")
                                          f"`python -m utils.training --config {folder / CONFIG_FILENAME}` once to "
                                          f"write it (it resumes and finds nothing left to train)")
     user_files = model_files_in(folder / USER_MODEL_DIRNAME) if config.model_source in ("file", "gist") else None
+    device = device or best_device()
     model = build_model(config, tokenizer.vocab_size, len(labels["label_names"]), labels["pad_id"],
-                        user_files=user_files, label_names=labels["label_names"])
+                        user_files=user_files, label_names=labels["label_names"], device=torch.device(device))
     _load_weights(model, path)
     return LoadedRun(model.to(device).eval(), tokenizer, config, labels["label_names"], labels["pad_id"], path)
 
 
-def load_predictor(path: str | Path, checkpoint: str = "best", device: str = "cpu") -> Predictor:
+def load_predictor(path: str | Path, checkpoint: str = "best", device: Optional[str] = None) -> Predictor:
     """An export folder (it holds the export marker or model.safetensors) or a run folder, loaded for inference."""
     folder = Path(path).expanduser()
     if (folder / MARKER_FILENAME).is_file() or (folder / WEIGHTS_FILENAME).is_file():

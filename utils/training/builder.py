@@ -113,14 +113,14 @@ def fine_tuning_note(config: WizardConfig, wizard_words: bool = False) -> str:
         return ""
     risk = ("for LoRA adapters and may make the loss diverge" if adapters else
             "for fine-tuning a pretrained model and may overwrite what it learnt")
-    usual = f"{_short(low)} to {_short(high)} is usual"
+    usual = f"{short_rate(low)} to {short_rate(high)} is usual"
     if wizard_words:
         return f"Note: a Learning rate of {config.learning_rate:g} is high {risk}; {usual} (the wizard's Training step)."
     return (f"Note: learning_rate={config.learning_rate:g} is high {risk}; {usual} "
-            f"(e.g. --set learning_rate={_short(high if adapters else 5e-5)}).")
+            f"(e.g. --set learning_rate={short_rate(high if adapters else 5e-5)}).")
 
 
-def _short(rate: float) -> str:
+def short_rate(rate: float) -> str:
     return f"{rate:.0e}".replace("e-0", "e-")  # 2e-5, as people write learning rates
 
 
@@ -251,10 +251,17 @@ def describe_batch(config: WizardConfig, per_node: int, data: Optional[PreparedD
             f"({tokens}) per optimizer step")
 
 
+def batch_lengths(config: WizardConfig, data: PreparedData) -> tuple[Optional[int], Optional[int]]:
+    """(the mean length a batch is padded to, the longest one) for chat examples, which pad to their batch's
+    longest: the shapes to time and to measure memory at. (None, None): windows are max_seq_len long."""
+    if not data.chat:
+        return None, None
+    return data.train.padded_length(config.batch_size), data.train.longest_padded()
+
+
 def mean_example_tokens(examples) -> float:
     """The mean input length of chat examples (utils.data.chat.ChatExamples), from their bounds: no pass over them."""
-    bounds, picked = examples.encoded.bounds, examples.indices.long()
-    return float((bounds[picked + 1] - bounds[picked] - 1).double().mean())  # an input is its tokens less the last
+    return float(examples.lengths().double().mean())
 
 
 FSDP_MIN_PARAMS = 1_000_000  # a user model's submodules with this many parameters become FSDP units

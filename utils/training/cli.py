@@ -372,7 +372,8 @@ def _model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="RUN_DIR_OR_EXPORT",
                         help="a run folder (its best checkpoint) or an export folder")
     _checkpoint_argument(parser)
-    parser.add_argument("--device", default="cpu", help="where the model runs, e.g. cpu or cuda (default: cpu)")
+    parser.add_argument("--device", default=None,
+                        help="where the model runs, e.g. cpu or cuda (default: the GPU when there is one)")
 
 
 def _checkpoint_argument(parser: argparse.ArgumentParser) -> None:

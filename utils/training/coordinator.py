@@ -33,9 +33,9 @@ from utils.files import atomic_folder, make_output_dir, remove_temp_files
 from utils.hub import find_token, finish_export
 from utils.inference import Predictor, classify_texts, sample_text  # sample_text, classify_texts: see __all__
 from utils.training.precision import PrecisionDecision, resolve_precision
-from utils.training.builder import (build_callbacks, build_data_spec, build_dataloaders, build_loggers, build_module,
-                                    build_trainer, check_strategy, check_training_windows, describe_batch,
-                                    describe_speedups, devices_per_node, fine_tuning_note)
+from utils.training.builder import (batch_lengths, build_callbacks, build_data_spec, build_dataloaders, build_loggers,
+                                    build_module, build_trainer, check_strategy, check_training_windows,
+                                    describe_batch, describe_speedups, devices_per_node, fine_tuning_note)
 from utils.models.build import build_model, build_task, place_model
 from utils.training.callbacks.recorder import RunRecorder
 from utils.training.module import TransformerModule
@@ -274,11 +274,11 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch, move_no
     # Before any batch exists: a batch_size the device cannot hold is refused in seconds, with the batch that
     # fits, instead of failing in the allocator minutes later. Then the data must fill one batch. Rank zero
     # measures for all: every process holds the same model on a GPU of the same kind (utils.env.detect_device).
-    memory = None
+    memory, (typical, longest) = None, batch_lengths(config, data)
     if launch.is_zero:
         memory = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes,
-                                launch.world_size)
-        memory = _checkpoint_if_needed(config, decision, model, task, data, memory)
+                                launch.world_size, seq_len=longest)
+        memory = _checkpoint_if_needed(config, decision, model, task, data, memory, longest)
         check_memory(memory, config)
     if not data.chat:
         check_training_windows(config, len(data.train), data.num_tokens)
@@ -292,7 +292,8 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch, move_no
               f"{memory.bytes_at(config.batch_size) / 2**30:.1f} GB each at batch_size={config.batch_size}.")
     elif launch.is_zero and steps_left > 0:  # rank zero's own device; nothing to time when nothing is left to train
         estimate = estimate_run(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes,
-                                len(train_loader), len(val_loader), steps_left, memory, refuse_oversize=True)
+                                len(train_loader), len(val_loader), steps_left, memory, refuse_oversize=True,
+                                seq_len=typical)
         print(estimate.describe())
     print(describe_speedups(config, decision))
     kept = []  # best checkpoints saved after the resume point, kept as the run's only best (see checkpoints)
@@ -316,12 +317,13 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch, move_no
                 estimate, kept, notebook=on_change == "start_new")
 
 
-def _checkpoint_if_needed(config, decision, model, task, data, memory):
+def _checkpoint_if_needed(config, decision, model, task, data, memory, seq_len=None):
     """gradient_checkpointing="auto": on for a pretrained model whose batch does not fit without it."""
     if config.model_source != "pretrained" or config.gradient_checkpointing != "auto" or memory.fits(config.batch_size):
         return memory
     enable_checkpointing(model)
-    checkpointed = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
+    checkpointed = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes,
+                                  seq_len=seq_len)
     print(f"Gradient checkpointing: on (auto), as batch_size={config.batch_size} needs about "
           f"{format_bytes(memory.bytes_at(config.batch_size))} without it and "
           f"{format_bytes(checkpointed.bytes_at(config.batch_size))} with it.")

@@ -105,6 +105,7 @@ class Estimate:
     suggested_batch_size: Optional[int] = None  # set when the config's batch does not fit
     suggested_accumulation: Optional[int] = None
     notes: tuple[str, ...] = ()  # what the time above leaves out (compile time, FSDP's communication)
+    seq_len: Optional[int] = None  # the padded length the steps were timed at, when shorter than max_seq_len
 
     @property
     def total_seconds(self) -> float:
@@ -122,8 +123,9 @@ class Estimate:
         """One line on time, one on memory."""
         session = ("fits in one Colab session" if self.fits_session else
                    "longer than a Colab session (12 h at most): checkpoints carry it across sessions")
+        shape = f" of about {self.seq_len} tokens (the data's padded batches)" if self.seq_len else ""
         time_line = (f"Estimate: {self.seconds_per_step:.3g} s per optimizer step ({self.precision}, batch "
-                     f"{self.batch_size} x {self.accumulation} accumulation, timed on {self.device}); "
+                     f"{self.batch_size} x {self.accumulation} accumulation{shape}, timed on {self.device}); "
                      f"{self.total_steps:,} steps + {self.validations} validation(s) = about "
                      f"{format_duration(self.total_seconds)}: {session}.")
         return "\n".join([time_line, self._memory_line(), *self.notes])
@@ -156,17 +158,18 @@ def memory_advice(memory: MemoryModel, batch: int, suggested: int, accumulation:
 
 
 def measure_memory(config: WizardConfig, decision: PrecisionDecision, model: nn.Module, task, vocab_size: int,
-                   num_classes: int, world_size: int = 1) -> MemoryModel:
+                   num_classes: int, world_size: int = 1, seq_len: Optional[int] = None) -> MemoryModel:
     """The memory model of model where it is (train() places it on the training device first): two forward
     passes at batch 1 and 2 in the run's autocast dtype, their saved tensors counted (see Stepper.peak_bytes);
     no batch of the config's size is ever built, so a huge batch_size costs nothing here, and no copy is made.
     The capacity compared against is decision.device's.
 
-    world_size: training processes. Under strategy="fsdp" each holds 1/world_size of the model's state.
+    world_size: training processes. Under strategy="fsdp" each holds 1/world_size of the model's state. seq_len:
+    the longest batch the data makes (chat examples pad to their batch's longest; default max_seq_len).
     """
     shards = world_size if config.strategy == "fsdp" else 1
     with measuring(model):
-        step = Stepper(model, None, task, decision, vocab_size, num_classes, config.max_seq_len)
+        step = Stepper(model, None, task, decision, vocab_size, num_classes, seq_len or config.max_seq_len)
         saved_1, saved_2 = step.peak_bytes(1), step.peak_bytes(2)
         del step
     return _memory_model(model, saved_1, saved_2, decision.device, shards)
@@ -215,7 +218,7 @@ def check_memory(memory: MemoryModel, config: WizardConfig) -> None:
 def estimate_run(config: WizardConfig, decision: PrecisionDecision, model: nn.Module, task, vocab_size: int,
                  num_classes: int, train_batches: int, val_batches: int,
                  steps: Optional[int] = None, memory: Optional[MemoryModel] = None,
-                 refuse_oversize: bool = False) -> Estimate:
+                 refuse_oversize: bool = False, seq_len: Optional[int] = None) -> Estimate:
     """Time a few optimizer steps of a copy of model on decision.device at the config's batch; see the module doc.
 
     train_batches, val_batches: batches per epoch of this process's loaders. steps: the run's optimizer
@@ -224,7 +227,8 @@ def estimate_run(config: WizardConfig, decision: PrecisionDecision, model: nn.Mo
     shows that; train() and the `estimate` command refuse such a batch before calling this). refuse_oversize:
     a config's batch that runs out of memory when timed (the memory model was too hopeful) raises
     BatchTooLargeError naming the batch that trained, instead of an estimate for it: train() never starts at a
-    batch the estimate saw fail.
+    batch the estimate saw fail. seq_len: the length the run's batches have (a chat batch pads to its longest
+    example, often several times shorter than max_seq_len; default max_seq_len).
     """
     from utils.training.builder import total_steps  # builder imports this module's users
 
@@ -237,7 +241,8 @@ def estimate_run(config: WizardConfig, decision: PrecisionDecision, model: nn.Mo
     if memory.shards > 1:  # FSDP: one device times the whole model, at a batch that holds it whole
         timed_batch, timed_accumulation = _batch_that_fits(memory.whole(), B, A)
     timed_batch = max(timed_batch, 1)
-    timing = _time_steps(config, decision, model, task, vocab_size, num_classes, timed_batch)
+    T = seq_len or config.max_seq_len
+    timing = _time_steps(config, decision, model, task, vocab_size, num_classes, timed_batch, T)
     while timing is None:  # out of memory after all: the memory model was too hopeful. Halve, outside the
         # except block, so the failed attempt's tensors (held by its traceback) are gone first.
         if timed_batch == 1:
@@ -248,7 +253,7 @@ def estimate_run(config: WizardConfig, decision: PrecisionDecision, model: nn.Mo
         if memory.shards == 1:
             batch, accumulation = timed_batch, timed_accumulation
             suggested = (batch, accumulation) if batch != B else (None, None)
-        timing = _time_steps(config, decision, model, task, vocab_size, num_classes, timed_batch)
+        timing = _time_steps(config, decision, model, task, vocab_size, num_classes, timed_batch, T)
     if refuse_oversize and suggested[0] is not None:
         raise BatchTooLargeError(
             f"batch_size={B} ran out of {device.describe()} memory in a timed training step (the memory model "
@@ -263,11 +268,11 @@ def estimate_run(config: WizardConfig, decision: PrecisionDecision, model: nn.Mo
                     count_validations(config, train_batches, n_steps),
                     val_forward * math.ceil(val_batches * B / timed_batch),
                     peak if measured else memory.bytes_at(B), measured, memory, B, *suggested,
-                    notes=_estimate_notes(config, memory))
+                    notes=_estimate_notes(config, memory), seq_len=seq_len if T < config.max_seq_len else None)
 
 
 def _time_steps(config: WizardConfig, decision: PrecisionDecision, model: nn.Module, task, vocab_size: int,
-                num_classes: int, batch: int) -> Optional[tuple[float, float, float, int]]:
+                num_classes: int, batch: int, seq_len: int) -> Optional[tuple[float, float, float, int]]:
     """(forward + backward s, optimizer step s, validation forward s, peak CUDA bytes) of model at batch, where
     it is; None when the device ran out of memory. Its trained weights are put back and everything it allocates
     is freed when it returns."""
@@ -277,7 +282,7 @@ def _time_steps(config: WizardConfig, decision: PrecisionDecision, model: nn.Mod
     with trained_weights_restored(model) as work:
         optimizer = torch.optim.AdamW([p for p in work.parameters() if p.requires_grad], lr=config.learning_rate,
                                       **adamw_options(kind))
-        step = Stepper(work, optimizer, task, decision, vocab_size, num_classes, config.max_seq_len)
+        step = Stepper(work, optimizer, task, decision, vocab_size, num_classes, seq_len)
         try:
             fb, opt, peak = step.time(batch, WARMUP_STEPS, TIMED_STEPS)
             timing = fb, opt, step.time_forward(batch), peak
@@ -304,17 +309,20 @@ def estimate_config(config: WizardConfig, decision: PrecisionDecision, refuse_ov
     refuse_oversize: raise BatchTooLargeError for a batch that does not fit, as train() does, instead of timing
     the largest batch that fits (the command line's `estimate`: that batch can fill most of the memory).
     """
-    from utils.training.builder import build_dataloaders
+    from utils.training.builder import batch_lengths, build_dataloaders
 
     config = config.validate()
     data, model, task = _built(config, decision, decision.torch_device())  # timed where the run trains
     check_sequence_length(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
-    memory = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
+    typical, longest = batch_lengths(config, data)
+    memory = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes,
+                            seq_len=longest)
     if refuse_oversize:
         check_memory(memory, config)
     train_loader, val_loader = build_dataloaders(config, data.train, data.val, pin_memory=False)  # for their lengths
     return estimate_run(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes,
-                        len(train_loader), len(val_loader), memory=memory, refuse_oversize=refuse_oversize)
+                        len(train_loader), len(val_loader), memory=memory, refuse_oversize=refuse_oversize,
+                        seq_len=typical)
 
 
 def memory_on(config: WizardConfig, decision: PrecisionDecision) -> MemoryModel:

@@ -74,7 +74,7 @@ class TransformerModule(pl.LightningModule):
         state = self.state_dict()
         if not self.trainable_only:
             return state
-        keep = {name for name, p in self.named_parameters() if p.requires_grad}
+        keep = {name for name, p in self.named_parameters(remove_duplicate=False) if p.requires_grad}  # tied: both
         return {k: v for k, v in state.items() if k in keep}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -32,13 +32,23 @@ def same_run(a: WizardConfig, b: WizardConfig) -> bool:
     return dataclasses.replace(a, output_dir=b.output_dir) == b  # not config.replace: b may hold a bad value
 
 
+def learning_rate_range(config: WizardConfig) -> str:
+    """The usual learning rates for the chosen fine-tuning method: the range training's note uses."""
+    from utils.training.builder import ADAPTER_LR_RANGE, FINE_TUNING_LR, short_rate
+
+    if config.finetune_method in ("lora", "qlora"):
+        low, high = ADAPTER_LR_RANGE
+        return f"Adapters train at a learning rate of {short_rate(low)} to {short_rate(high)}."
+    return f"Fine-tuning wants a small learning rate, 2e-5 to {short_rate(FINE_TUNING_LR)}."
+
+
 def model_note(config: WizardConfig, vocab: int, parameters: Optional[int], device: DeviceInfo) -> str:
     """The Model step's note: a template's size (parameters: its count), or what training does with the user's
     or a pretrained model, with the fine-tuning method recommended on this device."""
     if config.model_source == "pretrained":
         return (f"Fine-tunes {html.escape(config.pretrained_model or 'the model named above')} with its own "
                 "tokenizer: training loads it (from the Hugging Face Hub, or the folder) and checks it on a "
-                "dummy batch first. Fine-tuning wants a small learning rate, 2e-5 to 1e-4.<br>"
+                f"dummy batch first. {learning_rate_range(config)}<br>"
                 f"{html.escape(METHOD_SENTENCES[config.finetune_method])}{method_advice(config, device)}")
     if config.model_source != "template":
         where = config.model_path if config.model_source == "file" else config.gist_id
