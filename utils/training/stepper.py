@@ -173,15 +173,20 @@ def device_of(model: nn.Module) -> torch.device:
 @contextmanager
 def measuring(model: nn.Module):
     """model in training mode for a measuring forward pass, with the random state forked (dropout draws) and its
-    buffers (a BatchNorm's running statistics) put back afterwards: saved-tensor hooks change no weights, so the
-    model itself is measured, never a copy of it."""
+    buffers (a BatchNorm's running statistics) and its modules' plain number attributes put back afterwards:
+    saved-tensor hooks change no weights, so the model itself is measured, never a copy of it."""
     device = device_of(model)
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    # Plain numbers a forward may count with (a step counter, a cached length): the run must start from the model
+    # as it was built, as it did when these passes ran on a copy.
+    numbers = [(m, {k: v for k, v in vars(m).items() if type(v) in (int, float, bool)}) for m in model.modules()]
     was_training = model.training
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             yield model.train()
     finally:
+        for module, values in numbers:
+            vars(module).update(values)
         model.train(was_training)
         with torch.no_grad():
             for name, b in model.named_buffers():
