@@ -11,7 +11,9 @@ check and gradients for the whole base in the model check).
     python bench/lora_host_ram.py                 # max_seq_len 256 (the passes are fp16 on a CPU: slow)
     python bench/lora_host_ram.py --seq-len 1024
 
-The folder is written to a temporary directory (2.5 GB) and deleted afterwards.
+The folder is written to a temporary directory (2.5 GB) and deleted afterwards. Measured here (one thread, a test
+run beside it): base 2.30 GB; the checks' peak RSS above the imports 0.80x the base (transformers memory-maps the
+fp16 safetensors, so the base's pages count as they are read), 583 s of fp16 passes on this CPU.
 """
 
 from __future__ import annotations
