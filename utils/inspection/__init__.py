@@ -101,8 +101,7 @@ def precision_line(decision: PrecisionDecision, report: InspectionReport) -> str
 
 
 def preflight(config: WizardConfig, decision: PrecisionDecision, model, task, data) -> str:
-    """train()'s cheap checks (PREFLIGHT) on its model, where it is, and the first rows of its data (a PreparedData),
-    in the run's autocast.
+    """train()'s cheap checks (PREFLIGHT) on its model, where it is, and the first rows of its data (a PreparedData).
     Returns the line train() prints; raises ModelInspectionError naming each failed check and its fix."""
     started = time.perf_counter()
     subject = Subject(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes, data.pad_id, (),

@@ -1,7 +1,9 @@
 """The checks that read the model's outputs: shapes, causality, padding, initial_loss, overfit_batch, memory.
 
 Each takes a Subject (utils.inspection.subject) and returns a CheckResult. They run in eval mode, on the
-device the model is on and under the run's autocast unless they say otherwise, and leave the model's
+device the model is on, in the dtype its weights are stored in (fp32, or a LoRA base's 16 bits), unless they
+say otherwise: under fp16 autocast an overflow turns the logits to NaN and would hide what these checks look
+for, so the fp16 check (utils.inspection.numerics) is the one that runs the autocast. They leave the model's
 weights, gradients and mode as they found them.
 """
 
@@ -41,7 +43,7 @@ def evaluating(model):
 
 
 def _logits(s: Subject, batch: tuple) -> torch.Tensor:
-    with torch.no_grad(), evaluating(s.model), s.autocast():
+    with torch.no_grad(), evaluating(s.model):
         return s.task.logits(s.model, batch)
 
 

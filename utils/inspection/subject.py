@@ -53,10 +53,6 @@ class Subject:
         """Where the model is: every batch of the checks is made there (never the decision's device as such)."""
         return next(self.model.parameters()).device
 
-    def autocast(self):
-        """The run's autocast, on the device the model is on: the checks see what training computes."""
-        return self.decision.autocast(self.device.type)
-
     @property
     def is_lm(self) -> bool:
         return self.config.task == "lm"
