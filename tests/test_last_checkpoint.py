@@ -107,18 +107,29 @@ def test_processes_vote_once_per_logging_interval(tmp_path):
 
 class _Witness(torch.nn.Module):
     """A tiny language model that notes, at each training step, the batch it got and a random draw (as dropout
-    makes one): two runs that note the same list read the same data in the same order with the same randomness."""
+    makes one): two runs that note the same list read the same data in the same order with the same randomness.
+    It notes only while Lightning trains (_Fitting): the pre-flight measures the model itself, not a copy, and its
+    passes are not the run's steps."""
 
     def __init__(self, seen: list):
         super().__init__()
         self.emb = torch.nn.Embedding(128, 8)
         self.head = torch.nn.Linear(8, 128)
         self.seen = seen
+        self.fitting = False
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        if self.training:
+        if self.training and self.fitting:
             self.seen.append((idx.tolist(), torch.rand(()).item()))
         return self.head(self.emb(idx))
+
+
+class _Fitting(pl.Callback):
+    def on_train_start(self, trainer, pl_module):
+        pl_module.model.fitting = True
+
+    def on_train_end(self, trainer, pl_module):
+        pl_module.model.fitting = False
 
 
 def test_raising_max_steps_after_a_stop_inside_the_epoch_continues_that_epoch(tiny_config, tmp_path):
@@ -127,15 +138,16 @@ def test_raising_max_steps_after_a_stop_inside_the_epoch_continues_that_epoch(ti
     epoch at the stop, and the rerun started the next one; with max_epochs=1 it trained nothing)."""
     config = tiny_config.replace(max_epochs=1, dropout=0.1)
     whole: list = []
-    train(config.replace(max_steps=6, output_dir=str(tmp_path / "whole")), model=_Witness(whole), device=CPU)
+    train(config.replace(max_steps=6, output_dir=str(tmp_path / "whole")), model=_Witness(whole), device=CPU,
+          extra_callbacks=[_Fitting()])
     stretches: list = []
     first = train(config.replace(max_steps=3, output_dir=str(tmp_path / "raised")), model=_Witness(stretches),
-                  device=CPU)
+                  device=CPU, extra_callbacks=[_Fitting()])
     assert first.val_loss is not None  # the stop still validates
     ckpt = torch.load(first.last_checkpoint, map_location="cpu", weights_only=False)
     assert (ckpt["epoch"], ckpt["global_step"]) == (0, 3)
     second = train(config.replace(max_steps=6, output_dir=str(tmp_path / "raised")), model=_Witness(stretches),
-                   device=CPU)
+                   device=CPU, extra_callbacks=[_Fitting()])
     assert (second.resumed_from, second.steps_run, second.global_step) == (first.last_checkpoint, 3, 6)
     assert len(whole) == 6 and stretches == whole
     assert second.best_checkpoint is not None and second.best_checkpoint.exists()
