@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO_ROOT
+from tests.test_adapters import llama_folder  # noqa: F401  (a module-scoped fixture: the tiny chat Llama)
 from utils.config import WizardConfig
 from utils.env import DeviceInfo
 from utils.training import train
@@ -379,24 +380,16 @@ def test_estimate_gpu_measures_a_template_here_in_that_gpu_s_precision(tmp_path,
     assert not (tmp_path / "run").exists()  # nothing written into output_dir
 
 
-def test_estimate_gpu_measures_a_lora_whose_weights_are_here_without_copying_it(tmp_path, capsys, monkeypatch):
+def test_estimate_gpu_measures_a_lora_whose_weights_are_here_without_copying_it(tmp_path, capsys, monkeypatch,
+                                                                               llama_folder):
     """A tiny Llama with its weights in a folder, LoRA: `estimate --gpu t4` builds it as a T4 run would (the base in
     fp16) and measures it on this CPU under fp16 autocast, without a copy of the model."""
     import copy
 
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from tests.conftest import corpus_start
-    from tests.test_adapters import _tokenizer
     from utils.training.cli import main
 
-    folder = tmp_path / "llama"
-    tokenizer = _tokenizer()
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                 eos_token_id=0, bos_token_id=0, pad_token_id=0)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    folder = llama_folder
     deepcopy = copy.deepcopy
 
     def refuse(obj, *args, **kwargs):  # a config's replace() deep-copies its fields: only a module is refused

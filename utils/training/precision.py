@@ -59,13 +59,11 @@ class PrecisionDecision:
             return torch.float32
         return self.autocast_dtype
 
-    def autocast(self, device_type: Optional[str] = None):
-        """The autocast context a forward pass runs under, outside Lightning (checks, estimate, bench).
-        device_type: where the model is, when that is not the decision's device (an FSDP run's model stays on
-        the CPU until Lightning shards it; a wizard on a laptop checks a T4 run's model on its CPU)."""
+    def autocast(self):
+        """The autocast context a forward pass runs under, outside Lightning (bench/hand_loop.py's loop)."""
         if self.autocast_dtype is None:
             return nullcontext()
-        return torch.autocast(device_type or self.device.kind, dtype=self.autocast_dtype)
+        return torch.autocast(self.device.kind, dtype=self.autocast_dtype)
 
     def torch_device(self, local_rank: int = 0) -> torch.device:
         """Where one training process's model lives: its own GPU (local_rank: the process's place on its
