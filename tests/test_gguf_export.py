@@ -31,10 +31,14 @@ MESSAGES = ("What is the capital of France?", "def add(a, b):", "Tell me a story
 @pytest.fixture(autouse=True)
 def known_hash(monkeypatch):
     """Test-only allowance: the tiny tokenizer's pre-tokenizer hash counts as llama.cpp's "gpt-2" (see above)."""
-    import utils.gguf_export as gguf_export
+    allow_the_tiny_tokenizer(monkeypatch)
 
-    digest = sha256(str(_tokenizer().encode(gguf_export.CHKTXT)).encode()).hexdigest()
-    monkeypatch.setitem(gguf_export.PRE_TOKENIZER_HASHES, digest, "gpt-2")
+
+def allow_the_tiny_tokenizer(monkeypatch) -> None:
+    import utils.gguf_tokenizer as gguf_tokenizer
+
+    digest = sha256(str(_tokenizer().encode(gguf_tokenizer.CHKTXT)).encode()).hexdigest()
+    monkeypatch.setitem(gguf_tokenizer.PRE_TOKENIZER_HASHES, digest, "gpt-2")
 
 
 @pytest.fixture(scope="module")
@@ -259,8 +263,9 @@ def test_refuses_a_classifier_and_an_unsupported_architecture_writing_nothing(tm
 
 def test_an_unknown_pre_tokenizer_is_refused_not_guessed(tmp_path, llama_folder, monkeypatch):
     import utils.gguf_export as gguf_export
+    import utils.gguf_tokenizer as gguf_tokenizer
 
-    monkeypatch.setattr(gguf_export, "PRE_TOKENIZER_HASHES", {})
+    monkeypatch.setattr(gguf_tokenizer, "PRE_TOKENIZER_HASHES", {})
     with pytest.raises(gguf_export.GgufExportError, match="pre-tokenizer is not one llama.cpp knows"):
         gguf_export.export_gguf(_full_predictor(tmp_path, llama_folder))
     assert not (tmp_path / "run").exists()
@@ -307,15 +312,18 @@ def test_the_real_chat_model_fine_tuned_with_lora_reads_back_with_the_same_greed
     assert 'SYSTEM """You are a helpful AI assistant named SmolLM' in (tmp_path / "gguf" / "Modelfile").read_text()
 
 
-def test_only_the_command_line_imports_the_gguf_export():
+def test_only_the_command_line_and_the_notebook_s_export_choice_import_the_gguf_export():
     """A leaf: training, data, models and inspection never load it (nor the optional gguf package)."""
     from tests.test_imports import imports_of, kit_modules
 
     modules = kit_modules()
-    assert sorted(name for name, path in modules.items()
-                  if "utils.gguf_export" in imports_of(path, modules)) == ["utils.training.cli"]
-    assert sorted(name for name, path in modules.items()
-                  if "utils.gguf_modelfile" in imports_of(path, modules)) == ["utils.gguf_export"]
+
+    def importers(module: str) -> list[str]:
+        return sorted(name for name, path in modules.items() if module in imports_of(path, modules))
+
+    assert importers("utils.gguf_export") == ["utils.export_choice", "utils.training.cli"]
+    assert importers("utils.gguf_tokenizer") == ["utils.gguf_export"]
+    assert importers("utils.gguf_modelfile") == ["utils.gguf_export", "utils.gguf_tokenizer"]
 
 
 def test_a_missing_gguf_package_is_one_line_with_the_pip_command(tmp_path, llama_folder, monkeypatch):
