@@ -71,6 +71,32 @@ def qwen3_folder(tmp_path_factory):
     return folder
 
 
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 32}  # a short original context: 3 of the 4 frequencies scaled
+
+
+@pytest.fixture(scope="module")
+def llama3_folder(tmp_path_factory):
+    """A tiny Llama 3.1/3.2: RoPE scaling "llama3", its attention sharpened (a random init's is near uniform, so the
+    rotary frequencies would hardly change the logits)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("llama3")
+    tokenizer = _tokenizer()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=256, rope_scaling=dict(LLAMA3_ROPE),
+                                         eos_token_id=0, bos_token_id=0, pad_token_id=0))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(40)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def _read_back(path, n_positions=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -185,6 +211,51 @@ def test_a_full_fine_tune_of_qwen3_with_its_own_head_size_exports_f16(tmp_path, 
     assert meta["general.architecture"] == "qwen3" and meta["qwen3.attention.key_length"] == 16
     assert "blk.0.attn_q_norm.weight" in _tensor_types(check.path)
     assert check.greedy_matching == check.greedy_total == 24 and check.max_abs_diff <= 0.02 * check.max_abs_logit
+
+
+def test_llama3_rope_scaling_is_written_as_llama_cpp_s_rope_freqs_and_reads_back_as_the_model(tmp_path, llama3_folder,
+                                                                                                monkeypatch):
+    """transformers' GGUF reader skips rope_freqs, so the file is checked in two independent halves: its factors
+    against transformers' own llama3 frequencies, and transformers' read-back with those factors applied as
+    llama.cpp applies them (each frequency divided by its factor) against the model's logits. Not run in
+    llama.cpp itself (not here); that llama.cpp reads the tensor for a Llama is from its source."""
+    import utils.gguf_export as gguf_export
+    from gguf import GGUFReader
+
+    predictor = _full_predictor(tmp_path, llama3_folder)
+    check = gguf_export.export_gguf(predictor, tmp_path / "out", "f16")
+    assert check.greedy_matching == check.greedy_total == 24
+    assert check.max_abs_diff <= gguf_export.TOLERANCE * check.max_abs_logit
+    (tensor,) = [t for t in GGUFReader(str(check.path)).tensors if t.name == "rope_freqs.weight"]
+    assert tensor.tensor_type.name == "F32"
+    factors = torch.from_numpy(tensor.data.copy())
+    rotary = predictor.model.model.rotary_emb  # transformers' _compute_llama3_parameters
+    plain = 1.0 / (10000.0 ** (torch.arange(0, 8, 2, dtype=torch.float32) / 8))
+    torch.testing.assert_close(plain / factors, rotary.inv_freq, rtol=1e-6, atol=0)
+    assert factors[0] == 1 and factors[-1] == 8  # the highest frequency kept, the lowest divided by the factor
+    # Without the factors the read-back model is another model: the check would refuse a file that lacked them.
+    ids = _chat_ids(predictor.tokenizer.hf, MESSAGES[0])
+    plain_model, _ = _read_back(check.path)
+    expected = predictor.model(torch.tensor([ids])).logits
+    assert (plain_model(torch.tensor([ids])).logits - expected).abs().max() > 0.1 * expected.abs().max()
+    monkeypatch.setattr(gguf_export, "rope_factors", lambda c: torch.ones(4))
+    with pytest.raises(gguf_export.GgufExportError, match=r"does not match the model: logits differ by up to"):
+        gguf_export.export_gguf(predictor, tmp_path / "out", "f16")
+
+
+def test_other_rope_scaling_is_refused_in_one_line(tmp_path, llama_folder):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from utils.gguf_export import GgufExportError, export_gguf
+
+    predictor = _full_predictor(tmp_path, llama_folder)
+    predictor.model = LlamaForCausalLM(LlamaConfig(vocab_size=320, hidden_size=16, intermediate_size=32,
+                                                   num_hidden_layers=1, num_attention_heads=2,
+                                                   rope_scaling={"rope_type": "linear", "factor": 2.0}))
+    with pytest.raises(GgufExportError, match=r"uses 'linear' RoPE scaling, which this export does not write \(it "
+                                              r"writes Llama 3.1/3.2's 'llama3'\)"):
+        export_gguf(predictor)
+    assert not (tmp_path / "run").exists()
 
 
 def test_lossy_quants_report_agreement_without_claiming_parity(tmp_path, llama_folder):

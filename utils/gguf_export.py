@@ -4,10 +4,11 @@
     check = export_gguf(result, quant="q8_0"); print(check.describe()); print(check.next_steps())
 
 For a fine-tuned pretrained language model (model_source "pretrained", task "lm") of the Llama family (Llama,
-SmolLM2, Mistral), Qwen2/Qwen3 or GPT-2, with a byte-level BPE tokenizer. A LoRA/QLoRA run is merged into its
-base first (utils.models.merge.save_merged). The file carries the hyper-parameters, the tokenizer (vocabulary,
-merges, token types, BOS/EOS/PAD and the end-of-turn token) and the chat template. Weights are written with the
-gguf package's own numpy quantisers: f16, bf16, q8_0, q4_0, q5_1 (1-D tensors stay f32; with q4_0/q5_1 the
+SmolLM2, Mistral; Llama 3.1/3.2's "llama3" RoPE scaling as llama.cpp's rope_freqs tensor), Qwen2/Qwen3 or GPT-2,
+with a byte-level BPE tokenizer. A LoRA/QLoRA run is merged into its base first (utils.models.merge.save_merged).
+The file carries the hyper-parameters, the tokenizer (vocabulary, merges, token types, BOS/EOS/PAD and the
+end-of-turn token; utils.gguf_tokenizer) and the chat template. Weights are written with the gguf package's own
+numpy quantisers: f16, bf16, q8_0, q4_0, q5_1 (1-D tensors stay f32; with q4_0/q5_1 the
 embedding and output layers are q8_0). K-quants need llama.cpp's llama-quantize. The file is written beside its
 target under a temporary name, read back with an independent reader (transformers' GGUF loader, which
 dequantises with the gguf package) and compared with the model in memory before it replaces anything.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import math
 import os
 import re
 import tempfile
@@ -171,11 +173,46 @@ def check_architecture(model_config, name: str) -> str:
     if model_type not in ARCHITECTURES:
         raise GgufExportError(f"GGUF export writes {SUPPORTED} models; {name!r} is a {model_type!r} model. Use "
                               "llama.cpp's convert_hf_to_gguf.py on a merged export (export --merged) instead")
-    rope = getattr(model_config, "rope_parameters", None) or getattr(model_config, "rope_scaling", None) or {}
-    if rope.get("rope_type", rope.get("type", "default")) != "default":
-        raise GgufExportError(f"{name!r} uses {rope.get('rope_type') or rope.get('type')!r} RoPE scaling, which this "
-                              "export does not write; use llama.cpp's convert_hf_to_gguf.py on a merged export")
+    rope = _rope_type(model_config)
+    if rope not in ("default", "llama3") or (rope == "llama3" and ARCHITECTURES[model_type] != "LLAMA"):
+        raise GgufExportError(f"{name!r} uses {rope!r} RoPE scaling, which this export does not write (it writes "
+                              "Llama 3.1/3.2's 'llama3'); use llama.cpp's convert_hf_to_gguf.py on a merged export")
     return ARCHITECTURES[model_type]
+
+
+def _rope_parameters(model_config) -> dict:
+    return getattr(model_config, "rope_parameters", None) or getattr(model_config, "rope_scaling", None) or {}
+
+
+def _rope_type(model_config) -> str:
+    rope = _rope_parameters(model_config)
+    return rope.get("rope_type", rope.get("type", "default"))
+
+
+def rope_factors(model_config) -> torch.Tensor:
+    """Llama 3.1/3.2's RoPE scaling ("llama3") as llama.cpp stores it: a rope_freqs tensor with one factor per
+    rotary frequency, each frequency divided by its factor (LlamaModel.generate_extra_tensors in llama.cpp's
+    convert_hf_to_gguf.py). llama.cpp reads original_max_position_embeddings from the top of config.json and
+    defaults to 8192; transformers reads it from rope_scaling: the scaling's own value is used here, the one the
+    model was trained with (8192 in every Llama 3.1/3.2)."""
+    c, rope = model_config, _rope_parameters(model_config)
+    base = rope.get("rope_theta", getattr(c, "rope_theta", 10000.0))
+    dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    factor, low, high = rope.get("factor", 8.0), rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
+    old_context = rope.get("original_max_position_embeddings", getattr(c, "original_max_position_embeddings", 8192))
+    low_wavelen, high_wavelen = old_context / low, old_context / high
+    factors = []
+    for freq in freqs.tolist():
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_wavelen:
+            factors.append(1.0)
+        elif wavelen > low_wavelen:
+            factors.append(factor)
+        else:
+            smooth = (old_context / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return torch.tensor(factors, dtype=torch.float32)
 
 
 def _hf_tokenizer(predictor):
@@ -276,7 +313,8 @@ def _add_hyper_parameters(writer, c, arch: str) -> None:
 def _weights(gguf, model, arch: str):
     """(gguf name, fp32 CPU tensor) for each weight, in llama.cpp's layout: q/k projections of the Llama family
     permuted for its rotary embedding (llama.cpp's LlamaModel.permute; transformers' loader reverses it), GPT-2's
-    Conv1D weights transposed to (out, in), a tied output layer not written twice. One tensor widened at a time."""
+    Conv1D weights transposed to (out, in), a tied output layer not written twice, Llama 3.1/3.2's RoPE scaling as
+    rope_freqs. One tensor widened at a time."""
     c = model.config
     blocks = c.n_layer if arch == "GPT2" else c.num_hidden_layers
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch], blocks)
@@ -297,6 +335,8 @@ def _weights(gguf, model, arch: str):
         elif arch == "GPT2" and hf_name.endswith((".c_attn.weight", ".c_proj.weight", ".c_fc.weight")):
             data = data.T
         yield gguf_name, data.contiguous()
+    if arch == "LLAMA" and _rope_type(c) == "llama3":
+        yield gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", rope_factors(c)
 
 
 def _permute(weights: torch.Tensor, n_head: int, n_head_kv: int) -> torch.Tensor:
@@ -403,12 +443,14 @@ def check_gguf(path: Path, reference: dict, hf, quant: str) -> GgufCheck:
 
     loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
                                                   **reference["reader_options"]).eval()
+    reader = GGUFReader(str(path))
+    _apply_rope_freqs(loaded, reader)
     diff, scale, matching, total, near_ties = _compare(loaded, reference)
     del loaded
     read_tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     read_ids = [read_tokenizer(text, add_special_tokens=False)["input_ids"] for text in reference["texts"]]
     ids = reference["ids"]
-    field_ = GGUFReader(str(path)).get_field("tokenizer.chat_template")
+    field_ = reader.get_field("tokenizer.chat_template")
     embedded = field_.contents() if field_ is not None else None
     template = getattr(hf, "chat_template", None)
     problems = []
@@ -426,3 +468,16 @@ def check_gguf(path: Path, reference: dict, hf, quant: str) -> GgufCheck:
                               "kept; please report this model")
     return GgufCheck(path, quant, path.stat().st_size, len(ids), diff, scale, matching, total, sum(map(len, ids)),
                      bool(template), near_ties=near_ties)
+
+
+def _apply_rope_freqs(loaded, reader) -> None:
+    """transformers' GGUF reader skips the rope_freqs tensor (Llama 3.1/3.2's RoPE scaling) and builds a plain RoPE:
+    divide its frequencies by the file's factors, as llama.cpp's ggml_rope_ext does with them, so the check sees the
+    model llama.cpp runs. A reader that applied the scaling itself is left alone."""
+    tensor = next((t for t in reader.tensors if t.name == "rope_freqs.weight"), None)
+    if tensor is None or _rope_type(loaded.config) != "default":
+        return
+    rotary = loaded.model.rotary_emb
+    scaled = rotary.inv_freq / torch.from_numpy(np.array(tensor.data, dtype=np.float32))
+    rotary.inv_freq.copy_(scaled)
+    rotary.original_inv_freq.copy_(scaled)
