@@ -19,6 +19,7 @@ from hashlib import sha256
 import pytest
 import torch
 
+from tests.conftest import REPO_ROOT
 from tests.test_adapters import CHAT_TEMPLATE, CPU, EOS, _config, _tokenizer, gpt2_folder, llama_folder  # noqa: F401
 from utils.config import WizardConfig
 
@@ -93,6 +94,48 @@ def llama3_folder(tmp_path_factory):
             if name.endswith(("q_proj.weight", "k_proj.weight")):
                 p.mul_(40)
     model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+LLAMA2_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + "
+                   "' [/INST]' }}{% else %}{{ ' ' + m['content'] + eos_token }}{% endif %}{% endfor %}")
+
+
+def _sentencepiece_tokenizer():
+    """A Llama-2-style tokenizer.json, as transformers converts a SentencePiece model: <unk> <s> </s>, the 256 byte
+    tokens, then BPE pieces with byte fallback, whose merges are rebuilt from the pieces' order the way transformers
+    builds them from SentencePiece scores (generate_merges). No sentencepiece package is needed."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaTokenizer
+    from transformers.tokenization_utils_base import generate_merges
+
+    text = (REPO_ROOT / "utils/data/embedded/python_reference.txt").read_text(encoding="utf-8")[:20_000]
+    bpe = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    bpe.train_from_iterator([text], trainers.BpeTrainer(vocab_size=400, show_progress=False))
+    trained = bpe.get_vocab()
+    vocab = {t: i for i, t in enumerate(["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)])}
+    for token in sorted(trained, key=trained.get):
+        vocab.setdefault(token, len(vocab))
+    merges = generate_merges(vocab, {t: -float(i) for t, i in vocab.items()})  # earlier pieces score higher
+    tokenizer = LlamaTokenizer(vocab=vocab, merges=merges, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                               add_bos_token=True)
+    tokenizer.chat_template = LLAMA2_TEMPLATE
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def llama2_folder(tmp_path_factory):
+    """A tiny Llama 2 / Mistral v0.1-style model: its tokenizer SentencePiece-style (see above)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("llama2")
+    tokenizer = _sentencepiece_tokenizer()
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                 bos_token_id=1, eos_token_id=2, pad_token_id=0)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -240,6 +283,43 @@ def test_llama3_rope_scaling_is_written_as_llama_cpp_s_rope_freqs_and_reads_back
     assert (plain_model(torch.tensor([ids])).logits - expected).abs().max() > 0.1 * expected.abs().max()
     monkeypatch.setattr(gguf_export, "rope_factors", lambda c: torch.ones(4))
     with pytest.raises(gguf_export.GgufExportError, match=r"does not match the model: logits differ by up to"):
+        gguf_export.export_gguf(predictor, tmp_path / "out", "f16")
+
+
+def test_a_sentencepiece_style_tokenizer_is_written_as_llama_cpp_s_llama_vocabulary_with_scores(tmp_path,
+                                                                                                 llama2_folder,
+                                                                                                 monkeypatch):
+    """llama.cpp's "llama" tokenizer merges by the tokens' scores and reads no merges; so the file carries none, and
+    transformers' reader rebuilds them from the scores as llama.cpp uses them: its ids equal the model tokenizer's on
+    20,000 characters it never trained on, and with the scores reversed the export refuses the file. (All-equal scores
+    passed this reader's check on the three prompts, as it then keeps the merges in id order, where llama.cpp breaks
+    ties by position; the scores written differ from one merged token to the next.)"""
+    import utils.gguf_export as gguf_export
+    import utils.gguf_tokenizer as gguf_tokenizer
+
+    predictor = _full_predictor(tmp_path, llama2_folder)
+    check = gguf_export.export_gguf(predictor, tmp_path / "out", "f16")
+    assert check.greedy_matching == check.greedy_total == 24 and check.chat_template
+    meta = _metadata(check.path)
+    assert (meta["tokenizer.ggml.model"], meta["tokenizer.ggml.pre"]) == ("llama", "default")
+    assert "tokenizer.ggml.merges" not in meta and meta["tokenizer.ggml.add_space_prefix"] is True
+    assert meta["tokenizer.ggml.add_bos_token"] is True and meta["tokenizer.ggml.bos_token_id"] == 1
+    assert meta["tokenizer.ggml.token_type"][:5] == [2, 3, 3, 6, 6]  # <unk> UNKNOWN, <s> </s> CONTROL, bytes BYTE
+    scores = meta["tokenizer.ggml.scores"]
+    hf = predictor.tokenizer.hf
+    assert scores[hf.convert_tokens_to_ids("\u2581t")] > scores[hf.convert_tokens_to_ids("\u2581the")]  # merged first
+    _, tokenizer = _read_back(check.path)
+    held_out = (REPO_ROOT / "utils/data/embedded/python_reference.txt").read_text(encoding="utf-8")[20_000:40_000]
+    held_out += " héllo 😀 wörld\n\n  two spaces"
+    assert tokenizer(held_out)["input_ids"] == hf(held_out)["input_ids"]  # BOS first in both
+    written = gguf_tokenizer.sentencepiece_vocabulary
+
+    def reversed_scores(gguf, hf, n):  # the last merges first: another tokenizer
+        tokens, scores, types = written(gguf, hf, n)
+        return tokens, [-score for score in scores], types
+
+    monkeypatch.setattr(gguf_tokenizer, "sentencepiece_vocabulary", reversed_scores)
+    with pytest.raises(gguf_export.GgufExportError, match="encodes the check prompts to other ids"):
         gguf_export.export_gguf(predictor, tmp_path / "out", "f16")
 
 

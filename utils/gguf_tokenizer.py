@@ -1,16 +1,21 @@
 """The tokenizer side of a GGUF export (utils.gguf_export): llama.cpp's name for the pre-tokenizer, the vocabulary
 with its token types, merges, special tokens and the chat template, written as llama.cpp's convert_hf_to_gguf.py
-writes a byte-level BPE ("gpt2") tokenizer. Also the export's error, which every GGUF module raises.
+writes a byte-level BPE ("gpt2") tokenizer, or a SentencePiece-style BPE with byte fallback (Llama 2, Mistral
+v0.1-0.3: "llama", with scores instead of merges). Also the export's error, which every GGUF module raises.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from hashlib import sha256
 
 from utils.errors import KitError
 from utils.gguf_modelfile import end_of_turn_token
+
+
+SENTENCEPIECE = "default"  # llama.cpp's pre-tokenizer name for a SentencePiece-style ("llama") tokenizer
 
 
 class GgufExportError(KitError, ValueError):
@@ -37,11 +42,13 @@ PRE_TOKENIZER_HASHES = {
 
 def pre_tokenizer_name(hf) -> str:
     """llama.cpp's name for the tokenizer's pre-tokenizer (see PRE_TOKENIZER_HASHES), or one line refusing it."""
-    model = json.loads(hf.backend_tokenizer.to_str())["model"]
-    if model.get("type") != "BPE" or model.get("byte_fallback"):
-        raise GgufExportError("GGUF export writes byte-level BPE tokenizers; this model's is a SentencePiece-style "
-                              f"{model.get('type')} tokenizer: use llama.cpp's convert_hf_to_gguf.py on a merged "
-                              "export")
+    model = _tokenizer_model(hf)
+    if model.get("type") == "BPE" and model.get("byte_fallback"):
+        return SENTENCEPIECE  # Llama 2, Mistral v0.1-0.3: llama.cpp's "llama" tokenizer has no pre-tokenizer
+    if model.get("type") != "BPE":
+        raise GgufExportError("GGUF export writes BPE tokenizers (byte-level, or SentencePiece-style with byte "
+                              f"fallback); this model's is a {model.get('type')} tokenizer: use llama.cpp's "
+                              "convert_hf_to_gguf.py on a merged export")
     digest = sha256(str(hf.encode(CHKTXT)).encode()).hexdigest()
     if digest not in PRE_TOKENIZER_HASHES:
         raise GgufExportError(f"The tokenizer's pre-tokenizer is not one llama.cpp knows (hash {digest[:12]}...): "
@@ -50,18 +57,32 @@ def pre_tokenizer_name(hf) -> str:
     return PRE_TOKENIZER_HASHES[digest]
 
 
+def _tokenizer_model(hf) -> dict:
+    return json.loads(hf.backend_tokenizer.to_str())["model"]
+
+
 def add_tokenizer(gguf, writer, hf, pre: str, vocab_size: int) -> None:
     """The vocabulary as llama.cpp's get_vocab_base writes it (one entry per embedding row, unused rows as [PADn]),
-    then merges, special tokens, add_bos/eos and the chat template through gguf's SpecialVocab, which reads the
+    a SentencePiece-style one as its _set_vocab_sentencepiece does (scores instead of merges); then merges of a
+    byte-level BPE, special tokens, add_bos/eos and the chat template through gguf's SpecialVocab, which reads the
     tokenizer's saved files; the end-of-turn token from the chat template."""
-    tokens, types = vocabulary(gguf, hf, vocab_size)
-    writer.add_tokenizer_model("gpt2")
+    sentencepiece = pre == SENTENCEPIECE
+    if sentencepiece:
+        tokens, scores, types = sentencepiece_vocabulary(gguf, hf, vocab_size)
+    else:
+        tokens, types = vocabulary(gguf, hf, vocab_size)
+    writer.add_tokenizer_model("llama" if sentencepiece else "gpt2")
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
+    if sentencepiece:
+        writer.add_token_scores(scores)
+        writer.add_add_space_prefix(_adds_space_prefix(hf))
     writer.add_token_types(types)
     with tempfile.TemporaryDirectory() as saved:
         hf.save_pretrained(saved)
-        special = gguf.SpecialVocab(saved, load_merges=True, n_vocab=len(tokens))
+        special = gguf.SpecialVocab(saved, load_merges=not sentencepiece, n_vocab=len(tokens))
+    if sentencepiece:  # llama.cpp adds BOS to a "llama" vocabulary whose file does not say: say what it does
+        special.add_special_token["bos"] = _encode_a(hf, True)[0] == hf.bos_token_id
     if getattr(hf, "chat_template", None):
         special.chat_template = hf.chat_template  # the template the model was trained with, whatever file held it
     special.add_to_gguf(writer, quiet=True)
@@ -91,3 +112,37 @@ def vocabulary(gguf, hf, vocab_size: int) -> tuple[list[str], list[int]]:
             tokens.append(token)
             types.append(gguf.TokenType.NORMAL)
     return tokens, types
+
+
+def sentencepiece_vocabulary(gguf, hf, vocab_size: int) -> tuple[list[str], list[float], list[int]]:
+    """A SentencePiece-style vocabulary as llama.cpp writes one: its tokenizer merges the adjacent pair whose joined
+    token scores highest, so each token made by a merge scores minus the rank of the first merge in tokenizer.json
+    that makes it (a tokenizer.json converted from SentencePiece lists its merges in the pieces' score order); other
+    tokens 0, unused rows and added tokens -1000 (as llama.cpp scores them); <0xXX> tokens BYTE, the unknown token
+    UNKNOWN. No merges are written: llama.cpp reads none for this tokenizer, so the check's reader rebuilds them
+    from these scores, as llama.cpp's tokenizer uses them."""
+    tokens, types = vocabulary(gguf, hf, vocab_size)
+    ranks: dict[str, int] = {}
+    for rank, merge in enumerate(_tokenizer_model(hf)["merges"]):
+        ranks.setdefault("".join(merge.split(" ") if isinstance(merge, str) else merge), rank)
+    scores = []
+    for i, token in enumerate(tokens):
+        if re.fullmatch(r"<0x[0-9A-F]{2}>", token):
+            types[i] = gguf.TokenType.BYTE
+        elif token == hf.unk_token:
+            types[i] = gguf.TokenType.UNKNOWN
+        if types[i] in (gguf.TokenType.UNUSED, gguf.TokenType.USER_DEFINED):
+            scores.append(-1000.0)
+        else:
+            scores.append(-1.0 - ranks[token] if token in ranks else 0.0)
+    return tokens, scores, types
+
+
+def _adds_space_prefix(hf) -> bool:
+    """Whether the tokenizer writes a space before the text (SentencePiece's add_dummy_prefix), as llama.cpp's
+    add_space_prefix says; read off what it does to one letter."""
+    return hf.convert_ids_to_tokens(_encode_a(hf, False))[0].startswith("\u2581")
+
+
+def _encode_a(hf, add_special_tokens: bool) -> list[int]:
+    return hf("a", add_special_tokens=add_special_tokens)["input_ids"]
