@@ -5,13 +5,14 @@
 
 For a fine-tuned pretrained language model (model_source "pretrained", task "lm") of the Llama family (Llama,
 SmolLM2, Mistral; Llama 3.1/3.2's "llama3" RoPE scaling as llama.cpp's rope_freqs tensor), Qwen2/Qwen3 or GPT-2,
-with a byte-level BPE tokenizer or a SentencePiece-style one (Llama 2, Mistral v0.1-0.3). A LoRA/QLoRA run is merged into its base first (utils.models.merge.save_merged).
-The file carries the hyper-parameters, the tokenizer (vocabulary, merges, token types, BOS/EOS/PAD and the
-end-of-turn token; utils.gguf_tokenizer) and the chat template. Weights are written with the gguf package's own
-numpy quantisers: f16, bf16, q8_0, q4_0, q5_1 (1-D tensors stay f32; with q4_0/q5_1 the
-embedding and output layers are q8_0). K-quants need llama.cpp's llama-quantize. The file is written beside its
-target under a temporary name, read back with an independent reader (transformers' GGUF loader, which
-dequantises with the gguf package) and compared with the model in memory before it replaces anything.
+with a byte-level BPE tokenizer or a SentencePiece-style one (Llama 2, Mistral v0.1-0.3). A LoRA/QLoRA run is
+merged into its base first (utils.models.merge.save_merged). The file carries the hyper-parameters, the tokenizer
+(vocabulary, merges or scores, token types, BOS/EOS/PAD and the end-of-turn token; utils.gguf_tokenizer) and the
+chat template. Weights are written with the gguf package's own numpy quantisers: f16, bf16, q8_0, q4_0, q5_1
+(1-D tensors stay f32; with q4_0/q5_1 the embedding and output layers are q8_0). K-quants need llama.cpp's
+llama-quantize. The file is written beside its target under a temporary name, read back with an independent reader
+(transformers' GGUF loader, which dequantises with the gguf package) and compared with the model in memory before
+it replaces anything.
 Nothing in training, data, models or inspection imports this module; gguf is an optional package.
 """
 
