@@ -4,8 +4,12 @@ the export, ONNX and GGUF tests."""
 
 from __future__ import annotations
 
+import importlib.util
 import types
 
+import pytest
+
+from tests.test_adapters import llama_folder  # noqa: F401  (a fixture)
 from utils.config import WizardConfig
 from utils.export_choice import FORMATS, export_as
 
@@ -36,3 +40,18 @@ def test_a_k_quant_is_refused_with_the_llama_quantize_command_before_anything_lo
     assert outcome.describe().startswith("Not exported: q4_k_m is a k-quant") and "\n" not in outcome.describe()
     assert "llama-quantize model-f16.gguf model-Q4_K_M.gguf Q4_K_M" in outcome.describe()
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="peft is not installed (requirements-test.txt)")
+def test_adapter_only_writes_the_lora_adapter_and_safetensors_the_merged_model(tmp_path, llama_folder):
+    from tests.test_adapters import CPU, _config
+    from utils.training import train
+
+    result = train(_config(tmp_path, llama_folder, max_steps=2), device=CPU)
+    adapter = export_as(result, "adapter only")
+    assert adapter.folder == tmp_path / "run" / "export" and (adapter.folder / "adapter_config.json").is_file()
+    assert not (adapter.folder / "model.safetensors").exists()
+    assert adapter.describe().startswith(f"Exported to {adapter.folder}: ")
+    assert "adapter_model.safetensors, " in adapter.describe()
+    merged = export_as(result, "safetensors")
+    assert (merged.folder / "model.safetensors").is_file() and (merged.folder / "adapter").is_dir()
