@@ -239,15 +239,26 @@ if runs.runs:
 '''),
     ("md", """\
 ## 8. Export
-One folder with the weights (`model.safetensors`), the config (`config.json`), the tokenizer and,
-for a classifier or your own model, the class names and your model code: everything needed to
-rebuild and use the model, nothing from the training run. The second cell
-loads it back, as you would in a new session, and generates from the loaded model."""),
+Pick what to write. `safetensors` (the default): one folder with the weights (`model.safetensors`),
+the config (`config.json`), the tokenizer and, for a classifier or your own model, the class names
+and your model code: everything needed to rebuild and use the model, nothing from the training run
+(a LoRA/QLoRA adapter is merged into its base, the adapter kept beside). `safetensors + ONNX` adds
+`model.onnx`, checked with onnxruntime; `adapter only` keeps just a LoRA/QLoRA adapter. `GGUF`
+writes one `.gguf` file (quantised as `GGUF_QUANT` says) and an Ollama `Modelfile`, to run a
+fine-tuned pretrained Llama, SmolLM2, Mistral, Qwen2/Qwen3 or GPT-2 on your laptop with llama.cpp,
+Ollama or LM Studio; the file is read back and compared with the model before it is kept, and the
+cell prints that check and the commands to run it. The second cell loads the export folder back,
+as you would in a new session, and generates from the loaded model."""),
     ("code", '''\
 #@title Export the model
-# LoRA/QLoRA: the adapter merged into its base, a 16-bit model transformers loads alone (adapter/ beside)
-export_dir = result.export(merged=result.config.finetune_method != "full")
-print(f"Exported to {export_dir}: {', '.join(sorted(p.name for p in export_dir.iterdir() if p.name[0] != '.'))}")
+EXPORT_FORMAT = "safetensors"  #@param ["safetensors", "safetensors + ONNX", "adapter only", "GGUF"]
+GGUF_QUANT = "q8_0"  #@param ["f16", "bf16", "q8_0", "q4_0", "q5_1"]
+# GGUF_QUANT applies to GGUF only: q8_0 is half the size of f16 and answers alike; q4_0 and q5_1 are smaller and
+# lossy. For q4_k_m, export f16 and run the llama-quantize command it prints.
+
+from utils.export_choice import export_as
+
+print(export_as(result, EXPORT_FORMAT, GGUF_QUANT).describe())  # a refusal is one line saying why
 '''),
     ("code", '''\
 #@title Load the export and generate
@@ -255,15 +266,19 @@ EXPORT_FOLDER = ""  #@param {type:"string"}
 PROMPT = "The "  #@param {type:"string"}
 # Empty EXPORT_FOLDER: this run's export. Any export folder works, e.g. one on Drive from an earlier session.
 
+from pathlib import Path
 from utils.export import load_exported
 
-folder = EXPORT_FOLDER or result.output_dir / "export"
-loaded = load_exported(folder)
-print(f"Loaded {type(loaded.model).__name__} from {folder}:")
-if loaded.config.task == "classification":
-    print(f"{PROMPT!r} -> {loaded.predict([PROMPT])[0]}")
-else:
-    print(loaded.generate(PROMPT, max_new_tokens=200, seed=0))
+folder = Path(EXPORT_FOLDER or result.output_dir / "export")
+if EXPORT_FOLDER or folder.exists():
+    loaded = load_exported(folder)
+    print(f"Loaded {type(loaded.model).__name__} from {folder}:")
+    if loaded.config.task == "classification":
+        print(f"{PROMPT!r} -> {loaded.predict([PROMPT])[0]}")
+    else:
+        print(loaded.generate(PROMPT, max_new_tokens=200, seed=0))
+else:  # EXPORT_FORMAT "GGUF" writes no folder: llama.cpp or Ollama runs it, as the Export cell printed
+    print(f"No export folder {folder} to load: choose EXPORT_FORMAT 'safetensors' above to load the model here.")
 '''),
 ]
 

@@ -19,6 +19,7 @@ from hashlib import sha256
 import pytest
 import torch
 
+from tests.conftest import REPO_ROOT
 from tests.test_adapters import CHAT_TEMPLATE, CPU, EOS, _config, _tokenizer, gpt2_folder, llama_folder  # noqa: F401
 from utils.config import WizardConfig
 
@@ -31,10 +32,14 @@ MESSAGES = ("What is the capital of France?", "def add(a, b):", "Tell me a story
 @pytest.fixture(autouse=True)
 def known_hash(monkeypatch):
     """Test-only allowance: the tiny tokenizer's pre-tokenizer hash counts as llama.cpp's "gpt-2" (see above)."""
-    import utils.gguf_export as gguf_export
+    allow_the_tiny_tokenizer(monkeypatch)
 
-    digest = sha256(str(_tokenizer().encode(gguf_export.CHKTXT)).encode()).hexdigest()
-    monkeypatch.setitem(gguf_export.PRE_TOKENIZER_HASHES, digest, "gpt-2")
+
+def allow_the_tiny_tokenizer(monkeypatch) -> None:
+    import utils.gguf_tokenizer as gguf_tokenizer
+
+    digest = sha256(str(_tokenizer().encode(gguf_tokenizer.CHKTXT)).encode()).hexdigest()
+    monkeypatch.setitem(gguf_tokenizer.PRE_TOKENIZER_HASHES, digest, "gpt-2")
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +68,74 @@ def qwen3_folder(tmp_path_factory):
     Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=64,
                                  tie_word_embeddings=True, eos_token_id=0, bos_token_id=0)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 32}  # a short original context: 3 of the 4 frequencies scaled
+
+
+@pytest.fixture(scope="module")
+def llama3_folder(tmp_path_factory):
+    """A tiny Llama 3.1/3.2: RoPE scaling "llama3", its attention sharpened (a random init's is near uniform, so the
+    rotary frequencies would hardly change the logits)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("llama3")
+    tokenizer = _tokenizer()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=256, rope_scaling=dict(LLAMA3_ROPE),
+                                         eos_token_id=0, bos_token_id=0, pad_token_id=0))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(40)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+LLAMA2_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + "
+                   "' [/INST]' }}{% else %}{{ ' ' + m['content'] + eos_token }}{% endif %}{% endfor %}")
+
+
+def _sentencepiece_tokenizer():
+    """A Llama-2-style tokenizer.json, as transformers converts a SentencePiece model: <unk> <s> </s>, the 256 byte
+    tokens, then BPE pieces with byte fallback, whose merges are rebuilt from the pieces' order the way transformers
+    builds them from SentencePiece scores (generate_merges). No sentencepiece package is needed."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaTokenizer
+    from transformers.tokenization_utils_base import generate_merges
+
+    text = (REPO_ROOT / "utils/data/embedded/python_reference.txt").read_text(encoding="utf-8")[:20_000]
+    bpe = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    bpe.train_from_iterator([text], trainers.BpeTrainer(vocab_size=400, show_progress=False))
+    trained = bpe.get_vocab()
+    vocab = {t: i for i, t in enumerate(["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)])}
+    for token in sorted(trained, key=trained.get):
+        vocab.setdefault(token, len(vocab))
+    merges = generate_merges(vocab, {t: -float(i) for t, i in vocab.items()})  # earlier pieces score higher
+    tokenizer = LlamaTokenizer(vocab=vocab, merges=merges, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                               add_bos_token=True)
+    tokenizer.chat_template = LLAMA2_TEMPLATE
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def llama2_folder(tmp_path_factory):
+    """A tiny Llama 2 / Mistral v0.1-style model: its tokenizer SentencePiece-style (see above)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("llama2")
+    tokenizer = _sentencepiece_tokenizer()
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                 bos_token_id=1, eos_token_id=2, pad_token_id=0)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -183,6 +256,88 @@ def test_a_full_fine_tune_of_qwen3_with_its_own_head_size_exports_f16(tmp_path, 
     assert check.greedy_matching == check.greedy_total == 24 and check.max_abs_diff <= 0.02 * check.max_abs_logit
 
 
+def test_llama3_rope_scaling_is_written_as_llama_cpp_s_rope_freqs_and_reads_back_as_the_model(tmp_path, llama3_folder,
+                                                                                                monkeypatch):
+    """transformers' GGUF reader skips rope_freqs, so the file is checked in two independent halves: its factors
+    against transformers' own llama3 frequencies, and transformers' read-back with those factors applied as
+    llama.cpp applies them (each frequency divided by its factor) against the model's logits. Not run in
+    llama.cpp itself (not here); that llama.cpp reads the tensor for a Llama is from its source."""
+    import utils.gguf_export as gguf_export
+    from gguf import GGUFReader
+
+    predictor = _full_predictor(tmp_path, llama3_folder)
+    check = gguf_export.export_gguf(predictor, tmp_path / "out", "f16")
+    assert check.greedy_matching == check.greedy_total == 24
+    assert check.max_abs_diff <= gguf_export.TOLERANCE * check.max_abs_logit
+    (tensor,) = [t for t in GGUFReader(str(check.path)).tensors if t.name == "rope_freqs.weight"]
+    assert tensor.tensor_type.name == "F32"
+    factors = torch.from_numpy(tensor.data.copy())
+    rotary = predictor.model.model.rotary_emb  # transformers' _compute_llama3_parameters
+    plain = 1.0 / (10000.0 ** (torch.arange(0, 8, 2, dtype=torch.float32) / 8))
+    torch.testing.assert_close(plain / factors, rotary.inv_freq, rtol=1e-6, atol=0)
+    assert factors[0] == 1 and factors[-1] == 8  # the highest frequency kept, the lowest divided by the factor
+    # Without the factors the read-back model is another model: the check would refuse a file that lacked them.
+    ids = _chat_ids(predictor.tokenizer.hf, MESSAGES[0])
+    plain_model, _ = _read_back(check.path)
+    expected = predictor.model(torch.tensor([ids])).logits
+    assert (plain_model(torch.tensor([ids])).logits - expected).abs().max() > 0.1 * expected.abs().max()
+    monkeypatch.setattr(gguf_export, "rope_factors", lambda c: torch.ones(4))
+    with pytest.raises(gguf_export.GgufExportError, match=r"does not match the model: logits differ by up to"):
+        gguf_export.export_gguf(predictor, tmp_path / "out", "f16")
+
+
+def test_a_sentencepiece_style_tokenizer_is_written_as_llama_cpp_s_llama_vocabulary_with_scores(tmp_path,
+                                                                                                 llama2_folder,
+                                                                                                 monkeypatch):
+    """llama.cpp's "llama" tokenizer merges by the tokens' scores and reads no merges; so the file carries none, and
+    transformers' reader rebuilds them from the scores as llama.cpp uses them: its ids equal the model tokenizer's on
+    20,000 characters it never trained on, and with the scores reversed the export refuses the file. (All-equal scores
+    passed this reader's check on the three prompts, as it then keeps the merges in id order, where llama.cpp breaks
+    ties by position; the scores written differ from one merged token to the next.)"""
+    import utils.gguf_export as gguf_export
+    import utils.gguf_tokenizer as gguf_tokenizer
+
+    predictor = _full_predictor(tmp_path, llama2_folder)
+    check = gguf_export.export_gguf(predictor, tmp_path / "out", "f16")
+    assert check.greedy_matching == check.greedy_total == 24 and check.chat_template
+    meta = _metadata(check.path)
+    assert (meta["tokenizer.ggml.model"], meta["tokenizer.ggml.pre"]) == ("llama", "default")
+    assert "tokenizer.ggml.merges" not in meta and meta["tokenizer.ggml.add_space_prefix"] is True
+    assert meta["tokenizer.ggml.add_bos_token"] is True and meta["tokenizer.ggml.bos_token_id"] == 1
+    assert meta["tokenizer.ggml.token_type"][:5] == [2, 3, 3, 6, 6]  # <unk> UNKNOWN, <s> </s> CONTROL, bytes BYTE
+    scores = meta["tokenizer.ggml.scores"]
+    hf = predictor.tokenizer.hf
+    assert scores[hf.convert_tokens_to_ids("\u2581t")] > scores[hf.convert_tokens_to_ids("\u2581the")]  # merged first
+    _, tokenizer = _read_back(check.path)
+    held_out = (REPO_ROOT / "utils/data/embedded/python_reference.txt").read_text(encoding="utf-8")[20_000:40_000]
+    held_out += " héllo 😀 wörld\n\n  two spaces"
+    assert tokenizer(held_out)["input_ids"] == hf(held_out)["input_ids"]  # BOS first in both
+    written = gguf_tokenizer.sentencepiece_vocabulary
+
+    def reversed_scores(gguf, hf, n):  # the last merges first: another tokenizer
+        tokens, scores, types = written(gguf, hf, n)
+        return tokens, [-score for score in scores], types
+
+    monkeypatch.setattr(gguf_tokenizer, "sentencepiece_vocabulary", reversed_scores)
+    with pytest.raises(gguf_export.GgufExportError, match="encodes the check prompts to other ids"):
+        gguf_export.export_gguf(predictor, tmp_path / "out", "f16")
+
+
+def test_other_rope_scaling_is_refused_in_one_line(tmp_path, llama_folder):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from utils.gguf_export import GgufExportError, export_gguf
+
+    predictor = _full_predictor(tmp_path, llama_folder)
+    predictor.model = LlamaForCausalLM(LlamaConfig(vocab_size=320, hidden_size=16, intermediate_size=32,
+                                                   num_hidden_layers=1, num_attention_heads=2,
+                                                   rope_scaling={"rope_type": "linear", "factor": 2.0}))
+    with pytest.raises(GgufExportError, match=r"uses 'linear' RoPE scaling, which this export does not write \(it "
+                                              r"writes Llama 3.1/3.2's 'llama3'\)"):
+        export_gguf(predictor)
+    assert not (tmp_path / "run").exists()
+
+
 def test_lossy_quants_report_agreement_without_claiming_parity(tmp_path, llama_folder):
     from utils.gguf_export import export_gguf
 
@@ -259,8 +414,9 @@ def test_refuses_a_classifier_and_an_unsupported_architecture_writing_nothing(tm
 
 def test_an_unknown_pre_tokenizer_is_refused_not_guessed(tmp_path, llama_folder, monkeypatch):
     import utils.gguf_export as gguf_export
+    import utils.gguf_tokenizer as gguf_tokenizer
 
-    monkeypatch.setattr(gguf_export, "PRE_TOKENIZER_HASHES", {})
+    monkeypatch.setattr(gguf_tokenizer, "PRE_TOKENIZER_HASHES", {})
     with pytest.raises(gguf_export.GgufExportError, match="pre-tokenizer is not one llama.cpp knows"):
         gguf_export.export_gguf(_full_predictor(tmp_path, llama_folder))
     assert not (tmp_path / "run").exists()
@@ -307,15 +463,18 @@ def test_the_real_chat_model_fine_tuned_with_lora_reads_back_with_the_same_greed
     assert 'SYSTEM """You are a helpful AI assistant named SmolLM' in (tmp_path / "gguf" / "Modelfile").read_text()
 
 
-def test_only_the_command_line_imports_the_gguf_export():
+def test_only_the_command_line_and_the_notebook_s_export_choice_import_the_gguf_export():
     """A leaf: training, data, models and inspection never load it (nor the optional gguf package)."""
     from tests.test_imports import imports_of, kit_modules
 
     modules = kit_modules()
-    assert sorted(name for name, path in modules.items()
-                  if "utils.gguf_export" in imports_of(path, modules)) == ["utils.training.cli"]
-    assert sorted(name for name, path in modules.items()
-                  if "utils.gguf_modelfile" in imports_of(path, modules)) == ["utils.gguf_export"]
+
+    def importers(module: str) -> list[str]:
+        return sorted(name for name, path in modules.items() if module in imports_of(path, modules))
+
+    assert importers("utils.gguf_export") == ["utils.export_choice", "utils.training.cli"]
+    assert importers("utils.gguf_tokenizer") == ["utils.gguf_export"]
+    assert importers("utils.gguf_modelfile") == ["utils.gguf_export", "utils.gguf_tokenizer"]
 
 
 def test_a_missing_gguf_package_is_one_line_with_the_pip_command(tmp_path, llama_folder, monkeypatch):

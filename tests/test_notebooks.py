@@ -103,7 +103,15 @@ def test_train_notebook_follows_the_contracts():
     assert wizard_cell.rstrip().endswith("\nwizard"), "the wizard cell must end in `wizard` to display it"
     assert "resolve_wandb_auth(WANDB_MODE)" in source
     assert "train(config, on_change=\"start_new\")" in source and "wizard.config" in source
-    assert "result.export(merged=result.config.finetune_method != \"full\")" in source  # merged: LoRA runs
+    export_cell = next(c.source for c in code_cells("train.ipynb") if c.source.startswith("#@title Export"))
+    formats = ast.literal_eval(re.search(r'EXPORT_FORMAT = "safetensors"  #@param (\[.*\])', export_cell)[1])
+    from utils.export_choice import FORMATS
+    from utils.gguf_export import QUANTS
+
+    assert tuple(formats) == FORMATS  # the form offers every choice export_as takes, and no other
+    quants = ast.literal_eval(re.search(r'GGUF_QUANT = "q8_0"  #@param (\[.*\])', export_cell)[1])
+    assert tuple(quants) == QUANTS
+    assert "export_as(result, EXPORT_FORMAT, GGUF_QUANT)" in export_cell
     assert "load_exported(" in source
 
 

@@ -4,6 +4,9 @@ nbval checks that the notebooks run; this checks what they leave behind. The "di
 first Run all that stops after 3 steps and a second one with max_steps=6 in the same workspace.
 """
 
+from __future__ import annotations
+
+import importlib.util
 import re
 from pathlib import Path
 
@@ -11,6 +14,8 @@ import matplotlib
 import nbformat
 import pytest
 import torch
+
+from tests.test_adapters import llama_folder  # noqa: F401  (a fixture)
 
 matplotlib.use("Agg")
 
@@ -20,12 +25,17 @@ REPO = Path(__file__).resolve().parent.parent
 TINY = "model_size=tiny max_seq_len=32 batch_size=8 val_split=0.02 log_every_n_steps=1"
 
 
-def run_all(monkeypatch, workspace: Path, overrides: str) -> dict:
-    """Every code cell of train.ipynb in order, as Run all does, in one namespace."""
+def run_all(monkeypatch, workspace: Path, overrides: str, form: dict | None = None) -> dict:
+    """Every code cell of train.ipynb in order, as Run all does, in one namespace; form: form fields set to other
+    values, as a user sets them in Colab."""
     monkeypatch.setenv("KIT_WORKSPACE", str(workspace))
     monkeypatch.setenv("KIT_NOTEBOOK_OVERRIDES", overrides)
     monkeypatch.chdir(REPO / "notebooks")
     nb = nbformat.read(REPO / "notebooks" / "train.ipynb", as_version=4)
+    for name, value in (form or {}).items():
+        fields = [(cell, re.search(rf"^{name} = .*?(  #@param.*)$", cell.source, re.M)) for cell in nb.cells]
+        ((cell, field),) = [(cell, field) for cell, field in fields if field]  # one form field of that name
+        cell.source = cell.source.replace(field[0], f"{name} = {value!r}{field[1]}")
     namespace = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model: more threads only add OpenMP overhead
@@ -104,6 +114,47 @@ def test_run_all_with_a_classifier_reports_accuracy_and_labels(tmp_path, monkeyp
     assert sorted(p.name for p in (result.output_dir / "export").iterdir()) == \
         [".kit-export.json", "config.json", "labels.json", "model.safetensors", "tokenizer"]
     assert loaded.predict(["abc", "CAB"]) == result.predict(["abc", "CAB"]) == ["calm", "loud"]
+
+
+@pytest.mark.slow
+def test_the_export_cell_refuses_gguf_for_the_kit_gpt_in_one_line_and_run_all_goes_on(tmp_path, monkeypatch, capsys):
+    run_all(monkeypatch, tmp_path, f"{TINY} max_steps=2", form={"EXPORT_FORMAT": "GGUF"})
+    run_dir = tmp_path / "runs" / "default"
+    captured = capsys.readouterr()
+    refusal = [line for line in captured.out.splitlines() if line.startswith("Not exported: ")]
+    assert refusal == ["Not exported: GGUF export needs a fine-tuned pretrained Llama, SmolLM2, Mistral, Qwen2, Qwen3 "
+                       "or GPT-2 (model_source='pretrained'); this run trained the kit's 'gpt' template on the 'char' "
+                       "tokenizer, which llama.cpp has no architecture for"]
+    assert f"No export folder {run_dir / 'export'} to load: choose EXPORT_FORMAT 'safetensors' above" in captured.out
+    assert "Traceback" not in captured.out + captured.err
+    assert not (run_dir / "gguf").exists() and not (run_dir / "export").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("gguf") is None or importlib.util.find_spec("peft") is None,
+                    reason="gguf and peft are not installed (requirements-test.txt)")
+def test_the_export_cell_writes_a_checked_gguf_of_a_lora_llama_that_answers_like_the_run(tmp_path, monkeypatch, capsys,
+                                                                                          llama_folder):
+    from tests.conftest import corpus_start
+    from tests.test_gguf_export import _chat_ids, _greedy_answer, _read_back, allow_the_tiny_tokenizer
+
+    allow_the_tiny_tokenizer(monkeypatch)  # the tiny tokenizer's pre-tokenizer counts as GPT-2's (see that module)
+    overrides = (f"model_source=pretrained pretrained_model={llama_folder} finetune_method=lora lora_rank=4 "
+                 f"dataset_source=file dataset_path={corpus_start(tmp_path / 'data', 8_000)} max_seq_len=32 "
+                 "batch_size=4 max_steps=3 val_split=0.05 log_every_n_steps=1 learning_rate=2e-2")
+    ns = run_all(monkeypatch, tmp_path, overrides, form={"EXPORT_FORMAT": "GGUF", "GGUF_QUANT": "f16",
+                                                         "MAX_NEW_TOKENS": 8})
+    gguf_dir = tmp_path / "runs" / "default" / "gguf"
+    out = capsys.readouterr().out
+    assert f"GGUF: {gguf_dir / 'model-f16.gguf'} (f16, " in out and "greedy picks agree on 24/24 tokens;" in out
+    assert f"Ollama:    cd {gguf_dir} && ollama create llama" in out and \
+        f"llama.cpp: llama-cli -m {gguf_dir / 'model-f16.gguf'} -cnv" in out
+    assert sorted(p.name for p in gguf_dir.iterdir()) == ["Modelfile", "model-f16.gguf"]
+    assert "No export folder" in out and not (tmp_path / "runs" / "default" / "export").exists()
+    # Read back independently: the file answers a chat prompt as the run's model does.
+    result, (model, _) = ns["result"], _read_back(gguf_dir / "model-f16.gguf")
+    ids = _chat_ids(result.tokenizer.hf, "What is the capital of France?")
+    assert _greedy_answer(model, ids) == _greedy_answer(result.model.float().eval(), ids)
 
 
 # Lines a default Run all may print on stderr, each with what the user does about it. Anything else on
