@@ -79,11 +79,18 @@ def main() -> None:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.0, weight_decay=0.0)
     loaders = {name: build_dataloaders(config, data.train, data.val, pin_memory=False)[0]
                for name, data in (("packed", packed_data), ("padded", padded_data))}
-    times, tokens, losses = {"packed": [], "padded": []}, {"packed": [], "padded": []}, {"packed": [], "padded": []}
+    # The shape the time estimate steps (utils.training.estimate): batch_size rows of batch_lengths' typical length.
+    typical = batch_lengths(config, packed_data)[0]
+    ids = torch.randint(packed_data.tokenizer.vocab_size, (config.batch_size, typical + 1),
+                        generator=torch.Generator().manual_seed(0))
+    estimate_batch = (ids[:, :-1], ids[:, 1:])
+    names = ("packed", "padded", "estimate")
+    times, tokens, losses = ({k: [] for k in names} for _ in range(3))
     for step, batches in enumerate(zip(loaders["packed"], loaders["padded"])):
         if step == args.warmup + args.steps:
             break
-        for name, batch in zip(("packed", "padded"), batches if step % 2 else batches[::-1]):  # alternate who goes first
+        order = list(zip(names, (*batches, estimate_batch)))
+        for name, batch in order[step % 3:] + order[:step % 3]:  # each goes first in turn
             batch = tuple(t.to(device) for t in batch)
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -108,16 +115,21 @@ def report(config, packed_data, padded_data, times, tokens, losses, decision) ->
     mean = {k: sum(v) / n for k, v in times.items()}
     computed = {k: sum(v) / n for k, v in tokens.items()}
     typical = {k: batch_lengths(config, d)[0] for k, d in (("packed", packed_data), ("padded", padded_data))}
+    losses.pop("estimate")  # random ids: its loss means nothing
     print(f"\nSmolLM2-135M-Instruct LoRA r16, batch {config.batch_size}, max_seq_len {config.max_seq_len}, "
           f"{decision.device.name} fp32, {n} steps each (interleaved), first steps not counted")
     print(f"{'':8}{'s/step':>9}{'tokens computed/step':>22}{'estimate shape (B x T)':>24}{'mean loss':>11}")
     for k in ("padded", "packed"):
         print(f"{k:8}{mean[k]:9.3f}{computed[k]:22.0f}{f'{config.batch_size} x {typical[k]}':>24}"
               f"{sum(losses[k]) / n:11.4f}")
+    shape = f"{config.batch_size} x {typical['packed']}"
+    print(f"{'estimate':8}{mean['estimate']:9.3f}{computed['estimate']:22.0f}{shape:>24}")
     diff = max(abs(a - b) for a, b in zip(losses["packed"], losses["padded"]))
     print(f"\npacked/padded: {mean['packed'] / mean['padded']:.2f}x the time per step "
           f"({mean['padded'] / mean['packed']:.2f}x the steps/s), {computed['packed'] / computed['padded']:.2f}x the "
           f"tokens computed; the largest difference of a step's loss, packed vs padded: {diff:.1e}")
+    print(f"the estimate's shape (what the time estimate steps when packing) / packed steps: "
+          f"{mean['estimate'] / mean['packed']:.2f}x the time")
 
 
 if __name__ == "__main__":
