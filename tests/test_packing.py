@@ -27,12 +27,12 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("transformers") is None
 from tests.test_chat_data import messages_row, model_folder, spec, write_jsonl  # noqa: E402,F401  (the fixture too)
 
 
-def varied_chats(n: int) -> list[dict]:
+def varied_chats(n: int, longest: int = 30) -> list[dict]:
     """Conversations of quite different lengths, so a batch pads a lot and packs well."""
     rng = random.Random(0)
     words = "the quick brown fox jumps over the lazy dog what is two plus four name a colour blue green".split()
     return [messages_row(" ".join(rng.choices(words, k=rng.randint(2, 12))) + "?",
-                         " ".join(rng.choices(words, k=rng.randint(1, 30))) + ".") for _ in range(n)]
+                         " ".join(rng.choices(words, k=rng.randint(1, longest))) + ".") for _ in range(n)]
 
 
 def chat_items(tmp_path, folder, n: int = 8, **changes):
@@ -73,7 +73,8 @@ def check_packed_equals_unpacked(model, items, pad_id: int, max_len: int, atol: 
     packed = collate_packed(items, pad_id, max_len)
     assert packed.x.shape[0] < len(items)  # it did pack: fewer rows than conversations
     with torch.no_grad():
-        alone = per_conversation(task.logits(model, padded), padded[1], [(i, 0, len(x)) for i, (x, _) in enumerate(items)])
+        rows = [(i, 0, len(x)) for i, (x, _) in enumerate(items)]
+        alone = per_conversation(task.logits(model, padded), padded[1], rows)
         together = per_conversation(task.logits(model, packed), packed.y, packed_spans(packed, items))
         loss_padded, loss_packed = task.loss(model, padded)[0], task.loss(model, packed)[0]
     for (logits, loss), (logits_alone, loss_alone) in zip(together, alone):
@@ -198,7 +199,8 @@ def test_packing_is_on_by_default_for_chat_data_on_a_llama_and_off_when_asked(tm
     line = describe_batch(config, 1, data).splitlines()[1]
     assert line.startswith("Packing: on - ") and "conversations per row" in line and "fewer tokens computed" in line
     off = prepare_data(build_data_spec(config.replace(pack_sequences="false")))
-    assert off.train.pack_to is None and len(describe_batch(config.replace(pack_sequences="false"), 1, off).splitlines()) == 1
+    assert off.train.pack_to is None
+    assert len(describe_batch(config.replace(pack_sequences="false"), 1, off).splitlines()) == 1  # no packing line
     # The estimate's shapes: packed batches time at their tokens over batch_size rows, memory at the longest padded.
     (typical, longest), (padded, longest_off) = batch_lengths(config, data), batch_lengths(config, off)
     assert longest == longest_off and typical < padded
@@ -249,3 +251,16 @@ def test_a_run_trains_on_packed_batches_with_the_loss_it_has_unpacked(tmp_path, 
                                atol=1e-4, rtol=1e-4)  # the same conversations per step, the same loss
     torch.testing.assert_close(torch.tensor([v for _, v in packed.val_history]),
                                torch.tensor([v for _, v in unpacked.val_history]), atol=1e-4, rtol=1e-4)
+
+
+def test_a_conversation_cut_at_max_seq_len_takes_a_row_of_its_own_as_unpacked(tmp_path, model_folder):
+    path = write_jsonl(tmp_path / "chats.jsonl", varied_chats(24, longest=60))
+    data = prepare_data(spec(path, model_folder, tmp_path, val_split=0.25, max_seq_len=56, pack_sequences="auto"))
+    assert "longer than max_seq_len=56 tokens cut at the end" in data.source
+    items = [data.train[i] for i in range(len(data.train))]
+    assert data.train.pack_to == 56 and max(len(x) for x, _ in items) == 56  # cut as unpacked: 57 tokens, 56 inputs
+    batch = data.train.collate(items)
+    assert batch.x.shape[1] == 56 and batch.x.shape[0] < len(items)  # the short ones still share rows
+    spans = packed_spans(batch, items)
+    full_rows = [row for row, _, length in spans if length == 56]
+    assert full_rows and all(sum(r == row for r, _, _ in spans) == 1 for row in full_rows)  # alone in its row

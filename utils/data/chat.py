@@ -344,7 +344,8 @@ class ChatExamples(Dataset):
         if len(lengths) == 0:
             return PAD_MULTIPLE
         if self.pack_to:  # the tokens of a packed batch, spread over batch_size rows: the same work to time
-            return max(1, round(float(packed_shapes(lengths, batch_size, self.pack_to, samples)[:, 1].mean()) / batch_size))
+            tokens = packed_shapes(lengths, batch_size, self.pack_to, samples)[:, 1]  # (samples,)
+            return max(1, round(float(tokens.mean()) / batch_size))
         rows = torch.randint(len(lengths), (samples, batch_size), generator=torch.Generator().manual_seed(0))
         padded = -(-lengths[rows].amax(dim=1) // PAD_MULTIPLE) * PAD_MULTIPLE  # (samples,)
         return int(padded.double().mean().round())
