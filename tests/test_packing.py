@@ -175,6 +175,27 @@ def test_every_architecture_packing_is_on_for_keeps_attention_within_each_conver
     assert leak(model) < 1e-5
 
 
+@pytest.mark.parametrize("implementation", ["eager", "sdpa", "flex_attention"])
+def test_each_attention_implementation_packing_is_on_for_keeps_conversations_apart(implementation):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2,
+                                         attn_implementation=implementation)).eval()
+    assert model.config._attn_implementation == implementation and model_refusal(model) == ""
+    assert leak(model) < 1e-5
+
+
+def test_flash_attention_which_reads_packed_rows_only_at_batch_size_1_is_not_packed():
+    from types import SimpleNamespace
+
+    from utils.data.packing import packing_refusal
+
+    refusal = packing_refusal(SimpleNamespace(model_type="llama", _attn_implementation="flash_attention_2"))
+    assert "'flash_attention_2' reads packed rows only at batch size 1" in refusal
+
+
 @pytest.mark.parametrize("model_type", ["jamba", "qwen3_next"])
 def test_hybrids_that_build_the_same_mask_still_leak_through_their_recurrent_layers_so_stay_unpacked(model_type):
     """Why packing is on by architecture, not by 'uses create_causal_mask': these do and still carry state across."""
