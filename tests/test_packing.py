@@ -242,6 +242,18 @@ def test_packing_is_off_for_an_unchecked_architecture_and_true_there_is_an_error
     with pytest.raises(DataError, match=r"pack_sequences='true', but .*mamba.*set pack_sequences='auto'"):
         decide_packing("true", str(folder))
     assert decide_packing("false", str(folder)) == (False, "pack_sequences='false'")
+    # Its chat data is padded, and the run says why (the tokenizer beside the config: prepare_data reads no weights).
+    from tests.test_chat_data import build_tokenizer
+    from utils.training.builder import describe_batch
+
+    build_tokenizer().save_pretrained(folder)
+    data = prepare_data(spec(write_jsonl(tmp_path / "chats.jsonl", varied_chats(8)), folder, tmp_path,
+                             val_split=0.25, pack_sequences="auto"))
+    assert data.train.pack_to is None and len(data.train.collate([data.train[0], data.train[1]])) == 2
+    config = WizardConfig(model_source="pretrained", pretrained_model=str(folder), batch_size=2)
+    assert describe_batch(config, 1, data).splitlines()[1] == (
+        "Packing: off - 'mamba' is not among the architectures checked to keep attention within each packed "
+        "conversation; each conversation is padded to its batch's longest")
 
 
 def test_a_packed_batch_for_a_model_that_is_not_a_transformers_one_is_refused(tmp_path, model_folder):
