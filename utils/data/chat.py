@@ -21,7 +21,8 @@ the model learns to stop); the system and user turns and the template's headers 
 
 Items are the kit's (x, y) for task "lm": y is the next token of each x, and -100 (F.cross_entropy's
 ignore_index) where that next token is not trained on. A batch is padded to its longest example (x with
-the pad id, y with -100), see ChatExamples.collate.
+the pad id, y with -100), see ChatExamples.collate; or, for a model that keeps attention within each
+conversation, its conversations are packed into fewer rows with position ids (utils.data.packing).
 
 The encoded examples are cached in the run's data_cache/ (chat_cache_file names the data, the tokenizer,
 its chat template, train_on and max_seq_len), so a rerun after a disconnect does not encode them again.
