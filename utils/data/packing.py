@@ -22,7 +22,7 @@ flash-attention implementation, which reads packed position ids only at batch si
 from __future__ import annotations
 
 import sys
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 
