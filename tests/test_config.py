@@ -137,7 +137,7 @@ def test_override_errors_name_the_problem():
 
 # ------------------------------------------------------------------ metadata: the one source of words and rules
 FIXED_CHOICES = {"task": ("lm", "classification"), "dataset_source": ("embedded", "file", "upload", "huggingface"),
-                 "train_on": ("responses", "all"),
+                 "train_on": ("responses", "all"), "pack_sequences": ("auto", "true", "false"),
                  "tokenizer_strategy": ("char", "byte", "bpe", "pretrained"),
                  "model_source": ("template", "file", "gist", "pretrained"),
                  "model_size": ("tiny", "small", "base"), "precision": ("auto", "16-mixed", "bf16-mixed"),
@@ -181,8 +181,8 @@ def test_names_types_and_defaults_are_unchanged():
     assert (c.task, c.dataset_source, c.tokenizer_strategy, c.vocab_size, c.model_template, c.max_steps,
             c.learning_rate, c.checkpoint_every_minutes, c.precision, c.wandb_mode, c.wandb_project) == \
         ("lm", "embedded", "char", 4096, "gpt", None, 1e-3, 5.0, "auto", "disabled", "colab-transformer-kit")
-    assert len(fields(WizardConfig)) == 53  # 44 + pretrained_model + train_on + inspect + finetune_method, lora_* (4),
-    # gradient_checkpointing
+    assert len(fields(WizardConfig)) == 54  # 44 + pretrained_model + train_on + inspect + finetune_method, lora_* (4),
+    # gradient_checkpointing, pack_sequences
 
 
 def test_every_number_field_has_bounds_that_validation_enforces():

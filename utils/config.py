@@ -141,6 +141,14 @@ class WizardConfig:
                           when=lambda c: c.task == "lm" and c.model_source == "pretrained"
                           and c.dataset_source != "embedded",  # chat data is read only for a pretrained model
                           used_when="only a pretrained language model reads chat data")
+    pack_sequences: str = _data("auto", "Pack sequences", "chat data: several conversations share a row, attention "
+                                "kept within each; the same loss, less padding", choices={
+                                    "auto": "Auto — on where the model keeps attention within each conversation",
+                                    "true": "On — an error where the model cannot",
+                                    "false": "Off — each conversation its own padded row"},
+                                when=lambda c: c.task == "lm" and c.model_source == "pretrained"
+                                and c.dataset_source != "embedded",
+                                used_when="only a pretrained language model reads chat data")
     label_column: str = _data("label", "Label column", "the column holding the class label (classification only)",
                               when=lambda c: c.task == "classification" and c.dataset_source != "embedded",
                               used_when="only a classifier reads labels, from file, upload or Hugging Face data")

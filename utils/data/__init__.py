@@ -16,6 +16,7 @@ from typing import Any, Union
 from torch.utils.data import Dataset
 
 from utils.data.chat import SHAPE_WORDS, ChatSource, open_chat, prepare_chat
+from utils.data.packing import decide_packing
 from utils.data.classification import encode_rows, split_rows
 from utils.data.sources import (CsvFile, DataError, HuggingFaceDataset, JsonlFile, RowSource, TextFile,
                                 check_file)
@@ -60,6 +61,7 @@ class DataSpec:
     vocab_size: int  # bpe only
     cache_dir: Path  # encoded tokens, and a BPE trained on an embedded or Hub corpus
     train_on: str = "responses"  # chat data: "responses" (loss on the answers) or "all"
+    pack_sequences: str = "false"  # chat data: "auto", "true" or "false" (utils.data.packing.decide_packing)
 
     @property
     def classify(self) -> bool:
@@ -103,7 +105,7 @@ def prepare_data(spec: DataSpec, tokenizer=None) -> PreparedData:
                                     size_bytes=source.size_bytes)
     if isinstance(source, ChatSource):
         chat = prepare_chat(source, tokenizer, spec.max_seq_len, spec.val_split, spec.seed, spec.train_on,
-                            spec.cache_dir)
+                            spec.cache_dir, decide_packing(spec.pack_sequences, spec.tokenizer_path))
         return PreparedData(tokenizer, chat.train, chat.val, chat.num_tokens, chat.description,
                             pad_id=chat.train.pad_id, chat=SHAPE_WORDS[source.shape])
     if spec.classify:

@@ -21,7 +21,8 @@ the model learns to stop); the system and user turns and the template's headers 
 
 Items are the kit's (x, y) for task "lm": y is the next token of each x, and -100 (F.cross_entropy's
 ignore_index) where that next token is not trained on. A batch is padded to its longest example (x with
-the pad id, y with -100), see ChatExamples.collate.
+the pad id, y with -100), see ChatExamples.collate; or, for a model that keeps attention within each
+conversation, its conversations are packed into fewer rows with position ids (utils.data.packing).
 
 The encoded examples are cached in the run's data_cache/ (chat_cache_file names the data, the tokenizer,
 its chat template, train_on and max_seq_len), so a rerun after a disconnect does not encode them again.
@@ -40,6 +41,7 @@ from typing import Any, Iterator, Optional
 import torch
 from torch.utils.data import Dataset
 
+from utils.data.packing import collate_packed, packed_shapes
 from utils.data.sources import DataError, RowSource
 from utils.data.tokenizers import tokenizer_fingerprint
 from utils.files import atomic_writer
@@ -313,8 +315,11 @@ class Encoded:
 class ChatExamples(Dataset):
     """Some of the encoded examples (a train or val split); item i is (x (T,), y (T,)), T = its length - 1."""
 
-    def __init__(self, encoded: Encoded, indices: torch.Tensor, pad_id: int):
+    def __init__(self, encoded: Encoded, indices: torch.Tensor, pad_id: int, pack_to: Optional[int] = None,
+                 packing_note: str = ""):
         self.encoded, self.indices, self.pad_id = encoded, indices, pad_id
+        self.pack_to = pack_to  # batches packed into rows of up to this many tokens (utils.data.packing); None: padded
+        self.packing_note = packing_note  # why a batch is not packed, for the run's packing line ("": it is)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -333,22 +338,31 @@ class ChatExamples(Dataset):
 
     def padded_length(self, batch_size: int, samples: int = 256) -> int:
         """The mean length collate pads a shuffled batch of batch_size examples to (seeded samples): the shape of
-        the run's steps, which an estimate timed at max_seq_len would overstate several times over."""
+        the run's steps, which an estimate timed at max_seq_len would overstate several times over. Packed batches
+        (pack_to) are fewer, longer rows: their mean tokens divided by batch_size, the length whose batch_size rows
+        compute as many tokens."""
         lengths = self.lengths()
         if len(lengths) == 0:
             return PAD_MULTIPLE
+        if self.pack_to:  # the tokens of a packed batch, spread over batch_size rows: the same work to time
+            tokens = packed_shapes(lengths, batch_size, self.pack_to, samples)[:, 1]  # (samples,)
+            return max(1, round(float(tokens.mean()) / batch_size))
         rows = torch.randint(len(lengths), (samples, batch_size), generator=torch.Generator().manual_seed(0))
         padded = -(-lengths[rows].amax(dim=1) // PAD_MULTIPLE) * PAD_MULTIPLE  # (samples,)
         return int(padded.double().mean().round())
 
     def longest_padded(self) -> int:
-        """The longest batch collate can make: the longest example, rounded up as it pads."""
+        """The longest batch collate can make: the longest example, rounded up as it pads. Packed too: a packed batch
+        never computes more tokens than batch_size rows of its longest example (utils.data.packing.pack_rows)."""
         longest = int(self.lengths().max()) if len(self.indices) else 1
         return -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE
 
-    def collate(self, items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def collate(self, items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
         """Right-padded to the longest (rounded up to PAD_MULTIPLE): x with the pad id, y with -100. A causal model
-        never attends forward, so real tokens never see the padding after them and no attention mask is needed."""
+        never attends forward, so real tokens never see the padding after them and no attention mask is needed.
+        With pack_to: packed rows and their position ids instead (utils.data.packing.collate_packed)."""
+        if self.pack_to:
+            return collate_packed(items, self.pad_id, self.pack_to)
         longest = max(len(x) for x, _ in items)
         T = -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE
         x = torch.full((len(items), T), self.pad_id, dtype=torch.long)  # (B, T)
@@ -448,15 +462,17 @@ def _check_counts(source: ChatSource, counts: ChatCounts) -> None:
                         "nothing is left to train on; raise max_seq_len")
 
 
-def split_chat(encoded: Encoded, val_split: float, seed: int, pad_id: int) -> tuple[ChatExamples, ChatExamples]:
-    """Whole examples to train or val, by a seeded shuffle."""
+def split_chat(encoded: Encoded, val_split: float, seed: int, pad_id: int, pack_to: Optional[int] = None,
+               packing_note: str = "") -> tuple[ChatExamples, ChatExamples]:
+    """Whole examples to train or val, by a seeded shuffle; pack_to: batches of both packed (ChatExamples)."""
     n = len(encoded.bounds) - 1
     n_val = round(n * val_split)
     if n < 2 or n_val < 1 or n - n_val < 1:
         raise DataError(f"The chat data has {n} usable example(s), too few for a train/val split at "
                         f"val_split={val_split}; add examples or raise val_split.")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return ChatExamples(encoded, order[n_val:], pad_id), ChatExamples(encoded, order[:n_val], pad_id)
+    return (ChatExamples(encoded, order[n_val:], pad_id, pack_to, packing_note),
+            ChatExamples(encoded, order[:n_val], pad_id, pack_to, packing_note))
 
 
 def chat_cache_file(cache_dir: Path, source: ChatSource, tokenizer, max_seq_len: int, train_on: str) -> Path:
@@ -491,13 +507,13 @@ def encode_chat_cached(source: ChatSource, tokenizer, max_seq_len: int, train_on
 
 
 def prepare_chat(source: ChatSource, tokenizer, max_seq_len: int, val_split: float, seed: int,
-                 train_on: str, cache_dir: Optional[Path] = None) -> ChatData:
+                 train_on: str, cache_dir: Optional[Path] = None, packing: tuple[bool, str] = (False, "")) -> ChatData:
     """Chat rows to train/val examples (encoded once, then from cache_dir); prints the counts and a sample with the
-    trained part marked, once."""
+    trained part marked, once. packing: (pack batches into rows of max_seq_len, why not), decide_packing's answer."""
     cache_file = chat_cache_file(cache_dir, source, tokenizer, max_seq_len, train_on) if cache_dir else None
     encoded, counts, sample = encode_chat_cached(source, tokenizer, max_seq_len, train_on, cache_file)
     pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
-    train, val = split_chat(encoded, val_split, seed, pad_id)
+    train, val = split_chat(encoded, val_split, seed, pad_id, max_seq_len if packing[0] else None, packing[1])
     kept = len(encoded.bounds) - 1
     notes = [f"{kept:,} of {counts.rows:,} conversations kept"] if kept != counts.rows else []
     if counts.cut:

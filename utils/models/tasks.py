@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 
+from utils.data.packing import examples_in, packed_logits
 from utils.models.calling import classifier_logits, describe_call, model_logits
 
 
@@ -23,8 +24,14 @@ class LanguageModelTask:
     output_meaning = "batch, sequence length, vocab_size: one score per vocabulary entry at every position"
 
     def logits(self, model: nn.Module, batch) -> torch.Tensor:
+        if len(batch) == 3:  # packed chat rows (x, y, position_ids), utils.data.packing
+            return packed_logits(model, batch)  # (R, L, V)
         x, _ = batch  # (B, T)
         return model_logits(model, x)  # (B, T, V)
+
+    def examples_in(self, batch) -> int:
+        """Sequences in the batch (validation averages per sequence): rows, or a packed batch's conversations."""
+        return examples_in(batch) if len(batch) == 3 else len(batch[0])
 
     def describe_call(self, model: nn.Module) -> str:
         """How the kit calls this model, for messages."""
@@ -35,7 +42,7 @@ class LanguageModelTask:
 
     def scored(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """(loss, per-batch metrics, logits)."""
-        _, y = batch  # (B, T)
+        y = batch[1]  # (B, T)
         logits = self.logits(model, batch)  # (B, T, V)
         # The default ignore_index (-100) skips chat data's prompt and padding targets (utils.data.chat).
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
@@ -87,6 +94,9 @@ class ClassificationTask:
 
     def describe_call(self, model: nn.Module) -> str:
         return describe_call(model, with_mask=True)
+
+    def examples_in(self, batch) -> int:
+        return len(batch[0])
 
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.scored(model, batch)[:2]

@@ -21,6 +21,7 @@ from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
 from utils.config import ConfigError, WizardConfig
 from utils.data import DATA_CACHE_DIR, DataSpec, PreparedData
+from utils.data.packing import describe_packing
 from utils.data.sources import DataError
 from utils.models.adapters import uses_adapters
 from utils.training.precision import PrecisionDecision
@@ -42,7 +43,8 @@ def build_data_spec(config: WizardConfig) -> DataSpec:
                     max_seq_len=config.max_seq_len, tokenizer="model" if pretrained else config.tokenizer_strategy,
                     tokenizer_path=config.pretrained_model if pretrained else config.tokenizer_path,
                     vocab_size=config.vocab_size,
-                    cache_dir=Path(config.output_dir) / DATA_CACHE_DIR, train_on=config.train_on)
+                    cache_dir=Path(config.output_dir) / DATA_CACHE_DIR, train_on=config.train_on,
+                    pack_sequences=config.pack_sequences if pretrained and config.task == "lm" else "false")
 
 
 def check_training_windows(config: WizardConfig, num_train: int, num_tokens: int,
@@ -246,14 +248,27 @@ def describe_batch(config: WizardConfig, per_node: int, data: Optional[PreparedD
     if data is not None and data.chat:
         real = round(total * mean_example_tokens(data.train))
         tokens = f"about {real:,} real tokens on average, at most {total * config.max_seq_len:,}"
-    return (f"Batch: {config.batch_size} sequences per device x {per_node} device(s) x {config.num_nodes} "
+    line = (f"Batch: {config.batch_size} sequences per device x {per_node} device(s) x {config.num_nodes} "
             f"machine(s) x {config.gradient_accumulation_steps} accumulation = {total:,} sequences "
             f"({tokens}) per optimizer step")
+    packing = describe_packing_choice(config, data) if data is not None and data.chat else ""
+    return line + (f"\n{packing}" if packing else "")
+
+
+def describe_packing_choice(config: WizardConfig, data: PreparedData) -> str:
+    """Chat data's packing line: how full the packed rows are, or why pack_sequences='auto' left them padded."""
+    if data.train.pack_to:
+        return describe_packing(data.train.lengths(), config.batch_size, data.train.pack_to)
+    if config.pack_sequences == "auto" and data.train.packing_note:
+        return f"Packing: off - {data.train.packing_note}; each conversation is padded to its batch's longest"
+    return ""
 
 
 def batch_lengths(config: WizardConfig, data: PreparedData) -> tuple[Optional[int], Optional[int]]:
     """(the mean length a batch is padded to, the longest one) for chat examples, which pad to their batch's
-    longest: the shapes to time and to measure memory at. (None, None): windows are max_seq_len long."""
+    longest: the shapes to time and to measure memory at. (None, None): windows are max_seq_len long.
+    Packed batches (fewer, longer rows) are given as the length whose batch_size rows hold their mean tokens,
+    and the longest as padded: packing never computes more tokens than that (utils.data.packing.pack_rows)."""
     if not data.chat:
         return None, None
     return data.train.padded_length(config.batch_size), data.train.longest_padded()

@@ -57,9 +57,10 @@ class TransformerModule(pl.LightningModule):
         # Averaged over the validation set by Lightning, for EarlyStopping, ModelCheckpoint and the bar;
         # the RunRecorder sends them to the loggers.
         loss, metrics, logits = self.task.scored(self.model, batch)
-        self.log("val/loss", loss, prog_bar=True, logger=False)
+        size = self.task.examples_in(batch)  # Lightning would count a packed batch's rows, not its conversations
+        self.log("val/loss", loss, prog_bar=True, logger=False, batch_size=size)
         for name, value in metrics.items():
-            self.log(f"val/{name}", value, prog_bar=True, logger=False)
+            self.log(f"val/{name}", value, prog_bar=True, logger=False, batch_size=size)
         if self._epoch_metrics is None:
             self._epoch_metrics = {k: m.to(loss.device) for k, m in self.task.epoch_metrics(logits.size(-1)).items()}
         self.task.update_epoch_metrics(self._epoch_metrics, loss.detach(), logits.detach(), batch)

@@ -26,7 +26,7 @@ STEPS = (
     _step("tokenizer", "Tokenizer", "tokenizer_strategy", "vocab_size", "tokenizer_path"),
     _step("model", "Model", "model_source", "model_template", "model_size", "model_path", "gist_id", "pretrained_model",
           "finetune_method", "lora_rank", "lora_alpha", "lora_dropout", "lora_target", "gradient_checkpointing",
-          "train_on", "dropout", "inspect"),  # train_on: chat data is read only for a pretrained model, chosen here
+          "train_on", "pack_sequences", "dropout", "inspect"),  # train_on: chat data is read only for a pretrained model, chosen here
     _step("training", "Training", "batch_size", "max_seq_len", "learning_rate", "max_epochs",
           "gradient_accumulation_steps", "gradient_clip_val", "early_stopping_patience", "use_mixed_precision",
           "precision", "compile", "devices", "num_nodes", "strategy"),
