@@ -1,5 +1,5 @@
 """The command line after training: export, generate, predict and estimate on finished runs, the run
-folder loaded back as a Predictor (utils.run_folder.loading), and the console entry point.
+folder loaded back as a Predictor (utils.loading), and the console entry point.
 
 One tiny language model is trained once through `python -m utils.training train` and one tiny
 classifier through train(); each command runs in a subprocess as a user runs it. Bad input goes
@@ -21,7 +21,7 @@ from tests.test_training import _write_labelled
 from utils.config import WizardConfig
 from utils.env import DeviceInfo
 from utils.export import load_exported
-from utils.run_folder.loading import LoadedRun, load_run
+from utils.loading import LoadedRun, load_run
 from utils.training import train
 from utils.training.cli import estimate_and_report, main
 from utils.training.estimate import BatchTooLargeError, estimate_config

@@ -22,7 +22,7 @@ from utils.config import WizardConfig
 from utils.data import open_source, prepare_data
 from utils.env import DeviceInfo
 from utils.evaluate import _spec, evaluate_windows, file_windows
-from utils.run_folder.loading import load_run
+from utils.loading import load_run
 from utils.training import train
 from utils.training.builder import build_data_spec
 from utils.training.cli import main

@@ -214,7 +214,7 @@ def test_a_lora_run_folder_loads_its_base_in_the_dtype_it_is_stored_in(tmp_path,
     a 7B model stored in bf16. It loads as stored, on the GPU when there is one (here the CPU)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from utils.run_folder.loading import load_run
+    from utils.loading import load_run
     from utils.training import train
 
     stored = tmp_path / "bf16-base"

@@ -120,7 +120,7 @@ def test_gpt2_fine_tunes_resumes_at_its_step_and_exports_for_transformers_and_th
 
     from utils.export import load_exported
     from utils.plots import plot_losses
-    from utils.run_folder.loading import load_run
+    from utils.loading import load_run
     from utils.training import train
 
     config = WizardConfig(model_source="pretrained", pretrained_model=str(gpt2_folder), dataset_source="file",
@@ -173,7 +173,7 @@ def test_distilbert_classifier_fine_tunes_with_the_datas_labels_and_exports(tmp_
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from utils.export import load_exported
-    from utils.run_folder.loading import load_run
+    from utils.loading import load_run
     from utils.training import train
 
     config = WizardConfig(task="classification", model_source="pretrained", pretrained_model=str(distilbert_folder),
@@ -357,7 +357,7 @@ def test_a_fine_tuned_run_folder_exports_from_the_command_line_and_load_run(tmp_
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from utils.export import load_exported
-    from utils.run_folder.loading import load_run
+    from utils.loading import load_run
     from utils.training import train
     from utils.training.cli import main
 

@@ -153,7 +153,7 @@ def test_lora_on_the_real_model_passes_inspection_and_learns_the_repeated_conver
 def test_a_lora_run_on_tied_embeddings_loads_from_its_folder_and_chats_before_and_after(lora_run, smollm2_folder):
     """SmolLM2 ties lm_head to embed_tokens: load_run refused the folder ('1 tensors missing ...
     base_model.model.lm_head.weight') before the tied weight counted as part of the frozen base."""
-    from utils.run_folder.loading import load_run
+    from utils.loading import load_run
 
     result, _ = lora_run
     run = load_run(result.output_dir, checkpoint="last")
@@ -255,7 +255,7 @@ def test_a_stopped_lora_run_on_the_real_model_resumes_to_the_same_losses(lora_ru
 
 @pytest.mark.slow
 def test_full_fine_tuning_of_the_real_model_learns_keeps_the_tie_and_its_folder_loads(tmp_path, smollm2_folder):
-    from utils.run_folder.loading import load_run
+    from utils.loading import load_run
 
     # 3 conversations to train on: one batch, seen again at each step; one best checkpoint, at the end
     config = lora_config(tmp_path, smollm2_folder, finetune_method="full", learning_rate=5e-5, val_split=0.75,

@@ -149,7 +149,7 @@ def test_a_refusal_by_the_hub_is_one_line_without_the_token(runs, hub, tmp_path,
 def test_both_templates_export_to_onnx_and_match_pytorch(runs, name, tmp_path, capsys):
     ort = pytest.importorskip("onnxruntime", reason=NO_ORT)
     from utils.onnx_export import TOLERANCE
-    from utils.run_folder.loading import load_run
+    from utils.loading import load_run
 
     result = runs[name]
     assert main(["export", str(result.output_dir), "--to", str(tmp_path / "exp"), "--onnx"]) == 0

@@ -206,7 +206,7 @@ def _load_pretrained_export(folder: Path, device: str) -> ExportedModel:
 
 
 def write_labels(folder: Path, label_names: list[str], pad_id: int) -> None:
-    """A classifier's class names and pad id, in an export and in the run folder (utils.run_folder.loading reads them there)."""
+    """A classifier's class names and pad id, in an export and in the run folder (utils.loading reads them there)."""
     labels = {"label_names": list(label_names), "pad_id": pad_id}
     atomic_write_text(Path(folder) / LABELS_FILENAME, json.dumps(labels, indent=2) + "\n")
 

@@ -383,7 +383,7 @@ def _checkpoint_argument(parser: argparse.ArgumentParser) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     def call():
-        from utils.run_folder.loading import load_run
+        from utils.loading import load_run
 
         if args.public and not args.push_to_hub:
             raise CommandLineError("--public only applies with --push-to-hub NAME")
@@ -434,7 +434,7 @@ def run_predict(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     def call():
         from utils.evaluate import evaluate_predictor
-        from utils.run_folder.loading import load_predictor
+        from utils.loading import load_predictor
 
         model = load_predictor(args.model, args.checkpoint, args.device)
         figure = args.figure or Path(args.model) / "evaluation" / f"{Path(args.data).stem}.confusion.png"
@@ -464,7 +464,7 @@ def run_runs(args: argparse.Namespace) -> int:
 def _load_for(args: argparse.Namespace, task: str, command: str, other: str):
     """The run's or export's model, when it was trained for the task this command needs."""
     from utils.inference import InferenceError
-    from utils.run_folder.loading import load_predictor
+    from utils.loading import load_predictor
 
     model = load_predictor(args.model, args.checkpoint, args.device)
     if model.config.task != task:

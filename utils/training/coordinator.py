@@ -433,7 +433,7 @@ def _tokenizer_change(out: Path, data: PreparedData) -> Optional[str]:
 
 def _save_run_files(out: Path, config: WizardConfig, data: PreparedData, user_files) -> None:
     """config.json, tokenizer/, a classifier's labels.json and the model code copy, each written atomically;
-    a resume keeps its tokenizer. With them a finished run loads for inference (utils.run_folder.loading.load_run)."""
+    a resume keeps its tokenizer. With them a finished run loads for inference (utils.loading.load_run)."""
     config.save(out / CONFIG_FILENAME)
     if not (out / TOKENIZER_DIRNAME).exists():
         with atomic_folder(out / TOKENIZER_DIRNAME) as folder:
