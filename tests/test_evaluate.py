@@ -24,7 +24,7 @@ from utils.env import DeviceInfo
 from utils.evaluate import _spec, evaluate_windows, file_windows
 from utils.loading import load_run
 from utils.training import train
-from utils.training.builder import build_data_spec
+from utils.data.spec import build_data_spec
 from utils.training.cli import main
 from utils.run_folder.history import read_history
 from utils.models.tasks import TASKS

@@ -150,7 +150,7 @@ def test_estimate_gpu_names_the_batch_that_fits():
 
 
 def _bytes_of(need) -> str:
-    from utils.training.memory import format_bytes
+    from utils.formatting import format_bytes
 
     return format_bytes(need.total_bytes)
 

@@ -135,7 +135,7 @@ def _bf16_lora_classifier(tmp_path, folder):
     """A LoRA classifier built as train() builds it for an A100 (a bf16 base) - on the CPU, where it stays."""
     from utils.data import prepare_data
     from utils.models.build import build_model
-    from utils.training.builder import build_data_spec
+    from utils.data.spec import build_data_spec
 
     config = _classifier_config(tmp_path, folder, precision="bf16-mixed")
     data = prepare_data(build_data_spec(config))
@@ -196,7 +196,7 @@ def test_qlora_on_a_classifier_with_a_biased_head_leaves_the_head_unquantised_an
     # same model with LoRA on an unquantised base
     from utils.data import prepare_data
     from utils.models.build import build_model
-    from utils.training.builder import build_data_spec
+    from utils.data.spec import build_data_spec
 
     lora = config.replace(finetune_method="lora")
     data = prepare_data(build_data_spec(lora))

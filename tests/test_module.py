@@ -19,8 +19,8 @@ from utils.data import prepare_data
 from utils.env import DeviceInfo
 from utils.models.build import build_task
 from utils.models.tasks import LanguageModelTask
-from utils.training.builder import (build_callbacks, build_data_spec, build_dataloaders, build_loggers, build_module,
-                                    build_trainer)
+from utils.training.builder import build_callbacks, build_dataloaders, build_loggers, build_module, build_trainer
+from utils.data.spec import build_data_spec
 from utils.training.callbacks.recorder import RunRecorder
 from utils.training.module import TransformerModule, param_groups
 from utils.training.precision import resolve_precision

@@ -327,7 +327,7 @@ def test_gpt2_small_at_the_default_batch_fits_a_t4(tmp_path):
 
 @requires_transformers
 def test_the_wizard_asks_for_the_model_and_not_for_a_tokenizer(gpt2_folder):
-    from utils.ui.model_check import vocab_size_for
+    from utils.data.spec import vocab_size_for
     from utils.ui.setup_wizard import SetupWizard
 
     wizard = SetupWizard(config_path=gpt2_folder.parent / "wizard.json", interactive=True, device=CPU)

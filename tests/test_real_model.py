@@ -276,7 +276,7 @@ def test_full_fine_tuning_of_the_real_model_learns_keeps_the_tie_and_its_folder_
 def prepared(tmp_path_factory, smollm2_folder):
     """The chat data prepared with the real model's tokenizer, as train() prepares it: (config, PreparedData)."""
     from utils.data import prepare_data
-    from utils.training.builder import build_data_spec
+    from utils.data.spec import build_data_spec
 
     config = lora_config(tmp_path_factory.mktemp("prepared"), smollm2_folder)
     return config, prepare_data(build_data_spec(config))

@@ -17,7 +17,7 @@ from torch import nn
 from utils.config import WizardConfig
 from utils.data import prepare_data
 from utils.training import train
-from utils.training.builder import build_data_spec
+from utils.data.spec import build_data_spec
 from utils.models.build import build_model
 from utils.models.tasks import ClassificationTask, LanguageModelTask
 from utils.models.user_models import (GIST_BASE_URL_ENV, GistRef, UserModelError, check_embedding_fits, check_model,

@@ -189,7 +189,7 @@ def _chat_prompt(result) -> str | None:
     """The first user message of the run's chat data (None when the data is plain text, not chat rows)."""
     from utils.data import open_source
     from utils.data.chat import ChatSource
-    from utils.training.builder import build_data_spec
+    from utils.data.spec import build_data_spec
 
     source = open_source(build_data_spec(result.config))
     if not isinstance(source, ChatSource):
@@ -242,7 +242,8 @@ def report_gpu_verdict(config: WizardConfig, gpu: str) -> None:
     or a QLoRA one (4-bit needs the GPU), is answered from its config on the meta device (fit_plan); any other
     model is built here and measured on this CPU in the GPU's autocast dtype."""
     from utils.models.adapters import meta_model
-    from utils.training.estimate import format_bytes, memory_on
+    from utils.formatting import format_bytes
+    from utils.training.estimate import memory_on
     from utils.training.fit_plan import GPUS, gpu_verdict, shape_of
     from utils.training.memory import USABLE_FRACTION
     from utils.training.precision import resolve_precision
