@@ -19,7 +19,7 @@ from utils.training.builder import adamw_options, apply_matmul_precision, build_
 from utils.data.spec import build_data_spec
 from utils.models.build import build_model, build_task
 from utils.training.module import param_groups, warmup_cosine
-from utils.training.precision import PrecisionDecision
+from utils.precision import PrecisionDecision
 
 
 def hand_loop_tokens_per_sec(config: WizardConfig, decision: PrecisionDecision, warmup: int, steps: int,

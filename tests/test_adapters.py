@@ -266,7 +266,7 @@ def test_auto_gradient_checkpointing_turns_on_when_the_batch_fits_only_with_it(t
     from utils.training import train
     from utils.models.build import build_model, build_task
     from utils.training.estimate import USABLE_FRACTION, measure_memory
-    from utils.training.precision import resolve_precision
+    from utils.precision import resolve_precision
 
     config = _config(tmp_path, llama_folder, max_steps=2, batch_size=8)
     decision = resolve_precision(False, "auto", CPU)

@@ -14,7 +14,7 @@ from utils.training.builder import (apply_matmul_precision, build_callbacks, bui
                                     build_trainer, describe_speedups)
 from utils.training.callbacks.recorder import RunRecorder
 from utils.models.tasks import LanguageModelTask
-from utils.training.precision import resolve_precision
+from utils.precision import resolve_precision
 
 # Device facts stand in for a GPU this machine does not have: the decisions read only these.
 A100 = DeviceInfo("cuda", "NVIDIA A100-SXM4-40GB", (8, 0), 40 * 2**30)

@@ -25,7 +25,7 @@ from utils.loading import LoadedRun, load_run
 from utils.training import train
 from utils.training.cli import estimate_and_report, main
 from utils.training.estimate import BatchTooLargeError, estimate_config
-from utils.training.precision import resolve_precision
+from utils.precision import resolve_precision
 
 TINY_LM = ["--set", "max_steps=3", "--set", "max_seq_len=32", "--set", "batch_size=4", "--set", "model_size=tiny",
            "--set", "log_every_n_steps=1"]

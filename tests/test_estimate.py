@@ -19,7 +19,7 @@ from utils.training.builder import total_steps
 from utils.models.build import build_model, build_task
 from utils.training.estimate import (COLAB_SESSION_SECONDS, BatchTooLargeError, Estimate, MemoryModel, _bytes,
                                      check_memory, count_validations, estimate_config, estimate_run)
-from utils.training.precision import resolve_precision
+from utils.precision import resolve_precision
 
 CPU = DeviceInfo("cpu", "CPU")
 TINY = dict(model_size="tiny", max_seq_len=32, batch_size=8, val_split=0.02, log_every_n_steps=1)

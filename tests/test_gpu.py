@@ -19,7 +19,7 @@ from tests.test_pretrained import distilbert_folder  # noqa: F401
 from utils.env import detect_device
 from utils.training import train
 from utils.training.amp_utils import loss_scale
-from utils.training.precision import resolve_precision
+from utils.precision import resolve_precision
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

@@ -19,7 +19,7 @@ from torch import nn
 from tests.test_adapters import TINY_RUN, _config, llama_folder  # noqa: F401  (a module-scoped fixture used below)
 from tests.test_pretrained import distilbert_folder, _reviews_csv  # noqa: F401
 from utils.env import DeviceInfo
-from utils.training.precision import resolve_precision
+from utils.precision import resolve_precision
 
 T4 = DeviceInfo("cuda", "Tesla T4", (7, 5), 15 << 30)
 A100 = DeviceInfo("cuda", "NVIDIA A100-SXM4-40GB", (8, 0), 40 << 30)

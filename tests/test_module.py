@@ -23,7 +23,7 @@ from utils.training.builder import build_callbacks, build_dataloaders, build_log
 from utils.data.spec import build_data_spec
 from utils.training.callbacks.recorder import RunRecorder
 from utils.training.module import TransformerModule, param_groups
-from utils.training.precision import resolve_precision
+from utils.precision import resolve_precision
 
 # Device facts of GPUs this machine does not have: they decide the precision and the AdamW kernel only.
 T4 = DeviceInfo("cuda", "Tesla T4", (7, 5), 15 * 2**30)

@@ -239,7 +239,7 @@ def test_gpt2_classifier_pads_with_its_end_of_text_token(tmp_path, gpt2_folder):
 def test_fp16_with_a_grad_scaler_and_the_wizards_estimate_take_the_pretrained_path_too(tmp_path, gpt2_folder):
     from utils.training import train
     from utils.training.estimate import estimate_config
-    from utils.training.precision import resolve_precision
+    from utils.precision import resolve_precision
 
     config = WizardConfig(model_source="pretrained", pretrained_model=str(gpt2_folder), dataset_source="file",
                           dataset_path=str(corpus_start(tmp_path / "data", 12_000)), max_steps=2,
@@ -312,7 +312,7 @@ def test_gpt2_small_at_the_default_batch_fits_a_t4(tmp_path):
 
     from utils.models.build import build_task
     from utils.training.estimate import measure_memory
-    from utils.training.precision import resolve_precision
+    from utils.precision import resolve_precision
 
     config = WizardConfig(model_source="pretrained", pretrained_model="gpt2")
     torch.manual_seed(0)

@@ -24,7 +24,7 @@ from templates import TEMPLATES
 from utils.config import SETTINGS, field_errors
 from utils.config import WizardConfig as CoreWizardConfig
 from utils.env import DeviceInfo
-from utils.training.precision import PrecisionError, resolve_precision
+from utils.precision import PrecisionError, resolve_precision
 from utils.models.build import build_model
 from utils.ui.model_check import measure_model
 from utils.ui.presets import PRESETS

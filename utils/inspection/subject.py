@@ -20,7 +20,7 @@ from utils.data.spec import build_data_spec, vocab_size_for
 from utils.models.adapters import count_parameters
 from utils.models.build import build_model, build_task, model_config, place_model
 from utils.models.user_models import check_embedding_fits, load_user_model, resolve_user_model_files
-from utils.training.precision import PrecisionDecision
+from utils.precision import PrecisionDecision
 
 SAMPLE_ROWS = 4  # rows of the real batch the gradient, activation and overfit checks use
 ASSUMED_CLASSES = 2  # a classifier's head when the data (and so its labels) cannot be read

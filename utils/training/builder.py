@@ -23,7 +23,7 @@ from utils.data import PreparedData
 from utils.data.sources import DataError
 from utils.data.spec import build_data_spec  # noqa: F401  (defined with the data; importers of this module)
 from utils.models.adapters import uses_adapters
-from utils.training.precision import PrecisionDecision
+from utils.precision import PrecisionDecision
 from utils.training.callbacks.recorder import RecordedProgressBar, RunRecorder, ValidateAtMaxSteps
 from utils.training.callbacks.last_checkpoint import LastCheckpoint
 from utils.run_folder.checkpoint_io import AtomicCheckpointIO

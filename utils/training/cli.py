@@ -220,7 +220,7 @@ def estimate_and_report(config: WizardConfig, device=None, gpu: str | None = Non
     from utils.env import detect_device
     from utils.training.builder import check_strategy
     from utils.training.estimate import estimate_config
-    from utils.training.precision import resolve_precision
+    from utils.precision import resolve_precision
 
     config = config.validate()
     report_unused_settings(config)
@@ -246,7 +246,7 @@ def report_gpu_verdict(config: WizardConfig, gpu: str) -> None:
     from utils.training.estimate import memory_on
     from utils.training.fit_plan import GPUS, gpu_verdict, shape_of
     from utils.training.memory import USABLE_FRACTION
-    from utils.training.precision import resolve_precision
+    from utils.precision import resolve_precision
 
     decision = resolve_precision(config.use_mixed_precision, config.precision, GPUS[gpu])
     print(f"Precision on {decision.device.describe()}: {decision.precision} - {decision.reason}")

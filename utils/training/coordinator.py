@@ -32,7 +32,7 @@ from utils.export import ExportError, export_model, write_labels
 from utils.files import atomic_folder, make_output_dir, remove_temp_files
 from utils.hub import find_token, finish_export
 from utils.inference import Predictor, classify_texts, sample_text  # sample_text, classify_texts: see __all__
-from utils.training.precision import PrecisionDecision, resolve_precision
+from utils.precision import PrecisionDecision, resolve_precision
 from utils.training.builder import (batch_lengths, build_callbacks, build_data_spec, build_dataloaders, build_loggers,
                                     build_module, build_trainer, check_strategy, check_training_windows,
                                     describe_batch, describe_speedups, devices_per_node, fine_tuning_note)

@@ -38,7 +38,7 @@ from utils.env import DeviceInfo
 from utils.errors import KitError
 from utils.formatting import format_bytes, format_duration  # noqa: F401  (format_duration: importers of this module)
 from utils.training.memory import BYTES_PER_PARAMETER, USABLE_FRACTION, parameter_bytes
-from utils.training.precision import PrecisionDecision
+from utils.precision import PrecisionDecision
 from utils.training.stepper import Stepper, device_of, measuring, trained_weights_restored
 
 COLAB_SESSION_SECONDS = 12 * 3600  # the free tier's documented maximum runtime; often less when idle or busy

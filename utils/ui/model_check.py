@@ -17,7 +17,7 @@ import torch
 from utils.config import PRECISION_WORDS, WizardConfig
 from utils.data.spec import vocab_size_for
 from utils.formatting import format_bytes
-from utils.training.precision import PrecisionDecision
+from utils.precision import PrecisionDecision
 from utils.models.build import build_model, build_task
 from utils.training.estimate import BYTES_PER_PARAMETER, USABLE_FRACTION, device_capacity  # one memory model
 
