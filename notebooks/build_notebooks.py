@@ -246,7 +246,9 @@ loads it back, as you would in a new session, and generates from the loaded mode
     ("code", '''\
 #@title Export the model
 # LoRA/QLoRA: the adapter merged into its base, a 16-bit model transformers loads alone (adapter/ beside)
-export_dir = result.export(merged=result.config.finetune_method != "full")
+from utils.export import export_result
+
+export_dir = export_result(result, merged=result.config.finetune_method != "full")
 print(f"Exported to {export_dir}: {', '.join(sorted(p.name for p in export_dir.iterdir() if p.name[0] != '.'))}")
 '''),
     ("code", '''\

@@ -103,7 +103,7 @@ def test_train_notebook_follows_the_contracts():
     assert wizard_cell.rstrip().endswith("\nwizard"), "the wizard cell must end in `wizard` to display it"
     assert "resolve_wandb_auth(WANDB_MODE)" in source
     assert "train(config, on_change=\"start_new\")" in source and "wizard.config" in source
-    assert "result.export(merged=result.config.finetune_method != \"full\")" in source  # merged: LoRA runs
+    assert "export_result(result, merged=result.config.finetune_method != \"full\")" in source  # merged: LoRA runs
     assert "load_exported(" in source
 
 

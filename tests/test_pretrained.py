@@ -26,6 +26,7 @@ from utils.env import DeviceInfo
 from utils.errors import MissingFileError
 from utils.models.pretrained import PretrainedError
 from utils.training.callbacks.last_checkpoint import TrainingStopped
+from utils.export import export_result
 
 requires_transformers = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
                                            reason="transformers is not installed (pip install transformers, see "
@@ -144,7 +145,7 @@ def test_gpt2_fine_tunes_resumes_at_its_step_and_exports_for_transformers_and_th
     for (name, resumed), trained in zip(second.model.state_dict().items(), straight.model.state_dict().values()):
         assert torch.equal(resumed, trained), name
 
-    folder = second.export()
+    folder = export_result(second)
     title = plot_losses(second).get_title()  # named after the model, not a template
     assert title.startswith(f"Loss of {gpt2_folder.name} (") and title.endswith("M parameters) in fp32")
     assert {"config.json", "model.safetensors", "tokenizer.json", "kit_config.json", "tokenizer",
@@ -190,7 +191,7 @@ def test_distilbert_classifier_fine_tunes_with_the_datas_labels_and_exports(tmp_
     encoded = result.tokenizer.encode(texts[0])
     assert (encoded[0], encoded[-1]) == (cls, sep)  # a BERT classifier reads its [CLS]: special tokens added
 
-    kit = load_exported(result.export())
+    kit = load_exported(export_result(result))
     assert kit.label_names == ["calm", "loud"]
     expected = result.predict_proba(texts)
     assert kit.predict(texts) == result.predict(texts)
@@ -224,7 +225,7 @@ def test_gpt2_classifier_pads_with_its_end_of_text_token(tmp_path, gpt2_folder):
     eos = result.tokenizer.tokenizer.token_to_id(EOS)
     assert result.pad_id == eos and result.model.config.pad_token_id == eos
     texts = ["quiet", "LOUD HARSH FAST NOISY"]  # one row padded to the other's length
-    folder = result.export()
+    folder = export_result(result)
     hf_model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     hf_tokenizer = AutoTokenizer.from_pretrained(folder)
     with torch.no_grad():
@@ -431,5 +432,5 @@ def test_a_model_converted_from_gguf_fine_tunes_with_its_gguf_quantization_entry
     out = capsys.readouterr().out
     assert result.global_step == 3 and all(math.isfinite(loss) for _, loss in result.train_history)
     assert out.count("was converted from GGUF and its config.json still names GGUF quantization") == 1
-    exported = json.loads((result.export(tmp_path / "export") / "config.json").read_text())
+    exported = json.loads((export_result(result, tmp_path / "export") / "config.json").read_text())
     assert "quantization_config" not in exported

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from utils.config import WizardConfig
+from utils.export import export_result
 
 pytestmark = pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("transformers", "peft")),
                                 reason="transformers and peft are not installed: the real model is a transformers "
@@ -206,7 +207,7 @@ def merged_logits(lora_run, smollm2_folder, tmp_path_factory):
 
     result, _ = lora_run
     ids = chat_ids(smollm2_folder, "Which season comes after winter?")
-    merged = load_exported(result.export(tmp_path_factory.mktemp("export") / "merged", merged=True)).model
+    merged = load_exported(export_result(result, tmp_path_factory.mktemp("export") / "merged", merged=True)).model
     assert not any("lora" in n for n, _ in merged.named_parameters())
     assert merged.lm_head.weight is merged.model.embed_tokens.weight  # tied as the base was
     with result.model.disable_adapter():
@@ -220,7 +221,7 @@ def test_the_exports_of_a_tied_lora_run_reproduce_the_adapted_model(lora_run, me
 
     result, _ = lora_run
     ids, adapted, merged, base = merged_logits
-    adapter = load_exported(result.export(tmp_path / "adapter"))  # peft's format on the reloaded fp32 base
+    adapter = load_exported(export_result(result, tmp_path / "adapter"))  # peft's format on the reloaded fp32 base
     assert torch.allclose(logits_of(adapter.model, ids), adapted, atol=1e-4, rtol=0)
     # merged (written in 16 bits): the same next token everywhere, and most of what the adapters changed
     assert torch.equal(merged.argmax(-1), adapted.argmax(-1))

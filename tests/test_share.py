@@ -22,6 +22,7 @@ from utils.data.tokenizers import CharTokenizer
 from utils.env import DeviceInfo
 from utils.training import train
 from utils.training.cli import main
+from utils.export import export_result
 
 CPU = DeviceInfo("cpu", "CPU")
 TOKEN = "hf_kitTestToken0123456789abcdefXYZ"
@@ -107,7 +108,7 @@ def test_public_push_of_a_classifier_from_python_with_the_colab_secret(runs, hub
     monkeypatch.setitem(sys.modules, "google.colab", colab)
     monkeypatch.setitem(sys.modules, "google.colab.userdata", userdata)
     result = runs["classifier"]
-    result.export(tmp_path / "exp", push_to_hub="reviews", public=True)
+    export_result(result, tmp_path / "exp", push_to_hub="reviews", public=True)
     assert hub["create_repo"]["private"] is False and hub["create_repo"]["token"] == TOKEN
     assert hub["upload_folder"]["repo_id"] == "me/reviews"
     card = hub["upload_folder"]["card"]
