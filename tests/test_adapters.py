@@ -355,7 +355,7 @@ class AvxBf16Lib:
     def has_avx512bf16_cpu(self): return True
 native.lib = AvxBf16Lib(native.lib)
 del sys.modules["bitsandbytes"]  # the real package loads next, with this native library
-from utils.training.cli import main
+from utils.cli import main
 for argv in ARGVS:
     assert main(argv) == 0, argv
 """

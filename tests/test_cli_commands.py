@@ -23,7 +23,7 @@ from utils.env import DeviceInfo
 from utils.export import load_exported
 from utils.loading import LoadedRun, load_run
 from utils.training import train
-from utils.training.cli import estimate_and_report, main
+from utils.cli import estimate_and_report, main
 from utils.training.estimate import BatchTooLargeError, estimate_config
 from utils.precision import resolve_precision
 
@@ -36,7 +36,7 @@ def _kit(*args: str, argv0: str | None = None) -> subprocess.CompletedProcess:
     """`python -m utils.training ARGS`, or the console script's own code when argv0 is given."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     if argv0:  # what pip's generated colab-kit script does: set argv[0], then sys.exit(main())
-        code = f"import sys; sys.argv[0] = {argv0!r}; from utils.training.cli import main; sys.exit(main())"
+        code = f"import sys; sys.argv[0] = {argv0!r}; from utils.cli import main; sys.exit(main())"
         command = [sys.executable, "-c", code, *args]
     else:
         command = [sys.executable, "-m", "utils.training", *args]

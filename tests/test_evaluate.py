@@ -25,7 +25,7 @@ from utils.evaluate import _spec, evaluate_windows, file_windows
 from utils.loading import load_run
 from utils.training import train
 from utils.data.spec import build_data_spec
-from utils.training.cli import main
+from utils.cli import main
 from utils.run_folder.history import read_history
 from utils.models.tasks import TASKS
 from utils.training.module import TransformerModule

@@ -58,7 +58,7 @@ def test_the_answer_for_a_t4_at_batch_4_x_512():
 
 
 def test_estimate_prints_where_a_published_config_fits_without_weights(capsys):
-    from utils.training.cli import main
+    from utils.cli import main
 
     code = main(["estimate", "--set", "model_source=pretrained", "--set", f"pretrained_model={CONFIGS / 'qwen2.5-7b'}",
                  "--set", "batch_size=4", "--set", "max_seq_len=512", "--set", "finetune_method=qlora"])
@@ -94,7 +94,7 @@ def test_the_paper_model_agrees_with_the_measured_one_within_a_factor_of_two(tmp
 
 
 def _estimate_gpu(capsys, name, *settings):
-    from utils.training.cli import main
+    from utils.cli import main
 
     code = main(["estimate", "--gpu", "t4", "--set", "model_source=pretrained",
                  "--set", f"pretrained_model={CONFIGS / name}", *[a for s in settings for a in ("--set", s)]])

@@ -74,7 +74,7 @@ def test_a_bf16_base_is_exported_bf16_in_the_session_and_from_the_run_folder_and
                                                                                           bf16_run, capsys):
     """Issue 28.7: the in-session base computed in fp32 (CPU) and the CLI's loaded run in fp32 too; neither may
     decide the export's dtype, and a bf16 model must never become fp16."""
-    from utils.training.cli import main
+    from utils.cli import main
 
     capsys.readouterr()
     session = export_result(bf16_run, tmp_path / "session", merged=True)

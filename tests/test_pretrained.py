@@ -360,7 +360,7 @@ def test_a_fine_tuned_run_folder_exports_from_the_command_line_and_load_run(tmp_
     from utils.export import load_exported
     from utils.loading import load_run
     from utils.training import train
-    from utils.training.cli import main
+    from utils.cli import main
 
     config = WizardConfig(model_source="pretrained", pretrained_model=str(gpt2_folder), dataset_source="file",
                           dataset_path=str(corpus_start(tmp_path / "data", 12_000)), max_steps=2,

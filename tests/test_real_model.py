@@ -172,7 +172,7 @@ def test_a_lora_run_on_tied_embeddings_loads_from_its_folder_and_chats_before_an
 
 @pytest.mark.slow
 def test_generate_and_evaluate_on_the_command_line_read_the_lora_run_folder(lora_run, tmp_path, capsys):
-    from utils.training.cli import main
+    from utils.cli import main
 
     result, _ = lora_run
     assert main(["generate", str(result.output_dir), "--chat", "How many legs does a spider have?", "--top-k", "1",
@@ -191,7 +191,7 @@ def test_generate_and_evaluate_on_the_command_line_read_the_lora_run_folder(lora
 
 @pytest.mark.slow
 def test_evaluate_scores_a_chat_file_on_a_chat_run(lora_run, tmp_path):
-    from utils.training.cli import main
+    from utils.cli import main
 
     result, _ = lora_run
     scores = tmp_path / "eval.json"

@@ -21,7 +21,7 @@ from utils.config import WizardConfig
 from utils.data.tokenizers import CharTokenizer
 from utils.env import DeviceInfo
 from utils.training import train
-from utils.training.cli import main
+from utils.cli import main
 from utils.export import export_result
 
 CPU = DeviceInfo("cpu", "CPU")

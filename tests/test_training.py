@@ -15,7 +15,7 @@ from utils.config import WizardConfig
 from utils.env import DeviceInfo
 from utils.errors import KitError
 from utils.training import TrainingResult, train
-from utils.training.__main__ import BUG_NOTE, main as cli_main
+from utils.cli import BUG_NOTE, main as cli_main
 from utils.precision import resolve_precision
 from utils.training.builder import build_callbacks, build_trainer
 from utils.models.build import build_model
