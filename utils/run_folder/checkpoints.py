@@ -292,7 +292,8 @@ def _first_line(error: BaseException) -> str:
 
 
 def write_labels(folder: Path, label_names: list[str], pad_id: int) -> None:
-    """A classifier's class names and pad id, in an export and in the run folder (utils.loading reads them there; utils.export writes them)."""
+    """A classifier's class names and pad id, in an export (utils.export) and in the run folder (utils.loading reads
+    them there)."""
     labels = {"label_names": list(label_names), "pad_id": pad_id}
     atomic_write_text(Path(folder) / LABELS_FILENAME, json.dumps(labels, indent=2) + "\n")
 

@@ -36,7 +36,7 @@ from torch import nn
 from utils.config import WizardConfig
 from utils.env import DeviceInfo
 from utils.errors import KitError
-from utils.formatting import format_bytes, format_duration  # noqa: F401  (format_duration: importers of this module)
+from utils.formatting import format_bytes, format_duration
 from utils.training.memory import BYTES_PER_PARAMETER, USABLE_FRACTION, parameter_bytes
 from utils.precision import PrecisionDecision
 from utils.training.stepper import Stepper, device_of, measuring, trained_weights_restored
