@@ -57,7 +57,7 @@ from utils.config import WizardConfig
 from utils.data.text import embedded_path
 from utils.env import DeviceInfo, detect_device
 from utils.training import train
-from utils.training.precision import PrecisionDecision, resolve_precision
+from utils.precision import PrecisionDecision, resolve_precision
 
 VAL_SPLIT = 0.01  # the kit validates once, after the timed steps; keep that short
 

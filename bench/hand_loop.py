@@ -15,11 +15,11 @@ import torch
 
 from utils.config import WizardConfig
 from utils.data import prepare_data
-from utils.training.builder import (adamw_options, apply_matmul_precision, build_data_spec, build_dataloaders,
-                                    total_steps)
+from utils.training.builder import adamw_options, apply_matmul_precision, build_dataloaders, total_steps
+from utils.data.spec import build_data_spec
 from utils.models.build import build_model, build_task
 from utils.training.module import param_groups, warmup_cosine
-from utils.training.precision import PrecisionDecision
+from utils.precision import PrecisionDecision
 
 
 def hand_loop_tokens_per_sec(config: WizardConfig, decision: PrecisionDecision, warmup: int, steps: int,

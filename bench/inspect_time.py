@@ -48,8 +48,8 @@ def warm(overrides: list[str], scratch: str) -> None:
     from utils.env import detect_device
     from utils.inspection import inspect_model, preflight
     from utils.models.build import build_model, build_task
-    from utils.training.builder import build_data_spec
-    from utils.training.precision import resolve_precision
+    from utils.data.spec import build_data_spec
+    from utils.precision import resolve_precision
 
     config = apply_overrides(WizardConfig(), overrides + [f"output_dir={scratch}/run"])
     report = inspect_model(config)

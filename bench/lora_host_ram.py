@@ -34,7 +34,7 @@ from utils.config import WizardConfig
 from utils.env import DeviceInfo
 from utils.models.build import build_model, build_task
 from utils.training.estimate import check_sequence_length, measure_memory
-from utils.training.precision import resolve_precision
+from utils.precision import resolve_precision
 rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 after_imports = rss()
 folder, seq_len = sys.argv[1], int(sys.argv[2])

@@ -56,7 +56,7 @@ def main() -> None:
     from utils.env import detect_device
     from utils.models.build import build_model, build_task
     from utils.training.builder import batch_lengths, build_data_spec, build_dataloaders, describe_batch
-    from utils.training.precision import resolve_precision
+    from utils.precision import resolve_precision
 
     folder = smollm2_folder()
     work = Path(tempfile.mkdtemp(prefix="bench-packing-"))

@@ -25,7 +25,7 @@ CHILD = r"""
 import json, resource, sys, time
 from utils.config import WizardConfig
 from utils.data import prepare_data
-from utils.training.builder import build_data_spec
+from utils.data.spec import build_data_spec
 rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 after_imports = rss()
 config = WizardConfig(dataset_source="file", dataset_path=sys.argv[1], tokenizer_strategy=sys.argv[2],

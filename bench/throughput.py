@@ -37,7 +37,7 @@ from minimal_loop import minimal_tokens_per_sec
 from utils.config import WizardConfig
 from utils.data.text import embedded_path
 from utils.training import train
-from utils.training.precision import resolve_precision
+from utils.precision import resolve_precision
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -162,7 +162,7 @@ def fit_classifier(config, data: ToyClassification, model=None):
     half of issue 6 gives prepare_data its CSV/JSONL sources.
     """
     from utils.env import DeviceInfo
-    from utils.training.precision import resolve_precision
+    from utils.precision import resolve_precision
     from utils.training.builder import build_callbacks, build_dataloaders, build_loggers, build_module, build_trainer
     from utils.models.build import build_model, build_task
     from utils.training.callbacks.recorder import RunRecorder

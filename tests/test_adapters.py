@@ -18,6 +18,7 @@ from tests.conftest import REPO_ROOT, corpus_start
 from tests.test_pretrained import StopDuringStep
 from utils.config import ConfigError, WizardConfig
 from utils.env import DeviceInfo
+from utils.export import export_result
 from utils.training.callbacks.last_checkpoint import TrainingStopped
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="peft is not installed "
@@ -209,7 +210,7 @@ def test_the_adapter_export_loads_in_peft_and_the_merged_one_in_transformers_alo
     with torch.no_grad():
         trained = result.model.eval()(input_ids=ids).logits
 
-    adapter = result.export(tmp_path / "adapter")
+    adapter = export_result(result, tmp_path / "adapter")
     assert {"adapter_config.json", "adapter_model.safetensors", "kit_config.json"} <= {p.name for p in adapter.iterdir()}
     assert not (adapter / "model.safetensors").exists()  # megabytes: the base is not copied
     peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(llama_folder), adapter).eval()
@@ -219,7 +220,7 @@ def test_the_adapter_export_loads_in_peft_and_the_merged_one_in_transformers_alo
     assert kit.chat("What is a list?", max_new_tokens=6, seed=0) == result.chat("What is a list?", max_new_tokens=6,
                                                                                 seed=0)
 
-    merged = result.export(tmp_path / "merged", merged=True)
+    merged = export_result(result, tmp_path / "merged", merged=True)
     assert not (merged / "adapter_config.json").exists()  # else transformers would load base + adapter via peft
     assert (merged / "adapter" / "adapter_config.json").is_file()
     plain = AutoModelForCausalLM.from_pretrained(merged).eval()
@@ -253,7 +254,7 @@ def test_a_qlora_adapter_is_merged_into_the_bases_stored_weights_not_its_4bit_co
 
     result = train(_config(tmp_path, llama_folder, method="qlora", max_steps=4), device=CPU)
     capsys.readouterr()
-    folder = result.export(tmp_path / "merged", merged=True)
+    folder = export_result(result, tmp_path / "merged", merged=True)
     assert ("read from its stored fp32 weights, not the 4-bit copy it trained on, on cpu, one shard at a time; the "
             "export is a fp32 model (the base's own dtype)") in capsys.readouterr().out
     plain = AutoModelForCausalLM.from_pretrained(folder)
@@ -266,7 +267,7 @@ def test_auto_gradient_checkpointing_turns_on_when_the_batch_fits_only_with_it(t
     from utils.training import train
     from utils.models.build import build_model, build_task
     from utils.training.estimate import USABLE_FRACTION, measure_memory
-    from utils.training.precision import resolve_precision
+    from utils.precision import resolve_precision
 
     config = _config(tmp_path, llama_folder, max_steps=2, batch_size=8)
     decision = resolve_precision(False, "auto", CPU)
@@ -354,7 +355,7 @@ class AvxBf16Lib:
     def has_avx512bf16_cpu(self): return True
 native.lib = AvxBf16Lib(native.lib)
 del sys.modules["bitsandbytes"]  # the real package loads next, with this native library
-from utils.training.cli import main
+from utils.cli import main
 for argv in ARGVS:
     assert main(argv) == 0, argv
 """

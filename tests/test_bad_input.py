@@ -23,7 +23,7 @@ from tests.conftest import REPO_ROOT, corpus_start
 from tests.test_user_models import BUILD_MODEL_LM, HF_GPT2, write_model
 from utils.config import WizardConfig
 from utils.training import train
-from utils.training.cli import COMMANDS
+from utils.cli import COMMANDS
 from utils.models.user_models import GIST_BASE_URL_ENV, GIST_TIMEOUT_ENV
 
 GIST_SECONDS = 3  # KIT_GIST_TIMEOUT in the subprocess: the whole download's time allowed

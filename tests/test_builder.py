@@ -8,13 +8,13 @@ import torch
 
 from utils.config import WizardConfig
 from utils.env import DeviceInfo
-from utils.export import load_exported
+from utils.export import export_result, load_exported
 from utils.training import train
 from utils.training.builder import (apply_matmul_precision, build_callbacks, build_loggers, build_module,
                                     build_trainer, describe_speedups)
 from utils.training.callbacks.recorder import RunRecorder
 from utils.models.tasks import LanguageModelTask
-from utils.training.precision import resolve_precision
+from utils.precision import resolve_precision
 
 # Device facts stand in for a GPU this machine does not have: the decisions read only these.
 A100 = DeviceInfo("cuda", "NVIDIA A100-SXM4-40GB", (8, 0), 40 * 2**30)
@@ -97,7 +97,7 @@ def test_compile_trains_and_saves_what_a_plain_run_saves(tiny_config, tmp_path, 
     assert list(saved(compiled)) == list(saved(plain))
     assert not any("_orig_mod" in key for key in saved(compiled))
 
-    exported = load_exported(compiled.export(tmp_path / "export"))
+    exported = load_exported(export_result(compiled, tmp_path / "export"))
     weights = compiled.model.state_dict()
     assert exported.model.state_dict().keys() == weights.keys()
     assert all(torch.equal(exported.model.state_dict()[k], v) for k, v in weights.items())

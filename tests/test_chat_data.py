@@ -475,7 +475,8 @@ def test_the_estimate_times_chat_batches_at_their_padded_length_and_measures_mem
     from utils.config import WizardConfig
     from utils.env import DeviceInfo
     from utils.training import train
-    from utils.training.builder import batch_lengths, build_data_spec
+    from utils.training.builder import batch_lengths
+    from utils.data.spec import build_data_spec
 
     rows = [messages_row(f"Question {i}?", "Short." if i % 4 else "A longer answer than the others, " * 3)
             for i in range(16)]

@@ -13,8 +13,8 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from utils.config import SETTINGS, WizardConfig, apply_overrides
-from utils.training.__main__ import main, set_text
-from utils.training.cli import HELP_WIDTH
+from utils.cli import main, set_text
+from utils.cli import HELP_WIDTH
 
 HEAVY = ("torch", "lightning", "pytorch_lightning")
 

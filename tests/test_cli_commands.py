@@ -1,5 +1,5 @@
 """The command line after training: export, generate, predict and estimate on finished runs, the run
-folder loaded back as a Predictor (utils.run_folder.loading), and the console entry point.
+folder loaded back as a Predictor (utils.loading), and the console entry point.
 
 One tiny language model is trained once through `python -m utils.training train` and one tiny
 classifier through train(); each command runs in a subprocess as a user runs it. Bad input goes
@@ -21,11 +21,11 @@ from tests.test_training import _write_labelled
 from utils.config import WizardConfig
 from utils.env import DeviceInfo
 from utils.export import load_exported
-from utils.run_folder.loading import LoadedRun, load_run
+from utils.loading import LoadedRun, load_run
 from utils.training import train
-from utils.training.cli import estimate_and_report, main
+from utils.cli import estimate_and_report, main
 from utils.training.estimate import BatchTooLargeError, estimate_config
-from utils.training.precision import resolve_precision
+from utils.precision import resolve_precision
 
 TINY_LM = ["--set", "max_steps=3", "--set", "max_seq_len=32", "--set", "batch_size=4", "--set", "model_size=tiny",
            "--set", "log_every_n_steps=1"]
@@ -36,7 +36,7 @@ def _kit(*args: str, argv0: str | None = None) -> subprocess.CompletedProcess:
     """`python -m utils.training ARGS`, or the console script's own code when argv0 is given."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     if argv0:  # what pip's generated colab-kit script does: set argv[0], then sys.exit(main())
-        code = f"import sys; sys.argv[0] = {argv0!r}; from utils.training.cli import main; sys.exit(main())"
+        code = f"import sys; sys.argv[0] = {argv0!r}; from utils.cli import main; sys.exit(main())"
         command = [sys.executable, "-c", code, *args]
     else:
         command = [sys.executable, "-m", "utils.training", *args]

@@ -1,4 +1,4 @@
-"""The sample the command line prints when training ends (utils.training.cli._report).
+"""The sample the command line prints when training ends (utils.cli._report).
 
 A chat run (a pretrained model with a chat template, trained on chat rows) answers the data's first user message,
 streamed as it is sampled and stopped at the end of its turn; a plain language model run keeps its continuation
@@ -32,7 +32,7 @@ def test_a_chat_run_closes_with_a_streamed_reply_to_the_datas_first_user_message
                                                                                  monkeypatch):
     """Issue 30.3: it printed 300 tokens continuing nothing in particular, after minutes of silence."""
     from utils.inference import Predictor
-    from utils.training.cli import main
+    from utils.cli import main
 
     rows = [messages_row(QUESTION, "Blue.")] + [messages_row() for _ in range(9)]
     config = _run(tmp_path, model_folder, write_jsonl(tmp_path / "chat.jsonl", rows))
@@ -57,7 +57,7 @@ def test_a_chat_run_closes_with_a_streamed_reply_to_the_datas_first_user_message
 
 def test_a_plain_text_run_of_a_chat_model_keeps_the_continuation_sample(tmp_path, model_folder, capsys):
     from tests.conftest import corpus_start
-    from utils.training.cli import main
+    from utils.cli import main
 
     config = _run(tmp_path, model_folder, corpus_start(tmp_path / "data", 4_000))
     assert main(["--config", config, "--sample-tokens", "12"]) == 0

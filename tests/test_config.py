@@ -264,7 +264,7 @@ def test_a_data_path_the_choices_do_not_read_is_refused_and_other_unused_setting
 
 
 def test_train_and_estimate_refuse_an_unread_data_path_and_say_what_is_unused(tmp_path, capsys):
-    from utils.training.cli import main
+    from utils.cli import main
 
     assert main(["--set", "dataset_path=my.txt", "--set", f"output_dir={tmp_path / 'run'}"]) == 2
     assert "dataset_path='my.txt' is not used" in capsys.readouterr().err

@@ -20,7 +20,7 @@ from utils.data import DataError, prepare_data
 from utils.data.sources import BLOCK_BYTES
 from utils.data.text import embedded_path
 from utils.data.tokenizers import build_tokenizer, load_tokenizer
-from utils.training.builder import build_data_spec
+from utils.data.spec import build_data_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = embedded_path("python_reference").read_text(encoding="utf-8")

@@ -8,7 +8,7 @@ from utils.data.tokenizers import CharTokenizer, TokenizerError, load_tokenizer
 from utils.errors import KitError, MissingFileError
 from utils.export import ExportError
 from utils.inference import InferenceError
-from utils.training.precision import PrecisionError
+from utils.precision import PrecisionError
 from utils.training.callbacks.last_checkpoint import TrainingStopped
 from utils.run_folder.checkpoints import IncompatibleCheckpointError
 from utils.training.callbacks.health import Fp16HealthError, TrainingHealthError

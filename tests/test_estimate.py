@@ -19,7 +19,7 @@ from utils.training.builder import total_steps
 from utils.models.build import build_model, build_task
 from utils.training.estimate import (COLAB_SESSION_SECONDS, BatchTooLargeError, Estimate, MemoryModel, _bytes,
                                      check_memory, count_validations, estimate_config, estimate_run)
-from utils.training.precision import resolve_precision
+from utils.precision import resolve_precision
 
 CPU = DeviceInfo("cpu", "CPU")
 TINY = dict(model_size="tiny", max_seq_len=32, batch_size=8, val_split=0.02, log_every_n_steps=1)
@@ -365,7 +365,7 @@ def test_train_s_estimate_refuses_a_batch_its_timed_step_ran_out_of_memory_at():
 def test_estimate_gpu_measures_a_template_here_in_that_gpu_s_precision(tmp_path, capsys):
     """`estimate --gpu t4` on this CPU: the template is built and measured here under fp16 autocast (a T4's
     precision), against a T4's 15 GB; a batch that does not fit is one line naming the batch that does (exit 2)."""
-    from utils.training.cli import main
+    from utils.cli import main
 
     settings = ["--set", "model_size=tiny", "--set", "max_seq_len=64", "--set", f"output_dir={tmp_path / 'run'}"]
     assert main(["estimate", "--gpu", "t4", *settings]) == 0
@@ -387,7 +387,7 @@ def test_estimate_gpu_measures_a_lora_whose_weights_are_here_without_copying_it(
     import copy
 
     from tests.conftest import corpus_start
-    from utils.training.cli import main
+    from utils.cli import main
 
     folder = llama_folder
     deepcopy = copy.deepcopy

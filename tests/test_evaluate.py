@@ -22,13 +22,14 @@ from utils.config import WizardConfig
 from utils.data import open_source, prepare_data
 from utils.env import DeviceInfo
 from utils.evaluate import _spec, evaluate_windows, file_windows
-from utils.run_folder.loading import load_run
+from utils.loading import load_run
 from utils.training import train
-from utils.training.builder import build_data_spec
-from utils.training.cli import main
+from utils.data.spec import build_data_spec
+from utils.cli import main
 from utils.run_folder.history import read_history
 from utils.models.tasks import TASKS
 from utils.training.module import TransformerModule
+from utils.export import export_result
 
 CPU = DeviceInfo("cpu", "CPU")
 
@@ -109,7 +110,7 @@ def test_classifier_confusion_matrix_and_f1_on_a_file_with_a_known_answer(traine
     assert f"Confusion matrix figure: {tmp_path / 'cm.png'}" in out
     # The same from Python, on the result training returned, and from an export folder of it.
     assert result.evaluate(data).confusion == [[6, 1], [3, 4]]
-    exported = result.export(tmp_path / "exp")
+    exported = export_result(result, tmp_path / "exp")
     assert main(["evaluate", str(exported), "--data", str(data)]) == 0
     out = capsys.readouterr().out
     assert f"Evaluated {exported} on {data}" in out and "calm                 6     1\n" in out
@@ -167,7 +168,7 @@ def chat_run(tmp_path_factory, llama_folder):
                           output_dir=str(root / "run"), **{**TINY_RUN, "max_seq_len": 64, "val_split": 0.1,
                                                            "max_steps": 8})
     result = train(config, device=CPU)
-    return result, result.export(root / "adapter")
+    return result, export_result(result, root / "adapter")
 
 
 def _independent_answer_loss(adapter, base_folder, rows, max_seq_len: int) -> float:

@@ -16,7 +16,7 @@ from tests.conftest import LABEL_NAMES, classification_config, fit_classifier, m
 from tests.test_user_models import BUILD_MODEL_LM, MASKLESS_CLASSIFIER, write_model
 from utils.config import WizardConfig
 from utils.data.tokenizers import CharTokenizer
-from utils.export import ExportError, export_model, kit_version, load_exported
+from utils.export import ExportError, export_model, export_result, kit_version, load_exported
 from utils.inference import classify_texts
 from utils.training import train
 
@@ -50,7 +50,7 @@ def lm_run(tmp_path: Path, **changes) -> WizardConfig:
 
 def exported_lm(tmp_path: Path, config: WizardConfig):
     result = train(config)
-    folder = result.export(tmp_path / "export")
+    folder = export_result(result, tmp_path / "export")
     return folder, result.generate(PROMPT, max_new_tokens=NEW_TOKENS, seed=SEED)
 
 

@@ -58,7 +58,7 @@ def test_the_answer_for_a_t4_at_batch_4_x_512():
 
 
 def test_estimate_prints_where_a_published_config_fits_without_weights(capsys):
-    from utils.training.cli import main
+    from utils.cli import main
 
     code = main(["estimate", "--set", "model_source=pretrained", "--set", f"pretrained_model={CONFIGS / 'qwen2.5-7b'}",
                  "--set", "batch_size=4", "--set", "max_seq_len=512", "--set", "finetune_method=qlora"])
@@ -78,7 +78,7 @@ def test_the_paper_model_agrees_with_the_measured_one_within_a_factor_of_two(tmp
     from utils.models.build import build_task
     from utils.training.estimate import measure_memory
     from utils.training.fit_plan import plan, shape_of
-    from utils.training.precision import resolve_precision
+    from utils.precision import resolve_precision
 
     config = WizardConfig(model_source="pretrained", pretrained_model="x", finetune_method="lora", max_seq_len=64)
     torch.manual_seed(0)
@@ -94,7 +94,7 @@ def test_the_paper_model_agrees_with_the_measured_one_within_a_factor_of_two(tmp
 
 
 def _estimate_gpu(capsys, name, *settings):
-    from utils.training.cli import main
+    from utils.cli import main
 
     code = main(["estimate", "--gpu", "t4", "--set", "model_source=pretrained",
                  "--set", f"pretrained_model={CONFIGS / name}", *[a for s in settings for a in ("--set", s)]])
@@ -135,7 +135,7 @@ def test_estimate_gpu_t4_from_config_only_folders_a_7b_qlora_fits_and_a_full_fin
 def test_estimate_gpu_names_the_batch_that_fits():
     from utils.training.estimate import BatchTooLargeError
     from utils.training.fit_plan import GPUS, gpu_verdict, plan
-    from utils.training.precision import resolve_precision
+    from utils.precision import resolve_precision
 
     shape = _shape("llama-3.2-1b")
     config = WizardConfig(model_source="pretrained", pretrained_model="x", finetune_method="lora", max_seq_len=1024,
@@ -150,7 +150,7 @@ def test_estimate_gpu_names_the_batch_that_fits():
 
 
 def _bytes_of(need) -> str:
-    from utils.training.memory import format_bytes
+    from utils.formatting import format_bytes
 
     return format_bytes(need.total_bytes)
 

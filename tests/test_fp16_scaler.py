@@ -47,7 +47,7 @@ def _train(tiny_config, model_factory, **changes):
     config = tiny_config.replace(precision="16-mixed", **changes)
     recorder = ScalerRecorder()
     from utils.data import prepare_data
-    from utils.training.builder import build_data_spec
+    from utils.data.spec import build_data_spec
 
     vocab = prepare_data(build_data_spec(config)).tokenizer.vocab_size
     result = train(config, model_factory(vocab), device=CPU, extra_callbacks=[recorder])

@@ -204,7 +204,7 @@ def test_a_lora_run_exports_f16_and_q8_0_that_answer_like_the_adapted_model(tmp_
         assert line.startswith(f"GGUF: {path} ({quant}, ") and "greedy picks agree on 24/24 tokens;" in line
         assert "the chat template embedded unchanged" in line
     if arch == "llama":  # the command line, on the run folder training wrote
-        from utils.training.cli import main
+        from utils.cli import main
 
         assert main(["export", str(tmp_path / "run"), "--gguf", "--quant", "q8_0", "--to", str(tmp_path / "cli")]) == 0
         out = capsys.readouterr().out
@@ -371,7 +371,7 @@ def test_the_modelfile_translates_chatml_with_its_default_system_prompt(tmp_path
 
 def test_cli_refuses_a_kit_gpt_on_the_char_tokenizer_with_exit_2_and_writes_nothing(tmp_path, tiny_config, capsys):
     from utils.training import train
-    from utils.training.cli import main
+    from utils.cli import main
 
     train(tiny_config.replace(max_steps=2), device=CPU)
     run = tmp_path / "run"
@@ -384,7 +384,7 @@ def test_cli_refuses_a_kit_gpt_on_the_char_tokenizer_with_exit_2_and_writes_noth
 
 
 def test_cli_names_llama_quantize_for_a_k_quant_and_refuses_other_flags(tmp_path, capsys):
-    from utils.training.cli import main
+    from utils.cli import main
 
     assert main(["export", str(tmp_path / "no-run"), "--gguf", "--quant", "q4_k_m"]) == 2
     assert "llama-quantize model-f16.gguf model-Q4_K_M.gguf Q4_K_M" in capsys.readouterr().err
@@ -472,7 +472,7 @@ def test_only_the_command_line_and_the_notebook_s_export_choice_import_the_gguf_
     def importers(module: str) -> list[str]:
         return sorted(name for name, path in modules.items() if module in imports_of(path, modules))
 
-    assert importers("utils.gguf_export") == ["utils.export_choice", "utils.training.cli"]
+    assert importers("utils.gguf_export") == ["utils.cli", "utils.export_choice"]
     assert importers("utils.gguf_tokenizer") == ["utils.gguf_export"]
     assert importers("utils.gguf_modelfile") == ["utils.gguf_export", "utils.gguf_tokenizer"]
 

@@ -17,9 +17,10 @@ from tests.conftest import REPO_ROOT, corpus_start
 from tests.test_adapters import llama_folder  # noqa: F401  (module-scoped fixtures: tiny config-built models)
 from tests.test_pretrained import distilbert_folder  # noqa: F401
 from utils.env import detect_device
+from utils.export import export_result
 from utils.training import train
 from utils.training.amp_utils import loss_scale
-from utils.training.precision import resolve_precision
+from utils.precision import resolve_precision
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -324,7 +325,7 @@ def test_lora_on_a_16bit_base_passes_the_preflight_trains_resumes_exactly_and_ex
     assert resumed.train_history == straight.train_history
     assert all(math.isfinite(loss) for _, loss in straight.train_history)
     assert len(resumed.chat("What is a list?", max_new_tokens=4, seed=0)) > 0
-    merged = resumed.export(tmp_path / "merged", merged=True)
+    merged = export_result(resumed, tmp_path / "merged", merged=True)
     from transformers import AutoModelForCausalLM
 
     plain = AutoModelForCausalLM.from_pretrained(merged)

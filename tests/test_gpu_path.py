@@ -19,7 +19,7 @@ from torch import nn
 from tests.test_adapters import TINY_RUN, _config, llama_folder  # noqa: F401  (a module-scoped fixture used below)
 from tests.test_pretrained import distilbert_folder, _reviews_csv  # noqa: F401
 from utils.env import DeviceInfo
-from utils.training.precision import resolve_precision
+from utils.precision import resolve_precision
 
 T4 = DeviceInfo("cuda", "Tesla T4", (7, 5), 15 << 30)
 A100 = DeviceInfo("cuda", "NVIDIA A100-SXM4-40GB", (8, 0), 40 << 30)
@@ -135,7 +135,7 @@ def _bf16_lora_classifier(tmp_path, folder):
     """A LoRA classifier built as train() builds it for an A100 (a bf16 base) - on the CPU, where it stays."""
     from utils.data import prepare_data
     from utils.models.build import build_model
-    from utils.training.builder import build_data_spec
+    from utils.data.spec import build_data_spec
 
     config = _classifier_config(tmp_path, folder, precision="bf16-mixed")
     data = prepare_data(build_data_spec(config))
@@ -196,7 +196,7 @@ def test_qlora_on_a_classifier_with_a_biased_head_leaves_the_head_unquantised_an
     # same model with LoRA on an unquantised base
     from utils.data import prepare_data
     from utils.models.build import build_model
-    from utils.training.builder import build_data_spec
+    from utils.data.spec import build_data_spec
 
     lora = config.replace(finetune_method="lora")
     data = prepare_data(build_data_spec(lora))
@@ -214,7 +214,7 @@ def test_a_lora_run_folder_loads_its_base_in_the_dtype_it_is_stored_in(tmp_path,
     a 7B model stored in bf16. It loads as stored, on the GPU when there is one (here the CPU)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from utils.run_folder.loading import load_run
+    from utils.loading import load_run
     from utils.training import train
 
     stored = tmp_path / "bf16-base"

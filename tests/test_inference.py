@@ -13,7 +13,7 @@ from tests.test_adapters import llama_folder  # noqa: F401 (a fixture)
 from utils.config import WizardConfig
 from utils.data.tokenizers import CharTokenizer
 from utils.errors import KitError
-from utils.export import ExportedModel, load_exported
+from utils.export import ExportedModel, export_result, load_exported
 from utils.inference import InferenceError, Predictor, classify_texts, encode_for_inference
 from utils.training import TrainingResult
 from utils.models.build import build_model
@@ -58,10 +58,10 @@ def test_generate_repeats_with_a_seed(lm):
 
 def test_a_training_result_and_its_loaded_export_answer_alike(tmp_path, lm, classifier):
     assert TrainingResult.generate is ExportedModel.generate is Predictor.generate  # one implementation
-    loaded = load_exported(lm.export(tmp_path / "lm_export"))
+    loaded = load_exported(export_result(lm, tmp_path / "lm_export"))
     assert loaded.generate("def ", max_new_tokens=30, seed=3) == lm.generate("def ", max_new_tokens=30, seed=3)
     texts = toy_texts(6, seed=5)[0] + [""]
-    loaded = load_exported(classifier.export(tmp_path / "classifier_export"))
+    loaded = load_exported(export_result(classifier, tmp_path / "classifier_export"))
     assert loaded.predict(texts) == classifier.predict(texts)
     assert loaded.predict_proba(texts) == classifier.predict_proba(texts)  # bit for bit
     assert set(classifier.predict_proba("abc")[0]) == {"calm", "loud"}

@@ -20,7 +20,7 @@ from utils.config import WizardConfig
 from utils.env import DeviceInfo
 from utils.inspection import CHECKS, inspect_model
 from utils.inspection.attention import attention_weights, captured_attention
-from utils.training.cli import main
+from utils.cli import main
 
 CPU = DeviceInfo("cpu", "CPU")
 SMALL = dict(max_seq_len=32, batch_size=4, learning_rate=1e-3)

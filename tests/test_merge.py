@@ -18,6 +18,7 @@ import torch
 from safetensors import safe_open
 
 from tests.test_adapters import CPU, _config, _tokenizer, llama_folder  # noqa: F401 (a fixture)
+from utils.export import export_result
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="peft is not installed "
                                 "(requirements-test.txt): LoRA is built with it")
@@ -73,10 +74,10 @@ def test_a_bf16_base_is_exported_bf16_in_the_session_and_from_the_run_folder_and
                                                                                           bf16_run, capsys):
     """Issue 28.7: the in-session base computed in fp32 (CPU) and the CLI's loaded run in fp32 too; neither may
     decide the export's dtype, and a bf16 model must never become fp16."""
-    from utils.training.cli import main
+    from utils.cli import main
 
     capsys.readouterr()
-    session = bf16_run.export(tmp_path / "session", merged=True)
+    session = export_result(bf16_run, tmp_path / "session", merged=True)
     said = capsys.readouterr().out
     assert ("Merged: the adapter added into 14 layers of the base, read from its stored bf16 weights, on cpu, one "
             "shard at a time; the export is a bf16 model (the base's own dtype), one file.") in said
@@ -112,7 +113,7 @@ def test_the_merge_loads_no_second_copy_of_the_base_and_writes_shard_by_shard(tm
 
     monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(refuse))
     monkeypatch.setattr(merge, "MERGED_SHARD_BYTES", 40_000)  # this base: 172 KB in fp32
-    folder = result.export(tmp_path / "merged", merged=True)
+    folder = export_result(result, tmp_path / "merged", merged=True)
     monkeypatch.undo()
 
     shards = sorted(p.name for p in folder.glob("*.safetensors"))
@@ -134,8 +135,8 @@ def test_a_merged_export_loads_in_its_stored_dtype_on_the_best_device(tmp_path, 
 
     from utils.export import load_exported
 
-    folder = bf16_run.export(tmp_path / "merged", merged=True)
-    adapter = bf16_run.export(tmp_path / "adapter")
+    folder = export_result(bf16_run, tmp_path / "merged", merged=True)
+    adapter = export_result(bf16_run, tmp_path / "adapter")
     loaded = load_exported(folder)
     assert next(loaded.model.parameters()).dtype == torch.bfloat16  # computes in bf16 on the CPU too
     assert next(load_exported(adapter).model.get_base_model().parameters()).dtype == torch.bfloat16
@@ -179,7 +180,7 @@ def test_on_a_gpu_the_merge_adds_there_and_the_export_loads_and_generates_there(
     for key in a:  # the same sums; a GPU matmul may round B @ A's last bit differently
         assert torch.allclose(a[key].float(), b[key].float(), rtol=1e-2, atol=1e-3), key
 
-    folder = bf16_run.export(tmp_path / "merged", merged=True)
+    folder = export_result(bf16_run, tmp_path / "merged", merged=True)
     loaded = load_exported(folder)
     parameter = next(loaded.model.parameters())
     assert parameter.device.type == "cuda" and parameter.dtype == torch.bfloat16

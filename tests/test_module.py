@@ -19,11 +19,11 @@ from utils.data import prepare_data
 from utils.env import DeviceInfo
 from utils.models.build import build_task
 from utils.models.tasks import LanguageModelTask
-from utils.training.builder import (build_callbacks, build_data_spec, build_dataloaders, build_loggers, build_module,
-                                    build_trainer)
+from utils.training.builder import build_callbacks, build_dataloaders, build_loggers, build_module, build_trainer
+from utils.data.spec import build_data_spec
 from utils.training.callbacks.recorder import RunRecorder
 from utils.training.module import TransformerModule, param_groups
-from utils.training.precision import resolve_precision
+from utils.precision import resolve_precision
 
 # Device facts of GPUs this machine does not have: they decide the precision and the AdamW kernel only.
 T4 = DeviceInfo("cuda", "Tesla T4", (7, 5), 15 * 2**30)

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from utils.config import WizardConfig
 from utils.data import DataError, prepare_data
 from utils.data.chat import IGNORE_INDEX
-from utils.data.packing import (PACKABLE_MODEL_TYPES, collate_packed, decide_packing, model_refusal, pack_rows,
-                                packed_logits, rounded)
+from utils.data.packing import collate_packed, decide_packing, pack_rows, rounded
+from utils.models.packing import PACKABLE_MODEL_TYPES, model_refusal, packed_logits
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
                                 reason="transformers is not installed: packing is for its causal LMs")
@@ -190,7 +190,7 @@ def test_each_attention_implementation_packing_is_on_for_keeps_conversations_apa
 def test_flash_attention_which_reads_packed_rows_only_at_batch_size_1_is_not_packed():
     from types import SimpleNamespace
 
-    from utils.data.packing import packing_refusal
+    from utils.models.packing import packing_refusal
 
     refusal = packing_refusal(SimpleNamespace(model_type="llama", _attn_implementation="flash_attention_2"))
     assert "'flash_attention_2' reads packed rows only at batch size 1" in refusal

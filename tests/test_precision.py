@@ -8,7 +8,7 @@ import torch
 
 from utils.env import DeviceInfo
 from utils.training.amp_utils import compute_effective_precision
-from utils.training.precision import PrecisionError, resolve_precision
+from utils.precision import PrecisionError, resolve_precision
 
 # Device facts stand in for GPUs this machine does not have (no CUDA here): the resolver reads only these.
 T4 = DeviceInfo("cuda", "Tesla T4", (7, 5), 15 * 2**30)

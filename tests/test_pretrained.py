@@ -26,6 +26,7 @@ from utils.env import DeviceInfo
 from utils.errors import MissingFileError
 from utils.models.pretrained import PretrainedError
 from utils.training.callbacks.last_checkpoint import TrainingStopped
+from utils.export import export_result
 
 requires_transformers = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
                                            reason="transformers is not installed (pip install transformers, see "
@@ -120,7 +121,7 @@ def test_gpt2_fine_tunes_resumes_at_its_step_and_exports_for_transformers_and_th
 
     from utils.export import load_exported
     from utils.plots import plot_losses
-    from utils.run_folder.loading import load_run
+    from utils.loading import load_run
     from utils.training import train
 
     config = WizardConfig(model_source="pretrained", pretrained_model=str(gpt2_folder), dataset_source="file",
@@ -144,7 +145,7 @@ def test_gpt2_fine_tunes_resumes_at_its_step_and_exports_for_transformers_and_th
     for (name, resumed), trained in zip(second.model.state_dict().items(), straight.model.state_dict().values()):
         assert torch.equal(resumed, trained), name
 
-    folder = second.export()
+    folder = export_result(second)
     title = plot_losses(second).get_title()  # named after the model, not a template
     assert title.startswith(f"Loss of {gpt2_folder.name} (") and title.endswith("M parameters) in fp32")
     assert {"config.json", "model.safetensors", "tokenizer.json", "kit_config.json", "tokenizer",
@@ -173,7 +174,7 @@ def test_distilbert_classifier_fine_tunes_with_the_datas_labels_and_exports(tmp_
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from utils.export import load_exported
-    from utils.run_folder.loading import load_run
+    from utils.loading import load_run
     from utils.training import train
 
     config = WizardConfig(task="classification", model_source="pretrained", pretrained_model=str(distilbert_folder),
@@ -190,7 +191,7 @@ def test_distilbert_classifier_fine_tunes_with_the_datas_labels_and_exports(tmp_
     encoded = result.tokenizer.encode(texts[0])
     assert (encoded[0], encoded[-1]) == (cls, sep)  # a BERT classifier reads its [CLS]: special tokens added
 
-    kit = load_exported(result.export())
+    kit = load_exported(export_result(result))
     assert kit.label_names == ["calm", "loud"]
     expected = result.predict_proba(texts)
     assert kit.predict(texts) == result.predict(texts)
@@ -224,7 +225,7 @@ def test_gpt2_classifier_pads_with_its_end_of_text_token(tmp_path, gpt2_folder):
     eos = result.tokenizer.tokenizer.token_to_id(EOS)
     assert result.pad_id == eos and result.model.config.pad_token_id == eos
     texts = ["quiet", "LOUD HARSH FAST NOISY"]  # one row padded to the other's length
-    folder = result.export()
+    folder = export_result(result)
     hf_model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     hf_tokenizer = AutoTokenizer.from_pretrained(folder)
     with torch.no_grad():
@@ -239,7 +240,7 @@ def test_gpt2_classifier_pads_with_its_end_of_text_token(tmp_path, gpt2_folder):
 def test_fp16_with_a_grad_scaler_and_the_wizards_estimate_take_the_pretrained_path_too(tmp_path, gpt2_folder):
     from utils.training import train
     from utils.training.estimate import estimate_config
-    from utils.training.precision import resolve_precision
+    from utils.precision import resolve_precision
 
     config = WizardConfig(model_source="pretrained", pretrained_model=str(gpt2_folder), dataset_source="file",
                           dataset_path=str(corpus_start(tmp_path / "data", 12_000)), max_steps=2,
@@ -312,7 +313,7 @@ def test_gpt2_small_at_the_default_batch_fits_a_t4(tmp_path):
 
     from utils.models.build import build_task
     from utils.training.estimate import measure_memory
-    from utils.training.precision import resolve_precision
+    from utils.precision import resolve_precision
 
     config = WizardConfig(model_source="pretrained", pretrained_model="gpt2")
     torch.manual_seed(0)
@@ -327,7 +328,7 @@ def test_gpt2_small_at_the_default_batch_fits_a_t4(tmp_path):
 
 @requires_transformers
 def test_the_wizard_asks_for_the_model_and_not_for_a_tokenizer(gpt2_folder):
-    from utils.ui.model_check import vocab_size_for
+    from utils.data.spec import vocab_size_for
     from utils.ui.setup_wizard import SetupWizard
 
     wizard = SetupWizard(config_path=gpt2_folder.parent / "wizard.json", interactive=True, device=CPU)
@@ -357,9 +358,9 @@ def test_a_fine_tuned_run_folder_exports_from_the_command_line_and_load_run(tmp_
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from utils.export import load_exported
-    from utils.run_folder.loading import load_run
+    from utils.loading import load_run
     from utils.training import train
-    from utils.training.cli import main
+    from utils.cli import main
 
     config = WizardConfig(model_source="pretrained", pretrained_model=str(gpt2_folder), dataset_source="file",
                           dataset_path=str(corpus_start(tmp_path / "data", 12_000)), max_steps=2,
@@ -431,5 +432,5 @@ def test_a_model_converted_from_gguf_fine_tunes_with_its_gguf_quantization_entry
     out = capsys.readouterr().out
     assert result.global_step == 3 and all(math.isfinite(loss) for _, loss in result.train_history)
     assert out.count("was converted from GGUF and its config.json still names GGUF quantization") == 1
-    exported = json.loads((result.export(tmp_path / "export") / "config.json").read_text())
+    exported = json.loads((export_result(result, tmp_path / "export") / "config.json").read_text())
     assert "quantization_config" not in exported

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from utils.config import WizardConfig
+from utils.export import export_result
 
 pytestmark = pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("transformers", "peft")),
                                 reason="transformers and peft are not installed: the real model is a transformers "
@@ -153,7 +154,7 @@ def test_lora_on_the_real_model_passes_inspection_and_learns_the_repeated_conver
 def test_a_lora_run_on_tied_embeddings_loads_from_its_folder_and_chats_before_and_after(lora_run, smollm2_folder):
     """SmolLM2 ties lm_head to embed_tokens: load_run refused the folder ('1 tensors missing ...
     base_model.model.lm_head.weight') before the tied weight counted as part of the frozen base."""
-    from utils.run_folder.loading import load_run
+    from utils.loading import load_run
 
     result, _ = lora_run
     run = load_run(result.output_dir, checkpoint="last")
@@ -171,7 +172,7 @@ def test_a_lora_run_on_tied_embeddings_loads_from_its_folder_and_chats_before_an
 
 @pytest.mark.slow
 def test_generate_and_evaluate_on_the_command_line_read_the_lora_run_folder(lora_run, tmp_path, capsys):
-    from utils.training.cli import main
+    from utils.cli import main
 
     result, _ = lora_run
     assert main(["generate", str(result.output_dir), "--chat", "How many legs does a spider have?", "--top-k", "1",
@@ -190,7 +191,7 @@ def test_generate_and_evaluate_on_the_command_line_read_the_lora_run_folder(lora
 
 @pytest.mark.slow
 def test_evaluate_scores_a_chat_file_on_a_chat_run(lora_run, tmp_path):
-    from utils.training.cli import main
+    from utils.cli import main
 
     result, _ = lora_run
     scores = tmp_path / "eval.json"
@@ -206,7 +207,7 @@ def merged_logits(lora_run, smollm2_folder, tmp_path_factory):
 
     result, _ = lora_run
     ids = chat_ids(smollm2_folder, "Which season comes after winter?")
-    merged = load_exported(result.export(tmp_path_factory.mktemp("export") / "merged", merged=True)).model
+    merged = load_exported(export_result(result, tmp_path_factory.mktemp("export") / "merged", merged=True)).model
     assert not any("lora" in n for n, _ in merged.named_parameters())
     assert merged.lm_head.weight is merged.model.embed_tokens.weight  # tied as the base was
     with result.model.disable_adapter():
@@ -220,7 +221,7 @@ def test_the_exports_of_a_tied_lora_run_reproduce_the_adapted_model(lora_run, me
 
     result, _ = lora_run
     ids, adapted, merged, base = merged_logits
-    adapter = load_exported(result.export(tmp_path / "adapter"))  # peft's format on the reloaded fp32 base
+    adapter = load_exported(export_result(result, tmp_path / "adapter"))  # peft's format on the reloaded fp32 base
     assert torch.allclose(logits_of(adapter.model, ids), adapted, atol=1e-4, rtol=0)
     # merged (written in 16 bits): the same next token everywhere, and most of what the adapters changed
     assert torch.equal(merged.argmax(-1), adapted.argmax(-1))
@@ -255,7 +256,7 @@ def test_a_stopped_lora_run_on_the_real_model_resumes_to_the_same_losses(lora_ru
 
 @pytest.mark.slow
 def test_full_fine_tuning_of_the_real_model_learns_keeps_the_tie_and_its_folder_loads(tmp_path, smollm2_folder):
-    from utils.run_folder.loading import load_run
+    from utils.loading import load_run
 
     # 3 conversations to train on: one batch, seen again at each step; one best checkpoint, at the end
     config = lora_config(tmp_path, smollm2_folder, finetune_method="full", learning_rate=5e-5, val_split=0.75,
@@ -276,7 +277,7 @@ def test_full_fine_tuning_of_the_real_model_learns_keeps_the_tie_and_its_folder_
 def prepared(tmp_path_factory, smollm2_folder):
     """The chat data prepared with the real model's tokenizer, as train() prepares it: (config, PreparedData)."""
     from utils.data import prepare_data
-    from utils.training.builder import build_data_spec
+    from utils.data.spec import build_data_spec
 
     config = lora_config(tmp_path_factory.mktemp("prepared"), smollm2_folder)
     return config, prepare_data(build_data_spec(config))

@@ -20,7 +20,7 @@ from torch import nn
 
 from utils.env import DeviceInfo
 from utils.training.amp_utils import AmpWandbCallback, compute_effective_precision
-from utils.training.precision import PrecisionError
+from utils.precision import PrecisionError
 from utils.training.training_core import TrainingCoordinator
 
 CPU = DeviceInfo("cpu", "CPU")

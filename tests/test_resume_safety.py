@@ -542,7 +542,7 @@ def test_a_full_disk_during_a_checkpoint_write_is_one_line_exit_2_and_the_old_ch
     import errno
     import io
 
-    from utils.training.cli import main
+    from utils.cli import main
 
     config = tiny_config.replace(checkpoint_every_minutes=0)
     with pytest.raises(ConnectionAbortedError):  # a run killed after step 2, saved at every step

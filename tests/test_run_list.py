@@ -20,7 +20,7 @@ from utils.config import WizardConfig
 from utils.env import DeviceInfo
 from utils.run_list import RunInfo, RunTable, list_runs
 from utils.training import train
-from utils.training.cli import main
+from utils.cli import main
 
 CPU = DeviceInfo("cpu", "CPU")
 

@@ -24,7 +24,7 @@ from templates import TEMPLATES
 from utils.config import SETTINGS, field_errors
 from utils.config import WizardConfig as CoreWizardConfig
 from utils.env import DeviceInfo
-from utils.training.precision import PrecisionError, resolve_precision
+from utils.precision import PrecisionError, resolve_precision
 from utils.models.build import build_model
 from utils.ui.model_check import measure_model
 from utils.ui.presets import PRESETS
@@ -673,7 +673,7 @@ def test_display_hooks_exist_for_both_ipywidgets_versions(wizard_path):
 def test_vocab_estimate_follows_the_classifier_pad_and_a_pretrained_file(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-    from utils.ui.model_check import vocab_size_for
+    from utils.data.spec import vocab_size_for
 
     raw = Tokenizer(models.BPE(unk_token="<unk>"))
     raw.pre_tokenizer = pre_tokenizers.ByteLevel()
@@ -764,7 +764,8 @@ def _plan(wizard: SetupWizard) -> str:
 def _prepared_sizes(config: CoreWizardConfig):
     """The sizes training will see, from the same functions train() calls."""
     from utils.data import prepare_data
-    from utils.training.builder import build_data_spec, build_dataloaders, total_steps
+    from utils.training.builder import build_dataloaders, total_steps
+    from utils.data.spec import build_data_spec
 
     data = prepare_data(build_data_spec(config))
     loader, _ = build_dataloaders(config, data.train, data.val, pin_memory=False)

@@ -21,7 +21,8 @@ from utils.config import WizardConfig
 from utils.data.tokenizers import CharTokenizer
 from utils.env import DeviceInfo
 from utils.training import train
-from utils.training.cli import main
+from utils.cli import main
+from utils.export import export_result
 
 CPU = DeviceInfo("cpu", "CPU")
 TOKEN = "hf_kitTestToken0123456789abcdefXYZ"
@@ -107,7 +108,7 @@ def test_public_push_of_a_classifier_from_python_with_the_colab_secret(runs, hub
     monkeypatch.setitem(sys.modules, "google.colab", colab)
     monkeypatch.setitem(sys.modules, "google.colab.userdata", userdata)
     result = runs["classifier"]
-    result.export(tmp_path / "exp", push_to_hub="reviews", public=True)
+    export_result(result, tmp_path / "exp", push_to_hub="reviews", public=True)
     assert hub["create_repo"]["private"] is False and hub["create_repo"]["token"] == TOKEN
     assert hub["upload_folder"]["repo_id"] == "me/reviews"
     card = hub["upload_folder"]["card"]
@@ -149,7 +150,7 @@ def test_a_refusal_by_the_hub_is_one_line_without_the_token(runs, hub, tmp_path,
 def test_both_templates_export_to_onnx_and_match_pytorch(runs, name, tmp_path, capsys):
     ort = pytest.importorskip("onnxruntime", reason=NO_ORT)
     from utils.onnx_export import TOLERANCE
-    from utils.run_folder.loading import load_run
+    from utils.loading import load_run
 
     result = runs[name]
     assert main(["export", str(result.output_dir), "--to", str(tmp_path / "exp"), "--onnx"]) == 0

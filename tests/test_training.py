@@ -15,14 +15,15 @@ from utils.config import WizardConfig
 from utils.env import DeviceInfo
 from utils.errors import KitError
 from utils.training import TrainingResult, train
-from utils.training.__main__ import BUG_NOTE, main as cli_main
-from utils.training.precision import resolve_precision
+from utils.cli import BUG_NOTE, main as cli_main
+from utils.precision import resolve_precision
 from utils.training.builder import build_callbacks, build_trainer
 from utils.models.build import build_model
 from utils.training.callbacks.recorder import RunRecorder
 from utils.training.callbacks.last_checkpoint import LastCheckpoint
 from utils.run_folder.checkpoints import IncompatibleCheckpointError
 from utils.training.module import param_groups, warmup_cosine
+from utils.export import export_result
 
 CPU = DeviceInfo("cpu", "CPU")
 
@@ -316,7 +317,7 @@ def test_a_model_passed_in_is_checked_before_training_and_cannot_be_exported(tin
     assert not list((Path(tiny_config.output_dir) / "checkpoints").glob("*.ckpt"))  # refused before training
     result = train(tiny_config.replace(max_steps=1), model=TinyLM(128), device=CPU)  # 128 scores >= 92 ids: fine
     with pytest.raises(ValueError, match=r"TinyLM was passed to train\(model=\.\.\.\), so an export folder could not"):
-        result.export()
+        export_result(result)
 
 
 @pytest.mark.parametrize("broken", ["missing", "no text"])

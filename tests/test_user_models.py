@@ -17,11 +17,12 @@ from torch import nn
 from utils.config import WizardConfig
 from utils.data import prepare_data
 from utils.training import train
-from utils.training.builder import build_data_spec
+from utils.data.spec import build_data_spec
 from utils.models.build import build_model
 from utils.models.tasks import ClassificationTask, LanguageModelTask
 from utils.models.user_models import (GIST_BASE_URL_ENV, GistRef, UserModelError, check_embedding_fits, check_model,
                                fetch_gist, gist_raw_url, parse_gist_ref)
+from utils.export import export_result
 
 # A language model the way a visual builder exports one: build_model(config) plus a config.json.
 BUILD_MODEL_LM = '''
@@ -479,7 +480,7 @@ def test_a_hugging_face_gpt2_trains_as_a_model_file_and_exports(tmp_path):
     assert type(result.model).__name__ == "GPT2LMHeadModel"
     text = result.generate("def ", max_new_tokens=8, seed=0)  # generate unwraps the output's .logits too
     assert text.startswith("def ") and len(text) == 12
-    loaded = load_exported(result.export())
+    loaded = load_exported(export_result(result))
     assert loaded.generate("def ", max_new_tokens=8, seed=0) == text
 
 

@@ -27,7 +27,7 @@ import pytest
 from utils.config import WizardConfig
 from utils.env import DeviceInfo
 from utils.training import train
-from utils.training.precision import resolve_precision
+from utils.precision import resolve_precision
 from utils.training.callbacks.health import Fp16HealthError
 from utils.wandb_helpers import (WandbAuth, build_wandb_config, make_project_name, make_run_name,
                                  resolve_wandb_auth, resolve_wandb_init_timeout)

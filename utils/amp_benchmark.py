@@ -24,7 +24,7 @@ import torch
 from utils.config import WizardConfig
 from utils.env import DeviceInfo, detect_device
 from utils.training import train
-from utils.training.precision import resolve_precision
+from utils.precision import resolve_precision
 
 # A CPU runtime trains the notebook's GPU sizes for many minutes and shows nothing about AMP on a GPU:
 # there the benchmark shrinks to sizes that finish both runs in about a minute.

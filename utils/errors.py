@@ -13,3 +13,14 @@ class KitError(Exception):
 
 class MissingFileError(KitError, FileNotFoundError):
     """A file or folder the user named (a config, a dataset, a tokenizer, an export) is not there."""
+
+
+class DataError(KitError, ValueError):
+    """Data that cannot be used as configured; the message names it and the fix. Defined here, not in utils.data,
+    because the model builder raises it too (a classifier needs two classes) and utils.models sits beside utils.data,
+    not above it."""
+
+
+class TokenizerError(KitError, ValueError):
+    """A tokenizer that cannot be built or loaded as configured; the message says how to fix it (here for the same
+    reason: utils.models.calling catches it)."""

@@ -15,6 +15,7 @@ config, the tokenizer's vocabulary (and the labels, and user_model/model.py), th
 No torch pickle file is written or read here. An export replaces only a folder holding the marker
 (an earlier export); any other non-empty folder is refused, since replacing it would delete its files.
 
+    folder = export_result(result)                    # result = train(config), or utils.loading.load_run(...)
     exported = load_exported("runs/default/export")
     exported.generate("def ", seed=0)                 # task "lm"
     exported.predict(["great film", "dull"])           # task "classification": label names
@@ -36,13 +37,14 @@ from utils.models.adapters import (MERGED_ADAPTER_DIRNAME, is_adapter_folder, lo
 from utils.config import CONFIG_FILENAME, WizardConfig
 from utils.data import load_tokenizer
 from utils.errors import KitError, MissingFileError
-from utils.files import atomic_folder, atomic_write_text
+from utils.files import atomic_folder
+from utils.hub import find_token, finish_export
 from utils.inference import Predictor
 from utils.models.build import build_model
 from utils.data.tokenizers import load_model_tokenizer
 from utils.models.pretrained import KIT_CONFIG_FILENAME, load_pretrained_model, save_for_transformers
 from utils.models.user_models import USER_MODEL_DIRNAME, copy_model_files, model_files_in
-from utils.run_folder.checkpoints import LABELS_FILENAME
+from utils.run_folder.checkpoints import read_labels, write_labels
 
 WEIGHTS_FILENAME = "model.safetensors"
 MARKER_FILENAME = ".kit-export.json"  # written last: only a folder holding it is replaced by a new export
@@ -102,6 +104,29 @@ def export_model(model: nn.Module, config: WizardConfig, tokenizer, folder: Opti
         (tmp / MARKER_FILENAME).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
         _give_default_mode(tmp)
     return folder
+
+
+def export_result(result, folder: Optional[str | Path] = None, push_to_hub: Optional[str] = None,
+                  public: bool = False, onnx: bool = False, merged: bool = False) -> Path:
+    """Export what a run trained: train()'s TrainingResult, or a run folder loaded by utils.loading.load_run.
+    Writes weights (safetensors), config, tokenizer, class names and user model code to folder (default:
+    output_dir/export); load_exported reads it back anywhere. In a multi-device run only global rank zero writes;
+    the other processes return the folder it writes. onnx: also model.onnx, checked with onnxruntime; push_to_hub:
+    upload the folder to that Hugging Face repository (private unless public) with a model card (utils.hub).
+    A LoRA/QLoRA run exports its adapter (peft's format), or with merged=True the base with it merged in, in 16 bits.
+    """
+    if getattr(result, "model_passed_in", False):
+        raise ExportError(
+            f"This {type(result.model).__name__} was passed to train(model=...), so an export folder could not "
+            "rebuild it. Put its code in a model.py with build_model(config) or a Model class and train with "
+            "model_source='file' (the export then carries the code), or save result.model.state_dict() yourself.")
+    folder = Path(folder) if folder is not None else Path(result.output_dir) / "export"
+    if not getattr(result, "is_global_zero", True):
+        return folder
+    token = find_token() if push_to_hub else None  # before writing: a missing token costs no export
+    written = export_model(result.model, result.config, result.tokenizer, folder, result.label_names,
+                           result.pad_id, merged)
+    return finish_export(result, written, result.output_dir, push_to_hub, public, onnx, token)
 
 
 def _save_adapter_model(model, config, tokenizer, folder: Path, merged: bool) -> None:
@@ -203,18 +228,3 @@ def _load_pretrained_export(folder: Path, device: str) -> ExportedModel:
         model = load_pretrained_model(str(folder), config.task, labels["label_names"], pad_id,
                                       **stored_dtype_on(device))
     return ExportedModel(model.eval(), tokenizer, config, labels["label_names"], labels["pad_id"])
-
-
-def write_labels(folder: Path, label_names: list[str], pad_id: int) -> None:
-    """A classifier's class names and pad id, in an export and in the run folder (utils.run_folder.loading reads them there)."""
-    labels = {"label_names": list(label_names), "pad_id": pad_id}
-    atomic_write_text(Path(folder) / LABELS_FILENAME, json.dumps(labels, indent=2) + "\n")
-
-
-def read_labels(folder: Path, fix: str = "a classifier's export names its classes there") -> dict:
-    path = Path(folder) / LABELS_FILENAME
-    try:
-        labels = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MissingFileError(f"No {LABELS_FILENAME} in {folder}: {fix}") from None
-    return {"label_names": list(labels["label_names"]), "pad_id": int(labels.get("pad_id", 0))}

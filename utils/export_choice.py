@@ -51,6 +51,7 @@ def _export_gguf(predictor, quant: str) -> ExportOutcome:
 
 
 def _export_folder(predictor, export_format: str) -> ExportOutcome:
+    from utils.export import export_result
     from utils.models.adapters import uses_adapters
 
     adapters = uses_adapters(predictor.config)
@@ -58,7 +59,7 @@ def _export_folder(predictor, export_format: str) -> ExportOutcome:
         raise KitError("EXPORT_FORMAT='adapter only' writes a LoRA/QLoRA run's adapter; this run trained all its "
                        "weights: choose 'safetensors'")
     # LoRA/QLoRA: "safetensors" merges the adapter into its base, a model transformers loads alone (adapter/ beside)
-    folder = predictor.export(onnx=export_format == "safetensors + ONNX", merged=adapters and export_format !=
-                              "adapter only")
+    folder = export_result(predictor, onnx=export_format == "safetensors + ONNX",
+                           merged=adapters and export_format != "adapter only")
     names = ", ".join(sorted(p.name for p in folder.iterdir() if p.name[0] != "."))
     return ExportOutcome([f"Exported to {folder}: {names}"], folder)

@@ -1,7 +1,7 @@
 """Share a trained model: upload its export folder to the Hugging Face Hub with a model card.
 
     python -m utils.training export runs/default --push-to-hub my-model [--public]
-    result.export(push_to_hub="my-model")            # from the notebook or Python (load_run(...).export too)
+    export_result(result, push_to_hub="my-model")    # from the notebook or Python (utils.export)
 
 The repository is created private unless public is asked for. The model card (README.md, written
 into the export folder and uploaded with it) says what was trained on what, the validation

@@ -20,6 +20,7 @@ from typing import Optional
 
 from utils.config import CONFIG_FILENAME
 from utils.errors import MissingFileError
+from utils.formatting import format_duration
 
 SKIPPED_DIRS = {"export", "tokenizer", "user_model", "checkpoints", "logs", "data_cache", "evaluation"}
 IGNORED_SETTINGS = {"output_dir"}  # differs by construction
@@ -220,8 +221,6 @@ def count_text(n: Optional[int]) -> str:
 def _duration(seconds: Optional[float]) -> str:
     if seconds is None:
         return "?"
-    from utils.training.estimate import format_duration
-
     return format_duration(seconds)
 
 

@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # annotations only
     from torch import nn
 
     from utils.config import WizardConfig
-    from utils.training.precision import PrecisionDecision
+    from utils.precision import PrecisionDecision
 
 API_KEY_VAR = "WANDB_API_KEY"
 INIT_TIMEOUT_VAR = "WANDB_INIT_TIMEOUT"  # wandb's own variable, but wandb reads it only once per process

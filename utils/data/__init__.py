@@ -44,7 +44,7 @@ class PreparedData:
 
 @dataclass(frozen=True)
 class DataSpec:
-    """What preparing the data needs to know; utils.training.builder.build_data_spec makes one from a config."""
+    """What preparing the data needs to know; utils.data.spec.build_data_spec makes one from a config."""
 
     task: str  # "lm" or "classification"
     source: str  # "embedded", "file", "upload" or "huggingface"

@@ -20,7 +20,7 @@ from typing import Any, Iterator, NamedTuple, Optional
 
 from utils.config import DATA_FILE_SUFFIXES
 from utils.data.tokenizers import clean_break
-from utils.errors import KitError
+from utils.errors import DataError
 from utils.files import existing_path
 
 BLOCK_BYTES = 1 << 20  # text handed on at a time
@@ -38,10 +38,6 @@ CHAT_ROWS_HINT = ("chat data needs a 'messages' list of {role, content} objects 
 def holds_a_list(record: dict) -> bool:
     """A row with a list among its values (or a CSV cell of JSON list text): a conversation, not a text."""
     return any(isinstance(v, list) or (isinstance(v, str) and v.lstrip().startswith("[{")) for v in record.values())
-
-
-class DataError(KitError, ValueError):
-    """Data that cannot be used as configured; the message names it and the fix."""
 
 
 class Row(NamedTuple):

@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
-from utils.errors import KitError, MissingFileError
+from utils.errors import MissingFileError, TokenizerError
 from utils.files import atomic_write_text
 from utils.models.pretrained import (PretrainedError, cached_only_source, first_line, require_transformers,
                                      resolve_source, where_hint)
@@ -42,10 +42,6 @@ PAD_TOKEN = "<pad>"
 PAD_TOKEN_NAMES = ("<pad>", "[PAD]", "<|pad|>", "<PAD>")  # what pretrained tokenizers call their pad
 PIECE_CHARS = 4096  # the tokenizers library encodes a batch of pieces this long in parallel
 BPE_SAMPLE_BYTES = 64 * 2**20  # BPE trains on at most about this much text, spread evenly over the corpus
-
-
-class TokenizerError(KitError, ValueError):
-    """A tokenizer that cannot be built or loaded as configured; the message says how to fix it."""
 
 
 class CharTokenizer:

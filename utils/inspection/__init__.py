@@ -27,7 +27,7 @@ from utils.inspection.checks import (check_causality, check_initial_loss, check_
 from utils.inspection.numerics import check_activations, check_fp16, check_gradient_flow, run_probe
 from utils.inspection.report import (REPORT_DIRNAME, CheckResult, InspectionReport, ModelInspectionError)
 from utils.inspection.subject import Subject, build_subject, first_rows
-from utils.training.precision import PrecisionDecision, resolve_precision
+from utils.precision import PrecisionDecision, resolve_precision
 
 CHECKS = ("shapes", "causality", "padding", "initial_loss", "gradient_flow", "activations", "fp16",
           "overfit_batch", "memory", "attention")

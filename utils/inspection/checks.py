@@ -21,8 +21,8 @@ from utils.models.calling import describe_call
 from utils.inspection.report import CheckResult
 from utils.inspection.subject import Subject
 from utils.env import DeviceInfo
+from utils.formatting import format_bytes
 from utils.training.estimate import device_capacity, measure_memory, memory_advice
-from utils.ui.model_check import format_bytes
 
 RELATIVE_TOLERANCE = 1e-4  # a logit "changes" when it moves by more than this times the logits' scale
 CAUSALITY_MAX_LEN = 128  # longer sequences add time and find no other leak than these positions do

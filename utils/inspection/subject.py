@@ -16,11 +16,11 @@ from torch import nn
 
 from utils.config import WizardConfig
 from utils.data import DataError, TokenizerError, prepare_data
+from utils.data.spec import build_data_spec, vocab_size_for
 from utils.models.adapters import count_parameters
 from utils.models.build import build_model, build_task, model_config, place_model
 from utils.models.user_models import check_embedding_fits, load_user_model, resolve_user_model_files
-from utils.training.builder import build_data_spec
-from utils.training.precision import PrecisionDecision
+from utils.precision import PrecisionDecision
 
 SAMPLE_ROWS = 4  # rows of the real batch the gradient, activation and overfit checks use
 ASSUMED_CLASSES = 2  # a classifier's head when the data (and so its labels) cannot be read
@@ -82,9 +82,7 @@ def build_subject(config: WizardConfig, decision: PrecisionDecision, run_on: str
     if data is not None:
         vocab, classes, pad_id = data.tokenizer.vocab_size, data.num_classes, data.pad_id
     else:
-        from utils.ui.model_check import vocab_size_for  # the wizard's answer to "which vocabulary" without data
-
-        vocab, _ = vocab_size_for(config)
+        vocab, _ = vocab_size_for(config)  # the wizard's answer to "which vocabulary" without data
         classes, pad_id = (ASSUMED_CLASSES if config.task == "classification" else 0), 0
     torch.manual_seed(config.seed)
     device = torch.device(run_on) if run_on else decision.torch_device()

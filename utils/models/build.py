@@ -10,7 +10,7 @@ from torch import nn
 
 from templates import build_template
 from utils.config import WizardConfig
-from utils.data.sources import DataError
+from utils.errors import DataError
 from utils.models.adapters import apply_adapters, enable_checkpointing, load_options, uses_adapters
 from utils.models.pretrained import load_pretrained_model
 from utils.models.tasks import TASKS

@@ -12,7 +12,7 @@ from typing import Mapping, Optional
 import torch
 from torch import nn
 
-from utils.data.tokenizers import TokenizerError
+from utils.errors import TokenizerError
 
 
 def encode_for_inference(tokenizer, text: str) -> list[int]:

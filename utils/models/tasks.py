@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 
-from utils.data.packing import examples_in, packed_logits
+from utils.models.packing import examples_in, packed_logits
 from utils.models.calling import classifier_logits, describe_call, model_logits
 
 

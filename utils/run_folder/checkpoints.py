@@ -20,6 +20,7 @@ config (plan_resume), then, once data and model are built, from the tokenizer an
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 import shutil
@@ -31,7 +32,8 @@ from typing import Optional
 import torch
 
 from utils.config import CONFIG_FILENAME, SETTINGS, ConfigError, WizardConfig, shown_value
-from utils.errors import KitError
+from utils.errors import KitError, MissingFileError
+from utils.files import atomic_write_text
 
 LAST_NAME = "last.ckpt"
 LABELS_FILENAME = "labels.json"  # classification: class names and pad id, in a run folder and in an export
@@ -287,3 +289,19 @@ def _step_in_name(path: Path) -> int:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def write_labels(folder: Path, label_names: list[str], pad_id: int) -> None:
+    """A classifier's class names and pad id, in an export (utils.export) and in the run folder (utils.loading reads
+    them there)."""
+    labels = {"label_names": list(label_names), "pad_id": pad_id}
+    atomic_write_text(Path(folder) / LABELS_FILENAME, json.dumps(labels, indent=2) + "\n")
+
+
+def read_labels(folder: Path, fix: str = "a classifier's export names its classes there") -> dict:
+    path = Path(folder) / LABELS_FILENAME
+    try:
+        labels = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MissingFileError(f"No {LABELS_FILENAME} in {folder}: {fix}") from None
+    return {"label_names": list(labels["label_names"]), "pad_id": int(labels.get("pad_id", 0))}

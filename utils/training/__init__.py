@@ -2,7 +2,7 @@
 
 From a notebook:  from utils.training import train;  result = train(config)
 From a terminal:  python -m utils.training [--config FILE.json] [--set key=value ...]
-                  (and estimate / export / generate / predict: see utils.training.cli)
+                  (and estimate / export / generate / predict: see utils.cli)
 """
 
 __all__ = ["TrainingCoordinator", "TrainingResult", "sample_text", "train"]

@@ -1,7 +1,7 @@
 """The reference kit's AMP helpers, for code written against it. Nothing in the kit imports this module.
 
 - `compute_effective_precision(...)`: the reference kit's precision helper ('16'/'32' strings). The
-  kit's own decision is utils.training.precision.resolve_precision (bf16 on Ampere, with a reason).
+  kit's own decision is utils.precision.resolve_precision (bf16 on Ampere, with a reason).
 - `AmpWandbCallback(enabled, precision)`: logs amp/enabled, amp/precision and amp/loss_scale to the
   active W&B run at each epoch end. The kit's own runs log AMP metrics per optimizer step through
   utils.training.callbacks.recorder.RunRecorder instead.

@@ -7,7 +7,6 @@ import logging
 import math
 import sys
 import warnings
-from pathlib import Path
 from typing import Optional
 
 import pytorch_lightning as pl
@@ -20,11 +19,12 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
 from utils.config import ConfigError, WizardConfig
-from utils.data import DATA_CACHE_DIR, DataSpec, PreparedData
+from utils.data import PreparedData
 from utils.data.packing import describe_packing
 from utils.data.sources import DataError
+from utils.data.spec import build_data_spec  # noqa: F401  (defined with the data; importers of this module)
 from utils.models.adapters import uses_adapters
-from utils.training.precision import PrecisionDecision
+from utils.precision import PrecisionDecision
 from utils.training.callbacks.recorder import RecordedProgressBar, RunRecorder, ValidateAtMaxSteps
 from utils.training.callbacks.last_checkpoint import LastCheckpoint
 from utils.run_folder.checkpoint_io import AtomicCheckpointIO
@@ -32,19 +32,6 @@ from utils.run_folder.checkpoints import LAST_NAME, LOGS_DIRNAME, checkpoint_dir
 from utils.training.callbacks.health import TrainingHealthCallback
 from utils.training.module import TransformerModule
 from utils.wandb_helpers import build_wandb_logger
-
-
-def build_data_spec(config: WizardConfig) -> DataSpec:
-    """The config's data settings, for utils.data.prepare_data; a pretrained model brings its own tokenizer."""
-    pretrained = config.model_source == "pretrained"
-    return DataSpec(task=config.task, source=config.dataset_source, name=config.dataset_name,
-                    subset=config.dataset_config, path=config.dataset_path, text_column=config.text_column,
-                    label_column=config.label_column, val_split=config.val_split, seed=config.seed,
-                    max_seq_len=config.max_seq_len, tokenizer="model" if pretrained else config.tokenizer_strategy,
-                    tokenizer_path=config.pretrained_model if pretrained else config.tokenizer_path,
-                    vocab_size=config.vocab_size,
-                    cache_dir=Path(config.output_dir) / DATA_CACHE_DIR, train_on=config.train_on,
-                    pack_sequences=config.pack_sequences if pretrained and config.task == "lm" else "false")
 
 
 def check_training_windows(config: WizardConfig, num_train: int, num_tokens: int,

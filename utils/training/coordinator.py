@@ -28,11 +28,9 @@ from utils.config import CONFIG_FILENAME, SETTINGS, WizardConfig, report_unused_
 from utils.data import PreparedData, prepare_data
 from utils.data.tokenizers import load_tokenizer, tokenizer_fingerprint
 from utils.env import DeviceInfo, detect_device
-from utils.export import ExportError, export_model, write_labels
 from utils.files import atomic_folder, make_output_dir, remove_temp_files
-from utils.hub import find_token, finish_export
 from utils.inference import Predictor, classify_texts, sample_text  # sample_text, classify_texts: see __all__
-from utils.training.precision import PrecisionDecision, resolve_precision
+from utils.precision import PrecisionDecision, resolve_precision
 from utils.training.builder import (batch_lengths, build_callbacks, build_data_spec, build_dataloaders, build_loggers,
                                     build_module, build_trainer, check_strategy, check_training_windows,
                                     describe_batch, describe_speedups, devices_per_node, fine_tuning_note)
@@ -46,7 +44,8 @@ from utils.training.estimate import (Estimate, check_memory, check_sequence_leng
 from utils.run_folder.checkpoints import (LOGS_DIRNAME, ON_CHANGE, TOKENIZER_DIRNAME, IncompatibleCheckpointError,
                                         ResumePoint, find_resume_point, handle_changed_run, last_checkpoint,
                                         best_checkpoint, move_run_aside, optimizer_changes, plan_resume,
-                                        remove_checkpoints_after, remove_kept_checkpoints, resume_problems)
+                                        remove_checkpoints_after, remove_kept_checkpoints, resume_problems,
+                                        write_labels)
 from utils.training.distributed import Launch, check_ranks, plan_launch, quiet_unless_rank_zero
 from utils.run_folder.history import History, read_history
 from utils.run_folder.lock import RunLock
@@ -56,7 +55,8 @@ from utils.wandb_helpers import finish_wandb_on_exit
 
 @dataclass
 class TrainingResult(Predictor):
-    """What a run produced; generate() / predict() / predict_proba() from utils.inference, export() to a folder."""
+    """What a run produced; generate() / predict() / predict_proba() from utils.inference. To export it:
+    utils.export.export_result(result) (training sits below the export and the Hub and imports neither)."""
 
     config: WizardConfig  # the config the run used
     output_dir: Path
@@ -145,26 +145,6 @@ class TrainingResult(Predictor):
         if self.estimate is None:
             return [f"time:             {actual:.3g} s/step, {format_duration(self.fit_seconds)} in total"]
         return [f"time (estimated): {self.estimate.compare(actual, self.fit_seconds)}"]
-
-    def export(self, folder: Optional[str | Path] = None, push_to_hub: Optional[str] = None, public: bool = False,
-               onnx: bool = False, merged: bool = False) -> Path:
-        """Write weights (safetensors), config, tokenizer, class names and user model code to folder
-        (default: output_dir/export); utils.export.load_exported reads it back anywhere. In a multi-device
-        run only global rank zero writes; the other processes return the folder it writes.
-        onnx: also model.onnx, checked with onnxruntime; push_to_hub: upload the folder to that Hugging Face
-        repository (private unless public) with a model card (utils.hub). A LoRA/QLoRA run exports its adapter
-        (peft's format), or with merged=True the base with it merged in, in 16 bits."""
-        if self.model_passed_in:
-            raise ExportError(
-                f"This {type(self.model).__name__} was passed to train(model=...), so an export folder could not "
-                "rebuild it. Put its code in a model.py with build_model(config) or a Model class and train with "
-                "model_source='file' (the export then carries the code), or save result.model.state_dict() yourself.")
-        if not self.is_global_zero:
-            return Path(folder) if folder is not None else self.output_dir / "export"
-        token = find_token() if push_to_hub else None  # before writing: a missing token costs no export
-        written = export_model(self.model, self.config, self.tokenizer, folder, self.label_names, self.pad_id,
-                               merged)
-        return finish_export(self, written, self.output_dir, push_to_hub, public, onnx, token)
 
 
 def train(config: Optional[WizardConfig] = None, model: Optional[nn.Module] = None,
@@ -433,7 +413,7 @@ def _tokenizer_change(out: Path, data: PreparedData) -> Optional[str]:
 
 def _save_run_files(out: Path, config: WizardConfig, data: PreparedData, user_files) -> None:
     """config.json, tokenizer/, a classifier's labels.json and the model code copy, each written atomically;
-    a resume keeps its tokenizer. With them a finished run loads for inference (utils.run_folder.loading.load_run)."""
+    a resume keeps its tokenizer. With them a finished run loads for inference (utils.loading.load_run)."""
     config.save(out / CONFIG_FILENAME)
     if not (out / TOKENIZER_DIRNAME).exists():
         with atomic_folder(out / TOKENIZER_DIRNAME) as folder:

@@ -36,8 +36,9 @@ from torch import nn
 from utils.config import WizardConfig
 from utils.env import DeviceInfo
 from utils.errors import KitError
-from utils.training.memory import BYTES_PER_PARAMETER, USABLE_FRACTION, format_bytes, parameter_bytes
-from utils.training.precision import PrecisionDecision
+from utils.formatting import format_bytes, format_duration
+from utils.training.memory import BYTES_PER_PARAMETER, USABLE_FRACTION, parameter_bytes
+from utils.precision import PrecisionDecision
 from utils.training.stepper import Stepper, device_of, measuring, trained_weights_restored
 
 COLAB_SESSION_SECONDS = 12 * 3600  # the free tier's documented maximum runtime; often less when idle or busy
@@ -370,16 +371,6 @@ def device_capacity(device: DeviceInfo) -> tuple[Optional[int], str]:
         except (ValueError, OSError, AttributeError):  # not every OS exposes these
             return None, "RAM (not checked on this OS)"
     return None, f"{device.name} memory (unknown)"
-
-
-def format_duration(seconds: float) -> str:
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    if seconds < 3600:
-        return f"{seconds // 60:.0f} min {seconds % 60:02.0f} s"
-    return f"{seconds // 3600:.0f} h {seconds % 3600 // 60:02.0f} min"
 
 
 def _memory_model(model: nn.Module, saved_1: int, saved_2: int, device: DeviceInfo, shards: int = 1) -> MemoryModel:

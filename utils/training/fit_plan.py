@@ -31,8 +31,9 @@ from torch import nn
 
 from utils.env import DeviceInfo
 from utils.models.adapters import HEADS
-from utils.training.memory import (LOGIT_SAVED_BYTES, NF4_BYTES, USABLE_FRACTION, format_bytes, frozen_bytes,
-                                   logit_backward_bytes, trained_bytes)
+from utils.formatting import format_bytes
+from utils.training.memory import (LOGIT_SAVED_BYTES, NF4_BYTES, USABLE_FRACTION, frozen_bytes, logit_backward_bytes,
+                                   trained_bytes)
 
 _bytes = format_bytes
 # The GPUs `estimate --gpu` answers for, with the memory their runtimes report (Colab's T4, L4, A100; an H100).

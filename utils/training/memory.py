@@ -74,11 +74,3 @@ def frozen_bytes(parameters: float, bytes_each: float) -> int:
 def logit_backward_bytes(logits: int) -> int:
     """The gradient the loss's backward holds beside the saved activations, for this many logits."""
     return logits * LOGIT_BACKWARD_BYTES
-
-
-def format_bytes(n: int) -> str:
-    """"1.5 GB": every message about memory says sizes this way."""
-    for unit, size in (("TB", 2**40), ("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"

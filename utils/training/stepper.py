@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from utils.training.memory import logit_backward_bytes, storage_key
-from utils.training.precision import PrecisionDecision
+from utils.precision import PrecisionDecision
 
 
 class Stepper:

@@ -22,7 +22,7 @@ from torch import nn
 from utils.config import WizardConfig
 from utils.env import DeviceInfo, detect_device
 from utils.training.coordinator import TrainingResult, train
-from utils.training.precision import PrecisionDecision, PrecisionError, resolve_precision
+from utils.precision import PrecisionDecision, PrecisionError, resolve_precision
 
 # The reference kit's precision strings -> (use_mixed_precision, WizardConfig.precision)
 PRECISIONS = {"32": (False, "auto"), "32-true": (False, "auto"), "16": (True, "16-mixed"),

@@ -6,9 +6,7 @@ every change. The forward/backward check runs on CPU at batch 1 and 2 and only w
 
 from __future__ import annotations
 
-import functools
 import math
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -17,63 +15,12 @@ from typing import Optional
 import torch
 
 from utils.config import PRECISION_WORDS, WizardConfig
-from utils.data import DataSpec, open_source
-from utils.data.tokenizers import build_tokenizer
-from utils.training.precision import PrecisionDecision
-from utils.training.builder import build_data_spec
+from utils.data.spec import vocab_size_for
+from utils.formatting import format_bytes
+from utils.precision import PrecisionDecision
 from utils.models.build import build_model, build_task
 from utils.training.estimate import BYTES_PER_PARAMETER, USABLE_FRACTION, device_capacity  # one memory model
 
-
-
-def vocab_size_for(config: WizardConfig) -> tuple[int, str]:
-    """The vocabulary the model will be built with, and where that number comes from."""
-    if config.model_source == "pretrained":  # its own tokenizer, whatever tokenizer_strategy says
-        try:
-            return _model_vocab_size(config.pretrained_model, config.task == "classification"), \
-                "the pretrained model's own tokenizer"
-        except (OSError, ValueError, ImportError) as e:
-            return config.vocab_size, f"tokenizer not readable yet ({e}); assuming vocab_size"
-    if config.tokenizer_strategy == "byte":  # a classifier's pad id comes after the 256 bytes
-        return (257, "byte tokenizer plus a pad id") if config.task == "classification" else (256, "byte tokenizer")
-    if config.tokenizer_strategy == "pretrained":
-        try:
-            return _pretrained_vocab_size(config.tokenizer_path, config.task == "classification"), \
-                "the pretrained tokenizer"
-        except (OSError, ValueError, ImportError) as e:
-            return config.vocab_size, f"tokenizer not readable yet ({e}); assuming vocab_size"
-    if config.tokenizer_strategy == "char":
-        try:
-            return _char_vocab_size(build_data_spec(config), _mtime(config.dataset_path)), \
-                "distinct characters in the dataset"
-        except (OSError, ValueError, NotImplementedError) as e:
-            return 256, f"dataset not readable yet ({e}); assuming 256"
-    return config.vocab_size, "vocab_size"
-
-
-
-@functools.lru_cache(maxsize=8)
-def _pretrained_vocab_size(tokenizer_path: str, pad: bool) -> int:
-    return build_tokenizer("pretrained", "", pad=pad, tokenizer_path=tokenizer_path).vocab_size
-
-
-@functools.lru_cache(maxsize=8)
-def _model_vocab_size(pretrained_model: str, pad: bool) -> int:
-    return build_tokenizer("model", "", pad=pad, tokenizer_path=pretrained_model).vocab_size
-
-
-@functools.lru_cache(maxsize=8)
-def _char_vocab_size(spec: DataSpec, mtime: float) -> int:
-    """The char vocabulary prepare_data will build: one pass over the text (cached per file version)."""
-    source = open_source(spec)
-    return build_tokenizer("char", source.text_blocks, pad=spec.classify, size_bytes=source.size_bytes).vocab_size
-
-
-def _mtime(path: str) -> float:
-    try:
-        return os.path.getmtime(path) if path else 0.0
-    except OSError:
-        return 0.0
 
 
 # The wizard does not read the labels; a classifier's head is sized for this many classes until
@@ -187,14 +134,3 @@ def describe_check(check: ModelCheck, config: WizardConfig, decision: PrecisionD
 
 
 LOSS_TOLERANCE = 0.15  # an untrained model's loss within 15% of ln(outputs) reads "as expected"
-
-
-def format_bytes(n: int) -> str:
-    for unit, size in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
-
-
-def format_count(n: int) -> str:
-    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K" if n >= 1e3 else str(n)

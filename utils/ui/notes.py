@@ -14,11 +14,11 @@ from typing import Optional
 from utils.config import SETTINGS, WizardConfig
 from utils.env import DeviceInfo
 from utils.errors import KitError
+from utils.formatting import format_count
 from utils.run_folder.checkpoints import describe_run_folder
 from utils.models.adapters import CHAT_MODELS, METHOD_SENTENCES, planned_counts, recommend_method
-from utils.training.precision import PrecisionError
+from utils.precision import PrecisionError
 from utils.ui.fields import ERROR_COLOR, WRAP
-from utils.ui.model_check import format_count
 from utils.ui.review import changed_settings, describe_plan, plan_facts
 
 

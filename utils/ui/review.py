@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from typing import Optional
 
 from utils.config import EMBEDDED_DATASETS, SETTINGS, TASK_WORDS, WizardConfig
-from utils.ui.model_check import format_count
+from utils.formatting import format_count
 
 # Local data up to this size is prepared (tokenized, cached in the run folder) as soon as the review shows;
 # larger files and Hub datasets wait for Estimate time or the start of training.
@@ -50,7 +50,8 @@ def plan_facts(config: WizardConfig, vocab_size: int, parameters: Optional[int])
     ok, why = prepares_on_review(config)
     if not ok:
         return PlanFacts(parameters, vocab_size, None, why)
-    from utils.training.builder import build_data_spec, build_dataloaders
+    from utils.training.builder import build_dataloaders
+    from utils.data.spec import build_data_spec
 
     data = _prepared(build_data_spec(config), _mtime(config.dataset_path))
     if isinstance(data, str):

@@ -29,13 +29,14 @@ import torch
 
 from templates import TEMPLATES
 from utils.config import EMBEDDED_CORPUS_WORDS, EMBEDDED_DATASETS, SETTINGS, ConfigError, WizardConfig
+from utils.data.spec import vocab_size_for
 from utils.env import DeviceInfo, detect_device, in_colab
 from utils.models.adapters import suggested_models
 from utils.training.estimate import BatchTooLargeError, estimate_config
-from utils.training.precision import PrecisionError, resolve_precision
+from utils.precision import PrecisionError, resolve_precision
 from utils.ui.fields import (ERROR_COLOR, LABEL_WIDTH, PATH_WIDTH, SUCCESS_COLOR, UPLOAD_LIMIT_TEXT, WARNING_COLOR,
                              Field, build_field, save_upload, upload_problem, uploaded_files)
-from utils.ui.model_check import count_parameters, describe_check, measure_model, vocab_size_for
+from utils.ui.model_check import count_parameters, describe_check, measure_model
 from utils.ui.notes import model_note, note, plan_html, precision_text, same_run
 from utils.ui.presets import PRESET_WORDS, PRESETS, apply_preset, preset_hint
 from utils.ui.review import value_words

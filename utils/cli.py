@@ -189,7 +189,7 @@ def _chat_prompt(result) -> str | None:
     """The first user message of the run's chat data (None when the data is plain text, not chat rows)."""
     from utils.data import open_source
     from utils.data.chat import ChatSource
-    from utils.training.builder import build_data_spec
+    from utils.data.spec import build_data_spec
 
     source = open_source(build_data_spec(result.config))
     if not isinstance(source, ChatSource):
@@ -220,7 +220,7 @@ def estimate_and_report(config: WizardConfig, device=None, gpu: str | None = Non
     from utils.env import detect_device
     from utils.training.builder import check_strategy
     from utils.training.estimate import estimate_config
-    from utils.training.precision import resolve_precision
+    from utils.precision import resolve_precision
 
     config = config.validate()
     report_unused_settings(config)
@@ -242,10 +242,11 @@ def report_gpu_verdict(config: WizardConfig, gpu: str) -> None:
     or a QLoRA one (4-bit needs the GPU), is answered from its config on the meta device (fit_plan); any other
     model is built here and measured on this CPU in the GPU's autocast dtype."""
     from utils.models.adapters import meta_model
-    from utils.training.estimate import format_bytes, memory_on
+    from utils.formatting import format_bytes
+    from utils.training.estimate import memory_on
     from utils.training.fit_plan import GPUS, gpu_verdict, shape_of
     from utils.training.memory import USABLE_FRACTION
-    from utils.training.precision import resolve_precision
+    from utils.precision import resolve_precision
 
     decision = resolve_precision(config.use_mixed_precision, config.precision, GPUS[gpu])
     print(f"Precision on {decision.device.describe()}: {decision.precision} - {decision.reason}")
@@ -383,7 +384,7 @@ def _checkpoint_argument(parser: argparse.ArgumentParser) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     def call():
-        from utils.run_folder.loading import load_run
+        from utils.loading import load_run
 
         if args.public and not args.push_to_hub:
             raise CommandLineError("--public only applies with --push-to-hub NAME")
@@ -434,7 +435,7 @@ def run_predict(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     def call():
         from utils.evaluate import evaluate_predictor
-        from utils.run_folder.loading import load_predictor
+        from utils.loading import load_predictor
 
         model = load_predictor(args.model, args.checkpoint, args.device)
         figure = args.figure or Path(args.model) / "evaluation" / f"{Path(args.data).stem}.confusion.png"
@@ -464,7 +465,7 @@ def run_runs(args: argparse.Namespace) -> int:
 def _load_for(args: argparse.Namespace, task: str, command: str, other: str):
     """The run's or export's model, when it was trained for the task this command needs."""
     from utils.inference import InferenceError
-    from utils.run_folder.loading import load_predictor
+    from utils.loading import load_predictor
 
     model = load_predictor(args.model, args.checkpoint, args.device)
     if model.config.task != task:

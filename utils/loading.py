@@ -7,7 +7,7 @@ answers generate() / predict() with the same code as a TrainingResult or an Expo
 
     run = load_run("runs/default")                # best checkpoint; checkpoint="last" for the latest
     run.generate("def ", max_new_tokens=100, seed=0)
-    run.export()                                  # runs/default/export, as result.export() writes it
+    run.export()                                  # runs/default/export, as export_result(result) writes it
     model = load_predictor("runs/default/export")  # a run folder or an export folder
 
 Nothing in the folder is written or moved by loading it.
@@ -26,11 +26,11 @@ from torch import nn
 from utils.config import CONFIG_FILENAME, WizardConfig
 from utils.data import load_tokenizer
 from utils.errors import KitError, MissingFileError
-from utils.export import MARKER_FILENAME, WEIGHTS_FILENAME, best_device, export_model, load_exported, read_labels
+from utils.export import MARKER_FILENAME, WEIGHTS_FILENAME, best_device, export_result, load_exported
 from utils.inference import Predictor
 from utils.models.build import build_model
 from utils.models.user_models import USER_MODEL_DIRNAME, model_files_in
-from utils.run_folder.checkpoints import best_checkpoint, last_checkpoint
+from utils.run_folder.checkpoints import best_checkpoint, last_checkpoint, read_labels
 
 CHECKPOINT_CHOICES = ("best", "last")
 MODEL_PREFIX = "model."  # the LightningModule keeps the model as .model: its keys in a checkpoint start so
@@ -57,14 +57,8 @@ class LoadedRun(Predictor):
 
     def export(self, folder: Optional[str | Path] = None, push_to_hub: Optional[str] = None, public: bool = False,
                onnx: bool = False, merged: bool = False) -> Path:
-        """Write an export folder (default: the run's export/), as TrainingResult.export() does (onnx, push_to_hub
-        too)."""
-        from utils.hub import find_token, finish_export
-
-        token = find_token() if push_to_hub else None  # before writing: a missing token costs no export
-        written = export_model(self.model, self.config, self.tokenizer, folder or self.output_dir / "export",
-                               self.label_names, self.pad_id, merged)
-        return finish_export(self, written, self.output_dir, push_to_hub, public, onnx, token)
+        """Write an export folder (default: the run's export/): utils.export.export_result(self, ...)."""
+        return export_result(self, folder, push_to_hub, public, onnx, merged)
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", device: Optional[str] = None) -> LoadedRun:
