@@ -99,10 +99,11 @@ def _rss_peak() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def _report(launch: float, step_ends: list[float], trained: float, loss: float, **extra) -> None:
+def _report(launch: float, step_ends: list[float], trained: tuple[float, int], loss: float, **extra) -> None:
+    """trained: (time.time(), peak RSS) when training ended, before the held-out loss is computed."""
     gaps = [b - a for a, b in zip(step_ends, step_ends[1:])]
     print("RESULT " + json.dumps({"first_step": step_ends[0] - launch, "step": statistics.median(gaps),
-                                  "trained": trained - launch, "peak": _rss_peak(), "loss": loss,
+                                  "trained": trained[0] - launch, "peak": trained[1], "loss": loss,
                                   "steps": len(step_ends), **extra}), flush=True)
 
 
@@ -128,7 +129,7 @@ def child_kit(args) -> None:
                           warmup_ratio=WARMUP, weight_decay=DECAY, val_split=0.05, log_every_n_steps=10,
                           output_dir=str(Path(args.data) / "kit-run"))
     result = train(config, extra_callbacks=[StepEnds()])
-    trained = time.time()
+    trained = time.time(), _rss_peak()
     est = result.estimate
     loss = heldout_loss(result.model, AutoTokenizer.from_pretrained(args.folder), _rows(args, "heldout"))
     _report(args.launch, ends, trained, loss, estimate=est.seconds_per_step if est else None,
@@ -167,7 +168,7 @@ def child_loop(args) -> None:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         ends.append(time.time())
-    trained = time.time()
+    trained = time.time(), _rss_peak()
     heldout = _rows(args, "heldout")
     loss = heldout_loss(model, tokenizer, heldout)
     with model.disable_adapter():
@@ -202,7 +203,7 @@ def child_trl(args) -> None:
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=peft, callbacks=[StepEnds()])
     trainer.train()
-    trained = time.time()
+    trained = time.time(), _rss_peak()
     _report(args.launch, ends, trained, heldout_loss(trainer.model, tokenizer, _rows(args, "heldout")))
 
 
