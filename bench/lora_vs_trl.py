@@ -127,7 +127,7 @@ def child_kit(args) -> None:
                           lora_rank=RANK, dataset_source="file", dataset_path=str(Path(args.data) / "train.jsonl"),
                           batch_size=BATCH, max_seq_len=MAX_LEN, max_steps=args.steps, learning_rate=LR,
                           warmup_ratio=WARMUP, weight_decay=DECAY, val_split=0.05, log_every_n_steps=10,
-                          output_dir=str(Path(args.data) / "kit-run"))
+                          output_dir=str(Path(args.data) / f"kit-run-{args.launch}"))  # a fresh run, no cache
     result = train(config, extra_callbacks=[StepEnds()])
     trained = time.time(), _rss_peak()
     est = result.estimate
@@ -192,7 +192,7 @@ def child_trl(args) -> None:
     rows = [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in _rows(args, "train")]
     tokenizer = AutoTokenizer.from_pretrained(args.folder)
     model = AutoModelForCausalLM.from_pretrained(args.folder, dtype=torch.float32)
-    config = SFTConfig(output_dir=str(Path(args.data) / "trl-run"), max_steps=args.steps,
+    config = SFTConfig(output_dir=str(Path(args.data) / f"trl-run-{args.launch}"), max_steps=args.steps,
                        per_device_train_batch_size=BATCH, gradient_accumulation_steps=1, learning_rate=LR,
                        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": MIN_LR_RATE},
                        warmup_steps=round(WARMUP * args.steps), adam_beta2=0.95, weight_decay=DECAY, max_grad_norm=1.0,
@@ -291,6 +291,11 @@ def main() -> None:
     print(f"\n{args.steps} steps, {args.rounds} round(s), medians; load average now "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
     print(table(results))
+    for r in results.get("kit", []):
+        print(f"kit: estimate {r['estimate']:.3g} s/step against its steady {r['step']:.3g} "
+              f"({r['estimate'] / r['step']:.2f}); "
+              f"memory answer {r['memory'] / 2**30:.2f} GB against its peak RSS {r['peak'] / 2**30:.2f} GB "
+              f"({r['memory'] / r['peak']:.2f})")
 
 
 if __name__ == "__main__":

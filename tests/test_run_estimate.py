@@ -85,7 +85,8 @@ def test_the_printed_estimate_is_the_run_s_own_steps_2_to_4(tmp_path, capsys):
     assert result.estimate.seconds_per_step > 0.05  # the sleeping forward is in it
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("Estimate: "))
     assert line.startswith(f"Estimate: {result.estimate.seconds_per_step:.3g} s per optimizer step (32-true, batch 4 "
-                           "x 1 accumulation, timed on this run's steps 2-4 on CPU); 6 steps + 1 validation(s) = about ")
+                           "x 1 accumulation, timed on this run's steps 2-4 on CPU); 6 steps + 1 validation(s) = "
+                           "about ")
     summary = next(s for s in result.summary().splitlines() if s.startswith("time (estimated): "))
     assert summary.startswith(f"time (estimated): {result.estimate.seconds_per_step:.3g} s/step")
 

@@ -4,12 +4,12 @@ train() times nothing before training: it measures the memory model (measure_mem
 batch 1 and 2) and refuses a batch that does not fit (check_memory raises BatchTooLargeError, naming the batch
 that fits) before anything allocates a batch; the time comes from the run's own first optimizer steps
 (utils.training.run_estimate prints it after them). The `estimate` command and the wizard, asked for a time
-before any run, call estimate_config(): the model itself, where it is placed, trains 1 warm-up and 2 timed steps (forward, backward, AdamW step,
-in the run's precision) on a dummy batch of the run's shape; its trained tensors and the global RNG are put
-back afterwards, so the run itself is unchanged (utils.training.stepper). From that: seconds per optimizer step
-(gradient accumulation included), the run's total time (training.total_steps optimizer steps plus
-validation, timed as forward passes), the memory it needs against the device's, and whether it fits
-in one Colab session. A batch that does not fit is answered with the largest that does and the
+before any run, call estimate_config(): the model itself, where it is placed, trains 1 warm-up and 2 timed steps
+(forward, backward, AdamW step, in the run's precision) on a dummy batch of the run's shape; its trained tensors
+and the global RNG are put back afterwards, so the run itself is unchanged (utils.training.stepper). From that:
+seconds per optimizer step (gradient accumulation included), the run's total time (training.total_steps
+optimizer steps plus validation, timed as forward passes), the memory it needs against the device's, and
+whether it fits in one Colab session. A batch that does not fit is answered with the largest that does and the
 gradient accumulation that keeps the effective batch.
 
     estimate = estimate_config(config, decision)   # builds data and model (the wizard, bench/)
@@ -136,8 +136,9 @@ class Estimate:
         session = ("fits in one Colab session" if self.fits_session else
                    "longer than a Colab session (12 h at most): checkpoints carry it across sessions")
         shape = f" of about {self.seq_len} tokens (the data's padded batches)" if self.seq_len else ""
+        timed_on = self.timed_on or self.device
         return (f"Estimate: {self.seconds_per_step:.3g} s per optimizer step ({self.precision}, batch "
-                f"{self.batch_size} x {self.accumulation} accumulation{shape}, timed on {self.timed_on or self.device}); "
+                f"{self.batch_size} x {self.accumulation} accumulation{shape}, timed on {timed_on}); "
                 f"{self.total_steps:,} steps + {self.validations} validation(s) = about "
                 f"{format_duration(self.total_seconds)}: {session}.")
 
