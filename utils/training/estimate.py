@@ -162,6 +162,8 @@ def memory_line(memory: MemoryModel, batch: int, peak: Optional[int] = None, mea
     need = f"about {_bytes(memory.bytes_at(batch) if peak is None else peak)} ({how}) at batch_size={batch}"
     if memory.process_bytes:
         need = f"the process peaks at {need}"
+    if memory.shards > 1:
+        need += f" on each device (one of {memory.shards} FSDP shards)"
     if memory.capacity_bytes is None:
         return f"Memory: {need}; not compared with {memory.capacity_name}."
     where = f"{memory.capacity_name} ({_bytes(memory.capacity_bytes)}, {USABLE_FRACTION:.0%} usable)"
