@@ -272,13 +272,14 @@ def check_memory(s: Subject) -> CheckResult:
     if s.device.type != here.device.kind:  # the wizard on a CPU for a GPU run: measured here, compared with the GPU
         here = dataclasses.replace(here, device=DeviceInfo(s.device.type, s.device.type.upper()))
     memory = measure_memory(c, here, s.model, s.task, s.vocab_size, s.num_classes)
-    if here is not s.decision:
+    if here is not s.decision:  # a GPU holds the model's memory alone, not this process's (process_bytes)
         capacity, name = device_capacity(s.decision.device)
-        memory = dataclasses.replace(memory, capacity_bytes=capacity, capacity_name=name)
+        memory = dataclasses.replace(memory, capacity_bytes=capacity, capacity_name=name, process_bytes=0)
     limit = max(c.batch_size, 4096)
     largest = {memory.capacity_name: memory.largest_batch(limit)}
     for name, gib in COLAB_GPUS:  # the same model, against the memory of the GPUs Colab lends
-        largest[f"{name} memory"] = dataclasses.replace(memory, capacity_bytes=int(gib * 2**30)).largest_batch(limit)
+        on_gpu = dataclasses.replace(memory, capacity_bytes=int(gib * 2**30), process_bytes=0)
+        largest[f"{name} memory"] = on_gpu.largest_batch(limit)
     numbers = {"bytes_at_batch_size": memory.bytes_at(c.batch_size), "fixed_bytes": memory.fixed_bytes,
                "per_sequence_bytes": memory.per_sequence_bytes, "largest_batch": largest,
                "measured_in": s.decision.precision}
