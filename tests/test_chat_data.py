@@ -471,12 +471,14 @@ def test_chat_rows_under_another_key_are_told_the_shapes_the_kit_reads(tmp_path,
 def test_the_estimate_times_chat_batches_at_their_padded_length_and_measures_memory_at_the_longest(
         tmp_path, model_folder, capsys):
     """Chat batches pad to their longest example, often several times shorter than max_seq_len: an estimate timed at
-    max_seq_len was 3.3-3.5x pessimistic on a real chat model (issue 29)."""
+    max_seq_len was 3.3-3.5x pessimistic on a real chat model (issue 29). The `estimate` command and the wizard
+    time such batches; train() times its own first steps (tests/test_run_estimate.py)."""
     from utils.config import WizardConfig
     from utils.env import DeviceInfo
-    from utils.training import train
-    from utils.training.builder import batch_lengths
     from utils.data.spec import build_data_spec
+    from utils.precision import resolve_precision
+    from utils.training.builder import batch_lengths
+    from utils.training.estimate import estimate_config
 
     rows = [messages_row(f"Question {i}?", "Short." if i % 4 else "A longer answer than the others, " * 3)
             for i in range(16)]
@@ -484,14 +486,15 @@ def test_the_estimate_times_chat_batches_at_their_padded_length_and_measures_mem
                           dataset_path=str(write_jsonl(tmp_path / "chat.jsonl", rows)), max_seq_len=256,
                           batch_size=4, max_steps=2, val_split=0.25, learning_rate=1e-4,
                           output_dir=str(tmp_path / "run"))
-    result = train(config, device=DeviceInfo("cpu", "CPU"))
+    estimate = estimate_config(config, resolve_precision(False, "auto", DeviceInfo("cpu", "CPU")))
+    print(estimate.describe())
     data = prepare_data(build_data_spec(config))  # the examples train() read
     lengths = data.train.lengths()
     assert lengths.tolist() == [len(x) for x, _ in (data.train[i] for i in range(len(data.train)))]
     typical, longest = batch_lengths(config, data)
     assert longest == -(-int(lengths.max()) // 8) * 8 and longest < 256 // 2
     assert int(lengths.min()) < typical <= longest  # a batch pads to its longest: above the shortest, at most the longest
-    assert result.estimate.seq_len == typical
+    assert estimate.seq_len == typical
     assert f"accumulation of about {typical} tokens (the data's padded batches)" in capsys.readouterr().out
     from tests.conftest import corpus_start
 

@@ -31,7 +31,8 @@ from utils.precision import PrecisionDecision, resolve_precision
 
 CHECKS = ("shapes", "causality", "padding", "initial_loss", "gradient_flow", "activations", "fp16",
           "overfit_batch", "memory", "attention")
-PREFLIGHT = ("shapes", "causality", "padding", "gradient_flow")  # what train() runs: a second or less
+PREFLIGHT = ("shapes", "causality", "padding", "gradient_flow")  # what train() runs, cheaply: about a training step
+PREFLIGHT_ROWS = 2  # rows of the training data the pre-flight's gradient check runs on
 
 
 def inspect_model(config: WizardConfig, device: Optional[DeviceInfo] = None, write: bool = True,
@@ -79,7 +80,7 @@ def run_checks(subject: Subject, names: tuple[str, ...], folder: Optional[Path] 
 def _run_one(subject: Subject, name: str, probe, folder: Optional[Path], cheap: bool) -> CheckResult:
     return {
         "shapes": lambda: check_shapes(subject, cheap=cheap),
-        "causality": lambda: check_causality(subject),
+        "causality": lambda: check_causality(subject, cheap=cheap),
         "padding": lambda: check_padding(subject),
         "initial_loss": lambda: check_initial_loss(subject),
         "gradient_flow": lambda: check_gradient_flow(subject, probe, folder),
@@ -106,7 +107,7 @@ def preflight(config: WizardConfig, decision: PrecisionDecision, model, task, da
     started = time.perf_counter()
     subject = Subject(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes, data.pad_id, (),
                       "the training data", data.tokenizer)
-    subject.batch = first_rows(data.train, subject.device)  # where train() placed the model
+    subject.batch = first_rows(data.train, subject.device, PREFLIGHT_ROWS)  # where train() placed the model
     with torch.random.fork_rng(devices=[]):
         results = list(run_checks(subject, PREFLIGHT, cheap=True))
     failed = [r for r in results if r.verdict == "fail"]

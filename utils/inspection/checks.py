@@ -26,6 +26,9 @@ from utils.training.estimate import device_capacity, measure_memory, memory_advi
 
 RELATIVE_TOLERANCE = 1e-4  # a logit "changes" when it moves by more than this times the logits' scale
 CAUSALITY_MAX_LEN = 128  # longer sequences add time and find no other leak than these positions do
+# train()'s pre-flight: the same perturbed positions in a shorter sequence (a mask that is missing, off by one or
+# turned around leaks at any length), so that a large vocabulary's logits cost a fraction of a training step.
+CAUSALITY_PREFLIGHT_LEN = 32
 CHANCE_FACTOR = 2.0  # an initial loss above this many times chance warns
 OVERFIT_STEPS, OVERFIT_LR, OVERFIT_LEN, OVERFIT_DROP = 40, 3e-3, 32, 0.5
 COLAB_GPUS = (("Tesla T4", 15.0), ("NVIDIA L4", 22.5), ("NVIDIA A100 40GB", 40.0))  # memory in GiB
@@ -60,17 +63,21 @@ def _error(e: BaseException) -> str:
 # ------------------------------------------------------------------------------------------------ shapes
 
 def check_shapes(s: Subject, cheap: bool = False) -> CheckResult:
-    """Forward at batch 1, 2 and batch_size (cheap: 1 and 2) and lengths 1, max_seq_len // 2 and max_seq_len."""
+    """Forward at batch 1, 2 and batch_size and lengths 1, max_seq_len // 2 and max_seq_len; cheap (train()'s
+    pre-flight): batch 2 of one token and batch 1 of max_seq_len, which find a lost batch dimension and a position
+    table too short at a fraction of the cost (the logits of a large vocabulary dominate it)."""
     L = s.config.max_seq_len
-    batches = sorted({1, 2} | (set() if cheap else {s.config.batch_size}))
-    lengths = sorted({1, max(1, L // 2), L})
+    if cheap:
+        trials = [(2, 1)] + ([(1, L)] if L > 1 else [])
+    else:
+        trials = [(B, T) for T in sorted({1, max(1, L // 2), L}) for B in sorted({1, 2, s.config.batch_size})]
+    batches, lengths = sorted({B for B, _ in trials}), sorted({T for _, T in trials})
     tried = []
-    for T in lengths:
-        for B in batches:
-            problem = _shape_problem(s, B, T)
-            if problem:
-                return _shapes_fail(s, B, T, problem, tried)
-            tried.append([B, T])
+    for B, T in trials:
+        problem = _shape_problem(s, B, T)
+        if problem:
+            return _shapes_fail(s, B, T, problem, tried)
+        tried.append([B, T])
     return CheckResult("shapes", "pass", f"logits of the expected shape at batch {batches} and sequence length "
                        f"{lengths}.", numbers={"batches": batches, "lengths": lengths})
 
@@ -117,12 +124,13 @@ def _longest_length(s: Subject, failing: int) -> int:
 
 # --------------------------------------------------------------------------------------------- causality
 
-def check_causality(s: Subject) -> CheckResult:
-    """Perturbing token t must not change the logits at any position < t, at several t in one batched forward."""
+def check_causality(s: Subject, cheap: bool = False) -> CheckResult:
+    """Perturbing token t must not change the logits at any position < t, at several t in one batched forward
+    (cheap, train()'s pre-flight: in a sequence of CAUSALITY_PREFLIGHT_LEN tokens)."""
     if not s.is_lm:
         return CheckResult("causality", "skipped", "a classifier reads the whole text at once; causality applies "
                            "to language models.")
-    T = min(s.max_len, CAUSALITY_MAX_LEN)
+    T = min(s.max_len, CAUSALITY_PREFLIGHT_LEN if cheap else CAUSALITY_MAX_LEN)
     base = s.random_batch(1, T, seed=1)[0]  # (1, T)
     positions = sorted({t for t in (1, 2, 3, T // 4, T // 2, 3 * T // 4, T - 1) if 1 <= t < T})
     rows = base.repeat(len(positions) + 1, 1)  # (K+1, T): the sequence, then one copy per perturbed position
@@ -264,13 +272,14 @@ def check_memory(s: Subject) -> CheckResult:
     if s.device.type != here.device.kind:  # the wizard on a CPU for a GPU run: measured here, compared with the GPU
         here = dataclasses.replace(here, device=DeviceInfo(s.device.type, s.device.type.upper()))
     memory = measure_memory(c, here, s.model, s.task, s.vocab_size, s.num_classes)
-    if here is not s.decision:
+    if here is not s.decision:  # a GPU holds the model's memory alone, not this process's (process_bytes)
         capacity, name = device_capacity(s.decision.device)
-        memory = dataclasses.replace(memory, capacity_bytes=capacity, capacity_name=name)
+        memory = dataclasses.replace(memory, capacity_bytes=capacity, capacity_name=name, process_bytes=0)
     limit = max(c.batch_size, 4096)
     largest = {memory.capacity_name: memory.largest_batch(limit)}
     for name, gib in COLAB_GPUS:  # the same model, against the memory of the GPUs Colab lends
-        largest[f"{name} memory"] = dataclasses.replace(memory, capacity_bytes=int(gib * 2**30)).largest_batch(limit)
+        on_gpu = dataclasses.replace(memory, capacity_bytes=int(gib * 2**30), process_bytes=0)
+        largest[f"{name} memory"] = on_gpu.largest_batch(limit)
     numbers = {"bytes_at_batch_size": memory.bytes_at(c.batch_size), "fixed_bytes": memory.fixed_bytes,
                "per_sequence_bytes": memory.per_sequence_bytes, "largest_batch": largest,
                "measured_in": s.decision.precision}

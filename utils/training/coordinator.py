@@ -39,8 +39,9 @@ from utils.training.callbacks.recorder import RunRecorder
 from utils.training.module import TransformerModule
 from utils.models.tasks import TASKS
 from utils.training.callbacks.last_checkpoint import TrainingStopped
-from utils.training.estimate import (Estimate, check_memory, check_sequence_length, estimate_run, format_bytes,
-                                     format_duration, measure_memory)
+from utils.training.estimate import (BatchTooLargeError, Estimate, MemoryModel, check_memory, check_sequence_length,
+                                     format_bytes, format_duration, measure_memory, memory_line)
+from utils.training.run_estimate import RunEstimate
 from utils.run_folder.checkpoints import (LOGS_DIRNAME, ON_CHANGE, TOKENIZER_DIRNAME, IncompatibleCheckpointError,
                                         ResumePoint, find_resume_point, handle_changed_run, last_checkpoint,
                                         best_checkpoint, move_run_aside, optimizer_changes, plan_resume,
@@ -201,7 +202,9 @@ class _Run:
     resume: Optional[ResumePoint]
     model_passed_in: bool
     launch: Launch
-    estimate: Optional[Estimate] = None
+    estimate: Optional[Estimate] = None  # from the run's own first steps (clock), once they ran
+    clock: Optional[RunEstimate] = None  # times those steps; None in the other processes and with nothing to train
+    memory: Optional[MemoryModel] = None  # the memory model the batch was accepted with (rank zero)
     kept_checkpoints: list = field(default_factory=list)  # removed once this run saves a best of its own
     notebook: bool = False  # on_change="start_new": messages in the wizard's words
 
@@ -254,27 +257,22 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch, move_no
     # Before any batch exists: a batch_size the device cannot hold is refused in seconds, with the batch that
     # fits, instead of failing in the allocator minutes later. Then the data must fill one batch. Rank zero
     # measures for all: every process holds the same model on a GPU of the same kind (utils.env.detect_device).
-    memory, (typical, longest) = None, batch_lengths(config, data)
+    memory, (_, longest) = None, batch_lengths(config, data)
     if launch.is_zero:
         memory = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes,
                                 launch.world_size, seq_len=longest)
         memory = _checkpoint_if_needed(config, decision, model, task, data, memory, longest)
         check_memory(memory, config)
+        print(memory_line(memory, config.batch_size))
     if not data.chat:
         check_training_windows(config, len(data.train), data.num_tokens)
     train_loader, val_loader = build_dataloaders(config, data.train, data.val, pin_memory=decision.device.kind == "cuda",
                                                  num_replicas=launch.world_size)
     module = build_module(config, model, task, len(train_loader), decision)
-    estimate, steps_left = None, module.total_steps - (resume.global_step if resume else 0)
-    if launch.is_zero and steps_left > 0 and not memory.whole().fits(1):  # FSDP: timing needs the whole model
-        print(f"Estimate: not timed: the whole model needs {memory.whole().bytes_at(1) / 2**30:.1f} GB at batch 1, "
-              f"more than one device holds; FSDP trains it in {memory.shards} shards of about "
-              f"{memory.bytes_at(config.batch_size) / 2**30:.1f} GB each at batch_size={config.batch_size}.")
-    elif launch.is_zero and steps_left > 0:  # rank zero's own device; nothing to time when nothing is left to train
-        estimate = estimate_run(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes,
-                                len(train_loader), len(val_loader), steps_left, memory, refuse_oversize=True,
-                                seq_len=typical)
-        print(estimate.describe())
+    # The time comes from the run's own first steps (utils.training.run_estimate), not from extra steps before it.
+    clock, steps_left = None, module.total_steps - (resume.global_step if resume else 0)
+    if launch.is_zero and steps_left > 0:
+        clock = RunEstimate(config, decision, memory, len(train_loader), len(val_loader), steps_left)
     print(describe_speedups(config, decision))
     kept = []  # best checkpoints saved after the resume point, kept as the run's only best (see checkpoints)
     if resume is not None:
@@ -294,7 +292,7 @@ def _prepare(config, decision, model, resume, on_change, launch: Launch, move_no
     if launch.is_zero:
         _save_run_files(out, config, data, user_files)
     return _Run(config, decision, data, model, module, train_loader, val_loader, resume, model_passed_in, launch,
-                estimate, kept, notebook=on_change == "start_new")
+                None, clock, memory, kept, notebook=on_change == "start_new")
 
 
 def _checkpoint_if_needed(config, decision, model, task, data, memory, seq_len=None):
@@ -315,6 +313,7 @@ def _fit(run: _Run, extra_callbacks: list[pl.Callback]) -> TrainingResult:
     recorder = RunRecorder(run.module.task.tokens_in, flush_every=config.log_every_n_steps,
                            precision=decision.precision)
     callbacks = build_callbacks(config, decision, recorder, wizard_words=run.notebook) + extra_callbacks
+    callbacks += [run.clock] if run.clock is not None else []
     resume_step = run.resume.global_step if run.resume else 0  # before fit: the resume point's state is released
     nothing_to_train = run.resume is not None and resume_step >= run.module.total_steps
     loggers = build_loggers(config, decision, run.model, run.data.tokenizer.vocab_size,  # an online W&B run starts here
@@ -331,7 +330,7 @@ def _fit(run: _Run, extra_callbacks: list[pl.Callback]) -> TrainingResult:
             print(f"Resuming from {resume_from} (step {run.resume.global_step})")
             run.resume.state = {}  # release the memory map before Lightning loads the file itself
         started = time.perf_counter()
-        with _stopped_at_once_is_reported(trainer):
+        with _stopped_at_once_is_reported(trainer), _out_of_memory_is_the_batch(run, trainer):
             # weights_only=False: our own checkpoint holds the loops' and callbacks' state, not only tensors;
             # said explicitly, Lightning logs no "`weights_only` was not set" line on every resume.
             trainer.fit(run.module, run.train_loader, run.val_loader, ckpt_path=resume_from and str(resume_from),
@@ -340,6 +339,7 @@ def _fit(run: _Run, extra_callbacks: list[pl.Callback]) -> TrainingResult:
             remove_kept_checkpoints(run.kept_checkpoints, trainer.checkpoint_callback.best_model_path)
     if resume_from and recorder.start_step is None:
         print(_nothing_to_train(config, resume_from, resume_step, run.notebook))
+    run.estimate = run.clock.estimate if run.clock is not None else None
     run.model = _trained_model(trainer, run.model, plain)
     return _result(run, trainer, recorder, resume_from, time.perf_counter() - started)
 
@@ -422,6 +422,29 @@ def _save_run_files(out: Path, config: WizardConfig, data: PreparedData, user_fi
         write_labels(out, data.label_names, data.pad_id)
     if user_files is not None and config.model_source == "file":
         keep_model_copy(user_files, out)
+
+
+@contextmanager
+def _out_of_memory_is_the_batch(run: _Run, trainer: pl.Trainer):
+    """A training step that runs out of device memory (the memory model was too hopeful: fragmentation, a kernel's
+    workspace) is the batch being too large: said as BatchTooLargeError with a batch half as large and the
+    accumulation that keeps the effective batch, not as the allocator's traceback. Checkpoints already saved stay."""
+    try:
+        yield
+    except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
+        if not isinstance(e, torch.cuda.OutOfMemoryError) and "can't allocate memory" not in str(e):
+            raise  # only the allocators' own failures (CUDA's, and the CPU's DefaultCPUAllocator)
+        config, where = run.config, run.decision.device.describe()
+        B, A = config.batch_size, config.gradient_accumulation_steps
+        expected = f" (the memory model said about {format_bytes(run.memory.bytes_at(B))})" if run.memory else ""
+        step = f"training step {trainer.global_step + 1}"
+        if B == 1:
+            raise BatchTooLargeError(f"batch_size=1 ran out of {where} memory in {step}{expected}; pick a smaller "
+                                     "model or max_seq_len, or gradient_checkpointing=true, or finetune_method="
+                                     "'lora'/'qlora'.") from None
+        raise BatchTooLargeError(f"batch_size={B} ran out of {where} memory in {step}{expected}; batch_size={B // 2} "
+                                 f"with gradient_accumulation_steps={-(-B * A // (B // 2))} keeps the effective batch."
+                                 ) from None
 
 
 @contextmanager

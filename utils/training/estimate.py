@@ -1,21 +1,24 @@
-"""Pre-flight estimate: time a few real optimizer steps before training and say how long the run takes.
+"""The estimate: how long a run takes and how much memory it needs, and whether its batch fits.
 
-The model itself, where train() placed it, trains 1 warm-up and 3 timed steps (forward, backward, AdamW step,
-in the run's precision) on a dummy batch of the run's shape; its trained tensors and the global RNG are put
-back afterwards, so the run itself is unchanged (utils.training.stepper). From that: seconds per optimizer step
-(gradient accumulation included), the run's total time (training.total_steps optimizer steps plus
-validation, timed as forward passes), the memory it needs against the device's, and whether it fits
-in one Colab session. A batch that does not fit is answered with the largest that does and the
+train() times nothing before training: it measures the memory model (measure_memory, two forward passes at
+batch 1 and 2) and refuses a batch that does not fit (check_memory raises BatchTooLargeError, naming the batch
+that fits) before anything allocates a batch; the time comes from the run's own first optimizer steps
+(utils.training.run_estimate prints it after them). The `estimate` command and the wizard, asked for a time
+before any run, call estimate_config(): the model itself, where it is placed, trains 1 warm-up and 2 timed steps
+(forward, backward, AdamW step, in the run's precision) on a dummy batch of the run's shape; its trained tensors
+and the global RNG are put back afterwards, so the run itself is unchanged (utils.training.stepper). From that:
+seconds per optimizer step (gradient accumulation included), the run's total time (training.total_steps
+optimizer steps plus validation, timed as forward passes), the memory it needs against the device's, and
+whether it fits in one Colab session. A batch that does not fit is answered with the largest that does and the
 gradient accumulation that keeps the effective batch.
 
     estimate = estimate_config(config, decision)   # builds data and model (the wizard, bench/)
     print(estimate.describe())
 
-train() first measures the memory model alone (measure_memory, two forward passes at batch 1 and 2, counted
-by utils.training.memory's rules, the ones fit_plan's paper model uses too) and refuses a batch that does not
-fit (check_memory raises BatchTooLargeError) before anything allocates a batch; then it calls estimate_run()
-on the model and loaders it has built, and prints the same lines; a batch whose timed step runs out of memory
-is refused there too. memory_on() answers for a GPU this machine need not have (`estimate --gpu`).
+The memory model counts by utils.training.memory's rules (the ones fit_plan's paper model uses too). On a CPU
+whose RAM is the capacity, its answer is the process's peak: its resident memory when measured plus what
+training adds; on a GPU the device's allocations. memory_on() answers for a GPU this machine need not have
+(`estimate --gpu`).
 
 Under FSDP each device holds a shard: parameters, gradients and AdamW state divided by the number of
 processes, plus the unit FSDP gathers whole while it computes. Nothing here copies the model, and what it
@@ -37,14 +40,14 @@ from utils.config import WizardConfig
 from utils.env import DeviceInfo
 from utils.errors import KitError
 from utils.formatting import format_bytes, format_duration
-from utils.training.memory import BYTES_PER_PARAMETER, USABLE_FRACTION, parameter_bytes
+from utils.training.memory import BYTES_PER_PARAMETER, USABLE_FRACTION, parameter_bytes, process_bytes_beside
 from utils.precision import PrecisionDecision
 from utils.training.stepper import Stepper, device_of, measuring, trained_weights_restored
 
 COLAB_SESSION_SECONDS = 12 * 3600  # the free tier's documented maximum runtime; often less when idle or busy
 # One warm-up step pays the first call's one-time costs (allocations, lazy kernel loading); a second one
-# measured no different from the timed steps on a CPU, and the estimate runs before every training.
-WARMUP_STEPS, TIMED_STEPS = 1, 3
+# measured no different from the timed steps on a CPU. Only the `estimate` command and the wizard time steps.
+WARMUP_STEPS, TIMED_STEPS = 1, 2
 # Lightning's own work per training batch (hooks, logging, progress bar) that the bare steps above
 # leave out. bench/estimate_accuracy.py found it lost in the noise on a CPU (estimates within 8%
 # without it); a GPU run of tiny models may need it.
@@ -57,9 +60,9 @@ class BatchTooLargeError(KitError, ValueError):
 
 @dataclass(frozen=True)
 class MemoryModel:
-    """Training memory at batch b on one device: fixed_bytes + per_sequence_bytes * b (weights, grads, AdamW;
-    activations). Under FSDP fixed_bytes is one process's shard; whole_fixed_bytes what one device would hold
-    with the whole model (None: the same)."""
+    """Training memory at batch b on one device: fixed_bytes + process_bytes + per_sequence_bytes * b (weights,
+    grads, AdamW; what else the process holds; activations). Under FSDP fixed_bytes is one process's shard;
+    whole_fixed_bytes what one device would hold with the whole model (None: the same)."""
 
     fixed_bytes: int
     per_sequence_bytes: int
@@ -67,15 +70,19 @@ class MemoryModel:
     capacity_name: str
     shards: int = 1  # processes the model's state is divided among (FSDP's world size; 1 otherwise)
     whole_fixed_bytes: Optional[int] = None
+    # On a CPU whose RAM is the capacity: the process's resident memory beside the model's own tensors when measured
+    # (Python, torch, the data), so that bytes_at() is the process's peak. 0 on a GPU: its allocations alone.
+    process_bytes: int = 0
 
     def whole(self) -> "MemoryModel":
         """The same model unsharded: what one device needs to hold all of it (the estimate's timing copy)."""
         if self.whole_fixed_bytes is None:
             return self
-        return MemoryModel(self.whole_fixed_bytes, self.per_sequence_bytes, self.capacity_bytes, self.capacity_name)
+        return MemoryModel(self.whole_fixed_bytes, self.per_sequence_bytes, self.capacity_bytes, self.capacity_name,
+                           process_bytes=self.process_bytes)
 
     def bytes_at(self, batch: int) -> int:
-        return self.fixed_bytes + self.per_sequence_bytes * batch
+        return self.fixed_bytes + self.process_bytes + self.per_sequence_bytes * batch
 
     def fits(self, batch: int) -> bool:
         return self.capacity_bytes is None or self.bytes_at(batch) <= USABLE_FRACTION * self.capacity_bytes
@@ -107,6 +114,7 @@ class Estimate:
     suggested_accumulation: Optional[int] = None
     notes: tuple[str, ...] = ()  # what the time above leaves out (compile time, FSDP's communication)
     seq_len: Optional[int] = None  # the padded length the steps were timed at, when shorter than max_seq_len
+    timed_on: str = ""  # what was timed when not dummy steps: "this run's steps 2-4"
 
     @property
     def total_seconds(self) -> float:
@@ -122,32 +130,47 @@ class Estimate:
 
     def describe(self) -> str:
         """One line on time, one on memory."""
+        return "\n".join([self.time_line(), self._memory_line(), *self.notes])
+
+    def time_line(self) -> str:
         session = ("fits in one Colab session" if self.fits_session else
                    "longer than a Colab session (12 h at most): checkpoints carry it across sessions")
         shape = f" of about {self.seq_len} tokens (the data's padded batches)" if self.seq_len else ""
-        time_line = (f"Estimate: {self.seconds_per_step:.3g} s per optimizer step ({self.precision}, batch "
-                     f"{self.batch_size} x {self.accumulation} accumulation{shape}, timed on {self.device}); "
-                     f"{self.total_steps:,} steps + {self.validations} validation(s) = about "
-                     f"{format_duration(self.total_seconds)}: {session}.")
-        return "\n".join([time_line, self._memory_line(), *self.notes])
+        timed_on = self.timed_on or self.device
+        return (f"Estimate: {self.seconds_per_step:.3g} s per optimizer step ({self.precision}, batch "
+                f"{self.batch_size} x {self.accumulation} accumulation{shape}, timed on {timed_on}); "
+                f"{self.total_steps:,} steps + {self.validations} validation(s) = about "
+                f"{format_duration(self.total_seconds)}: {session}.")
 
     def _memory_line(self) -> str:
-        how = "measured" if self.memory_measured else "estimated"
-        need = f"about {_bytes(self.peak_memory_bytes)} ({how}) at batch_size={self.config_batch_size}"
-        if self.memory.capacity_bytes is None:
-            return f"Memory: {need}; not compared with {self.memory.capacity_name}."
-        where = f"{self.memory.capacity_name} ({_bytes(self.memory.capacity_bytes)}, {USABLE_FRACTION:.0%} usable)"
-        if self.fits_memory:
-            return f"Memory: {need}, fits in {where}."
-        advice = memory_advice(self.memory, self.config_batch_size, self.suggested_batch_size or 0,
-                               self.suggested_accumulation or 1)
-        timed = " (the time above is for that)" if self.suggested_batch_size else ""
-        return f"Memory: {need} does NOT fit in {where}. {advice}{timed}."
+        return memory_line(self.memory, self.config_batch_size, self.peak_memory_bytes, self.memory_measured,
+                           self.suggested_batch_size, self.suggested_accumulation)
 
     def compare(self, seconds_per_step: float, total_seconds: float) -> str:
         """The summary's line: this estimate against what the run took."""
         return (f"{self.seconds_per_step:.3g} s/step, {format_duration(self.total_seconds)} in total; actual "
                 f"{seconds_per_step:.3g} s/step, {format_duration(total_seconds)}")
+
+
+def memory_line(memory: MemoryModel, batch: int, peak: Optional[int] = None, measured: bool = False,
+                suggested: Optional[int] = None, accumulation: Optional[int] = None) -> str:
+    """The memory answer for batch, as the estimate, the wizard and train() print it. peak: a measured CUDA peak
+    (measured=True) instead of the memory model's figure. On a CPU it is the process's peak (see MemoryModel)."""
+    how = "measured" if measured else "estimated"
+    if memory.process_bytes:  # a CPU: the RAM holds the whole process
+        how += ": the process's memory before training, plus the gradients, AdamW state and activations"
+    need = f"about {_bytes(memory.bytes_at(batch) if peak is None else peak)} ({how}) at batch_size={batch}"
+    if memory.process_bytes:
+        need = f"the process peaks at {need}"
+    if memory.shards > 1:
+        need += f" on each device (one of {memory.shards} FSDP shards)"
+    if memory.capacity_bytes is None:
+        return f"Memory: {need}; not compared with {memory.capacity_name}."
+    where = f"{memory.capacity_name} ({_bytes(memory.capacity_bytes)}, {USABLE_FRACTION:.0%} usable)"
+    if suggested is None:
+        return f"Memory: {need}, fits in {where}."
+    advice = memory_advice(memory, batch, suggested, accumulation or 1)
+    return f"Memory: {need} does NOT fit in {where}. {advice}{' (the time above is for that)' if suggested else ''}."
 
 
 def memory_advice(memory: MemoryModel, batch: int, suggested: int, accumulation: int) -> str:
@@ -378,8 +401,11 @@ def _memory_model(model: nn.Module, saved_1: int, saved_2: int, device: DeviceIn
     other = max(saved_1 - per_sequence, 0)
     state = parameter_bytes(model)
     capacity, name = device_capacity(device)
+    # A CPU run's capacity is the RAM the whole process lives in: count what it holds beside the model, so the
+    # answer is the process's peak (a capacity given for the device, as tests give one, is the device's alone).
+    beside = process_bytes_beside(model) if device.kind == "cpu" and not device.total_memory_bytes else 0
     if shards == 1:
-        return MemoryModel(state + other, per_sequence, capacity, name)
+        return MemoryModel(state + other, per_sequence, capacity, name, process_bytes=beside)
     # One shard of the state, plus the unit FSDP gathers whole for its forward and backward: its fp32
     # parameters and their gradient before the reduce-scatter (an overestimate under mixed precision).
     gathered = 2 * 4 * largest_fsdp_unit(model)

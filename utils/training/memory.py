@@ -12,9 +12,16 @@ check_sequence_length, measure_memory (utils.training.estimate) and the paper mo
                         tensor), and its backward holds their gradient and the fp32 logits' gradient (8 B)
     checkpointing       the blocks' inputs are kept; during the backward one block's activations are alive
                         again while it is recomputed (the larger of that and the logits' gradient is the peak)
+    the process         on a CPU the run lives in the machine's RAM beside Python, torch, the data and the
+                        allocator: the answer there is the process's peak, its resident memory before training
+                        (the model's weights, read once, included) plus what training adds; on a GPU it is the
+                        device's allocations alone (torch.cuda.max_memory_allocated)
 """
 
 from __future__ import annotations
+
+import os
+from typing import Optional
 
 from torch import nn
 
@@ -74,3 +81,26 @@ def frozen_bytes(parameters: float, bytes_each: float) -> int:
 def logit_backward_bytes(logits: int) -> int:
     """The gradient the loss's backward holds beside the saved activations, for this many logits."""
     return logits * LOGIT_BACKWARD_BYTES
+
+
+def resident_bytes() -> Optional[int]:
+    """The process's resident memory now (Linux's /proc/self/statm); None where the OS does not say."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def process_bytes_beside(model: nn.Module) -> int:
+    """What this process holds in RAM besides the model's own tensors (Python, torch, the data, the allocator's
+    slack): its resident memory less the storage of the model's parameters and buffers. 0 where unknown."""
+    resident = resident_bytes()
+    if resident is None:
+        return 0
+    seen: dict[int, int] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.device.type == "cpu":
+            seen[storage_key(t)] = t.untyped_storage().nbytes()
+    return max(0, resident - sum(seen.values()))
+
