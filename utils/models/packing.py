@@ -1,5 +1,6 @@
 """The model side of sequence packing (utils.data.packing lays the conversations out): which models keep attention
-within each packed conversation, and their forward on a packed batch (x, y, position_ids).
+within each packed conversation, and their forward on a packed batch (utils.data.packing.PackedBatch: x, y,
+position_ids).
 
 PACKABLE_MODEL_TYPES lists the architectures checked (tests/test_packing.py runs each, tiny, packed against
 alone): attention-only decoders that build their mask with create_causal_mask and take position_ids. Hybrids with
@@ -47,7 +48,7 @@ def model_refusal(model) -> str:
     return packing_refusal(config)
 
 
-def packed_logits(model, batch: PackedBatch) -> torch.Tensor:
+def packed_logits(model, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """(R, L, V) logits of a packed batch: no attention mask and no cache, so create_causal_mask finds the packed
     conversations in position_ids. use_cache=False matters: transformers fills it from config.use_cache (True
     for pretrained models), and with a cache it skips the packed-sequence detection and attends across rows."""
