@@ -12,7 +12,6 @@ what a step decided that a person should hear is kept in notes for the caller to
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -128,14 +127,6 @@ def plan_run(config: WizardConfig, device: Union[DeviceInfo, PrecisionDecision, 
         plan.check_sequence_length()
         plan.measure()
     return plan
-
-
-def with_memory_on(plan: RunPlan, decision: PrecisionDecision) -> RunPlan:
-    """The same plan measured for decision's device (its autocast dtype, its capacity) where the model is now."""
-    other = dataclasses.replace(plan, decision=decision, memory=None, notes=list(plan.notes))
-    other.check_sequence_length()
-    other.measure()
-    return other
 
 
 def training_device(config: WizardConfig, decision: PrecisionDecision, local_rank: int = 0) -> torch.device:

@@ -212,7 +212,8 @@ def estimate_config(config: WizardConfig, decision: PrecisionDecision, refuse_ov
     """
     from utils.training.builder import build_dataloaders
 
-    plan = plan_run(config, decision)  # refuses a max_seq_len no device holds, then measures
+    # Timed where the run trains; under FSDP, on one whole device (train() shards a model it keeps on the CPU).
+    plan = plan_run(config, decision, place_on=decision.torch_device())  # refuses a max_seq_len no device holds
     config = plan.config
     if refuse_oversize:
         check_memory(plan.memory, config)
