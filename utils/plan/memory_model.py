@@ -31,7 +31,8 @@ from utils.precision import PrecisionDecision
 
 def template_blocks(model: nn.Module) -> set[type]:
     """The Block classes of a template model (templates/gpt.py, classifier.py): FSDP's units."""
-    return {type(m) for m in model.modules() if type(m).__name__ == "Block" and type(m).__module__.startswith("templates.")}
+    return {type(m) for m in model.modules()
+            if type(m).__name__ == "Block" and type(m).__module__.startswith("templates.")}
 
 
 class BatchTooLargeError(KitError, ValueError):
@@ -143,7 +144,8 @@ def check_sequence_length(config: WizardConfig, decision: PrecisionDecision, mod
     capacity, name = device_capacity(decision.device)
     if capacity is not None and floor > USABLE_FRACTION * capacity:
         raise BatchTooLargeError(
-            f"max_seq_len={T} needs at least {format_bytes(floor)} for one sequence, more than {name} ({format_bytes(capacity)}, "
+            f"max_seq_len={T} needs at least {format_bytes(floor)} for one sequence, more than {name} "
+            f"({format_bytes(capacity)}, "
             f"{USABLE_FRACTION:.0%} usable); lower max_seq_len (a {SHORT_SEQUENCE}-token sequence needs "
             f"{format_bytes(weights + short)}) or pick a smaller model.")
     if T > 8 * SHORT_SEQUENCE:

@@ -1,5 +1,5 @@
-"""Training steps on dummy batches, measured where the model is: the memory model's forward passes and the
-estimate's timed steps (utils.training.estimate), never on a copy of the model.
+"""Training steps on dummy batches, measured where the model is: the memory model's forward passes
+(utils.plan.memory_model) and the estimate's timed steps (utils.training.estimate), never on a copy of the model.
 
 Measuring runs the model itself under saved-tensor hooks (no weights change; the random state is forked and
 buffers put back); timing runs real AdamW steps, so the trained tensors are saved on the CPU and put back after.

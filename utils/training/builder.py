@@ -22,7 +22,7 @@ from utils.config import ConfigError, WizardConfig
 from utils.data import PreparedData
 from utils.data.packing import describe_packing
 from utils.data.sources import DataError
-from utils.data.spec import batch_lengths, build_data_spec  # noqa: F401  (defined with the data; importers of this module)
+from utils.data.spec import batch_lengths, build_data_spec  # noqa: F401  (defined with the data; for importers)
 from utils.models.adapters import uses_adapters
 from utils.plan.memory_model import template_blocks  # FSDP's units, as the memory model counts them
 from utils.precision import PrecisionDecision

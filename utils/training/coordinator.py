@@ -245,7 +245,8 @@ class _Recipe:
         config = self.config
         data_plan = plan_data(config, None if self.launch.is_zero else load_tokenizer(self.out / TOKENIZER_DIRNAME))
         data, kind = data_plan.data, data_plan.data.tokenizer.kind  # in the wizard's words ('characters', not 'char')
-        kind = shown_value("tokenizer_strategy", kind).lower() if kind in SETTINGS["tokenizer_strategy"].choices else kind
+        if kind in SETTINGS["tokenizer_strategy"].choices:
+            kind = shown_value("tokenizer_strategy", kind).lower()
         print(f"Data: {data.source}, {data.num_tokens:,} tokens, {kind} tokenizer with "
               f"{data.tokenizer.vocab_size} ids; {len(data.train):,} train / {len(data.val):,} val sequences"
               f"{data_plan.task.describe_data(data)}")

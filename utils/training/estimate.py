@@ -16,8 +16,8 @@ gradient accumulation that keeps the effective batch.
     print(estimate.describe())
 
 The memory model is utils.plan.memory_model's (the one train(), the inspection and the wizard read), counted
-by utils.plan.memory's rules (the ones fit_plan's paper model uses too). memory_on() answers for a GPU this machine need not have
-(`estimate --gpu`).
+by utils.plan.memory's rules (the ones fit_plan's paper model uses too). memory_on() answers for a GPU this
+machine need not have (`estimate --gpu`).
 
 Under FSDP each device holds a shard: parameters, gradients and AdamW state divided by the number of
 processes, plus the unit FSDP gathers whole while it computes. Nothing here copies the model, and what it
