@@ -34,7 +34,7 @@ def test_plan_run_describes_the_run_with_its_model_where_training_runs(tmp_path)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["data_cache"]
 
 
-def test_plan_run_builds_the_same_weights_as_train(tmp_path):
+def test_plan_run_seeds_the_model_the_same_whether_it_prepares_the_data_or_is_given_it(tmp_path):
     config = WizardConfig(**TINY, max_steps=1, output_dir=str(tmp_path / "run"))
     planned = plan_run(config, SIZED_CPU, measure=False).model.state_dict()
     from utils.plan import plan_data
@@ -76,3 +76,16 @@ def test_on_a_cpu_the_model_side_of_the_memory_model_is_the_same_for_all(tmp_pat
     assert planned.process_bytes > 0
     for memory in (check, estimated):
         assert (memory.fixed_bytes, memory.per_sequence_bytes) == (planned.fixed_bytes, planned.per_sequence_bytes)
+
+
+def test_the_inspection_inspects_the_model_and_data_train_plans(tmp_path):
+    from utils.inspection.subject import build_subject
+
+    config = WizardConfig(**TINY, output_dir=str(tmp_path / "run"))
+    decision = resolve_precision(config.use_mixed_precision, config.precision, SIZED_CPU)
+    subject = build_subject(config, decision)
+    plan = plan_run(config, decision, measure=False)
+    assert (subject.vocab_size, subject.num_classes, subject.pad_id) == (plan.vocab_size, plan.num_classes, plan.pad_id)
+    planned = plan.model.state_dict()
+    assert all(torch.equal(value, planned[key]) for key, value in subject.model.state_dict().items())
+    assert subject.batch_source.endswith(plan.data.source)
