@@ -17,7 +17,7 @@ for that), so neither validation nor a checkpoint falls in the timed stretch.
 Prints one table: tokens/s of kit and loop and their ratio, the kit's model FLOPs utilisation (MFU)
 against the GPU's datasheet peak for the dtype its matmuls run in, and the peak memory
 (torch.cuda.max_memory_allocated, reset before each run) next to the kit's own answer for the same run
-(the memory model train() checked the batch with, utils.training.memory's counting: "model GiB"); then
+(the memory model train() checked the batch with, utils.plan.memory's counting: "model GiB"); then
 the mixed / fp32 speed-up per size.
 A batch that runs out of memory is halved (and said so) for every run of that size. The kit's own
 output goes to a log file per run (outside Colab its progress bar then refreshes as when piped).

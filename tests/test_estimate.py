@@ -260,7 +260,7 @@ def test_a_1b_lora_at_1024_tokens_is_not_refused_on_a_t4(monkeypatch):
     from utils.models.adapters import apply_adapters, meta_model
     from utils.training.estimate import check_sequence_length
     from utils.training.fit_plan import plan, shape_of
-    from utils.training.memory import parameter_bytes
+    from utils.plan.memory import parameter_bytes
 
     monkeypatch.setattr(transformers.masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
     decision = resolve_precision(True, "auto", T4)
@@ -307,7 +307,7 @@ def test_the_loss_backward_on_the_logits_is_counted():
     logit, a saved tensor) and its backward holds two fp32 gradients of them at once (8 B more): the old count saw
     the 4 B alone, a third of what the GPU needs."""
     from utils.training.estimate import measure_memory
-    from utils.training.memory import LOGIT_BYTES
+    from utils.plan.memory import LOGIT_BYTES
 
     config = WizardConfig(**{**TINY, "max_seq_len": 64})
     model = build_model(config, 32000, 0, 0)

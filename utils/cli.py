@@ -245,7 +245,7 @@ def report_gpu_verdict(config: WizardConfig, gpu: str) -> None:
     from utils.formatting import format_bytes
     from utils.training.estimate import memory_on
     from utils.training.fit_plan import GPUS, gpu_verdict, shape_of
-    from utils.training.memory import USABLE_FRACTION
+    from utils.plan.memory import USABLE_FRACTION
     from utils.precision import resolve_precision
 
     decision = resolve_precision(config.use_mixed_precision, config.precision, GPUS[gpu])

@@ -7,9 +7,10 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from typing import Optional
 
 from utils.config import WizardConfig
-from utils.data import DATA_CACHE_DIR, DataSpec, open_source
+from utils.data import DATA_CACHE_DIR, DataSpec, PreparedData, open_source
 from utils.data.tokenizers import build_tokenizer
 
 
@@ -74,3 +75,13 @@ def _mtime(path: str) -> float:
         return os.path.getmtime(path) if path else 0.0
     except OSError:
         return 0.0
+
+
+def batch_lengths(config: WizardConfig, data: PreparedData) -> tuple[Optional[int], Optional[int]]:
+    """(the mean length a batch is padded to, the longest one) for chat examples, which pad to their batch's
+    longest: the shapes to time and to measure memory at. (None, None): windows are max_seq_len long.
+    Packed batches (fewer, longer rows) are given as the length whose batch_size rows hold their mean tokens,
+    and the longest as padded: packing never computes more tokens than that (utils.data.packing.pack_rows)."""
+    if not data.chat:
+        return None, None
+    return data.train.padded_length(config.batch_size), data.train.longest_padded()

@@ -22,7 +22,7 @@ from utils.inspection.report import CheckResult
 from utils.inspection.subject import Subject
 from utils.env import DeviceInfo
 from utils.formatting import format_bytes
-from utils.training.estimate import device_capacity, measure_memory, memory_advice
+from utils.plan.memory_model import device_capacity, measure_memory, memory_advice
 
 RELATIVE_TOLERANCE = 1e-4  # a logit "changes" when it moves by more than this times the logits' scale
 CAUSALITY_MAX_LEN = 128  # longer sequences add time and find no other leak than these positions do
@@ -263,7 +263,7 @@ def check_overfit_batch(s: Subject) -> CheckResult:
 # ------------------------------------------------------------------------------------------------ memory
 
 def check_memory(s: Subject) -> CheckResult:
-    """The pre-flight estimate's memory model (utils.training.estimate), and the largest batch per device."""
+    """The pre-flight estimate's memory model (utils.plan.memory_model), and the largest batch per device."""
     c = s.config
     if s.max_len < c.max_seq_len:
         return CheckResult("memory", "skipped", f"the model cannot take max_seq_len={c.max_seq_len} tokens (see "

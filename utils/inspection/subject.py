@@ -1,6 +1,6 @@
-"""What an inspection looks at: the config's model, built as training builds it, and a real batch.
+"""What an inspection looks at: the config's run as training plans it (utils.plan.plan_run), and a real batch.
 
-The batch comes from the configured data (utils.data.prepare_data, as train() reads it); when the data
+The batch comes from the configured data (utils.plan.plan_data, as train() reads it); when the data
 cannot be read, random ids of the same shape stand in and the report says so. A user's model file or
 Gist is built without the dummy-batch check of utils.models.user_models (the checks here name what that check
 would only refuse), and nothing is copied into the run folder.
@@ -9,17 +9,17 @@ would only refuse), and nothing is copied into the run folder.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import nn
 
 from utils.config import WizardConfig
-from utils.data import DataError, TokenizerError, prepare_data
-from utils.data.spec import build_data_spec, vocab_size_for
+from utils.data import DataError, TokenizerError
+from utils.data.spec import vocab_size_for
 from utils.models.adapters import count_parameters
-from utils.models.build import build_model, build_task, model_config, place_model
-from utils.models.user_models import check_embedding_fits, load_user_model, resolve_user_model_files
+from utils.models.build import build_task
+from utils.plan import plan_data, plan_run
+from utils.plan.run_plan import build_planned_model
 from utils.precision import PrecisionDecision
 
 SAMPLE_ROWS = 4  # rows of the real batch the gradient, activation and overfit checks use
@@ -76,23 +76,22 @@ class Subject:
 
 
 def build_subject(config: WizardConfig, decision: PrecisionDecision, run_on: str = "") -> Subject:
-    """The config's model and a batch of its data, on the run's device (or run_on: "cpu" for the wizard on a
-    machine without that GPU); seeded by config.seed."""
+    """The config's run as train() plans it (utils.plan.plan_run) and a batch of its data, the model on the run's
+    device (or run_on: "cpu" for the wizard on a machine without that GPU); seeded by config.seed."""
+    device = torch.device(run_on) if run_on else decision.torch_device()
     data, why = _read_data(config)
     if data is not None:
-        vocab, classes, pad_id = data.tokenizer.vocab_size, data.num_classes, data.pad_id
-    else:
-        vocab, _ = vocab_size_for(config)  # the wizard's answer to "which vocabulary" without data
-        classes, pad_id = (ASSUMED_CLASSES if config.task == "classification" else 0), 0
-    torch.manual_seed(config.seed)
-    device = torch.device(run_on) if run_on else decision.torch_device()
-    model = build_inspected_model(config, vocab, classes, pad_id, data.label_names if data else None, decision,
-                                  device)
-    subject = Subject(config, decision, model, build_task(config), vocab, classes, pad_id, (), "",
-                      data.tokenizer if data else None)
-    if data is not None and len(data.train):
-        subject.batch = first_rows(data.train, subject.device)
-        subject.batch_source = f"{len(subject.batch[0])} sequences of {data.source}"
+        plan = plan_run(config, decision, data=data, place_on=device, measure=False, check_user_model=False)
+        subject = Subject(config, decision, plan.model, plan.task, plan.vocab_size, plan.num_classes, plan.pad_id,
+                          (), "", plan.data.tokenizer)
+    else:  # the wizard's answer to "which vocabulary" without data, and a classifier's assumed head
+        vocab, _ = vocab_size_for(config)
+        classes = ASSUMED_CLASSES if config.task == "classification" else 0
+        model, _ = build_planned_model(config, decision, vocab, classes, 0, None, device, check_user_model=False)
+        subject = Subject(config, decision, model, build_task(config), vocab, classes, 0, (), "")
+    if data is not None and len(data.data.train):
+        subject.batch = first_rows(data.data.train, subject.device)
+        subject.batch_source = f"{len(subject.batch[0])} sequences of {data.data.source}"
     else:
         subject.batch = subject.random_batch(SAMPLE_ROWS, config.max_seq_len)
         subject.batch_source = f"random ids ({why or 'the data has no training sequences'})"
@@ -107,23 +106,9 @@ def first_rows(dataset, device: torch.device, n: int = SAMPLE_ROWS) -> tuple:
     return tuple(t.to(device) for t in batch)
 
 
-def build_inspected_model(config: WizardConfig, vocab_size: int, num_classes: int, pad_id: int,
-                          label_names: Optional[list[str]] = None, decision: Optional[PrecisionDecision] = None,
-                          device: Optional[torch.device] = None) -> nn.Module:
-    """As training builds it (a base stored as the decision says, placed on device), except that a user model is
-    only built (the checks then say what is wrong)."""
-    if config.model_source in ("template", "pretrained"):
-        return build_model(config, vocab_size, num_classes, pad_id, label_names=label_names, decision=decision,
-                           device=device)
-    files = resolve_user_model_files(config.model_source, config.model_path, config.gist_id, config.output_dir)
-    model = place_model(load_user_model(files, model_config(config, vocab_size, num_classes, pad_id)), device)
-    check_embedding_fits(model, vocab_size)  # an id past the embedding would crash every check alike
-    return model
-
-
 def _read_data(config: WizardConfig):
-    """(PreparedData, "") or (None, why it could not be read)."""
+    """(DataPlan, "") or (None, why it could not be read)."""
     try:
-        return prepare_data(build_data_spec(config)), ""
+        return plan_data(config), ""
     except (DataError, TokenizerError, OSError) as e:
         return None, f"the data could not be read: {' '.join(str(e).split())[:200]}"

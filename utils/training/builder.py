@@ -22,8 +22,9 @@ from utils.config import ConfigError, WizardConfig
 from utils.data import PreparedData
 from utils.data.packing import describe_packing
 from utils.data.sources import DataError
-from utils.data.spec import build_data_spec  # noqa: F401  (defined with the data; importers of this module)
+from utils.data.spec import batch_lengths, build_data_spec  # noqa: F401  (defined with the data; for importers)
 from utils.models.adapters import uses_adapters
+from utils.plan.memory_model import template_blocks  # FSDP's units, as the memory model counts them
 from utils.precision import PrecisionDecision
 from utils.training.callbacks.recorder import RecordedProgressBar, RunRecorder, ValidateAtMaxSteps
 from utils.training.callbacks.last_checkpoint import LastCheckpoint
@@ -251,16 +252,6 @@ def describe_packing_choice(config: WizardConfig, data: PreparedData) -> str:
     return ""
 
 
-def batch_lengths(config: WizardConfig, data: PreparedData) -> tuple[Optional[int], Optional[int]]:
-    """(the mean length a batch is padded to, the longest one) for chat examples, which pad to their batch's
-    longest: the shapes to time and to measure memory at. (None, None): windows are max_seq_len long.
-    Packed batches (fewer, longer rows) are given as the length whose batch_size rows hold their mean tokens,
-    and the longest as padded: packing never computes more tokens than that (utils.data.packing.pack_rows)."""
-    if not data.chat:
-        return None, None
-    return data.train.padded_length(config.batch_size), data.train.longest_padded()
-
-
 def mean_example_tokens(examples) -> float:
     """The mean input length of chat examples (utils.data.chat.ChatExamples), from their bounds: no pass over them."""
     return float(examples.lengths().double().mean())
@@ -284,11 +275,6 @@ def build_strategy(config: WizardConfig, model: Optional[nn.Module] = None):
     blocks = template_blocks(model) if model is not None else set()
     policy = blocks or functools.partial(size_based_auto_wrap_policy, min_num_params=FSDP_MIN_PARAMS)
     return FSDPStrategy(auto_wrap_policy=policy)
-
-
-def template_blocks(model: nn.Module) -> set[type]:
-    """The Block classes of a template model (templates/gpt.py, classifier.py): FSDP's units."""
-    return {type(m) for m in model.modules() if type(m).__name__ == "Block" and type(m).__module__.startswith("templates.")}
 
 
 def check_strategy(config: WizardConfig, device_kind: str) -> None:

@@ -1,7 +1,8 @@
 """train(): one call from a WizardConfig to a trained model, its checkpoints and metrics.
 
-The recipe: lock the run folder, decide the precision, plan the resume, prepare data and model
-(checking that a resume fits before anything is written), fit with Lightning, read the result.
+The recipe (_Recipe): decide the precision, lock the run folder, plan the resume, set up the data and the model
+(utils.plan.plan_run: the run as `estimate`, the inspection and the wizard see it), check them, set up the
+training (checking that a resume fits before anything is written), fit with Lightning, read the result.
 With several processes (devices x num_nodes) only global rank zero locks the folder, writes the run's
 files and prints; the others prepare after it, reading its caches (utils.training.distributed).
 """
@@ -22,35 +23,35 @@ import torch
 from pytorch_lightning.trainer.states import TrainerStatus
 from torch import nn
 
-from utils.models.adapters import (check_adapters, count_parameters, describe_storage, describe_trainable,
-                                   enable_checkpointing, uses_adapters)
 from utils.config import CONFIG_FILENAME, SETTINGS, WizardConfig, report_unused_settings, shown_value
-from utils.data import PreparedData, prepare_data
+from utils.data import PreparedData
 from utils.data.tokenizers import load_tokenizer, tokenizer_fingerprint
 from utils.env import DeviceInfo, detect_device
 from utils.files import atomic_folder, make_output_dir, remove_temp_files
+from utils.formatting import format_bytes, format_duration
 from utils.inference import Predictor, classify_texts, sample_text  # sample_text, classify_texts: see __all__
-from utils.precision import PrecisionDecision, resolve_precision
-from utils.training.builder import (batch_lengths, build_callbacks, build_data_spec, build_dataloaders, build_loggers,
-                                    build_module, build_trainer, check_strategy, check_training_windows,
-                                    describe_batch, describe_speedups, devices_per_node, fine_tuning_note)
-from utils.models.build import build_model, build_task, place_model
-from utils.training.callbacks.recorder import RunRecorder
-from utils.training.module import TransformerModule
+from utils.models.adapters import check_adapters, count_parameters, describe_storage, describe_trainable, uses_adapters
 from utils.models.tasks import TASKS
-from utils.training.callbacks.last_checkpoint import TrainingStopped
-from utils.training.estimate import (BatchTooLargeError, Estimate, MemoryModel, check_memory, check_sequence_length,
-                                     format_bytes, format_duration, measure_memory, memory_line)
-from utils.training.run_estimate import RunEstimate
+from utils.models.user_models import keep_model_copy
+from utils.plan import DataPlan, RunPlan, plan_data, plan_run, training_device
+from utils.plan.memory_model import BatchTooLargeError, MemoryModel, check_memory, memory_line
+from utils.precision import PrecisionDecision, resolve_precision
 from utils.run_folder.checkpoints import (LOGS_DIRNAME, ON_CHANGE, TOKENIZER_DIRNAME, IncompatibleCheckpointError,
                                         ResumePoint, find_resume_point, handle_changed_run, last_checkpoint,
                                         best_checkpoint, move_run_aside, optimizer_changes, plan_resume,
                                         remove_checkpoints_after, remove_kept_checkpoints, resume_problems,
                                         write_labels)
-from utils.training.distributed import Launch, check_ranks, plan_launch, quiet_unless_rank_zero
 from utils.run_folder.history import History, read_history
 from utils.run_folder.lock import RunLock
-from utils.models.user_models import check_embedding_fits, check_model, keep_model_copy, resolve_user_model_files
+from utils.training.builder import (build_callbacks, build_dataloaders, build_loggers, build_module, build_trainer,
+                                    check_strategy, check_training_windows, describe_batch, describe_speedups,
+                                    devices_per_node, fine_tuning_note)
+from utils.training.callbacks.last_checkpoint import TrainingStopped
+from utils.training.callbacks.recorder import RunRecorder
+from utils.training.distributed import Launch, check_ranks, plan_launch, quiet_unless_rank_zero
+from utils.training.estimate import Estimate
+from utils.training.module import TransformerModule
+from utils.training.run_estimate import RunEstimate
 from utils.wandb_helpers import finish_wandb_on_exit
 
 
@@ -166,24 +167,13 @@ def train(config: Optional[WizardConfig] = None, model: Optional[nn.Module] = No
     check_strategy(config, decision.device.kind)
     check_adapters(config)  # a missing bitsandbytes or a LoRA target that names no module: before anything is written
     per_node = devices_per_node(config, decision.device.kind)
-    launch = plan_launch(per_node * config.num_nodes, decision.device.kind)
-    out = Path(config.output_dir)
-    if launch.is_zero:
-        out = make_output_dir(config.output_dir)  # a file or an unwritable place is named before anything starts
-    with quiet_unless_rank_zero(launch), (RunLock(out) if launch.is_zero else nullcontext()):  # one run per folder
+    recipe = _Recipe(config, decision, plan_launch(per_node * config.num_nodes, decision.device.kind), on_change)
+    is_zero = recipe.launch.is_zero
+    out = make_output_dir(config.output_dir) if is_zero else Path(config.output_dir)  # a file or an unwritable
+    # place is named before anything starts
+    with quiet_unless_rank_zero(recipe.launch), (RunLock(out) if is_zero else nullcontext()):  # one run per folder
         print(f"Precision: {decision.precision} - {decision.reason}")
-        if launch.is_zero:
-            removed = remove_temp_files(out)
-            if removed:
-                print(f"Removed {len(removed)} temp file(s) left by an interrupted write in {out}.")
-            # Before the slow steps: a refused checkpoint fails fast. A run to move aside waits for the new inputs.
-            resume, move_note = plan_resume(config, on_change)
-            run = _prepare(config, decision, model, resume, on_change, launch, move_note)
-            launch.release_others()
-        else:  # rank zero has decided the resume and written the run's files: read, never move or write
-            launch.wait_for_rank_zero()
-            resume = find_resume_point(out) if config.resume else None
-            run = _prepare(config, decision, model, resume, on_change, launch)
+        run = recipe.prepare(model)
         print(describe_batch(config, per_node, run.data))
         return _fit(run, extra_callbacks or [])
 
@@ -209,103 +199,139 @@ class _Run:
     notebook: bool = False  # on_change="start_new": messages in the wizard's words
 
 
-def _prepare(config, decision, model, resume, on_change, launch: Launch, move_note: Optional[str] = None) -> _Run:
-    """Data, model and loaders; then, before anything in output_dir is written, whether the resume fits.
-    Only global rank zero writes (the others read its caches and follow its resume decision). move_note: the
-    run in output_dir is moved to archive/ once data, model and batch have passed their checks."""
-    out = Path(config.output_dir)
-    pl.seed_everything(config.seed, workers=True, verbose=False)
-    # The other processes start from rank zero's tokenizer: trained once, and its token cache is theirs too.
-    data = prepare_data(build_data_spec(config), None if launch.is_zero else load_tokenizer(out / TOKENIZER_DIRNAME))
-    task = build_task(config)
-    kind = data.tokenizer.kind  # in the wizard's words ('characters', not 'char')
-    kind = shown_value("tokenizer_strategy", kind).lower() if kind in SETTINGS["tokenizer_strategy"].choices else kind
-    print(f"Data: {data.source}, {data.num_tokens:,} tokens, {kind} tokenizer with "
-          f"{data.tokenizer.vocab_size} ids; {len(data.train):,} train / {len(data.val):,} val sequences"
-          f"{task.describe_data(data)}")
-    # A max_seq_len too long for the data is named before the model is built: a forward pass at that length
-    # (the memory check below) is slow.
-    if not data.chat:  # chat examples are whole conversations, not windows of max_seq_len: any count fills batches
-        check_training_windows(config, len(data.train), data.num_tokens, max_seq_len_only=True)
-    model_passed_in, user_files = model is not None, None
-    # Placed where this process trains before anything runs it: every check, measurement and estimate below then
-    # runs the model where it is, on batches made there. FSDP shards a model that is still on the CPU.
-    device = torch.device("cpu") if config.strategy == "fsdp" else decision.torch_device(launch.local_rank)
-    if model is None:
-        if config.model_source in ("file", "gist"):
-            user_files = resolve_user_model_files(config.model_source, config.model_path, config.gist_id, out)
-        model = build_model(config, data.tokenizer.vocab_size, data.num_classes, data.pad_id, user_files,
-                            data.label_names, decision=decision, device=device)
-    else:  # the caller's own nn.Module: the same checks a model file gets, before any training
-        check_embedding_fits(model, data.tokenizer.vocab_size)
-        model = place_model(model, device)
-        check_model(model, task, data.tokenizer.vocab_size, config.max_seq_len, data.num_classes,
-                    source=f"the {type(model).__name__} passed to train()")
-    print(f"Model: {type(model).__name__}, {count_parameters(model)[1] / 1e6:.2f}M parameters")
-    if uses_adapters(config):
-        print(f"{describe_trainable(model)}; {config.finetune_method}, rank {config.lora_rank}")
-        print(describe_storage(config, decision))
-    if launch.is_zero:  # a max_seq_len no device could hold is refused before any pass at that length
-        check_sequence_length(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes)
-    if config.inspect and launch.is_zero:  # a model that sees the future or leaves a layer unused stops here
-        from utils.inspection import preflight  # the inspection's modules load only when asked for
+class _Recipe:
+    """train()'s steps, in order: set up the folder, the data, the model; check them; set up the training.
 
-        print(preflight(config, decision, model, task, data))
-    note = fine_tuning_note(config, wizard_words=on_change == "start_new")  # start_new: the notebook
-    if note:
-        print(note)
-    # Before any batch exists: a batch_size the device cannot hold is refused in seconds, with the batch that
-    # fits, instead of failing in the allocator minutes later. Then the data must fill one batch. Rank zero
-    # measures for all: every process holds the same model on a GPU of the same kind (utils.env.detect_device).
-    memory, (_, longest) = None, batch_lengths(config, data)
-    if launch.is_zero:
-        memory = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes,
-                                launch.world_size, seq_len=longest)
-        memory = _checkpoint_if_needed(config, decision, model, task, data, memory, longest)
-        check_memory(memory, config)
-        print(memory_line(memory, config.batch_size))
-    if not data.chat:
-        check_training_windows(config, len(data.train), data.num_tokens)
-    train_loader, val_loader = build_dataloaders(config, data.train, data.val, pin_memory=decision.device.kind == "cuda",
-                                                 num_replicas=launch.world_size)
-    module = build_module(config, model, task, len(train_loader), decision)
-    # The time comes from the run's own first steps (utils.training.run_estimate), not from extra steps before it.
-    clock, steps_left = None, module.total_steps - (resume.global_step if resume else 0)
-    if launch.is_zero and steps_left > 0:
-        clock = RunEstimate(config, decision, memory, len(train_loader), len(val_loader), steps_left)
-    print(describe_speedups(config, decision))
-    kept = []  # best checkpoints saved after the resume point, kept as the run's only best (see checkpoints)
-    if resume is not None:
-        problems = resume_problems(resume, module, _tokenizer_change(out, data))
-        if problems and not launch.is_zero:  # rank zero moved such a run aside before this process started
-            raise IncompatibleCheckpointError(f"this process sees a checkpoint in {out} that rank zero did not "
+    The run itself is utils.plan.plan_run's RunPlan (the one `estimate`, the inspection and the wizard read).
+    Only global rank zero writes (the others read its caches and follow its resume decision), in two places:
+    the folder before the run is planned (_set_up_folder), the run's files once everything passed its checks
+    (_write_run_files). Nothing in output_dir is written before the resume is known to fit."""
+
+    def __init__(self, config: WizardConfig, decision: PrecisionDecision, launch: Launch, on_change: str):
+        self.config, self.decision, self.launch, self.on_change = config, decision, launch, on_change
+        self.out = Path(config.output_dir)
+        self.notebook = on_change == "start_new"
+        self.resume: Optional[ResumePoint] = None
+        self.move_note: Optional[str] = None  # the run in output_dir is moved to archive/ once the new one passed
+
+    def prepare(self, model: Optional[nn.Module]) -> _Run:
+        if not self.launch.is_zero:  # rank zero decides the resume and writes the run's files first
+            self.launch.wait_for_rank_zero()
+        self._set_up_folder()
+        pl.seed_everything(self.config.seed, workers=True, verbose=False)
+        plan = self._set_up_model(self._set_up_data(), model)
+        memory = self._check(plan)
+        run = self._set_up_training(plan, memory)
+        if self.launch.is_zero:
+            self._write_run_files(plan)
+            self.launch.release_others()
+        return run
+
+    def _set_up_folder(self) -> None:
+        """Rank zero: temp files of an interrupted write go; a refused checkpoint fails fast, before the slow steps
+        (a run to move aside waits for the new inputs). The others read the resume point rank zero kept."""
+        if not self.launch.is_zero:
+            self.resume = find_resume_point(self.out) if self.config.resume else None
+            return
+        removed = remove_temp_files(self.out)
+        if removed:
+            print(f"Removed {len(removed)} temp file(s) left by an interrupted write in {self.out}.")
+        self.resume, self.move_note = plan_resume(self.config, self.on_change)
+
+    def _set_up_data(self) -> DataPlan:
+        """The data, said in one line; a max_seq_len too long for it is named before the model is built (a
+        forward pass at that length, the memory check, is slow). The other processes start from rank zero's
+        tokenizer: trained once, and its token cache is theirs too."""
+        config = self.config
+        data_plan = plan_data(config, None if self.launch.is_zero else load_tokenizer(self.out / TOKENIZER_DIRNAME))
+        data, kind = data_plan.data, data_plan.data.tokenizer.kind  # in the wizard's words ('characters', not 'char')
+        if kind in SETTINGS["tokenizer_strategy"].choices:
+            kind = shown_value("tokenizer_strategy", kind).lower()
+        print(f"Data: {data.source}, {data.num_tokens:,} tokens, {kind} tokenizer with "
+              f"{data.tokenizer.vocab_size} ids; {len(data.train):,} train / {len(data.val):,} val sequences"
+              f"{data_plan.task.describe_data(data)}")
+        if not data.chat:  # chat examples are whole conversations, not windows of max_seq_len: any count fills batches
+            check_training_windows(config, len(data.train), data.num_tokens, max_seq_len_only=True)
+        return data_plan
+
+    def _set_up_model(self, data_plan: DataPlan, model: Optional[nn.Module]) -> RunPlan:
+        """The model (the config's, or the caller's own), placed where this process trains before anything runs it."""
+        config, decision = self.config, self.decision
+        plan = plan_run(config, decision, data=data_plan, model=model, measure=False,
+                        place_on=training_device(config, decision, self.launch.local_rank))
+        print(f"Model: {type(plan.model).__name__}, {count_parameters(plan.model)[1] / 1e6:.2f}M parameters")
+        if uses_adapters(config):
+            print(f"{describe_trainable(plan.model)}; {config.finetune_method}, rank {config.lora_rank}")
+            print(describe_storage(config, decision))
+        return plan
+
+    def _check(self, plan: RunPlan) -> Optional[MemoryModel]:
+        """Rank zero: a max_seq_len no device holds, a model that sees the future, a batch_size the device cannot
+        hold (refused in seconds with the batch that fits, before any batch exists): one measurement for all, as
+        every process holds the same model on a GPU of the same kind (utils.env.detect_device). Then the data
+        must fill one batch."""
+        config, memory = self.config, None
+        if self.launch.is_zero:
+            plan.check_sequence_length()
+            if config.inspect:  # a model that sees the future or leaves a layer unused stops here
+                from utils.inspection import preflight  # the inspection's modules load only when asked for
+
+                print(preflight(config, self.decision, plan.model, plan.task, plan.data))
+        note = fine_tuning_note(config, wizard_words=self.notebook)
+        if note:
+            print(note)
+        if self.launch.is_zero:
+            memory = plan.measure(self.launch.world_size)
+            for line in plan.notes:  # gradient checkpointing turned on (auto)
+                print(line)
+            check_memory(memory, config)
+            print(memory_line(memory, config.batch_size))
+        if not plan.data.chat:
+            check_training_windows(config, len(plan.data.train), plan.data.num_tokens)
+        return memory
+
+    def _set_up_training(self, plan: RunPlan, memory: Optional[MemoryModel]) -> _Run:
+        """Loaders, the LightningModule, the clock of the run's own first steps (utils.training.run_estimate: no
+        extra steps before the run), and whether the resume point fits the run now planned."""
+        config, decision, launch = self.config, self.decision, self.launch
+        train_loader, val_loader = build_dataloaders(config, plan.data.train, plan.data.val,
+                                                     pin_memory=decision.device.kind == "cuda",
+                                                     num_replicas=launch.world_size)
+        module = build_module(config, plan.model, plan.task, len(train_loader), decision)
+        clock, steps_left = None, module.total_steps - (self.resume.global_step if self.resume else 0)
+        if launch.is_zero and steps_left > 0:
+            clock = RunEstimate(config, decision, memory, len(train_loader), len(val_loader), steps_left)
+        print(describe_speedups(config, decision))
+        kept = self._settle_resume(module, plan.data)
+        return _Run(config, decision, plan.data, plan.model, module, train_loader, val_loader, self.resume,
+                    plan.model_passed_in, launch, None, clock, memory, kept, notebook=self.notebook)
+
+    def _settle_resume(self, module: TransformerModule, data: PreparedData) -> list:
+        """The best checkpoints kept as the run's only best (see checkpoints); a resume this run cannot continue is
+        handled as on_change says (rank zero) or refused (the others: rank zero moved such a run aside first)."""
+        if self.resume is None:
+            return []
+        problems = resume_problems(self.resume, module, _tokenizer_change(self.out, data))
+        if problems and not self.launch.is_zero:
+            raise IncompatibleCheckpointError(f"this process sees a checkpoint in {self.out} that rank zero did not "
                                               f"resume from ({'; '.join(problems)}); is output_dir shared?")
         if problems:
-            handle_changed_run(out, problems, on_change)
-            resume = None
-        elif launch.is_zero:
-            kept = remove_checkpoints_after(out, resume)
-            for line in optimizer_changes(out, config, resume.global_step):  # before config.json is rewritten
-                print(line)
-    if launch.is_zero and move_note:
-        move_run_aside(out, move_note)
-    if launch.is_zero:
-        _save_run_files(out, config, data, user_files)
-    return _Run(config, decision, data, model, module, train_loader, val_loader, resume, model_passed_in, launch,
-                None, clock, memory, kept, notebook=on_change == "start_new")
+            handle_changed_run(self.out, problems, self.on_change)
+            self.resume = None
+            return []
+        if not self.launch.is_zero:
+            return []
+        kept = remove_checkpoints_after(self.out, self.resume)
+        for line in optimizer_changes(self.out, self.config, self.resume.global_step):  # before config.json changes
+            print(line)
+        return kept
 
-
-def _checkpoint_if_needed(config, decision, model, task, data, memory, seq_len=None):
-    """gradient_checkpointing="auto": on for a pretrained model whose batch does not fit without it."""
-    if config.model_source != "pretrained" or config.gradient_checkpointing != "auto" or memory.fits(config.batch_size):
-        return memory
-    enable_checkpointing(model)
-    checkpointed = measure_memory(config, decision, model, task, data.tokenizer.vocab_size, data.num_classes,
-                                  seq_len=seq_len)
-    print(f"Gradient checkpointing: on (auto), as batch_size={config.batch_size} needs about "
-          f"{format_bytes(memory.bytes_at(config.batch_size))} without it and "
-          f"{format_bytes(checkpointed.bytes_at(config.batch_size))} with it.")
-    return checkpointed
+    def _write_run_files(self, plan: RunPlan) -> None:
+        """Rank zero, once data, model and batch passed their checks: the old run aside (when asked), then the
+        run's files."""
+        if self.move_note:
+            move_run_aside(self.out, self.move_note)
+        _save_run_files(self.out, self.config, plan.data, plan.user_files)
 
 
 def _fit(run: _Run, extra_callbacks: list[pl.Callback]) -> TrainingResult:

@@ -15,8 +15,8 @@ needs then follows from the method, the batch and the sequence length:
     backward     what the backward adds at once: the loss's fp32 gradients of its logits (8 bytes a logit),
                  or under gradient checkpointing one block's activations while it is recomputed, the larger
 
-The per-parameter and per-logit rules are utils.training.memory's, which the measured memory model
-(utils.training.estimate: check_sequence_length, measure_memory) counts with too. This is that model on
+The per-parameter and per-logit rules are utils.plan.memory's, which the measured memory model
+(utils.plan.memory_model: check_sequence_length, measure_memory) counts with too. This is that model on
 paper, from a config alone; `python -m utils.training estimate` prints it for a pretrained model, and
 `estimate --gpu t4` the verdict for one GPU (gpu_verdict).
 """
@@ -32,7 +32,7 @@ from torch import nn
 from utils.env import DeviceInfo
 from utils.models.adapters import HEADS
 from utils.formatting import format_bytes
-from utils.training.memory import (LOGIT_SAVED_BYTES, NF4_BYTES, USABLE_FRACTION, frozen_bytes, logit_backward_bytes,
+from utils.plan.memory import (LOGIT_SAVED_BYTES, NF4_BYTES, USABLE_FRACTION, frozen_bytes, logit_backward_bytes,
                                    trained_bytes)
 
 _bytes = format_bytes
@@ -160,7 +160,7 @@ def gpu_verdict(name: str, shape: ModelShape, config, decision) -> str:
     """`estimate --gpu`'s answer for a pretrained model from its config: one line saying that config's run fits
     decision.device (a GPU of GPUS), or BatchTooLargeError naming the batch, checkpointing or method that fits.
     gradient_checkpointing="auto" turns it on when the batch needs it, as train() does."""
-    from utils.training.estimate import BatchTooLargeError  # estimate's users import this module
+    from utils.plan.memory_model import BatchTooLargeError
 
     gpu, B, T = decision.device, config.batch_size, config.max_seq_len
     where = f"{gpu.name} ({_bytes(gpu.total_memory_bytes)}, {USABLE_FRACTION:.0%} usable)"

@@ -1,7 +1,9 @@
 """The wizard's model step: parameter count, a forward/backward check and a memory estimate.
 
 The parameter count builds the model on the meta device (no memory, instant), so it can follow
-every change. The forward/backward check runs on CPU at batch 1 and 2 and only when asked.
+every change. The check runs on CPU and only when asked: the memory figure is train()'s memory model
+(utils.plan.memory_model.measure_memory) of the model utils.plan builds, so the wizard, `estimate` and
+train() say the same number for the same model.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from utils.data.spec import vocab_size_for
 from utils.formatting import format_bytes
 from utils.precision import PrecisionDecision
 from utils.models.build import build_model, build_task
-from utils.training.estimate import BYTES_PER_PARAMETER, USABLE_FRACTION, device_capacity  # one memory model
+from utils.plan.memory import USABLE_FRACTION, parameter_bytes  # train()'s memory model, not one of its own
+from utils.plan.memory_model import MemoryModel, measure_memory
+from utils.plan.run_plan import build_planned_model
 
 
 
@@ -46,14 +50,16 @@ class ModelCheck:
     vocab_size: int
     loss: float  # loss of the untrained model on the dummy batch, about ln(vocab_size)
     seconds: float  # the forward/backward at batch 2 on CPU
-    weights_bytes: int  # parameters, gradients and AdamW states
-    activation_bytes: int  # tensors autograd keeps for backward, at the config's batch size
+    weights_bytes: int  # parameters at what they cost in training (utils.plan.memory: a frozen base at its storage)
+    activation_bytes: int  # what training adds at the config's batch size: activations, the loss's backward
     capacity_bytes: Optional[int]  # device memory (or RAM on CPU), None when unknown
     capacity_name: str  # what capacity_bytes is, e.g. "Tesla T4 memory"
+    process_bytes: int = 0  # a CPU run: what the process holds beside the model (see MemoryModel)
+    memory: Optional[MemoryModel] = None  # train()'s memory model of this model, which the figures above read
 
     @property
     def total_bytes(self) -> int:
-        return self.weights_bytes + self.activation_bytes
+        return self.weights_bytes + self.activation_bytes + self.process_bytes
 
     @property
     def fits(self) -> Optional[bool]:
@@ -61,40 +67,31 @@ class ModelCheck:
 
 
 def measure_model(config: WizardConfig, decision: PrecisionDecision) -> ModelCheck:
-    """Build the model on CPU, run forward/backward on a dummy batch and estimate training memory."""
+    """Build the model on the CPU as training builds it (utils.plan: the vocabulary the wizard counts, a
+    classifier's assumed head) and measure train()'s own memory model of it (measure_memory: its passes in the
+    run's autocast dtype, compared with the run's device); then one forward/backward at batch 2."""
     vocab, _ = vocab_size_for(config)
-    torch.manual_seed(config.seed)
-    model = _build(config, vocab)
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved_1 = _saved_bytes(model, config, vocab, 1, decision, params, backward=False)[0]
+    classes = ASSUMED_CLASSES if config.task == "classification" else 0
+    model, _ = build_planned_model(config, decision, vocab, classes, 0)
+    task, B = build_task(config), config.batch_size
+    memory = measure_memory(config, decision, model, task, vocab, classes)
     start = time.perf_counter()
-    saved_2, loss = _saved_bytes(model, config, vocab, 2, decision, params, backward=True)
+    loss = _loss_after_backward(model, task, config, vocab, decision)
     seconds = time.perf_counter() - start
-    per_sequence = saved_2 - saved_1  # what grows with the batch; the rest (weight casts) does not
-    activations = saved_1 - per_sequence + per_sequence * config.batch_size
-    parameters = sum(p.numel() for p in model.parameters())
-    capacity, capacity_name = device_capacity(decision.device)
-    return ModelCheck(parameters, vocab, loss, seconds, parameters * BYTES_PER_PARAMETER, max(activations, 0),
-                      capacity, capacity_name)
+    weights = parameter_bytes(model)
+    return ModelCheck(sum(p.numel() for p in model.parameters()), vocab, loss, seconds, weights,
+                      memory.bytes_at(B) - memory.process_bytes - weights, memory.capacity_bytes,
+                      memory.capacity_name, memory.process_bytes, memory)
 
 
-def _saved_bytes(model, config, vocab, batch, decision, params, backward: bool) -> tuple[int, float]:
-    """Bytes of the tensors autograd saves for backward (parameters excluded), and the loss."""
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in params:
-            storages[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    task = build_task(config)
-    dummy, _ = task.dummy_batch(batch, config.max_seq_len, vocab, ASSUMED_CLASSES)  # as the data gives it
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _autocast(decision):
+def _loss_after_backward(model, task, config: WizardConfig, vocab: int, decision: PrecisionDecision) -> float:
+    """The untrained model's loss on 2 dummy sequences shaped as the data gives them, after its backward."""
+    dummy, _ = task.dummy_batch(2, config.max_seq_len, vocab, ASSUMED_CLASSES)
+    with _autocast(decision):
         loss, _ = task.loss(model, dummy)
-    if backward:
-        loss.backward()
-    return sum(storages.values()), loss.item()
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return loss.item()
 
 
 def _autocast(decision: PrecisionDecision):
@@ -120,7 +117,9 @@ def describe_check(check: ModelCheck, config: WizardConfig, decision: PrecisionD
         "on the CPU.",
         f"Training memory at Batch size {config.batch_size} and Sequence length {config.max_seq_len}, in {precision}: "
         f"about {format_bytes(check.total_bytes)} = {format_bytes(check.weights_bytes)} for the weights, gradients "
-        f"and AdamW + {format_bytes(check.activation_bytes)} for activations.",
+        f"and AdamW + {format_bytes(check.activation_bytes)} for activations"
+        + (f" + {format_bytes(check.process_bytes)} the process holds beside the model (Python, torch, the data)."
+           if check.process_bytes else "."),
     ]
     if check.fits is None:
         lines.append(f"Not compared with {check.capacity_name}.")

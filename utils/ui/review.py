@@ -1,6 +1,6 @@
 """The wizard's review step: the run as a plan in one paragraph, then the settings that differ from the defaults.
 
-    facts = plan_facts(config, vocab, parameters)   # prepares local data (tokens cached in the run folder)
+    facts = plan_facts(config, vocab, parameters)   # plans local data (utils.plan.plan_data; tokens cached)
     print(describe_plan(config, facts, precision_text, run_folder))
     print(changed_settings(config))
 
@@ -10,9 +10,9 @@ Plain text, so the wizard, a headless notebook and tests read the same sentences
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, fields
 from typing import Optional
 
@@ -46,32 +46,43 @@ class PlanFacts:
 
 
 def plan_facts(config: WizardConfig, vocab_size: int, parameters: Optional[int]) -> PlanFacts:
-    """What the plan can state now: the data's sizes when it is prepared here (see prepares_on_review)."""
+    """What the plan can state now: the data's sizes when it is prepared here (see prepares_on_review), from the
+    data half of the run's plan (utils.plan.plan_data), as train() prepares it."""
     ok, why = prepares_on_review(config)
     if not ok:
         return PlanFacts(parameters, vocab_size, None, why)
     from utils.training.builder import build_dataloaders
-    from utils.data.spec import build_data_spec
 
-    data = _prepared(build_data_spec(config), _mtime(config.dataset_path))
-    if isinstance(data, str):
-        return PlanFacts(parameters, vocab_size, None, data)
+    planned = _planned(config)
+    if isinstance(planned, str):
+        return PlanFacts(parameters, vocab_size, None, planned)
+    data = planned.data
     train_loader, _ = build_dataloaders(config, data.train, data.val, pin_memory=False)  # as training builds it
     facts = DataFacts(data.num_tokens, len(data.train), len(data.val), len(train_loader), data.tokenizer.vocab_size,
                       tuple(data.label_names), data.chat)
     return PlanFacts(parameters, vocab_size, facts)
 
 
-@functools.lru_cache(maxsize=4)
-def _prepared(spec, mtime: float):
-    """The data prepared as training will prepare it (tokens cached in the run folder's data_cache), or why not."""
-    from utils.data import prepare_data
+_PLANNED: OrderedDict = OrderedDict()  # (DataSpec, the file's mtime) -> DataPlan or why not; the last few
+PLANNED_KEPT = 4
 
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # prepare_data's progress lines are for the training log
-            return prepare_data(spec)
-    except (ValueError, RuntimeError, OSError) as e:  # the data's own complaint: the plan says it
-        return f"the data could not be prepared ({' '.join(str(e).split())})"
+
+def _planned(config: WizardConfig):
+    """The data half of the run's plan (tokens cached in the run folder's data_cache), or why it could not be
+    made; kept for the last few data settings, so a change elsewhere in the wizard prepares nothing again."""
+    from utils.data.spec import build_data_spec
+    from utils.plan import plan_data
+
+    key = (build_data_spec(config), _mtime(config.dataset_path))
+    if key not in _PLANNED:
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # prepare_data's progress lines are for the training log
+                _PLANNED[key] = plan_data(config)
+        except (ValueError, RuntimeError, OSError) as e:  # the data's own complaint: the plan says it
+            _PLANNED[key] = f"the data could not be prepared ({' '.join(str(e).split())})"
+        while len(_PLANNED) > PLANNED_KEPT:
+            _PLANNED.popitem(last=False)
+    return _PLANNED[key]
 
 
 def _mtime(path: str) -> float:

@@ -1,6 +1,6 @@
 """The kit's one counting of training memory: what each parameter and each logit costs on the device.
 
-check_sequence_length, measure_memory (utils.training.estimate) and the paper model from a config alone
+check_sequence_length, measure_memory (utils.plan.memory_model) and the paper model from a config alone
 (utils.training.fit_plan) all count with these rules, so they print the same figure for the same thing:
 
     trained parameter   16 bytes: the fp32 weight (Lightning keeps fp32 weights under mixed precision too, and

@@ -1,9 +1,9 @@
-"""Training steps on dummy batches, measured where the model is: the memory model's forward passes and the
-estimate's timed steps (utils.training.estimate), never on a copy of the model.
+"""Training steps on dummy batches, measured where the model is: the memory model's forward passes
+(utils.plan.memory_model) and the estimate's timed steps (utils.training.estimate), never on a copy of the model.
 
 Measuring runs the model itself under saved-tensor hooks (no weights change; the random state is forked and
 buffers put back); timing runs real AdamW steps, so the trained tensors are saved on the CPU and put back after.
-The counting rules are utils.training.memory's.
+The counting rules are utils.plan.memory's.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from utils.training.memory import logit_backward_bytes, storage_key
+from utils.plan.memory import logit_backward_bytes, storage_key
 from utils.precision import PrecisionDecision
 
 
@@ -50,7 +50,7 @@ class Stepper:
     def peak_bytes(self, size: int) -> int:
         """Bytes a training step at this batch holds at its peak beyond the parameters: the tensors autograd keeps
         for backward (counted as the forward saves them), plus the larger of what the backward adds at once: the
-        loss's gradient of its fp32 logits (utils.training.memory), or under gradient checkpointing one block's
+        loss's gradient of its fp32 logits (utils.plan.memory), or under gradient checkpointing one block's
         activations while it is recomputed (its first block runs whole here, so that they are seen)."""
         storages: dict[int, int] = {}
         kept: list[torch.Tensor] = []  # alive until the count is done, so no storage is freed and reused meanwhile
