@@ -486,3 +486,21 @@ def test_a_missing_gguf_package_is_one_line_with_the_pip_command(tmp_path, llama
     with pytest.raises(GgufExportError, match=r"needs the optional package gguf .*: pip install gguf$"):
         export_gguf(_full_predictor(tmp_path, llama_folder))
     assert not (tmp_path / "run").exists()
+
+
+def test_an_export_the_host_ram_cannot_hold_is_refused_before_anything_is_written(tmp_path, llama_folder, monkeypatch):
+    """Colab's free tier has 12.7 GB of host RAM: a 3B model's fp32 copy and check (~22 GB) would kill the session.
+    The machine's MemAvailable is injected (this machine has plenty)."""
+    import utils.gguf_export as gguf_export
+
+    predictor = _full_predictor(tmp_path, llama_folder)
+    parameters = sum(p.numel() for p in predictor.model.parameters())
+    needed = parameters * (gguf_export.FP32_COPY_BYTES + gguf_export.FILE_BYTES["f16"] + gguf_export.TRANSIENT_BYTES)
+    gguf_export.check_host_memory(predictor.model, "f16", available=int(needed) + 1)  # fits: no error
+    monkeypatch.setattr(gguf_export, "available_host_bytes", lambda: int(needed) - 1)
+    with pytest.raises(gguf_export.GgufExportError, match=r"needs about .* of host RAM .* is available: export safetensors instead "
+                                              r"\(python -m utils.training export RUN, with --merged"):
+        gguf_export.export_gguf(predictor, quant="f16")
+    assert not (tmp_path / "run").exists()
+    gguf_export.check_host_memory(predictor.model, "q4_0", available=int(needed) - 1)  # a smaller file fits
+

@@ -81,3 +81,16 @@ def read_colab_secret(name: str) -> tuple[Optional[str], str]:
     except known as e:
         return None, next(why for n, why in reasons.items() if type(e).__name__ == n)
     return (value.strip(), "") if value and value.strip() else (None, f"the {name} secret in Colab is empty")
+
+
+def available_host_bytes() -> Optional[int]:
+    """The host RAM a process can still take without swapping (Linux's MemAvailable); None where the OS does not say.
+    On Colab this, not the GPU, is what a model copied to the CPU runs out of (12.7 GB on the free tier)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -31,7 +31,9 @@ from typing import Optional
 import numpy as np
 import torch
 
+from utils.env import available_host_bytes
 from utils.files import atomic_write_text, temp_path_for
+from utils.formatting import format_bytes
 from utils.gguf_modelfile import modelfile_text, render_chat
 from utils.gguf_tokenizer import GgufExportError, add_tokenizer, pre_tokenizer_name
 
@@ -45,6 +47,11 @@ SUPPORTED = "Llama, SmolLM2, Mistral, Qwen2, Qwen3 or GPT-2"
 GREEDY_TOKENS = 8  # tokens continued greedily after each check prompt, then compared pick by pick
 NEAR_TIE = 1.0  # logits: a greedy pick between two tokens this close (probabilities within a factor e) may flip
 TOLERANCE = 0.02  # f16/bf16: largest |logit difference| accepted, as a fraction of the largest |logit|
+# Host RAM the export takes beyond what is already resident, per parameter: the fp32 copy it writes from and checks
+# against (4 B), the file's tensors held by the writer until written (FILE_BYTES), and ~1.6 B of transient buffers
+# and the read-back's conversion (bench: SmolLM2-135M measured 7.36 B/param for f16, 6.62 for q8_0).
+FP32_COPY_BYTES, TRANSIENT_BYTES = 4.0, 1.6
+FILE_BYTES = {"f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q5_1": 24 / 32}  # per value, as ggml packs
 CHECK_MESSAGES = ("What is the capital of France?", "Write a short poem about the sea.", "Explain what a list is.")
 CHECK_TEXTS = ("The quick brown fox jumps over the lazy dog.", "def add(a, b):\n    return", "Once upon a time")
 
@@ -115,6 +122,7 @@ def export_gguf(predictor, folder: str | Path | None = None, quant: str = "f16")
     hf = _hf_tokenizer(predictor)
     source = predictor.model.get_base_model() if hasattr(predictor.model, "get_base_model") else predictor.model
     arch = check_architecture(source.config, config.pretrained_model)
+    check_host_memory(predictor.model, quant)
     pre = pre_tokenizer_name(hf)
     folder = Path(folder) if folder is not None else Path(config.output_dir) / "gguf"
     target = folder / f"model-{quant}.gguf"
@@ -152,6 +160,22 @@ def check_quant(quant: str) -> str:
         raise GgufExportError(f"quant={quant!r} is not one this export writes; choose one of {', '.join(QUANTS)} "
                               f"(k-quants such as q4_k_m: export f16, then llama-quantize)")
     return quant
+
+
+def check_host_memory(model, quant: str, available: Optional[int] = None) -> None:
+    """Refuse, before anything is written, an export whose fp32 copy and check would not fit in the host RAM left
+    (available: bytes; default: what the OS says, and no check where it says nothing)."""
+    from utils.models.adapters import count_parameters
+
+    available = available_host_bytes() if available is None else available
+    parameters = count_parameters(model)[1]
+    needed = int(parameters * (FP32_COPY_BYTES + FILE_BYTES[quant] + TRANSIENT_BYTES))
+    if available is not None and needed > available:
+        raise GgufExportError(
+            f"GGUF export of this {parameters / 1e9:.1f}B-parameter model needs about {format_bytes(needed)} of host "
+            f"RAM (an fp32 copy to write from and check against) and {format_bytes(available)} is available: export "
+            "safetensors instead (python -m utils.training export RUN, with --merged for a LoRA/QLoRA run) and "
+            "convert that folder with llama.cpp's convert_hf_to_gguf.py on a machine with more RAM")
 
 
 def check_exportable(config) -> None:
