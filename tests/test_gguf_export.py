@@ -472,7 +472,7 @@ def test_only_the_command_line_and_the_notebook_s_export_choice_import_the_gguf_
     def importers(module: str) -> list[str]:
         return sorted(name for name, path in modules.items() if module in imports_of(path, modules))
 
-    assert importers("utils.gguf_export") == ["utils.cli", "utils.export_choice"]
+    assert importers("utils.gguf_export") == ["utils.cli.run_commands", "utils.export_choice"]
     assert importers("utils.gguf_tokenizer") == ["utils.gguf_export"]
     assert importers("utils.gguf_modelfile") == ["utils.gguf_export", "utils.gguf_tokenizer"]
 
