@@ -199,3 +199,13 @@ def test_an_export_onto_an_existing_file_is_refused_naming_it(tmp_path):
         export_model(nn.Linear(2, 2), WizardConfig(output_dir=str(tmp_path / "run")), ByteTokenizer(), notes)
     assert notes.read_text(encoding="utf-8") == "my notes\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_the_old_result_export_method_says_where_the_export_went():
+    """TrainingResult.export(...) became utils.export.export_result(result, ...) (training no longer imports the
+    export); a notebook cell written for the old name gets the new one in its error, not a bare AttributeError."""
+    from utils.training.coordinator import TrainingResult
+
+    with pytest.raises(AttributeError,
+                       match=r"from utils.export import export_result; export_result\(result, \.\.\.\)"):
+        TrainingResult.export(None, merged=True)

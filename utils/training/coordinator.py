@@ -116,6 +116,11 @@ class TrainingResult(Predictor):
                 f"{self.output_dir / 'export'} and loads it back. To train longer, raise Epochs in the wizard "
                 "and Run all again: training resumes from the last checkpoint.")
 
+    def export(self, *args, **kwargs):
+        """Moved (training does not import the export): says where, instead of a bare AttributeError."""
+        raise AttributeError("result.export(...) moved: from utils.export import export_result; "
+                             "export_result(result, ...) takes the same arguments and writes the same folder")
+
     def _fp16_lines(self) -> list[str]:
         """The GradScaler's record (also in metrics.csv as amp/loss_scale, amp/skipped_steps) and what it means."""
         if self.loss_scale is None:
