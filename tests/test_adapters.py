@@ -51,19 +51,29 @@ def _tokenizer():
     return tokenizer
 
 
+def tiny_causal_lm_folder(folder, architecture: str, tokenizer, prepare=None, **config):
+    """A tiny transformers causal LM of architecture ("Llama", "Qwen2", ...: its Config and ForCausalLM classes),
+    seeded, saved with tokenizer into folder: 2 layers of width 32, 4 heads sharing 2 key/value heads; config
+    overrides or adds fields; prepare(model) may change the weights before saving."""
+    import transformers
+
+    torch.manual_seed(0)
+    fields = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64) | config
+    config_class = getattr(transformers, f"{architecture}Config")
+    model = getattr(transformers, f"{architecture}ForCausalLM")(config_class(**fields))
+    if prepare is not None:
+        prepare(model)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def llama_folder(tmp_path_factory):
     """A tiny Llama (grouped-query attention, SwiGLU: q/k/v/o/gate/up/down projections) with a chat tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("llama")
-    tokenizer = _tokenizer()
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                 eos_token_id=0, bos_token_id=0, pad_token_id=0)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return tiny_causal_lm_folder(tmp_path_factory.mktemp("llama"), "Llama", _tokenizer(), eos_token_id=0,
+                                 bos_token_id=0, pad_token_id=0)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from tests.conftest import REPO_ROOT
-from tests.test_adapters import CHAT_TEMPLATE, CPU, EOS, _config, _tokenizer, gpt2_folder, llama_folder  # noqa: F401
+from tests.test_adapters import (CHAT_TEMPLATE, CPU, EOS, _config, _tokenizer, gpt2_folder, llama_folder,  # noqa: F401
+                                 tiny_causal_lm_folder)
 from utils.config import WizardConfig
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("gguf") is None or importlib.util.find_spec("peft") is None,
@@ -45,31 +46,15 @@ def allow_the_tiny_tokenizer(monkeypatch) -> None:
 @pytest.fixture(scope="module")
 def qwen2_folder(tmp_path_factory):
     """A tiny Qwen2 (q/k/v biases, tied embeddings) with the chat tokenizer."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    folder = tmp_path_factory.mktemp("qwen2")
-    tokenizer = _tokenizer()
-    torch.manual_seed(0)
-    Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                 tie_word_embeddings=True, eos_token_id=0, bos_token_id=0)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return tiny_causal_lm_folder(tmp_path_factory.mktemp("qwen2"), "Qwen2", _tokenizer(), tie_word_embeddings=True,
+                                 eos_token_id=0, bos_token_id=0)
 
 
 @pytest.fixture(scope="module")
 def qwen3_folder(tmp_path_factory):
     """A tiny Qwen3 (q/k norms) whose head size (16) is not hidden / heads (8), as in Qwen3-0.6B."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    folder = tmp_path_factory.mktemp("qwen3")
-    tokenizer = _tokenizer()
-    torch.manual_seed(0)
-    Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=64,
-                                 tie_word_embeddings=True, eos_token_id=0, bos_token_id=0)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return tiny_causal_lm_folder(tmp_path_factory.mktemp("qwen3"), "Qwen3", _tokenizer(), head_dim=16,
+                                 tie_word_embeddings=True, eos_token_id=0, bos_token_id=0)
 
 
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -80,22 +65,15 @@ LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "hi
 def llama3_folder(tmp_path_factory):
     """A tiny Llama 3.1/3.2: RoPE scaling "llama3", its attention sharpened (a random init's is near uniform, so the
     rotary frequencies would hardly change the logits)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("llama3")
-    tokenizer = _tokenizer()
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                         max_position_embeddings=256, rope_scaling=dict(LLAMA3_ROPE),
-                                         eos_token_id=0, bos_token_id=0, pad_token_id=0))
-    with torch.no_grad():
+    @torch.no_grad()
+    def sharpen(model):
         for name, p in model.named_parameters():
             if name.endswith(("q_proj.weight", "k_proj.weight")):
                 p.mul_(40)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+
+    return tiny_causal_lm_folder(tmp_path_factory.mktemp("llama3"), "Llama", _tokenizer(), sharpen,
+                                 max_position_embeddings=256, rope_scaling=dict(LLAMA3_ROPE), eos_token_id=0,
+                                 bos_token_id=0, pad_token_id=0)
 
 
 LLAMA2_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + "
@@ -128,16 +106,8 @@ def _sentencepiece_tokenizer():
 @pytest.fixture(scope="module")
 def llama2_folder(tmp_path_factory):
     """A tiny Llama 2 / Mistral v0.1-style model: its tokenizer SentencePiece-style (see above)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("llama2")
-    tokenizer = _sentencepiece_tokenizer()
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                 bos_token_id=1, eos_token_id=2, pad_token_id=0)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return tiny_causal_lm_folder(tmp_path_factory.mktemp("llama2"), "Llama", _sentencepiece_tokenizer(),
+                                 bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
 
 def _read_back(path, n_positions=None):

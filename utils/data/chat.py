@@ -41,15 +41,13 @@ from typing import Any, Iterator, Optional
 import torch
 from torch.utils.data import Dataset
 
-from utils.data.packing import collate_packed, packed_shapes
+from utils.data.packing import IGNORE_INDEX, PAD_MULTIPLE, collate_packed, packed_shapes, rounded  # noqa: F401
 from utils.data.sources import DataError, RowSource
 from utils.data.tokenizers import tokenizer_fingerprint
 from utils.files import atomic_writer
 
-IGNORE_INDEX = -100  # F.cross_entropy skips these targets
 CHAT_CACHE_VERSION = "1"  # part of every chat cache key: bump when what encode_chat returns changes
 ENCODE_BATCH = 256  # conversations tokenized together (the fast tokenizer runs a batch in parallel)
-PAD_MULTIPLE = 8  # batches are padded to a multiple of this: tensor cores want it, and fewer shapes recompile
 SAMPLE_CHARS = 1500  # the printed sample of a formatted example is cut here
 TRAINED_OPEN, TRAINED_CLOSE = "\u27e6", "\u27e7"  # ⟦ ⟧ around trained text in the printed sample
 
@@ -348,14 +346,14 @@ class ChatExamples(Dataset):
             tokens = packed_shapes(lengths, batch_size, self.pack_to, samples)[:, 1]  # (samples,)
             return max(1, round(float(tokens.mean()) / batch_size))
         rows = torch.randint(len(lengths), (samples, batch_size), generator=torch.Generator().manual_seed(0))
-        padded = -(-lengths[rows].amax(dim=1) // PAD_MULTIPLE) * PAD_MULTIPLE  # (samples,)
+        padded = rounded(lengths[rows].amax(dim=1))  # (samples,)
         return int(padded.double().mean().round())
 
     def longest_padded(self) -> int:
         """The longest batch collate can make: the longest example, rounded up as it pads. Packed too: a packed batch
         never computes more tokens than batch_size rows of its longest example (utils.data.packing.pack_rows)."""
         longest = int(self.lengths().max()) if len(self.indices) else 1
-        return -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE
+        return rounded(longest)
 
     def collate(self, items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
         """Right-padded to the longest (rounded up to PAD_MULTIPLE): x with the pad id, y with -100. A causal model
@@ -364,7 +362,7 @@ class ChatExamples(Dataset):
         if self.pack_to:
             return collate_packed(items, self.pad_id, self.pack_to)
         longest = max(len(x) for x, _ in items)
-        T = -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE
+        T = rounded(longest)
         x = torch.full((len(items), T), self.pad_id, dtype=torch.long)  # (B, T)
         y = torch.full((len(items), T), IGNORE_INDEX, dtype=torch.long)  # (B, T)
         for row, (xi, yi) in enumerate(items):

@@ -12,12 +12,8 @@ Packing regroups the conversations of each batch, never across batches: every op
 conversations and the same targets as without packing, and its loss (the mean over the same targets) is the
 same number. What changes is the shape computed: fewer rows, less padding.
 
-It is correct only for models whose every layer keeps to that mask (utils.models.packing: which models, and the
-packed forward). PACKABLE_MODEL_TYPES there lists the
-architectures checked (tests/test_packing.py runs each, tiny, packed against alone): attention-only decoders
-that build their mask with create_causal_mask and take position_ids. Hybrids with state-space or linear-attention
-layers (Jamba, Qwen3-Next, Mamba) carry state from one conversation into the next and are left out, as is a
-flash-attention implementation, which reads packed position ids only at batch size 1.
+It is correct only for models whose every layer keeps to that mask: utils.models.packing says which (and why
+the others are left out) and runs the packed forward.
 """
 
 from __future__ import annotations
@@ -29,8 +25,8 @@ import torch
 from utils.data.sources import DataError
 from utils.models.packing import packing_refusal
 
-PAD_MULTIPLE = 8  # as utils.data.chat pads: rows a multiple of 8 long
-IGNORE_INDEX = -100
+PAD_MULTIPLE = 8  # chat batches, packed or padded, are a multiple of this long: tensor cores want it, fewer shapes
+IGNORE_INDEX = -100  # F.cross_entropy skips these targets
 MAX_CANDIDATES = 16  # row lengths tried per batch when packing it (see pack_rows)
 
 

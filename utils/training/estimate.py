@@ -112,9 +112,6 @@ class Estimate:
                 f"{seconds_per_step:.3g} s/step, {format_duration(total_seconds)}")
 
 
-
-
-
 def estimate_run(config: WizardConfig, decision: PrecisionDecision, model: nn.Module, task, vocab_size: int,
                  num_classes: int, train_batches: int, val_batches: int,
                  steps: Optional[int] = None, memory: Optional[MemoryModel] = None,
